@@ -1,0 +1,17 @@
+"""The Qwen2/Llama-family policy: config, pure forward functions, KV cache, HF conversion."""
+
+from entropix_rl.models.config import ModelConfig, RopeScaling, tiny_config
+from entropix_rl.models.decoder import (
+    KVCache,
+    forward,
+    forward_hidden,
+    init_cache,
+    init_params,
+    logits_from_hidden,
+    unembedding,
+)
+
+__all__ = [
+    "KVCache", "ModelConfig", "RopeScaling", "forward", "forward_hidden", "init_cache",
+    "init_params", "logits_from_hidden", "tiny_config", "unembedding",
+]

@@ -1,0 +1,148 @@
+"""Static configuration of the Qwen2/Llama-family decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+SUPPORTED_DTYPES = ("float32", "bfloat16")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """RoPE frequency scaling (Hugging Face `rope_scaling` / `rope_parameters`).
+
+  `rope_type` "linear" divides every inverse frequency by `factor`; "llama3" applies
+  Llama-3.1's wavelength-dependent interpolation with the other fields.
+  """
+
+  rope_type: str = "default"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Decoder hyperparameters; frozen and hashable so jitted functions take it as static.
+
+  Attributes:
+    model_type: "qwen2" or "llama" (only changes the Hugging Face names on save).
+    vocab_size: V, rows of the embedding.
+    hidden_size: D.
+    num_layers: L.
+    num_heads: H, query heads.
+    num_kv_heads: K, key/value heads (H % K == 0; K < H is grouped-query attention).
+    head_dim: Dh.
+    intermediate_size: F, SwiGLU hidden size.
+    rope_theta: RoPE base.
+    rope_scaling: optional frequency scaling.
+    rms_norm_eps: RMSNorm epsilon.
+    qkv_bias: whether q/k/v projections have a bias (Qwen2: yes, Llama: no).
+    tie_embeddings: whether the unembedding is the transposed embedding.
+    max_position_embeddings: context length the model was trained for.
+    param_dtype: storage dtype of the params ("float32" or "bfloat16").
+    compute_dtype: dtype of activations and matmul inputs; softmax and norms run in float32.
+    bos_token_id, eos_token_id: carried through to the saved `config.json`.
+  """
+
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  intermediate_size: int
+  model_type: str = "qwen2"
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  rms_norm_eps: float = 1e-6
+  qkv_bias: bool = True
+  tie_embeddings: bool = False
+  max_position_embeddings: int = 32768
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
+  bos_token_id: int | None = None
+  eos_token_id: int | None = None
+
+  def __post_init__(self):
+    if self.model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(f"model_type={self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}")
+    for name in ("param_dtype", "compute_dtype"):
+      if getattr(self, name) not in SUPPORTED_DTYPES:
+        raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {SUPPORTED_DTYPES}")
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                 "head_dim", "intermediate_size"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name}={getattr(self, name)} must be positive")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+    if self.rope_scaling is not None and self.rope_scaling.rope_type not in SUPPORTED_ROPE_TYPES:
+      raise ValueError(f"rope_scaling.rope_type={self.rope_scaling.rope_type!r}; "
+                       f"supported: {SUPPORTED_ROPE_TYPES}")
+
+  @property
+  def param_jnp_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def compute_jnp_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.compute_dtype)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def num_params(self, include_embeddings: bool = True) -> int:
+    """Parameter count. Non-embedding excludes the embedding and the untied lm_head."""
+    d, h, k, dh, f = (self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
+                      self.intermediate_size)
+    attn = d * h * dh * 2 + d * k * dh * 2 + (h * dh + 2 * k * dh if self.qkv_bias else 0)
+    per_layer = attn + 3 * d * f + 2 * d
+    total = self.num_layers * per_layer + d
+    if include_embeddings:
+      total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    return total
+
+  def kv_cache_bytes_per_token(self) -> int:
+    """Bytes of KV cache one token of one sequence takes: 2 · L · K · Dh · itemsize."""
+    return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.compute_jnp_dtype.itemsize
+
+  def flops_per_token(self) -> float:
+    """Approximate forward matmul FLOPs per token (2 · non-embedding params + unembedding)."""
+    return 2.0 * (self.num_params(include_embeddings=False) + self.vocab_size * self.hidden_size)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+  """A tiny random-init config for tests and the CPU quickstart."""
+  base = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+              head_dim=8, intermediate_size=64, max_position_embeddings=256)
+  base.update(overrides)
+  return ModelConfig(**base)
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> jnp.ndarray:
+  """`[Dh/2]` float32 inverse frequencies, with the config's scaling applied."""
+  dh = config.head_dim
+  inv = 1.0 / (config.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+  scaling = config.rope_scaling
+  if scaling is None or scaling.rope_type == "default":
+    return inv
+  if scaling.rope_type == "linear":
+    return inv / scaling.factor
+  low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+  high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+  smooth = ((scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor)
+            / (scaling.high_freq_factor - scaling.low_freq_factor))
+  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
