@@ -1,0 +1,74 @@
+"""KL-Cov: penalise the log-ratio of the highest-covariance tokens (Cui et al. 2025,
+arXiv 2505.22617, Eq. 14; INTERVENTIONS.md §5b; verl `compute_policy_loss_kl_cov`).
+
+With the centred covariance `c_t = (A_t − Ā)(ℓ_t − ℓ̄)` over the valid tokens of the scope:
+
+    I_KL = the k = max(1, floor(ρ·N)) valid tokens with the largest c_t
+    L_t  = −A_t·r_t + β·|ℓ_t − ℓ^old_t|·1[t ∈ I_KL]
+
+No PPO clipping at all (`clip_eps_*` and `dual_clip_c` are unused, as in the reference). The
+penalty is the absolute log-ratio (verl's "abs" estimator), not the paper's KL.
+
+On-policy inertness (DESIGN.md, pinned): on the first mini-batch after a rollout,
+`ℓ = ℓ^old` exactly, so `|ℓ − ℓ^old| = 0` with zero (sub)gradient (`d|x|/dx = sign(0) = 0`):
+the loss, its gradient and the pick's effect are those of plain `−A·r`. The penalty acts only
+on later mini-batches/epochs. This holds only if the caller's `old_logp` equals `logp`
+bit for bit (e.g. `old_logp = stop_gradient(logp)`); a recomputation that differs by
+rounding gives the picked tokens a gradient of ±β.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from entropix_rl import dynamics
+from entropix_rl.losses import selection
+from entropix_rl.losses.base import LossInputs, SurrogateOutput
+from entropix_rl.losses.config import LossConfig, check_number, check_ratio
+from entropix_rl.losses.ppo import importance_ratio
+from entropix_rl.losses.registry import register
+
+
+@dataclasses.dataclass(frozen=True)
+class KLCovConfig:
+  """KL-Cov constants (verl `kl_cov_ratio`, `ppo_kl_coef`).
+
+  Attributes:
+    ratio: ρ_kl, fraction of the scope's valid tokens to penalise (2e-3 for Qwen2.5-7B,
+      2e-4 for 32B; the original repo's `k_percent` is in percent).
+    coef: β, weight of the |log-ratio| penalty (recipes pass 1; verl's yaml default 0.1).
+  """
+
+  ratio: float = 2e-3
+  coef: float = 1.0
+
+  def validate(self, path: str) -> None:
+    check_ratio(f"{path}.ratio", self.ratio)
+    check_number(f"{path}.coef", self.coef, low=0.0)
+
+
+def kl_cov_pick(logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
+                ratio: float) -> jax.Array:
+  """The top-k covariance pick within one scope chunk (`[rows, T]` in, bool `[rows, T]` out)."""
+  valid = mask > 0
+  cov = dynamics.token_covariance(logp, advantages, mask)
+  k = jnp.maximum(1, selection.count_floor(ratio, valid.sum()))
+  k_max = max(1, selection.count_floor(ratio, mask.size))
+  return selection.top_k_mask(cov.ravel(), valid.ravel(), k, k_max).reshape(mask.shape)
+
+
+@register("kl_cov", config=KLCovConfig)
+def kl_cov(cfg: LossConfig, inputs: LossInputs) -> SurrogateOutput:
+  """KL-Cov surrogate (module docstring); `selected` is the penalised set I_KL."""
+  c = cfg.kl_cov
+  advantages = jax.lax.stop_gradient(inputs.advantages)
+  pick = lambda logp, adv, mask, key: kl_cov_pick(logp, adv, mask, ratio=c.ratio)
+  selected = selection.select_per_scope(cfg, pick, (inputs.logp, advantages, inputs.mask))
+  pg = -advantages * importance_ratio(inputs.logp, inputs.old_logp)
+  penalty = c.coef * jnp.abs(inputs.logp - inputs.old_logp)
+  return SurrogateOutput(per_token_loss=pg + jnp.where(selected, penalty, 0.0),
+                         loss_mask=inputs.mask, selected=selected,
+                         clipped=jnp.zeros(inputs.mask.shape, bool))
