@@ -1,0 +1,194 @@
+"""Grain pipelines of prompt batches, over generated tasks or local jsonl/parquet prompt files.
+
+Every pipeline is an infinite, deterministic stream: record `i` is a pure function of
+`(seed, split, i)`, hosts take disjoint strides (`shard_index::shard_count`, by default
+`jax.process_index()::jax.process_count()`), and the iterator state (`get_state()`, a small
+dict) is what the trainer checkpoints to resume exactly.
+
+Config (`config.data`):
+  source: "task" (examples drawn by the task's seeded generator) or "file".
+  path: a .jsonl or .parquet file (source="file") in the DAPO-Math-17k or MATH layout: the prompt
+    under `prompt` (a string, or a list of chat messages whose last user turn is taken),
+    `problem` or `question`; the ground truth under `reward_model.ground_truth`, `ground_truth`,
+    `answer` or (MATH) the last `\\boxed{}` of `solution`.
+  eval_path: optional held-out file; without it, records whose prompt hashes below
+    `eval_fraction` form the eval split.
+  max_prompt_len: prompts longer than this (in tokens) are an error naming the record.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from entropix_rl import tasks as tasks_lib
+from entropix_rl.tasks.base import Example, check_split, in_eval_split
+
+SOURCES = ("task", "file")
+_STREAM_LENGTH = 2**62
+_PROMPT_KEYS = ("prompt", "problem", "question")
+_ANSWER_KEYS = ("ground_truth", "answer")
+
+
+def _prompt_text(record: Mapping[str, Any], where: str) -> str:
+  for key in _PROMPT_KEYS:
+    value = record.get(key)
+    if isinstance(value, str):
+      return value
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value):
+      users = [m for m in value if isinstance(m, Mapping) and m.get("role") == "user"]
+      if users:
+        return str(users[-1]["content"])
+  raise ValueError(f"{where}: no prompt; expected one of the fields {_PROMPT_KEYS} (a string or "
+                   f"a list of chat messages)")
+
+
+def _answer_text(record: Mapping[str, Any], where: str) -> str:
+  reward_model = record.get("reward_model")
+  if isinstance(reward_model, Mapping) and reward_model.get("ground_truth") is not None:
+    return str(reward_model["ground_truth"])
+  for key in _ANSWER_KEYS:
+    if record.get(key) is not None:
+      return str(record[key])
+  if isinstance(record.get("solution"), str):
+    boxed = tasks_lib.last_boxed(record["solution"])
+    if boxed is not None:
+      return boxed
+  raise ValueError(f"{where}: no ground truth; expected reward_model.ground_truth, "
+                   f"{' or '.join(_ANSWER_KEYS)}, or a solution with a \\boxed{{}} answer")
+
+
+def read_prompt_file(path: str) -> list[Example]:
+  """Reads a .jsonl or .parquet prompt file into Examples (errors name the file and record)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"data.path={path!r} does not exist")
+  if path.endswith(".jsonl"):
+    with open(path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  elif path.endswith(".parquet"):
+    import pyarrow.parquet as pq
+
+    records = pq.read_table(path).to_pylist()
+  else:
+    raise ValueError(f"data.path={path!r}: allowed formats are .jsonl and .parquet")
+  if not records:
+    raise ValueError(f"data.path={path!r} holds no records")
+  return [Example(prompt=_prompt_text(r, f"{path} record {i}"),
+                  answer=_answer_text(r, f"{path} record {i}"), index=i)
+          for i, r in enumerate(records)]
+
+
+class _FileStream:
+  """Record `i` of an endless, per-epoch reshuffled pass over a fixed list of examples."""
+
+  def __init__(self, examples: list[Example], seed: int, shuffle: bool):
+    if not examples:
+      raise ValueError("the split holds no records")
+    self.examples, self.seed, self.shuffle = examples, seed, shuffle
+
+  @functools.lru_cache(maxsize=4)
+  def _order(self, epoch: int) -> np.ndarray:
+    n = len(self.examples)
+    return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+  def __call__(self, i: int) -> Example:
+    epoch, pos = divmod(int(i), len(self.examples))
+    return self.examples[int(self._order(epoch)[pos])]
+
+
+def _file_split(data_cfg: Mapping[str, Any], split: str) -> list[Example]:
+  eval_path = data_cfg.get("eval_path", "")
+  if split == "eval" and eval_path:
+    return read_prompt_file(eval_path)
+  fraction = float(data_cfg.get("eval_fraction", 0.05))
+  examples = read_prompt_file(data_cfg["path"])
+  if eval_path:
+    return examples
+  return [ex for ex in examples if in_eval_split(ex.prompt, fraction) == (split == "eval")]
+
+
+class PromptPipeline:
+  """Batches of left-padded prompt tokens. `next()` gives a dict:
+
+  prompt_tokens `[B, max_prompt_len]` int32 (left-padded with the tokenizer's pad id),
+  prompt_lengths `[B]` int32, examples: list of B `Example`s (for the verifier).
+  """
+
+  def __init__(self, dataset: grain.IterDataset):
+    self._dataset = dataset
+    self._iterator = iter(dataset)
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    return next(self._iterator)
+
+  def get_state(self) -> dict:
+    return self._iterator.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._iterator.set_state(state)
+
+
+def _encode_prompt(example: Example, tokenizer, max_prompt_len: int) -> tuple[list[int], Example]:
+  ids = tokenizer.encode(tokenizer.format_prompt(example.prompt))
+  if tokenizer.bos_id is not None and (not ids or ids[0] != tokenizer.bos_id):
+    ids = [tokenizer.bos_id] + ids
+  if len(ids) > max_prompt_len:
+    raise ValueError(f"prompt of example {example.index} has {len(ids)} tokens > "
+                     f"data.max_prompt_len={max_prompt_len}: {example.prompt[:80]!r}")
+  return ids, example
+
+
+def _collate(items: list[tuple[list[int], Example]], width: int, pad_id: int) -> dict:
+  tokens = np.full((len(items), width), pad_id, np.int32)
+  lengths = np.zeros((len(items),), np.int32)
+  for row, (ids, _) in enumerate(items):
+    tokens[row, width - len(ids):] = ids
+    lengths[row] = len(ids)
+  return {"prompt_tokens": tokens, "prompt_lengths": lengths,
+          "examples": [example for _, example in items]}
+
+
+def make_prompt_pipeline(data_cfg: Mapping[str, Any], tokenizer, *, batch_size: int, seed: int,
+                         split: str, task: Any = None, shard_index: int | None = None,
+                         shard_count: int | None = None) -> PromptPipeline:
+  """The prompt pipeline for one host.
+
+  Args:
+    data_cfg: `config.data` (see the module docstring).
+    tokenizer: encodes prompts (`format_prompt` applies a chat template where there is one).
+    batch_size: prompts per batch on this host.
+    seed: stream seed (the same seed gives the same stream).
+    split: "train" or "eval".
+    task: the generated task (required for source="task").
+    shard_index, shard_count: this host's stride; default `jax.process_index()/count()`.
+  """
+  check_split(split)
+  source = data_cfg.get("source", "task")
+  if source not in SOURCES:
+    raise ValueError(f"data.source={source!r}; allowed: {SOURCES}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} must be >= 1")
+  shard_index = jax.process_index() if shard_index is None else shard_index
+  shard_count = jax.process_count() if shard_count is None else shard_count
+  if source == "task":
+    if not isinstance(task, tasks_lib.GeneratedTask):
+      raise ValueError(f"data.source='task' needs a generated task; got {task!r}")
+    draw = functools.partial(task.example, seed, split)
+  else:
+    draw = _FileStream(_file_split(data_cfg, split), seed, shuffle=split == "train")
+  width = int(data_cfg["max_prompt_len"])
+  dataset = (grain.MapDataset.range(_STREAM_LENGTH)[shard_index::shard_count]
+             .map(lambda i: _encode_prompt(draw(int(i)), tokenizer, width))
+             .to_iter_dataset()
+             .batch(batch_size, batch_fn=lambda items: _collate(items, width, tokenizer.pad_id)))
+  return PromptPipeline(dataset)

@@ -1,0 +1,40 @@
+"""Verifiable tasks: generated ones (no download) and math answers for local datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from entropix_rl.tasks.arithmetic import Arithmetic
+from entropix_rl.tasks.base import Example, GeneratedTask, Task
+from entropix_rl.tasks.countdown import Countdown
+from entropix_rl.tasks.decomposition import Decomposition
+from entropix_rl.tasks.math_reward import MathTask, last_boxed
+
+TASKS = {"arithmetic": Arithmetic, "countdown": Countdown, "decomposition": Decomposition,
+         "math": MathTask}
+
+
+def get_task(name: str, **kwargs) -> Task:
+  """The task registered as `name`, built with `kwargs` (its dataclass fields)."""
+  if name not in TASKS:
+    raise ValueError(f"task.name={name!r}; allowed: {tuple(TASKS)}")
+  try:
+    return TASKS[name](**kwargs)
+  except TypeError as err:
+    raise ValueError(f"task.kwargs {sorted(kwargs)} do not fit task {name!r}: {err}") from None
+
+
+def distinct_correct_per_group(texts: Sequence[str], rewards: np.ndarray,
+                               group_ids: np.ndarray) -> float:
+  """Mean over groups of the number of distinct correct completions (stripped text)."""
+  groups: dict[int, set[str]] = {int(g): set() for g in np.asarray(group_ids)}
+  for text, reward, group in zip(texts, np.asarray(rewards), np.asarray(group_ids)):
+    if reward >= 1.0:
+      groups[int(group)].add(text.strip())
+  return float(np.mean([len(s) for s in groups.values()])) if groups else 0.0
+
+
+__all__ = ["Arithmetic", "Countdown", "Decomposition", "Example", "GeneratedTask", "MathTask",
+           "TASKS", "Task", "distinct_correct_per_group", "get_task", "last_boxed"]
