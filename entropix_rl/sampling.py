@@ -28,6 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh, NamedSharding
+
+from entropix_rl import sharding
 from entropix_rl.models import decoder
 from entropix_rl.models.config import ModelConfig
 
@@ -151,13 +154,23 @@ def _choose(logits: jax.Array, rng: jax.Array, cfg: SamplerConfig
   return tokens, logp, entropy
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
-def _generate(model_cfg: ModelConfig, params: Any, prompt_tokens: jax.Array,
-              prompt_mask: jax.Array, rng: jax.Array, cfg: SamplerConfig) -> tuple[jax.Array, ...]:
+def _constrain_cache(cache: decoder.KVCache, mesh: Mesh | None, num_kv_heads: int
+                     ) -> decoder.KVCache:
+  if mesh is None:
+    return cache
+  specs = sharding.kv_cache_specs(mesh, num_kv_heads)
+  return decoder.KVCache(**{name: jax.lax.with_sharding_constraint(
+      getattr(cache, name), NamedSharding(mesh, spec)) for name, spec in specs.items()})
+
+
+def _generate(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, params: Any,
+              prompt_tokens: jax.Array, prompt_mask: jax.Array, rng: jax.Array
+              ) -> tuple[jax.Array, ...]:
   """Prefill + decode loop. Returns (tokens, mask, logp, entropy) `[N, C]` and truncated `[N]`."""
   n, width = prompt_tokens.shape
   steps = cfg.max_new_tokens
-  cache = decoder.init_cache(model_cfg, n, width + steps)
+  cache = _constrain_cache(decoder.init_cache(model_cfg, n, width + steps), mesh,
+                           model_cfg.num_kv_heads)
   hidden, cache = decoder.forward_hidden(model_cfg, params, prompt_tokens, cache=cache,
                                          mask=prompt_mask)
   logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, -1])
@@ -183,6 +196,7 @@ def _generate(model_cfg: ModelConfig, params: Any, prompt_tokens: jax.Array,
     t, cache, done, rng, out = carry
     tok = out[0][:, t - 1]
     hidden, cache = decoder.forward_hidden(model_cfg, params, tok[:, None], cache=cache)
+    cache = _constrain_cache(cache, mesh, model_cfg.num_kv_heads)
     logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, 0])
     carry, _ = emit((t, cache, done, rng, out), logits)
     return carry
@@ -194,9 +208,22 @@ def _generate(model_cfg: ModelConfig, params: Any, prompt_tokens: jax.Array,
   return (*out, ~done)
 
 
+@functools.lru_cache(maxsize=64)
+def compiled_generate(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None = None):
+  """The jitted generation loop; on a mesh with explicit in/out shardings (rows over data x fsdp,
+  params by `sharding.param_shardings`, KV cache by batch and heads)."""
+  fn = functools.partial(_generate, model_cfg, cfg, mesh)
+  if mesh is None:
+    return jax.jit(fn)
+  rows = sharding.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(sharding.param_shardings(model_cfg, mesh), rows, rows,
+                                   sharding.replicated(mesh)),
+                 out_shardings=(rows,) * 5)
+
+
 def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.Array,
            prompt_lengths: np.ndarray | jax.Array | Sequence[int], rng: jax.Array,
-           sampler_cfg: SamplerConfig) -> Rollout:
+           sampler_cfg: SamplerConfig, *, mesh: Mesh | None = None) -> Rollout:
   """Samples `sampler_cfg.num_samples` completions for each left-padded prompt.
 
   Args:
@@ -206,9 +233,12 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
     prompt_lengths: `[B]` real tokens per prompt, in [1, P].
     rng: PRNG key.
     sampler_cfg: see `SamplerConfig`.
+    mesh: optional device mesh; rows (B x num_samples) must divide by its data x fsdp size.
 
   Returns:
     A `Rollout` with N = B x num_samples rows; row `i` belongs to prompt `i // num_samples`.
+    On a mesh, `prompt_tokens` are this host's prompts and the rollout holds this host's rows
+    (numpy); all hosts call `sample` together.
 
   Raises:
     ValueError: for a prompt length outside [1, P], or prompt + generation longer than the
@@ -224,6 +254,8 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
     raise ValueError(f"prompt_lengths must be in [1, {width}]; got min {lengths.min()}, "
                      f"max {lengths.max()}")
   bucket = prompt_bucket(int(lengths.max()) if lengths.size else 1, sampler_cfg.min_prompt_bucket)
+  if bucket + sampler_cfg.max_new_tokens > model_cfg.max_position_embeddings:
+    bucket = max(width, int(lengths.max()) if lengths.size else 1)  # the caller's width fits
   total = bucket + sampler_cfg.max_new_tokens
   if total > model_cfg.max_position_embeddings:
     raise ValueError(f"prompt bucket {bucket} + sampler.max_new_tokens "
@@ -236,8 +268,13 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
   padded = np.where(mask, padded, sampler_cfg.pad_id)
   repeat = sampler_cfg.num_samples
   padded, mask, lengths = (np.repeat(x, repeat, axis=0) for x in (padded, mask, lengths))
-  comp, comp_mask, logp, entropy, truncated = _generate(
-      model_cfg, params, jnp.asarray(padded), jnp.asarray(mask), rng, sampler_cfg)
+  if mesh is not None:
+    sharding.check_batch_divisible(padded.shape[0], mesh, "prompts x sampler.num_samples")
+  inputs = (padded, mask) if mesh is None else sharding.to_global((padded, mask), mesh)
+  outputs = compiled_generate(model_cfg, sampler_cfg, mesh)(params, *inputs, rng)
+  if mesh is not None:
+    outputs = sharding.to_host_local(outputs, mesh)
+  comp, comp_mask, logp, entropy, truncated = outputs
   return Rollout(
       prompt_tokens=jnp.asarray(padded), prompt_lengths=jnp.asarray(lengths),
       completion_tokens=comp, completion_mask=comp_mask, logp=logp, entropy=entropy,

@@ -145,11 +145,11 @@ def test_repeated_calls_do_not_recompile():
   params = init_params(cfg, jax.random.PRNGKey(0))
   sampler_cfg = sampling.SamplerConfig(max_new_tokens=4, num_samples=2)
   sampling.sample(cfg, params, _left_padded([3, 5], 16), [3, 5], jax.random.PRNGKey(0), sampler_cfg)
-  before = sampling._generate._cache_size()
+  before = sampling.compiled_generate(cfg, sampler_cfg)._cache_size()
   for lengths in ([2, 7], [9, 1], [4, 4]):  # all fall into the 16-wide prompt bucket
     sampling.sample(cfg, params, _left_padded(lengths, 16), lengths, jax.random.PRNGKey(1),
                     sampler_cfg)
-  assert sampling._generate._cache_size() == before
+  assert sampling.compiled_generate(cfg, sampler_cfg)._cache_size() == before
   assert sampling.prompt_bucket(17, 16) == 32 and sampling.prompt_bucket(3, 16) == 16
 
 
@@ -167,7 +167,7 @@ def test_unknown_sampler_field_and_too_long_context():
   params = init_params(cfg, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="max_position_embeddings"):
     sampling.sample(cfg, params, np.array([[3, 4]]), [2], jax.random.PRNGKey(0),
-                    sampling.SamplerConfig(max_new_tokens=20))
+                    sampling.SamplerConfig(max_new_tokens=31))
 
 
 def test_kv_cache_dtype_follows_compute_dtype():

@@ -12,9 +12,10 @@ penalty is the absolute log-ratio (verl's "abs" estimator), not the paper's KL.
 On-policy inertness (DESIGN.md, pinned): on the first mini-batch after a rollout,
 `ℓ = ℓ^old` exactly, so `|ℓ − ℓ^old| = 0` with zero (sub)gradient (`d|x|/dx = sign(0) = 0`):
 the loss, its gradient and the pick's effect are those of plain `−A·r`. The penalty acts only
-on later mini-batches/epochs. This holds only if the caller's `old_logp` equals `logp`
-bit for bit (e.g. `old_logp = stop_gradient(logp)`); a recomputation that differs by
-rounding gives the picked tokens a gradient of ±β.
+on later mini-batches/epochs. `old_logp` is recomputed in a separate forward pass, which on a
+sharded mesh differs from `logp` by float32 round-off (~1e-7); since the subgradient of |x|
+jumps from 0 to ±β there, log-ratios with |ℓ − ℓ^old| <= `ON_POLICY_TOL` count as exactly
+on-policy (no penalty, zero gradient). This keeps the result independent of the device layout.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from entropix_rl.losses.base import LossInputs, SurrogateOutput
 from entropix_rl.losses.config import LossConfig, check_number, check_ratio
 from entropix_rl.losses.ppo import importance_ratio
 from entropix_rl.losses.registry import register
+
+ON_POLICY_TOL = 1e-5  # nats; far above float32 round-off, far below a real update's movement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +71,8 @@ def kl_cov(cfg: LossConfig, inputs: LossInputs) -> SurrogateOutput:
   pick = lambda logp, adv, mask, key: kl_cov_pick(logp, adv, mask, ratio=c.ratio)
   selected = selection.select_per_scope(cfg, pick, (inputs.logp, advantages, inputs.mask))
   pg = -advantages * importance_ratio(inputs.logp, inputs.old_logp)
-  penalty = c.coef * jnp.abs(inputs.logp - inputs.old_logp)
+  log_ratio = inputs.logp - inputs.old_logp
+  penalty = c.coef * jnp.where(jnp.abs(log_ratio) > ON_POLICY_TOL, jnp.abs(log_ratio), 0.0)
   return SurrogateOutput(per_token_loss=pg + jnp.where(selected, penalty, 0.0),
                          loss_mask=inputs.mask, selected=selected,
                          clipped=jnp.zeros(inputs.mask.shape, bool))

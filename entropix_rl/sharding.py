@@ -1,0 +1,192 @@
+"""Device meshes, partition rules for the policy, and sharded train states.
+
+Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism whose params, grads and
+optimizer state are sharded), `tensor` (heads and MLP hidden units). Batches are sharded over
+`data x fsdp` on their leading axis. Param rules (docs/design.md has the tree):
+
+| param | shape | spec |
+| --- | --- | --- |
+| embed | [V, D] | (tensor, fsdp) |
+| lm_head | [D, V] | (fsdp, tensor) |
+| q, k, v | [L, D, heads, Dh] | (None, fsdp, tensor, None) |
+| q_bias, k_bias, v_bias | [L, heads, Dh] | (None, tensor, None) |
+| o | [L, H, Dh, D] | (None, tensor, None, fsdp) |
+| gate, up | [L, D, F] | (None, fsdp, tensor) |
+| down | [L, F, D] | (None, tensor, fsdp) |
+| norms | [L, D] / [D] | replicated |
+
+A dimension that the mesh axis size does not divide is replicated over that axis instead (for
+example k/v of a model with 2 KV heads on tensor=4); `describe_param_sharding` reports it.
+The optimizer state follows the params (`optax.tree_utils.tree_map_params`). Because jitted
+steps compute on global arrays, top-k and random token selection (Clip-Cov, KL-Cov) pick the
+same tokens on every mesh as on one device.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from entropix_rl.models import init_params
+from entropix_rl.models.config import ModelConfig
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+_RULES = {
+    "embed": P("tensor", "fsdp"),
+    "lm_head": P("fsdp", "tensor"),
+    "q": P(None, "fsdp", "tensor", None),
+    "k": P(None, "fsdp", "tensor", None),
+    "v": P(None, "fsdp", "tensor", None),
+    "q_bias": P(None, "tensor", None),
+    "k_bias": P(None, "tensor", None),
+    "v_bias": P(None, "tensor", None),
+    "o": P(None, "tensor", None, "fsdp"),
+    "gate": P(None, "fsdp", "tensor"),
+    "up": P(None, "fsdp", "tensor"),
+    "down": P(None, "tensor", "fsdp"),
+}
+
+
+def initialize_distributed(cfg: Mapping[str, Any] | None) -> None:
+  """Calls `jax.distributed.initialize` when `config.distributed.enabled` is true.
+
+  On TPU VMs the coordinator and process ids are discovered automatically; elsewhere set
+  `distributed.coordinator_address`, `num_processes` and `process_id`.
+  """
+  if not cfg or not cfg.get("enabled", False):
+    return
+  kwargs = {k: cfg[k] for k in ("coordinator_address", "num_processes", "process_id")
+            if cfg.get(k) not in (None, "")}
+  jax.distributed.initialize(**kwargs)
+
+
+def mesh_shape(cfg: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Resolves `{data, fsdp, tensor}` sizes; one of them may be -1 ("the rest of the devices")."""
+  unknown = sorted(set(cfg) - set(AXES))
+  if unknown:
+    raise ValueError(f"mesh: unknown axis {unknown}; allowed: {AXES}")
+  sizes = {axis: int(cfg.get(axis, 1)) for axis in AXES}
+  bad = [f"mesh.{a}={s}" for a, s in sizes.items() if s == 0 or s < -1]
+  rest = [a for a, s in sizes.items() if s == -1]
+  if bad or len(rest) > 1:
+    raise ValueError(f"{', '.join(bad) or 'mesh'}: sizes must be positive, with at most one -1 "
+                     f"(the rest); got {sizes}")
+  known = math.prod(s for s in sizes.values() if s != -1)
+  if rest:
+    if num_devices % known:
+      raise ValueError(f"mesh {sizes}: {num_devices} devices do not divide by {known}")
+    sizes[rest[0]] = num_devices // known
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(f"mesh {sizes} has {math.prod(sizes.values())} devices; "
+                     f"{num_devices} are available")
+  return sizes
+
+
+def make_mesh(cfg: Mapping[str, int], devices: list | None = None) -> Mesh:
+  """A `Mesh` with axes (data, fsdp, tensor) over `devices` (default: all devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = mesh_shape(cfg, len(devices))
+  return Mesh(np.asarray(devices).reshape([sizes[a] for a in AXES]), AXES)
+
+
+def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """`spec` with every axis that does not divide its dimension replaced by None."""
+  axes = []
+  for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes.append(axis if axis is None or dim % mesh.shape[axis] == 0 else None)
+  return P(*axes)
+
+
+def param_specs(params: Any, mesh: Mesh) -> Any:
+  """A PartitionSpec per param leaf (by its name in the tree; norms replicated)."""
+  def spec(path, leaf):
+    name = getattr(path[-1], "key", str(path[-1]))
+    return _fit(_RULES.get(name, P()), leaf.shape, mesh)
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def param_shardings(model_cfg: ModelConfig, mesh: Mesh) -> Any:
+  """`NamedSharding`s of the model's param tree (from its shapes; nothing is allocated)."""
+  abstract = jax.eval_shape(functools.partial(init_params, model_cfg), jax.random.PRNGKey(0))
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(abstract, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+  """Leading axis over data x fsdp, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def kv_cache_specs(mesh: Mesh, num_kv_heads: int) -> dict[str, P]:
+  """KV cache by batch and heads: k/v `[L, B, S, K, Dh]`, valid `[B, S]`, lengths `[B]`."""
+  heads = "tensor" if num_kv_heads % mesh.shape["tensor"] == 0 else None
+  kv = P(None, BATCH_AXES, None, heads, None)
+  return {"k": kv, "v": kv, "valid": P(BATCH_AXES, None), "lengths": P(BATCH_AXES), "index": P()}
+
+
+def state_shardings(state: Any, optimizer: optax.GradientTransformation, mesh: Mesh) -> Any:
+  """Shardings of a `TrainState`: params and ref_params by the rules, the optimizer state
+  following its params, everything else (step, rng, controller, counters) replicated."""
+  specs = param_specs(state.params, mesh)
+  to_sharding = lambda spec: NamedSharding(mesh, spec)
+  opt = optax.tree_utils.tree_map_params(
+      optimizer, lambda _, spec: to_sharding(spec), state.opt_state, specs,
+      transform_non_params=lambda _: replicated(mesh),
+      is_leaf=lambda x: isinstance(x, P))
+  rep = lambda tree: jax.tree.map(lambda _: replicated(mesh), tree)
+  return state.replace(
+      step=replicated(mesh), params=jax.tree.map(to_sharding, specs), opt_state=opt,
+      rng=replicated(mesh), controller=rep(state.controller),
+      ref_params=None if state.ref_params is None else jax.tree.map(to_sharding, specs))
+
+
+def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
+  """Every batch array sharded on its leading (row) axis."""
+  return {k: batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
+
+
+def check_batch_divisible(rows: int, mesh: Mesh, what: str) -> None:
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if rows % shards:
+    raise ValueError(f"{what}={rows} rows must divide by mesh data x fsdp = {shards}")
+
+
+def describe_param_sharding(params: Any) -> list[tuple[str, tuple[int, ...], str, int]]:
+  """(path, shape, spec, bytes per device) for every param leaf of a placed tree."""
+  rows = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    shard = leaf.addressable_shards[0].data
+    rows.append((jax.tree_util.keystr(path), tuple(leaf.shape), str(leaf.sharding.spec),
+                 int(shard.size * shard.dtype.itemsize)))
+  return rows
+
+
+def to_global(tree: Any, mesh: Mesh) -> Any:
+  """Host-local rows (numpy) -> global arrays sharded over data x fsdp.
+
+  On one process this places the rows on the mesh; on many, each host passes its own rows and
+  the global batch is their concatenation in process order.
+  """
+  rows = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(rows, np.asarray(x)), tree)
+
+
+def to_host_local(tree: Any, mesh: Mesh) -> Any:
+  """Global row-sharded arrays -> this host's rows as numpy (the inverse of `to_global`)."""
+  from jax.experimental import multihost_utils
+
+  local = multihost_utils.global_array_to_host_local_array(tree, mesh, P(BATCH_AXES))
+  return jax.tree.map(np.asarray, local)

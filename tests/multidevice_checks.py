@@ -1,0 +1,201 @@
+"""Checks run on 8 simulated CPU devices; `tests/test_sharding.py` runs this in a subprocess.
+
+Prints one JSON object: for each check, the largest differences against the single-device
+result (and facts about shardings), which the test module asserts on.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from entropix_rl import losses, sampling, sharding  # noqa: E402
+from entropix_rl.models import init_params, tiny_config  # noqa: E402
+from entropix_rl.train.checkpoint import Checkpointer  # noqa: E402
+from entropix_rl.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
+from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update  # noqa: E402
+from entropix_rl.train.state import create_train_state  # noqa: E402
+
+MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
+MODEL = tiny_config(vocab_size=64, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8,
+                    intermediate_size=64, max_position_embeddings=64, qkv_bias=True)
+GROUPS, GROUP_SIZE, PROMPT, COMPLETION = 4, 4, 6, 10
+
+
+def _mesh(shape):
+  return sharding.make_mesh(dict(zip(sharding.AXES, shape)))
+
+
+def _batch(seed=0):
+  rng = np.random.default_rng(seed)
+  n = GROUPS * GROUP_SIZE
+  prompt = rng.integers(3, MODEL.vocab_size, (n, PROMPT)).astype(np.int32)
+  completion = rng.integers(3, MODEL.vocab_size, (n, COMPLETION)).astype(np.int32)
+  lengths = rng.integers(3, COMPLETION + 1, n)
+  cmask = (np.arange(COMPLETION)[None] < lengths[:, None]).astype(np.float32)
+  return {
+      "tokens": np.concatenate([prompt, completion], 1),
+      "attention_mask": np.concatenate([np.ones((n, PROMPT), bool), cmask > 0], 1),
+      "completion": completion, "completion_mask": cmask,
+      "rewards": rng.integers(0, 2, n).astype(np.float32),
+      "group_ids": np.repeat(np.arange(GROUPS), GROUP_SIZE).astype(np.int32),
+  }
+
+
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def rl_step_equivalence(loss_name):
+  """rl_update on every mesh vs one device: metrics and updated params."""
+  loss_cfg = losses.default_loss_config()
+  loss_cfg.name = loss_name
+  loss_cfg.clip_cov.ratio = 0.1
+  loss_cfg.kl_cov.ratio = 0.1
+  rl_cfg = RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, ppo_epochs=2,
+                          num_minibatches=2, advantage="grpo", temperature=1.0, token_chunk=64,
+                          remat=False, measure_dynamics=True)
+  optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2))
+  params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
+
+  def fresh_state():
+    return create_train_state(jax.tree.map(np.array, params), optimizer, jax.random.PRNGKey(1),
+                              ref_params=jax.tree.map(np.array, params))
+
+  batch = _batch()
+  single_state, single_metrics = make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(
+      fresh_state(), batch)
+  out = {}
+  for name, shape in MESHES.items():
+    mesh = _mesh(shape)
+    state = fresh_state()
+    shardings = sharding.state_shardings(state, optimizer, mesh)
+    update = make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer, jit_kwargs=dict(
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh))))
+    new_state, metrics = update(jax.device_put(state, shardings), sharding.to_global(batch, mesh))
+    out[name] = {
+        "params": _max_diff(new_state.params, single_state.params),
+        "opt_state": _max_diff(new_state.opt_state, single_state.opt_state),
+        "loss": abs(float(metrics["loss/loss"]) - float(single_metrics["loss/loss"])),
+        "grad_norm": abs(float(metrics["loss/grad_norm"]) - float(single_metrics["loss/grad_norm"])),
+        "n_selected": float(metrics["loss/n_selected_total"]),
+        "n_selected_single": float(single_metrics["loss/n_selected_total"]),
+        "param_delta": _max_diff(single_state.params, params),
+    }
+  return out
+
+
+def selection_equivalence():
+  """policy_loss's picked tokens and gradients on row-sharded inputs vs one device."""
+  rng = np.random.default_rng(3)
+  n, t = 16, 64
+  mask = (rng.random((n, t)) < 0.8).astype(np.float32)
+  inputs = {"logp": -rng.exponential(1.0, (n, t)).astype(np.float32),
+            "advantages": rng.normal(size=(n, t)).astype(np.float32) * mask}
+  inputs["old_logp"] = inputs["logp"] + rng.normal(0, 0.1, (n, t)).astype(np.float32)
+  out = {}
+  for loss_name in ("clip_cov", "kl_cov"):
+    cfg = losses.default_loss_config()
+    cfg.name = loss_name
+    cfg.clip_cov.ratio = 0.05
+    cfg.kl_cov.ratio = 0.05
+    cfg = losses.resolve_loss_config(cfg)
+
+    def fn(x, m):
+      grad_fn = jax.grad(lambda lp: losses.policy_loss(
+          cfg, logp=lp, old_logp=x["old_logp"], advantages=x["advantages"], mask=m,
+          rng=jax.random.PRNGKey(7))[0])
+      _, aux = losses.policy_loss(cfg, logp=x["logp"], old_logp=x["old_logp"],
+                                  advantages=x["advantages"], mask=m, rng=jax.random.PRNGKey(7))
+      return aux["selected"], grad_fn(x["logp"])
+
+    ref_sel, ref_grad = jax.jit(fn)(inputs, mask)
+    for name, shape in MESHES.items():
+      mesh = _mesh(shape)
+      sel, grad = jax.jit(fn, out_shardings=sharding.batch_sharding(mesh))(
+          sharding.to_global(inputs, mesh), sharding.to_global(mask, mesh))
+      out[f"{loss_name}/{name}"] = {
+          "same_tokens": bool(np.array_equal(np.asarray(sel), np.asarray(ref_sel))),
+          "n_selected": int(np.asarray(ref_sel).sum()),
+          "grad": _max_diff(grad, ref_grad),
+      }
+  return out
+
+
+def sampler_equivalence():
+  params = init_params(MODEL, jax.random.PRNGKey(2), init_std=0.3)
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(2, 7, 8)
+  prompts = np.zeros((8, 6), np.int32)
+  for i, n in enumerate(lengths):
+    prompts[i, 6 - n:] = rng.integers(3, MODEL.vocab_size, n)
+  cfg = sampling.SamplerConfig(greedy=True, max_new_tokens=8, num_samples=2)
+  ref = sampling.sample(MODEL, params, prompts, lengths, jax.random.PRNGKey(0), cfg)
+  out = {}
+  for name, shape in MESHES.items():
+    mesh = _mesh(shape)
+    placed = jax.device_put(params, sharding.param_shardings(MODEL, mesh))
+    got = sampling.sample(MODEL, placed, prompts, lengths, jax.random.PRNGKey(0), cfg, mesh=mesh)
+    out[name] = {
+        "same_tokens": bool(np.array_equal(np.asarray(got.completion_tokens),
+                                           np.asarray(ref.completion_tokens))),
+        "logp": _max_diff(got.logp, ref.logp),
+    }
+  return out
+
+
+def param_placement():
+  """Per-leaf shardings of a model placed on the 2x2x2 mesh."""
+  mesh = _mesh((2, 2, 2))
+  params = jax.device_put(init_params(MODEL, jax.random.PRNGKey(0)),
+                          sharding.param_shardings(MODEL, mesh))
+  rows = sharding.describe_param_sharding(params)
+  full = {path: int(np.prod(shape)) * 4 for path, shape, _, _ in rows}
+  return {path: {"spec": spec, "device_bytes": nbytes, "full_bytes": full[path],
+                 "num_devices": len(leaf.sharding.device_set)}
+          for (path, _, spec, nbytes), leaf in zip(rows, jax.tree.leaves(params))}
+
+
+def checkpoint_across_meshes():
+  """Save a sharded train state on one mesh, restore it on another."""
+  optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3))
+  state = create_train_state(init_params(MODEL, jax.random.PRNGKey(5)), optimizer,
+                             jax.random.PRNGKey(6))
+  mesh_a, mesh_b = _mesh((2, 4, 1)), _mesh((2, 2, 2))
+  saved = jax.device_put(state, sharding.state_shardings(state, optimizer, mesh_a))
+  with tempfile.TemporaryDirectory() as tmp:
+    ckpt = Checkpointer(tmp, save_every=1, keep=1)
+    ckpt.maybe_save(3, saved, {"data_state": {"next_index": 12}})
+    target_sh = sharding.state_shardings(state, optimizer, mesh_b)
+    target = jax.device_put(jax.tree.map(np.zeros_like, state), target_sh)
+    restored, extra, step = ckpt.restore(target)
+    ckpt.close()
+  specs_match = all(a.sharding == b for a, b in zip(jax.tree.leaves(restored),
+                                                     jax.tree.leaves(target_sh)))
+  return {"max_diff": _max_diff(restored, state), "step": step, "extra": extra,
+          "on_target_mesh": specs_match}
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  checks = {
+      "rl_step": {name: rl_step_equivalence(name) for name in ("ppo", "clip_cov", "kl_cov")},
+      "selection": selection_equivalence(),
+      "sampler": sampler_equivalence(),
+      "params": param_placement(),
+      "checkpoint": checkpoint_across_meshes(),
+  }
+  json.dump(checks, sys.stdout)
+
+
+if __name__ == "__main__":
+  with jax.default_matmul_precision("highest"):
+    main()
