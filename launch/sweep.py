@@ -1,0 +1,213 @@
+r"""Expand a config's `get_sweep()` into runs and launch them locally or on a TPU slice.
+
+  python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/sweep --dry_run
+  python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/sweep --mode=local
+  python launch/sweep.py --config=configs/qwen25_7b_clip_cov.py --workdir=gs://B/sweep \
+      --mode=tpu --tpu_name=entropix-v5p --zone=us-east5-a [--config.rl.steps=100]
+
+The config file defines `get_sweep() -> list[dict]`, each dict a setting of dotted overrides,
+e.g. `{"loss.name": "clip_cov", "loss.clip_cov.ratio": 0.02, "seed": 1}`. Each setting becomes
+one run in `WORKDIR/<name>`, where the name joins `key-value` pairs with `__`, each key by its
+shortest unambiguous suffix within the sweep (`name-clip_cov__ratio-0.02__seed-1`, or
+`clip_cov.ratio-0.02` when another key also ends in `ratio`). A setting may carry its own name under `_name`.
+Extra `--config.k=v` flags on this command line apply to every run (after the setting's).
+
+* `--mode=local` runs `python experiments/train.py --config=CFG --workdir=WORKDIR/<name>
+  --config.k=v ...` one after another, printing `[i/n] name`, and skips runs whose workdir
+  holds a `DONE` file (written by the trainer when it finishes; a partial run resumes).
+* `--mode=tpu` runs `launch/run.sh TPU_NAME ZONE CFG WORKDIR/<name> --config.k=v ...` per
+  setting, one after another (each uses the whole slice). `DONE` is checked with
+  `gcloud storage ls` for gs:// workdirs, else on worker 0 over ssh (e.g. a gcsfuse mount).
+* `--dry_run` only prints the commands (and which runs would be skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME_KEY = "_name"
+
+
+def load_module(config_path: str):
+  """Imports a config file by path (it may import `entropix_rl`)."""
+  spec = importlib.util.spec_from_file_location(
+      "sweep_config_" + re.sub(r"\W", "_", os.path.basename(config_path)), config_path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f"cannot import config file {config_path!r}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def format_value(value: Any) -> str:
+  """A value as `--config.k=` expects it (booleans lower-case, the rest `str`)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  return str(value)
+
+
+def _short_keys(settings: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+  """Each dotted key by its shortest suffix of components that is unique in the sweep."""
+  keys = sorted({k for s in settings for k in s if k != NAME_KEY})
+  short = {}
+  for k in keys:
+    parts = k.split(".")
+    for n in range(1, len(parts) + 1):
+      suffix = ".".join(parts[-n:])
+      if sum(1 for other in keys if other == suffix or other.endswith("." + suffix)) == 1:
+        break
+    short[k] = suffix
+  return short
+
+
+def run_name(setting: Mapping[str, Any], short: Mapping[str, str] | None = None) -> str:
+  """`key-value` pairs joined by `__`, restricted to `[A-Za-z0-9._-]`."""
+  if NAME_KEY in setting:
+    name = str(setting[NAME_KEY])
+  else:
+    short = short or {}
+    name = "__".join(f"{short.get(k, k)}-{format_value(v)}" for k, v in setting.items()
+                     if k != NAME_KEY) or "default"
+  return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def expand_sweep(config_path: str) -> list[tuple[str, dict[str, Any]]]:
+  """(name, overrides) per setting of the config file's `get_sweep()`, names unique."""
+  module = load_module(config_path)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"{config_path} defines no get_sweep()")
+  settings = list(module.get_sweep())
+  for i, s in enumerate(settings):
+    if not isinstance(s, Mapping):
+      raise ValueError(f"get_sweep()[{i}] is {type(s).__name__}, expected a dict of overrides")
+  short = _short_keys(settings)
+  runs, seen = [], {}
+  for s in settings:
+    name = run_name(s, short)
+    if name in seen:
+      raise ValueError(f"two sweep settings share the run name {name!r}: {seen[name]} and "
+                       f"{dict(s)}; give them distinct '{NAME_KEY}' entries")
+    seen[name] = dict(s)
+    runs.append((name, {k: v for k, v in s.items() if k != NAME_KEY}))
+  return runs
+
+
+def override_flags(overrides: Mapping[str, Any]) -> list[str]:
+  return [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
+
+
+def _script(*parts: str) -> str:
+  """A repository script's path relative to the current directory (commands run from it)."""
+  return os.path.relpath(os.path.join(REPO_ROOT, *parts))
+
+
+def command_for(config_path: str, workdir: str, overrides: Mapping[str, Any], *,
+                mode: str = "local", tpu_name: str = "", zone: str = "",
+                python: str = sys.executable, extra: Sequence[str] = ()) -> list[str]:
+  """The argv that runs one setting (`extra` are verbatim `--config.k=v` flags)."""
+  flags = override_flags(overrides) + list(extra)
+  if mode == "local":
+    return [python, _script("experiments", "train.py"), f"--config={config_path}",
+            f"--workdir={workdir}", *flags]
+  if mode == "tpu":
+    if not tpu_name or not zone:
+      raise ValueError("--mode=tpu needs --tpu_name and --zone")
+    return ["bash", _script("launch", "run.sh"), tpu_name, zone, config_path, workdir,
+            *flags]
+  raise ValueError(f"mode={mode!r}; allowed: ('local', 'tpu')")
+
+
+def is_done(workdir: str, *, mode: str = "local", tpu_name: str = "", zone: str = "") -> bool:
+  """Whether `workdir/DONE` exists.
+
+  gs:// paths are checked with `gcloud storage ls`; other paths locally in local mode, and on
+  worker 0 of the slice (where process 0 writes DONE) in tpu mode. A failed check (no gcloud,
+  no slice) counts as not done.
+  """
+  marker = workdir.rstrip("/") + "/DONE"
+  if workdir.startswith("gs://"):
+    check = ["gcloud", "storage", "ls", marker]
+  elif mode == "tpu":
+    check = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu_name, f"--zone={zone}",
+             "--worker=0", f"--command=test -f {shlex.quote(marker)}"]
+  else:
+    return os.path.exists(marker)
+  try:
+    return subprocess.run(check, capture_output=True, check=False).returncode == 0
+  except FileNotFoundError:
+    return False
+
+
+def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_name: str = "",
+              zone: str = "", dry_run: bool = False, extra: Sequence[str] = (),
+              only: str = "", python: str = sys.executable,
+              runner: Callable[..., Any] = subprocess.run,
+              log: Callable[[str], None] = print) -> list[tuple[str, str]]:
+  """Runs (or prints) every setting in order; returns (name, status) per run.
+
+  Status is "done" (skipped: DONE exists), "dry_run", "ok", or "failed (rc=N)".
+  Runs whose name does not contain `only` are left out. A failed run does not stop the sweep.
+  """
+  runs = [(n, o) for n, o in expand_sweep(config_path) if only in n]
+  results = []
+  for i, (name, overrides) in enumerate(runs, 1):
+    workdir = base_workdir.rstrip("/") + "/" + name
+    cmd = command_for(config_path, workdir, overrides, mode=mode, tpu_name=tpu_name,
+                      zone=zone, python=python, extra=extra)
+    prefix = f"[{i}/{len(runs)}] {name}"
+    if is_done(workdir, mode=mode, tpu_name=tpu_name, zone=zone):
+      log(f"{prefix}: DONE exists in {workdir}, skipped")
+      results.append((name, "done"))
+      continue
+    log(f"{prefix}: {shlex.join(cmd)}")
+    if dry_run:
+      results.append((name, "dry_run"))
+      continue
+    rc = runner(cmd, check=False).returncode
+    status = "ok" if rc == 0 else f"failed (rc={rc})"
+    log(f"{prefix}: {status}")
+    results.append((name, status))
+  return results
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="config file defining get_sweep()")
+  parser.add_argument("--workdir", required=True, help="base directory; one subdir per run")
+  parser.add_argument("--mode", choices=("local", "tpu"), default="local")
+  parser.add_argument("--tpu_name", default="")
+  parser.add_argument("--zone", default="")
+  parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+  parser.add_argument("--only", default="", help="run only settings whose name contains this")
+  parser.add_argument("--python", default=sys.executable, help="interpreter for --mode=local")
+  args, rest = parser.parse_known_args(argv)
+  bad = [a for a in rest if not a.startswith("--config.")]
+  if bad:
+    parser.error(f"unrecognized arguments: {bad} (only --config.k=v overrides pass through)")
+  return args, rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+  results = run_sweep(args.config, args.workdir, mode=args.mode, tpu_name=args.tpu_name,
+                      zone=args.zone, dry_run=args.dry_run, extra=extra, only=args.only,
+                      python=args.python)
+  failed = [n for n, s in results if s.startswith("failed")]
+  print(f"{len(results)} runs: {sum(s == 'done' for _, s in results)} already done, "
+        f"{sum(s == 'ok' for _, s in results)} ok, {len(failed)} failed"
+        + (f" ({', '.join(failed)})" if failed else ""))
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,116 @@
+"""Tests of launch/sweep.py: expansion of get_sweep(), commands, run names and DONE skipping."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP_PY = os.path.join(REPO_ROOT, "launch", "sweep.py")
+
+_spec = importlib.util.spec_from_file_location("launch_sweep", SWEEP_PY)
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+_CONFIG = textwrap.dedent("""
+    import ml_collections
+
+
+    def get_config():
+      return ml_collections.ConfigDict({"seed": 0, "loss": {"name": "ppo",
+                                        "clip_cov": {"ratio": 2e-4}, "kl_cov": {"ratio": 2e-4}}})
+
+
+    def get_sweep():
+      return [
+          {"loss.name": "ppo", "seed": 0},
+          {"loss.name": "clip_cov", "loss.clip_cov.ratio": 0.02, "seed": 0},
+          {"loss.name": "kl_cov", "loss.kl_cov.ratio": 0.2, "seed": 1},
+          {"_name": "custom", "loss.name": "ppo", "seed": 3},
+      ]
+""")
+
+
+@pytest.fixture
+def config_path(tmp_path):
+  path = tmp_path / "tiny_sweep.py"
+  path.write_text(_CONFIG)
+  return str(path)
+
+
+def test_expand_sweep_names_and_overrides(config_path):
+  runs = sweep.expand_sweep(config_path)
+  assert [name for name, _ in runs] == [
+      "name-ppo__seed-0",
+      "name-clip_cov__clip_cov.ratio-0.02__seed-0",
+      "name-kl_cov__kl_cov.ratio-0.2__seed-1",
+      "custom",
+  ]
+  assert runs[1][1] == {"loss.name": "clip_cov", "loss.clip_cov.ratio": 0.02, "seed": 0}
+  assert runs[3][1] == {"loss.name": "ppo", "seed": 3}
+
+
+def test_command_for_local_and_tpu():
+  cmd = sweep.command_for("cfg.py", "/w/run", {"loss.name": "clip_cov", "rl.remat": True},
+                          python="python", extra=["--config.rl.steps=5"])
+  assert cmd[0] == "python" and cmd[1].endswith(os.path.join("experiments", "train.py"))
+  assert cmd[2:] == ["--config=cfg.py", "--workdir=/w/run", "--config.loss.name=clip_cov",
+                     "--config.rl.remat=true", "--config.rl.steps=5"]
+  tpu = sweep.command_for("cfg.py", "gs://b/run", {"seed": 1}, mode="tpu", tpu_name="t",
+                          zone="z")
+  assert tpu[0] == "bash" and tpu[1].endswith(os.path.join("launch", "run.sh"))
+  assert tpu[2:] == ["t", "z", "cfg.py", "gs://b/run", "--config.seed=1"]
+  with pytest.raises(ValueError, match="tpu_name"):
+    sweep.command_for("cfg.py", "w", {}, mode="tpu")
+
+
+def test_duplicate_names_raise(tmp_path):
+  path = tmp_path / "dup.py"
+  path.write_text("def get_sweep():\n  return [{'seed': 0}, {'seed': 0}]\n")
+  with pytest.raises(ValueError, match="seed-0"):
+    sweep.expand_sweep(str(path))
+
+
+def test_dry_run_cli_skips_done(config_path, tmp_path):
+  base = tmp_path / "runs"
+  (base / "name-ppo__seed-0").mkdir(parents=True)
+  (base / "name-ppo__seed-0" / "DONE").touch()
+  out = subprocess.run(
+      [sys.executable, SWEEP_PY, f"--config={config_path}", f"--workdir={base}", "--dry_run",
+       "--python=python", "--config.rl.steps=2"],
+      capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+  lines = out.strip().splitlines()
+  assert lines[0].startswith("[1/4] name-ppo__seed-0: DONE exists")
+  assert lines[1] == (
+      "[2/4] name-clip_cov__clip_cov.ratio-0.02__seed-0: python experiments/train.py "
+      f"--config={config_path} --workdir={base}/name-clip_cov__clip_cov.ratio-0.02__seed-0 "
+      "--config.loss.name=clip_cov --config.loss.clip_cov.ratio=0.02 --config.seed=0 "
+      "--config.rl.steps=2")
+  assert lines[3].startswith("[4/4] custom: python experiments/train.py")
+  assert lines[-1].startswith("4 runs: 1 already done")
+
+
+def test_local_mode_runs_in_order_and_skips_done(config_path, tmp_path):
+  base = tmp_path / "runs"
+  (base / "custom").mkdir(parents=True)
+  (base / "custom" / "DONE").touch()
+  calls = []
+
+  def runner(cmd, check):
+    calls.append(cmd)
+    return subprocess.CompletedProcess(cmd, 1 if "seed=1" in " ".join(cmd) else 0)
+
+  results = sweep.run_sweep(config_path, str(base), python="python", runner=runner,
+                            log=lambda _: None)
+  assert [r[1] for r in results] == ["ok", "ok", "failed (rc=1)", "done"]
+  assert len(calls) == 3 and all(c[0] == "python" for c in calls)
+  assert f"--workdir={base}/name-ppo__seed-0" in calls[0]
+
+
+def test_unknown_flag_rejected(config_path):
+  proc = subprocess.run([sys.executable, SWEEP_PY, f"--config={config_path}", "--workdir=w",
+                         "--bogus=1"], capture_output=True, text=True, cwd=REPO_ROOT)
+  assert proc.returncode != 0 and "--bogus=1" in proc.stderr
