@@ -70,8 +70,16 @@ def read_prompt_file(path: str) -> list[Example]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"data.path={path!r} does not exist")
   if path.endswith(".jsonl"):
+    records = []
     with open(path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
+      for line_number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+          raise ValueError(f"{path} line {line_number} (record {len(records)}): invalid JSON: "
+                           f"{err}") from None
   elif path.endswith(".parquet"):
     import pyarrow.parquet as pq
 
@@ -80,6 +88,9 @@ def read_prompt_file(path: str) -> list[Example]:
     raise ValueError(f"data.path={path!r}: allowed formats are .jsonl and .parquet")
   if not records:
     raise ValueError(f"data.path={path!r} holds no records")
+  for i, record in enumerate(records):
+    if not isinstance(record, Mapping):
+      raise ValueError(f"{path} record {i}: expected a JSON object, got {type(record).__name__}")
   return [Example(prompt=_prompt_text(r, f"{path} record {i}"),
                   answer=_answer_text(r, f"{path} record {i}"), index=i)
           for i, r in enumerate(records)]

@@ -9,15 +9,19 @@ import numpy as np
 
 from entropix_rl.tasks.base import Example, GeneratedTask
 
-_ANSWER = re.compile(r"([1-9][0-9]*)\+([1-9][0-9]*)")
+_ANSWER = re.compile(r"([0-9]{1,12})\+([0-9]{1,12})")
 
 
 @dataclasses.dataclass(frozen=True)
 class Decomposition(GeneratedTask):
-  """Write n as a sum of two positive integers. Prompt `123=`, a correct completion `100+23`.
+  """Write n as a sum of two positive integers. Prompt `123=`, correct completions `100+23`,
+  `023+100`, `61+62`, ... (leading zeros allowed; a and b must be >= 1).
 
-  Every n in [min_n, max_n] has n - 1 correct answers, so a policy that keeps its entropy keeps
+  Every n in [min_n, max_n] has n - 1 correct sums, so a policy that keeps its entropy keeps
   producing different correct answers (counted by `distinct_correct_per_group`).
+  Demonstrations are borrow-free and zero-padded to n's width (each digit of a drawn uniformly
+  in [0, digit of n], b's digit the difference), so a tiny decoder learns them within a few
+  hundred SFT steps while they still span prod(digit + 1) answers per n.
 
   Attributes:
     min_n, max_n: range of n (inclusive); min_n >= 2.
@@ -48,9 +52,16 @@ class Decomposition(GeneratedTask):
     match = _ANSWER.fullmatch(completion.strip())
     if match is None:
       return 0.0
-    return float(int(match.group(1)) + int(match.group(2)) == example.info["n"])
+    a, b = int(match.group(1)), int(match.group(2))
+    return float(a >= 1 and b >= 1 and a + b == example.info["n"])
 
   def demonstration(self, example: Example, rng: np.random.Generator) -> str:
     n = example.info["n"]
-    a = int(rng.integers(1, n))
-    return f"{a}+{n - a}"
+    digits = [int(d) for d in str(n)]
+    for _ in range(32):
+      a = int("".join(str(int(rng.integers(0, d + 1))) for d in digits))
+      if 0 < a < n:
+        break
+    else:  # n like 100 has no borrow-free split into two positive parts
+      a = int(rng.integers(1, n))
+    return f"{a:0{len(digits)}d}+{n - a:0{len(digits)}d}"
