@@ -1,0 +1,109 @@
+r"""The embedded default: entropy collapse under GRPO, and what Clip-Cov / KL-Cov do to it.
+
+A ~0.6M-parameter Qwen2-architecture decoder, trained from scratch on sum decomposition
+(`123=` -> any `a+b` with a + b = 123: many correct answers per prompt, so entropy has
+something to stand for). An SFT warm start on random correct decompositions gives the
+policy real competence and real entropy; then GRPO (32 prompts x 8 samples, 4 mini-batches
+per rollout, Adam 3e-4, token-mean PPO loss with eps 0.2).
+
+One method (about 2-3 minutes on 2 CPU cores after a ~1 minute SFT, shared via sft.shared_dir):
+
+  python experiments/train.py --config=configs/quickstart.py --workdir=/tmp/qs/grpo
+  python experiments/train.py --config=configs/quickstart.py --workdir=/tmp/qs/clip_cov \
+      --config.loss.name=clip_cov
+
+The three-method comparison (the README's first command):
+
+  python experiments/quickstart.py --workdir=/tmp/entropix_quickstart
+
+Ratios are scaled to the batch: a rollout holds ~1.5k completion tokens, so the paper's
+2e-4 / 2e-3 would select 0-3 tokens (the max(1, .) floor makes them no-ops here). Clip-Cov uses
+0.02 with the paper's bounds [1, 5]; KL-Cov uses 0.2 with coef 1 (see docs/results.md for the
+sweep over ratio and coefficient).
+"""
+
+import ml_collections
+
+from entropix_rl.losses import default_loss_config
+
+
+def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.method = ""  # label in plots/tables; empty = derived from the loss name
+
+  config.task = ml_collections.ConfigDict({"name": "decomposition",
+                                           "kwargs": {"min_n": 100, "max_n": 999}})
+  config.tokenizer = ml_collections.ConfigDict({"kind": "char", "path": ""})
+  config.data = ml_collections.ConfigDict({
+      "source": "task", "path": "", "max_prompt_len": 8,
+  })
+
+  config.model = ml_collections.ConfigDict({
+      "init": "random", "checkpoint": "", "model_type": "qwen2",
+      "hidden_size": 128, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
+      "intermediate_size": 384, "max_position_embeddings": 32, "tie_embeddings": True,
+      "qkv_bias": True, "rope_theta": 10000.0, "param_dtype": "float32",
+      "compute_dtype": "float32",
+  })
+
+  config.sampler = ml_collections.ConfigDict({
+      "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 10, "greedy": False,
+  })
+
+  config.sft = ml_collections.ConfigDict({
+      "steps": 350, "batch_size": 256, "log_every": 50, "shared_dir": "",
+      "optimizer": {"learning_rate": 1e-3, "warmup_steps": 20, "grad_clip_norm": 1.0},
+  })
+
+  config.rl = ml_collections.ConfigDict({
+      "steps": 300, "prompts_per_step": 32, "group_size": 8, "ppo_epochs": 1,
+      "num_minibatches": 4, "advantage": "grpo", "dynamic_sampling": False,
+      "max_gen_batches": 10, "use_reference": True, "measure_dynamics": True,
+      "token_chunk": 4096, "remat": False,
+  })
+  config.optimizer = ml_collections.ConfigDict({"learning_rate": 3e-4, "grad_clip_norm": 1.0})
+
+  config.loss = default_loss_config()
+  config.loss.clip_cov.ratio = 0.02
+  config.loss.kl_cov.ratio = 0.2
+
+  config.eval = ml_collections.ConfigDict({"every": 50, "num_prompts": 128, "num_samples": 8,
+                                           "pass_k": (1, 8)})
+  config.checkpoint = ml_collections.ConfigDict({"save_every": 100, "keep": 2})
+  config.logging = ml_collections.ConfigDict({"console_every": 25, "tensorboard": True})
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  config.distributed = ml_collections.ConfigDict({"enabled": False})
+
+  if runlocal:
+    config.sft.steps = 20
+    config.rl.steps = 4
+    config.rl.prompts_per_step = 8
+    config.rl.num_minibatches = 2
+    config.eval.every = 2
+    config.eval.num_prompts = 16
+    config.eval.num_samples = 4
+    config.eval.pass_k = (1, 4)
+    config.checkpoint.save_every = 2
+    config.logging.console_every = 1
+  return config
+
+
+def get_sweep() -> list[dict]:
+  """Interventions x seeds on the embedded task (docs/results.md; fitted by fit_law.py).
+
+  Run it with one shared SFT warm start and evals every 25 steps (points for the law fit):
+
+    python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/entropix_sweep \
+        --mode=local --config.sft.shared_dir=/tmp/entropix_sweep --config.eval.every=25
+  """
+  settings = [
+      {"_name": "grpo", "loss.name": "ppo"},
+      {"_name": "clip_cov_r0.02", "loss.name": "clip_cov", "loss.clip_cov.ratio": 0.02},
+      {"_name": "kl_cov_r0.2_c1", "loss.name": "kl_cov", "loss.kl_cov.ratio": 0.2,
+       "loss.kl_cov.coef": 1.0},
+      {"_name": "kl_cov_r0.02_c5", "loss.name": "kl_cov", "loss.kl_cov.ratio": 0.02,
+       "loss.kl_cov.coef": 5.0},
+  ]
+  return [dict(s, seed=seed, _name=f"{s['_name']}_seed{seed}") for seed in (0, 1)
+          for s in settings]

@@ -1,0 +1,32 @@
+r"""Train a policy with RL (after an optional SFT warm start).
+
+  python experiments/train.py --config=configs/quickstart.py --workdir=/tmp/qs
+  python experiments/train.py --config=configs/quickstart.py --config.loss.name=kl_cov \
+      --workdir=/tmp/qs_klcov
+
+Re-running with the same --workdir resumes from its latest checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from entropix_rl import sharding
+from entropix_rl.train import experiment
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  sharding.initialize_distributed(config.get("distributed"))
+  experiment.run(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
