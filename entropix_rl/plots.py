@@ -1,0 +1,39 @@
+"""Plots a person looks at after a run: entropy and accuracy against step, per method."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+
+from entropix_rl import run_logs  # noqa: E402
+
+PANELS = (
+    ("entropy/paper", "policy entropy (nats, paper's Eq. 5)"),
+    ("eval/sampled_accuracy", "sampled accuracy (held-out prompts)"),
+    ("accuracy/distinct_correct_per_group", "distinct correct answers per group"),
+)
+
+
+def plot_runs(runs: dict[str, str], out_png: str, panels=PANELS) -> str:
+  """One panel per metric, one line per run. `runs` maps a label to a workdir."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4))
+  for label, workdir in runs.items():
+    run = run_logs.load_run(workdir)
+    for ax, (key, _) in zip(axes, panels):
+      if key in run.keys():
+        steps, values = run.series(key)
+        ax.plot(steps, values, label=label, marker="." if len(steps) < 30 else None)
+  for ax, (key, title) in zip(axes, panels):
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("RL step")
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+  fig.savefig(out_png, dpi=110)
+  plt.close(fig)
+  return out_png

@@ -1,0 +1,57 @@
+"""Host-side assembly of model inputs from token lists and rollouts (NumPy, outside jit)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists to `length`: returns `tokens [B, length]` int32 and `mask` bool."""
+  tokens = np.full((len(rows), length), pad_id, np.int32)
+  mask = np.zeros((len(rows), length), bool)
+  for i, row in enumerate(rows):
+    if len(row) > length:
+      raise ValueError(f"sequence {i} has {len(row)} tokens, more than the padded length {length}")
+    if len(row):
+      tokens[i, length - len(row):] = row
+      mask[i, length - len(row):] = True
+  return tokens, mask
+
+
+def sft_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+              length: int, pad_id: int) -> dict[str, np.ndarray]:
+  """Demonstrations as one left-padded sequence each, with the completion tokens marked.
+
+  Returns `tokens [B, length]`, `attention_mask [B, length]` and `loss_mask [B, length]`
+  (1.0 on completion tokens, which the model learns to predict).
+  """
+  rows = [list(p) + list(c) for p, c in zip(prompts, completions)]
+  tokens, mask = left_pad(rows, length, pad_id)
+  loss_mask = np.zeros((len(rows), length), np.float32)
+  for i, c in enumerate(completions):
+    if len(c):
+      loss_mask[i, length - len(c):] = 1.0
+  return {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask}
+
+
+def rl_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completion: np.ndarray,
+             completion_mask: np.ndarray, rewards: np.ndarray, group_ids: np.ndarray
+             ) -> dict[str, np.ndarray]:
+  """The `rl_update` batch: prompt and completion side by side (docs in `make_rl_update`).
+
+  Args:
+    prompt_tokens: `[N, P]` left-padded prompts; prompt_mask: `[N, P]` bool.
+    completion: `[N, C]` sampled tokens; completion_mask: `[N, C]` (through the stop token).
+    rewards: `[N]`; group_ids: `[N]` in `[0, num_groups)`.
+  """
+  completion_mask = np.asarray(completion_mask, np.float32)
+  return {
+      "tokens": np.concatenate([prompt_tokens, completion], axis=1).astype(np.int32),
+      "attention_mask": np.concatenate([prompt_mask, completion_mask > 0], axis=1),
+      "completion": np.asarray(completion, np.int32),
+      "completion_mask": completion_mask,
+      "rewards": np.asarray(rewards, np.float32),
+      "group_ids": np.asarray(group_ids, np.int32),
+  }

@@ -1,0 +1,398 @@
+"""The experiment: config → (optional SFT warm start) → GRPO-style RL with metrics and checkpoints.
+
+`run(config, workdir)` is what `experiments/train.py` calls. Every config field is validated in
+`resolve()` before any work starts, so a bad sweep entry fails in seconds with an error naming
+the field and its allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from entropix_rl import data as data_lib
+from entropix_rl import losses, sampling, sharding, tasks
+from entropix_rl.models import ModelConfig, hf, init_params
+from entropix_rl.tokenizer import CharTokenizer, HFTokenizer
+from entropix_rl.train import batching, rollout_metrics
+from entropix_rl.train.checkpoint import Checkpointer, PreemptionGuard
+from entropix_rl.train.evaluation import EvalConfig, evaluate
+from entropix_rl.train.metrics import MetricWriter, Progress
+from entropix_rl.train.optim import OptimizerConfig, make_optimizer
+from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
+from entropix_rl.train.sft_step import make_sft_step
+from entropix_rl.train.state import TrainState, create_train_state
+
+MODEL_INITS = ("random", "checkpoint")
+TOKENIZER_KINDS = ("char", "hf")
+CONSOLE_KEYS = ("entropy/paper", "reward/mean", "accuracy/distinct_correct_per_group",
+                "eval/sampled_accuracy", "eval/greedy_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything `run` needs, resolved and validated from a ConfigDict."""
+
+  config: ml_collections.ConfigDict
+  model: ModelConfig | None
+  sampler: sampling.SamplerConfig
+  rl: RLUpdateConfig
+  loss: Any
+  rl_optimizer: OptimizerConfig
+  sft_optimizer: OptimizerConfig
+  eval: EvalConfig
+
+
+def _require(cfg: ml_collections.ConfigDict, path: str, allowed: tuple) -> None:
+  value = cfg
+  for part in path.split("."):
+    value = value[part]
+  if value not in allowed:
+    raise ValueError(f"{path}={value!r}; allowed: {allowed}")
+
+
+def _model_config(cfg: ml_collections.ConfigDict, vocab_size: int | None) -> ModelConfig | None:
+  m = cfg.model
+  _require(cfg, "model.init", MODEL_INITS)
+  if m.init == "checkpoint":
+    if not m.get("checkpoint"):
+      raise ValueError("model.checkpoint must name a Hugging Face checkpoint directory when "
+                       "model.init='checkpoint'")
+    return hf.read_config(m.checkpoint, param_dtype=m.get("param_dtype"),
+                          compute_dtype=m.get("compute_dtype"))
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  values = {k: v for k, v in m.items() if k in fields}
+  if vocab_size is not None:
+    values["vocab_size"] = vocab_size
+  return ModelConfig(**values)
+
+
+def resolve(config: ml_collections.ConfigDict, *, tokenizer=None) -> Experiment:
+  """Validates the whole config and converts its sections to frozen dataclasses."""
+  _require(config, "tokenizer.kind", TOKENIZER_KINDS)
+  tokenizer = tokenizer or make_tokenizer(config)
+  model_cfg = _model_config(config, tokenizer.vocab_size if config.tokenizer.kind == "char" else None)
+  sampler_cfg = sampling.SamplerConfig.from_config_dict(config.sampler)
+  sampler_cfg = dataclasses.replace(
+      sampler_cfg, stop_ids=sampler_cfg.stop_ids or tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+      min_prompt_bucket=config.data.max_prompt_len)
+  rl_cfg = RLUpdateConfig(
+      num_groups=config.rl.prompts_per_step, group_size=config.rl.group_size,
+      ppo_epochs=config.rl.ppo_epochs, num_minibatches=config.rl.num_minibatches,
+      advantage=config.rl.advantage, temperature=sampler_cfg.temperature,
+      token_chunk=config.rl.token_chunk, remat=config.rl.remat,
+      measure_dynamics=config.rl.measure_dynamics)
+  loss_cfg = losses.resolve_loss_config(config.loss)
+  eval_cfg = EvalConfig(every=config.eval.every, num_prompts=config.eval.num_prompts,
+                        num_samples=config.eval.num_samples, pass_k=tuple(config.eval.pass_k))
+  context = config.data.max_prompt_len + sampler_cfg.max_new_tokens
+  if context > model_cfg.max_position_embeddings:
+    raise ValueError(f"data.max_prompt_len ({config.data.max_prompt_len}) + "
+                     f"sampler.max_new_tokens ({sampler_cfg.max_new_tokens}) = {context} exceeds the "
+                     f"model's context (model.max_position_embeddings="
+                     f"{model_cfg.max_position_embeddings})")
+  if config.rl.steps < 0 or config.sft.steps < 0:
+    raise ValueError(f"rl.steps={config.rl.steps} and sft.steps={config.sft.steps} must be >= 0")
+  return Experiment(config=config, model=model_cfg, sampler=sampler_cfg, rl=rl_cfg, loss=loss_cfg,
+                    rl_optimizer=OptimizerConfig.from_config(config.optimizer),
+                    sft_optimizer=OptimizerConfig.from_config(config.sft.optimizer),
+                    eval=eval_cfg)
+
+
+def make_tokenizer(config: ml_collections.ConfigDict):
+  if config.tokenizer.kind == "char":
+    return CharTokenizer(tasks.get_task(config.task.name, **config.task.get("kwargs", {})).alphabet)
+  return HFTokenizer(config.tokenizer.path)
+
+
+class Scorer:
+  """Decodes completions and scores them with the task's verifier (host side)."""
+
+  def __init__(self, task, tokenizer):
+    self.task, self.tokenizer = task, tokenizer
+
+  def decode(self, completion_tokens: np.ndarray) -> list[str]:
+    return [self.tokenizer.decode(row) for row in completion_tokens]
+
+  def score(self, examples: list, texts: list[str]) -> np.ndarray:
+    return np.asarray([self.task.verify(ex, t) for ex, t in zip(examples, texts)], np.float32)
+
+
+def _write_run_info(workdir: str, exp: Experiment, method: str) -> None:
+  info = {
+      "method": method,
+      "config": json.loads(exp.config.to_json_best_effort()),
+      "model": dataclasses.asdict(exp.model),
+      "non_embedding_params": exp.model.num_params(include_embeddings=False),
+      "params": exp.model.num_params(),
+  }
+  with open(os.path.join(workdir, "run_info.json"), "w") as f:
+    json.dump(info, f, indent=2, default=str)
+
+
+def method_name(config: ml_collections.ConfigDict) -> str:
+  """A short label: the loss name, plus clip-higher / entropy bonus markers."""
+  name = config.loss.name
+  if config.loss.clip_eps_high > config.loss.clip_eps_low and name == "ppo":
+    name = "clip_higher"
+  if name == "ppo":
+    name = "grpo" if config.rl.advantage == "grpo" else config.rl.advantage
+  return config.get("method") or name
+
+
+def run_sft(exp: Experiment, workdir: str, tokenizer, task, *, log: bool = True) -> tuple[ModelConfig, Any]:
+  """Supervised warm start from random init; saves a Hugging Face checkpoint to `workdir/sft`.
+
+  If that checkpoint already exists it is loaded instead (SFT is done once and shared).
+  """
+  cfg = exp.config
+  out_dir = os.path.join(workdir, "sft")
+  if os.path.exists(os.path.join(out_dir, "config.json")):
+    if log:
+      print(f"SFT warm start found at {out_dir}; reusing it", flush=True)
+    return hf.load(out_dir)
+  rng = jax.random.PRNGKey(cfg.seed)
+  params = init_params(exp.model, jax.random.fold_in(rng, 0))
+  optimizer = make_optimizer(exp.sft_optimizer)
+  mesh = sharding.make_mesh(cfg.mesh)
+  state = create_train_state(params, optimizer, jax.random.fold_in(rng, 1))
+  state_sh = sharding.state_shardings(state, optimizer, mesh)
+  state = jax.device_put(state, state_sh)
+  step_fn = make_sft_step(exp.model, optimizer, token_chunk=cfg.rl.token_chunk, jit_kwargs=dict(
+      in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sh, sharding.replicated(mesh))))
+  sharding.check_batch_divisible(cfg.sft.batch_size, mesh, "sft.batch_size")
+  pipeline = data_lib.make_prompt_pipeline(cfg.data, tokenizer,
+                                           batch_size=cfg.sft.batch_size // jax.process_count(),
+                                           seed=cfg.seed + 1000, split="train", task=task)
+  length = cfg.data.max_prompt_len + exp.sampler.max_new_tokens
+  demo_rng = np.random.default_rng(cfg.seed)
+  writer = MetricWriter(os.path.join(workdir, "sft_logs"), enabled=jax.process_index() == 0)
+  progress = Progress(cfg.sft.steps, every=cfg.sft.log_every, keys=("sft/nll",), label="sft",
+                      enabled=log)
+  for step in range(1, cfg.sft.steps + 1):
+    batch = next(pipeline)
+    prompts = [list(row[-n:]) if n else [] for row, n in zip(batch["prompt_tokens"], batch["prompt_lengths"])]
+    completions = [tokenizer.encode(task.demonstration(ex, demo_rng)) + [tokenizer.eos_id]
+                   for ex in batch["examples"]]
+    arrays = batching.sft_batch(prompts, completions, length, tokenizer.pad_id)
+    state, metrics = step_fn(state, sharding.to_global(arrays, mesh))
+    if step % cfg.sft.log_every == 0 or step == cfg.sft.steps:
+      scalars = writer.write(step, jax.device_get(metrics))
+      progress.update(step, scalars)
+  writer.close()
+  params = multihost_utils.process_allgather(state.params, tiled=True)
+  if jax.process_index() == 0:
+    hf.save(out_dir, exp.model, params)
+  return exp.model, state.params
+
+
+class RLRun:
+  """The RL phase: sample → score → (dynamic sampling) → rl_update → metrics/eval/checkpoint."""
+
+  def __init__(self, exp: Experiment, workdir: str, tokenizer, task, model_cfg: ModelConfig,
+               params: Any, *, log: bool = True):
+    self.exp, self.workdir, self.tokenizer, self.task = exp, workdir, tokenizer, task
+    self.model_cfg = model_cfg
+    self.cfg = exp.config
+    self.log = log and jax.process_index() == 0
+    self.scorer = Scorer(task, tokenizer)
+    optimizer = make_optimizer(exp.rl_optimizer)
+    rng = jax.random.PRNGKey(self.cfg.seed)
+    ref = jax.tree.map(jnp.copy, params) if self.cfg.rl.use_reference else None
+    self.state = create_train_state(params, optimizer, jax.random.fold_in(rng, 2),
+                                    controller=losses.init_entropy_controller(exp.loss),
+                                    ref_params=ref)
+    self.mesh = sharding.make_mesh(self.cfg.mesh)
+    sharding.check_batch_divisible(exp.rl.batch_size // exp.rl.num_minibatches, self.mesh,
+                                   "rl.prompts_per_step x rl.group_size / rl.num_minibatches")
+    self.state_shardings = sharding.state_shardings(self.state, optimizer, self.mesh)
+    self.state = jax.device_put(self.state, self.state_shardings)
+    self.update = make_rl_update(model_cfg, exp.rl, exp.loss, optimizer, jit_kwargs=dict(
+        in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+        out_shardings=(self.state_shardings, sharding.replicated(self.mesh))))
+    self.sampler = dataclasses.replace(exp.sampler, num_samples=exp.rl.group_size)
+    if exp.rl.num_groups % jax.process_count():
+      raise ValueError(f"rl.prompts_per_step={exp.rl.num_groups} must divide by the number of "
+                       f"processes ({jax.process_count()})")
+    self.local_groups = exp.rl.num_groups // jax.process_count()
+    self.pipeline = data_lib.make_prompt_pipeline(
+        self.cfg.data, tokenizer, batch_size=self.local_groups, seed=self.cfg.seed, split="train",
+        task=task)
+    self.eval_prompts = self._eval_set()
+    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                     save_every=self.cfg.checkpoint.save_every,
+                                     keep=self.cfg.checkpoint.keep)
+    self.is_writer = jax.process_index() == 0
+    self.writer = MetricWriter(workdir, enabled=self.is_writer, tensorboard=self.cfg.logging.tensorboard)
+    self.start_step = 0
+    if self.checkpointer.latest_step() is not None:
+      self._restore()
+
+  def _eval_set(self) -> dict:
+    pipe = data_lib.make_prompt_pipeline(self.cfg.data, self.tokenizer,
+                                         batch_size=self.exp.eval.num_prompts,
+                                         seed=self.cfg.seed, split="eval", task=self.task)
+    return next(pipe)
+
+  def _restore(self) -> None:
+    state, extra, step = self.checkpointer.restore(self.state)
+    self.state = state
+    self.pipeline.set_state(extra["data_state"])
+    self.start_step = step
+    self.writer.truncate_after(step)
+    if self.log:
+      print(f"resumed from checkpoint at RL step {step}", flush=True)
+
+  def _save(self, step: int, *, force: bool = False) -> None:
+    self.checkpointer.maybe_save(step, self.state, {"data_state": self.pipeline.get_state()},
+                                 force=force)
+
+  def _collect(self, sample_key: jax.Array) -> tuple[dict, dict]:
+    """Samples prompt batches until enough informative groups (dynamic sampling) and scores them."""
+    rl, cfg = self.exp.rl, self.cfg.rl
+    kept: list[dict] = []
+    n_kept = rounds = 0
+    stats = {"reward": [], "distinct": [], "entropy": [], "mask": []}
+    while n_kept < self.local_groups:
+      rounds += 1
+      batch = next(self.pipeline)
+      rollout = sampling.sample(self.model_cfg, self.state.params, batch["prompt_tokens"],
+                                batch["prompt_lengths"], jax.random.fold_in(sample_key, rounds),
+                                self.sampler, mesh=self.mesh)
+      rollout = jax.device_get(rollout)
+      texts = self.scorer.decode(rollout.completion_tokens)
+      examples = [ex for ex in batch["examples"] for _ in range(rl.group_size)]
+      rewards = self.scorer.score(examples, texts)
+      stats["reward"].append(rewards)
+      stats["distinct"].append(tasks.distinct_correct_per_group(
+          texts, rewards, np.asarray(rollout.group_ids)))
+      stats["entropy"].append(np.asarray(rollout.entropy))
+      stats["mask"].append(np.asarray(rollout.completion_mask))
+      keep = (rollout_metrics.group_filter(rewards, rl.group_size) if cfg.dynamic_sampling
+              else np.ones(self.local_groups, bool))
+      kept.append({"rollout": rollout, "rewards": rewards, "keep": keep})
+      n_kept += int(keep.sum())
+      if not cfg.dynamic_sampling or rounds >= cfg.max_gen_batches:
+        break
+      if jax.process_count() > 1:  # every host samples the same number of rounds
+        n_kept = int(multihost_utils.process_allgather(np.int32(n_kept)).min())
+    batch, filled = self._assemble(kept)
+    first = kept[0]["rollout"]
+    metrics = {
+        "reward/mean": float(np.mean(stats["reward"][0])),
+        "accuracy/sampled": float(np.mean(stats["reward"][0] >= 1.0)),
+        "accuracy/distinct_correct_per_group": float(stats["distinct"][0]),
+        "response/length_mean": float(np.asarray(first.lengths).mean()),
+        "response/truncated_frac": float(np.asarray(first.truncated).mean()),
+        "dynamic_sampling/gen_rounds": rounds,
+        "dynamic_sampling/kept_groups": n_kept,
+        "dynamic_sampling/filled_groups": filled,
+        **rollout_metrics.entropy_metrics(stats["entropy"][0], stats["mask"][0]),
+    }
+    return batch, metrics
+
+  def _assemble(self, kept: list[dict]) -> tuple[dict, int]:
+    """Concatenates kept groups (then, if short, filtered-out groups) into exactly G groups."""
+    rl = self.exp.rl
+    g = rl.group_size
+    chosen, fallback = [], []
+    for part in kept:
+      for j, keep in enumerate(part["keep"]):
+        (chosen if keep else fallback).append((part, j))
+    filled = max(0, self.local_groups - len(chosen))
+    picks = (chosen + fallback)[:self.local_groups]
+
+    def rows(part, j, field):
+      return np.asarray(getattr(part["rollout"], field))[j * g:(j + 1) * g]
+
+    prompt_tokens = np.concatenate([rows(p, j, "prompt_tokens") for p, j in picks])
+    prompt_lengths = np.concatenate([rows(p, j, "prompt_lengths") for p, j in picks])
+    width = prompt_tokens.shape[1]
+    prompt_mask = np.arange(width)[None, :] >= (width - prompt_lengths)[:, None]
+    batch = batching.rl_batch(
+        prompt_tokens, prompt_mask,
+        np.concatenate([rows(p, j, "completion_tokens") for p, j in picks]),
+        np.concatenate([rows(p, j, "completion_mask") for p, j in picks]),
+        np.concatenate([p["rewards"][j * g:(j + 1) * g] for p, j in picks]),
+        np.repeat(np.arange(self.local_groups) + jax.process_index() * self.local_groups, g))
+    return batch, filled
+
+  def _evaluate(self, step: int) -> dict[str, float]:
+    ex = self.eval_prompts
+    examples = ex["examples"]
+    return evaluate(self.model_cfg, self.state.params, ex["prompt_tokens"], ex["prompt_lengths"],
+                    lambda idx, texts: self.scorer.score([examples[i] for i in idx], texts),
+                    self.scorer.decode, self.exp.sampler, self.exp.eval,
+                    jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed + 7), step),
+                    mesh=self.mesh)
+
+  def run(self) -> list[dict[str, float]]:
+    """Runs the remaining RL steps; returns the metrics logged by this call."""
+    total = self.cfg.rl.steps
+    guard = PreemptionGuard()
+    progress = Progress(total, start_step=self.start_step, every=self.cfg.logging.console_every,
+                        keys=CONSOLE_KEYS, label=method_name(self.cfg), enabled=self.log)
+    history = []
+    step = self.start_step
+    if self.start_step == 0 and self.exp.eval.every:
+      history.append(self.writer.write(0, self._evaluate(0)))
+    try:
+      for step in range(self.start_step + 1, total + 1):
+        t0 = time.perf_counter()
+        rng, sample_key = jax.random.split(self.state.rng)
+        self.state = self.state.replace(rng=rng)
+        batch, metrics = self._collect(sample_key)
+        t_sample = time.perf_counter() - t0
+        self.state, update_metrics = self.update(self.state, sharding.to_global(batch, self.mesh))
+        metrics.update(jax.device_get(update_metrics))
+        elapsed = time.perf_counter() - t0
+        tokens = float(batch["completion_mask"].sum())
+        metrics.update({"time/step_s": elapsed, "time/sample_s": t_sample,
+                        "time/update_s": elapsed - t_sample, "time/tokens_per_s": tokens / elapsed})
+        if self.exp.eval.every and (step % self.exp.eval.every == 0 or step == total):
+          metrics.update(self._evaluate(step))
+        history.append(self.writer.write(step, metrics))
+        progress.update(step, history[-1])
+        self._save(step, force=step == total)
+        if guard.requested:
+          self._save(step, force=True)
+          if self.log:
+            print(f"preempted: checkpoint saved at step {step}; exiting", flush=True)
+          break
+    finally:
+      guard.restore_handlers()
+      self.writer.close()
+      self.checkpointer.close()
+    if step == total and self.is_writer:
+      open(os.path.join(self.workdir, "DONE"), "w").close()
+    return history
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, log: bool = True) -> list[dict[str, float]]:
+  """Runs an experiment end to end in `workdir` (resuming if it holds a checkpoint)."""
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = make_tokenizer(config)
+  exp = resolve(config, tokenizer=tokenizer)
+  task = tasks.get_task(config.task.name, **config.task.get("kwargs", {}))
+  if jax.process_index() == 0:
+    _write_run_info(workdir, exp, method_name(config))
+  if config.model.init == "checkpoint":
+    model_cfg, params = hf.load(config.model.checkpoint, param_dtype=config.model.get("param_dtype"),
+                                compute_dtype=config.model.get("compute_dtype"))
+  elif config.sft.steps > 0:
+    sft_dir = config.sft.get("shared_dir") or workdir
+    model_cfg, params = run_sft(exp, sft_dir, tokenizer, task, log=log)
+  else:
+    model_cfg = exp.model
+    params = init_params(model_cfg, jax.random.PRNGKey(config.seed))
+  return RLRun(exp, workdir, tokenizer, task, model_cfg, params, log=log).run()

@@ -1,0 +1,139 @@
+"""End to end: a few steps of a smaller quickstart, kill-and-resume, and config validation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import quickstart
+from entropix_rl.train import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(**overrides):
+  config = quickstart.get_config(runlocal=True)
+  config.model.hidden_size = 32
+  config.model.num_layers = 2
+  config.model.head_dim = 8
+  config.model.intermediate_size = 64
+  config.sft.batch_size = 32
+  config.sft.steps = 10
+  config.sft.log_every = 5
+  config.logging.tensorboard = False
+  config.eval.num_prompts = 8
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_end_to_end_writes_metrics_and_checkpoints(tmp_path):
+  workdir = str(tmp_path / "run")
+  experiment.run(small_config(**{"loss.name": "clip_cov", "eval.every": 2}), workdir, log=False)
+  records = read_metrics(workdir)
+  assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+  step = records[-1]
+  for key in ("entropy/paper", "entropy/token_mean", "reward/mean", "cov/mean", "loss/clip_frac",
+              "loss/approx_kl", "loss/kl_ref", "dynamics/predicted_entropy_change",
+              "dynamics/measured_entropy_change", "time/tokens_per_s",
+              "accuracy/distinct_correct_per_group", "eval/greedy_accuracy", "eval/pass@4"):
+    assert key in step and np.isfinite(step[key]), key
+  assert 0.0 < step["entropy/paper"] <= np.log(experiment.make_tokenizer(small_config()).vocab_size) + 1e-5
+  assert os.path.exists(os.path.join(workdir, "DONE"))
+  assert os.path.exists(os.path.join(workdir, "sft", "config.json"))
+  info = json.load(open(os.path.join(workdir, "run_info.json")))
+  assert info["method"] == "clip_cov" and info["non_embedding_params"] > 0
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+  config = small_config(**{"loss.name": "kl_cov", "rl.steps": 6, "rl.ppo_epochs": 2,
+                           "checkpoint.save_every": 3, "eval.every": 3})
+  full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
+  experiment.run(config, full_dir, log=False)
+  stopped = config.copy_and_resolve_references()
+  stopped.rl.steps = 3  # the "killed" run stops after its checkpoint at step 3 ...
+  experiment.run(stopped, cut_dir, log=False)
+  os.remove(os.path.join(cut_dir, "DONE"))
+  experiment.run(config, cut_dir, log=False)  # ... and a fresh process resumes it to step 6
+  full, resumed = read_metrics(full_dir), read_metrics(cut_dir)
+  assert [r["step"] for r in resumed] == [r["step"] for r in full]
+  for a, b in zip(full, resumed):
+    for key, value in a.items():
+      if key.startswith("time/") or value is None:
+        continue
+      np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-6, err_msg=f"{key} step {a['step']}")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path / "run")
+  script = (
+      "import os, signal, sys; sys.path.insert(0, %r)\n"
+      "from tests.test_train import small_config\n"
+      "from entropix_rl.train import experiment\n"
+      "orig = experiment.RLRun._collect\n"
+      "def collect(self, key):\n"
+      "  if int(self.state.step) == 2: os.kill(os.getpid(), signal.SIGTERM)\n"
+      "  return orig(self, key)\n"
+      "experiment.RLRun._collect = collect\n"
+      "experiment.run(small_config(**{'rl.steps': 50, 'eval.every': 0}), %r, log=False)\n"
+  ) % (REPO, workdir)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))[-1] == 3
+  assert not os.path.exists(os.path.join(workdir, "DONE"))
+  assert read_metrics(workdir)[-1]["step"] == 3
+
+
+BAD_CONFIGS = [
+    ({"loss.name": "grpo_plus"}, r"loss.name='grpo_plus'.*allowed"),
+    ({"loss.clip_cov.ratio": 1.5}, r"loss.clip_cov.ratio.*\(0, 1\]"),
+    ({"loss.kl_cov.ratio": 0.0}, r"loss.kl_cov.ratio.*\(0, 1\]"),
+    ({"rl.group_size": 1}, r"group_size=1 with rl.advantage='grpo'"),
+    ({"data.max_prompt_len": 30}, r"exceeds the model's context"),
+    ({"rl.advantage": "ppo_gae"}, r"rl.advantage='ppo_gae'; allowed"),
+    ({"model.init": "pretrained"}, r"model.init='pretrained'; allowed"),
+    ({"optimizer.schedule": "linear"}, r"optimizer.schedule='linear'; allowed"),
+    ({"rl.num_minibatches": 3}, r"rl.num_minibatches=3 must divide"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_CONFIGS)
+def test_invalid_configs_fail_at_start_up(overrides, message):
+  config = small_config()
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    experiment.resolve(config)
+
+
+def test_train_binary_rejects_unknown_loss_before_any_work(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "experiments/train.py", "--config=configs/quickstart.py",
+       f"--workdir={tmp_path}/w", "--config.loss.name=nope"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "loss.name='nope'" in proc.stderr
+  assert not os.path.exists(os.path.join(tmp_path, "w", "checkpoints"))
+

@@ -1,0 +1,112 @@
+"""The trainer's plumbing: metric files, checkpoints, optimizer config, batching, rollout metrics."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from entropix_rl.train import batching, rollout_metrics
+from entropix_rl.train.checkpoint import Checkpointer
+from entropix_rl.train.metrics import MetricWriter, Progress
+from entropix_rl.train.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
+from entropix_rl.train.state import create_train_state
+
+
+def test_metric_writer_jsonl_and_truncate_on_resume(tmp_path):
+  writer = MetricWriter(str(tmp_path), tensorboard=True)
+  for step in range(1, 6):
+    writer.write(step, {"a/b": jnp.float32(step) / 2, "text": "skipped", "nan": float("nan")})
+  writer.close()
+  with open(os.path.join(tmp_path, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 6, "a/b"')  # a torn line from a killed process
+  records = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl")) if l.endswith("}\n")]
+  assert [r["a/b"] for r in records] == [0.5, 1.0, 1.5, 2.0, 2.5]
+  assert records[0]["nan"] is None and "text" not in records[0]
+  MetricWriter(str(tmp_path), tensorboard=False).truncate_after(3)
+  lines = open(os.path.join(tmp_path, "metrics.jsonl")).read().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == [1, 2, 3]
+  assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_progress_prints_eta(capsys):
+  progress = Progress(10, every=5, keys=("entropy/paper",), label="grpo")
+  progress.update(5, {"entropy/paper": 0.25})
+  out = capsys.readouterr().out
+  assert "[grpo] step 5/10" in out and "ETA" in out and "paper=0.25" in out
+
+
+def test_checkpointer_keeps_last_k_and_restores_exactly(tmp_path):
+  optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2))
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  state = create_train_state(params, optimizer, jax.random.PRNGKey(0),
+                             controller={"coef": jnp.float32(0.1)})
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), save_every=2, keep=2)
+  for step in range(1, 8):
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, rng=jax.random.split(state.rng)[0])
+    ckpt.maybe_save(step, state, {"data_state": {"index": step}}, force=step == 7)
+  assert ckpt.all_steps() == [6, 7]
+  template = create_train_state(jax.tree.map(jnp.zeros_like, params), optimizer,
+                                jax.random.PRNGKey(5), controller={"coef": jnp.float32(0)})
+  restored, extra, step = ckpt.restore(template)
+  ckpt.close()
+  assert step == 7 and extra == {"data_state": {"index": 7}}
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+
+
+def test_checkpointer_validates_fields(tmp_path):
+  with pytest.raises(ValueError, match="checkpoint.save_every=0"):
+    Checkpointer(str(tmp_path), save_every=0, keep=1)
+  with pytest.raises(ValueError, match="checkpoint.keep=0"):
+    Checkpointer(str(tmp_path), save_every=1, keep=0)
+
+
+def test_optimizer_config_and_schedule():
+  cfg = OptimizerConfig.from_config(ml_collections.ConfigDict(
+      {"learning_rate": 1e-3, "warmup_steps": 10, "schedule": "cosine", "decay_steps": 100}))
+  lr = learning_rate_schedule(cfg)
+  assert float(lr(0)) == 0.0 and math.isclose(float(lr(10)), 1e-3, rel_tol=1e-6)
+  assert float(lr(110)) < 1e-5
+  with pytest.raises(ValueError, match="unknown optimizer fields \\['lr'\\]"):
+    OptimizerConfig.from_config(ml_collections.ConfigDict({"lr": 1.0}))
+  with pytest.raises(ValueError, match="optimizer.learning_rate=-1"):
+    OptimizerConfig(learning_rate=-1)
+
+
+def test_left_pad_and_batches():
+  tokens, mask = batching.left_pad([[5, 6], [7], []], 3, pad_id=0)
+  np.testing.assert_array_equal(tokens, [[0, 5, 6], [0, 0, 7], [0, 0, 0]])
+  np.testing.assert_array_equal(mask, [[0, 1, 1], [0, 0, 1], [0, 0, 0]])
+  with pytest.raises(ValueError, match="sequence 0 has 4 tokens"):
+    batching.left_pad([[1, 2, 3, 4]], 3, 0)
+  sft = batching.sft_batch([[1, 4]], [[5, 2]], 5, 0)
+  np.testing.assert_array_equal(sft["tokens"], [[0, 1, 4, 5, 2]])
+  np.testing.assert_array_equal(sft["loss_mask"], [[0, 0, 0, 1, 1]])
+
+
+def test_entropy_metrics_paper_vs_token_mean():
+  entropy = np.array([[1.0, 1.0, 0.0], [4.0, 0.0, 0.0]])
+  mask = np.array([[1, 1, 0], [1, 0, 0]])
+  out = rollout_metrics.entropy_metrics(entropy, mask)
+  assert out["entropy/paper"] == pytest.approx((1.0 + 4.0) / 2)
+  assert out["entropy/token_mean"] == pytest.approx(6.0 / 3)
+
+
+def test_pass_at_k_unbiased_estimator():
+  assert rollout_metrics.pass_at_k(4, np.array([0, 4]), 1) == pytest.approx(0.5)
+  assert rollout_metrics.pass_at_k(4, np.array([1]), 2) == pytest.approx(1 - 3 / 6)
+  with pytest.raises(ValueError, match="pass_k=5"):
+    rollout_metrics.pass_at_k(4, np.array([1]), 5)
+
+
+def test_group_filter_keeps_mixed_groups():
+  rewards = np.array([1, 1, 0, 1, 0, 0], float)
+  np.testing.assert_array_equal(rollout_metrics.group_filter(rewards, 2), [False, True, False])
