@@ -1,14 +1,14 @@
 r"""One full GRPO step (rollout + update) of the quickstart model: entropix_rl vs TRL's GRPOTrainer.
 
-  pip install -e ".[bench]" && python benchmarks/rl_step.py
+  pip install -e ".[bench]" && python benchmarks/rl_step.py [--steps=3 --threads=2]
 
 Both sides use the same random weights (ours are saved with `models.hf.save` and loaded by
-transformers), the same character vocabulary, 32 prompts x 8 samples, completions of exactly
-`--completion_len` tokens is not forced (both sample with temperature 1 and stop at <eos>;
-the JSON lines report the mean completion length each side produced), 4 optimizer updates
-per rollout, token-mean PPO loss with eps 0.2, no reference model, on this CPU with 2 threads.
-A "step" is one rollout plus its 4 updates; the figure is the median over `--steps` steps
-after warm-up (our compile time is reported separately).
+transformers), the same character vocabulary, 32 prompts x 8 samples, up to 10 new tokens
+sampled at temperature 1 until <eos>, 4 optimizer updates per rollout with a token-mean PPO
+loss (eps 0.2), no reference model, on this CPU (torch with `--threads` threads). A "step" is
+one rollout plus its 4 updates; the figure is the median over `--steps` steps after one
+warm-up step (our compile time is reported separately). Completion lengths are not forced, so
+the mean length each side produced is printed with the timings.
 """
 
 from __future__ import annotations
@@ -143,15 +143,13 @@ def main(argv):
     hf.save(os.path.join(tmp, "model"), exp.model, init_params(exp.model, jax.random.PRNGKey(0)))
     trl_times, trl_first = trl(config, os.path.join(tmp, "model"), os.path.join(tmp, "trl"))
   ours_med, trl_med = statistics.median(our_times), statistics.median(trl_times)
-  common = {"prompts": config.rl.prompts_per_step, "group_size": config.rl.group_size,
-            "minibatches": config.rl.num_minibatches, "max_new_tokens": config.sampler.max_new_tokens,
-            "params": exp.model.num_params(), "steps_measured": _STEPS.value}
-  emit(figure="rl_step_seconds", impl="entropix_rl", median_s=ours_med, all_s=our_times,
-       first_step_s_incl_compile=our_first, mean_completion_len=our_len, **common)
-  emit(figure="rl_step_seconds", impl="trl_grpo_trainer", median_s=trl_med, all_s=trl_times,
-       first_step_s=trl_first, **common)
-  emit(figure="rl_step_speedup_vs_trl", ratio=trl_med / ours_med, target=">= 2.0")
-
+  emit(benchmark="rl_step", figure="grpo_step_seconds_median", ours=ours_med, baseline=trl_med,
+       ratio=ours_med / trl_med, speedup=trl_med / ours_med, unit="s", target="speedup >= 2",
+       baseline_impl="trl GRPOTrainer", ours_all_s=our_times, baseline_all_s=trl_times,
+       ours_first_step_s_incl_compile=our_first, baseline_first_step_s=trl_first,
+       ours_mean_completion_len=our_len, prompts=config.rl.prompts_per_step,
+       group_size=config.rl.group_size, minibatches=config.rl.num_minibatches,
+       max_new_tokens=config.sampler.max_new_tokens, params=exp.model.num_params())
 
 if __name__ == "__main__":
   app.run(main)

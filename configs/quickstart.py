@@ -104,6 +104,8 @@ def get_sweep() -> list[dict]:
        "loss.kl_cov.coef": 1.0},
       {"_name": "kl_cov_r0.02_c5", "loss.name": "kl_cov", "loss.kl_cov.ratio": 0.02,
        "loss.kl_cov.coef": 5.0},
+      {"_name": "kl_cov_r0.2_c5", "loss.name": "kl_cov", "loss.kl_cov.ratio": 0.2,
+       "loss.kl_cov.coef": 5.0},
   ]
   return [dict(s, seed=seed, _name=f"{s['_name']}_seed{seed}") for seed in (0, 1)
           for s in settings]

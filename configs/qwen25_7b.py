@@ -49,9 +49,9 @@ single GPU node).
 
 import ml_collections
 
-from entropix_rl.losses import default_loss_config
+from entropix_rl import recipes
 
-METHODS = ("grpo", "clip_higher", "clip_cov", "kl_cov")
+METHODS = recipes.METHODS
 
 MODEL_SIZE = "7B"
 LEARNING_RATE = 5e-7  # §5c: 7B, original repo (verl recipes: 1e-6)
@@ -64,73 +64,17 @@ ARCHITECTURE = dict(hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=
                     intermediate_size=18944, max_position_embeddings=32768,
                     tie_embeddings=False, qkv_bias=True, rope_theta=1e6)
 
+SIZE = recipes.RecipeSize(config_file="configs/qwen25_7b.py", learning_rate=LEARNING_RATE,
+                          kl_cov_ratio=KL_COV_RATIO, mesh_tensor=MESH_TENSOR,
+                          checkpoint_placeholder=CHECKPOINT_PLACEHOLDER,
+                          architecture=ARCHITECTURE)
+
 
 def get_config(arg: str = "grpo") -> ml_collections.ConfigDict:
   """The Qwen2.5-7B recipe for one method of `METHODS` (module docstring)."""
-  method = arg or "grpo"
-  if method not in METHODS:
-    raise ValueError(f"configs/qwen25_7b.py:{method!r}: unknown method; allowed: {METHODS}")
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.method = ""  # label in plots/tables; empty = derived from the loss settings
+  return recipes.recipe_config(SIZE, arg)
 
-  checkpoint = ml_collections.FieldReference(CHECKPOINT_PLACEHOLDER)
-  config.task = ml_collections.ConfigDict({"name": "math", "kwargs": {}})
-  config.tokenizer = ml_collections.ConfigDict({"kind": "hf", "path": checkpoint.identity()})
-  config.data = ml_collections.ConfigDict({
-      "source": "file", "path": "/path/to/dapo-math-17k.parquet", "max_prompt_len": 2048,
-  })
 
-  config.model = ml_collections.ConfigDict({
-      "init": "checkpoint", "checkpoint": checkpoint, "model_type": "qwen2", **ARCHITECTURE,
-      "param_dtype": "bfloat16", "compute_dtype": "bfloat16",
-  })
-
-  config.sampler = ml_collections.ConfigDict({
-      "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8192, "greedy": False,
-  })
-
-  config.sft = ml_collections.ConfigDict({  # no SFT: RL starts from the base checkpoint
-      "steps": 0, "batch_size": 256, "log_every": 50, "shared_dir": "",
-      "optimizer": {"learning_rate": 1e-6, "warmup_steps": 0, "grad_clip_norm": 1.0},
-  })
-
-  config.rl = ml_collections.ConfigDict({
-      "steps": 1000, "prompts_per_step": 256, "group_size": 8, "ppo_epochs": 1,
-      "num_minibatches": 8, "advantage": "grpo", "dynamic_sampling": True,
-      "max_gen_batches": 10, "use_reference": False, "measure_dynamics": False,
-      "token_chunk": 4096, "remat": True,
-  })
-  config.optimizer = ml_collections.ConfigDict({"learning_rate": LEARNING_RATE,
-                                                "grad_clip_norm": 1.0})
-
-  config.loss = default_loss_config()
-  config.loss.agg = "token-mean"
-  config.loss.clip_eps_low = 0.2
-  config.loss.clip_eps_high = 0.2
-  config.loss.kl_ref.coef = 0.0
-  config.loss.entropy_bonus.coef = 0.0
-  if method == "grpo":
-    config.loss.name = "ppo"
-  elif method == "clip_higher":
-    config.loss.name = "ppo"
-    config.loss.clip_eps_high = 0.28
-  elif method == "clip_cov":
-    config.loss.name = "clip_cov"
-    config.loss.clip_eps_low = 1.0
-    config.loss.clip_eps_high = 1.0
-    config.loss.clip_cov.ratio = 2e-4
-    config.loss.clip_cov.lb = 1.0
-    config.loss.clip_cov.ub = 5.0
-  else:  # kl_cov
-    config.loss.name = "kl_cov"
-    config.loss.kl_cov.ratio = KL_COV_RATIO
-    config.loss.kl_cov.coef = 1.0
-
-  config.eval = ml_collections.ConfigDict({"every": 25, "num_prompts": 128, "num_samples": 8,
-                                           "pass_k": (1, 8)})
-  config.checkpoint = ml_collections.ConfigDict({"save_every": 20, "keep": 2})
-  config.logging = ml_collections.ConfigDict({"console_every": 1, "tensorboard": True})
-  config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": MESH_TENSOR})
-  config.distributed = ml_collections.ConfigDict({"enabled": True})
-  return config
+def get_sweep() -> list[dict]:
+  """Adaptive-entropy-coefficient targets on top of the method chosen after `:`."""
+  return recipes.entropy_target_sweep()

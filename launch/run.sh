@@ -5,7 +5,7 @@
 #   launch/run.sh NAME ZONE CONFIG WORKDIR [--config.key=value ...]
 #
 # Example:
-#   launch/run.sh entropix-v5p us-east5-a configs/qwen25_7b_clip_cov.py \
+#   launch/run.sh entropix-v5p us-east5-a configs/qwen25_7b.py:clip_cov \
 #       gs://BUCKET/runs/7b_clip_cov --config.rl.steps=200
 #
 # CONFIG is a path inside the repository copy on the workers (launch/install.sh puts it in

@@ -2,7 +2,7 @@ r"""Expand a config's `get_sweep()` into runs and launch them locally or on a TP
 
   python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/sweep --dry_run
   python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/sweep --mode=local
-  python launch/sweep.py --config=configs/qwen25_7b_clip_cov.py --workdir=gs://B/sweep \
+  python launch/sweep.py --config=configs/qwen25_7b.py:clip_cov --workdir=gs://B/sweep \
       --mode=tpu --tpu_name=entropix-v5p --zone=us-east5-a [--config.rl.steps=100]
 
 The config file defines `get_sweep() -> list[dict]`, each dict a setting of dotted overrides,
@@ -38,7 +38,9 @@ NAME_KEY = "_name"
 
 
 def load_module(config_path: str):
-  """Imports a config file by path (it may import `entropix_rl`)."""
+  """Imports a config file by path (it may import `entropix_rl`); a `:arg` suffix, which
+  config_flags passes to `get_config`, is ignored here."""
+  config_path = config_path.split(":", 1)[0]
   spec = importlib.util.spec_from_file_location(
       "sweep_config_" + re.sub(r"\W", "_", os.path.basename(config_path)), config_path)
   if spec is None or spec.loader is None:
