@@ -109,3 +109,16 @@ def get_sweep() -> list[dict]:
   ]
   return [dict(s, seed=seed, _name=f"{s['_name']}_seed{seed}") for seed in (0, 1)
           for s in settings]
+
+
+def get_size_sweep() -> list[dict]:
+  """GRPO at three widths (about 0.15M, 0.6M and 1.3M parameters), each with its own SFT warm
+  start, for fitting the law's a and b against model size:
+
+    python launch/sweep.py --config=configs/quickstart.py --sweep=get_size_sweep \
+        --workdir=/tmp/entropix_sizes --mode=local --config.eval.every=25
+  """
+  return [{"_name": f"grpo_hidden{width}", "loss.name": "ppo", "model.hidden_size": width,
+           "model.num_heads": width // 32, "model.num_kv_heads": max(1, width // 64),
+           "model.intermediate_size": 3 * width, "sft.shared_dir": ""}
+          for width in (64, 128, 192)]

@@ -82,12 +82,13 @@ def run_name(setting: Mapping[str, Any], short: Mapping[str, str] | None = None)
   return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
-def expand_sweep(config_path: str) -> list[tuple[str, dict[str, Any]]]:
-  """(name, overrides) per setting of the config file's `get_sweep()`, names unique."""
+def expand_sweep(config_path: str, sweep_fn: str = "get_sweep"
+                 ) -> list[tuple[str, dict[str, Any]]]:
+  """(name, overrides) per setting of the config file's `sweep_fn()`, names unique."""
   module = load_module(config_path)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{config_path} defines no get_sweep()")
-  settings = list(module.get_sweep())
+  if not callable(getattr(module, sweep_fn, None)):
+    raise ValueError(f"{config_path} defines no {sweep_fn}()")
+  settings = list(getattr(module, sweep_fn)())
   for i, s in enumerate(settings):
     if not isinstance(s, Mapping):
       raise ValueError(f"get_sweep()[{i}] is {type(s).__name__}, expected a dict of overrides")
@@ -151,7 +152,7 @@ def is_done(workdir: str, *, mode: str = "local", tpu_name: str = "", zone: str 
 
 def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_name: str = "",
               zone: str = "", dry_run: bool = False, extra: Sequence[str] = (),
-              only: str = "", python: str = sys.executable,
+              only: str = "", python: str = sys.executable, sweep_fn: str = "get_sweep",
               runner: Callable[..., Any] = subprocess.run,
               log: Callable[[str], None] = print) -> list[tuple[str, str]]:
   """Runs (or prints) every setting in order; returns (name, status) per run.
@@ -159,7 +160,7 @@ def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_n
   Status is "done" (skipped: DONE exists), "dry_run", "ok", or "failed (rc=N)".
   Runs whose name does not contain `only` are left out. A failed run does not stop the sweep.
   """
-  runs = [(n, o) for n, o in expand_sweep(config_path) if only in n]
+  runs = [(n, o) for n, o in expand_sweep(config_path, sweep_fn) if only in n]
   results = []
   for i, (name, overrides) in enumerate(runs, 1):
     workdir = base_workdir.rstrip("/") + "/" + name
@@ -190,6 +191,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--tpu_name", default="")
   parser.add_argument("--zone", default="")
   parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+  parser.add_argument("--sweep", default="get_sweep",
+                      help="the config file's function returning the settings")
   parser.add_argument("--only", default="", help="run only settings whose name contains this")
   parser.add_argument("--python", default=sys.executable, help="interpreter for --mode=local")
   args, rest = parser.parse_known_args(argv)
@@ -203,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args, extra = parse_args(sys.argv[1:] if argv is None else argv)
   results = run_sweep(args.config, args.workdir, mode=args.mode, tpu_name=args.tpu_name,
                       zone=args.zone, dry_run=args.dry_run, extra=extra, only=args.only,
-                      python=args.python)
+                      python=args.python, sweep_fn=args.sweep)
   failed = [n for n, s in results if s.startswith("failed")]
   print(f"{len(results)} runs: {sum(s == 'done' for _, s in results)} already done, "
         f"{sum(s == 'ok' for _, s in results)} ok, {len(failed)} failed"
