@@ -29,7 +29,7 @@ def export(run_dir: str, out_dir: str) -> int:
   keys = [k for k in KEYS if k in run.columns] + [k for k in run.keys() if k.startswith("cov/top")]
   with open(os.path.join(out_dir, "metrics.jsonl"), "w") as f:
     for i, step in enumerate(run.steps):
-      record = {k: round(float(run.columns[k][i]), 6) for k in keys
+      record = {k: float(f"{run.columns[k][i]:.4g}") for k in keys
                 if run.columns[k][i] == run.columns[k][i]}
       if record:
         f.write(json.dumps({"step": int(step), **record}) + "\n")
