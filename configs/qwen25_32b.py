@@ -1,50 +1,20 @@
 r"""Paper recipe: Qwen2.5-32B on DAPO-Math-17k, GRPO / Clip-Higher / Clip-Cov / KL-Cov.
 
-The setup of Cui et al. 2025 (arXiv 2505.22617), as recorded in /work/shared/INTERVENTIONS.md
-(section numbers below refer to it):
+The same recipe as configs/qwen25_7b.py (its docstring has the full notes and the
+INTERVENTIONS.md sections they come from), with the 32B constants:
 
-* §5c (reference setup, both methods): GRPO advantages; DAPO-Math-17k; 256 prompts x 8
-  responses per step; mini-batch 32 prompts, so 8 optimizer updates per rollout
-  (`rl.num_minibatches = 8`, one epoch); dynamic sampling on (keep groups with
-  0 < accuracy < 1, at most 10 generation rounds); token-mean loss; no KL loss or reward
-  (`loss.kl_ref.coef = 0`, no reference model); entropy_coeff 0 (`loss.entropy_bonus.coef = 0`);
-  lr 1e-6 for 32B (verl's recipes use 1e-6 for both sizes); grad-clip 1.0;
-  rollout temperature 1.0; max response 8192 tokens. `clip_ratio_c = 10` is passed by the
-  scripts but the original vanilla loss has dual-clip commented out, so `loss.dual_clip_c` is
-  left off.
-* §3 (DAPO Clip-Higher): ε_low 0.2, ε_high 0.28.
-* §5a (Clip-Cov): `clip_cov.ratio` 2e-4, bounds (lb, ub) = (1, 5); the scripts set
-  clip_ratio_low = clip_ratio_high = 1 (ratio clamped to [0, 2]), so `clip_eps_low =
-  clip_eps_high = 1.0` here.
-* §5b (KL-Cov): `kl_cov.ratio` 2e-4 for Qwen2.5-32B (a fraction; the original repo's
-  `k_percent` 0.02 is in percent), `kl_cov.coef` (ppo_kl_coef) 1. No PPO clipping at all in
-  KL-Cov, so the clip fields are unused for this method and left at 0.2.
-* The GRPO baseline uses the symmetric ε = 0.2 (§2's fit runs; §0's vanilla PPO loss).
+* lr 1e-6 (§5c; verl's recipes use 1e-6 for both sizes);
+* `kl_cov.ratio` 2e-4 (§5b; the original repo's `k_percent` 0.02 is in percent);
+* mesh tensor 8 = Qwen2.5-32B's KV heads (docs/scaling.md);
+* for a closer reproduction of verl's per-micro-batch selection (20 480-token packs, 2
+  full-length sequences), `--config.loss.selection_scope=microbatch
+  --config.loss.microbatch_size=2`.
 
 Usage (the text after ':' picks the method; the default is "grpo"):
 
   python experiments/train.py --config=configs/qwen25_32b.py:kl_cov --workdir=/data/runs/32b \
       --config.model.checkpoint=/data/models/Qwen2.5-32B \
       --config.data.path=/data/dapo-math-17k.parquet
-
-`model.checkpoint` and `data.path` are placeholders that must be set. `tokenizer.path`
-follows `model.checkpoint` (a derived field reference) unless it is set on its own.
-
-Not given in INTERVENTIONS.md, chosen here (override as needed): the number of RL steps
-(`rl.steps`), the prompt budget (`data.max_prompt_len` 2048, the assumption of
-docs/scaling.md), learning-rate warm-up and weight decay (none), the in-loop evaluation (the
-paper evaluates AIME/AMC at temperature 0.6, avg@32, and the other benchmarks greedily, which
-this trainer's eval on a held-out split of the training file does not reproduce), and the
-loss micro-batch: verl computes the Clip-Cov/KL-Cov selection per micro-batch of
-`ppo_max_token_len_per_gpu` 20 480 tokens on each GPU (§5c, §5d); here the default
-`loss.selection_scope = "batch"` selects over each whole mini-batch (32 prompts x 8).
-For a closer reproduction set `--config.loss.selection_scope=microbatch
---config.loss.microbatch_size=2` (it must divide the 256-sequence mini-batch; a 20 480-token
-pack holds 2 full-length sequences of 2048 + 8192 tokens, more short ones).
-
-The mesh (data 1, fsdp -1, tensor 8 = Qwen2.5-32B's KV heads) and memory budget follow
-docs/scaling.md; `distributed.enabled` is on for multi-host TPU slices (turn it off on a
-single GPU node).
 """
 
 import ml_collections

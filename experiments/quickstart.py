@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from entropix_rl import plots, run_logs
+from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py",
@@ -40,12 +41,7 @@ def method_config(base, method: str):
     raise ValueError(f"--methods contains {method!r}; allowed: {sorted(METHOD_OVERRIDES)}")
   config = base.copy_and_resolve_references()
   with config.unlocked():
-    for key, value in METHOD_OVERRIDES[method].items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+    apply_overrides(config, METHOD_OVERRIDES[method])
     config.method = method
   return config
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from entropix_rl import losses
+from entropix_rl.config_overrides import apply_overrides
 
 AUX_KEYS = {"per_token_loss", "selected", "clip_frac", "approx_kl", "kl_ref", "n_selected",
             "n_tokens", "entropy_bonus", "pg_loss"}
@@ -31,14 +32,8 @@ def make_batch(seed=0, rows=4, time=8, spread=0.6):
 
 def cfg(**overrides):
   """A LossConfig from dotted overrides on the default ConfigDict."""
-  config = losses.default_loss_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return losses.resolve_loss_config(config)
+  return losses.resolve_loss_config(
+      apply_overrides(losses.default_loss_config(), overrides))
 
 
 def run(config, batch, **kwargs):

@@ -9,20 +9,15 @@ import numpy as np
 import pytest
 
 from entropix_rl import losses
+from entropix_rl.config_overrides import apply_overrides
 
 WIDE_BAND = {"clip_cov.lb": -1e6, "clip_cov.ub": 1e6}  # every valid token has cov in the band
 
 
 def cfg(**overrides):
   """A LossConfig from dotted overrides on the default ConfigDict."""
-  config = losses.default_loss_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return losses.resolve_loss_config(config)
+  return losses.resolve_loss_config(
+      apply_overrides(losses.default_loss_config(), overrides))
 
 
 def np_ppo(logp, old, adv, eps_low, eps_high):

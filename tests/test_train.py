@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
+from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,13 +26,7 @@ def small_config(**overrides):
   config.sft.log_every = 5
   config.logging.tensorboard = False
   config.eval.num_prompts = 8
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return apply_overrides(config, overrides)
 
 
 def read_metrics(workdir):
@@ -118,12 +113,7 @@ BAD_CONFIGS = [
 def test_invalid_configs_fail_at_start_up(overrides, message):
   config = small_config()
   with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+    apply_overrides(config, overrides)
   with pytest.raises(ValueError, match=message):
     experiment.resolve(config)
 
