@@ -103,11 +103,19 @@ class _FileStream:
     if not examples:
       raise ValueError("the split holds no records")
     self.examples, self.seed, self.shuffle = examples, seed, shuffle
+    self._orders: dict[int, np.ndarray] = {}  # a few recent epochs' permutations
 
-  @functools.lru_cache(maxsize=4)
   def _order(self, epoch: int) -> np.ndarray:
-    n = len(self.examples)
-    return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+    """The epoch's permutation: a pure function of (seed, epoch), so Grain's prefetch threads
+    may compute it concurrently and out of order."""
+    order = self._orders.get(epoch)
+    if order is None:
+      n = len(self.examples)
+      order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+      if len(self._orders) >= 4:
+        self._orders.clear()
+      self._orders[epoch] = order
+    return order
 
   def __call__(self, i: int) -> Example:
     epoch, pos = divmod(int(i), len(self.examples))

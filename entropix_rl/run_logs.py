@@ -273,3 +273,22 @@ def labels(workdirs: Sequence[str]) -> list[str]:
         break
     out.append(label)
   return out
+
+
+def summarize_run(run: Run, *, last_evals: int = 3, last_steps: int = 10) -> dict[str, float]:
+  """Entropy, accuracy and diversity at the start and the end of an RL run.
+
+  "End" accuracies are means over the last `last_evals` evaluations (an eval of 128 prompts x 8
+  samples is noisy); "end" entropy (the paper's definition) and distinct correct answers per
+  group are means over the last `last_steps` steps, "start" diversity over the first ones.
+  """
+  _, entropy = run.series("entropy/paper")
+  _, sampled = run.series("eval/sampled_accuracy")
+  _, greedy = run.series("eval/greedy_accuracy")
+  _, distinct = run.series("accuracy/distinct_correct_per_group")
+  return {"entropy_start": float(entropy[0]), "entropy_end": float(entropy[-last_steps:].mean()),
+          "accuracy_start": float(sampled[0]),
+          "accuracy_end": float(sampled[-last_evals:].mean()),
+          "greedy_accuracy_end": float(greedy[-last_evals:].mean()),
+          "distinct_start": float(distinct[:last_steps].mean()),
+          "distinct_end": float(distinct[-last_steps:].mean())}

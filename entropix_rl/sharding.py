@@ -153,11 +153,6 @@ def state_shardings(state: Any, optimizer: optax.GradientTransformation, mesh: M
       ref_params=None if state.ref_params is None else jax.tree.map(to_sharding, specs))
 
 
-def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
-  """Every batch array sharded on its leading (row) axis."""
-  return {k: batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
-
-
 def check_batch_divisible(rows: int, mesh: Mesh, what: str) -> None:
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if rows % shards:

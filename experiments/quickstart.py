@@ -47,19 +47,8 @@ def method_config(base, method: str):
 
 
 def summarize(workdir: str, methods: list[str]) -> list[dict]:
-  rows = []
-  for method in methods:
-    run = run_logs.load_run(os.path.join(workdir, method))
-    entropy = run.series("entropy/paper")
-    rows.append({
-        "method": method,
-        "entropy_start": entropy[1][0],
-        "entropy_final": entropy[1][-1],
-        "sampled_accuracy_final": run.series("eval/sampled_accuracy")[1][-1],
-        "greedy_accuracy_final": run.series("eval/greedy_accuracy")[1][-1],
-        "distinct_correct_final": run.series("accuracy/distinct_correct_per_group")[1][-10:].mean(),
-    })
-  return rows
+  return [dict(method=m, **run_logs.summarize_run(run_logs.load_run(os.path.join(workdir, m))))
+          for m in methods]
 
 
 def main(argv):
@@ -80,13 +69,14 @@ def main(argv):
     print(f"=== {method} ===", flush=True)
     experiment.run(config, run_dir)
   rows = summarize(workdir, _METHODS.value)
-  header = (f"{'method':<22}{'entropy start':>14}{'entropy end':>13}{'sampled acc':>13}"
-            f"{'greedy acc':>12}{'distinct ok/group':>19}")
+  header = (f"{'method':<22}{'entropy start':>14}{'entropy end':>13}{'sampled acc start':>19}"
+            f"{'sampled acc end':>17}{'greedy acc end':>16}{'distinct ok/group':>19}")
   print("\n" + header + "\n" + "-" * len(header))
   for r in rows:
-    print(f"{r['method']:<22}{r['entropy_start']:>14.3f}{r['entropy_final']:>13.3f}"
-          f"{r['sampled_accuracy_final']:>13.3f}{r['greedy_accuracy_final']:>12.3f}"
-          f"{r['distinct_correct_final']:>19.2f}")
+    print(f"{r['method']:<22}{r['entropy_start']:>14.3f}{r['entropy_end']:>13.3f}"
+          f"{r['accuracy_start']:>19.3f}{r['accuracy_end']:>17.3f}{r['greedy_accuracy_end']:>16.3f}"
+          f"{r['distinct_end']:>19.2f}")
+  print("(end = mean of the last 3 evaluations / last 10 steps)")
   with open(os.path.join(workdir, "comparison.json"), "w") as f:
     json.dump(rows, f, indent=2)
   png = plots.plot_runs({m: os.path.join(workdir, m) for m in _METHODS.value},

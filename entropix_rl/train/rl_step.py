@@ -14,6 +14,7 @@ import optax
 
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import dynamics, losses, token_stats
+from entropix_rl.losses.aggregation import masked_mean
 from entropix_rl.models import ModelConfig, forward_hidden, unembedding
 from entropix_rl.train.state import TrainState
 
@@ -92,10 +93,6 @@ def completion_stats(model_cfg: ModelConfig, params: Any, batch: dict, *, temper
   return logp, entropy, hidden
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-  return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-
-
 def _sequence_advantages(cfg: RLUpdateConfig, rewards: jax.Array, group_ids: jax.Array) -> jax.Array:
   return advantages_lib.compute_advantages(cfg.advantage, rewards, group_ids, cfg.num_groups)
 
@@ -162,7 +159,7 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
         minibatch_step, (state.params, state.opt_state), (order, loss_keys))
     metrics = {f"loss/{k}": v.mean() for k, v in per_mb.items()}
     metrics["loss/n_selected_total"] = per_mb["n_selected"].sum()
-    metrics["advantage/mean_abs"] = _masked_mean(jnp.abs(token_adv), mask)
+    metrics["advantage/mean_abs"] = masked_mean(jnp.abs(token_adv), mask)
     metrics.update(dynamics.covariance_metrics(old_logp, token_adv, mask))
     _, metrics["cov/response_mean"] = dynamics.response_covariance(
         old_logp, token_adv, mask, batch["group_ids"], rl_cfg.num_groups)
@@ -172,10 +169,10 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
           old_hidden, unembedding(model_cfg, state.params), new_hidden,
           unembedding(model_cfg, params), temperature=rl_cfg.temperature,
           token_chunk=rl_cfg.token_chunk)
-      metrics["dynamics/predicted_entropy_change"] = _masked_mean(predicted, mask)
-      metrics["dynamics/measured_entropy_change"] = _masked_mean(measured, mask)
-      metrics["entropy/recomputed_token_mean"] = _masked_mean(old_entropy, mask)
-    sampled_nll = _masked_mean(-old_logp, mask)
+      metrics["dynamics/predicted_entropy_change"] = masked_mean(predicted, mask)
+      metrics["dynamics/measured_entropy_change"] = masked_mean(measured, mask)
+      metrics["entropy/recomputed_token_mean"] = masked_mean(old_entropy, mask)
+    sampled_nll = masked_mean(-old_logp, mask)
     controller = losses.update_entropy_controller(loss_cfg, state.controller, sampled_nll)
     metrics["entropy/sampled_nll"] = sampled_nll
     if loss_cfg.entropy_bonus.adaptive:

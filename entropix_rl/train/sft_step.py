@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from entropix_rl import token_stats
+from entropix_rl.losses.aggregation import masked_mean
 from entropix_rl.models import ModelConfig, forward_hidden, unembedding
 from entropix_rl.train.state import TrainState
 
@@ -30,8 +30,7 @@ def sft_loss(model_cfg: ModelConfig, params, batch: dict, *, token_chunk: int = 
   logp, _ = token_stats.token_logp_entropy(
       hidden[:, :-1], unembedding(model_cfg, params), batch["tokens"][:, 1:],
       token_chunk=token_chunk, with_entropy=False)
-  mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
-  loss = -(logp * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+  loss = -masked_mean(logp, batch["loss_mask"][:, 1:])
   return loss, {"sft/nll": loss}
 
 
