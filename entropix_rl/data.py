@@ -111,7 +111,8 @@ class _FileStream:
     order = self._orders.get(epoch)
     if order is None:
       n = len(self.examples)
-      order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+      order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+               else np.arange(n))
       if len(self._orders) >= 4:
         self._orders.clear()
       self._orders[epoch] = order
