@@ -1,11 +1,23 @@
 """Jitted KV-cache generation returning tokens, log-probs and entropies.
 
-`sample` prefills left-padded prompts into a preallocated KV cache sized prompt + max_new_tokens
-(in the model's compute dtype; `ModelConfig.kv_cache_bytes_per_token()` bytes per token and row),
-then decodes one token per step inside a `lax.while_loop` that stops as soon as every row has
-emitted a stop token. Prompt widths are bucketed to powers of two (at least
-`SamplerConfig.min_prompt_bucket`), so repeated calls with similar prompts reuse one compiled
-program.
+How `sample` generates N = prompts x `num_samples` completions:
+
+1. **Passes.** Prompts are taken `max_decode_rows // num_samples` at a time (all at once by
+   default), so the KV cache of one pass bounds the memory.
+2. **Prefill, shared by a prompt's samples.** Each prompt is run once through the decoder
+   (`models.prefill`, with `ModelConfig.attention_impl`) into a KV cache of
+   prompt bucket + `max_new_tokens` slots, whose rows are then repeated `num_samples` times.
+   Prompt widths are rounded up to powers of two (at least `min_prompt_bucket`), so similar
+   prompts reuse one compiled program.
+3. **Decode in segments, finished rows leave.** A jitted `lax.while_loop` decodes up to
+   `decode_segment` tokens, stopping early when every row is done. Between segments, when
+   the live rows fit a power of two at most half the current batch, they are gathered into
+   that smaller batch (cache included), so the cost follows the real length distribution
+   rather than the longest completion.
+4. **Per-row randomness.** Row r of the call draws step t with `fold_in(fold_in(rng, r), t)`,
+   one uniform per row and step (inverse-CDF sampling), so the completions do not depend on
+   how rows are split into passes or compacted: for a fixed key they equal one pass without
+   compaction (up to float round-off of differently shaped matmuls).
 
 Which distribution `logp` and `entropy` describe: the *tempered* distribution
 softmax(logits / temperature) over the full vocabulary, before top-p and top-k truncation. This
@@ -13,7 +25,8 @@ is the distribution the policy-gradient losses differentiate (`token_stats` at t
 temperature), so a rollout's `logp` equals the old-policy log-prob of the update step. The token
 itself is drawn from that distribution restricted to the top-k / top-p set and renormalised.
 With `greedy=True` the argmax token is taken and `logp`/`entropy` still describe the tempered
-distribution.
+distribution. The KV cache is in the model's compute dtype,
+`ModelConfig.kv_cache_bytes_per_token()` bytes per token and row.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from entropix_rl import sharding
@@ -49,6 +62,9 @@ class SamplerConfig:
     greedy: take the argmax instead of sampling.
     pad_id: id written after a completion ends and in prompt padding.
     min_prompt_bucket: smallest prompt width; widths are rounded up to a power of two.
+    max_decode_rows: rows decoded at once per process (0 = all); rounded down to whole
+      prompts (a multiple of `num_samples`, at least one prompt). Bounds the KV cache.
+    decode_segment: decode steps between compactions of finished rows (0 = never compact).
   """
 
   temperature: float = 1.0
@@ -60,6 +76,8 @@ class SamplerConfig:
   greedy: bool = False
   pad_id: int = 0
   min_prompt_bucket: int = 16
+  max_decode_rows: int = 0
+  decode_segment: int = 64
 
   def __post_init__(self):
     object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
@@ -70,6 +88,8 @@ class SamplerConfig:
         ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
         ("num_samples", self.num_samples >= 1, "must be >= 1"),
         ("min_prompt_bucket", self.min_prompt_bucket >= 1, "must be >= 1"),
+        ("max_decode_rows", self.max_decode_rows >= 0, "must be >= 0 (0 = all rows at once)"),
+        ("decode_segment", self.decode_segment >= 0, "must be >= 0 (0 = never compact)"),
     ]
     for name, ok, rule in checks:
       if not ok:
@@ -86,6 +106,13 @@ class SamplerConfig:
     if "stop_ids" in values:
       values["stop_ids"] = tuple(values["stop_ids"])
     return cls(**values)
+
+  @property
+  def prompts_per_pass(self) -> int | None:
+    """Prompts decoded together (None = all)."""
+    if not self.max_decode_rows:
+      return None
+    return max(1, self.max_decode_rows // self.num_samples)
 
 
 @flax.struct.dataclass
@@ -117,6 +144,27 @@ class Rollout:
   group_ids: jax.Array
 
 
+@flax.struct.dataclass
+class DecodeState:
+  """The rows being decoded. R rows; every array but `step` has R leading (cache: axis 1).
+
+  Attributes:
+    cache: the rows' KV cache.
+    tokens: `[R]` int32, the token sampled at the previous step (the next decoder input).
+    done: `[R]` bool, True once a row emitted a stop token (and for padding rows).
+    row_keys: `[R, 2]` uint32 per-row PRNG keys.
+    row_ids: `[R]` int32 row index within the pass, −1 for padding rows.
+    step: int32 scalar, completion tokens emitted so far (the next step index).
+  """
+
+  cache: decoder.KVCache
+  tokens: jax.Array
+  done: jax.Array
+  row_keys: jax.Array
+  row_ids: jax.Array
+  step: jax.Array
+
+
 def prompt_bucket(width: int, minimum: int) -> int:
   """The smallest power of two >= max(width, minimum)."""
   size = max(int(width), int(minimum), 1)
@@ -139,86 +187,215 @@ def _filtered_logits(scaled: jax.Array, top_k: int, top_p: float) -> jax.Array:
   return scaled
 
 
-def _choose(logits: jax.Array, rng: jax.Array, cfg: SamplerConfig
+def _inverse_cdf(probs: jax.Array, uniform: jax.Array) -> jax.Array:
+  """One draw per row of `probs [R, V]`: the first token whose CDF reaches `u` ∈ (0, 1]."""
+  cdf = jnp.cumsum(probs, axis=-1)
+  target = uniform[:, None] * cdf[:, -1:]
+  return jnp.minimum((cdf < target).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def _choose(logits: jax.Array, keys: jax.Array, cfg: SamplerConfig
             ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Picks tokens from `[B, V]` float32 logits: (tokens, logp, entropy), all `[B]`."""
+  """Picks tokens from `[R, V]` float32 logits with per-row keys: (tokens, logp, entropy) `[R]`."""
   scaled = logits / cfg.temperature
   log_probs = jax.nn.log_softmax(scaled, axis=-1)
   entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
   if cfg.greedy:
     tokens = jnp.argmax(logits, axis=-1)
   else:
-    tokens = jax.random.categorical(rng, _filtered_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
+    restricted = jax.nn.softmax(_filtered_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
+    uniform = 1.0 - jax.vmap(lambda key: jax.random.uniform(key))(keys)  # in (0, 1]
+    tokens = _inverse_cdf(restricted, uniform)
   tokens = tokens.astype(jnp.int32)
   logp = jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
   return tokens, logp, entropy
 
 
-def _constrain_cache(cache: decoder.KVCache, mesh: Mesh | None, num_kv_heads: int
-                     ) -> decoder.KVCache:
-  if mesh is None:
-    return cache
-  specs = sharding.kv_cache_specs(mesh, num_kv_heads)
-  return decoder.KVCache(**{name: jax.lax.with_sharding_constraint(
-      getattr(cache, name), NamedSharding(mesh, spec)) for name, spec in specs.items()})
-
-
-def _generate(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, params: Any,
-              prompt_tokens: jax.Array, prompt_mask: jax.Array, rng: jax.Array
-              ) -> tuple[jax.Array, ...]:
-  """Prefill + decode loop. Returns (tokens, mask, logp, entropy) `[N, C]` and truncated `[N]`."""
-  n, width = prompt_tokens.shape
-  steps = cfg.max_new_tokens
-  cache = _constrain_cache(decoder.init_cache(model_cfg, n, width + steps), mesh,
-                           model_cfg.num_kv_heads)
-  hidden, cache = decoder.forward_hidden(model_cfg, params, prompt_tokens, cache=cache,
-                                         mask=prompt_mask)
-  logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, -1])
+def _emit(logits: jax.Array, state: DecodeState, cfg: SamplerConfig
+          ) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+  """Samples step `state.step` for every row; returns the advanced state and the step's
+  (tokens, live, logp, entropy), each `[R]`, zero/pad where the row was already done."""
+  keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.row_keys, state.step)
+  tok, logp, ent = _choose(logits, keys, cfg)
+  live = ~state.done
+  tok = jnp.where(live, tok, cfg.pad_id)
   stop_ids = jnp.asarray(cfg.stop_ids if cfg.stop_ids else (-1,), jnp.int32)
+  state = state.replace(tokens=tok, done=state.done | jnp.isin(tok, stop_ids),
+                        step=state.step + 1)
+  return state, (tok, live, jnp.where(live, logp, 0.0), jnp.where(live, ent, 0.0))
 
-  def emit(carry, logits):
-    t, cache, done, rng, out = carry
-    rng, key = jax.random.split(rng)
-    tok, logp, ent = _choose(logits, key, cfg)
-    live = ~done
-    tok = jnp.where(live, tok, cfg.pad_id)
-    out = tuple(jax.lax.dynamic_update_slice_in_dim(buf, val[:, None], t, axis=1)
-                for buf, val in zip(out, (tok, live, jnp.where(live, logp, 0.0),
-                                          jnp.where(live, ent, 0.0))))
-    done = done | jnp.isin(tok, stop_ids)
-    return (t + 1, cache, done, rng, out), tok
+
+def _constrain(state: DecodeState, mesh: Mesh | None, num_kv_heads: int) -> DecodeState:
+  if mesh is None:
+    return state
+  specs = sharding.kv_cache_specs(mesh, num_kv_heads)
+  cache = decoder.KVCache(**{name: jax.lax.with_sharding_constraint(
+      getattr(state.cache, name), NamedSharding(mesh, spec)) for name, spec in specs.items()})
+  return state.replace(cache=cache)
+
+
+def _prefill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, params: Any,
+             prompt_tokens: jax.Array, prompt_mask: jax.Array, row_keys: jax.Array,
+             row_ids: jax.Array) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+  """Prefills each prompt once, repeats its cache rows `num_samples` times, samples step 0."""
+  width = prompt_tokens.shape[1]
+  hidden, cache = decoder.prefill(model_cfg, params, prompt_tokens, prompt_mask,
+                                  width + cfg.max_new_tokens)
+  logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, -1])
+  n = cfg.num_samples
+  repeat = lambda x, axis: jnp.repeat(x, n, axis=axis) if n > 1 else x
+  cache = decoder.KVCache(k=repeat(cache.k, 1), v=repeat(cache.v, 1), valid=repeat(cache.valid, 0),
+                          lengths=repeat(cache.lengths, 0), index=cache.index)
+  state = DecodeState(cache=cache, tokens=jnp.zeros(row_ids.shape, jnp.int32), done=row_ids < 0,
+                      row_keys=row_keys, row_ids=row_ids, step=jnp.int32(0))
+  state = _constrain(state, mesh, model_cfg.num_kv_heads)
+  return _emit(repeat(logits, 0), state, cfg)
+
+
+def _decode(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, segment: int,
+            params: Any, state: DecodeState) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+  """Decodes up to `segment` steps (fewer if every row finishes or the budget ends).
+
+  Returns the state and `[R, segment]` (tokens, live, logp, entropy) for steps
+  `[state.step, state.step + segment)` of the input state; steps not run stay pad/False/0.
+  """
+  rows = state.tokens.shape[0]
+  out = (jnp.full((rows, segment), cfg.pad_id, jnp.int32), jnp.zeros((rows, segment), bool),
+         jnp.zeros((rows, segment), jnp.float32), jnp.zeros((rows, segment), jnp.float32))
 
   def cond(carry):
-    t, _, done, _, _ = carry
-    return (t < steps) & ~jnp.all(done)
+    i, state, _ = carry
+    return (i < segment) & (state.step < cfg.max_new_tokens) & ~jnp.all(state.done)
 
   def body(carry):
-    t, cache, done, rng, out = carry
-    tok = out[0][:, t - 1]
-    hidden, cache = decoder.forward_hidden(model_cfg, params, tok[:, None], cache=cache)
-    cache = _constrain_cache(cache, mesh, model_cfg.num_kv_heads)
+    i, state, out = carry
+    hidden, cache = decoder.forward_hidden(model_cfg, params, state.tokens[:, None],
+                                           cache=state.cache)
     logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, 0])
-    carry, _ = emit((t, cache, done, rng, out), logits)
-    return carry
+    state = _constrain(state.replace(cache=cache), mesh, model_cfg.num_kv_heads)
+    state, step_out = _emit(logits, state, cfg)
+    out = tuple(jax.lax.dynamic_update_slice_in_dim(buf, val[:, None], i, axis=1)
+                for buf, val in zip(out, step_out))
+    return i + 1, state, out
 
-  out = (jnp.full((n, steps), cfg.pad_id, jnp.int32), jnp.zeros((n, steps), bool),
-         jnp.zeros((n, steps), jnp.float32), jnp.zeros((n, steps), jnp.float32))
-  carry, _ = emit((jnp.int32(0), cache, jnp.zeros((n,), bool), rng, out), logits)
-  _, _, done, _, out = jax.lax.while_loop(cond, body, carry)
-  return (*out, ~done)
+  _, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out))
+  return state, out
+
+
+def _compact(state: DecodeState, rows: jax.Array) -> DecodeState:
+  """The rows `rows [R']` of `state` (−1 = a padding row: done, row id −1)."""
+  take = lambda x, axis: jnp.take(x, jnp.maximum(rows, 0), axis=axis)
+  cache = state.cache
+  cache = decoder.KVCache(k=take(cache.k, 1), v=take(cache.v, 1), valid=take(cache.valid, 0),
+                          lengths=take(cache.lengths, 0), index=cache.index)
+  return DecodeState(cache=cache, tokens=take(state.tokens, 0),
+                     done=take(state.done, 0) | (rows < 0), row_keys=take(state.row_keys, 0),
+                     row_ids=jnp.where(rows < 0, -1, take(state.row_ids, 0)), step=state.step)
+
+
+def _state_shardings(model_cfg: ModelConfig, mesh: Mesh) -> DecodeState:
+  specs = sharding.kv_cache_specs(mesh, model_cfg.num_kv_heads)
+  rows = sharding.batch_sharding(mesh)
+  return DecodeState(cache=decoder.KVCache(**{k: NamedSharding(mesh, s) for k, s in specs.items()}),
+                     tokens=rows, done=rows, row_keys=sharding.batch_sharding(mesh, 2),
+                     row_ids=rows, step=sharding.replicated(mesh))
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_generate(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None = None):
-  """The jitted generation loop; on a mesh with explicit in/out shardings (rows over data x fsdp,
-  params by `sharding.param_shardings`, KV cache by batch and heads)."""
-  fn = functools.partial(_generate, model_cfg, cfg, mesh)
+def compiled_prefill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None = None):
+  """Jitted `_prefill`; on a mesh with explicit shardings (rows over data x fsdp, params by
+  `sharding.param_shardings`, KV cache by batch and heads)."""
+  fn = functools.partial(_prefill, model_cfg, cfg, mesh)
   if mesh is None:
     return jax.jit(fn)
-  rows = sharding.batch_sharding(mesh)
-  return jax.jit(fn, in_shardings=(sharding.param_shardings(model_cfg, mesh), rows, rows,
-                                   sharding.replicated(mesh)),
-                 out_shardings=(rows,) * 5)
+  rows, rows2 = sharding.batch_sharding(mesh), sharding.batch_sharding(mesh, 2)
+  return jax.jit(fn, in_shardings=(sharding.param_shardings(model_cfg, mesh), rows2, rows2, rows2,
+                                   rows),
+                 out_shardings=(_state_shardings(model_cfg, mesh), (rows,) * 4))
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_decode(model_cfg: ModelConfig, cfg: SamplerConfig, segment: int,
+                    mesh: Mesh | None = None):
+  """Jitted `_decode` of `segment` steps; the state is donated (its cache is updated in place)."""
+  fn = functools.partial(_decode, model_cfg, cfg, mesh, segment)
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=1)
+  state_sh = _state_shardings(model_cfg, mesh)
+  rows2 = sharding.batch_sharding(mesh, 2)
+  return jax.jit(fn, in_shardings=(sharding.param_shardings(model_cfg, mesh), state_sh),
+                 out_shardings=(state_sh, (rows2,) * 4), donate_argnums=1)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_compact(model_cfg: ModelConfig, mesh: Mesh | None = None):
+  """Jitted `_compact`; the output rows are sharded like the input's."""
+  if mesh is None:
+    return jax.jit(_compact)
+  state_sh = _state_shardings(model_cfg, mesh)
+  return jax.jit(_compact, in_shardings=(state_sh, sharding.replicated(mesh)),
+                 out_shardings=state_sh)
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+  """All rows of a (possibly multi-host) row-sharded array, on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _scalar(x: jax.Array) -> int:
+  """A replicated scalar's value (readable on every host)."""
+  return int(np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x)
+
+
+def _compacted_size(live: int, rows: int, shards: int) -> int | None:
+  """The smaller batch to compact `rows` rows with `live` of them live into, or None."""
+  target = max(shards, prompt_bucket(max(live, 1), 1))
+  target = -(-target // shards) * shards
+  return target if target * 2 <= rows else None
+
+
+def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, params: Any,
+                 prompts: np.ndarray, mask: np.ndarray, row_keys: np.ndarray,
+                 row_ids: np.ndarray, outputs: tuple[np.ndarray, ...]) -> None:
+  """Generates one pass of this host's rows into `outputs` (host arrays indexed by row id).
+
+  Row ids are made unique across hosts (offset by process), because compaction moves rows
+  between devices and hosts; every host reads all rows back and keeps its own.
+  """
+  put = (lambda x: x) if mesh is None else (lambda x: sharding.to_global(x, mesh))
+  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+  offset = jax.process_index() * row_ids.size
+  c = cfg.max_new_tokens
+
+  def store(ids: np.ndarray, start: int, values: tuple) -> None:
+    mine = (ids >= offset) & (ids < offset + row_ids.size)
+    for buf, val in zip(outputs, values):
+      val = _gather(val)[mine][:, :c - start]
+      buf[ids[mine] - offset, start:start + val.shape[1]] = val
+
+  global_ids = np.where(row_ids >= 0, row_ids + offset, -1).astype(np.int32)
+  state, first = compiled_prefill(model_cfg, cfg, mesh)(params, *put((prompts, mask, row_keys)),
+                                                        *put((global_ids,)))
+  store(_gather(state.row_ids), 0, tuple(x[:, None] for x in first))
+  segment = cfg.decode_segment or cfg.max_new_tokens
+  decode = compiled_decode(model_cfg, cfg, segment, mesh)
+  step = 1
+  while step < cfg.max_new_tokens:
+    done, ids = _gather(state.done), _gather(state.row_ids)
+    if done.all():
+      break
+    new_size = _compacted_size(int((~done).sum()), done.size, shards) if cfg.decode_segment else None
+    if new_size is not None:
+      live_rows = np.flatnonzero(~done)
+      rows = np.full((new_size,), -1, np.int32)
+      rows[:live_rows.size] = live_rows
+      state = compiled_compact(model_cfg, mesh)(state, jnp.asarray(rows))
+      ids = _gather(state.row_ids)
+    state, out = decode(params, state)
+    store(ids, step, out)
+    step = _scalar(state.step)
 
 
 def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.Array,
@@ -233,12 +410,13 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
     prompt_lengths: `[B]` real tokens per prompt, in [1, P].
     rng: PRNG key.
     sampler_cfg: see `SamplerConfig`.
-    mesh: optional device mesh; rows (B x num_samples) must divide by its data x fsdp size.
+    mesh: optional device mesh; each pass's prompts and rows must divide by its data x fsdp
+      size (padding prompts are added to a short last pass).
 
   Returns:
     A `Rollout` with N = B x num_samples rows; row `i` belongs to prompt `i // num_samples`.
     On a mesh, `prompt_tokens` are this host's prompts and the rollout holds this host's rows
-    (numpy); all hosts call `sample` together.
+    (numpy); all hosts call `sample` together with the same number of prompts.
 
   Raises:
     ValueError: for a prompt length outside [1, P], or prompt + generation longer than the
@@ -266,17 +444,36 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
   padded[:, bucket - keep:] = tokens[:, width - keep:]
   mask = np.arange(bucket)[None, :] >= (bucket - lengths)[:, None]
   padded = np.where(mask, padded, sampler_cfg.pad_id)
-  repeat = sampler_cfg.num_samples
-  padded, mask, lengths = (np.repeat(x, repeat, axis=0) for x in (padded, mask, lengths))
+
+  b, n, c = tokens.shape[0], sampler_cfg.num_samples, sampler_cfg.max_new_tokens
+  per_pass = sampler_cfg.prompts_per_pass or max(b, 1)
   if mesh is not None:
-    sharding.check_batch_divisible(padded.shape[0], mesh, "prompts x sampler.num_samples")
-  inputs = (padded, mask) if mesh is None else sharding.to_global((padded, mask), mesh)
-  outputs = compiled_generate(model_cfg, sampler_cfg, mesh)(params, *inputs, rng)
-  if mesh is not None:
-    outputs = sharding.to_host_local(outputs, mesh)
-  comp, comp_mask, logp, entropy, truncated = outputs
+    shards = mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
+    per_pass = -(-per_pass // shards) * shards
+  first_row = jax.process_index() * b * n
+  all_keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(first_row + jnp.arange(b * n))
+  all_keys = np.asarray(jax.random.key_data(all_keys) if jnp.issubdtype(
+      all_keys.dtype, jax.dtypes.prng_key) else all_keys)
+  outputs = (np.full((b * n, c), sampler_cfg.pad_id, np.int32), np.zeros((b * n, c), bool),
+             np.zeros((b * n, c), np.float32), np.zeros((b * n, c), np.float32))
+  for start in range(0, b, per_pass):
+    prompts = np.arange(start, start + per_pass)
+    real = prompts < b
+    prompts = np.minimum(prompts, b - 1)
+    rows = (prompts[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+    row_ids = np.where(np.repeat(real, n), np.arange(rows.size), -1).astype(np.int32)
+    pass_out = tuple(np.zeros((rows.size, c), x.dtype) for x in outputs)
+    _decode_pass(model_cfg, sampler_cfg, mesh, params, padded[prompts], mask[prompts],
+                 all_keys[rows], row_ids, pass_out)
+    for buf, val in zip(outputs, pass_out):
+      buf[rows[row_ids >= 0]] = val[row_ids >= 0]
+  comp, comp_mask, logp, entropy = outputs
+  comp = np.where(comp_mask, comp, sampler_cfg.pad_id)
+  lengths_out = comp_mask.sum(axis=1, dtype=np.int32)
+  stopped = np.isin(comp, sampler_cfg.stop_ids) & comp_mask if sampler_cfg.stop_ids else \
+      np.zeros_like(comp_mask)
   return Rollout(
-      prompt_tokens=jnp.asarray(padded), prompt_lengths=jnp.asarray(lengths),
+      prompt_tokens=np.repeat(padded, n, axis=0), prompt_lengths=np.repeat(lengths, n, axis=0),
       completion_tokens=comp, completion_mask=comp_mask, logp=logp, entropy=entropy,
-      lengths=comp_mask.sum(axis=1, dtype=jnp.int32), truncated=truncated,
-      group_ids=jnp.repeat(jnp.arange(tokens.shape[0], dtype=jnp.int32), repeat))
+      lengths=lengths_out, truncated=~stopped.any(axis=1),
+      group_ids=np.repeat(np.arange(b, dtype=np.int32), n))

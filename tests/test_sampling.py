@@ -145,11 +145,13 @@ def test_repeated_calls_do_not_recompile():
   params = init_params(cfg, jax.random.PRNGKey(0))
   sampler_cfg = sampling.SamplerConfig(max_new_tokens=4, num_samples=2)
   sampling.sample(cfg, params, _left_padded([3, 5], 16), [3, 5], jax.random.PRNGKey(0), sampler_cfg)
-  before = sampling.compiled_generate(cfg, sampler_cfg)._cache_size()
+  programs = lambda: (sampling.compiled_prefill(cfg, sampler_cfg)._cache_size(),
+                      sampling.compiled_decode(cfg, sampler_cfg, 64)._cache_size())
+  before = programs()
   for lengths in ([2, 7], [9, 1], [4, 4]):  # all fall into the 16-wide prompt bucket
     sampling.sample(cfg, params, _left_padded(lengths, 16), lengths, jax.random.PRNGKey(1),
                     sampler_cfg)
-  assert sampling.compiled_generate(cfg, sampler_cfg)._cache_size() == before
+  assert programs() == before
   assert sampling.prompt_bucket(17, 16) == 32 and sampling.prompt_bucket(3, 16) == 16
 
 
@@ -173,3 +175,58 @@ def test_unknown_sampler_field_and_too_long_context():
 def test_kv_cache_dtype_follows_compute_dtype():
   cfg = dataclasses.replace(tiny_config(), compute_dtype="bfloat16")
   assert cfg.kv_cache_bytes_per_token() == 2 * 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim
+
+
+def _stopping_model():
+  cfg = tiny_config(vocab_size=10, max_position_embeddings=64)
+  return cfg, init_params(cfg, jax.random.PRNGKey(3), init_std=0.3)
+
+
+def test_passes_and_compaction_give_the_samples_of_one_pass():
+  """Per-row keys: splitting rows into passes and dropping finished rows changes nothing."""
+  cfg, params = _stopping_model()
+  lengths = [3, 5, 2, 4, 6]
+  prompts = _left_padded(lengths, cfg.vocab_size, seed=7)
+  base = sampling.SamplerConfig(max_new_tokens=24, num_samples=4, stop_ids=(2,),
+                                decode_segment=0)
+  ref = sampling.sample(cfg, params, prompts, lengths, jax.random.PRNGKey(9), base)
+  lens = np.asarray(ref.lengths)
+  assert lens.min() < 8 and np.asarray(ref.truncated).any()  # a real spread of lengths
+  for changes in ({"max_decode_rows": 8}, {"decode_segment": 3},
+                  {"max_decode_rows": 12, "decode_segment": 2}):
+    got = sampling.sample(cfg, params, prompts, lengths, jax.random.PRNGKey(9),
+                          dataclasses.replace(base, **changes))
+    np.testing.assert_array_equal(got.completion_tokens, ref.completion_tokens, err_msg=str(changes))
+    np.testing.assert_array_equal(got.completion_mask, ref.completion_mask)
+    np.testing.assert_allclose(got.logp, ref.logp, atol=1e-5)
+    np.testing.assert_allclose(got.entropy, ref.entropy, atol=1e-5)
+    np.testing.assert_array_equal(got.truncated, ref.truncated)
+
+
+def test_finished_rows_leave_the_decode_batch(monkeypatch):
+  cfg, params = _stopping_model()
+  compacted = []
+  original = sampling.compiled_compact
+
+  def spy(model_cfg, mesh=None):
+    fn = original(model_cfg, mesh)
+    return lambda state, rows: (compacted.append(int(rows.shape[0])), fn(state, rows))[1]
+
+  monkeypatch.setattr(sampling, "compiled_compact", spy)
+  lengths = [3] * 8
+  cfg_s = sampling.SamplerConfig(max_new_tokens=40, num_samples=8, stop_ids=(2,), decode_segment=2)
+  rollout = sampling.sample(cfg, params, _left_padded(lengths, cfg.vocab_size), lengths,
+                            jax.random.PRNGKey(0), cfg_s)
+  assert compacted and compacted == sorted(compacted, reverse=True) and compacted[-1] < 64
+  assert all(size & (size - 1) == 0 for size in compacted)  # powers of two
+  assert np.asarray(rollout.completion_mask).sum() == np.asarray(rollout.lengths).sum()
+
+
+def test_samples_of_one_prompt_share_its_prefill():
+  """Each prompt is prefilled once: its samples' first-step distributions are identical."""
+  cfg, params = _stopping_model()
+  cfg_s = sampling.SamplerConfig(max_new_tokens=2, num_samples=6)
+  rollout = sampling.sample(cfg, params, _left_padded([4, 2], cfg.vocab_size), [4, 2],
+                            jax.random.PRNGKey(1), cfg_s)
+  entropy = np.asarray(rollout.entropy)[:, 0].reshape(2, 6)
+  assert np.all(entropy == entropy[:, :1]) and entropy[0, 0] != entropy[1, 0]

@@ -1,5 +1,6 @@
 """The Qwen2/Llama-family policy: config, pure forward functions, KV cache, HF conversion."""
 
+from entropix_rl.models.attention import ATTENTION_IMPLS
 from entropix_rl.models.config import ModelConfig, RopeScaling, tiny_config
 from entropix_rl.models.decoder import (
     KVCache,
@@ -8,10 +9,11 @@ from entropix_rl.models.decoder import (
     init_cache,
     init_params,
     logits_from_hidden,
+    prefill,
     unembedding,
 )
 
 __all__ = [
-    "KVCache", "ModelConfig", "RopeScaling", "forward", "forward_hidden", "init_cache",
-    "init_params", "logits_from_hidden", "tiny_config", "unembedding",
+    "ATTENTION_IMPLS", "KVCache", "ModelConfig", "RopeScaling", "forward", "forward_hidden",
+    "init_cache", "init_params", "logits_from_hidden", "prefill", "tiny_config", "unembedding",
 ]

@@ -7,6 +7,8 @@ import math
 
 import jax.numpy as jnp
 
+from entropix_rl.models.attention import ATTENTION_IMPLS
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -49,6 +51,9 @@ class ModelConfig:
     param_dtype: storage dtype of the params ("float32" or "bfloat16").
     compute_dtype: dtype of activations and matmul inputs; softmax and norms run in float32.
     bos_token_id, eos_token_id: carried through to the saved `config.json`.
+    attention_impl: `models.attention.ATTENTION_IMPLS`: "auto" (splash on TPU, cuDNN on GPU,
+      dense on CPU), "dense", "blockwise" (flash-style, pure JAX), "splash" or "cudnn".
+    attention_block_q, attention_block_k: query/key tile sizes of "blockwise" and "splash".
   """
 
   vocab_size: int
@@ -69,8 +74,16 @@ class ModelConfig:
   compute_dtype: str = "float32"
   bos_token_id: int | None = None
   eos_token_id: int | None = None
+  attention_impl: str = "auto"
+  attention_block_q: int = 512
+  attention_block_k: int = 512
 
   def __post_init__(self):
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"model.attention_impl={self.attention_impl!r}; allowed: {ATTENTION_IMPLS}")
+    for name in ("attention_block_q", "attention_block_k"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
     if self.model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(f"model_type={self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}")
     for name in ("param_dtype", "compute_dtype"):

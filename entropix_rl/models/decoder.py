@@ -1,8 +1,9 @@
 """The Qwen2/Llama decoder as pure functions of a params pytree.
 
 RMSNorm → grouped-query attention with RoPE (optional qkv bias) → RMSNorm → SwiGLU MLP,
-layers stacked on a leading axis and run under `lax.scan`. See docs/design.md for the param
-tree and the KV cache layout.
+layers stacked on a leading axis and run under `lax.scan`. Attention over a whole sequence
+uses `config.attention_impl` (`models.attention`); decoding with a KV cache attends densely
+over the cache. See docs/design.md for the param tree and the KV cache layout.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from entropix_rl.models import attention
 from entropix_rl.models.config import ModelConfig, rope_inverse_frequencies
 
 Params = dict
@@ -101,43 +103,78 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def _attention(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
-               allowed: jax.Array) -> jax.Array:
-  """Grouped-query attention. q: `[B,T,H,Dh]`, k/v: `[B,S,K,Dh]`, allowed: `[B,T,S]` bool."""
-  b, t, h, dh = q.shape
-  groups = h // config.num_kv_heads
-  q = q.reshape(b, t, config.num_kv_heads, groups, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores * (dh ** -0.5)
-  scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(b, t, h, dh)
-
-
-def _layer(config: ModelConfig, x: jax.Array, layer: Params, positions: jax.Array,
-           inv_freq: jax.Array, kv_in: tuple[jax.Array, jax.Array] | None, index: jax.Array,
-           allowed: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """One decoder block. Returns the new residual stream and this layer's (k, v) for the cache."""
-  cdt = config.compute_jnp_dtype
-  w = lambda name: layer[name].astype(cdt)
+def _qkv(config: ModelConfig, x: jax.Array, layer: Params, positions: jax.Array,
+         inv_freq: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Normed input → q `[B,T,H,Dh]`, k, v `[B,T,K,Dh]` (RoPE on q and k)."""
+  w = lambda name: layer[name].astype(config.compute_jnp_dtype)
   h = rms_norm(x, layer["attn_norm"], config.rms_norm_eps)
   q = jnp.einsum("btd,dhk->bthk", h, w("q"))
   k = jnp.einsum("btd,dhk->bthk", h, w("k"))
   v = jnp.einsum("btd,dhk->bthk", h, w("v"))
   if config.qkv_bias:
     q, k, v = q + w("q_bias"), k + w("k_bias"), v + w("v_bias")
-  q = apply_rope(q, positions, inv_freq)
-  k = apply_rope(k, positions, inv_freq)
-  if kv_in is not None:
-    k = jax.lax.dynamic_update_slice_in_dim(kv_in[0], k, index, axis=1)
-    v = jax.lax.dynamic_update_slice_in_dim(kv_in[1], v, index, axis=1)
-  attn = _attention(config, q, k, v, allowed)
+  return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+
+def _output_and_mlp(config: ModelConfig, x: jax.Array, attn: jax.Array, layer: Params) -> jax.Array:
+  """Residual attention output projection, then the residual SwiGLU block."""
+  w = lambda name: layer[name].astype(config.compute_jnp_dtype)
   x = x + jnp.einsum("bthk,hkd->btd", attn, w("o"))
   h = rms_norm(x, layer["mlp_norm"], config.rms_norm_eps)
   mlp = jax.nn.silu(jnp.einsum("btd,df->btf", h, w("gate"))) * jnp.einsum("btd,df->btf", h, w("up"))
-  x = x + jnp.einsum("btf,fd->btd", mlp, w("down"))
-  return x, (k, v)
+  return x + jnp.einsum("btf,fd->btd", mlp, w("down"))
+
+
+def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cache_valid: jax.Array,
+                      k_new: jax.Array, v_new: jax.Array, new_valid: jax.Array) -> jax.Array:
+  """Attention of T new queries over the cache's valid slots and, causally, the new tokens.
+
+  The new keys are not yet in the cache, so nothing is copied: two score blocks
+  (`[B,K,G,T,S]` over the cache, `[B,K,G,T,T]` over the new tokens) share one softmax.
+  """
+  b, t, h, dh = q.shape
+  kh = k_cache.shape[2]
+  qg = q.reshape(b, t, kh, h // kh, dh)
+  scale = dh ** -0.5
+  old = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) * scale
+  new = jnp.einsum("btkgd,bskd->bkgts", qg, k_new, preferred_element_type=jnp.float32) * scale
+  causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
+  masked = jnp.finfo(jnp.float32).min
+  old = jnp.where(cache_valid[:, None, None, None, :], old, masked)
+  new = jnp.where(new_valid[:, None, None, None, :] & causal, new, masked)
+  probs = jax.nn.softmax(jnp.concatenate([old, new], axis=-1), axis=-1).astype(v_new.dtype)
+  s = k_cache.shape[1]
+  out = (jnp.einsum("bkgts,bskd->btkgd", probs[..., :s], v_cache)
+         + jnp.einsum("bkgts,bskd->btkgd", probs[..., s:], v_new))
+  return out.reshape(b, t, h, dh)
+
+
+def _default_positions(mask: jax.Array, start: jax.Array) -> jax.Array:
+  """RoPE positions counting real tokens from `start` (so left padding is handled)."""
+  return jnp.maximum(start[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
+
+
+def _embed(config: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
+  return params["embed"].astype(config.compute_jnp_dtype)[tokens]
+
+
+def _self_attention_stack(config: ModelConfig, params: Params, tokens: jax.Array,
+                          positions: jax.Array, mask: jax.Array, remat: bool, keep_kv: bool
+                          ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+  """All layers over T tokens with `config.attention_impl`; optionally the stacked k, v."""
+  impl = attention.resolve_impl(config.attention_impl, config.compute_jnp_dtype)
+  inv_freq = rope_inverse_frequencies(config)
+
+  def body(x, layer):
+    q, k, v = _qkv(config, x, layer, positions, inv_freq)
+    attn = attention.self_attention(impl, q, k, v, mask, block_q=config.attention_block_q,
+                                    block_k=config.attention_block_k)
+    return _output_and_mlp(config, x, attn, layer), (k, v) if keep_kv else None
+
+  if remat:
+    body = jax.checkpoint(body)
+  x, kv = jax.lax.scan(body, _embed(config, params, tokens), params["layers"])
+  return rms_norm(x, params["final_norm"], config.rms_norm_eps), kv
 
 
 def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array,
@@ -153,7 +190,9 @@ def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array,
     positions: `[B, T]` int32 RoPE positions. Default: counts real tokens (per `mask`),
       continuing from `cache.lengths` when a cache is given, so left padding is handled.
     cache: optional KV cache; the T new tokens are written at slots
-      `[cache.index, cache.index + T)` and attend to every valid earlier slot.
+      `[cache.index, cache.index + T)` and attend to every valid earlier slot. With a cache,
+      attention is dense over the cache (meant for decoding a few tokens at a time; `prefill`
+      fills an empty cache with `config.attention_impl`).
     mask: `[B, T]` bool, False for padding tokens (they are never attended to). Default: all True.
     remat: rematerialise each layer in the backward pass (saves activation memory in training).
 
@@ -162,35 +201,56 @@ def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array,
   """
   b, t = tokens.shape
   mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
-  start = jnp.zeros((b,), jnp.int32) if cache is None else cache.lengths
-  if positions is None:
-    positions = start[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
-    positions = jnp.maximum(positions, 0)
   if cache is None:
-    key_valid, query_slots, key_slots, index = mask, jnp.arange(t), jnp.arange(t), jnp.int32(0)
-  else:
-    index = cache.index
-    key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, index, axis=1)
-    query_slots, key_slots = index + jnp.arange(t), jnp.arange(cache.max_length)
-  allowed = key_valid[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
+    positions = _default_positions(mask, jnp.zeros((b,), jnp.int32)) if positions is None else positions
+    return _self_attention_stack(config, params, tokens, positions, mask, remat, False)[0], None
+  positions = _default_positions(mask, cache.lengths) if positions is None else positions
   inv_freq = rope_inverse_frequencies(config)
-  x = params["embed"].astype(config.compute_jnp_dtype)[tokens]
 
   def body(x, scanned):
-    layer, kv_in = scanned
-    return _layer(config, x, layer, positions, inv_freq, kv_in, index, allowed)
+    layer, k_cache, v_cache = scanned
+    q, k, v = _qkv(config, x, layer, positions, inv_freq)
+    attn = _cached_attention(q, k_cache, v_cache, cache.valid, k, v, mask)
+    return _output_and_mlp(config, x, attn, layer), (k, v)
 
   if remat:
     body = jax.checkpoint(body)
-  kv_in = None if cache is None else (cache.k, cache.v)
-  x, (k_all, v_all) = jax.lax.scan(body, x, (params["layers"], kv_in))
+  x, (k_new, v_new) = jax.lax.scan(body, _embed(config, params, tokens),
+                                   (params["layers"], cache.k, cache.v))
   hidden = rms_norm(x, params["final_norm"], config.rms_norm_eps)
-  if cache is None:
-    return hidden, None
-  new_cache = KVCache(k=k_all, v=v_all, valid=key_valid,
+  write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new, cache.index, axis=2)
+  new_cache = KVCache(k=write(cache.k, k_new), v=write(cache.v, v_new),
+                      valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.index, 1),
                       lengths=cache.lengths + mask.sum(axis=1, dtype=jnp.int32),
-                      index=index + t)
+                      index=cache.index + t)
   return hidden, new_cache
+
+
+def prefill(config: ModelConfig, params: Params, tokens: jax.Array, mask: jax.Array,
+            max_length: int) -> tuple[jax.Array, KVCache]:
+  """Runs left-padded prompts through the decoder into a new cache of `max_length` slots.
+
+  Attention uses `config.attention_impl` (as training does), and the prompt's keys/values
+  are written to slots `[0, T)`. Equivalent to `forward_hidden` with an empty cache.
+
+  Args:
+    tokens: `[B, T]` int32 prompts; mask: `[B, T]` bool, False at padding.
+    max_length: cache slots, at least T (prompt + tokens to decode).
+
+  Returns:
+    hidden `[B, T, D]` and the filled cache (`index = T`).
+  """
+  b, t = tokens.shape
+  if max_length < t:
+    raise ValueError(f"max_length={max_length} is shorter than the prompt width {t}")
+  mask = mask.astype(bool)
+  positions = _default_positions(mask, jnp.zeros((b,), jnp.int32))
+  hidden, (k, v) = _self_attention_stack(config, params, tokens, positions, mask, False, True)
+  pad = ((0, 0), (0, 0), (0, max_length - t), (0, 0), (0, 0))
+  cache = KVCache(k=jnp.pad(k, pad), v=jnp.pad(v, pad),
+                  valid=jnp.pad(mask, ((0, 0), (0, max_length - t))),
+                  lengths=mask.sum(axis=1, dtype=jnp.int32), index=jnp.int32(t))
+  return hidden, cache
 
 
 def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:

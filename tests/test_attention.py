@@ -1,0 +1,118 @@
+"""Every attention implementation against the dense reference: values and gradients, with
+left and right padding, grouped-query heads and sequence lengths that the tiles do not divide.
+
+Tolerances (float32): values 1e-5, gradients 1e-4 (the tiles sum in another order).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from entropix_rl.models import (attention, forward_hidden, init_cache, init_params, prefill,
+                                tiny_config)
+
+VALUE_TOL, GRAD_TOL = 1e-5, 1e-4
+
+
+def _inputs(t, heads=4, kv_heads=2, dh=16, batch=3, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  q = jax.random.normal(keys[0], (batch, t, heads, dh))
+  k = jax.random.normal(keys[1], (batch, t, kv_heads, dh))
+  v = jax.random.normal(keys[2], (batch, t, kv_heads, dh))
+  valid = np.ones((batch, t), bool)
+  valid[0, :3] = False            # left padding
+  valid[1, t - 4:] = False        # right padding
+  valid[2, :2] = valid[2, t - 2:] = False
+  return q, k, v, jnp.asarray(valid)
+
+
+def _impl(name):
+  if name == "splash":
+    return lambda q, k, v, valid: attention.splash_attention(q, k, v, valid, block_q=128,
+                                                             block_k=128, interpret=True)
+  if name == "cudnn":  # the same wrapper with XLA's implementation (no GPU here)
+    return lambda q, k, v, valid: attention.cudnn_attention(q, k, v, valid, implementation=None)
+  return lambda q, k, v, valid: attention.blockwise_attention(q, k, v, valid, block_q=8,
+                                                              block_k=16)
+
+
+def _valid_rows(x, valid):
+  return np.asarray(x)[np.asarray(valid)]
+
+
+@pytest.mark.parametrize("name", ["blockwise", "splash", "cudnn"])
+@pytest.mark.parametrize("t", [13, 32])
+def test_values_match_dense(name, t):
+  q, k, v, valid = _inputs(t)
+  ref = attention.dense_attention(q, k, v, valid)
+  got = _impl(name)(q, k, v, valid)
+  assert got.shape == ref.shape and np.all(np.isfinite(np.asarray(got)))
+  np.testing.assert_allclose(_valid_rows(got, valid), _valid_rows(ref, valid), atol=VALUE_TOL,
+                             rtol=0)
+
+
+@pytest.mark.parametrize("name", ["blockwise", "splash", "cudnn"])
+def test_gradients_match_dense(name):
+  q, k, v, valid = _inputs(21, seed=1)
+  weight = jax.random.normal(jax.random.PRNGKey(5), q.shape) * valid[:, :, None, None]
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, valid) * weight)
+  ref = jax.grad(loss(attention.dense_attention), argnums=(0, 1, 2))(q, k, v)
+  got = jax.grad(loss(_impl(name)), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(got, ref):
+    assert np.all(np.isfinite(np.asarray(g)))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=GRAD_TOL, rtol=0)
+
+
+def test_bfloat16_blockwise_close_to_dense():
+  q, k, v, valid = (x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x
+                    for x in _inputs(40, seed=2))
+  ref = attention.dense_attention(q, k, v, valid).astype(jnp.float32)
+  got = attention.blockwise_attention(q, k, v, valid, block_q=16, block_k=16)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(_valid_rows(got.astype(jnp.float32), valid), _valid_rows(ref, valid),
+                             atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "dense"])
+def test_model_forward_and_grads_with_each_impl(impl):
+  config = tiny_config(attention_impl="dense")
+  params = init_params(config, jax.random.PRNGKey(0), init_std=0.2)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 11), 0, config.vocab_size)
+  mask = jnp.ones(tokens.shape, bool).at[0, :4].set(False)
+  other = config.replace(attention_impl=impl, attention_block_q=4, attention_block_k=8)
+  loss = lambda cfg: lambda p: jnp.sum(forward_hidden(cfg, p, tokens, mask=mask, remat=True)[0]
+                                       * mask[:, :, None])
+  ref_value, ref_grads = jax.value_and_grad(loss(config))(params)
+  value, grads = jax.value_and_grad(loss(other))(params)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=GRAD_TOL, rtol=1e-4), grads,
+               ref_grads)
+
+
+def test_prefill_equals_forward_with_an_empty_cache():
+  config = tiny_config(attention_impl="blockwise", attention_block_q=4, attention_block_k=4)
+  params = init_params(config, jax.random.PRNGKey(0), init_std=0.2)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, config.vocab_size)
+  mask = jnp.ones(tokens.shape, bool).at[1, :5].set(False)
+  want_hidden, want_cache = forward_hidden(config.replace(attention_impl="dense"), params, tokens,
+                                           cache=init_cache(config, 2, 16), mask=mask)
+  hidden, cache = prefill(config, params, tokens, mask, 16)
+  valid = np.asarray(mask)
+  np.testing.assert_allclose(np.asarray(hidden)[valid], np.asarray(want_hidden)[valid], atol=1e-5)
+  valid_slots = np.asarray(want_cache.valid)
+  for name in ("k", "v"):  # padding slots hold undefined values in both
+    np.testing.assert_allclose(np.asarray(getattr(cache, name))[:, np.asarray(cache.valid)],
+                               np.asarray(getattr(want_cache, name))[:, valid_slots], atol=1e-5)
+  for name in ("valid", "lengths", "index"):
+    np.testing.assert_array_equal(getattr(cache, name), getattr(want_cache, name))
+
+
+def test_unavailable_kernels_name_the_field():
+  with pytest.raises(ValueError, match="model.attention_impl='splash' needs a TPU"):
+    attention.resolve_impl("splash", jnp.bfloat16)
+  with pytest.raises(ValueError, match="model.attention_impl='cudnn' needs an NVIDIA GPU"):
+    attention.resolve_impl("cudnn", jnp.bfloat16)
+  with pytest.raises(ValueError, match="model.attention_impl='flash'; allowed"):
+    tiny_config(attention_impl="flash")
+  assert attention.resolve_impl("auto", jnp.float32) == "dense"  # CPU
