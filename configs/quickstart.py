@@ -44,15 +44,18 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       "hidden_size": 128, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
       "intermediate_size": 384, "max_position_embeddings": 32, "tie_embeddings": True,
       "qkv_bias": True, "rope_theta": 10000.0, "param_dtype": "float32",
-      "compute_dtype": "float32",
+      "compute_dtype": "float32", "attention_impl": "auto", "attention_block_q": 512,
+      "attention_block_k": 512,
   })
 
   config.sampler = ml_collections.ConfigDict({
       "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 10, "greedy": False,
+      "max_decode_rows": 0, "decode_segment": 64,
   })
 
   config.sft = ml_collections.ConfigDict({
       "steps": 350, "batch_size": 256, "log_every": 50, "shared_dir": "",
+      "micro_batch_size": 0,
       "optimizer": {"learning_rate": 1e-3, "warmup_steps": 20, "grad_clip_norm": 1.0},
   })
 
@@ -60,7 +63,8 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       "steps": 300, "prompts_per_step": 32, "group_size": 8, "ppo_epochs": 1,
       "num_minibatches": 4, "advantage": "grpo", "dynamic_sampling": False,
       "max_gen_batches": 10, "use_reference": True, "measure_dynamics": True,
-      "token_chunk": 4096, "remat": False,
+      "token_chunk": 4096, "remat": False, "micro_batch_size": 0,
+      "logprob_micro_batch_size": 0, "feature_chunk": 256,
   })
   config.optimizer = ml_collections.ConfigDict({"learning_rate": 3e-4, "grad_clip_norm": 1.0})
 

@@ -55,15 +55,18 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict({
       "init": "checkpoint", "checkpoint": checkpoint, "model_type": "qwen2", **size.architecture,
-      "param_dtype": "bfloat16", "compute_dtype": "bfloat16",
+      "param_dtype": "bfloat16", "compute_dtype": "bfloat16", "attention_impl": "auto",
+      "attention_block_q": 512, "attention_block_k": 512,
   })
 
   config.sampler = ml_collections.ConfigDict({
       "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8192, "greedy": False,
+      "max_decode_rows": 0, "decode_segment": 256,
   })
 
   config.sft = ml_collections.ConfigDict({  # no SFT: RL starts from the base checkpoint
       "steps": 0, "batch_size": 256, "log_every": 50, "shared_dir": "",
+      "micro_batch_size": 0,
       "optimizer": {"learning_rate": 1e-6, "warmup_steps": 0, "grad_clip_norm": 1.0},
   })
 
@@ -71,7 +74,8 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
       "steps": 1000, "prompts_per_step": 256, "group_size": 8, "ppo_epochs": 1,
       "num_minibatches": 8, "advantage": "grpo", "dynamic_sampling": True,
       "max_gen_batches": 10, "use_reference": False, "measure_dynamics": False,
-      "token_chunk": 4096, "remat": True,
+      "token_chunk": 4096, "remat": True, "micro_batch_size": 0,
+      "logprob_micro_batch_size": 0, "feature_chunk": 256,
   })
   config.optimizer = ml_collections.ConfigDict({"learning_rate": size.learning_rate,
                                                 "grad_clip_norm": 1.0})

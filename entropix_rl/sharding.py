@@ -139,7 +139,7 @@ def kv_cache_specs(mesh: Mesh, num_kv_heads: int) -> dict[str, P]:
 
 def state_shardings(state: Any, optimizer: optax.GradientTransformation, mesh: Mesh) -> Any:
   """Shardings of a `TrainState`: params and ref_params by the rules, the optimizer state
-  following its params, everything else (step, rng, controller, counters) replicated."""
+  following its params, everything else (step, rng, intervention states) replicated."""
   specs = param_specs(state.params, mesh)
   to_sharding = lambda spec: NamedSharding(mesh, spec)
   opt = optax.tree_utils.tree_map_params(
@@ -149,7 +149,7 @@ def state_shardings(state: Any, optimizer: optax.GradientTransformation, mesh: M
   rep = lambda tree: jax.tree.map(lambda _: replicated(mesh), tree)
   return state.replace(
       step=replicated(mesh), params=jax.tree.map(to_sharding, specs), opt_state=opt,
-      rng=replicated(mesh), controller=rep(state.controller),
+      rng=replicated(mesh), interventions=rep(state.interventions),
       ref_params=None if state.ref_params is None else jax.tree.map(to_sharding, specs))
 
 

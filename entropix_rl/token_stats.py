@@ -257,3 +257,44 @@ def naive_logp_entropy(hidden: jax.Array, unembed: jax.Array, targets: jax.Array
   else:
     entropy = jnp.zeros_like(logp)
   return logp.reshape(lead), entropy.reshape(lead)
+
+
+def logit_features(hidden: jax.Array, unembed: jax.Array, targets: jax.Array,
+                   fns: tuple, *, temperature: float = 1.0, token_chunk: int = 256
+                   ) -> tuple[jax.Array, ...]:
+  """Per-token features computed from the full logits, chunked over tokens.
+
+  For interventions that need more of the next-token distribution than its log-prob and
+  entropy (a min-p proxy, a top-p entropy). Each chunk forms its `[token_chunk, V]` float32
+  logits `h·W` (temperature 1), applies every `fn(logits, targets, temperature) -> [n]`, and is
+  rematerialised in the backward pass, so peak memory is one chunk's logits (and their
+  cotangent) whatever the token count. Gradients flow to `hidden` and `unembed`.
+
+  Args:
+    hidden: `[..., D]` hidden states; unembed: `[D, V]`; targets: `[...]` int token ids.
+    fns: feature functions (see `losses.registry.TokenFeature`).
+    temperature: the rollout temperature, passed to each function.
+    token_chunk: tokens per chunk.
+
+  Returns:
+    One `[...]` float32 array per function.
+  """
+  _validate(hidden, unembed, targets, temperature, token_chunk, None)
+  lead, d = hidden.shape[:-1], hidden.shape[-1]
+  flat_h, flat_t = hidden.reshape(-1, d), targets.reshape(-1).astype(jnp.int32)
+  n = flat_h.shape[0]
+  if n == 0 or not fns:
+    return tuple(jnp.zeros(lead, jnp.float32) for _ in fns)
+  chunk = min(token_chunk, n)
+  pad = (-n) % chunk
+  h_chunks = jnp.pad(flat_h, ((0, pad), (0, 0))).reshape(-1, chunk, d)
+  t_chunks = jnp.pad(flat_t, (0, pad)).reshape(-1, chunk)
+
+  @jax.checkpoint
+  def one_chunk(h, t, w):
+    logits = block_logits(h, w, 1.0)
+    return jnp.stack([fn(logits, t, float(temperature)).astype(jnp.float32) for fn in fns])
+
+  out = jax.lax.map(lambda xs: one_chunk(xs[0], xs[1], unembed), (h_chunks, t_chunks))
+  out = out.transpose(1, 0, 2).reshape(len(fns), -1)[:, :n]
+  return tuple(row.reshape(lead) for row in out)

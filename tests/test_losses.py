@@ -167,7 +167,8 @@ def test_fixed_entropy_bonus_value_gradient_and_override(agg):
   loss, aux = run(config, batch, entropy=h)
   assert aux["entropy_bonus"] == pytest.approx(0.01 * np_agg(h, m, agg), rel=1e-5)
   assert loss == pytest.approx(base - aux["entropy_bonus"], rel=1e-5, abs=1e-7)
-  loss, aux = run(config, batch, entropy=h, entropy_coef=jnp.float32(0.05))
+  loss, aux = run(config, batch, entropy=h,
+                  states={"entropy_bonus": {"coef": jnp.float32(0.05), "enabled": True}})
   assert loss == pytest.approx(base - 0.05 * np_agg(h, m, agg), rel=1e-5, abs=1e-7)
   if agg == "token-mean":
     grad = jax.grad(lambda e: losses.policy_loss(

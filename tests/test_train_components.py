@@ -45,7 +45,7 @@ def test_checkpointer_keeps_last_k_and_restores_exactly(tmp_path):
   optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2))
   params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
   state = create_train_state(params, optimizer, jax.random.PRNGKey(0),
-                             controller={"coef": jnp.float32(0.1)})
+                             interventions={"entropy_bonus": {"coef": jnp.float32(0.1)}})
   ckpt = Checkpointer(str(tmp_path / "ckpt"), save_every=2, keep=2)
   for step in range(1, 8):
     grads = jax.tree.map(jnp.ones_like, state.params)
@@ -55,7 +55,7 @@ def test_checkpointer_keeps_last_k_and_restores_exactly(tmp_path):
     ckpt.maybe_save(step, state, {"data_state": {"index": step}}, force=step == 7)
   assert ckpt.all_steps() == [6, 7]
   template = create_train_state(jax.tree.map(jnp.zeros_like, params), optimizer,
-                                jax.random.PRNGKey(5), controller={"coef": jnp.float32(0)})
+                                jax.random.PRNGKey(5), interventions={"entropy_bonus": {"coef": jnp.float32(0)}})
   restored, extra, step = ckpt.restore(template)
   ckpt.close()
   assert step == 7 and extra == {"data_state": {"index": 7}}

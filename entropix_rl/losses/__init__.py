@@ -1,49 +1,69 @@
-"""Policy losses and entropy interventions, composed by `policy_loss(config, ...)`.
+"""Policy losses and entropy interventions, composed by `compute_loss` / `policy_loss`.
 
-Each intervention lives in its own module and registers itself by name (`registry.register`);
-importing it here is all that wiring takes. See docs/interventions.md.
+Each intervention is one module in this package that defines an `INTERVENTION`
+(`registry.Intervention`). `INTERVENTIONS` below registers them; its order is the composition
+order within each kind (docs/interventions.md, "How the loss is composed").
 """
 
-from entropix_rl.losses import (  # noqa: F401  (imported for registration, in this order)
-    ppo,
+from entropix_rl.losses import (
     clip_cov,
-    kl_cov,
-    high_entropy_tokens,
     entropy_advantage,
-    kl_ref,
     entropy_bonus,
+    high_entropy_tokens,
+    kl_cov,
+    kl_ref,
+    ppo,
+    registry,
 )
-from entropix_rl.losses.aggregation import aggregate
-from entropix_rl.losses.compose import loss_needs_entropy, loss_needs_entropy_grad, policy_loss
-from entropix_rl.losses.config import (
-    AGG_MODES,
+
+INTERVENTIONS = (
+    entropy_advantage.INTERVENTION,
+    ppo.INTERVENTION,
+    clip_cov.INTERVENTION,
+    kl_cov.INTERVENTION,
+    high_entropy_tokens.INTERVENTION,
+    kl_ref.INTERVENTION,
+    entropy_bonus.INTERVENTION,
+)
+for _entry in INTERVENTIONS:
+  registry.register(_entry)
+
+# pylint: disable=wrong-import-position
+from entropix_rl.losses.aggregation import AGG_MODES, Aggregator, aggregate, masked_mean  # noqa: E402
+from entropix_rl.losses.batch import TokenBatch  # noqa: E402
+from entropix_rl.losses.compose import (  # noqa: E402
+    after_update,
+    before_update,
+    compute_loss,
+    features,
+    grad_needs,
+    init_states,
+    loss_needs_entropy,
+    loss_needs_entropy_grad,
+    needs,
+    needs_planning_pass,
+    policy_loss,
+    rollout_advantages,
+)
+from entropix_rl.losses.config import (  # noqa: E402
     SELECTION_SCOPES,
     LossConfig,
     default_loss_config,
     resolve_loss_config,
 )
-from entropix_rl.losses.entropy_bonus import (
+from entropix_rl.losses.entropy_bonus import (  # noqa: E402
     entropy_coefficient,
     init_entropy_controller,
     update_entropy_controller,
 )
-from entropix_rl.losses.kl_ref import KL_ESTIMATORS, kl_estimate
-from entropix_rl.losses.registry import register
+from entropix_rl.losses.kl_ref import KL_ESTIMATORS, kl_estimate  # noqa: E402
+from entropix_rl.losses.registry import Intervention, TokenFeature, register  # noqa: E402
 
 __all__ = [
-    "AGG_MODES",
-    "KL_ESTIMATORS",
-    "SELECTION_SCOPES",
-    "LossConfig",
-    "aggregate",
-    "default_loss_config",
-    "entropy_coefficient",
-    "init_entropy_controller",
-    "kl_estimate",
-    "loss_needs_entropy",
-    "loss_needs_entropy_grad",
-    "policy_loss",
-    "register",
-    "resolve_loss_config",
-    "update_entropy_controller",
+    "AGG_MODES", "INTERVENTIONS", "KL_ESTIMATORS", "SELECTION_SCOPES", "Aggregator",
+    "Intervention", "LossConfig", "TokenBatch", "TokenFeature", "after_update", "aggregate",
+    "before_update", "compute_loss", "default_loss_config", "entropy_coefficient", "features",
+    "grad_needs", "init_entropy_controller", "init_states", "kl_estimate", "loss_needs_entropy",
+    "loss_needs_entropy_grad", "masked_mean", "needs", "needs_planning_pass", "policy_loss",
+    "register", "resolve_loss_config", "rollout_advantages", "update_entropy_controller",
 ]

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 
 from entropix_rl import dynamics
 from entropix_rl.losses import selection
-from entropix_rl.losses.base import LossInputs, SurrogateOutput
+from entropix_rl.losses.batch import TokenBatch
 from entropix_rl.losses.config import LossConfig, check_number, check_ratio
 from entropix_rl.losses.ppo import ppo_terms_from_config
-from entropix_rl.losses.registry import register
+from entropix_rl.losses.registry import Intervention, SurrogateOutput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,16 +73,26 @@ def clip_cov_pick(logp: jax.Array, advantages: jax.Array, mask: jax.Array, clipp
   return selection.top_k_mask(uniform.ravel(), eligible.ravel(), k, k_max).reshape(mask.shape)
 
 
-@register("clip_cov", config=ClipCovConfig)
-def clip_cov(cfg: LossConfig, inputs: LossInputs) -> SurrogateOutput:
-  """Clip-Cov surrogate (module docstring); `selected` is the detached set I_clip."""
-  if inputs.rng is None:
+def clip_cov_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+                   ) -> jax.Array:
+  """The scope's pick I_clip (`[rows, T]` bool), from the current ℓ without gradient."""
+  del state
+  if key is None:
     raise ValueError("loss.name='clip_cov' picks tokens at random: pass rng= to policy_loss")
-  terms = ppo_terms_from_config(cfg, inputs)
   c = cfg.clip_cov
-  pick = lambda logp, adv, mask, clipped, key: clip_cov_pick(
-      logp, adv, mask, clipped, key, ratio=c.ratio, lb=c.lb, ub=c.ub)
-  selected = selection.select_per_scope(
-      cfg, pick, (inputs.logp, inputs.advantages, inputs.mask, terms.clipped), inputs.rng)
+  clipped = ppo_terms_from_config(cfg, batch).clipped
+  return clip_cov_pick(batch.logp, batch.advantages, batch.mask, clipped, key, ratio=c.ratio,
+                       lb=c.lb, ub=c.ub)
+
+
+def clip_cov(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
+             ) -> SurrogateOutput:
+  """Clip-Cov surrogate (module docstring); `selected` is the detached set I_clip."""
+  del state
+  terms = ppo_terms_from_config(cfg, batch)
   return SurrogateOutput(per_token_loss=jnp.where(selected, 0.0, terms.loss),
-                         loss_mask=inputs.mask, selected=selected, clipped=terms.clipped)
+                         loss_mask=batch.mask, selected=selected, clipped=terms.clipped)
+
+
+INTERVENTION = Intervention(name="clip_cov", kind="surrogate", apply=clip_cov,
+                            config=ClipCovConfig, scope_stats=clip_cov_stats)

@@ -17,8 +17,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from entropix_rl.losses import registry
-
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+from entropix_rl.losses.aggregation import AGG_MODES
 SELECTION_SCOPES = ("batch", "microbatch")
 
 

@@ -15,9 +15,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from entropix_rl.losses.base import LossInputs
+from entropix_rl.losses.batch import TokenBatch
 from entropix_rl.losses.config import LossConfig, check_bool, check_number
-from entropix_rl.losses.registry import register
+from entropix_rl.losses.registry import Intervention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +52,14 @@ def _enabled(cfg: LossConfig) -> bool:
   return cfg.entropy_advantage.enabled
 
 
-@register("entropy_advantage", kind="advantage_shaper", config=EntropyAdvantageConfig,
-          needs_entropy=_enabled)
-def entropy_advantage(cfg: LossConfig, inputs: LossInputs) -> jax.Array:
-  """The shaped advantages, or `inputs.advantages` when disabled."""
-  if not _enabled(cfg):
-    return inputs.advantages
+def entropy_advantage(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> jax.Array:
+  """The shaped advantages (applied only when `loss.entropy_advantage.enabled`)."""
+  del stats, state
   c = cfg.entropy_advantage
-  return shape_advantages(inputs.advantages, inputs.entropy, inputs.mask, alpha=c.alpha,
-                          kappa=c.kappa)
+  return shape_advantages(batch.advantages, batch.require("entropy", "entropy_advantage"),
+                          batch.mask, alpha=c.alpha, kappa=c.kappa)
+
+
+INTERVENTION = Intervention(name="entropy_advantage", kind="advantage_shaper",
+                            apply=entropy_advantage, config=EntropyAdvantageConfig,
+                            active=_enabled, needs=lambda cfg: frozenset({"entropy"}))

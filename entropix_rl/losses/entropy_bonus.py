@@ -5,14 +5,14 @@ temperature-scaled logits (differentiable through the whole softmax), aggregated
 loss's own mode (verl). `aux["entropy_bonus"] = c · Agg(H)`, the amount subtracted.
 
 Adaptive control (Skywork-OR1, He et al. 2025, arXiv 2505.22312; `EntController`): the
-state is the coefficient `c` and a flag; once per training step, after the actor update,
-with Ĥ the rollout's mean sampled-token NLL `−mean(ℓ^old)` (not the full entropy):
+intervention state is the coefficient `c` and a flag; once per training step, after the actor
+update (`after_update`), with Ĥ the rollout's mean sampled-token NLL `−mean(ℓ^old)` (not the
+full entropy):
 
     c       ← clip(c + Δ if Ĥ < H_tgt else c − Δ, c_min, c_max)
     enabled ← Ĥ < H_tgt
 
-and the next step uses `c · enabled` (`entropy_coefficient`), passed to `policy_loss` as
-`entropy_coef`. The flag starts True, so step 1 uses the initial `coef` (the release scripts
+and the next step uses `c · enabled` (`entropy_coefficient`). The flag starts True, so step 1 uses the initial `coef` (the release scripts
 start at 0, where this does not matter). Release-script defaults: target 0.2, Δ 1e-4,
 bounds [0, 0.005], initial 0.
 """
@@ -25,10 +25,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from entropix_rl.losses.aggregation import aggregate
-from entropix_rl.losses.base import LossInputs, RegulariserOutput
+from entropix_rl.losses.aggregation import Aggregator, masked_mean
+from entropix_rl.losses.batch import TokenBatch
 from entropix_rl.losses.config import LossConfig, check_bool, check_number, resolve_loss_config
-from entropix_rl.losses.registry import register
+from entropix_rl.losses.registry import Intervention, RegulariserOutput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,21 +66,6 @@ class EntropyBonusConfig:
     return self.adaptive or self.coef != 0
 
 
-def _active(cfg: LossConfig) -> bool:
-  return cfg.entropy_bonus.active
-
-
-@register("entropy_bonus", kind="regulariser", config=EntropyBonusConfig,
-          needs_entropy=_active, needs_entropy_grad=_active)
-def entropy_bonus(cfg: LossConfig, inputs: LossInputs) -> RegulariserOutput:
-  """`−c · Agg(H)`, c = `inputs.entropy_coef` if given, else `loss.entropy_bonus.coef`."""
-  if not _active(cfg):
-    return RegulariserOutput(loss=jnp.float32(0.0), metric=jnp.float32(0.0))
-  coef = cfg.entropy_bonus.coef if inputs.entropy_coef is None else inputs.entropy_coef
-  term = jnp.asarray(coef, jnp.float32) * aggregate(inputs.entropy, inputs.mask, cfg.agg)
-  return RegulariserOutput(loss=-term, metric=term)
-
-
 def init_entropy_controller(loss_config: Any) -> dict:
   """Initial controller state: `{"coef": f32, "enabled": bool}` if adaptive, else `{}`."""
   cfg = resolve_loss_config(loss_config).entropy_bonus
@@ -109,9 +94,40 @@ def update_entropy_controller(loss_config: Any, state: dict, measured_entropy: j
           "enabled": below}
 
 
-def entropy_coefficient(loss_config: Any, state: dict) -> jax.Array:
-  """The bonus coefficient for this step: `coef · enabled` if adaptive, else the fixed coef."""
+def entropy_coefficient(loss_config: Any, state: dict | None) -> jax.Array:
+  """The bonus coefficient for this step: `coef · enabled` from a controller state, else the
+  fixed `loss.entropy_bonus.coef`."""
   cfg = resolve_loss_config(loss_config).entropy_bonus
-  if not cfg.adaptive:
+  if not state:
     return jnp.float32(cfg.coef)
   return jnp.where(state["enabled"], state["coef"], 0.0).astype(jnp.float32)
+
+
+def _needs(cfg: LossConfig) -> frozenset:
+  return frozenset({"entropy"}) if cfg.entropy_bonus.active else frozenset()
+
+
+def entropy_bonus(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict | None,
+                  agg: Aggregator) -> RegulariserOutput:
+  """`−c · Agg(H)` with c = `entropy_coefficient(cfg, state)`; 0 when the bonus is off."""
+  del stats
+  if not cfg.entropy_bonus.active:
+    return RegulariserOutput(loss=jnp.float32(0.0), metric=jnp.float32(0.0))
+  coef = entropy_coefficient(cfg, state)
+  term = coef * agg(batch.require("entropy", "entropy_bonus"), batch.mask)
+  return RegulariserOutput(loss=-term, metric=term)
+
+
+def _after_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[dict, dict]:
+  """The adaptive controller's step on this rollout's sampled-token NLL."""
+  if not cfg.entropy_bonus.adaptive:
+    return state, {}
+  nll = masked_mean(-rollout.old_logp, rollout.mask)
+  state = update_entropy_controller(cfg, state, nll)
+  return state, {"sampled_nll": nll, "next_coef": entropy_coefficient(cfg, state)}
+
+
+INTERVENTION = Intervention(
+    name="entropy_bonus", kind="regulariser", apply=entropy_bonus, config=EntropyBonusConfig,
+    needs=_needs, grad_needs=_needs, init_state=init_entropy_controller,
+    after_update=_after_update)

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from entropix_rl.losses import selection
-from entropix_rl.losses.base import LossInputs, SurrogateOutput
+from entropix_rl.losses.batch import TokenBatch
 from entropix_rl.losses.config import LossConfig, check_ratio
 from entropix_rl.losses.ppo import ppo_terms_from_config
-from entropix_rl.losses.registry import register
+from entropix_rl.losses.registry import Intervention, SurrogateOutput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +47,25 @@ def high_entropy_pick(entropy: jax.Array, mask: jax.Array, *, ratio: float) -> j
   return selection.top_k_mask(score.ravel(), valid.ravel(), k, k_max).reshape(mask.shape)
 
 
-@register("high_entropy_tokens", config=HighEntropyTokensConfig, needs_entropy=True)
-def high_entropy_tokens(cfg: LossConfig, inputs: LossInputs) -> SurrogateOutput:
+def high_entropy_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+                       ) -> jax.Array:
+  """The scope's kept set s (`[rows, T]` bool), by the current entropy."""
+  del state, key
+  return high_entropy_pick(batch.require("entropy", "high_entropy_tokens"), batch.mask,
+                           ratio=cfg.high_entropy_tokens.ratio)
+
+
+def high_entropy_tokens(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
+                        ) -> SurrogateOutput:
   """80/20 surrogate (module docstring); `selected` is the kept set s."""
-  terms = ppo_terms_from_config(cfg, inputs)
-  ratio = cfg.high_entropy_tokens.ratio
-  pick = lambda entropy, mask, key: high_entropy_pick(entropy, mask, ratio=ratio)
-  selected = selection.select_per_scope(cfg, pick, (inputs.entropy, inputs.mask))
+  del state
+  terms = ppo_terms_from_config(cfg, batch)
   return SurrogateOutput(per_token_loss=terms.loss,
-                         loss_mask=inputs.mask * selected.astype(jnp.float32),
+                         loss_mask=batch.mask * selected.astype(jnp.float32),
                          selected=selected, clipped=terms.clipped)
+
+
+INTERVENTION = Intervention(name="high_entropy_tokens", kind="surrogate",
+                            apply=high_entropy_tokens, config=HighEntropyTokensConfig,
+                            needs=lambda cfg: frozenset({"entropy"}),
+                            scope_stats=high_entropy_stats)

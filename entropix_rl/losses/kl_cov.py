@@ -27,10 +27,10 @@ import jax.numpy as jnp
 
 from entropix_rl import dynamics
 from entropix_rl.losses import selection
-from entropix_rl.losses.base import LossInputs, SurrogateOutput
+from entropix_rl.losses.batch import TokenBatch
 from entropix_rl.losses.config import LossConfig, check_number, check_ratio
 from entropix_rl.losses.ppo import importance_ratio
-from entropix_rl.losses.registry import register
+from entropix_rl.losses.registry import Intervention, SurrogateOutput
 
 ON_POLICY_TOL = 1e-5  # nats; far above float32 round-off, far below a real update's movement
 
@@ -63,16 +63,25 @@ def kl_cov_pick(logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
   return selection.top_k_mask(cov.ravel(), valid.ravel(), k, k_max).reshape(mask.shape)
 
 
-@register("kl_cov", config=KLCovConfig)
-def kl_cov(cfg: LossConfig, inputs: LossInputs) -> SurrogateOutput:
+def kl_cov_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+                 ) -> jax.Array:
+  """The scope's pick I_KL (`[rows, T]` bool), from the current ℓ without gradient."""
+  del state, key
+  return kl_cov_pick(batch.logp, batch.advantages, batch.mask, ratio=cfg.kl_cov.ratio)
+
+
+def kl_cov(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
+           ) -> SurrogateOutput:
   """KL-Cov surrogate (module docstring); `selected` is the penalised set I_KL."""
-  c = cfg.kl_cov
-  advantages = jax.lax.stop_gradient(inputs.advantages)
-  pick = lambda logp, adv, mask, key: kl_cov_pick(logp, adv, mask, ratio=c.ratio)
-  selected = selection.select_per_scope(cfg, pick, (inputs.logp, advantages, inputs.mask))
-  pg = -advantages * importance_ratio(inputs.logp, inputs.old_logp)
-  log_ratio = inputs.logp - inputs.old_logp
-  penalty = c.coef * jnp.where(jnp.abs(log_ratio) > ON_POLICY_TOL, jnp.abs(log_ratio), 0.0)
+  del state
+  pg = -batch.advantages * importance_ratio(batch.logp, batch.old_logp)
+  log_ratio = batch.logp - batch.old_logp
+  penalty = cfg.kl_cov.coef * jnp.where(jnp.abs(log_ratio) > ON_POLICY_TOL, jnp.abs(log_ratio),
+                                        0.0)
   return SurrogateOutput(per_token_loss=pg + jnp.where(selected, penalty, 0.0),
-                         loss_mask=inputs.mask, selected=selected,
-                         clipped=jnp.zeros(inputs.mask.shape, bool))
+                         loss_mask=batch.mask, selected=selected,
+                         clipped=jnp.zeros(batch.mask.shape, bool))
+
+
+INTERVENTION = Intervention(name="kl_cov", kind="surrogate", apply=kl_cov, config=KLCovConfig,
+                            scope_stats=kl_cov_stats)

@@ -20,10 +20,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from entropix_rl.losses.aggregation import aggregate
-from entropix_rl.losses.base import LossInputs, RegulariserOutput
+from entropix_rl.losses.aggregation import Aggregator
+from entropix_rl.losses.batch import TokenBatch
 from entropix_rl.losses.config import LossConfig, check_choice, check_number
-from entropix_rl.losses.registry import register
+from entropix_rl.losses.registry import Intervention, RegulariserOutput
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 
@@ -60,15 +60,21 @@ class KLRefConfig:
     check_choice(f"{path}.estimator", self.estimator, KL_ESTIMATORS)
 
 
-@register("kl_ref", kind="regulariser", config=KLRefConfig)
-def kl_ref(cfg: LossConfig, inputs: LossInputs) -> RegulariserOutput:
+def kl_ref(cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
+           ) -> RegulariserOutput:
   """`β_ref · Agg(k(ℓ, ℓ^ref))`; metric `Agg(k)`, 0 without `ref_logp`."""
+  del stats, state
   c = cfg.kl_ref
-  if inputs.ref_logp is None:
+  if batch.ref_logp is None:
     if c.coef > 0:
       raise ValueError(f"loss.kl_ref.coef={c.coef} needs ref_logp= in policy_loss")
     return RegulariserOutput(loss=jnp.float32(0.0), metric=jnp.float32(0.0))
-  kl = aggregate(kl_estimate(inputs.logp, inputs.ref_logp, c.estimator), inputs.mask, cfg.agg)
+  kl = agg(kl_estimate(batch.logp, batch.ref_logp, c.estimator), batch.mask)
   if c.coef == 0:
     return RegulariserOutput(loss=jnp.float32(0.0), metric=jax.lax.stop_gradient(kl))
   return RegulariserOutput(loss=c.coef * kl, metric=kl)
+
+
+INTERVENTION = Intervention(
+    name="kl_ref", kind="regulariser", apply=kl_ref, config=KLRefConfig,
+    needs=lambda cfg: frozenset({"ref_logp"}) if cfg.kl_ref.coef > 0 else frozenset())

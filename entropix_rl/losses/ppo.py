@@ -18,9 +18,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from entropix_rl.losses.base import LossInputs, SurrogateOutput
+from entropix_rl.losses.batch import TokenBatch
 from entropix_rl.losses.config import LossConfig
-from entropix_rl.losses.registry import register
+from entropix_rl.losses.registry import Intervention, SurrogateOutput
 
 LOG_RATIO_CLAMP = 20.0
 
@@ -71,16 +71,19 @@ def ppo_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
   return PPOTerms(ratio=ratio, loss=loss, clipped=l2 > l1)
 
 
-def ppo_terms_from_config(cfg: LossConfig, inputs: LossInputs) -> PPOTerms:
+def ppo_terms_from_config(cfg: LossConfig, batch: TokenBatch) -> PPOTerms:
   """`ppo_terms` with the clip settings of `cfg`."""
-  return ppo_terms(inputs.logp, inputs.old_logp, inputs.advantages,
+  return ppo_terms(batch.logp, batch.old_logp, batch.advantages,
                    clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
                    dual_clip_c=cfg.dual_clip_c)
 
 
-@register("ppo")
-def ppo(cfg: LossConfig, inputs: LossInputs) -> SurrogateOutput:
+def ppo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> SurrogateOutput:
   """Vanilla PPO/GRPO surrogate over all valid tokens; picks nothing."""
-  terms = ppo_terms_from_config(cfg, inputs)
-  return SurrogateOutput(per_token_loss=terms.loss, loss_mask=inputs.mask,
-                         selected=jnp.zeros(inputs.mask.shape, bool), clipped=terms.clipped)
+  del stats, state
+  terms = ppo_terms_from_config(cfg, batch)
+  return SurrogateOutput(per_token_loss=terms.loss, loss_mask=batch.mask,
+                         selected=jnp.zeros(batch.mask.shape, bool), clipped=terms.clipped)
+
+
+INTERVENTION = Intervention(name="ppo", kind="surrogate", apply=ppo)

@@ -1,99 +1,177 @@
-"""The registry of interventions: one entry per module, looked up by name.
+"""The registry of interventions: what each one reads, computes, keeps and reports.
 
-An intervention is one of three kinds, applied by `policy_loss` in this order
-(INTERVENTIONS.md, "How these map onto entropix_rl"):
+An `Intervention` is one module's registration. Its kind says where it acts:
 
-* `advantage_shaper`: `fn(cfg, inputs) -> advantages [B, T]`; every registered shaper runs and
-  returns `inputs.advantages` unchanged when its section disables it.
-* `surrogate`: `fn(cfg, inputs) -> SurrogateOutput`; exactly one runs, chosen by `loss.name`.
-  Token selectors (Clip-Cov, KL-Cov, 80/20) are surrogates that also report a pick.
-* `regulariser`: `fn(cfg, inputs) -> RegulariserOutput`; every registered regulariser runs, adds
-  its `loss` to the total and reports `metric` under its own name in `aux`.
+| kind | runs | `apply(cfg, batch, stats, state[, agg])` returns |
+| --- | --- | --- |
+| `advantage` | once per update, on the whole rollout (behaviour-policy values) | advantages `[N, T]` |
+| `advantage_shaper` | in every loss call, before the surrogate | advantages `[B, T]` |
+| `surrogate` | in every loss call; exactly one, named by `loss.name` | `SurrogateOutput` |
+| `regulariser` | in every loss call, after the surrogate | `RegulariserOutput` |
 
-`config` is the frozen dataclass holding the intervention's constants; its defaults become
-the `loss.<name>` section of `default_loss_config()` and it is validated by its
-`validate(path)` method. Sections are looked up as attributes of `LossConfig`
-(`cfg.clip_cov.ratio`).
+Composition order is explicit: the order of registration, which `entropix_rl.losses` does in
+one list (`register(..., before=name)` places a user's intervention elsewhere). It never
+depends on import order.
+
+Optional hooks:
+
+* `needs(cfg)`: the `TokenBatch` fields (`batch.FIELDS`) and logit features it reads; the
+  trainer computes only what some active intervention needs. `grad_needs(cfg)`: those the loss
+  is differentiated through (`entropy` or a current-policy feature).
+* `features`: `TokenFeature`s computed from the full logits of each token.
+* `scope_stats(cfg, batch, state, key)`: statistics over a selection scope (a whole
+  mini-batch, or chunks of it with `selection_scope='microbatch'`), without gradient; every
+  leaf has the scope's rows as leading axis. They are computed once per mini-batch and sliced
+  per micro-batch, so token picks are exact under gradient accumulation.
+* `init_state(cfg)`, `before_update(cfg, state, rollout)`, `after_update(cfg, state,
+  rollout)`: state kept in the train state (checkpointed), updated once per RL step around
+  the optimizer updates with the whole rollout's behaviour-policy `TokenBatch`. The update
+  hooks return `(state, metrics)`.
+* `linear`: False when the loss is a non-linear function of an aggregate (e.g. a squared
+  deviation), which makes micro-batched updates run a no-grad planning pass first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-KINDS = ("surrogate", "advantage_shaper", "regulariser")
+import jax
+
+KINDS = ("advantage", "advantage_shaper", "surrogate", "regulariser")
 
 Predicate = Callable[[Any], bool]
+Names = Callable[[Any], frozenset]
+
+
+class TokenFeature(NamedTuple):
+  """A per-token quantity computed from the full-vocabulary logits.
+
+  Attributes:
+    name: the key in `TokenBatch.features` (current policy) or `.old_features` (behaviour).
+    fn: `(logits [n, V] float32 at temperature 1, targets [n] int32, temperature) -> [n]`.
+    policy: "current" (computed in the loss pass, differentiable) or "old" (behaviour policy,
+      computed once per update without gradient).
+  """
+
+  name: str
+  fn: Callable[[jax.Array, jax.Array, float], jax.Array]
+  policy: str = "current"
+
+
+class SurrogateOutput(NamedTuple):
+  """What a surrogate returns, all `[B, T]`.
+
+  Attributes:
+    per_token_loss: the per-token policy-gradient loss L_t.
+    loss_mask: float32 aggregation weights (`m`, or `m ⊙ s` for selectors that aggregate over
+      their pick only).
+    selected: bool, the tokens the intervention picked (all False if it picks none).
+    clipped: bool, tokens whose clip bound is active; all False without clipping.
+  """
+
+  per_token_loss: jax.Array
+  loss_mask: jax.Array
+  selected: jax.Array
+  clipped: jax.Array
+
+
+class RegulariserOutput(NamedTuple):
+  """What a regulariser returns: `loss` is added to the total, `metric` goes to `aux[name]`."""
+
+  loss: jax.Array
+  metric: jax.Array
+
+
+def _never(cfg) -> bool:
+  return False
+
+
+def _nothing(cfg) -> frozenset:
+  return frozenset()
 
 
 @dataclasses.dataclass(frozen=True)
 class Intervention:
-  """One registered intervention.
+  """One registered intervention (module docstring).
 
   Attributes:
     name: the registry key; also the config section name and, for regularisers, the `aux` key.
     kind: one of `KINDS`.
-    fn: the function (signature by kind, see the module docstring).
-    config: frozen dataclass of the intervention's constants, or None if it has none.
-    needs_entropy: `LossConfig -> bool`, whether `fn` reads the per-token entropy.
-    needs_entropy_grad: `LossConfig -> bool`, whether the loss is differentiated through it.
+    apply: the function (signature by kind, module docstring).
+    config: frozen dataclass of the intervention's constants (`loss.<name>`), or None.
+    active: `LossConfig -> bool`; surrogates are active when `loss.name` names them.
+    needs, grad_needs: `LossConfig -> frozenset` of TokenBatch fields / feature names.
+    features: the logit features it defines.
+    scope_stats: `(cfg, batch, state, key) -> pytree` of `[rows, ...]` arrays, or None.
+    init_state: `LossConfig -> pytree`, or None (no state).
+    before_update, after_update: `(cfg, state, rollout) -> (state, metrics)`, or None.
+    linear: whether its loss is linear in the aggregates it takes.
   """
 
   name: str
   kind: str
-  fn: Callable[..., Any]
-  config: type | None
-  needs_entropy: Predicate
-  needs_entropy_grad: Predicate
+  apply: Callable[..., Any]
+  config: type | None = None
+  active: Predicate | None = None
+  needs: Names = _nothing
+  grad_needs: Names = _nothing
+  features: tuple[TokenFeature, ...] = ()
+  scope_stats: Callable[..., Any] | None = None
+  init_state: Callable[[Any], Any] | None = None
+  before_update: Callable[..., Any] | None = None
+  after_update: Callable[..., Any] | None = None
+  linear: bool = True
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"intervention {self.name!r}: kind={self.kind!r}; allowed: {KINDS}")
+    if self.active is None:
+      default = (lambda cfg: cfg.name == self.name) if self.kind == "surrogate" else (
+          lambda cfg: True)
+      object.__setattr__(self, "active", default)
+
+  def is_active(self, cfg) -> bool:
+    return bool(self.active(cfg))
 
 
-_REGISTRY: dict[str, Intervention] = {}
+_REGISTRY: list[Intervention] = []
 
 
-def _predicate(value: bool | Predicate) -> Predicate:
-  return value if callable(value) else (lambda cfg: bool(value))
+def register(entry: Intervention, *, before: str | None = None) -> Intervention:
+  """Adds `entry` at the end of the composition order, or just before the entry `before`."""
+  if any(e.name == entry.name for e in _REGISTRY):
+    raise ValueError(f"intervention {entry.name!r} is already registered")
+  if before is None:
+    _REGISTRY.append(entry)
+  else:
+    _REGISTRY.insert(names().index(get(before).name), entry)
+  return entry
 
 
-def register(name: str, *, kind: str = "surrogate", config: type | None = None,
-             needs_entropy: bool | Predicate = False,
-             needs_entropy_grad: bool | Predicate = False) -> Callable[[Callable], Callable]:
-  """Decorator that registers `fn` under `name` (see the module docstring for the kinds).
-
-  Example:
-    @register("my_selector", config=MySelectorConfig, needs_entropy=True)
-    def my_selector(cfg: LossConfig, inputs: LossInputs) -> SurrogateOutput: ...
-  """
-  if kind not in KINDS:
-    raise ValueError(f"register({name!r}, kind={kind!r}); allowed kinds: {KINDS}")
-
-  def decorator(fn: Callable) -> Callable:
-    if name in _REGISTRY:
-      raise ValueError(f"intervention {name!r} is already registered by {_REGISTRY[name].fn}")
-    _REGISTRY[name] = Intervention(name=name, kind=kind, fn=fn, config=config,
-                                   needs_entropy=_predicate(needs_entropy),
-                                   needs_entropy_grad=_predicate(needs_entropy_grad))
-    return fn
-
-  return decorator
+def unregister(name: str) -> None:
+  """Removes a registered intervention (for tests and notebooks that add their own)."""
+  _REGISTRY.remove(get(name))
 
 
 def get(name: str) -> Intervention:
   """The intervention registered under `name`."""
-  if name not in _REGISTRY:
-    raise ValueError(f"no intervention named {name!r}; registered: {tuple(_REGISTRY)}")
-  return _REGISTRY[name]
+  for entry in _REGISTRY:
+    if entry.name == name:
+      return entry
+  raise ValueError(f"no intervention named {name!r}; registered: {names()}")
 
 
-def of_kind(kind: str) -> tuple[Intervention, ...]:
-  """All interventions of one kind, in registration (import) order."""
-  return tuple(entry for entry in _REGISTRY.values() if entry.kind == kind)
+def entries(kind: str | None = None) -> tuple[Intervention, ...]:
+  """Registered interventions (of one kind), in composition order."""
+  return tuple(e for e in _REGISTRY if kind is None or e.kind == kind)
 
 
-def names(kind: str) -> tuple[str, ...]:
-  return tuple(entry.name for entry in of_kind(kind))
+def names(kind: str | None = None) -> tuple[str, ...]:
+  return tuple(e.name for e in entries(kind))
 
 
 def sections() -> dict[str, type]:
   """Config section name -> its dataclass, for every intervention that has constants."""
-  return {entry.name: entry.config for entry in _REGISTRY.values() if entry.config is not None}
+  return {e.name: e.config for e in _REGISTRY if e.config is not None}

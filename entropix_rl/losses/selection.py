@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import fractions
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from entropix_rl.losses.batch import TokenBatch
 from entropix_rl.losses.config import LossConfig
 
 _MAX_DENOMINATOR = 2**15
@@ -78,27 +80,25 @@ def chunk_rows(cfg: LossConfig, batch_rows: int) -> int:
   return rows
 
 
-def select_per_scope(cfg: LossConfig, select: Callable[..., jax.Array],
-                     arrays: tuple[jax.Array, ...], rng: jax.Array | None = None) -> jax.Array:
-  """Runs a selection rule on each scope chunk and reassembles the `[B, T]` pick.
+def per_scope(cfg: LossConfig, fn: Callable[[TokenBatch, jax.Array | None], Any],
+              batch: TokenBatch, rng: jax.Array | None) -> Any:
+  """Runs `fn(chunk, key)` on each scope chunk of `batch` and reassembles the rows.
 
   Args:
     cfg: the loss config (its `selection_scope` and `microbatch_size`).
-    select: `select(*chunk_arrays, key) -> bool [rows, T]`; each chunk array is `[rows, T]`
-      and `key` is `fold_in(rng, chunk_index)` (None when `rng` is None).
-    arrays: `[B, T]` arrays to split along the rows.
+    fn: maps a `TokenBatch` of `rows` rows and a key to a pytree whose leaves have `rows` as
+      leading axis; `key` is `fold_in(rng, chunk_index)` (None when `rng` is None).
+    batch: the `[B, ...]` batch to split along its rows.
     rng: PRNG key, or None for deterministic rules.
 
   Returns:
-    `[B, T]` bool.
+    `fn`'s pytree with `B` leading rows.
   """
-  batch_rows, time = arrays[0].shape
+  batch_rows = batch.logp.shape[0]
   rows = chunk_rows(cfg, batch_rows)
   chunks = batch_rows // rows
-  split = tuple(a.reshape(chunks, rows, time) for a in arrays)
-  if rng is None:
-    picked = jax.vmap(lambda *xs: select(*xs, None))(*split)
-  else:
-    keys = jax.vmap(lambda c: jax.random.fold_in(rng, c))(jnp.arange(chunks))
-    picked = jax.vmap(select)(*split, keys)
-  return picked.reshape(batch_rows, time)
+  split = jax.tree.map(lambda a: a.reshape((chunks, rows) + a.shape[1:]), batch)
+  keys = None if rng is None else jax.vmap(lambda c: jax.random.fold_in(rng, c))(
+      jnp.arange(chunks))
+  out = jax.vmap(fn)(split, keys)
+  return jax.tree.map(lambda a: a.reshape((batch_rows,) + a.shape[2:]), out)

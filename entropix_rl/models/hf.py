@@ -1,8 +1,9 @@
 """Hugging Face checkpoints (`config.json` + safetensors) to and from our param tree.
 
-`load` reads one shard at a time into preallocated host arrays (so peak host memory is the
-model plus one shard), checks every tensor's shape, and optionally places each param with a
-given sharding. `save` writes a checkpoint that `transformers` loads.
+`load` checks every tensor's name and shape from the file headers, then either reads one file
+at a time into host arrays, or, given shardings, builds each param directly in its sharding
+with every device reading only its own block. `save` writes a checkpoint that `transformers`
+loads.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from entropix_rl.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
+from entropix_rl.models.decoder import init_params
 
 _ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -222,17 +224,116 @@ def _iter_tensors(files: list[str]) -> Iterator[tuple[str, np.ndarray]]:
         yield name, f.get_tensor(name)
 
 
+def _tensor_index(path: str, config: ModelConfig) -> dict[str, tuple[str, str, int | None]]:
+  """Checks every tensor's name and shape from the safetensors headers (no data is read).
+
+  Returns:
+    HF name -> (file, our param name, layer index or None), for the tensors we load.
+  """
+  d, n, v = config.hidden_size, config.num_layers, config.vocab_size
+  layer_table = _layer_tensors(config)
+  top = {"model.embed_tokens.weight": ("embed", (v, d)), "model.norm.weight": ("final_norm", (d,))}
+  if not config.tie_embeddings:
+    top["lm_head.weight"] = ("lm_head", (v, d))
+  expected = set(top) | {f"model.layers.{i}.{s}" for i in range(n) for s in layer_table}
+  index = {}
+  for file in _shard_files(path):
+    with safe_open(file, framework="numpy") as f:
+      for name in f.keys():
+        if _IGNORED.match(name) or (name == "lm_head.weight" and config.tie_embeddings):
+          continue
+        layer_match = _LAYER.match(name)
+        if name in top:
+          (ours, shape), layer = top[name], None
+        elif layer_match and layer_match.group(2) in layer_table:
+          (ours, shape), layer = layer_table[layer_match.group(2)], int(layer_match.group(1))
+        else:
+          raise CheckpointError(f"unexpected tensor {name!r} in {path!r} for a "
+                                f"{config.model_type} model (qkv_bias={config.qkv_bias}, "
+                                f"tied={config.tie_embeddings})")
+        if layer is not None and layer >= n:
+          raise CheckpointError(f"tensor {name!r} is beyond num_hidden_layers={n}")
+        stored = tuple(f.get_slice(name).get_shape())
+        if stored != shape:
+          raise CheckpointError(f"tensor {name!r} has shape {stored}, expected {shape} "
+                                "from config.json")
+        index[name] = (file, ours, layer)
+  missing = sorted(expected - set(index))
+  if missing:
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    raise CheckpointError(f"checkpoint {path!r} is missing tensors: {shown}")
+  return index
+
+
+def _hf_read(reader: Any, name: str, ours: str, box: tuple[slice, ...],
+             config: ModelConfig) -> np.ndarray:
+  """Our-layout block `box` (slices of one layer's param, or of a top-level param) of HF
+  tensor `name`, reading only the stored rows/columns it needs (`get_slice`)."""
+  h, k, dh = config.num_heads, config.num_kv_heads, config.head_dim
+  heads = {"q": h, "k": k, "v": k, "o": h, "q_bias": h, "k_bias": k, "v_bias": k}.get(ours)
+  sl = reader.get_slice(name)
+  if ours in ("q", "k", "v"):  # ours [D, heads, Dh] = hf[heads·Dh, D].T
+    d_sl, h_sl, e_sl = box
+    rows = slice(h_sl.start * dh, h_sl.stop * dh)
+    block = sl[rows, d_sl].T.reshape(d_sl.stop - d_sl.start, h_sl.stop - h_sl.start, dh)
+    return block[:, :, e_sl]
+  if ours == "o":  # ours [H, Dh, D] = hf[D, H·Dh].T
+    h_sl, e_sl, d_sl = box
+    cols = slice(h_sl.start * dh, h_sl.stop * dh)
+    block = sl[d_sl, cols].T.reshape(h_sl.stop - h_sl.start, dh, d_sl.stop - d_sl.start)
+    return block[:, e_sl, :]
+  if heads is not None:  # biases: ours [heads, Dh] = hf[heads·Dh]
+    h_sl, e_sl = box
+    return sl[h_sl.start * dh:h_sl.stop * dh].reshape(-1, dh)[:, e_sl]
+  if ours in ("gate", "up", "down", "lm_head"):  # ours = hf.T
+    return sl[box[1], box[0]].T
+  return sl[box]
+
+
+def _sharded_leaf(path: str, index: dict, ours: str, layer_names: list[str] | None,
+                  shape: tuple[int, ...], dtype: Any, sharding_: Any,
+                  config: ModelConfig) -> jax.Array:
+  """One param as a global array; each device's block is read from the files by itself."""
+  def block(idx: tuple[slice, ...]) -> np.ndarray:
+    box = tuple(slice(*s.indices(dim)[:2]) for s, dim in zip(idx, shape))
+    if layer_names is None:
+      file = index[_name_of(index, ours)][0]
+      with safe_open(file, framework="numpy") as f:
+        return _hf_read(f, _name_of(index, ours), ours, box, config).astype(dtype)
+    out = []
+    for layer in range(box[0].start, box[0].stop):
+      file = index[layer_names[layer]][0]
+      with safe_open(file, framework="numpy") as f:
+        out.append(_hf_read(f, layer_names[layer], ours, box[1:], config).astype(dtype))
+    return np.stack(out)
+
+  return jax.make_array_from_callback(shape, sharding_, block)
+
+
+def _name_of(index: dict, ours: str) -> str:
+  return next(name for name, (_, o, layer) in index.items() if o == ours and layer is None)
+
+
 def load(path: str, *, param_dtype: str | None = None, compute_dtype: str | None = None,
-         shardings: Any = None) -> tuple[ModelConfig, dict]:
+         shardings: Any = None, **config_overrides: Any) -> tuple[ModelConfig, dict]:
   """Loads a Hugging Face Qwen2/Llama checkpoint directory.
+
+  Without `shardings`, tensors are read one shard file at a time into host arrays (peak host
+  memory: the model plus one file). With `shardings`, every param is created directly in its
+  sharding (`jax.make_array_from_callback`): each device's block is read from the files on its
+  own, only the stored rows and columns it needs (`safe_open(...).get_slice`), so no device and
+  no host ever holds the whole model. Every tensor's name and shape is checked from the file
+  headers before any data is read.
 
   Args:
     path: directory with `config.json` and `model.safetensors` or sharded
       `model-*.safetensors` with `model.safetensors.index.json`.
     param_dtype: override the stored dtype ("float32" or "bfloat16").
     compute_dtype: activation dtype (default: the param dtype).
-    shardings: optional pytree of `jax.sharding.Sharding` matching the param tree; each
-      param is placed with `jax.device_put` under its sharding.
+    shardings: optional pytree of `jax.sharding.Sharding` matching the param tree
+      (`sharding.param_shardings`).
+    **config_overrides: runtime `ModelConfig` fields that config.json does not hold
+      (`attention_impl`, `attention_block_q`, `attention_block_k`).
 
   Returns:
     (config, params) with params a nested dict of jax arrays in `param_dtype`.
@@ -243,46 +344,37 @@ def load(path: str, *, param_dtype: str | None = None, compute_dtype: str | None
       tensor missing from the checkpoint.
   """
   config = read_config(path, param_dtype=param_dtype, compute_dtype=compute_dtype)
+  if config_overrides:
+    config = config.replace(**config_overrides)
   dtype = _NP_DTYPES[config.param_dtype]
-  d, n, v = config.hidden_size, config.num_layers, config.vocab_size
-  layer_table = _layer_tensors(config)
-  top = {"model.embed_tokens.weight": ("embed", (v, d)), "model.norm.weight": ("final_norm", (d,))}
-  if not config.tie_embeddings:
-    top["lm_head.weight"] = ("lm_head", (v, d))
-  expected = set(top) | {f"model.layers.{i}.{s}" for i in range(n) for s in layer_table}
+  index = _tensor_index(path, config)
+  if shardings is not None:
+    by_layer: dict[str, list[str]] = {}
+    for name, (_, ours, layer) in sorted(index.items(), key=lambda kv: kv[1][2] or 0):
+      if layer is not None:
+        by_layer.setdefault(ours, [None] * config.num_layers)[layer] = name
+    abstract = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    leaf = lambda ours, layers, spec, sh: _sharded_leaf(path, index, ours, layers, spec.shape,
+                                                        dtype, sh, config)
+    params = {key: leaf(key, None, abstract[key], shardings[key])
+              for key in abstract if key != "layers"}
+    params["layers"] = {key: leaf(key, by_layer[key], abstract["layers"][key],
+                                  shardings["layers"][key]) for key in abstract["layers"]}
+    return config, params
+  n = config.num_layers
   params: dict[str, Any] = {"layers": {}}
-  seen: set[str] = set()
   for name, tensor in _iter_tensors(_shard_files(path)):
-    if _IGNORED.match(name) or (name == "lm_head.weight" and config.tie_embeddings):
+    if name not in index:
       continue
-    layer_match = _LAYER.match(name)
-    if name in top:
-      ours, shape = top[name]
-    elif layer_match and layer_match.group(2) in layer_table:
-      ours, shape = layer_table[layer_match.group(2)]
-    else:
-      raise CheckpointError(f"unexpected tensor {name!r} in {path!r} for a {config.model_type} "
-                            f"model (qkv_bias={config.qkv_bias}, tied={config.tie_embeddings})")
-    if layer_match and int(layer_match.group(1)) >= n:
-      raise CheckpointError(f"tensor {name!r} is beyond num_hidden_layers={n}")
-    if tuple(tensor.shape) != shape:
-      raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape} "
-                            "from config.json")
-    seen.add(name)
-    if name in top:
+    _, ours, layer = index[name]
+    if layer is None:
       params[ours] = (tensor.T if ours == "lm_head" else tensor).astype(dtype)
       continue
     converted = _to_ours(ours, tensor, config).astype(dtype)
     if ours not in params["layers"]:
       params["layers"][ours] = np.empty((n, *converted.shape), dtype)
-    params["layers"][ours][int(layer_match.group(1))] = converted
-  missing = sorted(expected - seen)
-  if missing:
-    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    raise CheckpointError(f"checkpoint {path!r} is missing tensors: {shown}")
-  if shardings is None:
-    return config, jax.tree.map(jax.numpy.asarray, params)
-  return config, jax.tree.map(jax.device_put, params, shardings)
+    params["layers"][ours][layer] = converted
+  return config, jax.tree.map(jax.numpy.asarray, params)
 
 
 def _hf_tensors(config: ModelConfig, params: dict) -> Iterator[tuple[str, np.ndarray]]:

@@ -8,6 +8,7 @@ the field and its allowed values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
+from jax.sharding import Mesh
 import numpy as np
 
 from entropix_rl import data as data_lib
@@ -30,7 +32,7 @@ from entropix_rl.train.metrics import MetricWriter, Progress
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.sft_step import make_sft_step
-from entropix_rl.train.state import TrainState, create_train_state
+from entropix_rl.train.state import create_train_state_on_mesh
 
 MODEL_INITS = ("random", "checkpoint")
 TOKENIZER_KINDS = ("char", "hf")
@@ -68,12 +70,17 @@ def _model_config(cfg: ml_collections.ConfigDict, vocab_size: int | None) -> Mod
       raise ValueError("model.checkpoint must name a Hugging Face checkpoint directory when "
                        "model.init='checkpoint'")
     return hf.read_config(m.checkpoint, param_dtype=m.get("param_dtype"),
-                          compute_dtype=m.get("compute_dtype"))
+                          compute_dtype=m.get("compute_dtype")).replace(**runtime_fields(m))
   fields = {f.name for f in dataclasses.fields(ModelConfig)}
   values = {k: v for k, v in m.items() if k in fields}
   if vocab_size is not None:
     values["vocab_size"] = vocab_size
   return ModelConfig(**values)
+
+
+def runtime_fields(model: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`model.*` fields that no checkpoint's config.json holds (how to run, not what to run)."""
+  return {name: model[name] for name in ("attention_impl", "attention_block_q", "attention_block_k")}
 
 
 def resolve(config: ml_collections.ConfigDict, *, tokenizer=None) -> Experiment:
@@ -90,8 +97,16 @@ def resolve(config: ml_collections.ConfigDict, *, tokenizer=None) -> Experiment:
       ppo_epochs=config.rl.ppo_epochs, num_minibatches=config.rl.num_minibatches,
       advantage=config.rl.advantage, temperature=sampler_cfg.temperature,
       token_chunk=config.rl.token_chunk, remat=config.rl.remat,
-      measure_dynamics=config.rl.measure_dynamics)
-  loss_cfg = losses.resolve_loss_config(config.loss)
+      measure_dynamics=config.rl.measure_dynamics, micro_batch_size=config.rl.micro_batch_size,
+      logprob_micro_batch_size=config.rl.logprob_micro_batch_size,
+      feature_chunk=config.rl.feature_chunk)
+  loss_dict = config.loss.to_dict()
+  if loss_dict["selection_scope"] == "microbatch" and loss_dict["microbatch_size"] is None:
+    if not rl_cfg.micro_batch_size:
+      raise ValueError("loss.selection_scope='microbatch' needs loss.microbatch_size or "
+                       "rl.micro_batch_size (sequences per device per micro-batch, as verl)")
+    loss_dict["microbatch_size"] = rl_cfg.micro_batch_size
+  loss_cfg = losses.resolve_loss_config(loss_dict)
   eval_cfg = EvalConfig(every=config.eval.every, num_prompts=config.eval.num_prompts,
                         num_samples=config.eval.num_samples, pass_k=tuple(config.eval.pass_k))
   context = config.data.max_prompt_len + sampler_cfg.max_new_tokens
@@ -156,20 +171,21 @@ def run_sft(exp: Experiment, workdir: str, tokenizer, task, *, log: bool = True)
   """
   cfg = exp.config
   out_dir = os.path.join(workdir, "sft")
+  mesh = sharding.make_mesh(cfg.mesh)
   if os.path.exists(os.path.join(out_dir, "config.json")):
     if log:
       print(f"SFT warm start found at {out_dir}; reusing it", flush=True)
-    return hf.load(out_dir)
+    return hf.load(out_dir, shardings=sharding.param_shardings(exp.model, mesh),
+                   **runtime_fields(cfg.model))
   rng = jax.random.PRNGKey(cfg.seed)
-  params = init_params(exp.model, jax.random.fold_in(rng, 0))
   optimizer = make_optimizer(exp.sft_optimizer)
-  mesh = sharding.make_mesh(cfg.mesh)
-  state = create_train_state(params, optimizer, jax.random.fold_in(rng, 1))
-  state_sh = sharding.state_shardings(state, optimizer, mesh)
-  state = jax.device_put(state, state_sh)
-  step_fn = make_sft_step(exp.model, optimizer, token_chunk=cfg.rl.token_chunk, jit_kwargs=dict(
-      in_shardings=(state_sh, sharding.batch_sharding(mesh)),
-      out_shardings=(state_sh, sharding.replicated(mesh))))
+  params = jax.jit(functools.partial(init_params, exp.model),
+                   out_shardings=sharding.param_shardings(exp.model, mesh))(
+                       jax.random.fold_in(rng, 0))
+  state, state_sh = create_train_state_on_mesh(params, optimizer, jax.random.fold_in(rng, 1), mesh)
+  step_fn = make_sft_step(exp.model, optimizer, token_chunk=cfg.rl.token_chunk, remat=cfg.rl.remat,
+                          micro_batch_size=cfg.sft.micro_batch_size,
+                          batch_size=cfg.sft.batch_size, mesh=mesh, state_sharding=state_sh)
   sharding.check_batch_divisible(cfg.sft.batch_size, mesh, "sft.batch_size")
   pipeline = data_lib.make_prompt_pipeline(cfg.data, tokenizer,
                                            batch_size=cfg.sft.batch_size // jax.process_count(),
@@ -200,7 +216,7 @@ class RLRun:
   """The RL phase: sample → score → (dynamic sampling) → rl_update → metrics/eval/checkpoint."""
 
   def __init__(self, exp: Experiment, workdir: str, tokenizer, task, model_cfg: ModelConfig,
-               params: Any, *, log: bool = True):
+               params: Any, mesh: Mesh, *, log: bool = True):
     self.exp, self.workdir, self.tokenizer, self.task = exp, workdir, tokenizer, task
     self.model_cfg = model_cfg
     self.cfg = exp.config
@@ -208,18 +224,12 @@ class RLRun:
     self.scorer = Scorer(task, tokenizer)
     optimizer = make_optimizer(exp.rl_optimizer)
     rng = jax.random.PRNGKey(self.cfg.seed)
-    ref = jax.tree.map(jnp.copy, params) if self.cfg.rl.use_reference else None
-    self.state = create_train_state(params, optimizer, jax.random.fold_in(rng, 2),
-                                    controller=losses.init_entropy_controller(exp.loss),
-                                    ref_params=ref)
-    self.mesh = sharding.make_mesh(self.cfg.mesh)
-    sharding.check_batch_divisible(exp.rl.batch_size // exp.rl.num_minibatches, self.mesh,
-                                   "rl.prompts_per_step x rl.group_size / rl.num_minibatches")
-    self.state_shardings = sharding.state_shardings(self.state, optimizer, self.mesh)
-    self.state = jax.device_put(self.state, self.state_shardings)
-    self.update = make_rl_update(model_cfg, exp.rl, exp.loss, optimizer, jit_kwargs=dict(
-        in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
-        out_shardings=(self.state_shardings, sharding.replicated(self.mesh))))
+    self.mesh = mesh
+    self.state, self.state_shardings = create_train_state_on_mesh(
+        params, optimizer, jax.random.fold_in(rng, 2), mesh,
+        interventions=losses.init_states(exp.loss), with_reference=self.cfg.rl.use_reference)
+    self.update = make_rl_update(model_cfg, exp.rl, exp.loss, optimizer, mesh=self.mesh,
+                                 state_sharding=self.state_shardings)
     self.sampler = dataclasses.replace(exp.sampler, num_samples=exp.rl.group_size)
     if exp.rl.num_groups % jax.process_count():
       raise ValueError(f"rl.prompts_per_step={exp.rl.num_groups} must divide by the number of "
@@ -386,13 +396,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log: bool = True) ->
   task = tasks.get_task(config.task.name, **config.task.get("kwargs", {}))
   if jax.process_index() == 0:
     _write_run_info(workdir, exp, method_name(config))
+  mesh = sharding.make_mesh(config.mesh)
   if config.model.init == "checkpoint":
     model_cfg, params = hf.load(config.model.checkpoint, param_dtype=config.model.get("param_dtype"),
-                                compute_dtype=config.model.get("compute_dtype"))
+                                compute_dtype=config.model.get("compute_dtype"),
+                                shardings=sharding.param_shardings(exp.model, mesh),
+                                **runtime_fields(config.model))
   elif config.sft.steps > 0:
     sft_dir = config.sft.get("shared_dir") or workdir
     model_cfg, params = run_sft(exp, sft_dir, tokenizer, task, log=log)
   else:
     model_cfg = exp.model
-    params = init_params(model_cfg, jax.random.PRNGKey(config.seed))
-  return RLRun(exp, workdir, tokenizer, task, model_cfg, params, log=log).run()
+    params = jax.jit(functools.partial(init_params, model_cfg),
+                     out_shardings=sharding.param_shardings(model_cfg, mesh))(
+                         jax.random.PRNGKey(config.seed))
+  return RLRun(exp, workdir, tokenizer, task, model_cfg, params, mesh, log=log).run()

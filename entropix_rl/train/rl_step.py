@@ -1,5 +1,21 @@
-"""One RL update on a rollout batch: old/ref log-probs, advantages, epochs × mini-batches of
-`policy_loss`, then the entropy-dynamics measurements of the update. One jitted function.
+"""One RL update on a rollout batch, as one jitted function.
+
+    behaviour pass   old log-probs (and old entropies, reference log-probs, old logit
+                     features when asked for), in row chunks, without gradient
+    advantages       the estimator (`rl.advantage`), then the `advantage` interventions
+    state hooks      `before_update` of every stateful intervention
+    epochs x mini-batches of optimizer updates; each mini-batch's gradient is accumulated over
+                     micro-batches of `rl.micro_batch_size` sequences per device
+    dynamics         predicted vs measured entropy change of the whole update (optional)
+    state hooks      `after_update`
+
+Gradient accumulation is exact (`losses.aggregation`): every aggregate keeps the
+normalisation of the whole mini-batch. When an active intervention picks tokens from current
+values (Clip-Cov, KL-Cov, 80/20, ...) or is non-linear in an aggregate, a no-grad pass over the
+mini-batch (in `rl.logprob_micro_batch_size` chunks) computes those picks and the aggregates
+first; the accumulation pass then uses them, so the picks equal those of the unsplit
+mini-batch. Otherwise the mini-batch's normalisers come from its masks alone and no extra
+pass runs.
 """
 
 from __future__ import annotations
@@ -11,11 +27,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from entropix_rl import advantages as advantages_lib
-from entropix_rl import dynamics, losses, token_stats
+from entropix_rl import dynamics, losses, sharding
 from entropix_rl.losses.aggregation import masked_mean
-from entropix_rl.models import ModelConfig, forward_hidden, unembedding
+from entropix_rl.models import ModelConfig, unembedding
+from entropix_rl.train import passes
 from entropix_rl.train.state import TrainState
 
 ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
@@ -34,8 +52,13 @@ class RLUpdateConfig:
     temperature: rollout temperature; log-probs and entropies use logits / temperature.
     token_chunk: tokens per chunk in the chunked log-prob/entropy computation.
     remat: rematerialise decoder layers in the backward pass.
-    measure_dynamics: also run the post-update forward that measures predicted vs actual
-      entropy change (one extra forward pass).
+    measure_dynamics: also measure predicted vs actual entropy change (two no-grad forwards
+      per row chunk after the update).
+    micro_batch_size: sequences per data shard in one forward/backward (verl's
+      `ppo_micro_batch_size_per_gpu`); 0 = the whole mini-batch at once.
+    logprob_micro_batch_size: sequences per data shard in one chunk of the no-grad passes
+      (verl's `log_prob_micro_batch_size_per_gpu`); 0 = all rows at once.
+    feature_chunk: tokens per chunk when an intervention's logit features need full logits.
   """
 
   num_groups: int
@@ -47,6 +70,9 @@ class RLUpdateConfig:
   token_chunk: int = 2048
   remat: bool = False
   measure_dynamics: bool = True
+  micro_batch_size: int = 0
+  logprob_micro_batch_size: int = 0
+  feature_chunk: int = 256
 
   def __post_init__(self):
     if self.advantage not in ADVANTAGE_ESTIMATORS:
@@ -64,121 +90,200 @@ class RLUpdateConfig:
                        f"{self.batch_size} responses")
     if self.temperature <= 0:
       raise ValueError(f"sampler.temperature={self.temperature} must be > 0 for RL")
+    for name in ("micro_batch_size", "logprob_micro_batch_size"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"rl.{name}={getattr(self, name)} must be >= 0 (0 = no splitting)")
+    if self.feature_chunk < 1:
+      raise ValueError(f"rl.feature_chunk={self.feature_chunk} must be >= 1")
 
   @property
   def batch_size(self) -> int:
     return self.num_groups * self.group_size
 
+  @property
+  def minibatch_size(self) -> int:
+    return self.batch_size // self.num_minibatches
 
-def completion_stats(model_cfg: ModelConfig, params: Any, batch: dict, *, temperature: float,
-                     token_chunk: int, with_entropy: bool, remat: bool = False
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Teacher-forced stats of the completion tokens.
-
-  Args:
-    batch: `tokens [N, P+C]` (left-padded prompt then completion), `attention_mask [N, P+C]`,
-      `completion [N, C]`.
-
-  Returns:
-    logp `[N, C]`, entropy `[N, C]` (zeros unless `with_entropy`), and the hidden states that
-    predict each completion token `[N, C, D]`.
-  """
-  prompt_len = batch["tokens"].shape[1] - batch["completion"].shape[1]
-  hidden, _ = forward_hidden(model_cfg, params, batch["tokens"], mask=batch["attention_mask"],
-                             remat=remat)
-  hidden = hidden[:, prompt_len - 1:-1]
-  logp, entropy = token_stats.token_logp_entropy(
-      hidden, unembedding(model_cfg, params), batch["completion"], temperature=temperature,
-      token_chunk=token_chunk, with_entropy=with_entropy)
-  return logp, entropy, hidden
+  def check_shards(self, shards: int) -> None:
+    """Raises ValueError unless the batch, mini-batch and chunks split evenly over `shards`."""
+    rows = self.minibatch_size
+    if rows % shards:
+      raise ValueError(f"the mini-batch of {rows} responses (rl.prompts_per_step x rl.group_size "
+                       f"/ rl.num_minibatches) must divide by the mesh's data x fsdp = {shards}")
+    for name, size, total in (("micro_batch_size", self.micro_batch_size, rows),
+                              ("logprob_micro_batch_size", self.logprob_micro_batch_size, rows)):
+      if size and (total // shards) % size:
+        raise ValueError(f"rl.{name}={size} must divide the {total // shards} responses per data "
+                         f"shard of a mini-batch ({total} over {shards} shards)")
 
 
-def _sequence_advantages(cfg: RLUpdateConfig, rewards: jax.Array, group_ids: jax.Array) -> jax.Array:
-  return advantages_lib.compute_advantages(cfg.advantage, rewards, group_ids, cfg.num_groups)
+def _token_batch(rows: dict, current: dict) -> losses.TokenBatch:
+  """The loss inputs of some rows: current values from `current`, the rest from the rollout."""
+  return losses.TokenBatch(
+      logp=current["logp"], old_logp=rows["old_logp"], advantages=rows["advantages"],
+      mask=rows["completion_mask"], entropy=current.get("entropy"),
+      old_entropy=rows.get("old_entropy"), ref_logp=rows.get("ref_logp"),
+      group_ids=rows["group_ids"], response_ids=rows["response_ids"], rewards=rows["rewards"],
+      step_ids=rows.get("step_ids"), cluster_ids=rows.get("cluster_ids"),
+      features=current.get("features", {}), old_features=rows.get("old_features", {}))
 
 
 def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any,
-                   optimizer: optax.GradientTransformation, *,
-                   jit_kwargs: dict | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Builds the jitted `rl_update(state, batch) -> (state, metrics)`.
+                   optimizer: optax.GradientTransformation, *, mesh: Mesh | None = None,
+                   state_sharding: Any = None
+                   ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Builds the jitted `rl_update(state, batch) -> (state, metrics)` (module docstring).
 
   `batch` holds, for N = rl_cfg.batch_size responses with prompt length P and completion
   length C: `tokens [N, P+C]` int32, `attention_mask [N, P+C]` bool, `completion [N, C]`
-  int32, `completion_mask [N, C]` float32, `rewards [N]` float32, `group_ids [N]` int32.
-  Old log-probs are recomputed here with the pre-update params (so the first mini-batch is
-  exactly on-policy), as are reference log-probs when `state.ref_params` is set.
+  int32, `completion_mask [N, C]` float32, `rewards [N]` float32, `group_ids [N]` int32, and
+  optionally `step_ids [N, C]` and `cluster_ids [N]` for interventions that read them. Old
+  log-probs are recomputed here with the pre-update params (so the first mini-batch is exactly
+  on-policy), as are reference log-probs when `state.ref_params` is set.
 
-  `jit_kwargs` go to `jax.jit` (e.g. `in_shardings`/`out_shardings` on a mesh).
+  On a `mesh`, the function is jitted with `state_sharding` for the state and rows over
+  data x fsdp for the batch, and every chunk keeps its rows on their devices.
   """
   loss_cfg = losses.resolve_loss_config(loss_cfg)
-  needs_entropy = losses.loss_needs_entropy(loss_cfg)
-  needs_entropy_grad = losses.loss_needs_entropy_grad(loss_cfg)
-  stats = lambda params, batch, with_entropy: completion_stats(
-      model_cfg, params, batch, temperature=rl_cfg.temperature, token_chunk=rl_cfg.token_chunk,
-      with_entropy=with_entropy, remat=rl_cfg.remat)
+  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+  rl_cfg.check_shards(shards)
+  needs, grad_needs = losses.needs(loss_cfg), losses.grad_needs(loss_cfg)
+  old_features = losses.features(loss_cfg, "old")
+  current_features = losses.features(loss_cfg, "current")
+  micro = rl_cfg.micro_batch_size
+  pieces = rl_cfg.minibatch_size // (shards * micro) if micro else 1
+  planning = pieces > 1 and losses.needs_planning_pass(loss_cfg)
 
-  def loss_fn(params, mb, rng, entropy_coef):
-    logp, entropy, _ = stats(params, mb, needs_entropy)
-    if not needs_entropy_grad:
-      entropy = jax.lax.stop_gradient(entropy)
-    loss, aux = losses.policy_loss(
-        loss_cfg, logp=logp, old_logp=mb["old_logp"], advantages=mb["advantages"],
-        mask=mb["completion_mask"], rng=rng, ref_logp=mb.get("ref_logp"),
-        entropy=entropy if needs_entropy else None, entropy_coef=entropy_coef)
-    aux = {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}
-    return loss, aux
+  def quantities(params, rows, *, entropy, features, remat=False):
+    return passes.completion_quantities(
+        model_cfg, params, rows, temperature=rl_cfg.temperature, token_chunk=rl_cfg.token_chunk,
+        with_entropy=entropy, features=features, feature_chunk=rl_cfg.feature_chunk, remat=remat)
+
+  def no_grad_chunks(fn, rows):
+    return jax.lax.stop_gradient(passes.map_row_chunks(
+        fn, rows, chunk_rows=rl_cfg.logprob_micro_batch_size, shards=shards, mesh=mesh))
+
+  def behaviour_pass(state: TrainState, batch: dict) -> dict:
+    """Old log-probs (+ old entropy, old features, reference log-probs) of every row."""
+    def rows_fn(rows):
+      old = quantities(state.params, rows, features=old_features,
+                       entropy="old_entropy" in needs or rl_cfg.measure_dynamics)
+      out = {"old_logp": old["logp"], "old_entropy": old["entropy"],
+             "old_features": old["features"]}
+      if state.ref_params is not None:
+        out["ref_logp"] = quantities(state.ref_params, rows, entropy=False, features=())["logp"]
+      return out
+    return no_grad_chunks(rows_fn, batch)
+
+  def current(params, rows, remat):
+    return quantities(params, rows, entropy="entropy" in needs, features=current_features,
+                      remat=remat)
+
+  def loss_on(params, rows, key, states, agg, stats=None):
+    loss, aux, stats = losses.compute_loss(
+        loss_cfg, _token_batch(rows, current(params, rows, rl_cfg.remat)), states=states,
+        rng=key, agg=agg, stats=stats)
+    return loss, (aux, stats)
+
+  def minibatch_gradient(params, rows, key, states):
+    """`(loss, aux, grads)` of one mini-batch, accumulated over micro-batches."""
+    if pieces == 1:
+      agg = losses.Aggregator(loss_cfg.agg)
+      (loss, (aux, _)), grads = jax.value_and_grad(loss_on, has_aux=True)(
+          params, rows, key, states, agg)
+      return loss, {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}, grads
+    agg = losses.Aggregator(loss_cfg.agg)
+    if planning:  # current values of the whole mini-batch, without gradient: picks and values
+      now = no_grad_chunks(lambda r: current(params, r, False), rows)
+      loss, aux, stats = losses.compute_loss(loss_cfg, _token_batch(rows, now), states=states,
+                                             rng=key, agg=agg)
+    else:  # normalisers from the masks (values stand in for the current ones)
+      stand_in = {"logp": rows["old_logp"], "features": {
+          f.name: jnp.zeros_like(rows["old_logp"]) for f in current_features}}
+      if "entropy" in needs:
+        stand_in["entropy"] = jnp.zeros_like(rows["old_logp"])
+      losses.compute_loss(loss_cfg, _token_batch(rows, stand_in), states=states, rng=key, agg=agg)
+      stats = {}
+    mode = "replay" if planning else "share"
+
+    def micro_step(carry, xs):
+      grads, total = carry
+      micro_rows, micro_stats = xs
+      micro_agg = losses.Aggregator(loss_cfg.agg, mode, agg.records)
+      (loss, (aux, _)), g = jax.value_and_grad(loss_on, has_aux=True)(
+          params, passes.constrain_rows(micro_rows, mesh), key, states, micro_agg, micro_stats)
+      scalars = {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}
+      return (jax.tree.map(jnp.add, grads, g), total + loss), scalars
+
+    split = passes.split_rows((rows, stats), pieces, shards)
+    (grads, total), shares = jax.lax.scan(
+        micro_step, (jax.tree.map(jnp.zeros_like, params), jnp.float32(0)), split)
+    if not planning:  # every aggregate's shares add up to the mini-batch value
+      loss, aux = total, jax.tree.map(lambda x: x.sum(axis=0), shares)
+    return loss, {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}, grads
 
   def update(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, shuffle_key, loss_key = jax.random.split(state.rng, 3)
     mask = batch["completion_mask"].astype(jnp.float32)
-    old_logp, old_entropy, old_hidden = stats(state.params, batch, rl_cfg.measure_dynamics)
-    old_logp = jax.lax.stop_gradient(old_logp)
-    seq_adv = _sequence_advantages(rl_cfg, batch["rewards"], batch["group_ids"])
-    token_adv = seq_adv[:, None] * mask
-    data = dict(batch, old_logp=old_logp, advantages=token_adv)
-    if state.ref_params is not None:
-      data["ref_logp"] = jax.lax.stop_gradient(stats(state.ref_params, batch, False)[0])
-    entropy_coef = losses.entropy_coefficient(loss_cfg, state.controller)
+    n = rl_cfg.batch_size
+    data = dict(batch, response_ids=jnp.arange(n, dtype=jnp.int32), **behaviour_pass(state, batch))
+    seq_adv = advantages_lib.compute_advantages(rl_cfg.advantage, batch["rewards"],
+                                                batch["group_ids"], rl_cfg.num_groups)
+    data["advantages"] = seq_adv[:, None] * mask
+    rollout = _token_batch(data, {"logp": data["old_logp"], "entropy": data["old_entropy"]})
+    states, metrics = losses.before_update(loss_cfg, state.interventions, rollout)
+    data["advantages"] = losses.rollout_advantages(loss_cfg, rollout, states) * mask
+    rollout = rollout.replace(advantages=data["advantages"])
 
-    n, m = rl_cfg.batch_size, rl_cfg.num_minibatches
     perms = jax.vmap(lambda k: jax.random.permutation(k, n))(
         jax.random.split(shuffle_key, rl_cfg.ppo_epochs))
-    order = perms.reshape(rl_cfg.ppo_epochs * m, n // m)
-    loss_keys = jax.random.split(loss_key, rl_cfg.ppo_epochs * m)
+    order = perms.reshape(rl_cfg.ppo_epochs * rl_cfg.num_minibatches, rl_cfg.minibatch_size)
+    loss_keys = jax.random.split(loss_key, order.shape[0])
 
     def minibatch_step(carry, xs):
       params, opt_state = carry
       rows, key = xs
-      mb = jax.tree.map(lambda x: x[rows], data)
-      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, key, entropy_coef)
+      minibatch = passes.constrain_rows(jax.tree.map(lambda x: x[rows], data), mesh)
+      loss, aux, grads = minibatch_gradient(params, minibatch, key, states)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
       return (params, opt_state), dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
 
     (params, opt_state), per_mb = jax.lax.scan(
         minibatch_step, (state.params, state.opt_state), (order, loss_keys))
-    metrics = {f"loss/{k}": v.mean() for k, v in per_mb.items()}
+    metrics.update({f"loss/{k}": v.mean() for k, v in per_mb.items()})
     metrics["loss/n_selected_total"] = per_mb["n_selected"].sum()
-    metrics["advantage/mean_abs"] = masked_mean(jnp.abs(token_adv), mask)
-    metrics.update(dynamics.covariance_metrics(old_logp, token_adv, mask))
+    metrics["advantage/mean_abs"] = masked_mean(jnp.abs(data["advantages"]), mask)
+    metrics.update(dynamics.covariance_metrics(data["old_logp"], data["advantages"], mask))
     _, metrics["cov/response_mean"] = dynamics.response_covariance(
-        old_logp, token_adv, mask, batch["group_ids"], rl_cfg.num_groups)
+        data["old_logp"], data["advantages"], mask, batch["group_ids"], rl_cfg.num_groups)
     if rl_cfg.measure_dynamics:
-      _, _, new_hidden = stats(params, batch, False)
-      predicted, measured = dynamics.entropy_change_from_hidden(
-          old_hidden, unembedding(model_cfg, state.params), new_hidden,
-          unembedding(model_cfg, params), temperature=rl_cfg.temperature,
-          token_chunk=rl_cfg.token_chunk)
-      metrics["dynamics/predicted_entropy_change"] = masked_mean(predicted, mask)
-      metrics["dynamics/measured_entropy_change"] = masked_mean(measured, mask)
-      metrics["entropy/recomputed_token_mean"] = masked_mean(old_entropy, mask)
-    sampled_nll = masked_mean(-old_logp, mask)
-    controller = losses.update_entropy_controller(loss_cfg, state.controller, sampled_nll)
-    metrics["entropy/sampled_nll"] = sampled_nll
-    if loss_cfg.entropy_bonus.adaptive:
-      metrics["entropy/adaptive_coef"] = entropy_coef
+      metrics.update(entropy_change(state.params, params, batch, mask))
+      metrics["entropy/recomputed_token_mean"] = masked_mean(data["old_entropy"], mask)
+    metrics["entropy/sampled_nll"] = masked_mean(-data["old_logp"], mask)
+    states, after = losses.after_update(loss_cfg, states, rollout)
+    metrics.update(after)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
-                              controller=controller)
+                              interventions=states)
     return new_state, metrics
 
-  return jax.jit(update, donate_argnums=0, **(jit_kwargs or {}))
+  def entropy_change(old_params, new_params, batch, mask):
+    """Predicted (first order) and measured entropy change per token, in row chunks."""
+    def rows_fn(rows):
+      before = passes.completion_hidden(model_cfg, old_params, rows)
+      after = passes.completion_hidden(model_cfg, new_params, rows)
+      predicted, measured = dynamics.entropy_change_from_hidden(
+          before, unembedding(model_cfg, old_params), after, unembedding(model_cfg, new_params),
+          temperature=rl_cfg.temperature, token_chunk=rl_cfg.token_chunk)
+      return {"predicted": predicted, "measured": measured}
+    change = no_grad_chunks(rows_fn, batch)
+    return {"dynamics/predicted_entropy_change": masked_mean(change["predicted"], mask),
+            "dynamics/measured_entropy_change": masked_mean(change["measured"], mask)}
+
+  if mesh is None:
+    return jax.jit(update, donate_argnums=0)
+  if state_sharding is None:
+    raise ValueError("make_rl_update(mesh=...) needs state_sharding= (sharding.state_shardings)")
+  return jax.jit(update, donate_argnums=0,
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)))

@@ -8,6 +8,8 @@ import flax.struct
 import jax
 import optax
 
+from entropix_rl import sharding
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -19,8 +21,8 @@ class TrainState:
     params: the policy's param tree.
     opt_state: the optax state of `params`.
     rng: a PRNG key, split once per step.
-    controller: state of loss-side controllers (e.g. the adaptive entropy coefficient);
-      an empty dict when none is active.
+    interventions: each stateful intervention's state by name (`losses.init_states`; e.g. the
+      adaptive entropy coefficient); an empty dict when none is active.
     ref_params: the frozen reference policy (for KL-to-reference losses and metrics), or None.
   """
 
@@ -28,12 +30,33 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array
-  controller: Any = flax.struct.field(default_factory=dict)
+  interventions: Any = flax.struct.field(default_factory=dict)
   ref_params: Any = None
 
 
 def create_train_state(params: Any, optimizer: optax.GradientTransformation, rng: jax.Array, *,
-                       controller: Any = None, ref_params: Any = None) -> TrainState:
+                       interventions: Any = None, ref_params: Any = None) -> TrainState:
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                    opt_state=optimizer.init(params), rng=rng, controller=controller or {},
+                    opt_state=optimizer.init(params), rng=rng, interventions=interventions or {},
                     ref_params=ref_params)
+
+
+def create_train_state_on_mesh(params: Any, optimizer: optax.GradientTransformation,
+                               rng: jax.Array, mesh: Any, *, interventions: Any = None,
+                               with_reference: bool = False) -> tuple[TrainState, Any]:
+  """`create_train_state` under jit, its output placed by `sharding.state_shardings`.
+
+  The optimizer state and the reference copy are created on the devices in their shardings
+  (never gathered on one device), and `params` (already placed, e.g. by `hf.load(...,
+  shardings=...)`) are donated to the state.
+
+  Returns:
+    (state, state shardings).
+  """
+  def build(params):
+    ref = jax.tree.map(jax.numpy.copy, params) if with_reference else None
+    return create_train_state(params, optimizer, rng, interventions=interventions,
+                              ref_params=ref)
+
+  state_sharding = sharding.state_shardings(jax.eval_shape(build, params), optimizer, mesh)
+  return jax.jit(build, out_shardings=state_sharding, donate_argnums=0)(params), state_sharding
