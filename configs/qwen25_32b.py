@@ -5,10 +5,14 @@ INTERVENTIONS.md sections they come from), with the 32B constants:
 
 * lr 1e-6 (§5c; verl's recipes use 1e-6 for both sizes);
 * `kl_cov.ratio` 2e-4 (§5b; the original repo's `k_percent` 0.02 is in percent);
-* mesh tensor 8 = Qwen2.5-32B's KV heads (docs/scaling.md);
-* for a closer reproduction of verl's per-micro-batch selection (20 480-token packs, 2
-  full-length sequences), `--config.loss.selection_scope=microbatch
-  --config.loss.microbatch_size=2`.
+* scale knobs for a v5p-128 slice (64 chips, 95 GiB; mesh data 1, fsdp 8, tensor 8 =
+  Qwen2.5-32B's KV heads): `rl.micro_batch_size` 1 (10 240 tokens per device per
+  forward/backward), `rl.logprob_micro_batch_size` 2, `sampler.max_decode_rows` 512 (4
+  sampling passes per step), `rl.token_chunk` 1024. Compiled per-device memory: `python
+  benchmarks/memory.py --config=configs/qwen25_32b.py:kl_cov --arch=qwen2.5-32b --devices=64
+  --mesh=1,8,8 --chip=v5p` (about 25 s), figures in docs/scaling.md;
+* for verl's per-micro-batch selection, `--config.loss.selection_scope=microbatch` (it then
+  selects per `rl.micro_batch_size` sequences).
 
 Usage (the text after ':' picks the method; the default is "grpo"):
 
@@ -36,6 +40,7 @@ ARCHITECTURE = dict(hidden_size=5120, num_layers=64, num_heads=40, num_kv_heads=
 
 SIZE = recipes.RecipeSize(config_file="configs/qwen25_32b.py", learning_rate=LEARNING_RATE,
                           kl_cov_ratio=KL_COV_RATIO, mesh_tensor=MESH_TENSOR,
+                          micro_batch_size=1, logprob_micro_batch_size=2, max_decode_rows=512,
                           checkpoint_placeholder=CHECKPOINT_PLACEHOLDER,
                           architecture=ARCHITECTURE)
 

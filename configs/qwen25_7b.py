@@ -37,14 +37,21 @@ paper evaluates AIME/AMC at temperature 0.6, avg@32, and the other benchmarks gr
 this trainer's eval on a held-out split of the training file does not reproduce), and the
 loss micro-batch: verl computes the Clip-Cov/KL-Cov selection per micro-batch of
 `ppo_max_token_len_per_gpu` 30 720 tokens on each GPU (§5c, §5d); here the default
-`loss.selection_scope = "batch"` selects over each whole mini-batch (32 prompts x 8).
-For a closer reproduction set `--config.loss.selection_scope=microbatch
---config.loss.microbatch_size=4` (it must divide the 256-sequence mini-batch; a 30 720-token
-pack holds 3 full-length sequences of 2048 + 8192 tokens, more short ones).
+`loss.selection_scope = "batch"` selects over each whole mini-batch (32 prompts x 8), exactly
+also under gradient accumulation. For verl's per-micro-batch selection set
+`--config.loss.selection_scope=microbatch`: it then selects per `rl.micro_batch_size`
+sequences.
 
-The mesh (data 1, fsdp -1, tensor 4 = Qwen2.5-7B's KV heads) and memory budget follow
-docs/scaling.md; `distributed.enabled` is on for multi-host TPU slices (turn it off on a
-single GPU node).
+Scale knobs, set for a v5p-32 slice (16 chips, 95 GiB; mesh data 1, fsdp 4, tensor 4 =
+Qwen2.5-7B's KV heads): `rl.micro_batch_size` 2 sequences per device per forward/backward
+(20 480 tokens; gradients accumulate over the 32-sequence mini-batch share of each device),
+`rl.logprob_micro_batch_size` 4 for the no-grad passes, `sampler.max_decode_rows` 1024 (the
+step's 2048 rollouts decode in 2 passes), `rl.token_chunk` 1024. The compiled per-device
+memory (`python benchmarks/memory.py --config=configs/qwen25_7b.py:clip_cov --devices=16
+--mesh=1,4,4 --chip=v5p`, about 25 s) and the settings for a v6e-64 slice and an 8x H100 node
+are in docs/scaling.md. `model.attention_impl` "auto" takes the splash kernel on TPU and cuDNN
+on GPU. `distributed.enabled` is on for multi-host TPU slices (turn it off on a single GPU
+node).
 """
 
 import ml_collections
@@ -66,6 +73,7 @@ ARCHITECTURE = dict(hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=
 
 SIZE = recipes.RecipeSize(config_file="configs/qwen25_7b.py", learning_rate=LEARNING_RATE,
                           kl_cov_ratio=KL_COV_RATIO, mesh_tensor=MESH_TENSOR,
+                          micro_batch_size=2, logprob_micro_batch_size=4, max_decode_rows=1024,
                           checkpoint_placeholder=CHECKPOINT_PLACEHOLDER,
                           architecture=ARCHITECTURE)
 

@@ -25,6 +25,10 @@ class RecipeSize:
     learning_rate: RL learning rate (§5c).
     kl_cov_ratio: KL-Cov's fraction of tokens (§5b).
     mesh_tensor: tensor-parallel size (the model's KV heads; docs/scaling.md).
+    micro_batch_size: `rl.micro_batch_size` and `sft.micro_batch_size`, sequences per data
+      shard per forward/backward, for the slice the config's docstring names.
+    logprob_micro_batch_size: `rl.logprob_micro_batch_size` for that slice.
+    max_decode_rows: `sampler.max_decode_rows` for that slice.
     checkpoint_placeholder: the `model.checkpoint` default the user must replace.
     architecture: informational model fields (the checkpoint's config.json is what is used).
   """
@@ -33,6 +37,9 @@ class RecipeSize:
   learning_rate: float
   kl_cov_ratio: float
   mesh_tensor: int
+  micro_batch_size: int
+  logprob_micro_batch_size: int
+  max_decode_rows: int
   checkpoint_placeholder: str
   architecture: Mapping[str, Any]
 
@@ -61,12 +68,12 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
 
   config.sampler = ml_collections.ConfigDict({
       "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8192, "greedy": False,
-      "max_decode_rows": 0, "decode_segment": 256,
+      "max_decode_rows": size.max_decode_rows, "decode_segment": 256,
   })
 
   config.sft = ml_collections.ConfigDict({  # no SFT: RL starts from the base checkpoint
       "steps": 0, "batch_size": 256, "log_every": 50, "shared_dir": "",
-      "micro_batch_size": 0,
+      "micro_batch_size": size.micro_batch_size,
       "optimizer": {"learning_rate": 1e-6, "warmup_steps": 0, "grad_clip_norm": 1.0},
   })
 
@@ -74,8 +81,8 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
       "steps": 1000, "prompts_per_step": 256, "group_size": 8, "ppo_epochs": 1,
       "num_minibatches": 8, "advantage": "grpo", "dynamic_sampling": True,
       "max_gen_batches": 10, "use_reference": False, "measure_dynamics": False,
-      "token_chunk": 4096, "remat": True, "micro_batch_size": 0,
-      "logprob_micro_batch_size": 0, "feature_chunk": 256,
+      "token_chunk": 1024, "remat": True, "micro_batch_size": size.micro_batch_size,
+      "logprob_micro_batch_size": size.logprob_micro_batch_size, "feature_chunk": 256,
   })
   config.optimizer = ml_collections.ConfigDict({"learning_rate": size.learning_rate,
                                                 "grad_clip_norm": 1.0})

@@ -293,7 +293,8 @@ def _compact(state: DecodeState, rows: jax.Array) -> DecodeState:
                      row_ids=jnp.where(rows < 0, -1, take(state.row_ids, 0)), step=state.step)
 
 
-def _state_shardings(model_cfg: ModelConfig, mesh: Mesh) -> DecodeState:
+def state_shardings(model_cfg: ModelConfig, mesh: Mesh) -> DecodeState:
+  """Shardings of a `DecodeState`: rows over data x fsdp, KV heads over tensor if it divides."""
   specs = sharding.kv_cache_specs(mesh, model_cfg.num_kv_heads)
   rows = sharding.batch_sharding(mesh)
   return DecodeState(cache=decoder.KVCache(**{k: NamedSharding(mesh, s) for k, s in specs.items()}),
@@ -309,9 +310,9 @@ def compiled_prefill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | No
   if mesh is None:
     return jax.jit(fn)
   rows, rows2 = sharding.batch_sharding(mesh), sharding.batch_sharding(mesh, 2)
-  return jax.jit(fn, in_shardings=(sharding.param_shardings(model_cfg, mesh), rows2, rows2, rows2,
-                                   rows),
-                 out_shardings=(_state_shardings(model_cfg, mesh), (rows,) * 4))
+  return sharding.jit_on_mesh(
+      fn, mesh, in_shardings=(sharding.param_shardings(model_cfg, mesh), rows2, rows2, rows2, rows),
+      out_shardings=(state_shardings(model_cfg, mesh), (rows,) * 4))
 
 
 @functools.lru_cache(maxsize=64)
@@ -321,10 +322,11 @@ def compiled_decode(model_cfg: ModelConfig, cfg: SamplerConfig, segment: int,
   fn = functools.partial(_decode, model_cfg, cfg, mesh, segment)
   if mesh is None:
     return jax.jit(fn, donate_argnums=1)
-  state_sh = _state_shardings(model_cfg, mesh)
+  state_sh = state_shardings(model_cfg, mesh)
   rows2 = sharding.batch_sharding(mesh, 2)
-  return jax.jit(fn, in_shardings=(sharding.param_shardings(model_cfg, mesh), state_sh),
-                 out_shardings=(state_sh, (rows2,) * 4), donate_argnums=1)
+  return sharding.jit_on_mesh(
+      fn, mesh, in_shardings=(sharding.param_shardings(model_cfg, mesh), state_sh),
+      out_shardings=(state_sh, (rows2,) * 4), donate_argnums=1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -332,9 +334,9 @@ def compiled_compact(model_cfg: ModelConfig, mesh: Mesh | None = None):
   """Jitted `_compact`; the output rows are sharded like the input's."""
   if mesh is None:
     return jax.jit(_compact)
-  state_sh = _state_shardings(model_cfg, mesh)
-  return jax.jit(_compact, in_shardings=(state_sh, sharding.replicated(mesh)),
-                 out_shardings=state_sh)
+  state_sh = state_shardings(model_cfg, mesh)
+  return sharding.jit_on_mesh(_compact, mesh, in_shardings=(state_sh, sharding.replicated(mesh)),
+                              out_shardings=state_sh)
 
 
 def _gather(x: jax.Array) -> np.ndarray:

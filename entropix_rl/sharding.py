@@ -153,6 +153,26 @@ def state_shardings(state: Any, optimizer: optax.GradientTransformation, mesh: M
       ref_params=None if state.ref_params is None else jax.tree.map(to_sharding, specs))
 
 
+class jit_on_mesh:  # noqa: N801 (used like jax.jit)
+  """`jax.jit(fn, **kwargs)` whose calls and lowerings run under `jax.set_mesh(mesh)`, so that
+  activation constraints (`models.partitioning`) resolve against `mesh`."""
+
+  def __init__(self, fn, mesh: Mesh, **jit_kwargs):
+    self.mesh = mesh
+    self.jitted = jax.jit(fn, **jit_kwargs)
+
+  def __call__(self, *args):
+    with jax.set_mesh(self.mesh):
+      return self.jitted(*args)
+
+  def lower(self, *args):
+    with jax.set_mesh(self.mesh):
+      return self.jitted.lower(*args)
+
+  def _cache_size(self) -> int:
+    return self.jitted._cache_size()  # noqa: SLF001 (recompilation tests)
+
+
 def check_batch_divisible(rows: int, mesh: Mesh, what: str) -> None:
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if rows % shards:

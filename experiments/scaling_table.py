@@ -1,27 +1,25 @@
-r"""Per-device memory of Qwen2.5-7B/32B RL at the paper's settings on TPU slices and GPUs.
+r"""Plans Qwen2.5 RL at the paper's settings on TPU slices and GPUs with the analytic model.
 
-  python experiments/scaling_table.py                  # the table in docs/scaling.md
-  python experiments/scaling_table.py --train_tokens=10240 --prompts=128
+  python experiments/scaling_table.py                  # the planner table in docs/scaling.md
+  python experiments/scaling_table.py --prompts=128 --max_response_len=4096
 
-Paper settings (INTERVENTIONS.md §5c, Clip-Cov / KL-Cov recipes): 256 prompts x 8 responses
-per step, max response 8192, verl `ppo_max_token_len_per_gpu` 30 720 (7B) / 20 480 (32B)
-tokens per training micro-batch per device; the max prompt length is not stated there and is
-taken as 2048. No reference model (KL coefficient 0).
+Paper settings (Cui et al. 2025 recipes, docs/scaling.md): 256 prompts x 8 responses per step,
+max response 8192; the max prompt length is not stated in the recipes and is taken as 2048.
+No reference model (KL coefficient 0).
 
 Chip counts: a v5p-N slice has N/2 chips (N counts TensorCores, two per chip, one JAX device
 per chip); a v6e-N slice has N chips; an H100 node has 8 GPUs.
 
 Mesh rule: tensor = the largest divisor of the chip count that divides `num_kv_heads` (4 for
-7B, 8 for 32B), so heads and the KV cache shard over it; fsdp = the remaining chips; data = 1
-(pure data parallelism would only replicate params and optimizer state).
+7B, 8 for 32B), so heads and the KV cache shard over it; fsdp = the remaining chips; data = 1.
 
-Memory model: `entropix_rl.memory.estimate_memory` (formulas in its docstring). "fits" means
-the peak of the training and rollout phases, with all 2048 rollouts decoded at once, is at
-most 90% of HBM; "max rollouts" is the largest number of sequences that can be decoded at
-once next to the resident params and optimizer state (decode the step's 2048 in
-ceil(2048 / max) passes); "max train seqs/dev" is the largest training micro-batch, in
-full-length (prompt + response) sequences per device, whose update fits (0: not even one;
-shorten the sequences or add tensor parallelism).
+For each slice the table picks the knobs a config sets: the largest `rl.micro_batch_size`
+(sequences per device per forward/backward, at most 4, dividing each device's share of a
+mini-batch) whose update fits, and the largest
+`sampler.max_decode_rows` (a power of two) whose sampling pass fits, with the passes a step
+then needs. Memory model: `entropix_rl.memory.estimate_memory` (its docstring has the
+formulas; `benchmarks/memory.py` compares it with compiled programs). "fits" means both
+phases at those knobs are at most 90% of HBM.
 """
 
 from __future__ import annotations
@@ -36,10 +34,8 @@ _PROMPTS = flags.DEFINE_integer("prompts", 256, "Prompts per RL step.")
 _GROUP = flags.DEFINE_integer("group_size", 8, "Responses per prompt.")
 _PROMPT_LEN = flags.DEFINE_integer("max_prompt_len", 2048, "Max prompt tokens.")
 _RESPONSE_LEN = flags.DEFINE_integer("max_response_len", 8192, "Max response tokens.")
-_TRAIN_TOKENS = flags.DEFINE_integer(
-    "train_tokens", 0, "Training micro-batch tokens per device; 0 = the paper's "
-    "ppo_max_token_len_per_gpu (30720 for 7B, 20480 for 32B).")
-_TOKEN_CHUNK = flags.DEFINE_integer("token_chunk", 4096, "rl.token_chunk of the token stats.")
+_MINIBATCHES = flags.DEFINE_integer("num_minibatches", 8, "Optimizer updates per rollout.")
+_TOKEN_CHUNK = flags.DEFINE_integer("token_chunk", 1024, "rl.token_chunk of the token stats.")
 _HEADROOM = flags.DEFINE_float("headroom", 0.9, "Fraction of HBM a configuration may use.")
 
 # (slice name, device kind, number of JAX devices).
@@ -53,8 +49,6 @@ SLICES = (
     ("v6e-256", "v6e", 256),
     ("8x H100", "h100", 8),
 )
-PAPER_TRAIN_TOKENS = {"7B": 30720, "32B": 20480}
-
 
 def default_mesh(model_cfg, chips: int) -> dict[str, int]:
   """data 1, tensor = largest divisor of `chips` dividing num_kv_heads, fsdp the rest."""
@@ -63,54 +57,54 @@ def default_mesh(model_cfg, chips: int) -> dict[str, int]:
   return {"data": 1, "fsdp": chips // tensor, "tensor": tensor}
 
 
-def max_train_seqs(model_cfg, mesh: dict[str, int], seq_len: int, hbm: int,
-                   limit: int = 64) -> int:
-  """Most full-length sequences per device in one training micro-batch within the headroom."""
-  best = 0
-  for seqs in range(1, limit + 1):
-    est = memory.estimate_memory(
-        model_cfg, mesh_shape=mesh, train_tokens_per_device=seqs * seq_len,
-        train_seq_len=seq_len, rollout_batch=1, rollout_len=1, token_chunk=_TOKEN_CHUNK.value)
-    if est.train_peak > _HEADROOM.value * hbm:
-      break
-    best = seqs
-  return best
+def _estimate(cfg, mesh, micro: int, decode_rows: int):
+  return memory.estimate_memory(
+      cfg, mesh_shape=mesh, train_rows_per_device=micro, prompt_len=_PROMPT_LEN.value,
+      response_len=_RESPONSE_LEN.value, rollouts=_PROMPTS.value * _GROUP.value,
+      decode_rows=decode_rows, group_size=_GROUP.value, token_chunk=_TOKEN_CHUNK.value)
+
+
+def plan(cfg, mesh: dict[str, int], hbm: int) -> tuple[int, int, memory.MemoryEstimate]:
+  """(micro_batch_size, max_decode_rows, estimate at those knobs); 0 where nothing fits."""
+  shards = mesh["data"] * mesh["fsdp"]
+  rollouts = _PROMPTS.value * _GROUP.value
+  limit = _HEADROOM.value * hbm
+  per_shard = rollouts // _MINIBATCHES.value // shards
+  micro = max((m for m in (1, 2, 3, 4) if per_shard % m == 0
+               and _estimate(cfg, mesh, m, shards).train_peak <= limit), default=0)
+  rows = max((r for r in (2 ** k for k in range(20))
+              if r % shards == 0 and r <= rollouts
+              and _estimate(cfg, mesh, max(micro, 1), r).rollout_peak <= limit), default=0)
+  return micro, rows, _estimate(cfg, mesh, max(micro, 1), max(rows, shards))
 
 
 def table_rows(sizes=("7B", "32B")) -> list[list[str]]:
-  """One row per (model, slice): mesh, GiB per device of each component, fit."""
-  rollout_batch = _PROMPTS.value * _GROUP.value
-  seq_len = _PROMPT_LEN.value + _RESPONSE_LEN.value
+  """One row per (model, slice): mesh, knobs, GiB per device of each component, fit."""
+  rollouts = _PROMPTS.value * _GROUP.value
   rows = []
   for size in sizes:
     cfg = memory.qwen25_config(size)
-    tokens = _TRAIN_TOKENS.value or PAPER_TRAIN_TOKENS[size]
     for name, kind, chips in SLICES:
       mesh = default_mesh(cfg, chips)
-      est = memory.estimate_memory(
-          cfg, mesh_shape=mesh, train_tokens_per_device=tokens, train_seq_len=seq_len,
-          rollout_batch=rollout_batch, rollout_len=seq_len, token_chunk=_TOKEN_CHUNK.value)
       hbm = memory.device_hbm_bytes(kind)
-      max_batch = memory.max_rollout_batch(cfg, est, mesh_shape=mesh, rollout_len=seq_len,
-                                           hbm_bytes=hbm, headroom=_HEADROOM.value)
-      max_seqs = max_train_seqs(cfg, mesh, seq_len, hbm)
-      passes = math.ceil(rollout_batch / max_batch) if max_batch else 0
+      micro, decode_rows, est = plan(cfg, mesh, hbm)
+      passes = math.ceil(rollouts / decode_rows) if decode_rows else 0
       g = est.as_gib()
       rows.append([
           f"Qwen2.5-{size}", name, str(chips), f"{hbm / memory.GIB:.0f}",
-          f"{mesh['data']}x{mesh['fsdp']}x{mesh['tensor']}", f"{tokens}",
-          f"{g['params']:.1f}", f"{g['grads']:.1f}", f"{g['optimizer']:.1f}",
-          f"{g['activations']:.1f}", f"{g['kv_cache']:.1f}", f"{g['total']:.1f}",
-          "yes" if est.fits(hbm, _HEADROOM.value) else "no",
-          f"{max_batch} ({passes} pass{'es' if passes != 1 else ''})" if max_batch else "0",
-          str(max_seqs),
+          f"{mesh['data']}x{mesh['fsdp']}x{mesh['tensor']}", str(micro),
+          f"{decode_rows} ({passes})" if decode_rows else "0",
+          f"{g['params'] + g['optimizer']:.1f}", f"{g['grads']:.1f}",
+          f"{max(g['activations'], g['no_grad_pass']):.1f}", f"{g['kv_cache']:.1f}",
+          f"{g['train_peak']:.1f}", f"{g['rollout_peak']:.1f}",
+          "yes" if micro and decode_rows else "no",
       ])
   return rows
 
 
-HEADER = ["model", "slice", "chips", "HBM GiB", "mesh d x f x t", "train tokens/dev",
-          "params", "grads", "optim (fp32 m,v)", "activations", "KV (all rollouts)", "total",
-          "fits", "max rollouts at once (passes)", "max train seqs/dev"]
+HEADER = ["model", "slice", "chips", "HBM GiB", "mesh d x f x t", "micro_batch_size",
+          "max_decode_rows (passes)", "params + optim", "grads", "activations", "KV (one pass)",
+          "update peak", "sampling peak", "fits"]
 
 
 def markdown(rows: list[list[str]]) -> str:
@@ -124,7 +118,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   print(f"Per-device GiB; {_PROMPTS.value} prompts x {_GROUP.value} responses, prompt <= "
         f"{_PROMPT_LEN.value}, response <= {_RESPONSE_LEN.value}, headroom "
-        f"{_HEADROOM.value:.0%} of HBM, bf16 params, AdamW moments in float32.\n")
+        f"{_HEADROOM.value:.0%} of HBM, bf16 params and AdamW moments, token_chunk "
+        f"{_TOKEN_CHUNK.value}.\n")
   print(markdown(table_rows()))
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from entropix_rl.models import attention
 from entropix_rl.models.config import ModelConfig, rope_inverse_frequencies
+from entropix_rl.models.partitioning import constrain_rows
 
 Params = dict
 
@@ -166,10 +167,11 @@ def _self_attention_stack(config: ModelConfig, params: Params, tokens: jax.Array
   inv_freq = rope_inverse_frequencies(config)
 
   def body(x, layer):
+    x = constrain_rows(x)
     q, k, v = _qkv(config, x, layer, positions, inv_freq)
     attn = attention.self_attention(impl, q, k, v, mask, block_q=config.attention_block_q,
                                     block_k=config.attention_block_k)
-    return _output_and_mlp(config, x, attn, layer), (k, v) if keep_kv else None
+    return constrain_rows(_output_and_mlp(config, x, attn, layer)), (k, v) if keep_kv else None
 
   if remat:
     body = jax.checkpoint(body)

@@ -83,11 +83,21 @@ def runtime_fields(model: ml_collections.ConfigDict) -> dict[str, Any]:
   return {name: model[name] for name in ("attention_impl", "attention_block_q", "attention_block_k")}
 
 
-def resolve(config: ml_collections.ConfigDict, *, tokenizer=None) -> Experiment:
-  """Validates the whole config and converts its sections to frozen dataclasses."""
+def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
+            model: ModelConfig | None = None) -> Experiment:
+  """Validates the whole config and converts its sections to frozen dataclasses.
+
+  Args:
+    config: the experiment config.
+    tokenizer: the tokenizer (default: made from `config.tokenizer`); only its `stop_ids`,
+      `pad_id` and `vocab_size` are read.
+    model: the model config, instead of the one `config.model` describes (e.g. a known
+      architecture, for compiling without a checkpoint).
+  """
   _require(config, "tokenizer.kind", TOKENIZER_KINDS)
   tokenizer = tokenizer or make_tokenizer(config)
-  model_cfg = _model_config(config, tokenizer.vocab_size if config.tokenizer.kind == "char" else None)
+  model_cfg = model or _model_config(
+      config, tokenizer.vocab_size if config.tokenizer.kind == "char" else None)
   sampler_cfg = sampling.SamplerConfig.from_config_dict(config.sampler)
   sampler_cfg = dataclasses.replace(
       sampler_cfg, stop_ids=sampler_cfg.stop_ids or tokenizer.stop_ids, pad_id=tokenizer.pad_id,

@@ -15,7 +15,7 @@ values (Clip-Cov, KL-Cov, 80/20, ...) or is non-linear in an aggregate, a no-gra
 mini-batch (in `rl.logprob_micro_batch_size` chunks) computes those picks and the aggregates
 first; the accumulation pass then uses them, so the picks equal those of the unsplit
 mini-batch. Otherwise the mini-batch's normalisers come from its masks alone and no extra
-pass runs.
+pass runs. Gradients accumulate in float32 whatever the param dtype.
 """
 
 from __future__ import annotations
@@ -213,11 +213,13 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
       (loss, (aux, _)), g = jax.value_and_grad(loss_on, has_aux=True)(
           params, passes.constrain_rows(micro_rows, mesh), key, states, micro_agg, micro_stats)
       scalars = {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}
-      return (jax.tree.map(jnp.add, grads, g), total + loss), scalars
+      grads = jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), grads, g)
+      return (grads, total + loss), scalars
 
     split = passes.split_rows((rows, stats), pieces, shards)
-    (grads, total), shares = jax.lax.scan(
-        micro_step, (jax.tree.map(jnp.zeros_like, params), jnp.float32(0)), split)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (grads, total), shares = jax.lax.scan(micro_step, (zeros, jnp.float32(0)), split)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     if not planning:  # every aggregate's shares add up to the mini-batch value
       loss, aux = total, jax.tree.map(lambda x: x.sum(axis=0), shares)
     return loss, {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}, grads
@@ -284,6 +286,6 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     return jax.jit(update, donate_argnums=0)
   if state_sharding is None:
     raise ValueError("make_rl_update(mesh=...) needs state_sharding= (sharding.state_shardings)")
-  return jax.jit(update, donate_argnums=0,
-                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)))
+  return sharding.jit_on_mesh(update, mesh, donate_argnums=0,
+                              in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                              out_shardings=(state_sharding, sharding.replicated(mesh)))

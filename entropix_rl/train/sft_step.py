@@ -47,7 +47,8 @@ def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
   With `micro_batch_size` (sequences per data shard per forward/backward) the batch of
   `batch_size` rows is split into micro-batches whose gradients add up to the batch's: each
   micro-batch's NLL sum is divided by the target count of the whole batch, so the result is
-  the token mean over the batch, not a mean of micro-batch means.
+  the token mean over the batch, not a mean of micro-batch means. Gradients accumulate in
+  float32.
   """
   shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   pieces = 1
@@ -66,9 +67,10 @@ def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
     else:
       def micro_step(carry, rows):
         value, g = jax.value_and_grad(nll)(state.params, passes.constrain_rows(rows, mesh))
-        return jax.tree.map(jnp.add, carry, (value, g)), None
-      zeros = (jnp.float32(0), jax.tree.map(jnp.zeros_like, state.params))
+        return jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), carry, (value, g)), None
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), (jnp.float32(0), state.params))
       (loss, grads), _ = jax.lax.scan(micro_step, zeros, passes.split_rows(batch, pieces, shards))
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"sft/nll": loss, "sft/grad_norm": optax.global_norm(grads)}
@@ -76,6 +78,6 @@ def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
 
   if mesh is None:
     return jax.jit(step, donate_argnums=0)
-  return jax.jit(step, donate_argnums=0,
-                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)))
+  return sharding.jit_on_mesh(step, mesh, donate_argnums=0,
+                              in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                              out_shardings=(state_sharding, sharding.replicated(mesh)))
