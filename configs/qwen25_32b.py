@@ -1,10 +1,10 @@
 r"""Paper recipe: Qwen2.5-32B on DAPO-Math-17k, GRPO / Clip-Higher / Clip-Cov / KL-Cov.
 
 The same recipe as configs/qwen25_7b.py (its docstring has the full notes and the
-INTERVENTIONS.md sections they come from), with the 32B constants:
+docs/interventions.md sections they come from), with the 32B constants:
 
-* lr 1e-6 (§5c; verl's recipes use 1e-6 for both sizes);
-* `kl_cov.ratio` 2e-4 (§5b; the original repo's `k_percent` 0.02 is in percent);
+* lr 1e-6 (the paper's setup; verl's recipes use 1e-6 for both sizes);
+* `kl_cov.ratio` 2e-4 (KL-Cov; the original repo's `k_percent` 0.02 is in percent);
 * scale knobs for a v5p-128 slice (64 chips, 95 GiB; mesh data 1, fsdp 8, tensor 8 =
   Qwen2.5-32B's KV heads): `rl.micro_batch_size` 1 (10 240 tokens per device per
   forward/backward), `rl.logprob_micro_batch_size` 2, `sampler.max_decode_rows` 512 (4
@@ -28,8 +28,8 @@ from entropix_rl import recipes
 METHODS = recipes.METHODS
 
 MODEL_SIZE = "32B"
-LEARNING_RATE = 1e-6  # §5c: 32B
-KL_COV_RATIO = 2e-4  # §5b: Qwen2.5-32B
+LEARNING_RATE = 1e-6  # the paper's setup: 32B
+KL_COV_RATIO = 2e-4  # KL-Cov: Qwen2.5-32B
 MESH_TENSOR = 8  # Qwen2.5-32B has 8 KV heads (docs/scaling.md)
 CHECKPOINT_PLACEHOLDER = "/path/to/Qwen2.5-32B"
 # Informational only: with model.init="checkpoint" the architecture is read from the

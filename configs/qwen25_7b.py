@@ -1,9 +1,9 @@
 r"""Paper recipe: Qwen2.5-7B on DAPO-Math-17k, GRPO / Clip-Higher / Clip-Cov / KL-Cov.
 
-The setup of Cui et al. 2025 (arXiv 2505.22617), as recorded in /work/shared/INTERVENTIONS.md
+The setup of Cui et al. 2025 (arXiv 2505.22617), as recorded in docs/interventions.md
 (section numbers below refer to it):
 
-* §5c (reference setup, both methods): GRPO advantages; DAPO-Math-17k; 256 prompts x 8
+* The paper's training setup (both methods): GRPO advantages; DAPO-Math-17k; 256 prompts x 8
   responses per step; mini-batch 32 prompts, so 8 optimizer updates per rollout
   (`rl.num_minibatches = 8`, one epoch); dynamic sampling on (keep groups with
   0 < accuracy < 1, at most 10 generation rounds); token-mean loss; no KL loss or reward
@@ -12,11 +12,11 @@ The setup of Cui et al. 2025 (arXiv 2505.22617), as recorded in /work/shared/INT
   rollout temperature 1.0; max response 8192 tokens. `clip_ratio_c = 10` is passed by the
   scripts but the original vanilla loss has dual-clip commented out, so `loss.dual_clip_c` is
   left off.
-* §3 (DAPO Clip-Higher): ε_low 0.2, ε_high 0.28.
-* §5a (Clip-Cov): `clip_cov.ratio` 2e-4, bounds (lb, ub) = (1, 5); the scripts set
+* DAPO's Clip-Higher: ε_low 0.2, ε_high 0.28.
+* Clip-Cov: `clip_cov.ratio` 2e-4, bounds (lb, ub) = (1, 5); the scripts set
   clip_ratio_low = clip_ratio_high = 1 (ratio clamped to [0, 2]), so `clip_eps_low =
   clip_eps_high = 1.0` here.
-* §5b (KL-Cov): `kl_cov.ratio` 2e-3 for Qwen2.5-7B (a fraction; the original repo's
+* KL-Cov: `kl_cov.ratio` 2e-3 for Qwen2.5-7B (a fraction; the original repo's
   `k_percent` 0.2 is in percent), `kl_cov.coef` (ppo_kl_coef) 1. No PPO clipping at all in
   KL-Cov, so the clip fields are unused for this method and left at 0.2.
 * The GRPO baseline uses the symmetric ε = 0.2 (§2's fit runs; §0's vanilla PPO loss).
@@ -30,13 +30,13 @@ Usage (the text after ':' picks the method; the default is "grpo"):
 `model.checkpoint` and `data.path` are placeholders that must be set. `tokenizer.path`
 follows `model.checkpoint` (a derived field reference) unless it is set on its own.
 
-Not given in INTERVENTIONS.md, chosen here (override as needed): the number of RL steps
+Not given by the paper or its scripts, chosen here (override as needed): the number of RL steps
 (`rl.steps`), the prompt budget (`data.max_prompt_len` 2048, the assumption of
 docs/scaling.md), learning-rate warm-up and weight decay (none), the in-loop evaluation (the
 paper evaluates AIME/AMC at temperature 0.6, avg@32, and the other benchmarks greedily, which
 this trainer's eval on a held-out split of the training file does not reproduce), and the
 loss micro-batch: verl computes the Clip-Cov/KL-Cov selection per micro-batch of
-`ppo_max_token_len_per_gpu` 30 720 tokens on each GPU (§5c, §5d); here the default
+`ppo_max_token_len_per_gpu` 30 720 tokens on each GPU (the paper's scripts, verl); here the default
 `loss.selection_scope = "batch"` selects over each whole mini-batch (32 prompts x 8), exactly
 also under gradient accumulation. For verl's per-micro-batch selection set
 `--config.loss.selection_scope=microbatch`: it then selects per `rl.micro_batch_size`
@@ -61,8 +61,8 @@ from entropix_rl import recipes
 METHODS = recipes.METHODS
 
 MODEL_SIZE = "7B"
-LEARNING_RATE = 5e-7  # §5c: 7B, original repo (verl recipes: 1e-6)
-KL_COV_RATIO = 2e-3  # §5b: Qwen2.5-7B
+LEARNING_RATE = 5e-7  # the paper's setup: 7B, original repo (verl recipes: 1e-6)
+KL_COV_RATIO = 2e-3  # KL-Cov: Qwen2.5-7B
 MESH_TENSOR = 4  # Qwen2.5-7B has 4 KV heads (docs/scaling.md)
 CHECKPOINT_PLACEHOLDER = "/path/to/Qwen2.5-7B"
 # Informational only: with model.init="checkpoint" the architecture is read from the

@@ -1,13 +1,13 @@
 """Covariance dynamics of the policy's entropy (Cui et al. 2025, arXiv 2505.22617, §3).
 
 For a softmax policy with logits `z` at a state, a first-order Taylor expansion of the entropy
-gives (INTERVENTIONS.md §1, Lemma 1)
+gives (Lemma 1 of the paper; docs/interventions.md)
 
     H(z + Δz) − H(z) ≈ −Cov_{a~π}(log π(a), Δz(a)),
 
 which for vanilla policy gradient (`Δz = η·π·A`) and natural policy gradient (`Δz = η·A`) gives
 the paper's Theorems 1 and 2. This module holds the token-level centred covariance used by
-Clip-Cov / KL-Cov selection (INTERVENTIONS.md §5), its per-step summary statistics, the
+Clip-Cov / KL-Cov selection, its per-step summary statistics, the
 paper's response-level (bandit) covariance, and the predicted-vs-measured entropy change of
 an update, chunked over tokens and vocabulary like `entropix_rl.token_stats`.
 """
@@ -145,7 +145,7 @@ def entropy_change_from_hidden(hidden_before: jax.Array, unembed_before: jax.Arr
   With `z0 = h_before·W_before / T` and `z1 = h_after·W_after / T` at the same states (the same
   token prefixes teacher-forced through the model before and after the update):
 
-      predicted = −Cov_{a~softmax(z0)}(log softmax(z0)_a, (z1 − z0)_a)     (INTERVENTIONS.md §1)
+      predicted = −Cov_{a~softmax(z0)}(log softmax(z0)_a, (z1 − z0)_a)     (Lemma 1)
       measured  = H(softmax(z1)) − H(softmax(z0))
 
   Chunked over tokens and vocabulary blocks like `token_stats.token_logp_entropy`, so no
@@ -208,7 +208,7 @@ def covariance_metrics(logp: jax.Array, advantages: jax.Array, mask: jax.Array, 
   quantiles `cov/q01, q25, q50, q75, q99` (linear interpolation, as `numpy.quantile`),
   `cov/frac_positive`, and for each fraction f in `top_fracs` the mean of the k largest `c_t`
   with `k = max(1, floor(f·N))` (`cov/top_0.02pct`, `cov/top_0.2pct` by default: the token
-  sets Clip-Cov/KL-Cov act on, Cui et al. Table 1, INTERVENTIONS.md §5). Static shapes, so
+  sets Clip-Cov/KL-Cov act on, Cui et al. Table 1). Static shapes, so
   it jits; every entry is 0 when no token is valid.
 
   Args:
@@ -246,7 +246,7 @@ def covariance_metrics(logp: jax.Array, advantages: jax.Array, mask: jax.Array, 
 
 def response_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array,
                         group_ids: jax.Array, num_groups: int) -> tuple[jax.Array, jax.Array]:
-  """The paper's bandit-view covariance per prompt group (Cui et al. §3.3, INTERVENTIONS.md §1).
+  """The paper's bandit-view covariance per prompt group (Cui et al. §3.3).
 
   Each response `y_i` is one action: `ℓ̄_i = (1/|y_i|) Σ_t m_t ℓ_t` (length-normalised log-prob,
   Eq. 9) and `A_i` its advantage. Within group g (the K responses of one prompt)

@@ -2,11 +2,11 @@
 
 R is validation performance (an accuracy in [0, 1]) and H the policy entropy in nats on the
 rollout batch of the same step, one (H, R) point per evaluation step
-(../shared/INTERVENTIONS.md §2). At H = 0 the law gives its ceiling R = b − a; dR/dH = −a·exp(H),
+(docs/interventions.md, "The entropy-performance law"). At H = 0 the law gives its ceiling R = b − a; dR/dH = −a·exp(H),
 so `a` is the rate at which entropy is converted into performance.
 
 The model is linear in (a, b) given the feature x = −exp(H), so ordinary least squares on the
-design matrix [−exp(H), 1] is the exact least-squares fit, in closed form (INTERVENTIONS.md §2
+design matrix [−exp(H), 1] is the exact least-squares fit, in closed form (docs/interventions.md
 notes that `scipy.optimize.curve_fit` converges to the same optimum). Standard errors come
 from the OLS covariance σ²(XᵀX)⁻¹ with σ² = RSS / (n − 2).
 

@@ -1,6 +1,6 @@
 """The paper's Qwen2.5 RL recipes (Cui et al. 2025), shared by configs/qwen25_7b.py and
 configs/qwen25_32b.py: everything but the per-size constants in `RecipeSize`. The section
-numbers in those files' docstrings refer to ../shared/INTERVENTIONS.md.
+facts in those files' docstrings are recorded in docs/interventions.md ("The paper's training setup").
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ class RecipeSize:
 
   Attributes:
     config_file: the config's path, named in errors.
-    learning_rate: RL learning rate (§5c).
-    kl_cov_ratio: KL-Cov's fraction of tokens (§5b).
+    learning_rate: RL learning rate (the paper's setup).
+    kl_cov_ratio: KL-Cov's fraction of tokens.
     mesh_tensor: tensor-parallel size (the model's KV heads; docs/scaling.md).
     micro_batch_size: `rl.micro_batch_size` and `sft.micro_batch_size`, sequences per data
       shard per forward/backward, for the slice the config's docstring names.

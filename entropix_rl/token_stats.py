@@ -5,7 +5,7 @@ With `z = h·W / T` (hidden state `h`, unembedding `W`, temperature `T`):
     logp_t    = z_t[y_t] − logsumexp(z_t)
     entropy_t = logsumexp(z_t) − Σ_v softmax(z_t)_v · z_t,v          (nats)
 
-as INTERVENTIONS.md §0 defines ℓ_t and H_t (logits divided by the rollout temperature).
+as docs/interventions.md defines ℓ_t and H_t (logits divided by the rollout temperature).
 
 At a 152k vocabulary a `[tokens, vocab]` float32 logits array is 0.6 MB per token (10 GB for
 16k tokens), and autodiff of the plain formula keeps several of them. `token_logp_entropy`
@@ -194,7 +194,7 @@ def token_logp_entropy(hidden: jax.Array, unembed: jax.Array, targets: jax.Array
   """Log-prob of each target token and the entropy of its full next-token distribution.
 
   `logp = log softmax(z)[target]`, `entropy = logsumexp(z) − Σ softmax(z)·z` with
-  `z = h·W / T` (INTERVENTIONS.md §0), computed chunk by chunk so that no `[tokens, V]` array
+  `z = h·W / T` (docs/interventions.md, "Notation"), computed chunk by chunk so that no `[tokens, V]` array
   exists in the forward or the backward pass (see the module docstring). Gradients flow to
   `hidden` and `unembed` through both outputs.
 

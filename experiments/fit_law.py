@@ -1,4 +1,4 @@
-r"""Fit the entropy–performance law R = −a·exp(H) + b to training runs (INTERVENTIONS.md §2).
+r"""Fit the entropy–performance law R = −a·exp(H) + b to training runs (Cui et al. 2025 §2; docs/interventions.md).
 
   python experiments/fit_law.py --workdirs=/tmp/entropix_quickstart --out=/tmp/law
   python experiments/fit_law.py --workdirs='/tmp/sweep/*seed=0*,/tmp/other_run' \

@@ -1,4 +1,4 @@
-"""The entropy-dynamics theorem (Cui et al. 2025 §3, INTERVENTIONS.md §1) on tabular softmax
+"""The entropy-dynamics theorem (Cui et al. 2025 §3; docs/interventions.md) on tabular softmax
 policies, and the covariance statistics of `entropix_rl.dynamics` against NumPy references."""
 
 import numpy as np
@@ -78,7 +78,7 @@ def test_entropy_matches_numpy():
   np.testing.assert_allclose(dynamics.entropy(z), np_entropy(z), rtol=1e-5, atol=1e-6)
 
 
-# ---------------------------------------------------------- token-level covariance (§5)
+# ---------------------------------------------------------- token-level covariance -----
 
 
 def make_batch(seed=0, rows=6, time=40):

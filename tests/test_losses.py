@@ -1,5 +1,5 @@
 """PPO surrogate, aggregation, KL, entropy bonus/controller and advantage shaping against NumPy
-references written from the formulas in INTERVENTIONS.md; the fixed `aux` contract."""
+references written from the formulas in docs/interventions.md; the fixed `aux` contract."""
 
 import math
 

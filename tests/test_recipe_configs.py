@@ -1,4 +1,4 @@
-"""The paper recipe configs (configs/qwen25_7b.py, qwen25_32b.py) against INTERVENTIONS.md."""
+"""The paper recipe configs (configs/qwen25_7b.py, qwen25_32b.py) against the paper's setup (docs/interventions.md)."""
 
 import os
 
@@ -14,7 +14,7 @@ from entropix_rl.train import experiment
 
 METHODS = ("grpo", "clip_higher", "clip_cov", "kl_cov")
 RECIPES = {"7b": qwen25_7b, "32b": qwen25_32b}
-# INTERVENTIONS.md §5c (lr), §5b (KL-Cov ratio); tensor = KV heads (docs/scaling.md).
+# The paper's setup (lr) and KL-Cov's ratio per size (docs/interventions.md); tensor = KV heads (docs/scaling.md).
 PER_SIZE = {"7b": dict(lr=5e-7, kl_cov_ratio=2e-3, tensor=4),
             "32b": dict(lr=1e-6, kl_cov_ratio=2e-4, tensor=8)}
 # §0/§2 (GRPO ε 0.2), §3 (Clip-Higher 0.2/0.28), §5a (Clip-Cov scripts clip 1/1), §5b (KL-Cov
@@ -48,7 +48,7 @@ def test_recipe_matches_interventions(size, method):
   assert isinstance(config, ml_collections.ConfigDict)
   cfg = losses.resolve_loss_config(config.loss)
 
-  # Shared setup, §5c.
+  # The paper's shared setup.
   assert config.rl.prompts_per_step == 256
   assert config.rl.group_size == 8
   assert config.rl.num_minibatches == 8  # mini-batch 32 prompts

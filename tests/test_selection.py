@@ -1,5 +1,5 @@
 """Clip-Cov, KL-Cov, the 80/20 selector and the selection scope against NumPy references
-written from the formulas in INTERVENTIONS.md (§5a, §5b, §6, "JAX notes", §18)."""
+written from the formulas in docs/interventions.md (Clip-Cov, KL-Cov, 80/20, selection scope)."""
 
 import fractions
 import math
@@ -40,7 +40,7 @@ def np_ceil(ratio, n):
 
 
 def np_token_cov(logp, adv, mask):
-  """`c_t = (A_t − Ā)(ℓ_t − ℓ̄)`, means over the valid tokens, 0 at masked tokens (§5)."""
+  """`c_t = (A_t − Ā)(ℓ_t − ℓ̄)`, means over the valid tokens, 0 at masked tokens."""
   valid = mask > 0
   logp, adv = logp.astype(np.float64), adv.astype(np.float64)
   n = max(valid.sum(), 1)
@@ -94,7 +94,7 @@ def selected_and_grad(config, batch, key=0):
   return np.asarray(aux["selected"]), np.asarray(grad), float(loss)
 
 
-# ---------------------------------------------------------------------------- Clip-Cov (§5a)
+# ---------------------------------------------------------------------------- Clip-Cov ------
 
 
 @pytest.mark.parametrize("ratio", [2e-4, 0.2, 0.3])
@@ -172,7 +172,7 @@ def test_clip_cov_gradient_is_zero_exactly_at_picked_tokens():
   assert loss == pytest.approx((np.where(selected, 0.0, ref_loss) * m).sum() / m.sum(), rel=1e-5)
 
 
-# ------------------------------------------------------------------------------ KL-Cov (§5b)
+# ------------------------------------------------------------------------------ KL-Cov -----
 
 
 @pytest.mark.parametrize("ratio", [2e-3, 0.2])
@@ -323,7 +323,7 @@ def test_microbatch_as_large_as_the_batch_is_the_batch_scope():
                  batch)
 
 
-# -------------------------------------------------------------------- high-entropy 80/20 (§6)
+# -------------------------------------------------------------------- high-entropy 80/20 -----
 
 
 @pytest.mark.parametrize("n_valid", [3, 5, 7, 50])

@@ -1,5 +1,5 @@
 """Clip-Cov: detach a random few high-covariance tokens (Cui et al. 2025, arXiv 2505.22617,
-Eq. 12; INTERVENTIONS.md §5a; verl `compute_policy_loss_clip_cov`).
+Eq. 12; docs/interventions.md; verl `compute_policy_loss_clip_cov`).
 
 With the centred covariance `c_t = (A_t − Ā)(ℓ_t − ℓ̄)` over the valid tokens of the scope
 (`entropix_rl.dynamics.token_covariance`, current ℓ, no gradient):

@@ -1,7 +1,7 @@
 """The loss configuration: `default_loss_config()` (ConfigDict for config files) and its
 resolved, validated, hashable form `LossConfig` (a static argument of jitted functions).
 
-Field names follow INTERVENTIONS.md ("How these map onto entropix_rl"). Top-level fields
+Field names follow the papers and verl (docs/interventions.md). Top-level fields
 configure the surrogate; every registered intervention with constants owns one section
 (`loss.clip_cov`, `loss.kl_cov`, ...), whose defaults come from its dataclass.
 """

@@ -1,4 +1,4 @@
-"""Entropy-based advantage shaping (Cheng et al. 2025, arXiv 2506.14758; INTERVENTIONS.md §7).
+"""Entropy-based advantage shaping (Cheng et al. 2025, arXiv 2506.14758).
 
     ψ_t = min(α · sg(H_t), |A_t| / κ),   A'_t = A_t + ψ_t   (valid tokens only)
 

@@ -1,4 +1,4 @@
-"""Entropy bonus, fixed (verl, INTERVENTIONS.md §4a) or adaptive (Skywork-OR1, §4b).
+"""Entropy bonus, fixed (verl) or adaptive (Skywork-OR1); docs/interventions.md.
 
 Regulariser: `L = L_pg − c · Agg(H_t)`, H the full-vocabulary entropy of the
 temperature-scaled logits (differentiable through the whole softmax), aggregated with the

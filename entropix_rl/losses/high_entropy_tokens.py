@@ -1,5 +1,5 @@
 """Train on the high-entropy minority only: the "80/20" rule (Wang et al. 2025,
-arXiv 2506.01939; INTERVENTIONS.md §6; reference `get_global_entropy_top_mask`).
+arXiv 2506.01939; reference `get_global_entropy_top_mask`).
 
     s_t = 1 for the ceil(ρ·N) valid tokens of the scope with the largest H_t (sg, ranking only)
     L   = Agg(L^ppo, m ⊙ s)

@@ -1,5 +1,5 @@
 """KL-Cov: penalise the log-ratio of the highest-covariance tokens (Cui et al. 2025,
-arXiv 2505.22617, Eq. 14; INTERVENTIONS.md §5b; verl `compute_policy_loss_kl_cov`).
+arXiv 2505.22617, Eq. 14; docs/interventions.md; verl `compute_policy_loss_kl_cov`).
 
 With the centred covariance `c_t = (A_t − Ā)(ℓ_t − ℓ̄)` over the valid tokens of the scope:
 
@@ -9,7 +9,7 @@ With the centred covariance `c_t = (A_t − Ā)(ℓ_t − ℓ̄)` over the valid
 No PPO clipping at all (`clip_eps_*` and `dual_clip_c` are unused, as in the reference). The
 penalty is the absolute log-ratio (verl's "abs" estimator), not the paper's KL.
 
-On-policy inertness (DESIGN.md, pinned): on the first mini-batch after a rollout,
+On-policy inertness (a pinned decision, docs/design.md): on the first mini-batch after a rollout,
 `ℓ = ℓ^old` exactly, so `|ℓ − ℓ^old| = 0` with zero (sub)gradient (`d|x|/dx = sign(0) = 0`):
 the loss, its gradient and the pick's effect are those of plain `−A·r`. The penalty acts only
 on later mini-batches/epochs. `old_logp` is recomputed in a separate forward pass, which on a

@@ -1,4 +1,4 @@
-"""The PPO clipped surrogate with clip-higher and dual-clip (INTERVENTIONS.md §0, §3).
+"""The PPO clipped surrogate with clip-higher and dual-clip (docs/interventions.md).
 
 Per token, with `r = exp(clip(ℓ − ℓ^old, −20, 20))` (verl clamps the log-ratio before exp):
 

@@ -1,4 +1,4 @@
-"""Token selection with static shapes (INTERVENTIONS.md "JAX notes", §18.1).
+"""Token selection with static shapes (docs/interventions.md, "Selection scope").
 
 The number of picked tokens depends on the number N of valid tokens, which is traced. A pick
 is the `k` best eligible scores, taken from `lax.top_k` with a static bound `k_max` (the count

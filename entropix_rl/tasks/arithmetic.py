@@ -16,7 +16,7 @@ class Arithmetic(GeneratedTask):
   """`a<op>b=` with `digits`-digit operands; the completion must be the exact integer result.
 
   A single-answer task: entropy collapse here is simply the model learning the answer
-  (../shared/QUICKSTART_NOTES.md), so it suits accuracy studies, not intervention studies.
+  (docs/results.md), so it suits accuracy studies, not intervention studies.
 
   Attributes:
     digits: digits per operand (>= 1).

@@ -1,6 +1,6 @@
 """Per-step metrics of a rollout batch: the entropy the paper plots, rewards, lengths, pass@k.
 
-The entropy metric follows the pinned decision in DESIGN.md: full-vocabulary entropy of the
+The entropy metric follows the pinned decision in docs/design.md: full-vocabulary entropy of the
 temperature-scaled logits, measured by the sampler on the rollout before the update, as a
 global token mean and as the paper's per-response mean (Cui et al. Eq. 5). It never depends on
 the loss's aggregation mode.
