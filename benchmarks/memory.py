@@ -227,7 +227,8 @@ def main(argv):
   if "prefill" in _FUNCTIONS.value:
     fn = sampling.compiled_prefill(model_cfg, sampler_cfg, mesh)
     lowered = fn.lower(params, rows((per_pass, prompt), jnp.int32), rows((per_pass, prompt), bool),
-                       rows((pass_rows, 2), jnp.uint32), rows((pass_rows,), jnp.int32))
+                       rows((pass_rows, 2), jnp.uint32), rows((pass_rows,), jnp.int32),
+                       jnp.float32(1.0), None)
     _report("prefill", module="_prefill", lowered=lowered, resident=resident, estimate=estimate.prefill_peak, hbm=hbm,
             context=context)
   if "decode" in _FUNCTIONS.value:
@@ -239,7 +240,7 @@ def main(argv):
     decode_state = _abstract(decode_state, sampling.state_shardings(model_cfg, mesh))
     fn = sampling.compiled_decode(model_cfg, sampler_cfg, sampler_cfg.decode_segment or completion,
                                   mesh)
-    _report("decode", module="_decode", lowered=fn.lower(params, decode_state), resident=resident,
+    _report("decode", module="_decode", lowered=fn.lower(params, decode_state, jnp.float32(1.0), None), resident=resident,
             estimate=estimate.decode_peak, hbm=hbm, context=context)
   if "sft_step" in _FUNCTIONS.value:
     sft_optimizer = make_optimizer(exp.sft_optimizer)

@@ -1,18 +1,26 @@
-r"""Generation throughput: `entropix_rl.sampling.sample` vs transformers `generate`, same model.
+r"""Rollout throughput: `entropix_rl.sampling.sample` vs transformers `generate`, same model.
 
-  python benchmarks/sampler.py [--prompts 64 --samples 8 --prompt_len 16 --new_tokens 32]
+  python benchmarks/sampler.py            # both shapes, about 6 minutes on 2 CPU cores
+  python benchmarks/sampler.py --shapes=toy --repeats=5
 
-A random Qwen2 model (every weight random, as `tests/hf_utils.make_hf_model`) is saved with
-`save_pretrained` and loaded by both sides: ours with `entropix_rl.models.hf.load`, float32.
-Both sample `--samples` completions of exactly `--new_tokens` tokens for each of `--prompts`
-left-padded prompts (lengths drawn in [prompt_len/2, prompt_len]), temperature 1, no top-k /
-top-p, no stop token (ours: `stop_ids=()`; HF: `do_sample=True`, `min_new_tokens` =
-`max_new_tokens`, `eos_token_id=None`). torch uses `--threads` threads (the cores JAX has).
+Two random Qwen2 models, each saved with `save_pretrained` and loaded by both sides (ours with
+`entropix_rl.models.hf.load`, float32):
 
-Figure: generated tokens (rows x new tokens) per second of one whole generation call
-(prefill included on both sides), median over `--repeats` calls after one warm-up call (ours:
-a full call, which compiles; transformers: a 2-prompt, 2-token call, as nothing compiles).
-One JSON line per figure; the ratio is ours / transformers.
+* `toy`: vocab 512, hidden 128, 4 layers, 64 prompts x 8 samples, up to 64 new tokens;
+* `qwen2.5-0.5b`: Qwen2.5-0.5B's shape (vocab 151 936, hidden 896, 24 layers, 14 query and 2
+  KV heads, MLP 4864, tied embeddings), 4 prompts x 8 samples, up to 32 new tokens.
+
+Lengths as RL produces them: completions end at stop tokens. The unembedding is scaled down so
+the next-token distribution is near uniform, and the first `vocab / (max_new_tokens / 2)`
+token ids are stop tokens, so each step stops with probability about 2 / max_new_tokens: a
+geometric length distribution with a median near a third of the budget and about one
+completion in eight truncated. Both sides sample at temperature 1 without top-k/top-p and with
+the same stop ids; each side's throughput counts the tokens it actually generated (up to and
+including the stop token). Prompt lengths are drawn in [prompt_len/2, prompt_len].
+
+Figure per shape: generated tokens per second of one whole call (prefill included), median
+over `--repeats` calls after a warm-up call. One JSON line per shape; `ratio` is ours /
+transformers. torch uses `--threads` threads (the cores JAX has).
 """
 
 from __future__ import annotations
@@ -34,37 +42,32 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from entropix_rl import sampling  # noqa: E402
 from entropix_rl.models import hf  # noqa: E402
 
+SHAPES = {
+    "toy": dict(vocab=512, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384,
+                tie=False, prompts=64, samples=8, prompt_len=16, new_tokens=64),
+    "qwen2.5-0.5b": dict(vocab=151936, hidden=896, layers=24, heads=14, kv_heads=2,
+                         intermediate=4864, tie=True, prompts=4, samples=8, prompt_len=32,
+                         new_tokens=32),
+}
+
 
 def parse_args() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--prompts", type=int, default=64, help="Prompts per batch.")
-  p.add_argument("--samples", type=int, default=8, help="Completions per prompt.")
-  p.add_argument("--prompt_len", type=int, default=16, help="Longest prompt (tokens).")
-  p.add_argument("--new_tokens", type=int, default=32, help="Tokens generated per completion.")
-  p.add_argument("--vocab", type=int, default=512)
-  p.add_argument("--hidden", type=int, default=128)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--kv_heads", type=int, default=2)
-  p.add_argument("--intermediate", type=int, default=384)
+  p.add_argument("--shapes", default=",".join(SHAPES), help="Comma-separated shape names.")
   p.add_argument("--repeats", type=int, default=3, help="Measured calls per side.")
   p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                  help="torch threads (match the cores JAX uses).")
   return p.parse_args()
 
 
-def emit(**record) -> None:
-  print(json.dumps(record), flush=True)
-
-
-def make_model(args: argparse.Namespace) -> Qwen2ForCausalLM:
-  """A random Qwen2 with every weight random (norms and biases too), float32, eval mode."""
+def make_model(shape: dict) -> Qwen2ForCausalLM:
+  """A random Qwen2, float32, eval mode, with a near-uniform next-token distribution."""
   config = Qwen2Config(
-      vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-      num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-      intermediate_size=args.intermediate,
-      max_position_embeddings=max(256, 2 * (args.prompt_len + args.new_tokens)),
-      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+      vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
+      num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+      intermediate_size=shape["intermediate"],
+      max_position_embeddings=max(256, 2 * (shape["prompt_len"] + shape["new_tokens"])),
+      tie_word_embeddings=shape["tie"], bos_token_id=1, eos_token_id=2, pad_token_id=0)
   torch.manual_seed(0)
   model = Qwen2ForCausalLM(config)
   gen = torch.Generator().manual_seed(0)
@@ -73,84 +76,88 @@ def make_model(args: argparse.Namespace) -> Qwen2ForCausalLM:
       scale = 0.1 if "norm" in name or "bias" in name else 0.08
       offset = 1.0 if "norm" in name else 0.0
       param.copy_(offset + scale * torch.randn(param.shape, generator=gen))
+    unembedding = model.lm_head.weight  # tied: the embedding itself, scaled for both uses
+    unembedding.mul_(0.02)
   return model.to(torch.float32).eval()
 
 
-def median_seconds(fn, repeats: int, warmup_fn=None) -> tuple[float, float]:
-  """(median seconds over `repeats` calls, seconds of the warm-up call `warmup_fn or fn`)."""
-  start = time.perf_counter()
-  (warmup_fn or fn)()
-  warmup = time.perf_counter() - start
+def median_seconds(fn, repeats: int) -> float:
+  fn()  # warm-up (ours compiles)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return statistics.median(times), warmup
+  return statistics.median(times)
+
+
+def generated_tokens(rows: np.ndarray, stop_ids: np.ndarray) -> int:
+  """Tokens up to and including each row's first stop token (all of them if none)."""
+  total = 0
+  for row in rows:
+    hits = np.flatnonzero(np.isin(row, stop_ids))
+    total += hits[0] + 1 if hits.size else row.size
+  return int(total)
+
+
+def run_shape(name: str, shape: dict, args: argparse.Namespace) -> dict:
+  rng = np.random.default_rng(0)
+  p, n, width, new = shape["prompts"], shape["samples"], shape["prompt_len"], shape["new_tokens"]
+  lengths = rng.integers(max(1, width // 2), width + 1, size=p)
+  stop_ids = np.arange(3, 3 + max(1, shape["vocab"] // (new // 2)), dtype=np.int64)
+  tokens = rng.integers(3 + stop_ids.size, shape["vocab"], size=(p, width))
+  attention = np.arange(width)[None, :] >= (width - lengths)[:, None]
+  tokens = np.where(attention, tokens, 0).astype(np.int32)
+  model = make_model(shape)
+  with tempfile.TemporaryDirectory() as path:
+    model.save_pretrained(path)
+    model_cfg, params = hf.load(path)
+
+  sampler_cfg = sampling.SamplerConfig(temperature=1.0, max_new_tokens=new,
+                                       stop_ids=tuple(int(i) for i in stop_ids), num_samples=n,
+                                       pad_id=0)
+  keys = iter(jax.random.split(jax.random.key(0), args.repeats + 1))
+  ours_counts = []
+
+  def ours():
+    rollout = sampling.sample(model_cfg, params, tokens, lengths, next(keys), sampler_cfg)
+    ours_counts.append(int(np.asarray(rollout.lengths).sum()))
+
+  ours_s = median_seconds(ours, args.repeats)
+
+  input_ids = torch.from_numpy(tokens.astype(np.int64))
+  attention_mask = torch.from_numpy(attention.astype(np.int64))
+  torch.manual_seed(0)
+  theirs_counts = []
+
+  def theirs():
+    with torch.inference_mode():
+      out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
+                           temperature=1.0, top_k=None, top_p=None, max_new_tokens=new,
+                           num_return_sequences=n, eos_token_id=stop_ids.tolist(),
+                           pad_token_id=0)
+    theirs_counts.append(generated_tokens(out[:, width:].numpy(), stop_ids))
+
+  theirs_s = median_seconds(theirs, args.repeats)
+  ours_rate = statistics.median(ours_counts) / ours_s
+  theirs_rate = statistics.median(theirs_counts) / theirs_s
+  return dict(benchmark="sampler", figure="rollout_tokens_per_s", shape=name,
+              ours=ours_rate, baseline=theirs_rate, ratio=ours_rate / theirs_rate,
+              unit="generated tokens/s", baseline_name="transformers generate", target=">= 2",
+              ours_seconds=ours_s, baseline_seconds=theirs_s,
+              ours_mean_length=statistics.median(ours_counts) / (p * n),
+              baseline_mean_length=statistics.median(theirs_counts) / (p * n),
+              repeats=args.repeats, threads=args.threads, backend=jax.default_backend(),
+              **shape)
 
 
 def main() -> None:
   args = parse_args()
   torch.set_num_threads(args.threads)
-  rng = np.random.default_rng(0)
-  lengths = rng.integers(max(1, args.prompt_len // 2), args.prompt_len + 1, size=args.prompts)
-  tokens = rng.integers(3, args.vocab, size=(args.prompts, args.prompt_len))
-  attention = np.arange(args.prompt_len)[None, :] >= (args.prompt_len - lengths)[:, None]
-  tokens = np.where(attention, tokens, 0).astype(np.int32)  # left-padded with pad id 0
-  rows = args.prompts * args.samples
-  generated = rows * args.new_tokens
-  shape = dict(prompts=args.prompts, samples=args.samples, prompt_len=args.prompt_len,
-               new_tokens=args.new_tokens, vocab=args.vocab, hidden=args.hidden,
-               layers=args.layers, repeats=args.repeats, threads=args.threads,
-               backend=jax.default_backend(), jax_devices=jax.device_count())
-
-  model = make_model(args)
-  with tempfile.TemporaryDirectory() as path:
-    model.save_pretrained(path)
-    model_cfg, params = hf.load(path)
-
-  # Ours.
-  sampler_cfg = sampling.SamplerConfig(
-      temperature=1.0, max_new_tokens=args.new_tokens, stop_ids=(), num_samples=args.samples,
-      greedy=False, pad_id=0)
-  keys = iter(jax.random.split(jax.random.key(0), args.repeats + 1))
-
-  def ours():
-    rollout = sampling.sample(model_cfg, params, tokens, lengths, next(keys), sampler_cfg)
-    jax.block_until_ready(rollout)
-    assert int(rollout.lengths.min()) == args.new_tokens
-    return rollout
-
-  ours_s, ours_first = median_seconds(ours, args.repeats)
-
-  # transformers.
-  input_ids = torch.from_numpy(tokens.astype(np.int64))
-  attention_mask = torch.from_numpy(attention.astype(np.int64))
-  model.generation_config.eos_token_id = None
-  torch.manual_seed(0)
-
-  def theirs(prompts: int = args.prompts, new_tokens: int = args.new_tokens):
-    with torch.inference_mode():
-      out = model.generate(
-          input_ids=input_ids[:prompts], attention_mask=attention_mask[:prompts],
-          do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=new_tokens,
-          min_new_tokens=new_tokens, num_return_sequences=args.samples, eos_token_id=None,
-          pad_token_id=0)
-    assert out.shape == (prompts * args.samples, args.prompt_len + new_tokens), out.shape
-    return out
-
-  # transformers compiles nothing: a small warm-up call (2 prompts, 2 tokens) is enough.
-  theirs_s, theirs_first = median_seconds(theirs, args.repeats, lambda: theirs(2, 2))
-
-  emit(benchmark="sampler", figure="decode_tokens_per_s", ours=generated / ours_s,
-       baseline=generated / theirs_s, ratio=theirs_s / ours_s, unit="tokens/s",
-       baseline_name="transformers generate", target=">= 3", **shape)
-  emit(benchmark="sampler", figure="generate_call_seconds", ours=ours_s, baseline=theirs_s,
-       ratio=ours_s / theirs_s, unit="s", ours_first_call_s=ours_first,
-       baseline_first_call_s=theirs_first, **shape)
-  emit(benchmark="sampler", figure="kv_cache_bytes_per_token",
-       ours=model_cfg.kv_cache_bytes_per_token(), unit="bytes/token/row",
-       compute_dtype=str(model_cfg.compute_dtype), **shape)
+  for name in args.shapes.split(","):
+    if name not in SHAPES:
+      raise SystemExit(f"--shapes: unknown shape {name!r}; allowed: {tuple(SHAPES)}")
+    print(json.dumps(run_shape(name, SHAPES[name], args)), flush=True)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,17 @@ How `sample` generates N = prompts x `num_samples` completions:
    compaction (up to float round-off of differently shaped matmuls).
 
 Which distribution `logp` and `entropy` describe: the *tempered* distribution
-softmax(logits / temperature) over the full vocabulary, before top-p and top-k truncation. This
-is the distribution the policy-gradient losses differentiate (`token_stats` at the same
-temperature), so a rollout's `logp` equals the old-policy log-prob of the update step. The token
-itself is drawn from that distribution restricted to the top-k / top-p set and renormalised.
+softmax(logits / temperature) over the full vocabulary, before top-p and top-k truncation, at
+the temperature the token was drawn with. With the configured temperature this is the
+distribution the policy-gradient losses differentiate (`token_stats` at the same temperature),
+so a rollout's `logp` equals the old-policy log-prob of the update step. The token itself is
+drawn from that distribution restricted to the top-k / top-p set and renormalised.
+
+Temperature can change without recompiling: `sample(..., temperature=T)` overrides the
+configured one for a call (a traced scalar: an entropy controller choosing it per step), and a
+`SamplerConfig.temperature_rule` computes a per-row temperature at every step from the live
+logits (e.g. a per-token temperature from the current entropy), with a `rule_state` pytree
+passed to `sample`.
 With `greedy=True` the argmax token is taken and `logp`/`entropy` still describe the tempered
 distribution. The KV cache is in the model's compute dtype,
 `ModelConfig.kv_cache_bytes_per_token()` bytes per token and row.
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.struct
@@ -65,6 +72,8 @@ class SamplerConfig:
     max_decode_rows: rows decoded at once per process (0 = all); rounded down to whole
       prompts (a multiple of `num_samples`, at least one prompt). Bounds the KV cache.
     decode_segment: decode steps between compactions of finished rows (0 = never compact).
+    temperature_rule: optional `(logits [R, V] float32, temperature scalar, rule_state) ->
+      [R]` per-row temperatures for the step (`TemperatureRule`); None keeps the temperature.
   """
 
   temperature: float = 1.0
@@ -78,6 +87,7 @@ class SamplerConfig:
   min_prompt_bucket: int = 16
   max_decode_rows: int = 0
   decode_segment: int = 64
+  temperature_rule: Callable[[jax.Array, jax.Array, Any], jax.Array] | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
@@ -194,10 +204,11 @@ def _inverse_cdf(probs: jax.Array, uniform: jax.Array) -> jax.Array:
   return jnp.minimum((cdf < target).sum(axis=-1), probs.shape[-1] - 1)
 
 
-def _choose(logits: jax.Array, keys: jax.Array, cfg: SamplerConfig
+def _choose(logits: jax.Array, keys: jax.Array, temperatures: jax.Array, cfg: SamplerConfig
             ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Picks tokens from `[R, V]` float32 logits with per-row keys: (tokens, logp, entropy) `[R]`."""
-  scaled = logits / cfg.temperature
+  """Picks tokens from `[R, V]` float32 logits with per-row keys and temperatures `[R]`:
+  (tokens, logp, entropy), each `[R]`."""
+  scaled = logits / temperatures[:, None]
   log_probs = jax.nn.log_softmax(scaled, axis=-1)
   entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
   if cfg.greedy:
@@ -211,12 +222,16 @@ def _choose(logits: jax.Array, keys: jax.Array, cfg: SamplerConfig
   return tokens, logp, entropy
 
 
-def _emit(logits: jax.Array, state: DecodeState, cfg: SamplerConfig
-          ) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+def _emit(logits: jax.Array, state: DecodeState, cfg: SamplerConfig, temperature: jax.Array,
+          rule_state: Any) -> tuple[DecodeState, tuple[jax.Array, ...]]:
   """Samples step `state.step` for every row; returns the advanced state and the step's
   (tokens, live, logp, entropy), each `[R]`, zero/pad where the row was already done."""
   keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.row_keys, state.step)
-  tok, logp, ent = _choose(logits, keys, cfg)
+  if cfg.temperature_rule is None:
+    temperatures = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), state.done.shape)
+  else:
+    temperatures = cfg.temperature_rule(logits, temperature, rule_state)
+  tok, logp, ent = _choose(logits, keys, temperatures, cfg)
   live = ~state.done
   tok = jnp.where(live, tok, cfg.pad_id)
   stop_ids = jnp.asarray(cfg.stop_ids if cfg.stop_ids else (-1,), jnp.int32)
@@ -236,7 +251,8 @@ def _constrain(state: DecodeState, mesh: Mesh | None, num_kv_heads: int) -> Deco
 
 def _prefill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, params: Any,
              prompt_tokens: jax.Array, prompt_mask: jax.Array, row_keys: jax.Array,
-             row_ids: jax.Array) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+             row_ids: jax.Array, temperature: jax.Array, rule_state: Any
+             ) -> tuple[DecodeState, tuple[jax.Array, ...]]:
   """Prefills each prompt once, repeats its cache rows `num_samples` times, samples step 0."""
   width = prompt_tokens.shape[1]
   hidden, cache = decoder.prefill(model_cfg, params, prompt_tokens, prompt_mask,
@@ -249,11 +265,12 @@ def _prefill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, para
   state = DecodeState(cache=cache, tokens=jnp.zeros(row_ids.shape, jnp.int32), done=row_ids < 0,
                       row_keys=row_keys, row_ids=row_ids, step=jnp.int32(0))
   state = _constrain(state, mesh, model_cfg.num_kv_heads)
-  return _emit(repeat(logits, 0), state, cfg)
+  return _emit(repeat(logits, 0), state, cfg, temperature, rule_state)
 
 
 def _decode(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, segment: int,
-            params: Any, state: DecodeState) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+            params: Any, state: DecodeState, temperature: jax.Array, rule_state: Any
+            ) -> tuple[DecodeState, tuple[jax.Array, ...]]:
   """Decodes up to `segment` steps (fewer if every row finishes or the budget ends).
 
   Returns the state and `[R, segment]` (tokens, live, logp, entropy) for steps
@@ -273,7 +290,7 @@ def _decode(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, segme
                                            cache=state.cache)
     logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, 0])
     state = _constrain(state.replace(cache=cache), mesh, model_cfg.num_kv_heads)
-    state, step_out = _emit(logits, state, cfg)
+    state, step_out = _emit(logits, state, cfg, temperature, rule_state)
     out = tuple(jax.lax.dynamic_update_slice_in_dim(buf, val[:, None], i, axis=1)
                 for buf, val in zip(out, step_out))
     return i + 1, state, out
@@ -310,8 +327,10 @@ def compiled_prefill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | No
   if mesh is None:
     return jax.jit(fn)
   rows, rows2 = sharding.batch_sharding(mesh), sharding.batch_sharding(mesh, 2)
+  rep = sharding.replicated(mesh)
   return sharding.jit_on_mesh(
-      fn, mesh, in_shardings=(sharding.param_shardings(model_cfg, mesh), rows2, rows2, rows2, rows),
+      fn, mesh,
+      in_shardings=(sharding.param_shardings(model_cfg, mesh), rows2, rows2, rows2, rows, rep, rep),
       out_shardings=(state_shardings(model_cfg, mesh), (rows,) * 4))
 
 
@@ -324,8 +343,9 @@ def compiled_decode(model_cfg: ModelConfig, cfg: SamplerConfig, segment: int,
     return jax.jit(fn, donate_argnums=1)
   state_sh = state_shardings(model_cfg, mesh)
   rows2 = sharding.batch_sharding(mesh, 2)
+  rep = sharding.replicated(mesh)
   return sharding.jit_on_mesh(
-      fn, mesh, in_shardings=(sharding.param_shardings(model_cfg, mesh), state_sh),
+      fn, mesh, in_shardings=(sharding.param_shardings(model_cfg, mesh), state_sh, rep, rep),
       out_shardings=(state_sh, (rows2,) * 4), donate_argnums=1)
 
 
@@ -360,7 +380,8 @@ def _compacted_size(live: int, rows: int, shards: int) -> int | None:
 
 def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, params: Any,
                  prompts: np.ndarray, mask: np.ndarray, row_keys: np.ndarray,
-                 row_ids: np.ndarray, outputs: tuple[np.ndarray, ...]) -> None:
+                 row_ids: np.ndarray, outputs: tuple[np.ndarray, ...], temperature: jax.Array,
+                 rule_state: Any) -> None:
   """Generates one pass of this host's rows into `outputs` (host arrays indexed by row id).
 
   Row ids are made unique across hosts (offset by process), because compaction moves rows
@@ -378,8 +399,8 @@ def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, 
       buf[ids[mine] - offset, start:start + val.shape[1]] = val
 
   global_ids = np.where(row_ids >= 0, row_ids + offset, -1).astype(np.int32)
-  state, first = compiled_prefill(model_cfg, cfg, mesh)(params, *put((prompts, mask, row_keys)),
-                                                        *put((global_ids,)))
+  state, first = compiled_prefill(model_cfg, cfg, mesh)(
+      params, *put((prompts, mask, row_keys)), *put((global_ids,)), temperature, rule_state)
   store(_gather(state.row_ids), 0, tuple(x[:, None] for x in first))
   segment = cfg.decode_segment or cfg.max_new_tokens
   decode = compiled_decode(model_cfg, cfg, segment, mesh)
@@ -395,14 +416,15 @@ def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, 
       rows[:live_rows.size] = live_rows
       state = compiled_compact(model_cfg, mesh)(state, jnp.asarray(rows))
       ids = _gather(state.row_ids)
-    state, out = decode(params, state)
+    state, out = decode(params, state, temperature, rule_state)
     store(ids, step, out)
     step = _scalar(state.step)
 
 
 def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.Array,
            prompt_lengths: np.ndarray | jax.Array | Sequence[int], rng: jax.Array,
-           sampler_cfg: SamplerConfig, *, mesh: Mesh | None = None) -> Rollout:
+           sampler_cfg: SamplerConfig, *, mesh: Mesh | None = None,
+           temperature: float | jax.Array | None = None, rule_state: Any = None) -> Rollout:
   """Samples `sampler_cfg.num_samples` completions for each left-padded prompt.
 
   Args:
@@ -414,6 +436,8 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
     sampler_cfg: see `SamplerConfig`.
     mesh: optional device mesh; each pass's prompts and rows must divide by its data x fsdp
       size (padding prompts are added to a short last pass).
+    temperature: overrides `sampler_cfg.temperature` for this call without recompiling.
+    rule_state: the pytree `sampler_cfg.temperature_rule` reads (replicated on a mesh).
 
   Returns:
     A `Rollout` with N = B x num_samples rows; row `i` belongs to prompt `i // num_samples`.
@@ -448,6 +472,9 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
   padded = np.where(mask, padded, sampler_cfg.pad_id)
 
   b, n, c = tokens.shape[0], sampler_cfg.num_samples, sampler_cfg.max_new_tokens
+  if temperature is not None and not isinstance(temperature, jax.Array) and not temperature > 0:
+    raise ValueError(f"sample(temperature={temperature!r}) must be > 0")
+  base_temperature = jnp.float32(sampler_cfg.temperature if temperature is None else temperature)
   per_pass = sampler_cfg.prompts_per_pass or max(b, 1)
   if mesh is not None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
@@ -466,7 +493,7 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
     row_ids = np.where(np.repeat(real, n), np.arange(rows.size), -1).astype(np.int32)
     pass_out = tuple(np.zeros((rows.size, c), x.dtype) for x in outputs)
     _decode_pass(model_cfg, sampler_cfg, mesh, params, padded[prompts], mask[prompts],
-                 all_keys[rows], row_ids, pass_out)
+                 all_keys[rows], row_ids, pass_out, base_temperature, rule_state)
     for buf, val in zip(outputs, pass_out):
       buf[rows[row_ids >= 0]] = val[row_ids >= 0]
   comp, comp_mask, logp, entropy = outputs

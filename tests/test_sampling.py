@@ -230,3 +230,26 @@ def test_samples_of_one_prompt_share_its_prefill():
                             jax.random.PRNGKey(1), cfg_s)
   entropy = np.asarray(rollout.entropy)[:, 0].reshape(2, 6)
   assert np.all(entropy == entropy[:, :1]) and entropy[0, 0] != entropy[1, 0]
+
+
+def test_temperature_override_and_rule_without_recompiling():
+  """`temperature=` is traced (one program for every value) and a temperature rule sees the
+  live logits: a rule returning 0.5 for every row samples as temperature 0.5 does."""
+  cfg, params = _stopping_model()
+  base = sampling.SamplerConfig(max_new_tokens=6, num_samples=4, decode_segment=0)
+  prompts, lengths = _left_padded([3, 5], cfg.vocab_size), [3, 5]
+  key = jax.random.PRNGKey(2)
+  at_half = sampling.sample(cfg, params, prompts, lengths, key,
+                            dataclasses.replace(base, temperature=0.5))
+  override = sampling.sample(cfg, params, prompts, lengths, key, base, temperature=0.5)
+  programs = sampling.compiled_decode(cfg, base, 6)._cache_size()
+  sampling.sample(cfg, params, prompts, lengths, key, base, temperature=1.7)
+  assert sampling.compiled_decode(cfg, base, 6)._cache_size() == programs
+  ruled_cfg = dataclasses.replace(
+      base, temperature_rule=lambda logits, t, state: jnp.full(logits.shape[:1], state))
+  ruled = sampling.sample(cfg, params, prompts, lengths, key, ruled_cfg, rule_state=jnp.float32(0.5))
+  for got in (override, ruled):
+    np.testing.assert_array_equal(got.completion_tokens, at_half.completion_tokens)
+    np.testing.assert_allclose(got.logp, at_half.logp, atol=1e-6)
+  with pytest.raises(ValueError, match="temperature"):
+    sampling.sample(cfg, params, prompts, lengths, key, base, temperature=0.0)
