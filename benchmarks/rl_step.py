@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import quickstart  # noqa: E402
-from entropix_rl import tasks  # noqa: E402
+from entropix_rl import sharding, tasks  # noqa: E402
 from entropix_rl.models import hf, init_params  # noqa: E402
 from entropix_rl.tokenizer import CharTokenizer  # noqa: E402
 from entropix_rl.train import experiment  # noqa: E402
@@ -59,7 +59,8 @@ def ours(config, workdir: str) -> tuple[list[float], float, float]:
   exp = experiment.resolve(config, tokenizer=tokenizer)
   task = tasks.get_task(config.task.name, **config.task.kwargs)
   params = init_params(exp.model, jax.random.PRNGKey(0))
-  run = experiment.RLRun(exp, workdir, tokenizer, task, exp.model, params, log=False)
+  run = experiment.RLRun(exp, workdir, tokenizer, task, exp.model, params,
+                         sharding.make_mesh(config.mesh), log=False)
   times, lengths = [], []
   for _ in range(_STEPS.value + 1):
     t0 = time.perf_counter()
