@@ -30,6 +30,11 @@ PRESETS: dict[str, dict] = {
     "entropy_advantage": {"loss.entropy_advantage.enabled": True},
     "clip_cov": {"loss.name": "clip_cov", "loss.clip_cov.ratio": 0.02},
     "kl_cov": {"loss.name": "kl_cov", "loss.kl_cov.ratio": 0.2, "loss.kl_cov.coef": 1.0},
+    "empg": {"loss.empg.enabled": True},
+    "empg_steps": {"loss.empg.enabled": True, "rl.step_delimiter": "+"},
+    "epo": {"loss.epo.enabled": True},
+    "seed_grpo": {"loss.seed_grpo.enabled": True, "rl.cluster_by": "value"},
+    "seed_grpo_exact": {"loss.seed_grpo.enabled": True, "rl.cluster_by": "exact_string"},
 }
 
 

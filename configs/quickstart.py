@@ -65,6 +65,10 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       "max_gen_batches": 10, "use_reference": True, "measure_dynamics": True,
       "token_chunk": 4096, "remat": False, "micro_batch_size": 0,
       "logprob_micro_batch_size": 0, "feature_chunk": 256,
+      # Steps within a response (EMPG, EPO): "" = one step; "+" splits "a+b" into "a+" and "b".
+      "step_delimiter": "",
+      # Answer clusters (SEED-GRPO): "exact_string" or "value" (every correct a+b has value n).
+      "cluster_by": "exact_string",
   })
   config.optimizer = ml_collections.ConfigDict({"learning_rate": 3e-4, "grad_clip_norm": 1.0})
 

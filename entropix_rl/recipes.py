@@ -83,6 +83,8 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
       "max_gen_batches": 10, "use_reference": False, "measure_dynamics": False,
       "token_chunk": 1024, "remat": True, "micro_batch_size": size.micro_batch_size,
       "logprob_micro_batch_size": size.logprob_micro_batch_size, "feature_chunk": 256,
+      "step_delimiter": "",  # one step per response (EMPG, EPO)
+      "cluster_by": "exact_string",  # SEED-GRPO answer clusters; "value" = math-verify's parse
   })
   config.optimizer = ml_collections.ConfigDict({"learning_rate": size.learning_rate,
                                                 "grad_clip_norm": 1.0})

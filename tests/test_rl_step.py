@@ -76,6 +76,8 @@ SETTINGS = {
     "bonus_kl_ref": {"entropy_bonus.coef": 0.01, "kl_ref.coef": 0.1},
     "adaptive_bonus": {"entropy_bonus.adaptive": True, "entropy_bonus.coef": 0.003},
     "entropy_advantage": {"entropy_advantage.enabled": True},
+    "empg": {"empg.enabled": True},
+    "epo": {"epo.enabled": True, "epo.coef": 0.05, "epo.min_ratio": 0.95, "epo.max_ratio": 1.05},
 }
 
 

@@ -7,13 +7,16 @@ order within each kind (docs/interventions.md, "How the loss is composed").
 
 from entropix_rl.losses import (
     clip_cov,
+    empg,
     entropy_advantage,
     entropy_bonus,
+    epo,
     high_entropy_tokens,
     kl_cov,
     kl_ref,
     ppo,
     registry,
+    seed_grpo,
 )
 
 INTERVENTIONS = (
@@ -24,6 +27,9 @@ INTERVENTIONS = (
     high_entropy_tokens.INTERVENTION,
     kl_ref.INTERVENTION,
     entropy_bonus.INTERVENTION,
+    seed_grpo.INTERVENTION,
+    empg.INTERVENTION,
+    epo.INTERVENTION,
 )
 for _entry in INTERVENTIONS:
   registry.register(_entry)

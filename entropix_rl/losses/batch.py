@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -35,10 +36,12 @@ class TokenBatch:
     ref_logp: reference-policy log-prob (constant).
     group_ids: `[B]` int32 prompt group of each response.
     response_ids: `[B]` int32 index of each response in the rollout.
-    step_ids: `[B, T]` int32 step (turn) index of each token, for multi-step responses.
+    step_ids: `[B, T]` int32 step (turn) index of each token, 0, 1, ... within each response
+      (`step_ids_from_tokens`; all 0 for single-step responses).
     rewards: `[B]` float32 sequence rewards.
-    cluster_ids: `[B]` int32 answer cluster of each response within its group (exact string
-      or value, per the task), −1 for responses without an answer.
+    cluster_ids: `[B]` int32 answer cluster of each response within its group, numbered from 0
+      in order of first appearance (by exact string or by value, `rl.cluster_by`), −1 for a
+      response without an answer (a cluster of its own).
     features: name → `[B, T]` current-policy logit features declared by interventions
       (differentiable when declared so).
     old_features: name → `[B, T]` behaviour-policy logit features (constant).
@@ -71,6 +74,28 @@ class TokenBatch:
       raise ValueError(f"{who} reads {name!r}, which this TokenBatch does not hold; declare it in "
                        f"the intervention's `needs` (the trainer fills only declared fields)")
     return value
+
+
+def step_ids_from_tokens(completion: jax.Array, delimiter_id: int) -> jax.Array:
+  """The step index of every completion token: the number of delimiter tokens before it.
+
+      step_ids[b, t] = #{s < t : completion[b, s] = delimiter_id}
+
+  A delimiter token belongs to the step it ends ("12+" is step 0 of "12+34", "34" step 1).
+  With `delimiter_id < 0` (no delimiter) every response is one step.
+
+  Args:
+    completion: `[B, T]` int completion tokens.
+    delimiter_id: the delimiter's token id, or −1.
+
+  Returns:
+    `[B, T]` int32.
+  """
+  chex.assert_rank(completion, 2)
+  if delimiter_id < 0:
+    return jnp.zeros(completion.shape, jnp.int32)
+  ends = (jnp.asarray(completion) == delimiter_id).astype(jnp.int32)
+  return jnp.cumsum(ends, axis=1) - ends
 
 
 def stop_gradient_except(batch: TokenBatch, keep: frozenset[str]) -> TokenBatch:

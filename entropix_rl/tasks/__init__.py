@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
 from entropix_rl.tasks.arithmetic import Arithmetic
-from entropix_rl.tasks.base import Example, GeneratedTask, Task
+from entropix_rl.tasks.base import ANSWER_KEY_MODES, Example, GeneratedTask, Task
 from entropix_rl.tasks.countdown import Countdown
 from entropix_rl.tasks.decomposition import Decomposition
 from entropix_rl.tasks.math_reward import MathTask, last_boxed
@@ -36,5 +36,26 @@ def distinct_correct_per_group(texts: Sequence[str], rewards: np.ndarray,
   return float(np.mean([len(s) for s in groups.values()])) if groups else 0.0
 
 
-__all__ = ["Arithmetic", "Countdown", "Decomposition", "Example", "GeneratedTask", "MathTask",
-           "TASKS", "Task", "distinct_correct_per_group", "get_task", "last_boxed"]
+def answer_clusters(keys: Sequence[Hashable | None], group_ids: np.ndarray) -> np.ndarray:
+  """Answer cluster ids within each group: responses of a group with equal keys share an id,
+  numbered 0, 1, ... in order of first appearance; a None key (no answer) gets −1.
+
+  Args:
+    keys: one answer key per response (`Task.answer_key`).
+    group_ids: `[N]` the prompt group of each response.
+
+  Returns:
+    `[N]` int32 (`TokenBatch.cluster_ids`).
+  """
+  seen: dict[int, dict[Hashable, int]] = {}
+  ids = np.full(len(keys), -1, np.int32)
+  for i, (key, group) in enumerate(zip(keys, np.asarray(group_ids))):
+    if key is not None:
+      clusters = seen.setdefault(int(group), {})
+      ids[i] = clusters.setdefault(key, len(clusters))
+  return ids
+
+
+__all__ = ["ANSWER_KEY_MODES", "Arithmetic", "Countdown", "Decomposition", "Example",
+           "GeneratedTask", "MathTask", "TASKS", "Task", "answer_clusters",
+           "distinct_correct_per_group", "get_task", "last_boxed"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
-from entropix_rl.tasks.base import Example, GeneratedTask
+from entropix_rl.tasks.base import Example, GeneratedTask, check_answer_key_mode
 
+_INTEGER = re.compile(r"-?[0-9]{1,40}")
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
@@ -50,6 +52,15 @@ class Arithmetic(GeneratedTask):
 
   def verify(self, example: Example, completion: str) -> float:
     return float(completion.strip() == example.answer)
+
+  def answer_key(self, example: Example, completion: str, mode: str) -> str | int | None:
+    """The stripped integer as written (exact_string) or its value; None if not an integer."""
+    del example
+    check_answer_key_mode(mode)
+    text = completion.strip()
+    if _INTEGER.fullmatch(text) is None:
+      return None
+    return text if mode == "exact_string" else int(text)
 
   def demonstration(self, example: Example, rng: np.random.Generator) -> str:
     return example.answer

@@ -1,7 +1,18 @@
-"""What every verifiable task provides: examples, a verifier and demonstrations.
+"""What every verifiable task provides: examples, a verifier, answer keys and demonstrations.
 
-A task turns a model's completion text into a reward in [0, 1] (`verify`), and writes a
-correct completion for supervised warm starts (`demonstration`). Procedurally generated
+A task turns a model's completion text into a reward in [0, 1] (`verify`), into the key of its
+final answer (`answer_key`), and writes a correct completion for supervised warm starts
+(`demonstration`).
+
+Answer keys cluster the responses to one prompt by their final answer (SEED-GRPO's semantic
+entropy; later majority votes and cluster rewards). `mode` is one of `ANSWER_KEY_MODES`:
+
+* `exact_string`: the final answer's text as written (stripped), so `061+62` and `61+62`
+  differ;
+* `value`: what the answer evaluates to (`061+62` and `100+23` are both 123), parsed, never
+  executed.
+
+A completion without a well-formed final answer has key None. Procedurally generated
 tasks (`GeneratedTask`) also draw examples: example `i` of split `s` is a pure function of
 `(seed, s, i)`, and the train and eval splits never share a problem, because each problem is
 assigned to one split by a seed-independent hash of its canonical key.
@@ -12,12 +23,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 SPLITS = ("train", "eval")
+ANSWER_KEY_MODES = ("exact_string", "value")
 _SPLIT_IDS = {"train": 0, "eval": 1}
 _HASH_SCALE = float(2**64)
 
@@ -52,12 +64,19 @@ class Task(Protocol):
 
   def verify(self, example: Example, completion: str) -> float: ...
 
+  def answer_key(self, example: Example, completion: str, mode: str) -> Hashable | None: ...
+
   def demonstration(self, example: Example, rng: np.random.Generator) -> str: ...
 
 
 def check_split(split: str) -> None:
   if split not in SPLITS:
     raise ValueError(f"split={split!r}; allowed: {SPLITS}")
+
+
+def check_answer_key_mode(mode: str) -> None:
+  if mode not in ANSWER_KEY_MODES:
+    raise ValueError(f"rl.cluster_by={mode!r}; allowed: {ANSWER_KEY_MODES}")
 
 
 def hash_unit(text: str) -> float:
@@ -108,6 +127,10 @@ class GeneratedTask(abc.ABC):
   @abc.abstractmethod
   def verify(self, example: Example, completion: str) -> float:
     """1.0 if `completion` is a correct answer to `example`, else 0.0 (malformed: 0.0)."""
+
+  @abc.abstractmethod
+  def answer_key(self, example: Example, completion: str, mode: str) -> Hashable | None:
+    """The key of the completion's final answer in `mode` (module docstring), or None."""
 
   @abc.abstractmethod
   def demonstration(self, example: Example, rng: np.random.Generator) -> str:

@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from entropix_rl.tasks.base import Example, GeneratedTask
+from entropix_rl.tasks.base import Example, GeneratedTask, check_answer_key_mode
 
 _TOKEN = re.compile(r"\s*(\d+|[-+*/()])")
 _BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
@@ -110,6 +110,18 @@ def solutions(numbers: tuple[int, ...], target: int) -> tuple[str, ...]:
   return tuple(sorted(found))
 
 
+def _parse(completion: str) -> tuple[Fraction, list[int]] | None:
+  """`evaluate` of the stripped completion, or None if it is empty, over 64 characters or
+  malformed."""
+  text = completion.strip()
+  if not text or len(text) > 64:
+    return None
+  try:
+    return evaluate(text)
+  except ValueError:
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Countdown(GeneratedTask):
   """Reach `target` using every number exactly once.
@@ -157,15 +169,22 @@ class Countdown(GeneratedTask):
     return f"{example.info['target']}:{sorted(example.info['numbers'])}"
 
   def verify(self, example: Example, completion: str) -> float:
-    text = completion.strip()
-    if not text or len(text) > 64:
+    parsed = _parse(completion)
+    if parsed is None:
       return 0.0
-    try:
-      value, used = evaluate(text)
-    except ValueError:
-      return 0.0
+    value, used = parsed
     return float(sorted(used) == sorted(example.info["numbers"])
                  and value == example.info["target"])
+
+  def answer_key(self, example: Example, completion: str, mode: str) -> str | Fraction | None:
+    """The stripped expression (exact_string) or its exact value (whatever numbers it uses);
+    None if it does not parse."""
+    del example
+    check_answer_key_mode(mode)
+    parsed = _parse(completion)
+    if parsed is None:
+      return None
+    return completion.strip() if mode == "exact_string" else parsed[0]
 
   def demonstration(self, example: Example, rng: np.random.Generator) -> str:
     found = solutions(tuple(sorted(example.info["numbers"])), example.info["target"])

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from entropix_rl.tasks.base import Example, GeneratedTask
+from entropix_rl.tasks.base import Example, GeneratedTask, check_answer_key_mode
 
 _ANSWER = re.compile(r"([0-9]{1,12})\+([0-9]{1,12})")
 
@@ -54,6 +54,17 @@ class Decomposition(GeneratedTask):
       return 0.0
     a, b = int(match.group(1)), int(match.group(2))
     return float(a >= 1 and b >= 1 and a + b == example.info["n"])
+
+  def answer_key(self, example: Example, completion: str, mode: str) -> str | int | None:
+    """The stripped `a+b` (exact_string) or a + b (value: every correct answer has value n);
+    None if the completion is not of the form `a+b`."""
+    del example
+    check_answer_key_mode(mode)
+    text = completion.strip()
+    match = _ANSWER.fullmatch(text)
+    if match is None:
+      return None
+    return text if mode == "exact_string" else int(match.group(1)) + int(match.group(2))
 
   def demonstration(self, example: Example, rng: np.random.Generator) -> str:
     n = example.info["n"]

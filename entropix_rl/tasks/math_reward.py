@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from entropix_rl.tasks.base import Example
+from entropix_rl.tasks.base import Example, check_answer_key_mode
 
 
 def last_boxed(text: str) -> str | None:
@@ -58,6 +58,19 @@ class MathTask:
     if not gold or not pred:
       return 0.0
     return float(math_verify.verify(gold, pred, timeout_seconds=self.timeout_s))
+
+  def answer_key(self, example: Example, completion: str, mode: str) -> str | None:
+    """The last boxed answer, stripped (exact_string), or math-verify's parse of it as text
+    (value: `\\frac{1}{2}` and `0.5` both give `1/2`); None without a (parseable) answer."""
+    del example
+    check_answer_key_mode(mode)
+    answer = (last_boxed(completion) or "").strip()
+    if not answer or mode == "exact_string":
+      return answer or None
+    import math_verify  # heavy import (sympy), only when used
+
+    parsed = math_verify.parse(f"\\boxed{{{answer}}}", parsing_timeout=self.timeout_s)
+    return str(parsed[0]) if parsed else None
 
   def demonstration(self, example: Example, rng: np.random.Generator) -> str:
     return f"The answer is \\boxed{{{example.answer}}}."

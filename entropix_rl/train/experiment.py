@@ -83,6 +83,24 @@ def runtime_fields(model: ml_collections.ConfigDict) -> dict[str, Any]:
   return {name: model[name] for name in ("attention_impl", "attention_block_q", "attention_block_k")}
 
 
+def step_delimiter_id(tokenizer, delimiter: str) -> int:
+  """The token id of `rl.step_delimiter`, or −1 for "" (no delimiter: one step per response).
+
+  Raises:
+    ValueError: naming the field, unless the tokenizer encodes `delimiter` as one token.
+  """
+  if not delimiter:
+    return -1
+  try:
+    ids = tokenizer.encode(delimiter)
+  except ValueError as err:
+    raise ValueError(f"rl.step_delimiter={delimiter!r} cannot be encoded: {err}") from None
+  if len(ids) != 1:
+    raise ValueError(f"rl.step_delimiter={delimiter!r} encodes to {len(ids)} tokens {ids}; "
+                     "allowed: a string the tokenizer encodes as exactly one token, or '' (none)")
+  return int(ids[0])
+
+
 def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
             model: ModelConfig | None = None) -> Experiment:
   """Validates the whole config and converts its sections to frozen dataclasses.
@@ -90,7 +108,7 @@ def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
   Args:
     config: the experiment config.
     tokenizer: the tokenizer (default: made from `config.tokenizer`); only its `stop_ids`,
-      `pad_id` and `vocab_size` are read.
+      `pad_id`, `vocab_size` and the encoding of `rl.step_delimiter` are read.
     model: the model config, instead of the one `config.model` describes (e.g. a known
       architecture, for compiling without a checkpoint).
   """
@@ -109,7 +127,9 @@ def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
       token_chunk=config.rl.token_chunk, remat=config.rl.remat,
       measure_dynamics=config.rl.measure_dynamics, micro_batch_size=config.rl.micro_batch_size,
       logprob_micro_batch_size=config.rl.logprob_micro_batch_size,
-      feature_chunk=config.rl.feature_chunk)
+      feature_chunk=config.rl.feature_chunk,
+      step_delimiter_id=step_delimiter_id(tokenizer, config.rl.step_delimiter))
+  _require(config, "rl.cluster_by", tasks.ANSWER_KEY_MODES)
   loss_dict = config.loss.to_dict()
   if loss_dict["selection_scope"] == "microbatch" and loss_dict["microbatch_size"] is None:
     if not rl_cfg.micro_batch_size:
@@ -140,7 +160,8 @@ def make_tokenizer(config: ml_collections.ConfigDict):
 
 
 class Scorer:
-  """Decodes completions and scores them with the task's verifier (host side)."""
+  """Decodes completions, scores them with the task's verifier and keys their final answers
+  (host side)."""
 
   def __init__(self, task, tokenizer):
     self.task, self.tokenizer = task, tokenizer
@@ -150,6 +171,10 @@ class Scorer:
 
   def score(self, examples: list, texts: list[str]) -> np.ndarray:
     return np.asarray([self.task.verify(ex, t) for ex, t in zip(examples, texts)], np.float32)
+
+  def answer_keys(self, examples: list, texts: list[str], mode: str) -> list:
+    """Each completion's final-answer key (`Task.answer_key`; None = no answer)."""
+    return [self.task.answer_key(ex, t, mode) for ex, t in zip(examples, texts)]
 
 
 def _write_run_info(workdir: str, exp: Experiment, method: str) -> None:
@@ -241,6 +266,7 @@ class RLRun:
     self.update = make_rl_update(model_cfg, exp.rl, exp.loss, optimizer, mesh=self.mesh,
                                  state_sharding=self.state_shardings)
     self.sampler = dataclasses.replace(exp.sampler, num_samples=exp.rl.group_size)
+    self.with_clusters = "cluster_ids" in losses.needs(exp.loss)
     if exp.rl.num_groups % jax.process_count():
       raise ValueError(f"rl.prompts_per_step={exp.rl.num_groups} must divide by the number of "
                        f"processes ({jax.process_count()})")
@@ -300,7 +326,11 @@ class RLRun:
       stats["mask"].append(np.asarray(rollout.completion_mask))
       keep = (rollout_metrics.group_filter(rewards, rl.group_size) if cfg.dynamic_sampling
               else np.ones(self.local_groups, bool))
-      kept.append({"rollout": rollout, "rewards": rewards, "keep": keep})
+      part = {"rollout": rollout, "rewards": rewards, "keep": keep}
+      if self.with_clusters:
+        part["cluster_ids"] = tasks.answer_clusters(
+            self.scorer.answer_keys(examples, texts, cfg.cluster_by), rollout.group_ids)
+      kept.append(part)
       n_kept += int(keep.sum())
       if not cfg.dynamic_sampling or rounds >= cfg.max_gen_batches:
         break
@@ -345,6 +375,8 @@ class RLRun:
         np.concatenate([rows(p, j, "completion_mask") for p, j in picks]),
         np.concatenate([p["rewards"][j * g:(j + 1) * g] for p, j in picks]),
         np.repeat(np.arange(self.local_groups) + jax.process_index() * self.local_groups, g))
+    if self.with_clusters:  # ids are within a group, so they survive the regrouping
+      batch["cluster_ids"] = np.concatenate([p["cluster_ids"][j * g:(j + 1) * g] for p, j in picks])
     return batch, filled
 
   def _evaluate(self, step: int) -> dict[str, float]:

@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import dynamics, losses, sharding
 from entropix_rl.losses.aggregation import masked_mean
+from entropix_rl.losses.batch import step_ids_from_tokens
 from entropix_rl.models import ModelConfig, unembedding
 from entropix_rl.train import passes
 from entropix_rl.train.state import TrainState
@@ -59,6 +60,8 @@ class RLUpdateConfig:
     logprob_micro_batch_size: sequences per data shard in one chunk of the no-grad passes
       (verl's `log_prob_micro_batch_size_per_gpu`); 0 = all rows at once.
     feature_chunk: tokens per chunk when an intervention's logit features need full logits.
+    step_delimiter_id: the token id that ends a step of a response (`rl.step_delimiter`), or
+      −1: every response is one step. Read only when an intervention needs `step_ids`.
   """
 
   num_groups: int
@@ -73,6 +76,7 @@ class RLUpdateConfig:
   micro_batch_size: int = 0
   logprob_micro_batch_size: int = 0
   feature_chunk: int = 256
+  step_delimiter_id: int = -1
 
   def __post_init__(self):
     if self.advantage not in ADVANTAGE_ESTIMATORS:
@@ -95,6 +99,9 @@ class RLUpdateConfig:
         raise ValueError(f"rl.{name}={getattr(self, name)} must be >= 0 (0 = no splitting)")
     if self.feature_chunk < 1:
       raise ValueError(f"rl.feature_chunk={self.feature_chunk} must be >= 1")
+    if self.step_delimiter_id < -1:
+      raise ValueError(f"step_delimiter_id={self.step_delimiter_id}; allowed: a token id >= 0, "
+                       "or -1 (no delimiter)")
 
   @property
   def batch_size(self) -> int:
@@ -137,9 +144,11 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
   `batch` holds, for N = rl_cfg.batch_size responses with prompt length P and completion
   length C: `tokens [N, P+C]` int32, `attention_mask [N, P+C]` bool, `completion [N, C]`
   int32, `completion_mask [N, C]` float32, `rewards [N]` float32, `group_ids [N]` int32, and
-  optionally `step_ids [N, C]` and `cluster_ids [N]` for interventions that read them. Old
-  log-probs are recomputed here with the pre-update params (so the first mini-batch is exactly
-  on-policy), as are reference log-probs when `state.ref_params` is set.
+  `cluster_ids [N]` int32 when an intervention reads it. `step_ids [N, C]` is computed here from
+  the completion tokens and `rl_cfg.step_delimiter_id` when an intervention reads it (unless
+  the batch brings its own). Old log-probs are recomputed here with the pre-update params (so
+  the first mini-batch is exactly on-policy), as are reference log-probs when
+  `state.ref_params` is set.
 
   On a `mesh`, the function is jitted with `state_sharding` for the state and rows over
   data x fsdp for the batch, and every chunk keeps its rows on their devices.
@@ -229,6 +238,8 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     mask = batch["completion_mask"].astype(jnp.float32)
     n = rl_cfg.batch_size
     data = dict(batch, response_ids=jnp.arange(n, dtype=jnp.int32), **behaviour_pass(state, batch))
+    if "step_ids" in needs and "step_ids" not in batch:
+      data["step_ids"] = step_ids_from_tokens(batch["completion"], rl_cfg.step_delimiter_id)
     seq_adv = advantages_lib.compute_advantages(rl_cfg.advantage, batch["rewards"],
                                                 batch["group_ids"], rl_cfg.num_groups)
     data["advantages"] = seq_adv[:, None] * mask
