@@ -64,7 +64,8 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       "num_minibatches": 4, "advantage": "grpo", "dynamic_sampling": False,
       "max_gen_batches": 10, "use_reference": True, "measure_dynamics": True,
       "token_chunk": 4096, "remat": False, "micro_batch_size": 0,
-      "logprob_micro_batch_size": 0, "feature_chunk": 256,
+      "logprob_micro_batch_size": 0, "feature_chunk": 256, "completion_buckets": 1,
+      "old_logp_from_rollout": False,
       # Steps within a response (EMPG, EPO): "" = one step; "+" splits "a+b" into "a+" and "b".
       "step_delimiter": "",
       # Answer clusters (SEED-GRPO): "exact_string" or "value" (every correct a+b has value n).

@@ -8,7 +8,9 @@ optimizer mini-batch:
 * `seq-mean-token-mean` (original GRPO): mean over sequences with at least one counted token
   of `Σ_t M·L / Σ_t M`.
 * `seq-mean-token-sum-norm` (Dr.GRPO, Liu et al. 2025 arXiv 2503.20783):
-  `Σ_i Σ_t M·L / (B · T)`, T the padded length. verl 0.9.1's `agg_loss` gives the same value:
+  `Σ_i Σ_t M·L / (B · T)`, T the padded length, or `loss.loss_scale_factor` when set (a
+  constant, as Dr.GRPO intends; the trainer sets it to the response budget when it trims the
+  completion axis, so trimming never changes the loss). verl 0.9.1's `agg_loss` gives the same value:
   it divides by T and by its `global_batch_size`, which its trainer sets to the mini-batch's
   rows (older verl commits divided by T only).
 * `sum`: `Σ M·L` (for counts in metrics).
@@ -42,8 +44,9 @@ def _normalisers(weights: jax.Array) -> dict[str, jax.Array]:
 
 
 def _weighted_sum(per_token: jax.Array, weights: jax.Array, mode: str,
-                  norm: dict[str, jax.Array]) -> jax.Array:
-  """`Σ w·L` over the given rows, with the mini-batch normalisers `norm`."""
+                  norm: dict[str, jax.Array], length: int | None = None) -> jax.Array:
+  """`Σ w·L` over the given rows, with the mini-batch normalisers `norm` (and the constant
+  sequence length `length` of `seq-mean-token-sum-norm`, default the padded length)."""
   weighted = jnp.where(weights > 0, per_token, 0.0) * weights
   if mode == "token-mean":
     return weighted.sum() / jnp.maximum(norm["total"], 1.0)
@@ -52,17 +55,18 @@ def _weighted_sum(per_token: jax.Array, weights: jax.Array, mode: str,
     seq_means = weighted.sum(axis=-1) / jnp.maximum(tokens, 1.0)
     return (seq_means * (tokens > 0)).sum() / jnp.maximum(norm["rows_with_tokens"], 1.0)
   if mode == "seq-mean-token-sum-norm":
-    return weighted.sum() / (norm["rows"] * per_token.shape[1])
+    return weighted.sum() / (norm["rows"] * (length or per_token.shape[1]))
   if mode == "sum":
     return weighted.sum()
   raise ValueError(f"loss.agg={mode!r}; allowed: {AGG_MODES}")
 
 
-def aggregate(per_token: jax.Array, weights: jax.Array, mode: str) -> jax.Array:
+def aggregate(per_token: jax.Array, weights: jax.Array, mode: str,
+              length: int | None = None) -> jax.Array:
   """Aggregates `per_token [B, T]` with mask/weights `[B, T]` by `mode` (a float32 scalar)."""
   per_token = jnp.asarray(per_token, jnp.float32)
   weights = jnp.asarray(weights, jnp.float32)
-  return _weighted_sum(per_token, weights, mode, _normalisers(weights))
+  return _weighted_sum(per_token, weights, mode, _normalisers(weights), length)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -81,15 +85,18 @@ class Aggregator:
   Attributes:
     mode: "whole", "share" or "replay" (module docstring).
     default: the default aggregation mode (`loss.agg`).
+    length: the constant length of `seq-mean-token-sum-norm` (`loss.loss_scale_factor`), or
+      None for the padded length.
     records: one dict per call: the normalisers and, in `whole` mode, the value.
   """
 
-  def __init__(self, default: str, mode: str = "whole", records: list[dict] | None = None):
+  def __init__(self, default: str, mode: str = "whole", records: list[dict] | None = None,
+               length: int | None = None):
     if mode not in ("whole", "share", "replay"):
       raise ValueError(f"Aggregator mode={mode!r}; allowed: whole, share, replay")
     if mode != "whole" and records is None:
       raise ValueError(f"Aggregator mode={mode!r} needs the records of a `whole` pass")
-    self.default, self.mode = default, mode
+    self.default, self.mode, self.length = default, mode, length
     self.records = [] if records is None else records
     self._next = 0
 
@@ -102,15 +109,20 @@ class Aggregator:
     weights = jnp.asarray(weights, jnp.float32)
     if self.mode == "whole":
       norm = jax.lax.stop_gradient(_normalisers(weights))
-      value = _weighted_sum(per_token, weights, mode, norm)
+      value = _weighted_sum(per_token, weights, mode, norm, self.length)
       self.records.append(dict(norm, value=jax.lax.stop_gradient(value)))
       return value
     if self._next >= len(self.records):
       raise ValueError("the micro-batch pass aggregates more often than the planning pass did")
     record = self.records[self._next]
     self._next += 1
-    share = _weighted_sum(per_token, weights, mode, record)
+    share = _weighted_sum(per_token, weights, mode, record, self.length)
     if self.mode == "share":
       return share
     return record["value"] + share - jax.lax.stop_gradient(share)
 
+
+
+def aggregator(cfg, mode: str = "whole", records: list[dict] | None = None) -> Aggregator:
+  """The `Aggregator` of a resolved `LossConfig` (its `agg` and `loss_scale_factor`)."""
+  return Aggregator(cfg.agg, mode, records, length=cfg.loss_scale_factor)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from entropix_rl.losses import registry
-from entropix_rl.losses.aggregation import Aggregator
+from entropix_rl.losses.aggregation import Aggregator, aggregator
 from entropix_rl.losses.batch import TokenBatch, stop_gradient_except
 from entropix_rl.losses.config import LossConfig, resolve_loss_config
 from entropix_rl.losses.kl_ref import kl_estimate
@@ -135,7 +135,7 @@ def compute_loss(cfg: LossConfig, batch: TokenBatch, *, states: dict[str, Any],
       gradient, everything else is stopped here.
     states: intervention states by name (`init_states`), read-only.
     rng: PRNG key for random picks (Clip-Cov), or None.
-    agg: the aggregator (`Aggregator(cfg.agg)` for an ordinary call).
+    agg: the aggregator (`aggregation.aggregator(cfg)` for an ordinary call).
     stats: scope statistics by intervention name, from a planning pass; None computes them.
 
   Returns:
@@ -223,5 +223,5 @@ def policy_loss(loss_config: Any, *, logp: jax.Array, old_logp: jax.Array,
   batch = TokenBatch(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask,
                      entropy=entropy, ref_logp=ref_logp, **fields)
   states = init_states(cfg) if states is None else states
-  loss, aux, _ = compute_loss(cfg, batch, states=states, rng=rng, agg=Aggregator(cfg.agg))
+  loss, aux, _ = compute_loss(cfg, batch, states=states, rng=rng, agg=aggregator(cfg))
   return loss, aux

@@ -69,6 +69,8 @@ class LossConfig:
     selection_scope: `batch` (selection statistics over the whole batch passed in) or
       `microbatch` (per consecutive chunk of `microbatch_size` sequences, as verl).
     microbatch_size: sequences per chunk for the `microbatch` scope.
+    loss_scale_factor: the constant T of `seq-mean-token-sum-norm` (verl's name), or None for
+      the padded completion length.
     sections: `(name, section dataclass)` for every registered intervention with constants;
       missing ones are filled with defaults. Read them as attributes (`cfg.kl_cov.coef`).
   """
@@ -80,6 +82,7 @@ class LossConfig:
   dual_clip_c: float | None = None
   selection_scope: str = "batch"
   microbatch_size: int | None = None
+  loss_scale_factor: int | None = None
   sections: tuple[tuple[str, Any], ...] = ()
 
   def __post_init__(self):
@@ -109,6 +112,11 @@ class LossConfig:
         or self.microbatch_size < 1):
       raise ValueError(f"loss.microbatch_size={self.microbatch_size!r}; allowed: None or an "
                        "int >= 1 (sequences per micro-batch)")
+    if self.loss_scale_factor is not None and (
+        isinstance(self.loss_scale_factor, bool) or not isinstance(self.loss_scale_factor, int)
+        or self.loss_scale_factor < 1):
+      raise ValueError(f"loss.loss_scale_factor={self.loss_scale_factor!r}; allowed: None or an "
+                       "int >= 1 (tokens)")
     if self.selection_scope == "microbatch" and self.microbatch_size is None:
       raise ValueError("loss.selection_scope='microbatch' needs loss.microbatch_size (sequences "
                        "per micro-batch); allowed: an int >= 1")
@@ -134,6 +142,7 @@ def default_loss_config() -> ml_collections.ConfigDict:
     cfg[field] = getattr(defaults, field)
   cfg.dual_clip_c = config_dict.placeholder(float)
   cfg.microbatch_size = config_dict.placeholder(int)
+  cfg.loss_scale_factor = config_dict.placeholder(int)
   for key, section in defaults.sections:
     cfg[key] = ml_collections.ConfigDict(dataclasses.asdict(section))
   return cfg

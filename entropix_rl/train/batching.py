@@ -55,3 +55,34 @@ def rl_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completion: np.
       "rewards": np.asarray(rewards, np.float32),
       "group_ids": np.asarray(group_ids, np.int32),
   }
+
+
+COMPLETION_FIELDS = ("completion", "completion_mask", "old_logp", "old_entropy")
+
+
+def trim_completions(batch: dict[str, np.ndarray], *, budget: int, buckets: int,
+                     longest: int) -> dict[str, np.ndarray]:
+  """Cuts an `rl_batch`'s completion axis to the smallest bucket that holds `longest` tokens.
+
+  The buckets are the budget and its halves, `ceil(budget / 2^k)` for `k < buckets`, so a run
+  compiles its update for at most `buckets` shapes while short completions stop paying for
+  the whole budget. Only padding is cut.
+
+  Args:
+    batch: `rl_batch` arrays (plus optional per-token `old_logp`, `old_entropy`), completion
+      width `budget`.
+    budget: `sampler.max_new_tokens`.
+    buckets: `rl.completion_buckets` (1 = never cut).
+    longest: the longest completion of the step (over every host).
+
+  Returns:
+    The batch with completion width the chosen bucket.
+  """
+  widths = [-(-budget // 2**k) for k in range(buckets)]
+  width = min(w for w in widths if w >= longest)
+  if width == budget:
+    return batch
+  cut = batch["tokens"].shape[1] - budget + width
+  trimmed = {k: v[:, :width] for k, v in batch.items() if k in COMPLETION_FIELDS}
+  trimmed.update(tokens=batch["tokens"][:, :cut], attention_mask=batch["attention_mask"][:, :cut])
+  return dict(batch, **trimmed)

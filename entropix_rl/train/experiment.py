@@ -128,7 +128,11 @@ def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
       measure_dynamics=config.rl.measure_dynamics, micro_batch_size=config.rl.micro_batch_size,
       logprob_micro_batch_size=config.rl.logprob_micro_batch_size,
       feature_chunk=config.rl.feature_chunk,
-      step_delimiter_id=step_delimiter_id(tokenizer, config.rl.step_delimiter))
+      step_delimiter_id=step_delimiter_id(tokenizer, config.rl.step_delimiter),
+      old_logp_from_rollout=config.rl.old_logp_from_rollout)
+  if config.rl.completion_buckets < 1:
+    raise ValueError(f"rl.completion_buckets={config.rl.completion_buckets}; allowed: an int >= 1 "
+                     "(1 = always the full sampler.max_new_tokens)")
   _require(config, "rl.cluster_by", tasks.ANSWER_KEY_MODES)
   loss_dict = config.loss.to_dict()
   if loss_dict["selection_scope"] == "microbatch" and loss_dict["microbatch_size"] is None:
@@ -136,6 +140,8 @@ def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
       raise ValueError("loss.selection_scope='microbatch' needs loss.microbatch_size or "
                        "rl.micro_batch_size (sequences per device per micro-batch, as verl)")
     loss_dict["microbatch_size"] = rl_cfg.micro_batch_size
+  if config.rl.completion_buckets > 1 and loss_dict["loss_scale_factor"] is None:
+    loss_dict["loss_scale_factor"] = sampler_cfg.max_new_tokens  # trimming keeps the loss
   loss_cfg = losses.resolve_loss_config(loss_dict)
   eval_cfg = EvalConfig(every=config.eval.every, num_prompts=config.eval.num_prompts,
                         num_samples=config.eval.num_samples, pass_k=tuple(config.eval.pass_k))
@@ -377,7 +383,18 @@ class RLRun:
         np.repeat(np.arange(self.local_groups) + jax.process_index() * self.local_groups, g))
     if self.with_clusters:  # ids are within a group, so they survive the regrouping
       batch["cluster_ids"] = np.concatenate([p["cluster_ids"][j * g:(j + 1) * g] for p, j in picks])
-    return batch, filled
+    if rl.old_logp_from_rollout:
+      batch["old_logp"] = np.concatenate([rows(p, j, "logp") for p, j in picks])
+      batch["old_entropy"] = np.concatenate([rows(p, j, "entropy") for p, j in picks])
+    return self._trim(batch), filled
+
+  def _trim(self, batch: dict) -> dict:
+    """`batching.trim_completions` at the step's longest completion over all hosts."""
+    longest = int(batch["completion_mask"].sum(axis=1).max(initial=1))
+    if jax.process_count() > 1:
+      longest = int(multihost_utils.process_allgather(np.int32(longest)).max())
+    return batching.trim_completions(batch, budget=self.exp.sampler.max_new_tokens,
+                                     buckets=self.cfg.rl.completion_buckets, longest=longest)
 
   def _evaluate(self, step: int) -> dict[str, float]:
     ex = self.eval_prompts

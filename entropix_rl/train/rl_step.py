@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import dynamics, losses, sharding
-from entropix_rl.losses.aggregation import masked_mean
+from entropix_rl.losses.aggregation import aggregator, masked_mean
 from entropix_rl.losses.batch import step_ids_from_tokens
 from entropix_rl.models import ModelConfig, unembedding
 from entropix_rl.train import passes
@@ -62,6 +62,11 @@ class RLUpdateConfig:
     feature_chunk: tokens per chunk when an intervention's logit features need full logits.
     step_delimiter_id: the token id that ends a step of a response (`rl.step_delimiter`), or
       −1: every response is one step. Read only when an intervention needs `step_ids`.
+    old_logp_from_rollout: take the old log-probs and entropies from the batch (the
+      sampler's, `old_logp` and `old_entropy` `[N, C]`) instead of recomputing them with a
+      forward pass. Exact only when the rollout is on-policy at the training temperature
+      (same params, one temperature); the two differ by float round-off
+      (docs/performance.md gives the measured difference).
   """
 
   num_groups: int
@@ -77,6 +82,7 @@ class RLUpdateConfig:
   logprob_micro_batch_size: int = 0
   feature_chunk: int = 256
   step_delimiter_id: int = -1
+  old_logp_from_rollout: bool = False
 
   def __post_init__(self):
     if self.advantage not in ADVANTAGE_ESTIMATORS:
@@ -173,16 +179,27 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
         fn, rows, chunk_rows=rl_cfg.logprob_micro_batch_size, shards=shards, mesh=mesh))
 
   def behaviour_pass(state: TrainState, batch: dict) -> dict:
-    """Old log-probs (+ old entropy, old features, reference log-probs) of every row."""
+    """Old log-probs (+ old entropy, old features, reference log-probs) of every row; with
+    `old_logp_from_rollout` the sampler's log-probs and entropies stand in for the first two."""
+    from_rollout = rl_cfg.old_logp_from_rollout
+    recompute = not from_rollout or bool(old_features)
+
     def rows_fn(rows):
-      old = quantities(state.params, rows, features=old_features,
-                       entropy="old_entropy" in needs or rl_cfg.measure_dynamics)
-      out = {"old_logp": old["logp"], "old_entropy": old["entropy"],
-             "old_features": old["features"]}
+      out = {}
+      if recompute:
+        old = quantities(state.params, rows, features=old_features, entropy=not from_rollout and (
+            "old_entropy" in needs or rl_cfg.measure_dynamics))
+        out["old_features"] = old["features"]
+        if not from_rollout:
+          out.update(old_logp=old["logp"], old_entropy=old["entropy"])
       if state.ref_params is not None:
         out["ref_logp"] = quantities(state.ref_params, rows, entropy=False, features=())["logp"]
       return out
-    return no_grad_chunks(rows_fn, batch)
+
+    out = no_grad_chunks(rows_fn, batch) if recompute or state.ref_params is not None else {}
+    if from_rollout:
+      out.update(old_logp=batch["old_logp"], old_entropy=batch["old_entropy"])
+    return out
 
   def current(params, rows, remat):
     return quantities(params, rows, entropy="entropy" in needs, features=current_features,
@@ -197,11 +214,11 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
   def minibatch_gradient(params, rows, key, states):
     """`(loss, aux, grads)` of one mini-batch, accumulated over micro-batches."""
     if pieces == 1:
-      agg = losses.Aggregator(loss_cfg.agg)
+      agg = aggregator(loss_cfg)
       (loss, (aux, _)), grads = jax.value_and_grad(loss_on, has_aux=True)(
           params, rows, key, states, agg)
       return loss, {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}, grads
-    agg = losses.Aggregator(loss_cfg.agg)
+    agg = aggregator(loss_cfg)
     if planning:  # current values of the whole mini-batch, without gradient: picks and values
       now = no_grad_chunks(lambda r: current(params, r, False), rows)
       loss, aux, stats = losses.compute_loss(loss_cfg, _token_batch(rows, now), states=states,
@@ -218,7 +235,7 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     def micro_step(carry, xs):
       grads, total = carry
       micro_rows, micro_stats = xs
-      micro_agg = losses.Aggregator(loss_cfg.agg, mode, agg.records)
+      micro_agg = aggregator(loss_cfg, mode, agg.records)
       (loss, (aux, _)), g = jax.value_and_grad(loss_on, has_aux=True)(
           params, passes.constrain_rows(micro_rows, mesh), key, states, micro_agg, micro_stats)
       scalars = {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}

@@ -1,0 +1,78 @@
+"""Cheaper RL batches that train the same: the completion axis trimmed to a bucket, and the
+sampler's log-probs standing in for the recomputed old log-probs."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from entropix_rl import losses
+from entropix_rl.models import init_params, tiny_config
+from entropix_rl.train import batching, passes
+from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
+from entropix_rl.train.state import create_train_state
+
+MODEL = tiny_config(vocab_size=32, max_position_embeddings=64)
+ROWS, PROMPT, BUDGET = 8, 4, 12
+
+
+def _batch(seed=0, longest=5):
+  rng = np.random.default_rng(seed)
+  prompt = rng.integers(3, 32, (ROWS, PROMPT)).astype(np.int32)
+  completion = rng.integers(3, 32, (ROWS, BUDGET)).astype(np.int32)
+  lengths = rng.integers(1, longest + 1, ROWS)
+  lengths[0] = longest
+  mask = np.arange(BUDGET)[None] < lengths[:, None]
+  return batching.rl_batch(prompt, np.ones((ROWS, PROMPT), bool), np.where(mask, completion, 0),
+                           mask, rng.integers(0, 2, ROWS).astype(np.float32),
+                           np.repeat(np.arange(ROWS // 4), 4).astype(np.int32))
+
+
+def _update(batch, agg="token-mean", from_rollout=False, scale=None):
+  cfg = losses.default_loss_config()
+  cfg.agg = agg
+  cfg.loss_scale_factor = scale
+  loss_cfg = losses.resolve_loss_config(cfg)
+  rl_cfg = RLUpdateConfig(num_groups=2, group_size=4, num_minibatches=2, ppo_epochs=2,
+                          measure_dynamics=False, old_logp_from_rollout=from_rollout)
+  state = create_train_state(init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2),
+                             optax.sgd(0.1), jax.random.PRNGKey(1))
+  return make_rl_update(MODEL, rl_cfg, loss_cfg, optax.sgd(0.1))(state, batch)
+
+
+def test_trim_cuts_only_padding_to_the_smallest_bucket():
+  batch = _batch(longest=5)
+  trimmed = batching.trim_completions(batch, budget=BUDGET, buckets=3, longest=5)  # 12, 6, 3
+  assert trimmed["completion"].shape == (ROWS, 6) and trimmed["tokens"].shape == (ROWS, 10)
+  assert trimmed["completion_mask"].sum() == batch["completion_mask"].sum()
+  assert batching.trim_completions(batch, budget=BUDGET, buckets=1, longest=5) is batch
+  assert batching.trim_completions(batch, budget=BUDGET, buckets=3, longest=7)[
+      "completion"].shape == (ROWS, 12)
+
+
+@pytest.mark.parametrize("agg", losses.AGG_MODES)
+def test_trimmed_batch_gives_the_same_update(agg):
+  batch = _batch(longest=5)
+  scale = BUDGET if agg == "seq-mean-token-sum-norm" else None
+  ref_state, ref = _update(batch, agg, scale=scale)
+  state, got = _update(batching.trim_completions(batch, budget=BUDGET, buckets=2, longest=5),
+                       agg, scale=scale)
+  for key in ("loss/loss", "loss/grad_norm", "entropy/sampled_nll"):
+    assert float(got[key]) == pytest.approx(float(ref[key]), rel=1e-5, abs=1e-7), key
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params,
+               ref_state.params)
+
+
+def test_old_logp_from_rollout_replaces_the_behaviour_pass():
+  """Given the same old log-probs, the flag changes nothing; the sampler's differ from the
+  recomputed ones only by float round-off (tests/test_sampling.py bounds it at 1e-4)."""
+  batch = _batch(seed=3, longest=9)
+  params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
+  old = passes.completion_quantities(MODEL, params, batch, temperature=1.0, token_chunk=64,
+                                     with_entropy=True)
+  ref_state, ref = _update(batch)
+  state, got = _update(dict(batch, old_logp=np.asarray(old["logp"]),
+                            old_entropy=np.asarray(old["entropy"])), from_rollout=True)
+  assert float(got["loss/loss"]) == pytest.approx(float(ref["loss/loss"]), rel=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params,
+               ref_state.params)
