@@ -76,6 +76,11 @@ SETTINGS = {
     "bonus_kl_ref": {"entropy_bonus.coef": 0.01, "kl_ref.coef": 0.1},
     "adaptive_bonus": {"entropy_bonus.adaptive": True, "entropy_bonus.coef": 0.003},
     "entropy_advantage": {"entropy_advantage.enabled": True},
+    "ce_gppo": {"name": "gppo", "gppo.positive_nll_coef": 0.1, "dual_clip_c": 3.0},
+    "gspo": {"name": "gspo", "gspo.clip_eps_low": 0.02, "gspo.clip_eps_high": 0.03},
+    "cispo": {"name": "cispo"},
+    "hapo": {"name": "hapo", "dual_clip_c": 3.0},
+    "hapo_token_advantage": {"name": "hapo", "hapo_token_advantage.enabled": True},
 }
 
 

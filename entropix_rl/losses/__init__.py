@@ -6,9 +6,14 @@ order within each kind (docs/interventions.md, "How the loss is composed").
 """
 
 from entropix_rl.losses import (
+    cispo,
     clip_cov,
     entropy_advantage,
     entropy_bonus,
+    gppo,
+    gspo,
+    hapo,
+    hapo_token_advantage,
     high_entropy_tokens,
     kl_cov,
     kl_ref,
@@ -24,6 +29,12 @@ INTERVENTIONS = (
     high_entropy_tokens.INTERVENTION,
     kl_ref.INTERVENTION,
     entropy_bonus.INTERVENTION,
+    gppo.INTERVENTION,
+    gppo.POSITIVE_NLL,
+    gspo.INTERVENTION,
+    cispo.INTERVENTION,
+    hapo.INTERVENTION,
+    hapo_token_advantage.INTERVENTION,
 )
 for _entry in INTERVENTIONS:
   registry.register(_entry)
