@@ -7,9 +7,9 @@ Per token, with `r = exp(clip(ℓ − ℓᵒˡᵈ, −20, 20))`:
 
 No token is dropped: every valid token gets the REINFORCE gradient `−w_t · A_t · ∇ℓ_t`, the
 clipped weight only bounds its size. The paper puts no lower bound on the weight (a large
-ε_l) and tunes ε_h only, without giving its value; the defaults are verl's CISPO example
-(`clip_ratio_low=10`, `clip_ratio_high=0.2`), with ε_l = 1 standing for "no lower bound"
-(any ε_l ≥ 1 gives the same loss, since r > 0). `loss.clip_eps_*` and `loss.dual_clip_c` are
+ε_l) and tunes ε_h only; we did not find its ε_h value (UNVERIFIED). The defaults are verl's
+CISPO example (`clip_ratio_low=10`, `clip_ratio_high=0.2`), with ε_l = 1 standing for "no
+lower bound" (any ε_l ≥ 1 gives the same loss, since r > 0). `loss.clip_eps_*` and `loss.dual_clip_c` are
 not used. The paper aggregates with the token mean (`loss.agg = 'token-mean'`).
 """
 
