@@ -35,6 +35,17 @@ PRESETS: dict[str, dict] = {
     "epo": {"loss.epo.enabled": True},
     "seed_grpo": {"loss.seed_grpo.enabled": True, "rl.cluster_by": "value"},
     "seed_grpo_exact": {"loss.seed_grpo.enabled": True, "rl.cluster_by": "exact_string"},
+    "gppo": {"loss.name": "gppo", "loss.gppo.beta1": 1.0, "loss.gppo.beta2": 1.0,
+             "loss.dual_clip_c": 10.0},
+    "ce_gppo": {"loss.name": "gppo", "loss.gppo.beta1": 0.75, "loss.gppo.beta2": 1.0,
+                "loss.gppo.positive_nll_coef": 0.1, "loss.dual_clip_c": 10.0},
+    "gspo": {"loss.name": "gspo", "loss.agg": "seq-mean-token-mean",
+             "loss.gspo.clip_eps_low": 3e-4, "loss.gspo.clip_eps_high": 4e-4},
+    "cispo": {"loss.name": "cispo", "loss.cispo.clip_eps_low": 1.0,
+              "loss.cispo.clip_eps_high": 0.2},
+    "hapo": {"loss.name": "hapo", "loss.dual_clip_c": 10.0},
+    "hapo_token_advantage": {"loss.name": "hapo", "loss.dual_clip_c": 10.0,
+                             "loss.hapo_token_advantage.enabled": True},
 }
 
 

@@ -12,7 +12,7 @@ from entropix_rl import losses
 from entropix_rl.config_overrides import apply_overrides
 
 AUX_KEYS = {"per_token_loss", "selected", "clip_frac", "approx_kl", "kl_ref", "n_selected",
-            "n_tokens", "entropy_bonus", "pg_loss"}
+            "n_tokens", "entropy_bonus", "pg_loss", "positive_nll"}
 
 
 def make_batch(seed=0, rows=4, time=8, spread=0.6):

@@ -78,6 +78,11 @@ SETTINGS = {
     "entropy_advantage": {"entropy_advantage.enabled": True},
     "empg": {"empg.enabled": True},
     "epo": {"epo.enabled": True, "epo.coef": 0.05, "epo.min_ratio": 0.95, "epo.max_ratio": 1.05},
+    "ce_gppo": {"name": "gppo", "gppo.positive_nll_coef": 0.1, "dual_clip_c": 3.0},
+    "gspo": {"name": "gspo", "gspo.clip_eps_low": 0.02, "gspo.clip_eps_high": 0.03},
+    "cispo": {"name": "cispo"},
+    "hapo": {"name": "hapo", "dual_clip_c": 3.0},
+    "hapo_token_advantage": {"name": "hapo", "hapo_token_advantage.enabled": True},
 }
 
 

@@ -6,11 +6,16 @@ order within each kind (docs/interventions.md, "How the loss is composed").
 """
 
 from entropix_rl.losses import (
+    cispo,
     clip_cov,
     empg,
     entropy_advantage,
     entropy_bonus,
     epo,
+    gppo,
+    gspo,
+    hapo,
+    hapo_token_advantage,
     high_entropy_tokens,
     kl_cov,
     kl_ref,
@@ -20,15 +25,25 @@ from entropix_rl.losses import (
 )
 
 INTERVENTIONS = (
+    # advantage: once per update, on the whole rollout
+    hapo_token_advantage.INTERVENTION,
+    seed_grpo.INTERVENTION,
+    empg.INTERVENTION,
+    # advantage_shaper: in every loss call, before the surrogate
     entropy_advantage.INTERVENTION,
+    # surrogate: the one named by loss.name
     ppo.INTERVENTION,
     clip_cov.INTERVENTION,
     kl_cov.INTERVENTION,
     high_entropy_tokens.INTERVENTION,
+    gppo.INTERVENTION,
+    gspo.INTERVENTION,
+    cispo.INTERVENTION,
+    hapo.INTERVENTION,
+    # regulariser: added to the loss, in this order
     kl_ref.INTERVENTION,
     entropy_bonus.INTERVENTION,
-    seed_grpo.INTERVENTION,
-    empg.INTERVENTION,
+    gppo.POSITIVE_NLL,
     epo.INTERVENTION,
 )
 for _entry in INTERVENTIONS:

@@ -45,7 +45,7 @@ def importance_ratio(logp: jax.Array, old_logp: jax.Array) -> jax.Array:
 
 
 def ppo_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
-              clip_eps_low: float, clip_eps_high: float,
+              clip_eps_low: float | jax.Array, clip_eps_high: float | jax.Array,
               dual_clip_c: float | None = None) -> PPOTerms:
   """Clipped PPO token loss `max(−A·r, −A·clip(r, 1−ε_l, 1+ε_h))`, dual-clipped if `c` is set.
 
@@ -53,8 +53,8 @@ def ppo_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
     logp: `[B, T]` current log-probs ℓ (differentiable).
     old_logp: `[B, T]` behaviour log-probs ℓ^old.
     advantages: `[B, T]` advantages A (treated as constants).
-    clip_eps_low: ε_l.
-    clip_eps_high: ε_h.
+    clip_eps_low: ε_l, a float or per-token `[B, T]` values (HAPO's adaptive clip).
+    clip_eps_high: ε_h, likewise.
     dual_clip_c: c > 1 or None; for A < 0 the loss is capped at `−A·c`.
 
   Returns:
