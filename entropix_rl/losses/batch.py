@@ -45,6 +45,8 @@ class TokenBatch:
     features: name → `[B, T]` current-policy logit features declared by interventions
       (differentiable when declared so).
     old_features: name → `[B, T]` behaviour-policy logit features (constant).
+    info: name → `[B]` or `[B, T]` arrays that rollout-side interventions attach to rows
+      (`train.rollout.Responses.info`), constant.
   """
 
   logp: jax.Array
@@ -61,6 +63,7 @@ class TokenBatch:
   cluster_ids: jax.Array | None = None
   features: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
   old_features: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
+  info: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -69,7 +72,7 @@ class TokenBatch:
   def require(self, name: str, who: str) -> jax.Array:
     """The field or feature `name`, or a ValueError naming the intervention that needs it."""
     value = getattr(self, name, None) if name in FIELDS else self.features.get(
-        name, self.old_features.get(name))
+        name, self.old_features.get(name, self.info.get(name)))
     if value is None:
       raise ValueError(f"{who} reads {name!r}, which this TokenBatch does not hold; declare it in "
                        f"the intervention's `needs` (the trainer fills only declared fields)")
@@ -113,4 +116,5 @@ def stop_gradient_except(batch: TokenBatch, keep: frozenset[str]) -> TokenBatch:
   fields["logp"] = fix("logp", batch.logp, False)
   fields["features"] = {k: fix(k, v, True) for k, v in batch.features.items()}
   fields["old_features"] = {k: fix(k, v, True) for k, v in batch.old_features.items()}
+  fields["info"] = {k: fix(k, v, True) for k, v in batch.info.items()}
   return batch.replace(**fields)

@@ -8,6 +8,7 @@ An `Intervention` is one module's registration. Its kind says where it acts:
 | `advantage_shaper` | in every loss call, before the surrogate | advantages `[B, T]` |
 | `surrogate` | in every loss call; exactly one, named by `loss.name` | `SurrogateOutput` |
 | `regulariser` | in every loss call, after the surrogate | `RegulariserOutput` |
+| `rollout` | on the host, once per step, on the sampled rows (no loss part) | — |
 
 Composition order is explicit: the order of registration, which `entropix_rl.losses` does in
 one list (`register(..., before=name)` places a user's intervention elsewhere). It never
@@ -29,6 +30,18 @@ Optional hooks:
   hooks return `(state, metrics)`.
 * `linear`: False when the loss is a non-linear function of an aggregate (e.g. a squared
   deviation), which makes micro-batched updates run a no-grad planning pass first.
+
+Rollout-side hooks, run on the host by `train/rollout.py` (any kind may have them):
+
+* `samples_per_prompt(cfg, group_size)`: responses to sample per prompt before `rollout`
+  reshapes the group (a vote over more samples than are trained on, the first samples of a
+  branching tree).
+* `sampling_temperature(cfg, state)`: the temperature of this step's sampling.
+* `temperature_rule(cfg)`: a per-row, per-step temperature rule (`sampling.SamplerConfig`),
+  which reads this intervention's state.
+* `rollout(cfg, responses, ctx, state)`: reshapes the step's scored `Responses` (sample
+  more through `ctx`, replace rewards, choose rows) and returns them with exactly
+  `rl.group_size` adjacent rows per prompt.
 """
 
 from __future__ import annotations
@@ -39,7 +52,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-KINDS = ("advantage", "advantage_shaper", "surrogate", "regulariser")
+KINDS = ("advantage", "advantage_shaper", "surrogate", "regulariser", "rollout")
 
 Predicate = Callable[[Any], bool]
 Names = Callable[[Any], frozenset]
@@ -108,6 +121,8 @@ class Intervention:
     init_state: `LossConfig -> pytree`, or None (no state).
     before_update, after_update: `(cfg, state, rollout) -> (state, metrics)`, or None.
     linear: whether its loss is linear in the aggregates it takes.
+    samples_per_prompt, sampling_temperature, temperature_rule, rollout: the rollout-side
+      hooks (module docstring), or None.
   """
 
   name: str
@@ -123,6 +138,10 @@ class Intervention:
   before_update: Callable[..., Any] | None = None
   after_update: Callable[..., Any] | None = None
   linear: bool = True
+  samples_per_prompt: Callable[[Any, int], int] | None = None
+  sampling_temperature: Callable[[Any, Any], Any] | None = None
+  temperature_rule: Callable[[Any], Callable] | None = None
+  rollout: Callable[..., Any] | None = None
 
   def __post_init__(self):
     if self.kind not in KINDS:

@@ -26,6 +26,7 @@ from entropix_rl import losses, sampling, sharding, tasks
 from entropix_rl.models import ModelConfig, hf, init_params
 from entropix_rl.tokenizer import CharTokenizer, HFTokenizer
 from entropix_rl.train import batching, rollout_metrics
+from entropix_rl.train import rollout as rollout_lib
 from entropix_rl.train.checkpoint import Checkpointer, PreemptionGuard
 from entropix_rl.train.evaluation import EvalConfig, evaluate
 from entropix_rl.train.metrics import MetricWriter, Progress
@@ -143,6 +144,9 @@ def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
   if config.rl.completion_buckets > 1 and loss_dict["loss_scale_factor"] is None:
     loss_dict["loss_scale_factor"] = sampler_cfg.max_new_tokens  # trimming keeps the loss
   loss_cfg = losses.resolve_loss_config(loss_dict)
+  if rl_cfg.old_logp_from_rollout and rollout_lib.changes_temperature(loss_cfg):
+    raise ValueError("rl.old_logp_from_rollout=True needs rollouts sampled at the training "
+                     "temperature; an active intervention changes the sampling temperature")
   eval_cfg = EvalConfig(every=config.eval.every, num_prompts=config.eval.num_prompts,
                         num_samples=config.eval.num_samples, pass_k=tuple(config.eval.pass_k))
   context = config.data.max_prompt_len + sampler_cfg.max_new_tokens
@@ -166,8 +170,7 @@ def make_tokenizer(config: ml_collections.ConfigDict):
 
 
 class Scorer:
-  """Decodes completions, scores them with the task's verifier and keys their final answers
-  (host side)."""
+  """Decodes completions and scores them with the task's verifier (host side, evaluation)."""
 
   def __init__(self, task, tokenizer):
     self.task, self.tokenizer = task, tokenizer
@@ -177,10 +180,6 @@ class Scorer:
 
   def score(self, examples: list, texts: list[str]) -> np.ndarray:
     return np.asarray([self.task.verify(ex, t) for ex, t in zip(examples, texts)], np.float32)
-
-  def answer_keys(self, examples: list, texts: list[str], mode: str) -> list:
-    """Each completion's final-answer key (`Task.answer_key`; None = no answer)."""
-    return [self.task.answer_key(ex, t, mode) for ex, t in zip(examples, texts)]
 
 
 def _write_run_info(workdir: str, exp: Experiment, method: str) -> None:
@@ -271,7 +270,11 @@ class RLRun:
         interventions=losses.init_states(exp.loss), with_reference=self.cfg.rl.use_reference)
     self.update = make_rl_update(model_cfg, exp.rl, exp.loss, optimizer, mesh=self.mesh,
                                  state_sharding=self.state_shardings)
-    self.sampler = dataclasses.replace(exp.sampler, num_samples=exp.rl.group_size)
+    rule, self.rule_owner = rollout_lib.temperature_rule(exp.loss)
+    self.sampler = rollout_lib.Sampler(
+        model_cfg, dataclasses.replace(exp.sampler, temperature_rule=rule), task, tokenizer,
+        self.mesh)
+    self.samples_per_prompt = rollout_lib.samples_per_prompt(exp.loss, exp.rl.group_size)
     self.with_clusters = "cluster_ids" in losses.needs(exp.loss)
     if exp.rl.num_groups % jax.process_count():
       raise ValueError(f"rl.prompts_per_step={exp.rl.num_groups} must divide by the number of "
@@ -310,82 +313,80 @@ class RLRun:
                                  force=force)
 
   def _collect(self, sample_key: jax.Array) -> tuple[dict, dict]:
-    """Samples prompt batches until enough informative groups (dynamic sampling) and scores them."""
+    """Samples, scores and (through rollout interventions) reshapes prompt batches until
+    enough informative groups (dynamic sampling); returns the update's batch and metrics."""
     rl, cfg = self.exp.rl, self.cfg.rl
-    kept: list[dict] = []
+    interventions = self.state.interventions
+    temperature = rollout_lib.sampling_temperature(self.exp.loss, interventions)
+    rule_state = interventions.get(self.rule_owner) if self.rule_owner else None
+    kept: list[rollout_lib.Responses] = []
+    keeps: list[np.ndarray] = []
     n_kept = rounds = 0
-    stats = {"reward": [], "distinct": [], "entropy": [], "mask": []}
     while n_kept < self.local_groups:
       rounds += 1
-      batch = next(self.pipeline)
-      rollout = sampling.sample(self.model_cfg, self.state.params, batch["prompt_tokens"],
-                                batch["prompt_lengths"], jax.random.fold_in(sample_key, rounds),
-                                self.sampler, mesh=self.mesh)
-      rollout = jax.device_get(rollout)
-      texts = self.scorer.decode(rollout.completion_tokens)
-      examples = [ex for ex in batch["examples"] for _ in range(rl.group_size)]
-      rewards = self.scorer.score(examples, texts)
-      stats["reward"].append(rewards)
-      stats["distinct"].append(tasks.distinct_correct_per_group(
-          texts, rewards, np.asarray(rollout.group_ids)))
-      stats["entropy"].append(np.asarray(rollout.entropy))
-      stats["mask"].append(np.asarray(rollout.completion_mask))
-      keep = (rollout_metrics.group_filter(rewards, rl.group_size) if cfg.dynamic_sampling
-              else np.ones(self.local_groups, bool))
-      part = {"rollout": rollout, "rewards": rewards, "keep": keep}
+      prompts = next(self.pipeline)
+      key = jax.random.fold_in(sample_key, rounds)
+      sample = functools.partial(self.sampler, self.state.params, temperature=temperature,
+                                 rule_state=rule_state)
+      responses = sample(prompts["prompt_tokens"], prompts["prompt_lengths"], prompts["examples"],
+                         np.arange(self.local_groups), self.samples_per_prompt, key)
+      ctx = rollout_lib.RolloutContext(
+          sample=sample, answer_keys=self.sampler.answer_keys, group_size=rl.group_size,
+          min_prompt_bucket=self.cfg.data.max_prompt_len, pad_id=self.tokenizer.pad_id,
+          key=jax.random.fold_in(key, 1))
+      responses = rollout_lib.reshape(self.exp.loss, responses, ctx, interventions)
       if self.with_clusters:
-        part["cluster_ids"] = tasks.answer_clusters(
-            self.scorer.answer_keys(examples, texts, cfg.cluster_by), rollout.group_ids)
-      kept.append(part)
+        responses.info["cluster_ids"] = tasks.answer_clusters(
+            self.sampler.answer_keys(responses, cfg.cluster_by), responses.group_ids)
+      keep = (rollout_metrics.group_filter(responses.rewards, rl.group_size)
+              if cfg.dynamic_sampling else np.ones(self.local_groups, bool))
+      kept.append(responses)
+      keeps.append(keep)
       n_kept += int(keep.sum())
       if not cfg.dynamic_sampling or rounds >= cfg.max_gen_batches:
         break
       if jax.process_count() > 1:  # every host samples the same number of rounds
         n_kept = int(multihost_utils.process_allgather(np.int32(n_kept)).min())
-    batch, filled = self._assemble(kept)
-    first = kept[0]["rollout"]
+    batch, filled = self._assemble(kept, keeps)
+    first = kept[0]
     metrics = {
-        "reward/mean": float(np.mean(stats["reward"][0])),
-        "accuracy/sampled": float(np.mean(stats["reward"][0] >= 1.0)),
-        "accuracy/distinct_correct_per_group": float(stats["distinct"][0]),
-        "response/length_mean": float(np.asarray(first.lengths).mean()),
-        "response/truncated_frac": float(np.asarray(first.truncated).mean()),
+        "reward/mean": float(np.mean(first.rewards)),
+        "accuracy/sampled": float(np.mean(first.correct)),
+        "accuracy/distinct_correct_per_group": tasks.distinct_correct_per_group(
+            first.texts, first.correct.astype(np.float32), first.group_ids),
+        "response/length_mean": float(first.completion_mask.sum(axis=1).mean()),
+        "response/truncated_frac": float(first.truncated.mean()),
         "dynamic_sampling/gen_rounds": rounds,
         "dynamic_sampling/kept_groups": n_kept,
         "dynamic_sampling/filled_groups": filled,
-        **rollout_metrics.entropy_metrics(stats["entropy"][0], stats["mask"][0]),
+        **rollout_metrics.entropy_metrics(first.entropy, first.completion_mask),
     }
     return batch, metrics
 
-  def _assemble(self, kept: list[dict]) -> tuple[dict, int]:
+  def _assemble(self, kept: list[rollout_lib.Responses], keeps: list[np.ndarray]
+                ) -> tuple[dict, int]:
     """Concatenates kept groups (then, if short, filtered-out groups) into exactly G groups."""
     rl = self.exp.rl
-    g = rl.group_size
     chosen, fallback = [], []
-    for part in kept:
-      for j, keep in enumerate(part["keep"]):
-        (chosen if keep else fallback).append((part, j))
+    for part, keep in zip(kept, keeps):
+      for j, ok in enumerate(keep):
+        (chosen if ok else fallback).append(part.take(np.flatnonzero(part.group_ids == j)))
     filled = max(0, self.local_groups - len(chosen))
-    picks = (chosen + fallback)[:self.local_groups]
-
-    def rows(part, j, field):
-      return np.asarray(getattr(part["rollout"], field))[j * g:(j + 1) * g]
-
-    prompt_tokens = np.concatenate([rows(p, j, "prompt_tokens") for p, j in picks])
-    prompt_lengths = np.concatenate([rows(p, j, "prompt_lengths") for p, j in picks])
-    width = prompt_tokens.shape[1]
-    prompt_mask = np.arange(width)[None, :] >= (width - prompt_lengths)[:, None]
+    rows = rollout_lib.Responses.concat((chosen + fallback)[:self.local_groups],
+                                        self.tokenizer.pad_id)
+    width = rows.prompt_tokens.shape[1]
+    prompt_mask = np.arange(width)[None, :] >= (width - rows.prompt_lengths)[:, None]
     batch = batching.rl_batch(
-        prompt_tokens, prompt_mask,
-        np.concatenate([rows(p, j, "completion_tokens") for p, j in picks]),
-        np.concatenate([rows(p, j, "completion_mask") for p, j in picks]),
-        np.concatenate([p["rewards"][j * g:(j + 1) * g] for p, j in picks]),
-        np.repeat(np.arange(self.local_groups) + jax.process_index() * self.local_groups, g))
-    if self.with_clusters:  # ids are within a group, so they survive the regrouping
-      batch["cluster_ids"] = np.concatenate([p["cluster_ids"][j * g:(j + 1) * g] for p, j in picks])
+        rows.prompt_tokens, prompt_mask, rows.completion_tokens, rows.completion_mask,
+        rows.rewards, np.repeat(np.arange(self.local_groups)
+                                + jax.process_index() * self.local_groups, rl.group_size))
+    info = dict(rows.info)
+    if "cluster_ids" in info:
+      batch["cluster_ids"] = info.pop("cluster_ids")
+    if info:
+      batch["info"] = info
     if rl.old_logp_from_rollout:
-      batch["old_logp"] = np.concatenate([rows(p, j, "logp") for p, j in picks])
-      batch["old_entropy"] = np.concatenate([rows(p, j, "entropy") for p, j in picks])
+      batch["old_logp"], batch["old_entropy"] = rows.logp, rows.entropy
     return self._trim(batch), filled
 
   def _trim(self, batch: dict) -> dict:

@@ -138,7 +138,8 @@ def _token_batch(rows: dict, current: dict) -> losses.TokenBatch:
       old_entropy=rows.get("old_entropy"), ref_logp=rows.get("ref_logp"),
       group_ids=rows["group_ids"], response_ids=rows["response_ids"], rewards=rows["rewards"],
       step_ids=rows.get("step_ids"), cluster_ids=rows.get("cluster_ids"),
-      features=current.get("features", {}), old_features=rows.get("old_features", {}))
+      features=current.get("features", {}), old_features=rows.get("old_features", {}),
+      info=rows.get("info", {}))
 
 
 def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any,

@@ -1,0 +1,283 @@
+"""A step's rollout on the host: sample, score, let rollout-side interventions reshape it.
+
+`Responses` holds scored rows (numpy) grouped by prompt. `collect_step` samples the step's
+prompts (`samples_per_prompt` each, at the temperature rollout interventions choose), scores
+them with the task's verifier, then hands them to every active `rollout` intervention in
+registry order, each of which may sample more (`RolloutContext.sample`: branches from
+prefixes, a second temperature), replace the training rewards (majority votes, cluster
+rewards) or choose rows, and must leave exactly `group_size` rows per prompt. Dynamic sampling
+then keeps informative groups. Model output is only ever decoded and parsed, never executed.
+
+Two rewards are kept apart: `rewards`, what the update trains on, and `correct`, the
+verifier's judgement, which the accuracy metrics always report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from entropix_rl import losses, sampling, tasks
+from entropix_rl.sampling import prompt_bucket
+
+ROW_FIELDS = ("prompt_lengths", "completion_tokens", "completion_mask", "logp", "entropy",
+              "truncated", "group_ids", "rewards", "correct")
+
+
+@dataclasses.dataclass
+class Responses:
+  """Scored rollout rows, rows of one prompt adjacent. N rows, prompt width P, completion C.
+
+  Attributes:
+    prompt_tokens: `[N, P]` int32, left-padded (a branched row's prompt includes its prefix).
+    prompt_lengths: `[N]` int32 real prompt tokens.
+    completion_tokens: `[N, C]` int32; completion_mask: `[N, C]` bool (through the stop).
+    logp, entropy: `[N, C]` float32 from the sampler (at the temperature it sampled with).
+    truncated: `[N]` bool, no stop token within the budget.
+    group_ids: `[N]` int32, the row's prompt within the step (0 .. prompts − 1).
+    examples: the row's task example; texts: the decoded completion.
+    rewards: `[N]` float32 training rewards; correct: `[N]` bool, the verifier's judgement.
+    info: per-row `[N]` or per-token `[N, C]` arrays that rollout interventions pass to the
+      loss side (`TokenBatch.info`).
+  """
+
+  prompt_tokens: np.ndarray
+  prompt_lengths: np.ndarray
+  completion_tokens: np.ndarray
+  completion_mask: np.ndarray
+  logp: np.ndarray
+  entropy: np.ndarray
+  truncated: np.ndarray
+  group_ids: np.ndarray
+  examples: list
+  texts: list[str]
+  rewards: np.ndarray
+  correct: np.ndarray
+  info: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  @property
+  def rows(self) -> int:
+    return len(self.texts)
+
+  def take(self, rows: Sequence[int] | np.ndarray) -> "Responses":
+    """The rows `rows`, in that order."""
+    rows = np.asarray(rows, np.int64)
+    return dataclasses.replace(
+        self, prompt_tokens=self.prompt_tokens[rows],
+        **{f: getattr(self, f)[rows] for f in ROW_FIELDS},
+        examples=[self.examples[i] for i in rows], texts=[self.texts[i] for i in rows],
+        info={k: v[rows] for k, v in self.info.items()})
+
+  @classmethod
+  def concat(cls, parts: Sequence["Responses"], pad_id: int) -> "Responses":
+    """Rows of `parts` one after another; prompts left-padded to the widest."""
+    width = max(p.prompt_tokens.shape[1] for p in parts)
+    prompts = [np.concatenate([np.full((p.rows, width - p.prompt_tokens.shape[1]), pad_id,
+                                       np.int32), p.prompt_tokens], axis=1) for p in parts]
+    keys = set(parts[0].info)
+    if any(set(p.info) != keys for p in parts):
+      raise ValueError("Responses.concat: every part must carry the same info fields")
+    return cls(prompt_tokens=np.concatenate(prompts),
+               **{f: np.concatenate([getattr(p, f) for p in parts]) for f in ROW_FIELDS},
+               examples=[e for p in parts for e in p.examples],
+               texts=[t for p in parts for t in p.texts],
+               info={k: np.concatenate([p.info[k] for p in parts]) for k in keys})
+
+  def grouped(self) -> "Responses":
+    """The rows reordered so that each prompt's rows are adjacent (stable within a group)."""
+    return self.take(np.argsort(self.group_ids, kind="stable"))
+
+
+def window_mean(values: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
+  """Mean of `values` over the `width` tokens after each position: `[N, C]` float32.
+
+      out[i, t] = (1/w) Σ_{τ=t+1}^{t+w} values[i, τ]     if tokens t+1 .. t+w are all valid
+
+  and NaN where the window runs past the response (ARES's high-window-entropy windows,
+  docs/interventions.md).
+
+  Args:
+    values: `[N, C]` per-token values (e.g. entropies); mask: `[N, C]` valid tokens.
+    width: w ≥ 1.
+  """
+  if width < 1:
+    raise ValueError(f"width={width} must be >= 1")
+  values = np.where(mask, np.asarray(values, np.float64), 0.0)
+  valid = np.asarray(mask, np.int64)
+  n, c = values.shape
+  sums = np.concatenate([np.zeros((n, 1)), np.cumsum(values, axis=1)], axis=1)
+  counts = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(valid, axis=1)], axis=1)
+  start = np.arange(c) + 1
+  end = np.minimum(start + width, c)
+  window_sum = sums[:, end] - sums[:, np.minimum(start, c)]
+  full = (counts[:, end] - counts[:, np.minimum(start, c)]) == width
+  return np.where(full, window_sum / width, np.nan).astype(np.float32)
+
+
+def branch_prompts(responses: Responses, rows: np.ndarray, cuts: np.ndarray, *,
+                   min_bucket: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts for regenerating `rows` from a prefix: prompt ⊕ completion[:cut].
+
+  The token at `cut` is regenerated (CURE's critical token, a fork point of a tree).
+
+  Args:
+    responses: the sampled rows.
+    rows: `[M]` row indices; cuts: `[M]` completion positions (0 = regenerate from scratch).
+    min_bucket: smallest prompt width (widths are rounded up to a power of two).
+
+  Returns:
+    `[M, P']` left-padded prompts and `[M]` lengths.
+  """
+  rows, cuts = np.asarray(rows, np.int64), np.asarray(cuts, np.int64)
+  if np.any(cuts < 0) or np.any(cuts > responses.completion_mask[rows].sum(axis=1)):
+    raise ValueError("branch_prompts: cuts must lie within each response")
+  seqs = []
+  for row, cut in zip(rows, cuts):
+    n = int(responses.prompt_lengths[row])
+    prompt = responses.prompt_tokens[row, responses.prompt_tokens.shape[1] - n:]
+    seqs.append(np.concatenate([prompt, responses.completion_tokens[row, :cut]]))
+  lengths = np.asarray([len(s) for s in seqs], np.int32)
+  width = prompt_bucket(int(lengths.max(initial=1)), min_bucket)
+  tokens = np.full((len(seqs), width), pad_id, np.int32)
+  for i, s in enumerate(seqs):
+    tokens[i, width - len(s):] = s
+  return tokens, lengths
+
+
+def majority_labels(keys: Sequence[Hashable | None], group_ids: np.ndarray
+                    ) -> dict[int, Hashable | None]:
+  """Each group's most common answer key (ties: the first to reach the top count; None when
+  no response of the group has an answer)."""
+  counts: dict[int, dict[Hashable, int]] = {}
+  for key, group in zip(keys, np.asarray(group_ids)):
+    counts.setdefault(int(group), {})
+    if key is not None:
+      counts[int(group)][key] = counts[int(group)].get(key, 0) + 1
+  return {g: (max(c, key=c.get) if c else None) for g, c in counts.items()}
+
+
+def cluster_fractions(keys: Sequence[Hashable | None], group_ids: np.ndarray) -> np.ndarray:
+  """`[N]` the fraction of its group that shares each response's answer key, `|c(i)| / G`;
+  a response without an answer counts as its own cluster, `1 / G`."""
+  group_ids = np.asarray(group_ids)
+  out = np.zeros(len(keys), np.float32)
+  for group in np.unique(group_ids):
+    rows = np.flatnonzero(group_ids == group)
+    sizes: dict[Hashable, int] = {}
+    for i in rows:
+      if keys[i] is not None:
+        sizes[keys[i]] = sizes.get(keys[i], 0) + 1
+    for i in rows:
+      out[i] = (sizes[keys[i]] if keys[i] is not None else 1) / len(rows)
+  return out
+
+
+@dataclasses.dataclass
+class RolloutContext:
+  """What rollout interventions may use while reshaping a step's rollout.
+
+  Attributes:
+    sample: `(prompt_tokens, prompt_lengths, examples, group_ids, num_samples, key,
+      temperature=None) -> Responses`, scored with the verifier, `num_samples` rows per
+      prompt, each row's `group_ids` and example as given for its prompt.
+    answer_keys: `(responses, mode) -> list` of final-answer keys (`Task.answer_key`).
+    group_size: rows per prompt the update expects.
+    min_prompt_bucket: smallest prompt width (for `branch_prompts`).
+    pad_id: the pad token.
+    key: a PRNG key for the interventions' own randomness (fold in a constant per use).
+  """
+
+  sample: Callable[..., Responses]
+  answer_keys: Callable[[Responses, str], list]
+  group_size: int
+  min_prompt_bucket: int
+  pad_id: int
+  key: jax.Array
+
+
+class Sampler:
+  """Samples and scores prompts with the policy (`RolloutContext.sample`, `sample_prompts`)."""
+
+  def __init__(self, model_cfg, sampler_cfg: sampling.SamplerConfig, task, tokenizer, mesh):
+    self.model_cfg, self.sampler_cfg, self.task, self.tokenizer = (model_cfg, sampler_cfg,
+                                                                   task, tokenizer)
+    self.mesh = mesh
+
+  def __call__(self, params, prompt_tokens: np.ndarray, prompt_lengths: np.ndarray,
+               examples: Sequence, group_ids: np.ndarray, num_samples: int, key: jax.Array,
+               temperature: Any = None, rule_state: Any = None) -> Responses:
+    cfg = dataclasses.replace(self.sampler_cfg, num_samples=num_samples)
+    rollout = jax.device_get(sampling.sample(
+        self.model_cfg, params, prompt_tokens, prompt_lengths, key, cfg, mesh=self.mesh,
+        temperature=temperature, rule_state=rule_state))
+    texts = [self.tokenizer.decode(row) for row in np.asarray(rollout.completion_tokens)]
+    row_examples = [ex for ex in examples for _ in range(num_samples)]
+    scores = np.asarray([self.task.verify(ex, t) for ex, t in zip(row_examples, texts)],
+                        np.float32)
+    return Responses(
+        prompt_tokens=np.asarray(rollout.prompt_tokens, np.int32),
+        prompt_lengths=np.asarray(rollout.prompt_lengths, np.int32),
+        completion_tokens=np.asarray(rollout.completion_tokens, np.int32),
+        completion_mask=np.asarray(rollout.completion_mask, bool),
+        logp=np.asarray(rollout.logp, np.float32), entropy=np.asarray(rollout.entropy, np.float32),
+        truncated=np.asarray(rollout.truncated, bool), group_ids=np.repeat(np.asarray(group_ids, np.int32), num_samples), examples=row_examples,
+        texts=texts, rewards=scores, correct=scores >= 1.0)
+
+  def answer_keys(self, responses: Responses, mode: str) -> list:
+    return [self.task.answer_key(ex, t, mode) for ex, t in zip(responses.examples, responses.texts)]
+
+
+def rollout_interventions(loss_cfg) -> tuple[losses.Intervention, ...]:
+  """The active interventions with a rollout side, in registry order."""
+  return tuple(e for e in losses.compose.active(loss_cfg)
+               if e.rollout is not None or e.samples_per_prompt is not None
+               or e.sampling_temperature is not None or e.temperature_rule is not None)
+
+
+def changes_temperature(loss_cfg) -> bool:
+  """Whether an active intervention samples at another temperature than the configured one."""
+  return any(e.sampling_temperature is not None or e.temperature_rule is not None
+             for e in rollout_interventions(loss_cfg))
+
+
+def samples_per_prompt(loss_cfg, group_size: int) -> int:
+  """Responses sampled per prompt before rollout interventions reshape the group."""
+  counts = {e.name: e.samples_per_prompt(loss_cfg, group_size)
+            for e in rollout_interventions(loss_cfg) if e.samples_per_prompt is not None}
+  if len(set(counts.values())) > 1:
+    raise ValueError(f"rollout interventions ask for different samples per prompt: {counts}")
+  return next(iter(counts.values()), group_size)
+
+
+def sampling_temperature(loss_cfg, states: dict) -> Any:
+  """The temperature a rollout intervention chooses for this step's sampling, or None."""
+  chosen = [e.sampling_temperature(loss_cfg, states.get(e.name))
+            for e in rollout_interventions(loss_cfg) if e.sampling_temperature is not None]
+  if len(chosen) > 1:
+    raise ValueError("more than one active intervention chooses the sampling temperature")
+  return chosen[0] if chosen else None
+
+
+def temperature_rule(loss_cfg) -> tuple[Callable | None, str | None]:
+  """(the per-token temperature rule, the name of the intervention whose state it reads)."""
+  rules = [(e.temperature_rule(loss_cfg), e.name) for e in rollout_interventions(loss_cfg)
+           if e.temperature_rule is not None]
+  if len(rules) > 1:
+    raise ValueError("more than one active intervention sets a per-token temperature rule")
+  return rules[0] if rules else (None, None)
+
+
+def reshape(loss_cfg, responses: Responses, ctx: RolloutContext, states: dict) -> Responses:
+  """Runs every active rollout intervention's `rollout` hook, in order, and checks the groups."""
+  for entry in rollout_interventions(loss_cfg):
+    if entry.rollout is not None:
+      responses = entry.rollout(loss_cfg, responses, ctx, states.get(entry.name))
+  counts = np.bincount(responses.group_ids)
+  if np.any(counts != ctx.group_size) or np.any(np.diff(responses.group_ids) < 0):
+    raise ValueError(f"after the rollout interventions every prompt must have rl.group_size="
+                     f"{ctx.group_size} adjacent rows; got {counts.tolist()}")
+  return responses
