@@ -46,6 +46,17 @@ PRESETS: dict[str, dict] = {
     "hapo": {"loss.name": "hapo", "loss.dual_clip_c": 10.0},
     "hapo_token_advantage": {"loss.name": "hapo", "loss.dual_clip_c": 10.0,
                              "loss.hapo_token_advantage.enabled": True},
+    "ttrl": {"loss.ttrl.enabled": True, "loss.ttrl.n_vote": 16},
+    "ttrl_value": {"loss.ttrl.enabled": True, "loss.ttrl.n_vote": 16,
+                   "loss.ttrl.vote_by": "value"},
+    "empo": {"loss.empo.enabled": True, "loss.empo.cluster_by": "value"},
+    "empo_exact": {"loss.empo.enabled": True, "loss.empo.cluster_by": "exact_string"},
+    "cure": {"loss.cure.enabled": True, "loss.cure.n1": 2, "loss.cure.n2": 3,
+             "model.max_position_embeddings": 64},
+    "cure_two_stage": {"loss.cure.enabled": True, "loss.cure.n1": 2, "loss.cure.n2": 3,
+                       "loss.cure.stage1_steps": 150, "model.max_position_embeddings": 64},
+    "aepo": {"loss.aepo.enabled": True, "loss.aepo.target": 0.3},
+    "hapo_temperature": {"loss.hapo_temperature.enabled": True},
 }
 
 

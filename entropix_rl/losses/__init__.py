@@ -6,7 +6,10 @@ order within each kind (docs/interventions.md, "How the loss is composed").
 """
 
 from entropix_rl.losses import (
+    aepo,
     cispo,
+    cure,
+    empo,
     clip_cov,
     empg,
     entropy_advantage,
@@ -15,6 +18,7 @@ from entropix_rl.losses import (
     gppo,
     gspo,
     hapo,
+    hapo_temperature,
     hapo_token_advantage,
     high_entropy_tokens,
     kl_cov,
@@ -22,11 +26,19 @@ from entropix_rl.losses import (
     ppo,
     registry,
     seed_grpo,
+    ttrl,
 )
 
 INTERVENTIONS = (
+    # rollout: on the host, on the sampled rows (rewards, extra samples, temperature)
+    ttrl.INTERVENTION,
+    empo.INTERVENTION,
+    cure.INTERVENTION,
+    aepo.ROLLOUT,
+    hapo_temperature.INTERVENTION,
     # advantage: once per update, on the whole rollout
     hapo_token_advantage.INTERVENTION,
+    aepo.ADVANTAGE,
     seed_grpo.INTERVENTION,
     empg.INTERVENTION,
     # advantage_shaper: in every loss call, before the surrogate
@@ -45,6 +57,7 @@ INTERVENTIONS = (
     entropy_bonus.INTERVENTION,
     gppo.POSITIVE_NLL,
     epo.INTERVENTION,
+    aepo.REGULARISER,
 )
 for _entry in INTERVENTIONS:
   registry.register(_entry)

@@ -23,8 +23,9 @@ negative minimum); `'symmetric'` is the paper's form. Then per token:
     L_t = the PPO loss with A', ε_l', ε_h' (and `loss.dual_clip_c`; the authors' scripts: 10)
 
 The score is a scope statistic (`loss.selection_scope`; the authors' code takes it per
-micro-batch). The adaptive sampling temperature of HAPO is rollout-side and not here; the
-token-level group advantage is `hapo_token_advantage`.
+micro-batch). HAPO's adaptive sampling temperature is `hapo_temperature` (it reuses the score
+with the statistics of the previous rollout); the token-level group advantage is
+`hapo_token_advantage`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,32 @@ def nearest_rank(quantile: float, n: jax.Array) -> jax.Array:
   return floor + up.astype(floor.dtype)
 
 
+def score_statistics(entropy: jax.Array, mask: jax.Array, *, pivot: float
+                     ) -> dict[str, jax.Array]:
+  """The scope statistics of ĥ: centre `med`, scale `σ` and the positive and negative extremes
+  of h, from the valid tokens of `entropy` (no gradient; module docstring)."""
+  valid = mask > 0
+  u = jnp.log(jnp.maximum(jnp.where(valid, jax.lax.stop_gradient(entropy), 1.0), SCORE_EPS))
+  n = valid.sum()
+  ordered = jnp.sort(jnp.where(valid, u, jnp.inf).ravel())
+  centre = jnp.where(n > 0, ordered[nearest_rank(pivot, n)], 0.0)
+  h = jnp.where(valid, u - centre, 0.0)
+  scale = jnp.sqrt(jnp.maximum(jnp.square(h).sum() / jnp.maximum(n, 1), SCORE_EPS))
+  h = h / scale
+  return {"centre": centre, "scale": scale,
+          "top": jnp.maximum(jnp.where(valid & (h > 0), h, 0.0).max(), SCORE_EPS),
+          "bottom": jnp.maximum(-jnp.where(valid & (h < 0), h, 0.0).min(), SCORE_EPS)}
+
+
+def score_from_statistics(entropy: jax.Array, stats: dict[str, jax.Array],
+                          form: str = "symmetric") -> jax.Array:
+  """ĥ of entropies under given statistics (`score_statistics`), same shape as `entropy`."""
+  check_choice("loss.hapo.score_form", form, SCORE_FORMS)
+  h = (jnp.log(jnp.maximum(entropy, SCORE_EPS)) - stats["centre"]) / stats["scale"]
+  negative = jnp.abs(h) if form == "absolute" else h
+  return jnp.where(h > 0, h / stats["top"], negative / stats["bottom"])
+
+
 def entropy_score(entropy: jax.Array, mask: jax.Array, *, pivot: float,
                   form: str = "symmetric") -> jax.Array:
   """HAPO's normalised entropy score ĥ over one scope (module docstring).
@@ -100,19 +127,9 @@ def entropy_score(entropy: jax.Array, mask: jax.Array, *, pivot: float,
     `[rows, T]` float32 ĥ, 0 at masked tokens.
   """
   chex.assert_equal_shape([entropy, mask])
-  check_choice("loss.hapo.score_form", form, SCORE_FORMS)
-  valid = mask > 0
-  u = jnp.log(jnp.maximum(jnp.where(valid, jax.lax.stop_gradient(entropy), 1.0), SCORE_EPS))
-  n = valid.sum()
-  ordered = jnp.sort(jnp.where(valid, u, jnp.inf).ravel())
-  centre = jnp.where(n > 0, ordered[nearest_rank(pivot, n)], 0.0)
-  h = jnp.where(valid, u - centre, 0.0)
-  var = jnp.maximum(jnp.square(h).sum() / jnp.maximum(n, 1), SCORE_EPS)
-  h = h / jnp.sqrt(var)
-  top = jnp.maximum(jnp.where(valid & (h > 0), h, 0.0).max(), SCORE_EPS)
-  bottom = jnp.maximum(-jnp.where(valid & (h < 0), h, 0.0).min(), SCORE_EPS)
-  negative = jnp.abs(h) if form == "absolute" else h
-  return jnp.where(h > 0, h / top, negative / bottom)
+  stats = score_statistics(entropy, mask, pivot=pivot)
+  score = score_from_statistics(jax.lax.stop_gradient(entropy), stats, form)
+  return jnp.where(mask > 0, score, 0.0)
 
 
 def adaptive_clip_range(score: jax.Array, *, clip_eps_low: float, clip_eps_high: float,

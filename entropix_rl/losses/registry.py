@@ -33,9 +33,9 @@ Optional hooks:
 
 Rollout-side hooks, run on the host by `train/rollout.py` (any kind may have them):
 
-* `samples_per_prompt(cfg, group_size)`: responses to sample per prompt before `rollout`
-  reshapes the group (a vote over more samples than are trained on, the first samples of a
-  branching tree).
+* `samples_per_prompt(cfg, group_size, state)`: responses to sample per prompt before
+  `rollout` reshapes the group (a vote over more samples than are trained on, the first
+  samples of a branching tree).
 * `sampling_temperature(cfg, state)`: the temperature of this step's sampling.
 * `temperature_rule(cfg)`: a per-row, per-step temperature rule (`sampling.SamplerConfig`),
   which reads this intervention's state.
@@ -127,7 +127,7 @@ class Intervention:
 
   name: str
   kind: str
-  apply: Callable[..., Any]
+  apply: Callable[..., Any] | None
   config: type | None = None
   active: Predicate | None = None
   needs: Names = _nothing
@@ -138,7 +138,7 @@ class Intervention:
   before_update: Callable[..., Any] | None = None
   after_update: Callable[..., Any] | None = None
   linear: bool = True
-  samples_per_prompt: Callable[[Any, int], int] | None = None
+  samples_per_prompt: Callable[[Any, int, Any], int] | None = None
   sampling_temperature: Callable[[Any, Any], Any] | None = None
   temperature_rule: Callable[[Any], Callable] | None = None
   rollout: Callable[..., Any] | None = None

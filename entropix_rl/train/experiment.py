@@ -274,7 +274,6 @@ class RLRun:
     self.sampler = rollout_lib.Sampler(
         model_cfg, dataclasses.replace(exp.sampler, temperature_rule=rule), task, tokenizer,
         self.mesh)
-    self.samples_per_prompt = rollout_lib.samples_per_prompt(exp.loss, exp.rl.group_size)
     self.with_clusters = "cluster_ids" in losses.needs(exp.loss)
     if exp.rl.num_groups % jax.process_count():
       raise ValueError(f"rl.prompts_per_step={exp.rl.num_groups} must divide by the number of "
@@ -318,6 +317,8 @@ class RLRun:
     rl, cfg = self.exp.rl, self.cfg.rl
     interventions = self.state.interventions
     temperature = rollout_lib.sampling_temperature(self.exp.loss, interventions)
+    per_prompt = rollout_lib.samples_per_prompt(self.exp.loss, rl.group_size,
+                                                jax.device_get(interventions))
     rule_state = interventions.get(self.rule_owner) if self.rule_owner else None
     kept: list[rollout_lib.Responses] = []
     keeps: list[np.ndarray] = []
@@ -329,11 +330,11 @@ class RLRun:
       sample = functools.partial(self.sampler, self.state.params, temperature=temperature,
                                  rule_state=rule_state)
       responses = sample(prompts["prompt_tokens"], prompts["prompt_lengths"], prompts["examples"],
-                         np.arange(self.local_groups), self.samples_per_prompt, key)
+                         np.arange(self.local_groups), per_prompt, key)
       ctx = rollout_lib.RolloutContext(
           sample=sample, answer_keys=self.sampler.answer_keys, group_size=rl.group_size,
           min_prompt_bucket=self.cfg.data.max_prompt_len, pad_id=self.tokenizer.pad_id,
-          key=jax.random.fold_in(key, 1))
+          stop_ids=self.exp.sampler.stop_ids, key=jax.random.fold_in(key, 1))
       responses = rollout_lib.reshape(self.exp.loss, responses, ctx, interventions)
       if self.with_clusters:
         responses.info["cluster_ids"] = tasks.answer_clusters(
