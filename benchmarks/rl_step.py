@@ -1,14 +1,31 @@
-r"""One full GRPO step (rollout + update) of the quickstart model: entropix_rl vs TRL's GRPOTrainer.
+r"""One full GRPO step (rollout + update) of the quickstart model: entropix_rl vs TRL's
+GRPOTrainer and tunix's GRPOLearner.
 
   pip install -e ".[bench]" && python benchmarks/rl_step.py [--steps=3 --threads=2]
+      [--tunix_venv=~/.cache/entropix_rl/tunix-venv]
 
-Both sides use the same random weights (ours are saved with `models.hf.save` and loaded by
-transformers), the same character vocabulary, 32 prompts x 8 samples, up to 10 new tokens
-sampled at temperature 1 until <eos>, 4 optimizer updates per rollout with a token-mean PPO
-loss (eps 0.2), no reference model, on this CPU (torch with `--threads` threads). A "step" is
-one rollout plus its 4 updates; the figure is the median over `--steps` steps after one
-warm-up step (our compile time is reported separately). Completion lengths are not forced, so
-the mean length each side produced is printed with the timings.
+All sides use the same random weights (ours are saved with `models.hf.save`; transformers and
+tunix load that checkpoint), the same character vocabulary, 32 prompts x 8 samples, up to 10
+new tokens sampled at temperature 1 until <eos>, 4 optimizer updates per step with a
+token-mean PPO loss (eps 0.2), AdamW 3e-4 with global-norm clipping 1.0, no reference model,
+on this CPU (torch with `--threads` threads; both JAX sides on one CPU device). A "step" is
+the 32 x 8 rollout plus its 4 updates; each figure is the median over `--steps` steps after one
+warm-up step (compile time is reported separately).
+
+tunix pins `safetensors<0.8`, so it runs in its own virtual environment: `--tunix_venv` is
+reused when it imports tunix, otherwise it is created with `python -m venv` and
+`pip install google-tunix==0.1.7 jax==0.10.2 jaxlib==0.10.2` (a few minutes, once). The tunix
+side (`benchmarks/tunix_grpo.py`) runs in a subprocess from a JSON spec written here, checks
+that its model's logits match ours, and reports which settings it could not match (chiefly: tunix
+rolls out each of the 4 mini-batches separately, so it computes no old log-probs). If the
+environment cannot be made (no network), the tunix line says why and the rest still runs.
+
+Output, JSON lines: the original ours-vs-TRL figure, then one line per baseline
+(`baseline_name`: trl, tunix) with both medians, `speedup` (baseline / ours), each side's work
+per step (rollouts, samples, old log-prob rows, updates) and its time split as far as that side
+exposes it, and the mean completion length each side produced (lengths are not forced). With
+the defaults it takes about 2 minutes on 2 cores, plus the environment's creation the first
+time; numbers from a busy machine are noisy.
 """
 
 from __future__ import annotations
@@ -16,9 +33,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -29,12 +48,19 @@ from absl import app, flags  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import quickstart  # noqa: E402
 from entropix_rl import sharding, tasks  # noqa: E402
-from entropix_rl.models import hf, init_params  # noqa: E402
+from entropix_rl.models import forward, hf, init_params  # noqa: E402
 from entropix_rl.tokenizer import CharTokenizer  # noqa: E402
 from entropix_rl.train import experiment  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 3, "Measured steps per side (after one warm-up step).")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads (match the cores JAX uses).")
+_TUNIX_VENV = flags.DEFINE_string(
+    "tunix_venv", os.path.expanduser("~/.cache/entropix_rl/tunix-venv"),
+    "Virtual environment with tunix: reused if it imports tunix, else created here.")
+
+TUNIX_PACKAGES = ("google-tunix==0.1.7", "jax==0.10.2", "jaxlib==0.10.2")
+TUNIX_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tunix_grpo.py")
+CHECK_ROWS = 4
 
 
 def emit(**record) -> None:
@@ -53,26 +79,44 @@ def bench_config():
   return config
 
 
-def ours(config, workdir: str) -> tuple[list[float], float, float]:
-  """Returns (step seconds, first-step seconds incl. compile, mean completion length)."""
+def one_rollout_work(config) -> dict[str, int]:
+  """Work per step when all prompts are rolled out once, old log-probs are computed for every
+  sample, and the updates split that rollout (ours and TRL)."""
+  samples = config.rl.prompts_per_step * config.rl.group_size
+  return {"rollouts": 1, "samples_per_rollout": samples, "old_logprob_rows": samples,
+          "updates": config.rl.num_minibatches,
+          "rows_per_update": samples // config.rl.num_minibatches}
+
+
+def ours(config, workdir: str) -> dict[str, Any]:
+  """Times `_collect` (rollout, decode, score) and `update` (old log-probs + mini-batch
+  updates, one jitted call) of the trainer; the first step includes compilation."""
   tokenizer = experiment.make_tokenizer(config)
   exp = experiment.resolve(config, tokenizer=tokenizer)
   task = tasks.get_task(config.task.name, **config.task.kwargs)
   params = init_params(exp.model, jax.random.PRNGKey(0))
   run = experiment.RLRun(exp, workdir, tokenizer, task, exp.model, params,
                          sharding.make_mesh(config.mesh), log=False)
-  times, lengths = [], []
+  collect_s, update_s, lengths = [], [], []
   for _ in range(_STEPS.value + 1):
     t0 = time.perf_counter()
     rng, key = jax.random.split(run.state.rng)
     run.state = run.state.replace(rng=rng)
     batch, metrics = run._collect(key)
+    t1 = time.perf_counter()
     run.state, update_metrics = run.update(run.state, batch)
     jax.block_until_ready(run.state.params)
-    times.append(time.perf_counter() - t0)
+    collect_s.append(t1 - t0)
+    update_s.append(time.perf_counter() - t1)
     lengths.append(metrics["response/length_mean"])
   run.checkpointer.close()
-  return times[1:], times[0], float(np.mean(lengths))
+  times = [c + u for c, u in zip(collect_s, update_s)]
+  return {"steps_s": times[1:], "first_step_s_incl_compile": times[0],
+          "mean_completion_len": float(np.mean(lengths)),
+          "work": one_rollout_work(config),
+          "split_median_s": {"source": "wall clock around RLRun._collect and RLRun.update",
+                             "rollout": statistics.median(collect_s[1:]),
+                             "old_logprobs_and_updates": statistics.median(update_s[1:])}}
 
 
 def char_hf_tokenizer(char_tok: CharTokenizer, path: str):
@@ -89,7 +133,9 @@ def char_hf_tokenizer(char_tok: CharTokenizer, path: str):
   return fast
 
 
-def trl(config, model_dir: str, workdir: str) -> tuple[list[float], float]:
+def trl(config, model_dir: str, workdir: str) -> dict[str, Any]:
+  """TRL's GRPOTrainer: one generation per 4 optimizer steps (`steps_per_generation`). Since
+  `gradient_accumulation_steps` (1) is not a multiple of that, TRL computes old log-probs."""
   import datasets
   import torch
   from transformers import AutoModelForCausalLM, TrainerCallback
@@ -104,9 +150,11 @@ def trl(config, model_dir: str, workdir: str) -> tuple[list[float], float]:
   examples = [task.example(config.seed, "train", i) for i in range(groups * (_STEPS.value + 2))]
   by_prompt = {ex.prompt: ex for ex in examples}
   dataset = datasets.Dataset.from_dict({"prompt": ["<bos>" + ex.prompt for ex in examples]})
+  lengths: list[int] = []
 
-  def reward(prompts, completions, **kwargs):
+  def reward(prompts, completions, completion_ids, **kwargs):
     del kwargs
+    lengths.extend(len(ids) for ids in completion_ids)
     return [task.verify(by_prompt[p.replace("<bos>", "")], c.replace("<eos>", ""))
             for p, c in zip(prompts, completions)]
 
@@ -131,26 +179,145 @@ def trl(config, model_dir: str, workdir: str) -> tuple[list[float], float]:
   trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
                         processing_class=tokenizer, callbacks=[Timer()])
   trainer.train()
-  per_rollout = [sum(step_times[i:i + minibatches]) for i in range(0, len(step_times), minibatches)]
-  return per_rollout[1:], per_rollout[0]
+  blocks = [step_times[i:i + minibatches] for i in range(0, len(step_times), minibatches)]
+  # The first optimizer step of a block also generates, scores and computes old log-probs;
+  # the others only update.
+  update_only = [statistics.mean(b[1:]) for b in blocks[1:]]
+  return {"steps_s": [sum(b) for b in blocks[1:]], "first_step_s_incl_compile": sum(blocks[0]),
+          "mean_completion_len": float(np.mean(lengths)),
+          "work": one_rollout_work(config),
+          "split_median_s": {
+              "source": "derived from TRL's per-optimizer-step times: rollout = the block's "
+                        "first step minus the mean of its other steps, updates = that mean "
+                        f"x {minibatches}",
+              "rollout_and_old_logprobs": statistics.median(
+                  b[0] - u for b, u in zip(blocks[1:], update_only)),
+              "updates": statistics.median(u * minibatches for u in update_only)}}
+
+
+def tunix_python(venv: str) -> str:
+  """The python of `venv`, after creating it and installing tunix where needed.
+
+  Raises:
+    RuntimeError: with the failing command's last output lines (e.g. no network).
+  """
+  python = os.path.join(venv, "bin", "python")
+  probe = [python, "-c", "import tunix.rl.grpo.grpo_learner"]
+  if os.path.exists(python) and subprocess.run(probe, capture_output=True).returncode == 0:
+    return python
+  for cmd in ([sys.executable, "-m", "venv", venv],
+              [python, "-m", "pip", "install", "--quiet", *TUNIX_PACKAGES]):
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+      tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+      raise RuntimeError(f"`{' '.join(cmd)}` failed: " + " | ".join(tail))
+  return python
+
+
+def tunix_spec(exp: experiment.Experiment, params: dict, model_dir: str, tmp: str) -> str:
+  """Writes the spec `tunix_grpo.py` reads (and our logits for its check); returns its path."""
+  config, model = exp.config, exp.model
+  task = tasks.get_task(config.task.name, **config.task.kwargs)
+  tok = CharTokenizer(task.alphabet)
+  groups = config.rl.prompts_per_step
+  width, new = config.data.max_prompt_len, exp.sampler.max_new_tokens
+  examples = [task.example(config.seed, "train", i) for i in range(groups * (_STEPS.value + 1))]
+  demo_rng = np.random.default_rng(config.seed)
+  prompts = np.full((CHECK_ROWS, width), tok.pad_id, np.int32)
+  completions = np.full((CHECK_ROWS, new), tok.pad_id, np.int32)
+  for row, ex in enumerate(examples[:CHECK_ROWS]):
+    ids = [tok.bos_id] + tok.encode(ex.prompt)
+    prompts[row, width - len(ids):] = ids
+    done = tok.encode(task.demonstration(ex, demo_rng)) + [tok.eos_id]
+    done = done[:min(new, len(done) - row)]  # row r drops its last r tokens: ragged ends
+    completions[row, :len(done)] = done
+  tokens = np.concatenate([prompts, completions], axis=1)
+  logits, _ = forward(model, params, tokens, mask=tokens != tok.pad_id)
+  logits_path = os.path.join(tmp, "check_logits.npz")
+  np.savez(logits_path, logits=np.asarray(logits))
+  opt = exp.rl_optimizer
+  spec = {
+      "task": config.task.name, "model_dir": model_dir,
+      "model": {"num_layers": model.num_layers, "vocab_size": model.vocab_size,
+                "hidden_size": model.hidden_size, "intermediate_size": model.intermediate_size,
+                "num_heads": model.num_heads, "head_dim": model.head_dim,
+                "num_kv_heads": model.num_kv_heads, "rope_theta": model.rope_theta,
+                "rms_norm_eps": model.rms_norm_eps, "tie_embeddings": model.tie_embeddings},
+      "alphabet": tok.alphabet, "pad_id": tok.pad_id, "bos_id": tok.bos_id,
+      "eos_id": tok.eos_id,
+      "prompts": [{"prompt": ex.prompt, "n": int(ex.info["n"])} for ex in examples],
+      "prompts_per_step": groups, "group_size": exp.rl.group_size,
+      "num_minibatches": exp.rl.num_minibatches, "max_prompt_len": width,
+      "max_new_tokens": new, "temperature": exp.sampler.temperature,
+      "clip_eps": exp.loss.clip_eps_low, "seed": config.seed,
+      "optimizer": {"learning_rate": opt.learning_rate, "grad_clip_norm": opt.grad_clip_norm,
+                    "b1": opt.b1, "b2": opt.b2, "eps": opt.eps,
+                    "weight_decay": opt.weight_decay},
+      "check": {"prompt_tokens": prompts.tolist(), "completion_tokens": completions.tolist(),
+                "logits_path": logits_path},
+  }
+  path = os.path.join(tmp, "tunix_spec.json")
+  with open(path, "w") as f:
+    json.dump(spec, f)
+  return path
+
+
+def tunix(exp: experiment.Experiment, params: dict, model_dir: str, tmp: str) -> dict[str, Any]:
+  """Runs `tunix_grpo.py` in the tunix environment; returns its record or {"error": why}."""
+  try:
+    python = tunix_python(_TUNIX_VENV.value)
+  except (RuntimeError, OSError) as e:
+    return {"error": f"no tunix environment at {_TUNIX_VENV.value}: {e}"}
+  spec = tunix_spec(exp, params, model_dir, tmp)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  done = subprocess.run([python, TUNIX_SCRIPT, f"--spec={spec}"], capture_output=True,
+                        text=True, env=env)
+  lines = done.stdout.strip().splitlines()
+  if done.returncode or not lines:
+    tail = (done.stdout + done.stderr).strip().splitlines()[-10:]
+    return {"error": f"tunix_grpo.py exited with {done.returncode}: " + " | ".join(tail)}
+  return json.loads(lines[-1])
 
 
 def main(argv):
   del argv
   config = bench_config()
+  exp = experiment.resolve(config)
   with tempfile.TemporaryDirectory() as tmp:
-    our_times, our_first, our_len = ours(config, os.path.join(tmp, "ours"))
-    exp = experiment.resolve(config)
-    hf.save(os.path.join(tmp, "model"), exp.model, init_params(exp.model, jax.random.PRNGKey(0)))
-    trl_times, trl_first = trl(config, os.path.join(tmp, "model"), os.path.join(tmp, "trl"))
-  ours_med, trl_med = statistics.median(our_times), statistics.median(trl_times)
+    our = ours(config, os.path.join(tmp, "ours"))
+    params = init_params(exp.model, jax.random.PRNGKey(0))
+    model_dir = os.path.join(tmp, "model")
+    hf.save(model_dir, exp.model, params)
+    baselines = {"trl": trl(config, model_dir, os.path.join(tmp, "trl")),
+                 "tunix": tunix(exp, params, model_dir, tmp)}
+  ours_med, trl_med = statistics.median(our["steps_s"]), statistics.median(
+      baselines["trl"]["steps_s"])
   emit(benchmark="rl_step", figure="grpo_step_seconds_median", ours=ours_med, baseline=trl_med,
        ratio=ours_med / trl_med, speedup=trl_med / ours_med, unit="s", target="speedup >= 2",
-       baseline_impl="trl GRPOTrainer", ours_all_s=our_times, baseline_all_s=trl_times,
-       ours_first_step_s_incl_compile=our_first, baseline_first_step_s=trl_first,
-       ours_mean_completion_len=our_len, prompts=config.rl.prompts_per_step,
+       baseline_impl="trl GRPOTrainer", ours_all_s=our["steps_s"],
+       baseline_all_s=baselines["trl"]["steps_s"],
+       ours_first_step_s_incl_compile=our["first_step_s_incl_compile"],
+       baseline_first_step_s=baselines["trl"]["first_step_s_incl_compile"],
+       ours_mean_completion_len=our["mean_completion_len"], prompts=config.rl.prompts_per_step,
        group_size=config.rl.group_size, minibatches=config.rl.num_minibatches,
        max_new_tokens=config.sampler.max_new_tokens, params=exp.model.num_params())
+  targets = {"trl": "speedup >= 2", "tunix": "speedup >= 1.5"}
+  for name, base in baselines.items():
+    if "error" in base:
+      emit(benchmark="rl_step", figure="grpo_step_speedup", baseline_name=name,
+           ours_median_s=ours_med, error=base["error"])
+      continue
+    base_med = statistics.median(base["steps_s"])
+    emit(benchmark="rl_step", figure="grpo_step_speedup", baseline_name=name,
+         ours_median_s=ours_med, baseline_median_s=base_med, speedup=base_med / ours_med,
+         target=targets[name], ours_work=our["work"], baseline_work=base["work"],
+         ours_split_median_s=our["split_median_s"],
+         baseline_split_median_s=base["split_median_s"],
+         ours_mean_completion_len=our["mean_completion_len"],
+         baseline_mean_completion_len=base["mean_completion_len"],
+         ours_all_s=our["steps_s"], baseline_all_s=base["steps_s"],
+         baseline_first_step_s=base["first_step_s_incl_compile"],
+         **{k: base[k] for k in ("logits_max_abs_diff", "unmatched") if k in base})
 
 if __name__ == "__main__":
   app.run(main)
