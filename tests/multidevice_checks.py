@@ -11,13 +11,15 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from entropix_rl import losses, sampling, sharding  # noqa: E402
+from entropix_rl import losses, sampling, sharding, tasks  # noqa: E402
 from entropix_rl.models import init_params, tiny_config  # noqa: E402
 from entropix_rl.train.checkpoint import Checkpointer  # noqa: E402
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
@@ -247,6 +249,42 @@ def sharded_load():
               jax.tree.leaves(placed), jax.tree.leaves(sharding.param_shardings(MODEL, mesh))))}
 
 
+def rollout_equivalence():
+  """A step's rollout with prefix branching (CURE) and group-level rewards (TTRL) collected on
+  each mesh vs one device: the same rows, tokens, masks and rewards (greedy decoding)."""
+  from configs import interventions as presets  # noqa: PLC0415
+  from entropix_rl.train import experiment  # noqa: PLC0415
+
+  out = {}
+  for preset in ("cure", "ttrl"):
+    config = presets.get_config(preset)
+    config.sampler.greedy = True
+    config.rl.prompts_per_step = 8
+    config.rl.num_minibatches = 2
+    config.sft.steps = 0
+    config.logging.tensorboard = False
+    tokenizer = experiment.make_tokenizer(config)
+    exp = experiment.resolve(config, tokenizer=tokenizer)
+    task = tasks.get_task(config.task.name, **config.task.kwargs)
+    batches = {}
+    for name, devices in [("single", jax.devices()[:1])] + [(m, None) for m in MESHES]:
+      mesh = (sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices)
+              if devices else _mesh(MESHES[name]))
+      params = init_params(exp.model, jax.random.PRNGKey(4), init_std=0.3)
+      with tempfile.TemporaryDirectory() as tmp:
+        run = experiment.RLRun(exp, tmp, tokenizer, task, exp.model, params, mesh, log=False)
+        batch, _ = run._collect(jax.random.PRNGKey(5))
+        run.checkpointer.close()
+      batches[name] = batch
+    ref = batches.pop("single")
+    out[preset] = {name: {"same": all(np.array_equal(batch[k], ref[k]) for k in ref
+                                      if k != "info"),
+                          "rows": int(ref["completion"].shape[0]),
+                          "prompt_width": int(ref["tokens"].shape[1] - ref["completion"].shape[1])}
+                   for name, batch in batches.items()}
+  return out
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
   checks = {
@@ -258,6 +296,7 @@ def main():
       "params": param_placement(),
       "checkpoint": checkpoint_across_meshes(),
       "sharded_load": sharded_load(),
+      "rollout": rollout_equivalence(),
   }
   json.dump(checks, sys.stdout)
 

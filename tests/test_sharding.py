@@ -92,3 +92,13 @@ def test_sharded_load_builds_each_param_in_place_from_block_reads(checks):
   assert got["files"] > 1 and got["max_diff"] == 0.0 and got["shardings_match"]
   assert got["whole_reads"] == 0  # no tensor is read whole ...
   assert got["largest_read"] < got["largest_tensor"]  # ... and no read spans a whole tensor
+
+
+@pytest.mark.parametrize("preset", ["cure", "ttrl"])
+@pytest.mark.parametrize("mesh", MESHES)
+def test_branching_and_group_rewards_are_the_same_on_every_mesh(checks, preset, mesh):
+  """CURE's prefix branching and TTRL's majority-vote rewards give the single-device rows."""
+  got = checks["rollout"][preset][mesh]
+  assert got["same"] and got["rows"] == 8 * 8
+  if preset == "cure":
+    assert got["prompt_width"] > 8  # branched rows carry their prefix in the prompt

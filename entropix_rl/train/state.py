@@ -47,8 +47,8 @@ def create_train_state_on_mesh(params: Any, optimizer: optax.GradientTransformat
   """`create_train_state` under jit, its output placed by `sharding.state_shardings`.
 
   The optimizer state and the reference copy are created on the devices in their shardings
-  (never gathered on one device), and `params` (already placed, e.g. by `hf.load(...,
-  shardings=...)`) are donated to the state.
+  (never gathered on one device), and `params` (best already placed, e.g. by `hf.load(...,
+  shardings=...)`; otherwise they are moved there first) are donated to the state.
 
   Returns:
     (state, state shardings).
@@ -59,4 +59,6 @@ def create_train_state_on_mesh(params: Any, optimizer: optax.GradientTransformat
                               ref_params=ref)
 
   state_sharding = sharding.state_shardings(jax.eval_shape(build, params), optimizer, mesh)
-  return jax.jit(build, out_shardings=state_sharding, donate_argnums=0)(params), state_sharding
+  fn = jax.jit(build, in_shardings=(state_sharding.params,), out_shardings=state_sharding,
+               donate_argnums=0)
+  return fn(params), state_sharding
