@@ -51,13 +51,38 @@ PRESETS: dict[str, dict] = {
                    "loss.ttrl.vote_by": "value"},
     "empo": {"loss.empo.enabled": True, "loss.empo.cluster_by": "value"},
     "empo_exact": {"loss.empo.enabled": True, "loss.empo.cluster_by": "exact_string"},
-    "cure": {"loss.cure.enabled": True, "loss.cure.n1": 2, "loss.cure.n2": 3,
-             "model.max_position_embeddings": 64},
+    "cure": {"loss.cure.enabled": True, "loss.cure.n1": 2, "loss.cure.n2": 3},
     "cure_two_stage": {"loss.cure.enabled": True, "loss.cure.n1": 2, "loss.cure.n2": 3,
-                       "loss.cure.stage1_steps": 150, "model.max_position_embeddings": 64},
+                       "loss.cure.stage1_steps": 150},
     "aepo": {"loss.aepo.enabled": True, "loss.aepo.target": 0.3},
     "hapo_temperature": {"loss.hapo_temperature.enabled": True},
 }
+
+
+# The comparison (docs/results.md): one preset per method, plus a variant that acts at this scale
+# where the authors' default does not. Equal budget for every run.
+ZOO = ("grpo", "clip_higher", "entropy_bonus", "adaptive_entropy", "high_entropy_tokens",
+       "entropy_advantage", "clip_cov", "kl_cov", "steer", "lp_reg", "siren", "empg", "epo",
+       "hapo", "gppo", "ce_gppo", "seed_grpo", "gspo", "cispo", "aepo", "aepo_agentic",
+       "hapo_temperature", "ares", "cure", "empo", "ttrl", "ettrl")
+ZOO_SEEDS = (0, 1, 2)
+ZOO_BUDGET = {"rl.steps": 200, "eval.every": 20, "eval.num_prompts": 64,
+              "eval.num_samples": 64, "eval.pass_k": (1, 2, 4, 8, 16, 32, 64)}
+
+
+def get_zoo_sweep() -> list[dict]:
+  """Every intervention at an equal budget, 3 seeds each, sharing one SFT warm start:
+
+    python launch/sweep.py --config=configs/interventions.py --sweep=get_zoo_sweep \
+        --workdir=/tmp/zoo --mode=local --config.sft.shared_dir=/tmp/zoo
+    python experiments/compare_zoo.py --workdirs=/tmp/zoo --out=/tmp/zoo/compare
+
+  About 2.5 minutes per run on 2 CPU cores (docs/results.md gives the measured total).
+  """
+  names = [name for name in ZOO if name in PRESETS]
+  names += [name for name in PRESETS if name.endswith("_acting")]
+  return [dict(ZOO_BUDGET, **PRESETS[name], method=name, seed=seed,
+               _name=f"{name}_seed{seed}") for name in names for seed in ZOO_SEEDS]
 
 
 def get_config(arg: str = "grpo") -> ml_collections.ConfigDict:

@@ -42,7 +42,7 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict({
       "init": "random", "checkpoint": "", "model_type": "qwen2",
       "hidden_size": 128, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
-      "intermediate_size": 384, "max_position_embeddings": 32, "tie_embeddings": True,
+      "intermediate_size": 384, "max_position_embeddings": 64, "tie_embeddings": True,
       "qkv_bias": True, "rope_theta": 10000.0, "param_dtype": "float32",
       "compute_dtype": "float32", "attention_impl": "auto", "attention_block_q": 512,
       "attention_block_k": 512,
