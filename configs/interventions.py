@@ -13,10 +13,15 @@ scaled to this batch (a rollout holds about 1.5k completion tokens), and docs/in
 says, per method, where a default had to be scaled or made to act at this size.
 """
 
+import os
+import sys
+
 import ml_collections
 
-from configs import quickstart
-from entropix_rl.config_overrides import apply_overrides
+# Binaries load config files by path, so make the sibling quickstart importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import quickstart  # noqa: E402
+from entropix_rl.config_overrides import apply_overrides  # noqa: E402
 
 # name -> dotted overrides of the quickstart config.
 PRESETS: dict[str, dict] = {

@@ -41,6 +41,8 @@ def load_module(config_path: str):
   """Imports a config file by path (it may import `entropix_rl`); a `:arg` suffix, which
   config_flags passes to `get_config`, is ignored here."""
   config_path = config_path.split(":", 1)[0]
+  if REPO_ROOT not in sys.path:  # configs may import each other (`from configs import ...`)
+    sys.path.insert(0, REPO_ROOT)
   spec = importlib.util.spec_from_file_location(
       "sweep_config_" + re.sub(r"\W", "_", os.path.basename(config_path)), config_path)
   if spec is None or spec.loader is None:
