@@ -79,7 +79,7 @@ def get_zoo_sweep() -> list[dict]:
   """Every intervention at an equal budget, 3 seeds each, sharing one SFT warm start:
 
     python launch/sweep.py --config=configs/interventions.py --sweep=get_zoo_sweep \
-        --workdir=/tmp/zoo --mode=local --config.sft.shared_dir=/tmp/zoo
+        --workdir=/tmp/zoo --mode=local --jobs=2 --config.sft.shared_dir=/tmp/zoo
     python experiments/compare_zoo.py --workdirs=/tmp/zoo --out=/tmp/zoo/compare
 
   About 2.5 minutes per run on 2 CPU cores (docs/results.md gives the measured total).

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -114,3 +116,29 @@ def test_unknown_flag_rejected(config_path):
   proc = subprocess.run([sys.executable, SWEEP_PY, f"--config={config_path}", "--workdir=w",
                          "--bogus=1"], capture_output=True, text=True, cwd=REPO_ROOT)
   assert proc.returncode != 0 and "--bogus=1" in proc.stderr
+
+
+def test_parallel_jobs_run_first_alone_and_log_each_run(config_path, tmp_path):
+  base = tmp_path / "runs"
+  events, lock = [], threading.Lock()
+
+  def runner(cmd, check, stdout, stderr):
+    name = next(a for a in cmd if a.startswith("--workdir=")).rsplit("/", 1)[1]
+    with lock:
+      events.append(("start", name))
+    stdout.write(f"output of {name}\n")
+    time.sleep(0.2)
+    with lock:
+      events.append(("end", name))
+    return subprocess.CompletedProcess(cmd, 0)
+
+  results = sweep.run_sweep(config_path, str(base), python="python", jobs=2, runner=runner,
+                            log=lambda _: None)
+  names = [n for n, _ in results]
+  assert [s for _, s in results] == ["ok"] * 4
+  assert events[:2] == [("start", names[0]), ("end", names[0])]  # the first run goes alone
+  rest = events[2:]
+  assert rest[0][0] == rest[1][0] == "start"  # then two at once
+  assert (base / f"{names[2]}.log").read_text() == f"output of {names[2]}\n"
+  with pytest.raises(ValueError, match="jobs=2"):
+    sweep.run_sweep(config_path, str(base), mode="tpu", jobs=2, runner=runner)
