@@ -101,7 +101,7 @@ BAD_CONFIGS = [
     ({"loss.clip_cov.ratio": 1.5}, r"loss.clip_cov.ratio.*\(0, 1\]"),
     ({"loss.kl_cov.ratio": 0.0}, r"loss.kl_cov.ratio.*\(0, 1\]"),
     ({"rl.group_size": 1}, r"group_size=1 with rl.advantage='grpo'"),
-    ({"data.max_prompt_len": 30}, r"exceeds the model's context"),
+    ({"data.max_prompt_len": 60}, r"exceeds the model's context"),
     ({"rl.advantage": "ppo_gae"}, r"rl.advantage='ppo_gae'; allowed"),
     ({"model.init": "pretrained"}, r"model.init='pretrained'; allowed"),
     ({"optimizer.schedule": "linear"}, r"optimizer.schedule='linear'; allowed"),
