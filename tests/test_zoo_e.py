@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 
 from configs import interventions as presets
-from entropix_rl import losses, rollout_ops
+from entropix_rl import losses, rollout_ops, sampling
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.losses import aepo_agentic, ares, ettrl
+from entropix_rl.models import init_params, tiny_config
+from entropix_rl.tokenizer import CharTokenizer
 from entropix_rl.train import experiment
+from entropix_rl.train import rollout as rollout_lib
 from entropix_rl.train.rollout import Responses
 
 F32 = lambda x: np.asarray(x, np.float32)
@@ -56,14 +59,14 @@ class FakeContext:
         rows.append((p, prefix, list(self.script(list(prefix), self.rng))))
     n = len(rows)
     tokens = np.full((n, budget), PAD, np.int32)
-    for i, (_, _, completion) in enumerate(rows):
-      tokens[i, :len(completion)] = completion
     mask = np.zeros((n, budget), bool)
     for i, (_, _, completion) in enumerate(rows):
+      tokens[i, :len(completion)] = completion
       mask[i, :len(completion)] = True
     owner = np.asarray([p for p, _, _ in rows])
     return Responses(
-        prompt_tokens=np.asarray(prompt_tokens)[owner], prompt_lengths=np.asarray(prompt_lengths)[owner],
+        prompt_tokens=np.asarray(prompt_tokens)[owner],
+        prompt_lengths=np.asarray(prompt_lengths)[owner],
         completion_tokens=tokens, completion_mask=mask,
         logp=np.zeros((n, budget), np.float32),
         entropy=np.where(mask, self.rng.uniform(0.1, 2.0, (n, budget)), 0).astype(np.float32),
@@ -208,7 +211,7 @@ def test_entropy_balanced_clipping_has_ppo_values_and_keeps_the_upper_gradient()
   ppo_loss, ppo_aux, _ = _loss_and_grad(cfg(dual_clip_c=3.0), batch)
   assert loss == pytest.approx(ppo_loss, rel=1e-6)
   np.testing.assert_allclose(aux["per_token_loss"], ppo_aux["per_token_loss"], rtol=1e-6)
-  # tokens: A > 0, r = e^0.5 > 1.2 | A < 0, r = e^−0.5 < 0.8 | A < 0, r = e^2 (dual-clip) | on-policy
+  # A > 0, r = e^0.5 > 1.2 | A < 0, r = e^−0.5 < 0.8 | A < 0, r = e^2 (dual-clip) | on-policy
   logp = F32([[-1.0, -1.0, -1.0, -1.0]])
   tokens = dict(logp=logp, old_logp=F32([[-1.5, -0.5, -3.0, -1.0]]),
                 advantages=F32([[2.0, -1.0, -1.0, 1.0]]), mask=F32([[1, 1, 1, 1]]),
@@ -250,7 +253,6 @@ def _one_step(prefix, rng):
 def test_aepo_agentic_rollout_branches_after_delimiters_and_fills_each_group(seed):
   config = cfg(**{"aepo_agentic.branching": True, "aepo_agentic.initial_rollouts": 3})
   ctx = FakeContext(_one_step, group_size=8, delimiter=DELIM, seed=seed)
-  ctx.key = jax.random.PRNGKey(seed)
   first = ctx.sample(*_questions(4), 3, None)
   out = aepo_agentic.aepo_agentic_rollout(config, first, ctx, None)
   assert np.array_equal(out.group_ids, np.repeat(np.arange(4), 8))
@@ -262,7 +264,6 @@ def test_aepo_agentic_rollout_branches_after_delimiters_and_fills_each_group(see
                                 np.tile([4, 5, DELIM], (branched.sum(), 1)))
   assert all(out.texts[i] == ctx.decode([4, 5, DELIM, 6, 7]) for i in range(out.rows))
   ctx = FakeContext(_one_step, group_size=8, delimiter=DELIM, seed=seed)
-  ctx.key = jax.random.PRNGKey(seed)
   again = aepo_agentic.aepo_agentic_rollout(config, ctx.sample(*_questions(4), 3, None), ctx,
                                             None)
   np.testing.assert_array_equal(again.prefix_lengths, out.prefix_lengths)  # nothing carried over
@@ -287,6 +288,34 @@ def test_sample_in_buckets_pads_to_a_power_of_two_and_returns_the_given_prompts(
                                       prefix_lengths=np.zeros(5, np.int32))
   assert ctx.calls == [16] and out.rows == 10
   np.testing.assert_array_equal(out.group_ids, np.repeat(np.arange(5), 2))
+
+
+def test_sampler_scores_a_branch_on_its_prefix_and_continuation():
+  tokenizer = CharTokenizer("0123456789+=")
+  seen = []
+
+  class Task:
+    def verify(self, example, text):
+      seen.append(text)
+      return 1.0
+
+  model = tiny_config(vocab_size=tokenizer.vocab_size, hidden_size=16, num_heads=2,
+                      num_kv_heads=1, head_dim=8, intermediate_size=32,
+                      max_position_embeddings=32)
+  sampler_cfg = sampling.SamplerConfig(max_new_tokens=4, stop_ids=tokenizer.stop_ids,
+                                       min_prompt_bucket=8)
+  sampler = rollout_lib.Sampler(model, sampler_cfg, Task(), tokenizer, None)
+  prompts = np.zeros((2, 8), np.int32)
+  prompts[0, -4:] = tokenizer.encode("12=3")
+  prompts[1, -4:] = tokenizer.encode("12=3")
+  out = sampler(init_params(model, jax.random.PRNGKey(0)), prompts, np.array([4, 4]),
+                [None, None], np.array([0, 1]), 2, jax.random.PRNGKey(1),
+                prefix_lengths=np.array([0, 1]))
+  np.testing.assert_array_equal(out.prefix_lengths, [0, 0, 1, 1])
+  for i in range(4):
+    prefix = "3" if i >= 2 else ""
+    assert out.texts[i] == prefix + tokenizer.decode(out.completion_tokens[i])
+  assert seen == out.texts
 
 
 # =================================================================================== ARES

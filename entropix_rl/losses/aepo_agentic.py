@@ -31,8 +31,9 @@ segment's first ≤ 20 tokens, Ĥ_now a trajectory's round-r segment, Ĥ_init it
                                                           no prompt got one, as the reference)
 
 until every prompt has k = `rl.group_size` rows (once it has, nothing more can happen to it).
-Ĥ_init is reset on every call (the reference keeps it across steps). A branch carries its prefix in the prompt:
-the update trains on its continuation, the verifier scores the whole response.
+Ĥ_init is reset on every call (the reference keeps it across steps). A branch carries its
+prefix in the prompt: the update trains on its continuation, the verifier scores the whole
+response.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Rollout (`ares`, on the host, no gradient), per response i with H_t the sampler'
     p95_i = 95th percentile of W over the response (incomplete windows count as the mean of
             the complete ones, as the reference)
     d(q)  = easy if acc(q) ≥ 2/3, medium if ≥ 1/3, else hard   (acc: the group's mean reward)
-    T_d   = ⌊min_i n_i + s_d (max_i n_i − min_i n_i)⌋, s = (.35, .5, .65)   ("spread", as intended)
-          | round(mean_{q ∈ d} mean_{i ∈ q} n_i)                         ("bucket_mean", as released)
+    T_d   = ⌊min_i n_i + s_d (max_i n_i − min_i n_i)⌋, s = (.35, .5, .65)   (spread: as intended)
+          | round(mean_{q ∈ d} mean_{i ∈ q} n_i)                   (bucket_mean: as released)
     α_d   ← clip(α_d + 0.05 δ_d, 0, 2),   δ_d = mean_d n − T_d (easy, medium), T_d − mean_d n (hard)
     R_i   = acc_i + s(acc_i, d, n_i, T_d, α_d)          the hierarchical entropy reward (below)
 
@@ -26,7 +26,8 @@ cap = α_d · (1, 1, 1.2)_d, f = (.15, .25, .35), κ = (2, 3, 4), τ = (2, 2.5, 
     easy, correct:     −min(cap, hub(max(Δ − m, 0)) / (m + κ) · cap)
     medium, correct:   −min(cap, hub(max(|Δ| − m, 0)) / (m + κ) · cap)
     easy, wrong:       sig(max(Δ − m, 0)) · cap · 0.6        medium, wrong: the same · 0.8
-    hard, correct:     sig(Δ + m) · cap  if Δ ≥ −m,  else  −min(cap, 0.5 · hub(−Δ − m) / (m + κ) · cap)
+    hard, correct:     sig(Δ + m) · cap  if Δ ≥ −m,
+                       else −min(cap, 0.5 · hub(−Δ − m) / (m + κ) · cap)
     hard, wrong:       sig(max(Δ − m, 0)) · cap
 
 Dynamic KL (`ares_kl`, a regulariser): `L += κ_KL · Agg(β_{d(i)} · k3(ℓ, ℓʳᵉᶠ))`, with β_d per

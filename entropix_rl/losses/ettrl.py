@@ -1,6 +1,7 @@
 """ETTRL: entropy-fork tree rollouts and entropy-based advantage reshaping for test-time RL
 (Liu et al. 2025, arXiv 2508.11356). No public code was found: beyond the abstract, the
-design below is ours [UNVERIFIED], with the tree modelled on TreeRL's EPTree.
+design below is ours [UNVERIFIED], with the tree modelled on TreeRL's EPTree (Hou et al. 2025,
+arXiv 2506.11902).
 
 A rollout intervention (ETMR, entropy-fork tree majority rollout) and an `advantage`
 intervention (EAR, entropy-based advantage reshaping):
