@@ -61,6 +61,15 @@ PRESETS: dict[str, dict] = {
                        "loss.cure.stage1_steps": 150},
     "aepo": {"loss.aepo.enabled": True, "loss.aepo.target": 0.3},
     "hapo_temperature": {"loss.hapo_temperature.enabled": True},
+    "ettrl": {"loss.ettrl.enabled": True, "model.max_position_embeddings": 64},
+    "ettrl_ear": {"loss.ettrl.enabled": True, "loss.ettrl.ear": True,
+                  "model.max_position_embeddings": 64},
+    "aepo_agentic": {"loss.name": "aepo_agentic", "loss.aepo_agentic.branching": True,
+                     "rl.step_delimiter": "+", "loss.dual_clip_c": 3.0,
+                     "model.max_position_embeddings": 64},
+    "aepo_agentic_loss": {"loss.name": "aepo_agentic", "loss.dual_clip_c": 3.0},
+    "ares": {"loss.ares.enabled": True, "loss.ares.window": 2, "rl.use_reference": True,
+             "loss.clip_eps_high": 0.3, "loss.dual_clip_c": 3.0},
 }
 
 

@@ -1,5 +1,6 @@
-"""Rollout capabilities for interventions: prefix branching, window means of per-token
-values, and group-level rewards from answer keys (majority votes, cluster shares).
+"""Rollout capabilities for interventions: prefix branching, sampling in bucketed prompt
+counts, window means of per-token values, and group-level rewards from answer keys (majority
+votes, cluster shares).
 
 Pure NumPy on the host; model output only enters as answer keys (`Task.answer_key`), which
 are parsed, never executed.
@@ -68,6 +69,24 @@ def branch_prompts(responses, rows: np.ndarray, cuts: np.ndarray, *,
   for i, s in enumerate(seqs):
     tokens[i, width - len(s):] = s
   return tokens, lengths
+
+
+def sample_in_buckets(sample, prompt_tokens: np.ndarray, prompt_lengths: np.ndarray,
+                      examples: Sequence, group_ids: np.ndarray, num_samples: int, key,
+                      prefix_lengths: np.ndarray | None = None):
+  """`sample(...)` (`RolloutContext.sample`) with the number of prompts rounded up to a power
+  of two by repeating the last prompt, so that calls with varying prompt counts reuse a few
+  compiled sampler programs. Returns the rows of the given prompts only; row r draws the same
+  randomness as without the padding.
+  """
+  count = len(prompt_lengths)
+  if not count:
+    raise ValueError("sample_in_buckets: no prompts to sample")
+  pad = np.concatenate([np.arange(count), np.full(prompt_bucket(count, 1) - count, count - 1)])
+  rows = sample(np.asarray(prompt_tokens)[pad], np.asarray(prompt_lengths)[pad],
+                [examples[i] for i in pad], np.asarray(group_ids)[pad], num_samples, key,
+                prefix_lengths=None if prefix_lengths is None else np.asarray(prefix_lengths)[pad])
+  return rows.take(np.arange(count * num_samples))
 
 
 def majority_labels(keys: Sequence[Hashable | None], group_ids: np.ndarray

@@ -47,7 +47,7 @@ def _batch(seed=0):
   }
 
 
-def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False):
+def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None):
   loss_cfg = losses.resolve_loss_config(apply_overrides(losses.default_loss_config(),
                                                         loss_overrides))
   rl_cfg = RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, ppo_epochs=epochs,
@@ -58,7 +58,8 @@ def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False):
   state = create_train_state(params, optimizer, jax.random.PRNGKey(1),
                              interventions=losses.init_states(loss_cfg),
                              ref_params=jax.tree.map(np.array, params))
-  return make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(state, _batch())
+  batch = _batch() if info is None else dict(_batch(), info=info(GROUPS * GROUP_SIZE))
+  return make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(state, batch)
 
 
 def _max_diff(a, b):
@@ -83,7 +84,15 @@ SETTINGS = {
     "cispo": {"name": "cispo"},
     "hapo": {"name": "hapo", "dual_clip_c": 3.0},
     "hapo_token_advantage": {"name": "hapo", "hapo_token_advantage.enabled": True},
+    "aepo_agentic": {"name": "aepo_agentic", "dual_clip_c": 3.0},
+    "ettrl_ear": {"ettrl.enabled": True, "ettrl.ear": True, "ettrl.ear_power": 2.0},
+    "ares": {"ares.enabled": True, "ares.kl_coef": 0.1},
 }
+# Per-row `info` that a setting's interventions read (written by their rollout side).
+INFO = {"ares": lambda n: {
+    "ares_difficulty": np.arange(n, dtype=np.int32) // GROUP_SIZE % 3,
+    "ares_hwe_count": np.arange(n, dtype=np.float32) % 5,
+    "ares_window_p95": np.linspace(0.5, 2.0, n, dtype=np.float32)}}
 
 
 CASES = ([(name, "token-mean") for name in sorted(SETTINGS)]
@@ -95,11 +104,13 @@ CASES = ([(name, "token-mean") for name in sorted(SETTINGS)]
 def test_micro_batches_give_the_unsplit_update(setting, agg):
   overrides = dict(SETTINGS[setting], agg=agg)
   dynamics = setting == "ppo" and agg == "token-mean"  # its chunked pass, once
-  ref_state, ref = _update(overrides, micro=0, chunk=0, dynamics=dynamics)
+  info = INFO.get(setting)
+  ref_state, ref = _update(overrides, micro=0, chunk=0, dynamics=dynamics, info=info)
   for micro, chunk in ((1, 2), (4, 0)):  # mini-batch: 8 rows, so 8 and 2 micro-batches
-    state, got = _update(overrides, micro=micro, chunk=chunk, dynamics=dynamics)
+    state, got = _update(overrides, micro=micro, chunk=chunk, dynamics=dynamics, info=info)
     keys = ["loss/loss", "loss/pg_loss", "loss/grad_norm", "loss/clip_frac",
             "loss/entropy_bonus", "loss/kl_ref", "entropy/sampled_nll"]
+    keys += ["loss/ares_kl"] * ("loss/ares_kl" in ref)
     for key in keys + ["dynamics/measured_entropy_change"] * dynamics:
       want = float(ref[key])
       assert abs(float(got[key]) - want) < TOL * max(1.0, abs(want)), (key, micro, chunk)

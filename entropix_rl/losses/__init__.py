@@ -7,6 +7,8 @@ order within each kind (docs/interventions.md, "How the loss is composed").
 
 from entropix_rl.losses import (
     aepo,
+    aepo_agentic,
+    ares,
     cispo,
     cure,
     empo,
@@ -15,6 +17,7 @@ from entropix_rl.losses import (
     entropy_advantage,
     entropy_bonus,
     epo,
+    ettrl,
     gppo,
     gspo,
     hapo,
@@ -36,13 +39,18 @@ INTERVENTIONS = (
     cure.INTERVENTION,
     aepo.ROLLOUT,
     hapo_temperature.INTERVENTION,
+    ettrl.ROLLOUT,
+    aepo_agentic.ROLLOUT,
+    ares.ROLLOUT,
     # advantage: once per update, on the whole rollout
     hapo_token_advantage.INTERVENTION,
     aepo.ADVANTAGE,
     seed_grpo.INTERVENTION,
     empg.INTERVENTION,
+    ettrl.EAR,
     # advantage_shaper: in every loss call, before the surrogate
     entropy_advantage.INTERVENTION,
+    aepo_agentic.ADVANTAGE,
     # surrogate: the one named by loss.name
     ppo.INTERVENTION,
     clip_cov.INTERVENTION,
@@ -52,12 +60,14 @@ INTERVENTIONS = (
     gspo.INTERVENTION,
     cispo.INTERVENTION,
     hapo.INTERVENTION,
+    aepo_agentic.SURROGATE,
     # regulariser: added to the loss, in this order
     kl_ref.INTERVENTION,
     entropy_bonus.INTERVENTION,
     gppo.POSITIVE_NLL,
     epo.INTERVENTION,
     aepo.REGULARISER,
+    ares.KL,
 )
 for _entry in INTERVENTIONS:
   registry.register(_entry)

@@ -11,7 +11,7 @@ A rollout intervention, no loss part. Stage 1, for each prompt:
    continuations each;
 4. train on one group of n1 + n1·n2 responses per prompt (`rl.group_size` must equal it);
    a branched response carries its prefix in the prompt, so only the continuation is
-   trained on and rewarded.
+   trained on; the verifier scores the whole response, prefix and continuation.
 
 Stage 2 (from `stage1_steps` on) is plain GRPO/DAPO on `rl.group_size` fresh samples per
 prompt, as the reference's second recipe, which starts from the stage-1 checkpoint.
@@ -95,7 +95,8 @@ def cure_rollout(cfg: LossConfig, responses, ctx, state):
   prompts, lengths = branch_prompts(responses, rows, cuts, min_bucket=ctx.min_prompt_bucket,
                                     pad_id=ctx.pad_id)
   branches = ctx.sample(prompts, lengths, responses.examples, responses.group_ids, c.n2,
-                        jax.random.fold_in(ctx.key, 11))
+                        jax.random.fold_in(ctx.key, 11),
+                        prefix_lengths=responses.prefix_lengths + cuts)
   return type(responses).concat([responses, branches], ctx.pad_id).grouped()
 
 

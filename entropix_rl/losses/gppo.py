@@ -64,6 +64,11 @@ class GPPOConfig:
     check_number(f"{path}.positive_nll_coef", self.positive_nll_coef, low=0.0)
 
 
+def preserving_factor(logp: jax.Array) -> jax.Array:
+  """`g = exp(ℓ − sg(ℓ))`: value 1, gradient ∇ℓ at any log-ratio (module docstring)."""
+  return jnp.exp(logp - jax.lax.stop_gradient(logp))
+
+
 def gppo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
               clip_eps_low: float, clip_eps_high: float, beta1: float, beta2: float,
               dual_clip_c: float | None = None) -> tuple[jax.Array, jax.Array]:
@@ -85,7 +90,7 @@ def gppo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
   chex.assert_equal_shape([logp, old_logp, advantages])
   advantages = jax.lax.stop_gradient(advantages)
   ratio = importance_ratio(logp, jax.lax.stop_gradient(old_logp))
-  preserve = jnp.exp(logp - jax.lax.stop_gradient(logp))
+  preserve = preserving_factor(logp)
   low = (advantages < 0) & (ratio < 1.0 - clip_eps_low)
   high = (advantages > 0) & (ratio > 1.0 + clip_eps_high)
   loss = jnp.where(low, -beta1 * (1.0 - clip_eps_low) * preserve * advantages,

@@ -334,7 +334,8 @@ class RLRun:
       ctx = rollout_lib.RolloutContext(
           sample=sample, answer_keys=self.sampler.answer_keys, group_size=rl.group_size,
           min_prompt_bucket=self.cfg.data.max_prompt_len, pad_id=self.tokenizer.pad_id,
-          stop_ids=self.exp.sampler.stop_ids, key=jax.random.fold_in(key, 1))
+          stop_ids=self.exp.sampler.stop_ids, key=jax.random.fold_in(key, 1),
+          step_delimiter_id=rl.step_delimiter_id, decode=self.tokenizer.decode)
       responses = rollout_lib.reshape(self.exp.loss, responses, ctx, interventions)
       if self.with_clusters:
         responses.info["cluster_ids"] = tasks.answer_clusters(

@@ -24,7 +24,7 @@ import numpy as np
 from entropix_rl import losses, sampling
 
 ROW_FIELDS = ("prompt_lengths", "completion_tokens", "completion_mask", "logp", "entropy",
-              "truncated", "group_ids", "rewards", "correct")
+              "truncated", "group_ids", "rewards", "correct", "prefix_lengths")
 
 
 @dataclasses.dataclass
@@ -42,6 +42,10 @@ class Responses:
     rewards: `[N]` float32 training rewards; correct: `[N]` bool, the verifier's judgement.
     info: per-row `[N]` or per-token `[N, C]` arrays that rollout interventions pass to the
       loss side (`TokenBatch.info`).
+    prefix_lengths: `[N]` int32, how many trailing prompt tokens are a response prefix that a
+      branched row continues (0 for a fresh sample, None = all 0). The row's response is that
+      prefix followed by its completion: `texts` and the verifier see both, the update trains
+      on the completion only.
   """
 
   prompt_tokens: np.ndarray
@@ -57,6 +61,11 @@ class Responses:
   rewards: np.ndarray
   correct: np.ndarray
   info: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  prefix_lengths: np.ndarray | None = None
+
+  def __post_init__(self):
+    if self.prefix_lengths is None:
+      self.prefix_lengths = np.zeros(len(self.texts), np.int32)
 
   @property
   def rows(self) -> int:
@@ -97,13 +106,18 @@ class RolloutContext:
 
   Attributes:
     sample: `(prompt_tokens, prompt_lengths, examples, group_ids, num_samples, key,
-      temperature=None) -> Responses`, scored with the verifier, `num_samples` rows per
-      prompt, each row's `group_ids` and example as given for its prompt.
+      temperature=None, prefix_lengths=None) -> Responses`, scored with the verifier,
+      `num_samples` rows per prompt, each row's `group_ids` and example as given for its
+      prompt; `prefix_lengths` `[prompts]` marks the trailing prompt tokens that are a response
+      prefix (a branch: `Responses.prefix_lengths`).
     answer_keys: `(responses, mode) -> list` of final-answer keys (`Task.answer_key`).
     group_size: rows per prompt the update expects.
     min_prompt_bucket: smallest prompt width (for `rollout_ops.branch_prompts`).
     pad_id: the pad token; stop_ids: the stop tokens.
     key: a PRNG key for the interventions' own randomness (fold in a constant per use).
+    step_delimiter_id: the token id of `rl.step_delimiter`, or −1 (none).
+    decode: `token ids -> text`, the tokenizer's decoding (e.g. to match token strings), or
+      None where no tokenizer is at hand.
   """
 
   sample: Callable[..., Responses]
@@ -113,6 +127,8 @@ class RolloutContext:
   pad_id: int
   stop_ids: tuple[int, ...]
   key: jax.Array
+  step_delimiter_id: int = -1
+  decode: Callable[[Sequence[int]], str] | None = None
 
 
 class Sampler:
@@ -125,12 +141,20 @@ class Sampler:
 
   def __call__(self, params, prompt_tokens: np.ndarray, prompt_lengths: np.ndarray,
                examples: Sequence, group_ids: np.ndarray, num_samples: int, key: jax.Array,
-               temperature: Any = None, rule_state: Any = None) -> Responses:
+               temperature: Any = None, rule_state: Any = None,
+               prefix_lengths: np.ndarray | None = None) -> Responses:
     cfg = dataclasses.replace(self.sampler_cfg, num_samples=num_samples)
     rollout = jax.device_get(sampling.sample(
         self.model_cfg, params, prompt_tokens, prompt_lengths, key, cfg, mesh=self.mesh,
         temperature=temperature, rule_state=rule_state))
-    texts = [self.tokenizer.decode(row) for row in np.asarray(rollout.completion_tokens)]
+    prompt_tokens = np.asarray(prompt_tokens)
+    width = prompt_tokens.shape[1]
+    prefix_lengths = np.repeat(np.zeros(len(prompt_tokens), np.int32) if prefix_lengths is None
+                               else np.asarray(prefix_lengths, np.int32), num_samples)
+    prefixes = np.repeat(prompt_tokens, num_samples, axis=0)
+    texts = [self.tokenizer.decode(np.concatenate([prefix[width - n:], row]))
+             for prefix, n, row in zip(prefixes, prefix_lengths,
+                                       np.asarray(rollout.completion_tokens))]
     row_examples = [ex for ex in examples for _ in range(num_samples)]
     scores = np.asarray([self.task.verify(ex, t) for ex, t in zip(row_examples, texts)],
                         np.float32)
@@ -140,8 +164,9 @@ class Sampler:
         completion_tokens=np.asarray(rollout.completion_tokens, np.int32),
         completion_mask=np.asarray(rollout.completion_mask, bool),
         logp=np.asarray(rollout.logp, np.float32), entropy=np.asarray(rollout.entropy, np.float32),
-        truncated=np.asarray(rollout.truncated, bool), group_ids=np.repeat(np.asarray(group_ids, np.int32), num_samples), examples=row_examples,
-        texts=texts, rewards=scores, correct=scores >= 1.0)
+        truncated=np.asarray(rollout.truncated, bool),
+        group_ids=np.repeat(np.asarray(group_ids, np.int32), num_samples), examples=row_examples,
+        texts=texts, rewards=scores, correct=scores >= 1.0, prefix_lengths=prefix_lengths)
 
   def answer_keys(self, responses: Responses, mode: str) -> list:
     return [self.task.answer_key(ex, t, mode) for ex, t in zip(responses.examples, responses.texts)]
