@@ -12,8 +12,11 @@ from entropix_rl.losses import (
     high_entropy_tokens,
     kl_cov,
     kl_ref,
+    lp_reg,
     ppo,
     registry,
+    siren,
+    steer,
 )
 
 INTERVENTIONS = (
@@ -22,8 +25,11 @@ INTERVENTIONS = (
     clip_cov.INTERVENTION,
     kl_cov.INTERVENTION,
     high_entropy_tokens.INTERVENTION,
+    steer.INTERVENTION,
+    lp_reg.INTERVENTION,
     kl_ref.INTERVENTION,
     entropy_bonus.INTERVENTION,
+    siren.INTERVENTION,
 )
 for _entry in INTERVENTIONS:
   registry.register(_entry)
