@@ -57,6 +57,13 @@ def _max_diff(a, b):
               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), default=0.0)
 
 
+# Settings of the loss-side entropy interventions on top of `loss.name` (the tiny model's flat
+# distributions need a large min-p κ for Lp-Reg's proxy to exceed ℓ, and every negative token
+# considered).
+EXTRA = {"lp_reg": {"lp_reg": {"ratio": 1.0, "kappa": 0.3}},
+         "siren": {"name": "ppo", "siren": {"enabled": True, "coef": 0.5}}}
+
+
 def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
   """rl_update on every mesh vs one device: metrics and updated params. With `micro`, the
   meshes accumulate micro-batches of `micro` sequences per data shard (and chunk the no-grad
@@ -67,6 +74,7 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
   loss_cfg.name = loss_name
   loss_cfg.clip_cov.ratio = 0.1
   loss_cfg.kl_cov.ratio = 0.1
+  loss_cfg.update(EXTRA.get(loss_name, {}))
   rl_cfg = RLUpdateConfig(num_groups=groups, group_size=GROUP_SIZE, ppo_epochs=2,
                           num_minibatches=2, advantage="grpo", temperature=1.0, token_chunk=64,
                           remat=False, measure_dynamics=True)
@@ -98,6 +106,7 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
         "n_selected": float(metrics["loss/n_selected_total"]),
         "n_selected_single": float(single_metrics["loss/n_selected_total"]),
         "param_delta": _max_diff(single_state.params, params),
+        "interventions": _max_diff(new_state.interventions, single_state.interventions),
     }
   return out
 
@@ -135,6 +144,62 @@ def selection_equivalence():
           "same_tokens": bool(np.array_equal(np.asarray(sel), np.asarray(ref_sel))),
           "n_selected": int(np.asarray(ref_sel).sum()),
           "grad": _max_diff(grad, ref_grad),
+      }
+  out.update(entropy_intervention_equivalence(inputs, mask, rng))
+  return out
+
+
+def entropy_intervention_equivalence(inputs, mask, rng):
+  """STEER weights, Lp-Reg picks and SIREN picks on row-sharded inputs vs one device, with
+  the gradients of the loss in ℓ and (SIREN) in its top-p entropy feature."""
+  from entropix_rl.losses import lp_reg, siren, steer  # noqa: PLC0415
+  n, t = mask.shape
+  inputs = dict(inputs, old_entropy=rng.uniform(0.0, 3.0, (n, t)).astype(np.float32),
+                proxy=(inputs["logp"] + rng.normal(0.5, 1.5, (n, t))).astype(np.float32),
+                top_p_entropy=rng.uniform(0.0, 2.0, (n, t)).astype(np.float32))
+  settings = {
+      "steer": {"name": "steer"},
+      "steer_linear": {"name": "steer", "steer": {"mode": "linear", "lambda_max": 1.2}},
+      "lp_reg": {"name": "lp_reg", "lp_reg": {"ratio": 0.1}},
+      "siren": {"siren": {"enabled": True, "coef": 0.5}},
+  }
+  states = {"siren": {"anchor": np.float32(0.3), "anchor_set": np.bool_(True)}}
+  out = {}
+  for label, overrides in settings.items():
+    cfg = losses.default_loss_config()
+    cfg.update(overrides)
+    cfg = losses.resolve_loss_config(cfg)
+
+    def fn(x, m, cfg=cfg, label=label):
+      def loss_fn(logp, feature):
+        batch = losses.TokenBatch(
+            logp=logp, old_logp=x["old_logp"], advantages=x["advantages"], mask=m,
+            old_entropy=x["old_entropy"], features={siren.FEATURE: feature},
+            old_features={lp_reg.PROXY: x["proxy"]})
+        loss, aux, stats = losses.compute_loss(cfg, batch, states=states, rng=None,
+                                               agg=losses.Aggregator(cfg.agg))
+        if label.startswith("steer"):
+          picks = steer.steer_weights(cfg, batch, stats["steer"])
+        else:
+          picks = stats["siren"] if label == "siren" else aux["selected"]
+        return loss, picks.astype(np.float32)
+      grads, picks = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
+          x["logp"], x["top_p_entropy"])
+      return picks, grads[0], grads[1]
+
+    ref_picks, ref_grad, ref_feature_grad = jax.jit(fn)(inputs, mask)
+    for name, shape in MESHES.items():
+      mesh = _mesh(shape)
+      picks, grad, feature_grad = jax.jit(fn, out_shardings=sharding.batch_sharding(mesh))(
+          sharding.to_global(inputs, mesh), sharding.to_global(mask, mesh))
+      out[f"{label}/{name}"] = {
+          "same_picks": bool(np.array_equal(np.asarray(picks), np.asarray(ref_picks))),
+          "weights": _max_diff(picks, ref_picks),
+          "n_selected": int((np.asarray(ref_picks) > 0).sum()),
+          "n_distinct": len(np.unique(np.asarray(ref_picks)[mask > 0])),
+          "grad": _max_diff(grad, ref_grad),
+          "feature_grad": _max_diff(feature_grad, ref_feature_grad),
+          "feature_grad_max": float(np.abs(np.asarray(ref_feature_grad)).max()),
       }
   return out
 
@@ -290,7 +355,8 @@ def main():
   checks = {
       "rl_step": {name: rl_step_equivalence(name) for name in ("ppo", "clip_cov", "kl_cov")},
       "rl_step_micro": {name: rl_step_equivalence(name, groups=8, micro=1)
-                        for name in ("ppo", "clip_cov", "kl_cov", "high_entropy_tokens")},
+                        for name in ("ppo", "clip_cov", "kl_cov", "high_entropy_tokens", "steer",
+                                     "lp_reg", "siren")},
       "selection": selection_equivalence(),
       "sampler": sampler_equivalence(),
       "params": param_placement(),

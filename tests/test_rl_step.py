@@ -87,6 +87,17 @@ SETTINGS = {
     "aepo_agentic": {"name": "aepo_agentic", "dual_clip_c": 3.0},
     "ettrl_ear": {"ettrl.enabled": True, "ettrl.ear": True, "ettrl.ear_power": 2.0},
     "ares": {"ares.enabled": True, "ares.kl_coef": 0.1},
+    # STEER: scope statistics (m_min, m_max) from a planning pass, old entropy from the
+    # behaviour pass.
+    "steer": {"name": "steer"},
+    "steer_linear": {"name": "steer", "steer.mode": "linear", "steer.lambda_max": 1.2},
+    # Lp-Reg: an old logit feature (the min-p proxy) and picks from a planning pass; κ = 0.3
+    # filters enough of this tiny model's flat distributions for the proxy to exceed ℓ.
+    "lp_reg": {"name": "lp_reg", "lp_reg.ratio": 1.0, "lp_reg.kappa": 0.3},
+    # SIREN: a differentiable current logit feature, per-row picks, a loss non-linear in an
+    # aggregate (replayed from the planning pass) and an anchor set by a state hook.
+    "siren": {"siren.enabled": True, "siren.coef": 0.5},
+    "siren_plain": {"siren.enabled": True, "siren.coef": 0.5, "siren.anchored": False},
 }
 # Per-row `info` that a setting's interventions read (written by their rollout side).
 INFO = {"ares": lambda n: {
@@ -96,7 +107,7 @@ INFO = {"ares": lambda n: {
 
 
 CASES = ([(name, "token-mean") for name in sorted(SETTINGS)]
-         + [(name, agg) for name in ("ppo", "bonus_kl_ref", "high_entropy_tokens")
+         + [(name, agg) for name in ("ppo", "bonus_kl_ref", "high_entropy_tokens", "siren")
             for agg in losses.AGG_MODES[1:]])
 
 
@@ -111,6 +122,7 @@ def test_micro_batches_give_the_unsplit_update(setting, agg):
     keys = ["loss/loss", "loss/pg_loss", "loss/grad_norm", "loss/clip_frac",
             "loss/entropy_bonus", "loss/kl_ref", "entropy/sampled_nll"]
     keys += ["loss/ares_kl"] * ("loss/ares_kl" in ref)
+    keys += [k for k in ("loss/siren", "siren/anchor", "siren/rollout_peak_entropy") if k in ref]
     for key in keys + ["dynamics/measured_entropy_change"] * dynamics:
       want = float(ref[key])
       assert abs(float(got[key]) - want) < TOL * max(1.0, abs(want)), (key, micro, chunk)
@@ -118,16 +130,21 @@ def test_micro_batches_give_the_unsplit_update(setting, agg):
     assert _max_diff(state.params, ref_state.params) < PARAM_TOL
     assert _max_diff(state.interventions, ref_state.interventions) < TOL
   assert _max_diff(ref_state.params, init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)) > 1e-2
-  if setting in ("clip_cov", "kl_cov", "high_entropy_tokens"):
+  if setting in ("clip_cov", "kl_cov", "high_entropy_tokens", "lp_reg"):
     assert float(ref["loss/n_selected_total"]) > 0
+  if setting == "siren":  # the anchor is set from the first rollout and the term acts
+    assert bool(ref_state.interventions["siren"]["anchor_set"])
+    assert float(ref["siren/anchor"]) == pytest.approx(float(ref["siren/rollout_peak_entropy"]))
+    assert float(ref["loss/siren"]) > 0
 
 
 def test_planning_pass_runs_only_when_an_intervention_needs_it():
   cfg = lambda **o: losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), o))
   assert not losses.needs_planning_pass(cfg())
   assert not losses.needs_planning_pass(cfg(**{"entropy_bonus.coef": 0.01}))
-  for name in ("clip_cov", "kl_cov", "high_entropy_tokens"):
+  for name in ("clip_cov", "kl_cov", "high_entropy_tokens", "steer", "lp_reg"):
     assert losses.needs_planning_pass(cfg(name=name))
+  assert losses.needs_planning_pass(cfg(**{"siren.enabled": True}))
 
 
 def test_microbatch_scope_selects_per_chunk_as_verl():

@@ -21,8 +21,10 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def checks():
+  # The checkout this test lives in, even where another copy of the package is installed.
+  path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+             JAX_PLATFORMS="cpu", PYTHONPATH=path)
   proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "multidevice_checks.py")],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -41,17 +43,21 @@ def test_rl_step_on_mesh_matches_one_device(checks, loss_name, mesh):
     assert got["n_selected"] > 0
 
 
-@pytest.mark.parametrize("loss_name", ["ppo", "clip_cov", "kl_cov", "high_entropy_tokens"])
+@pytest.mark.parametrize("loss_name", ["ppo", "clip_cov", "kl_cov", "high_entropy_tokens",
+                                       "steer", "lp_reg", "siren"])
 @pytest.mark.parametrize("mesh", MESHES)
 def test_micro_batched_rl_step_on_mesh_matches_one_device(checks, loss_name, mesh):
   """Gradient accumulation over device-local micro-batches, chunked no-grad passes and picks
-  from a planning pass reproduce the unsplit single-device update."""
+  from a planning pass reproduce the unsplit single-device update (STEER: old entropy and scope
+  statistics; Lp-Reg: an old logit feature; SIREN: a differentiable current logit feature, a
+  non-linear aggregate and the anchor state)."""
   got = checks["rl_step_micro"][loss_name][mesh]
   assert got["param_delta"] > 1e-2
   assert got["loss"] < TOL and got["grad_norm"] < TOL * 10
   assert got["params"] < TOL and got["opt_state"] < TOL
+  assert got["interventions"] < TOL
   assert got["n_selected"] == got["n_selected_single"]
-  if loss_name != "ppo":
+  if loss_name not in ("ppo", "steer", "siren"):  # the selectors
     assert got["n_selected"] > 0
 
 
@@ -61,6 +67,22 @@ def test_covariance_selection_is_exact_on_every_mesh(checks, key):
   assert got["n_selected"] > 1
   assert got["same_tokens"]
   assert got["grad"] < 1e-6
+
+
+@pytest.mark.parametrize("key", [f"{l}/{m}" for l in ("steer", "steer_linear", "lp_reg", "siren")
+                                 for m in MESHES])
+def test_entropy_intervention_picks_weights_and_gradients_on_every_mesh(checks, key):
+  """STEER's weights, Lp-Reg's and SIREN's picks are the same on every mesh as on one device,
+  and so are the gradients in ℓ and in SIREN's top-p entropy feature."""
+  got = checks["selection"][key]
+  assert got["same_picks"] and got["weights"] == 0.0
+  assert got["grad"] < 1e-6 and got["feature_grad"] < 1e-6
+  if key.startswith("steer"):
+    assert got["n_distinct"] > 10  # the weights really vary
+  else:
+    assert got["n_selected"] > 1
+  if key.startswith("siren"):
+    assert got["feature_grad_max"] > 1e-4  # the regulariser really has a gradient
 
 
 @pytest.mark.parametrize("mesh", MESHES)

@@ -26,9 +26,12 @@ from entropix_rl.losses import (
     high_entropy_tokens,
     kl_cov,
     kl_ref,
+    lp_reg,
     ppo,
     registry,
     seed_grpo,
+    siren,
+    steer,
     ttrl,
 )
 
@@ -61,6 +64,8 @@ INTERVENTIONS = (
     cispo.INTERVENTION,
     hapo.INTERVENTION,
     aepo_agentic.SURROGATE,
+    steer.INTERVENTION,
+    lp_reg.INTERVENTION,
     # regulariser: added to the loss, in this order
     kl_ref.INTERVENTION,
     entropy_bonus.INTERVENTION,
@@ -68,6 +73,7 @@ INTERVENTIONS = (
     epo.INTERVENTION,
     aepo.REGULARISER,
     ares.KL,
+    siren.INTERVENTION,
 )
 for _entry in INTERVENTIONS:
   registry.register(_entry)

@@ -57,7 +57,7 @@ def features(loss_config: Any, policy: str) -> tuple[registry.TokenFeature, ...]
   wanted = needs(cfg)
   seen: dict[str, registry.TokenFeature] = {}
   for entry in active(cfg):
-    for feature in entry.features:
+    for feature in entry.features_for(cfg):
       if feature.policy == policy and feature.name in wanted:
         seen.setdefault(feature.name, feature)
   return tuple(seen.values())
@@ -210,8 +210,9 @@ def policy_loss(loss_config: Any, *, logp: jax.Array, old_logp: jax.Array,
     not count), `selected` `[B, T]` bool (the intervention's pick; all False if none),
     `clip_frac` (fraction of counted tokens whose clip bound is active), `approx_kl` (token
     mean of k3(ℓ, ℓᵒˡᵈ)), `n_selected`, `n_tokens` (Σ mask), `pg_loss` (the aggregated
-    surrogate) and one metric per regulariser (`kl_ref`: Agg of the KL estimate, 0 without
-    `ref_logp`; `entropy_bonus`: `c · Agg(H)`, 0 when off).
+    surrogate) and one metric per active regulariser (`kl_ref`: Agg of the KL estimate, 0
+    without `ref_logp`; `entropy_bonus`: `c · Agg(H)`, 0 when off; `siren`: Ĥ, present only
+    with `loss.siren.enabled`).
   """
   cfg = resolve_loss_config(loss_config)
   chex.assert_rank(logp, 2)

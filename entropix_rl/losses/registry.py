@@ -19,7 +19,9 @@ Optional hooks:
 * `needs(cfg)`: the `TokenBatch` fields (`batch.FIELDS`) and logit features it reads; the
   trainer computes only what some active intervention needs. `grad_needs(cfg)`: those the loss
   is differentiated through (`entropy` or a current-policy feature).
-* `features`: `TokenFeature`s computed from the full logits of each token.
+* `features`: `TokenFeature`s computed from the full logits of each token: a tuple, or a
+  function `LossConfig -> tuple` when a feature depends on the intervention's constants (a
+  min-p threshold, a top-p mass).
 * `scope_stats(cfg, batch, state, key)`: statistics over a selection scope (a whole
   mini-batch, or chunks of it with `selection_scope='microbatch'`), without gradient; every
   leaf has the scope's rows as leading axis. They are computed once per mini-batch and sliced
@@ -116,7 +118,8 @@ class Intervention:
     config: frozen dataclass of the intervention's constants (`loss.<name>`), or None.
     active: `LossConfig -> bool`; surrogates are active when `loss.name` names them.
     needs, grad_needs: `LossConfig -> frozenset` of TokenBatch fields / feature names.
-    features: the logit features it defines.
+    features: the logit features it defines: a tuple, or `LossConfig -> tuple` for features
+      built from its constants (`features_for(cfg)` reads either).
     scope_stats: `(cfg, batch, state, key) -> pytree` of `[rows, ...]` arrays, or None.
     init_state: `LossConfig -> pytree`, or None (no state).
     before_update, after_update: `(cfg, state, rollout) -> (state, metrics)`, or None.
@@ -132,7 +135,7 @@ class Intervention:
   active: Predicate | None = None
   needs: Names = _nothing
   grad_needs: Names = _nothing
-  features: tuple[TokenFeature, ...] = ()
+  features: tuple[TokenFeature, ...] | Callable[[Any], tuple[TokenFeature, ...]] = ()
   scope_stats: Callable[..., Any] | None = None
   init_state: Callable[[Any], Any] | None = None
   before_update: Callable[..., Any] | None = None
@@ -153,6 +156,10 @@ class Intervention:
 
   def is_active(self, cfg) -> bool:
     return bool(self.active(cfg))
+
+  def features_for(self, cfg) -> tuple[TokenFeature, ...]:
+    """The logit features this intervention defines under `cfg`."""
+    return tuple(self.features(cfg) if callable(self.features) else self.features)
 
 
 _REGISTRY: list[Intervention] = []
