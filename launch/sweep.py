@@ -167,7 +167,8 @@ def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_n
   Status is "done" (skipped: DONE exists), "dry_run", "ok", or "failed (rc=N)".
   Runs whose name does not contain `only` are left out. A failed run does not stop the sweep.
   With `jobs` > 1 (local mode), the first pending run goes alone, then up to `jobs` at once,
-  each with its output in `<base_workdir>/<name>.log`.
+  each with its output in `<base_workdir>/<name>.log`; if that first run fails, the others
+  are not started (status "not run (first run failed)"), since they would fail alike.
   """
   if jobs < 1 or (jobs > 1 and mode != "local"):
     raise ValueError(f"jobs={jobs}; allowed: 1, or more with --mode=local")
@@ -201,6 +202,12 @@ def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_n
 
   if pending:
     launch(*pending[0])
+    if jobs > 1 and statuses[pending[0][1]] != "ok":
+      log(f"{pending[0][0]} failed; see {base_workdir}/{pending[0][1]}.log. Not starting the "
+          f"other {len(pending) - 1} runs.")
+      for _, name, _ in pending[1:]:
+        statuses[name] = "not run (first run failed)"
+      pending = pending[:1]
   with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
     for future in [pool.submit(launch, *p) for p in pending[1:]]:
       future.result()
@@ -237,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   failed = [n for n, s in results if s.startswith("failed")]
   print(f"{len(results)} runs: {sum(s == 'done' for _, s in results)} already done, "
         f"{sum(s == 'ok' for _, s in results)} ok, {len(failed)} failed"
-        + (f" ({', '.join(failed)})" if failed else ""))
+        + (f" ({', '.join(failed)})" if failed else "")
+        + f", {sum(s.startswith('not run') for _, s in results)} not run")
   return 1 if failed else 0
 
 

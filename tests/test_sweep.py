@@ -142,3 +142,17 @@ def test_parallel_jobs_run_first_alone_and_log_each_run(config_path, tmp_path):
   assert (base / f"{names[2]}.log").read_text() == f"output of {names[2]}\n"
   with pytest.raises(ValueError, match="jobs=2"):
     sweep.run_sweep(config_path, str(base), mode="tpu", jobs=2, runner=runner)
+
+
+def test_parallel_jobs_stop_when_the_first_run_fails(config_path, tmp_path):
+  started = []
+
+  def runner(cmd, check, stdout, stderr):
+    started.append(cmd)
+    return subprocess.CompletedProcess(cmd, 1)
+
+  results = sweep.run_sweep(config_path, str(tmp_path / "runs"), python="python", jobs=2,
+                            runner=runner, log=lambda _: None)
+  assert len(started) == 1
+  assert results[0][1] == "failed (rc=1)"
+  assert [s for _, s in results[1:]] == ["not run (first run failed)"] * 3
