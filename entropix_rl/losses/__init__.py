@@ -28,6 +28,7 @@ from entropix_rl.losses import (
     kl_ref,
     lp_reg,
     ppo,
+    random_reward,
     registry,
     seed_grpo,
     siren,
@@ -37,6 +38,7 @@ from entropix_rl.losses import (
 
 INTERVENTIONS = (
     # rollout: on the host, on the sampled rows (rewards, extra samples, temperature)
+    random_reward.INTERVENTION,
     ttrl.INTERVENTION,
     empo.INTERVENTION,
     cure.INTERVENTION,

@@ -1,0 +1,68 @@
+"""The random-reward control (`loss.random_reward`) and its clip-bounds config."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import clip_bounds
+from entropix_rl import losses
+from entropix_rl.losses import random_reward
+from entropix_rl.train import experiment
+from entropix_rl.train.rollout import Responses
+
+
+def _responses(rows):
+  mask = np.ones((rows, 3), bool)
+  return Responses(
+      prompt_tokens=np.full((rows, 2), 3, np.int32), prompt_lengths=np.full(rows, 2, np.int32),
+      completion_tokens=np.full((rows, 3), 4, np.int32), completion_mask=mask,
+      logp=np.zeros((rows, 3), np.float32), entropy=np.zeros((rows, 3), np.float32),
+      truncated=np.zeros(rows, bool), group_ids=np.repeat(np.arange(rows // 4), 4),
+      examples=[None] * rows, texts=["t"] * rows, rewards=np.ones(rows, np.float32),
+      correct=np.ones(rows, bool))
+
+
+def _cfg(p):
+  cfg = losses.default_loss_config()
+  cfg.random_reward.enabled = True
+  cfg.random_reward.p = p
+  return losses.resolve_loss_config(cfg)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])
+def test_rewards_are_bernoulli_and_independent_of_correctness(p):
+  ctx = type("Ctx", (), {"key": jax.random.PRNGKey(3)})()
+  out = random_reward.random_reward_rollout(_cfg(p), _responses(4000), ctx, None)
+  assert set(np.unique(out.rewards)) <= {0.0, 1.0}
+  assert abs(out.rewards.mean() - p) < 0.03
+  assert out.correct.all()  # the verifier's judgement is kept for the accuracy metrics
+  again = random_reward.random_reward_rollout(_cfg(p), _responses(4000), ctx, None)
+  np.testing.assert_array_equal(out.rewards, again.rewards)  # a function of the key
+  other = type("Ctx", (), {"key": jax.random.PRNGKey(4)})()
+  if 0 < p < 1:
+    assert not np.array_equal(
+        out.rewards, random_reward.random_reward_rollout(_cfg(p), _responses(4000), other,
+                                                         None).rewards)
+
+
+def test_bad_probability_names_the_field():
+  with pytest.raises(ValueError, match=r"loss.random_reward.p=1.5"):
+    _cfg(1.5)
+
+
+def test_clip_bounds_config_and_sweep(tmp_path):
+  sweep = clip_bounds.get_sweep()
+  assert len(sweep) == len(clip_bounds.BOUNDS) * len(clip_bounds.SEEDS)
+  with pytest.raises(ValueError, match="unknown bounds; allowed"):
+    clip_bounds.get_config("loose")
+  config = clip_bounds.get_config("tight_low")
+  assert (config.loss.clip_eps_low, config.loss.clip_eps_high) == (0.1, 0.2)
+  assert config.loss.random_reward.enabled
+  config.sft.steps = 8
+  config.rl.steps = 2
+  config.rl.prompts_per_step = 8
+  config.rl.num_minibatches = 2
+  config.eval.every = 0
+  config.logging.tensorboard = False
+  history = experiment.run(config, str(tmp_path), log=False)
+  assert len(history) == 2 and all(np.isfinite(h["loss/loss"]) for h in history)
