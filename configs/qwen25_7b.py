@@ -1,7 +1,7 @@
 r"""Paper recipe: Qwen2.5-7B on DAPO-Math-17k, GRPO / Clip-Higher / Clip-Cov / KL-Cov.
 
 The setup of Cui et al. 2025 (arXiv 2505.22617), as recorded in docs/interventions.md
-(section numbers below refer to it):
+("The paper's training setup"):
 
 * The paper's training setup (both methods): GRPO advantages; DAPO-Math-17k; 256 prompts x 8
   responses per step; mini-batch 32 prompts, so 8 optimizer updates per rollout
@@ -19,7 +19,8 @@ The setup of Cui et al. 2025 (arXiv 2505.22617), as recorded in docs/interventio
 * KL-Cov: `kl_cov.ratio` 2e-3 for Qwen2.5-7B (a fraction; the original repo's
   `k_percent` 0.2 is in percent), `kl_cov.coef` (ppo_kl_coef) 1. No PPO clipping at all in
   KL-Cov, so the clip fields are unused for this method and left at 0.2.
-* The GRPO baseline uses the symmetric ε = 0.2 (§2's fit runs; §0's vanilla PPO loss).
+* The GRPO baseline uses the symmetric ε = 0.2 (the paper's GRPO baseline runs; verl's vanilla
+  PPO loss).
 
 Usage (the text after ':' picks the method; the default is "grpo"):
 

@@ -17,8 +17,8 @@ RECIPES = {"7b": qwen25_7b, "32b": qwen25_32b}
 # The paper's setup (lr) and KL-Cov's ratio per size (docs/interventions.md); tensor = KV heads (docs/scaling.md).
 PER_SIZE = {"7b": dict(lr=5e-7, kl_cov_ratio=2e-3, tensor=4),
             "32b": dict(lr=1e-6, kl_cov_ratio=2e-4, tensor=8)}
-# §0/§2 (GRPO ε 0.2), §3 (Clip-Higher 0.2/0.28), §5a (Clip-Cov scripts clip 1/1), §5b (KL-Cov
-# has no clipping; the fields stay at the 0.2 default).
+# The paper's GRPO baseline (ε 0.2), DAPO's Clip-Higher (0.2/0.28), Clip-Cov (its scripts clip
+# 1/1), KL-Cov (no clipping; the fields stay at the 0.2 default).
 CLIP = {"grpo": (0.2, 0.2), "clip_higher": (0.2, 0.28), "clip_cov": (1.0, 1.0),
         "kl_cov": (0.2, 0.2)}
 LOSS_NAME = {"grpo": "ppo", "clip_higher": "ppo", "clip_cov": "clip_cov", "kl_cov": "kl_cov"}

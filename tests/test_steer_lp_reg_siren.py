@@ -1,6 +1,6 @@
-"""STEER, Lp-Reg and SIREN against NumPy references written from INTERVENTIONS.md §8–10 and
-§26.4–7: weights, picks, proxy and top-p features, values and gradients, the anchor state, and
-the seam (needs, features, state hooks)."""
+"""STEER, Lp-Reg and SIREN against NumPy references written from the formulas in
+docs/interventions.md and the authors' code: weights, picks, proxy and top-p features, values
+and gradients, the anchor state, and the seam (needs, features, state hooks)."""
 
 import fractions
 import math
@@ -52,7 +52,7 @@ def loss_and_grad(config, batch, wrt="logp", **extra):
   return float(loss), jax.tree.map(np.asarray, aux), jax.tree.map(np.asarray, grad)
 
 
-# ---------------------------------------------------------------- STEER (§8, §26.7)
+# ---------------------------------------------------------------- STEER
 
 
 def np_steer_weights(logp, old, adv, h_old, mask, mode, lmin, lmax):
@@ -97,7 +97,8 @@ def test_steer_weights_loss_and_gradient_match_reference(mode, lmin, lmax):
 
 
 def test_steer_exp_weights_stay_above_lambda_min_below_the_floor():
-  """k = −ln λ_min / max(m_max, 0.02): with every |Ω| < 0.02, no token reaches λ_min (§26.7)."""
+  """k = −ln λ_min / max(m_max, 0.02) (the reference's floor): with every |Ω| < 0.02, no token
+  reaches λ_min."""
   batch = make_batch(2)
   batch["advantages"] = batch["advantages"] * 1e-3
   config = cfg(name="steer")
@@ -149,7 +150,7 @@ def test_steer_reads_the_old_entropy():
     loss_and_grad(cfg(name="steer"), batch)
 
 
-# ---------------------------------------------------------------- Lp-Reg (§9, §26.4–5)
+# ---------------------------------------------------------------- Lp-Reg
 
 
 def np_proxy(logits, targets, temperature, kappa):
@@ -174,7 +175,7 @@ def test_min_p_proxy_filters_at_temperature_one_then_divides(temperature):
   assert 0 < kept.mean() < 1
   np.testing.assert_allclose(got[kept], want[kept], rtol=1e-5, atol=1e-5)
   assert np.all(got[~kept] < -1000)  # filtered tokens are never regularised
-  if temperature == 1.0:  # §9: log of π_old renormalised over the kept set
+  if temperature == 1.0:  # the paper's proxy: log of π_old renormalised over the kept set
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     renorm = np.log(p[np.arange(64), targets] / np.where(keep, p, 0).sum(-1))
@@ -223,7 +224,7 @@ def test_lp_reg_pick_loss_and_gradient_match_reference(ratio):
   grad_ref = np.where(pick, -a * ratio_ + 0.7 * k3_grad, ppo_grad)
   assert loss == pytest.approx((per_token * m).sum() / m.sum(), rel=1e-5)
   np.testing.assert_allclose(grad, grad_ref * m / m.sum(), rtol=1e-4, atol=1e-7)
-  if ratio == 1.0:  # some picks sit past the k3 clamp: only −A·r is left there (§26.5)
+  if ratio == 1.0:  # some picks sit past the k3 clamp: only −A·r is left there
     assert (pick & (k3 >= 10)).any()
     assert np.all(aux["selected"] <= ((m > 0) & (a < 0)))
 
@@ -250,7 +251,7 @@ def test_lp_reg_declares_its_old_feature_with_the_configured_kappa():
                              lp_reg.min_p_proxy_logp(logits, targets, 1.0, kappa=0.1))
 
 
-# ---------------------------------------------------------------- SIREN (§10, §26.6)
+# ---------------------------------------------------------------- SIREN
 
 
 def np_top_p_entropy(logits, temperature, top_p, top_k):
@@ -296,8 +297,9 @@ def test_top_p_entropy_matches_reference_and_its_gradient(top_k):
 
 
 def test_peak_mask_and_the_every_row_seq_mean_token_mean():
-  """§26.6's example: rows H = [1..6] and [1] give Ĥ = (6 + 0)/2 = 3; the quantile mask is
-  AND-ed with the response mask and excludes padding from the quantile."""
+  """Ĥ divides by every row, as the reference's `agg_loss`: rows H = [1..6] and [1] give
+  Ĥ = (6 + 0)/2 = 3; the quantile mask is AND-ed with the response mask and excludes padding
+  from the quantile."""
   h = np.array([[1, 2, 3, 4, 5, 6, 99.0], [1, 50, 50, 50, 50, 50, 50]], np.float32)
   mask = np.array([[1, 1, 1, 1, 1, 1, 0], [1, 0, 0, 0, 0, 0, 0]], np.float32)
   picked = np.asarray(siren.peak_mask(h, mask, mask_ratio=0.8))

@@ -6,7 +6,8 @@ Entropy is held near a target by the temperature of a one-sided REINFORCE regula
     T   = T_high if Ĥ < H_target else T_low        Ĥ: the previous step's sampled-token NLL
     ∇J  = ∇J_GRPO + α · E_{q, o ~ π^T}[ ∇ log π(o|q) · R(q, o) ]
 
-Implementation (as the reference, with an explicit α as the spec suggests):
+Implementation (as the reference, but with an explicit α on a token-level REINFORCE term, where
+the reference's α is implicit; docs/interventions.md, AEPO):
 
 * rollout: for the first quarter of the step's prompts, sample `group_size` responses at T,
   compute their GRPO advantages, keep those with advantage > 0.05 and put up to

@@ -1,7 +1,7 @@
 """AEPO-agentic: agentic entropy-balanced policy optimisation (Dong et al. 2025, arXiv
 2510.14545; RUC-NLPIR/ARPO @ 30efc15, `AEPO/verl_aepo_entropy`: `core_algos.py::
 compute_policy_loss_entropy_balanced_clipping`, `vllm_rollout_with_tools.py::
-generate_sequences`). Not §11's arbitrary-entropy AEPO (`aepo.py`).
+generate_sequences`). Not the arbitrary-entropy AEPO of Wang et al. 2025 (`aepo.py`).
 
 Loss side (`loss.name = 'aepo_agentic'`), per token, with H the current policy's entropy:
 

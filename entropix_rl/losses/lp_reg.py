@@ -1,6 +1,6 @@
 """Lp-Reg: keep low-probability tokens alive by pulling them towards a min-p proxy of the old
 policy (Huang et al. 2025, arXiv 2510.03222, "Low-probability Tokens Sustain Exploration in
-RLVR"; INTERVENTIONS.md §9, §26.4–5; reference CarlanLark/Lp-Reg-dev
+RLVR"; docs/interventions.md, Lp-Reg; reference CarlanLark/Lp-Reg-dev
 `compute_policy_loss_lp_reg`, `dp_actor.apply_min_p`).
 
 Proxy (an old-policy logit feature, computed once per update without gradient): with π₁ the
@@ -11,7 +11,8 @@ temperature-1 distribution of the old logits z,
     ℓᵖʳᵒˣʸ_t = log_softmax(z̃ / T)(y_t)                        (then divide by the temperature T)
 
 The reference filters at temperature 1 and divides by the rollout temperature afterwards
-(§26.5); we follow the code. At T = 1 (its scripts) this is the filter of §9. A filtered token
+(`apply_min_p`, then `logits.div_(temperature)`); we follow the code. At T = 1 (its scripts)
+this is the paper's min-p proxy, the old policy renormalised over the kept set. A filtered token
 has ℓᵖʳᵒˣʸ ≈ −1e4/T, so it is never regularised.
 
 Selection, per scope, among the valid tokens with A < 0 (N_neg of them):
@@ -31,7 +32,7 @@ constant and its gradient is 0, so the tokens farthest below their proxy get onl
 policy-gradient term −A·r.
 
 Differences from the reference, on purpose: `r = exp(clip(ℓ − ℓᵒˡᵈ, −20, 20))` as in every
-other surrogate here; the reference does not clamp (§26.4). They differ only when
+other surrogate here; the reference does not clamp. They differ only when
 |ℓ − ℓᵒˡᵈ| > 20 nats (r > 4.8e8), where the reference's loss is astronomically large for A < 0
 (and overflows to inf in float32 beyond 88 nats); here it is constant with zero gradient.
 Ties among equal ℓ go to the lower flat index (torch.topk is unspecified). The positive-

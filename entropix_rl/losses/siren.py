@@ -1,6 +1,6 @@
 """SIREN: a self-anchored regulariser on the top-p entropy of each response's peak-entropy tokens
 (arXiv 2509.25133, "Rethinking Entropy Regularization in Large Reasoning Models";
-INTERVENTIONS.md §10, §26.6; reference Linn3a/siren `efficient_top_p_sampling`,
+docs/interventions.md, SIREN; reference Linn3a/siren `efficient_top_p_sampling`,
 `mask_by_quantile`, the `experiment_type == "siren"` branch of `dp_actor.py` and the anchor in
 `ray_trainer.py`).
 
@@ -14,10 +14,10 @@ crosses top_p is dropped), renormalise over the kept set S_t and
 
 Peak mask (a scope statistic, without gradient): per response i, with q_i the mask_ratio
 quantile of Hᵗᵒᵖᵖ over its valid tokens (linear interpolation, padding excluded),
-s_t = m_t · 1[Hᵗᵒᵖᵖ_t > q_i] (the reference does not AND with m; we do, §10).
+s_t = m_t · 1[Hᵗᵒᵖᵖ_t > q_i] (the reference does not AND with m; we do).
 
-Aggregate, seq-mean-token-mean dividing by EVERY row of the batch (§26.6: rows with no picked
-token count as 0), with B rows and n_i = Σ_t s_t:
+Aggregate, seq-mean-token-mean dividing by EVERY row of the batch (as the reference's
+`agg_loss`: rows with no picked token count as 0), with B rows and n_i = Σ_t s_t:
 
     Ĥ(θ) = (1/B) Σ_i [n_i > 0] · Σ_t s_t Hᵗᵒᵖᵖ_t / n_i
 

@@ -1,5 +1,5 @@
 """STEER: reweight each token's PPO loss by its estimated entropy change (Hao et al. 2025,
-arXiv 2510.10150, "Rethinking Entropy Interventions in RLVR"; INTERVENTIONS.md §8, §26.7;
+arXiv 2510.10150, "Rethinking Entropy Interventions in RLVR"; docs/interventions.md, STEER;
 reference zz-haooo/STEER `compute_token_weights`, `compute_policy_loss_with_entropy`).
 
 Per token, without gradient, with the current π and the OLD entropy:
@@ -14,7 +14,7 @@ Per token, without gradient, with the current π and the OLD entropy:
 
     L_t = sg(λ_t) · Lᵖᵖᵒ_t          (the configured PPO loss, dual-clip when `dual_clip_c` is set)
 
-The weights are computed in float32 whatever the input dtype (§26.7). In exp mode λ_min is
+The weights are computed in float32 whatever the input dtype. In exp mode λ_min is
 reached only when m_max ≥ 0.02 (the floor in k). `log π_t` is the log of the clipped π_t, as
 the reference. The log-ratio is clamped to ±20 before exp, as the reference's PPO loss (and
 `ppo_terms`). m_min and m_max are the scope statistics (`scope_stats`), so with gradient
