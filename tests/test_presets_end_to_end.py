@@ -1,0 +1,36 @@
+"""The loss-side presets of the intervention modules added beside the paper's methods
+trains two RL steps from one shared SFT warm start, with finite losses and its own metrics.
+(Rollout-side presets run in test_rollout_interventions.py and test_zoo_e.py.)"""
+
+import numpy as np
+import pytest
+
+from configs import interventions as presets
+from entropix_rl.train import experiment
+
+PRESETS = {  # preset -> a metric only that intervention logs (None: the loss alone)
+    "steer": None, "lp_reg": None, "siren_acting": "loss/siren", "empg_steps": None,
+    "epo": "loss/epo", "seed_grpo": None, "ce_gppo": "loss/positive_nll", "gspo": None,
+    "cispo": None, "hapo_token_advantage": None,
+}
+
+
+@pytest.fixture(scope="module")
+def shared_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("shared_sft"))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_trains_two_steps(tmp_path, shared_dir, preset):
+  config = presets.get_config(preset)
+  config.sft.steps = 8
+  config.sft.shared_dir = shared_dir
+  config.rl.steps = 2
+  config.rl.prompts_per_step = 8
+  config.rl.num_minibatches = 2
+  config.eval.every = 0
+  config.logging.tensorboard = False
+  history = experiment.run(config, str(tmp_path), log=False)
+  assert len(history) == 2 and all(np.isfinite(h["loss/loss"]) for h in history)
+  if PRESETS[preset]:
+    assert PRESETS[preset] in history[-1]
