@@ -1,5 +1,5 @@
 """The loss-side presets of the intervention modules added beside the paper's methods
-train two RL steps from one shared SFT warm start, with finite losses and its own metrics.
+train two RL steps from one shared SFT warm start, with finite losses and their own metrics.
 (Rollout-side presets run in test_rollout_interventions.py and test_zoo_e.py.)"""
 
 import numpy as np
