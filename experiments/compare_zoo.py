@@ -142,7 +142,7 @@ def plot_final(methods: dict[str, dict], path: str) -> dict:
   grid = np.linspace(0.0, max(max(e) for e, _ in points.values()), 200)
   ax.plot(grid, joint.fit.predict(grid), "k-", lw=1.2,
           label=f"joint law: a={joint.fit.a:.2f}, b={joint.fit.b:.2f}, R²={joint.fit.r2:.2f}")
-  ax.set(xlabel="final entropy (nats)", ylabel="final sampled accuracy", xscale="symlog",
+  ax.set(xlabel="final entropy (nats)", ylabel="final sampled accuracy",
          title="where each method ends (one point per seed)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
