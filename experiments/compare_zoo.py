@@ -50,8 +50,9 @@ def run_summary(run: run_logs.Run, last_steps: int) -> dict[str, float]:
   out = {"entropy": last(ENTROPY, last_steps), "accuracy": last(ACCURACY),
          "distinct": last(DISTINCT, last_steps)}
   out.update({f"pass@{k}": last(f"eval/pass@{k}") for k in PASS_K})
-  steps, (entropy, reward) = run.aligned(ENTROPY, ACCURACY)
-  try:
+  entropy = reward = np.zeros(0)
+  try:  # a run still in progress may have no training step yet
+    _, (entropy, reward) = run.aligned(ENTROPY, ACCURACY)
     fit = law.fit(entropy, reward)
     out.update(a=fit.a, b=fit.b, r2=fit.r2)
   except ValueError:
