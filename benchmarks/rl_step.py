@@ -30,6 +30,7 @@ time; numbers from a busy machine are noisy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -178,7 +179,8 @@ def trl(config, model_dir: str, workdir: str) -> dict[str, Any]:
   model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
   trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
                         processing_class=tokenizer, callbacks=[Timer()])
-  trainer.train()
+  with contextlib.redirect_stdout(sys.stderr):  # its end-of-training dict; stdout is JSON only
+    trainer.train()
   blocks = [step_times[i:i + minibatches] for i in range(0, len(step_times), minibatches)]
   # The first optimizer step of a block also generates, scores and computes old log-probs;
   # the others only update.
