@@ -7,7 +7,7 @@ import pytest
 from configs import clip_bounds
 from entropix_rl import losses
 from entropix_rl.losses import random_reward
-from entropix_rl.train import experiment
+from preset_runs import train_two_steps
 from entropix_rl.train.rollout import Responses
 
 
@@ -58,11 +58,4 @@ def test_clip_bounds_config_and_sweep(tmp_path):
   config = clip_bounds.get_config("tight_low")
   assert (config.loss.clip_eps_low, config.loss.clip_eps_high) == (0.1, 0.2)
   assert config.loss.random_reward.enabled
-  config.sft.steps = 8
-  config.rl.steps = 2
-  config.rl.prompts_per_step = 8
-  config.rl.num_minibatches = 2
-  config.eval.every = 0
-  config.logging.tensorboard = False
-  history = experiment.run(config, str(tmp_path), log=False)
-  assert len(history) == 2 and all(np.isfinite(h["loss/loss"]) for h in history)
+  history = train_two_steps(config, str(tmp_path))

@@ -12,7 +12,7 @@ import pytest
 from configs import interventions as presets
 from entropix_rl import losses, rollout_ops
 from entropix_rl.losses import aepo, cure, empo, hapo, hapo_temperature, ttrl
-from entropix_rl.train import experiment
+from preset_runs import train_two_steps
 from entropix_rl.train.rollout import Responses
 
 
@@ -171,15 +171,8 @@ def test_hapo_temperature_rule_heats_high_and_cools_low_entropy_rows():
                                     "hapo_temperature"])
 def test_preset_trains_two_steps(tmp_path, preset):
   config = presets.get_config(preset)
-  config.sft.steps = 8
-  config.rl.steps = 2
-  config.rl.prompts_per_step = 8
-  config.rl.num_minibatches = 2
-  config.eval.every = 0
-  config.logging.tensorboard = False
   if preset == "cure_two_stage":
     config.loss.cure.stage1_steps = 1  # step 1 branches, step 2 samples plainly
-  history = experiment.run(config, str(tmp_path), log=False)
-  assert len(history) == 2 and all(np.isfinite(h["loss/loss"]) for h in history)
+  history = train_two_steps(config, str(tmp_path))
   if preset == "aepo":
     assert "aepo/next_temperature" in history[-1]

@@ -17,7 +17,7 @@ from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.losses import aepo_agentic, ares, ettrl
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.tokenizer import CharTokenizer
-from entropix_rl.train import experiment
+from preset_runs import train_two_steps
 from entropix_rl.train import rollout as rollout_lib
 from entropix_rl.train.rollout import Responses
 
@@ -481,13 +481,6 @@ def test_dynamic_kl_term():
                                     "ares"])
 def test_preset_trains_two_steps(tmp_path, preset):
   config = presets.get_config(preset)
-  config.sft.steps = 8
-  config.rl.steps = 2
-  config.rl.prompts_per_step = 8
-  config.rl.num_minibatches = 2
-  config.eval.every = 0
-  config.logging.tensorboard = False
-  history = experiment.run(config, str(tmp_path), log=False)
-  assert len(history) == 2 and all(np.isfinite(h["loss/loss"]) for h in history)
+  history = train_two_steps(config, str(tmp_path))
   if preset == "ares":
     assert "ares/threshold" in history[-1] and "ares_kl/beta_hard" in history[-1]
