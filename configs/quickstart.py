@@ -66,6 +66,8 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       "token_chunk": 4096, "remat": False, "micro_batch_size": 0,
       "logprob_micro_batch_size": 0, "feature_chunk": 256, "completion_buckets": 1,
       "old_logp_from_rollout": False,
+      # Stop after this many updates in a row with a non-finite loss or gradient (each skipped).
+      "max_skipped_updates": 3,
       # Steps within a response (EMPG, EPO): "" = one step; "+" splits "a+b" into "a+" and "b".
       "step_delimiter": "",
       # Answer clusters (SEED-GRPO): "exact_string" or "value" (every correct a+b has value n).

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from entropix_rl import paths
 
 
 def _vector(name: str, values: ArrayLike) -> np.ndarray:
@@ -329,9 +330,12 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 
 def _save(fig, out_png: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+  """Writes `fig` to a local or `gs://` PNG path (parents created)."""
+  out = paths.as_path(out_png)
+  out.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(out_png, dpi=110)
+  with out.open("wb") as f:
+    fig.savefig(f, format="png", dpi=110)
   return out_png
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 
-from entropix_rl import run_logs  # noqa: E402
+from entropix_rl import paths, run_logs  # noqa: E402
 
 PANELS = (
     ("entropy/paper", "policy entropy (nats, paper's Eq. 5)"),
@@ -33,7 +32,14 @@ def plot_runs(runs: dict[str, str], out_png: str, panels=PANELS) -> str:
     ax.grid(alpha=0.3)
   axes[0].legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=110)
-  plt.close(fig)
+  save_figure(fig, out_png)
   return out_png
+
+
+def save_figure(fig: plt.Figure, out_png: epath.PathLike, dpi: int = 110) -> None:
+  """Writes `fig` as a PNG to a local or `gs://` path (parents created) and closes it."""
+  out = paths.as_path(out_png)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with out.open("wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
+  plt.close(fig)

@@ -84,6 +84,7 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
       "token_chunk": 1024, "remat": True, "micro_batch_size": size.micro_batch_size,
       "logprob_micro_batch_size": size.logprob_micro_batch_size, "feature_chunk": 256,
       "completion_buckets": 4, "old_logp_from_rollout": False,
+      "max_skipped_updates": 3,  # stop after 3 non-finite (skipped) updates in a row
       "step_delimiter": "",  # one step per response (EMPG, EPO)
       "cluster_by": "exact_string",  # SEED-GRPO answer clusters; "value" = math-verify's parse
   })

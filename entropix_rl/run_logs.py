@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 RUN_INFO_FILE = "run_info.json"
@@ -96,15 +97,14 @@ def _number(value: Any, where: str) -> float:
   return float(value)
 
 
-def read_jsonl(path: str) -> dict[int, dict[str, float]]:
+def read_jsonl(path: epath.PathLike) -> dict[int, dict[str, float]]:
   """Reads `metrics.jsonl` into {step: {name: value}}.
 
   A malformed last line (a write torn by a killed process) is skipped with a warning; a
   malformed line elsewhere raises ValueError naming the file and line. A step logged on
   several lines is merged, later lines winning per name.
   """
-  with open(path) as f:
-    lines = f.readlines()
+  lines = epath.Path(path).read_text().splitlines(keepends=True)
   records: dict[int, dict[str, float]] = {}
   for i, line in enumerate(lines):
     if not line.strip():
@@ -132,7 +132,7 @@ def _masked_crc32c(data: bytes) -> int:
   return masked_crc32c(data)
 
 
-def read_event_file(path: str) -> dict[int, dict[str, float]]:
+def read_event_file(path: epath.PathLike) -> dict[int, dict[str, float]]:
   """Scalar summaries (`simple_value`) of one TensorBoard event file as {step: {tag: value}}.
 
   Reads the TFRecord framing (uint64 length, masked CRC-32C of the length, payload, masked
@@ -143,8 +143,7 @@ def read_event_file(path: str) -> dict[int, dict[str, float]]:
   with `_` (`eval/pass@1` is stored as `eval/pass_1`).
   """
   from tensorboardX.proto import event_pb2
-  with open(path, "rb") as f:
-    data = f.read()
+  data = epath.Path(path).read_bytes()
   records: dict[int, dict[str, float]] = {}
   offset = 0
   while offset + 12 <= len(data):
@@ -170,17 +169,17 @@ def read_event_file(path: str) -> dict[int, dict[str, float]]:
   return records
 
 
-def event_files(workdir: str) -> list[str]:
+def event_files(workdir: epath.PathLike) -> list[str]:
   """TensorBoard event files of a run (in `workdir/tensorboard/` or `workdir/`), oldest first."""
-  files = (glob.glob(os.path.join(workdir, "tensorboard", EVENTS_GLOB))
-           + glob.glob(os.path.join(workdir, EVENTS_GLOB)))
+  root = epath.Path(workdir)
+  files = [os.fspath(f) for f in [*(root / "tensorboard").glob(EVENTS_GLOB), *root.glob(EVENTS_GLOB)]]
   return sorted(files, key=lambda p: (os.path.basename(p), p))
 
 
-def is_run(path: str) -> bool:
+def is_run(path: epath.PathLike) -> bool:
   """Whether `path` is a directory holding `metrics.jsonl` or TensorBoard event files."""
-  return os.path.isdir(path) and (os.path.exists(os.path.join(path, METRICS_FILE))
-                                  or bool(event_files(path)))
+  root = epath.Path(path)
+  return root.is_dir() and ((root / METRICS_FILE).exists() or bool(event_files(path)))
 
 
 def _columns(records: Mapping[int, Mapping[str, float]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -195,17 +194,18 @@ def _columns(records: Mapping[int, Mapping[str, float]]) -> tuple[np.ndarray, di
   return steps, columns
 
 
-def load_run(workdir: str) -> Run:
+def load_run(workdir: epath.PathLike) -> Run:
   """Loads a run's metrics (JSONL first, else TensorBoard event files) and `run_info.json`.
 
   Raises:
     ValueError: `workdir` is not a directory or has neither metrics file.
   """
-  if not os.path.isdir(workdir):
-    raise ValueError(f"run directory {workdir!r} does not exist")
-  jsonl = os.path.join(workdir, METRICS_FILE)
-  if os.path.exists(jsonl):
-    records, source = read_jsonl(jsonl), jsonl
+  root = epath.Path(workdir)
+  if not root.is_dir():
+    raise ValueError(f"run directory {os.fspath(workdir)!r} does not exist")
+  jsonl = root / METRICS_FILE
+  if jsonl.exists():
+    records, source = read_jsonl(jsonl), os.fspath(jsonl)
   else:
     files = event_files(workdir)
     if not files:
@@ -216,11 +216,8 @@ def load_run(workdir: str) -> Run:
       for step, values in read_event_file(path).items():
         records.setdefault(step, {}).update(values)
     source = ", ".join(files)
-  info_path = os.path.join(workdir, RUN_INFO_FILE)
-  info: dict[str, Any] = {}
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      info = json.load(f)
+  info_path = root / RUN_INFO_FILE
+  info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.exists() else {}
   steps, columns = _columns(records)
   return Run(workdir=workdir, steps=steps, columns=columns, info=info, source=source)
 

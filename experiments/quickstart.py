@@ -5,11 +5,13 @@ r"""The quickstart comparison: GRPO, Clip-Cov and KL-Cov on the same seed, SFT w
 Runs one shared SFT warm start, then each method in `--methods` from it, prints a table
 (method, entropy at RL start and end, accuracy, distinct correct answers per group) and writes
 `comparison.png` (entropy and accuracy against step) and `comparison.json` to the workdir.
-Re-running resumes unfinished methods and skips finished ones.
+Re-running resumes unfinished methods and skips finished ones; a preempted method exits with
+code 75 after saving.
 """
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -18,6 +20,7 @@ from ml_collections import config_flags
 from entropix_rl import plots, run_logs
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
+from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py",
                                           "Base config shared by every method.")
@@ -67,7 +70,11 @@ def main(argv):
       print(f"{method}: already finished in {run_dir}", flush=True)
       continue
     print(f"=== {method} ===", flush=True)
-    experiment.run(config, run_dir)
+    try:
+      experiment.run(config, run_dir)
+    except experiment.Preempted as stop:
+      print(f"{method}: {stop}", flush=True)
+      sys.exit(PREEMPTED_EXIT_CODE)
   rows = summarize(workdir, _METHODS.value)
   header = (f"{'method':<22}{'entropy start':>14}{'entropy end':>13}{'sampled acc start':>19}"
             f"{'sampled acc end':>17}{'greedy acc end':>16}{'distinct ok/group':>19}")

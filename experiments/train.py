@@ -4,14 +4,21 @@ r"""Train a policy with RL (after an optional SFT warm start).
   python experiments/train.py --config=configs/quickstart.py --config.loss.name=kl_cov \
       --workdir=/tmp/qs_klcov
 
-Re-running with the same --workdir resumes from its latest checkpoint.
+Re-running with the same --workdir resumes from its latest checkpoint. A preempted run (SIGTERM,
+or the distributed runtime's preemption notice) saves a checkpoint and exits with code 75
+(`checkpoint.PREEMPTED_EXIT_CODE`); launch/sweep.py and launch/run.sh resume such runs. The
+workdir may be on object storage (`--workdir=gs://BUCKET/run`).
 """
+
+import sys
+
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from entropix_rl import sharding
 from entropix_rl.train import experiment
+from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
@@ -25,7 +32,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   sharding.initialize_distributed(config.get("distributed"))
-  experiment.run(config, _WORKDIR.value)
+  try:
+    experiment.run(config, _WORKDIR.value)
+  except experiment.Preempted as stop:
+    logging.warning("%s", stop)
+    print(stop, flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""End to end: a few steps of a smaller quickstart, kill-and-resume, and config validation."""
+"""End to end: a few steps of a smaller quickstart, and config validation (interruptions and
+resume: tests/faults/test_interruptions.py)."""
 
 import json
 import os
@@ -52,48 +53,6 @@ def test_end_to_end_writes_metrics_and_checkpoints(tmp_path):
   info = json.load(open(os.path.join(workdir, "run_info.json")))
   assert info["method"] == "clip_cov" and info["non_embedding_params"] > 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
-
-
-@pytest.mark.slow
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-  config = small_config(**{"loss.name": "kl_cov", "rl.steps": 6, "rl.ppo_epochs": 2,
-                           "checkpoint.save_every": 3, "eval.every": 3})
-  full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  experiment.run(config, full_dir, log=False)
-  stopped = config.copy_and_resolve_references()
-  stopped.rl.steps = 3  # the "killed" run stops after its checkpoint at step 3 ...
-  experiment.run(stopped, cut_dir, log=False)
-  os.remove(os.path.join(cut_dir, "DONE"))
-  experiment.run(config, cut_dir, log=False)  # ... and a fresh process resumes it to step 6
-  full, resumed = read_metrics(full_dir), read_metrics(cut_dir)
-  assert [r["step"] for r in resumed] == [r["step"] for r in full]
-  for a, b in zip(full, resumed):
-    for key, value in a.items():
-      if key.startswith("time/") or value is None:
-        continue
-      np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-6, err_msg=f"{key} step {a['step']}")
-
-
-@pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
-  workdir = str(tmp_path / "run")
-  script = (
-      "import os, signal, sys; sys.path.insert(0, %r)\n"
-      "from tests.test_train import small_config\n"
-      "from entropix_rl.train import experiment\n"
-      "orig = experiment.RLRun._collect\n"
-      "def collect(self, key):\n"
-      "  if int(self.state.step) == 2: os.kill(os.getpid(), signal.SIGTERM)\n"
-      "  return orig(self, key)\n"
-      "experiment.RLRun._collect = collect\n"
-      "experiment.run(small_config(**{'rl.steps': 50, 'eval.every': 0}), %r, log=False)\n"
-  ) % (REPO, workdir)
-  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))[-1] == 3
-  assert not os.path.exists(os.path.join(workdir, "DONE"))
-  assert read_metrics(workdir)[-1]["step"] == 3
 
 
 BAD_CONFIGS = [

@@ -17,9 +17,11 @@ from typing import Any
 import jax
 import ml_dtypes
 import numpy as np
+from etils import epath
+from safetensors import numpy as safetensors_numpy
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
+from entropix_rl import paths
 from entropix_rl.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
 from entropix_rl.models.decoder import init_params
 
@@ -206,15 +208,14 @@ def _shard_files(path: str) -> list[str]:
   return [os.path.join(path, f) for f in files]
 
 
-def read_config(path: str, **dtype_overrides: str | None) -> ModelConfig:
-  """Reads and validates `path/config.json`."""
-  config_path = os.path.join(path, "config.json")
-  if not os.path.isdir(path):
-    raise CheckpointError(f"checkpoint directory {path!r} does not exist")
-  if not os.path.exists(config_path):
-    raise CheckpointError(f"no config.json in checkpoint directory {path!r}")
-  with open(config_path) as f:
-    return config_from_hf(json.load(f), **dtype_overrides)
+def read_config(path: epath.PathLike, **dtype_overrides: str | None) -> ModelConfig:
+  """Reads and validates `path/config.json` (a local or `gs://` directory)."""
+  directory = epath.Path(path)
+  if not directory.is_dir():
+    raise CheckpointError(f"checkpoint directory {os.fspath(path)!r} does not exist")
+  if not (directory / "config.json").exists():
+    raise CheckpointError(f"no config.json in checkpoint directory {os.fspath(path)!r}")
+  return config_from_hf(json.loads((directory / "config.json").read_text()), **dtype_overrides)
 
 
 def _iter_tensors(files: list[str]) -> Iterator[tuple[str, np.ndarray]]:
@@ -314,9 +315,11 @@ def _name_of(index: dict, ours: str) -> str:
   return next(name for name, (_, o, layer) in index.items() if o == ours and layer is None)
 
 
-def load(path: str, *, param_dtype: str | None = None, compute_dtype: str | None = None,
-         shardings: Any = None, **config_overrides: Any) -> tuple[ModelConfig, dict]:
-  """Loads a Hugging Face Qwen2/Llama checkpoint directory.
+def load(path: epath.PathLike, *, param_dtype: str | None = None,
+         compute_dtype: str | None = None, shardings: Any = None,
+         **config_overrides: Any) -> tuple[ModelConfig, dict]:
+  """Loads a Hugging Face Qwen2/Llama checkpoint directory (local, or `gs://` through a
+  temporary local copy).
 
   Without `shardings`, tensors are read one shard file at a time into host arrays (peak host
   memory: the model plus one file). With `shardings`, every param is created directly in its
@@ -343,6 +346,13 @@ def load(path: str, *, param_dtype: str | None = None, compute_dtype: str | None
       whose shape does not match the config (naming the tensor and both shapes), or a
       tensor missing from the checkpoint.
   """
+  with paths.local_directory(path) as local:
+    return _load_local(local, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                       shardings=shardings, **config_overrides)
+
+
+def _load_local(path: str, *, param_dtype: str | None, compute_dtype: str | None,
+                shardings: Any, **config_overrides: Any) -> tuple[ModelConfig, dict]:
   config = read_config(path, param_dtype=param_dtype, compute_dtype=compute_dtype)
   if config_overrides:
     config = config.replace(**config_overrides)
@@ -388,16 +398,17 @@ def _hf_tensors(config: ModelConfig, params: dict) -> Iterator[tuple[str, np.nda
     yield "lm_head.weight", np.asarray(params["lm_head"]).T
 
 
-def save(path: str, config: ModelConfig, params: dict, *,
+def save(path: epath.PathLike, config: ModelConfig, params: dict, *,
          max_shard_bytes: int = 2 * 1024**3,
          progress: Callable[[str], None] | None = None) -> None:
   """Writes `config.json` and safetensors shards (with an index when more than one).
 
-  Tensors are written in the param dtype. The directory is created if needed; files are
-  first written under temporary names and renamed, so a crash never leaves a half-written
-  checkpoint that looks complete.
+  Tensors are written in the param dtype. The directory (local or `gs://`) is created if
+  needed; files are first written under temporary names and renamed, `config.json` last, so a
+  crash never leaves a half-written checkpoint that looks complete.
   """
-  os.makedirs(path, exist_ok=True)
+  path = epath.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for name, tensor in _hf_tensors(config, params):
@@ -411,18 +422,17 @@ def save(path: str, config: ModelConfig, params: dict, *,
            [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
   written = []
   for name, shard in zip(names, shards):
-    save_file(shard, os.path.join(path, name + ".tmp"), metadata={"format": "pt"})
+    (path / (name + ".tmp")).write_bytes(safetensors_numpy.save(shard, metadata={"format": "pt"}))
     written.append(name)
     if progress:
       progress(f"wrote {name}")
   if len(shards) > 1:
     weight_map = {t: n for n, shard in zip(names, shards) for t in shard}
     total = sum(t.nbytes for shard in shards for t in shard.values())
-    with open(os.path.join(path, "model.safetensors.index.json.tmp"), "w") as f:
-      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    (path / "model.safetensors.index.json.tmp").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     written.append("model.safetensors.index.json")
-  with open(os.path.join(path, "config.json.tmp"), "w") as f:
-    json.dump(config_to_hf(config), f, indent=2)
+  (path / "config.json.tmp").write_text(json.dumps(config_to_hf(config), indent=2))
   written.append("config.json")
   for name in written:
-    os.replace(os.path.join(path, name + ".tmp"), os.path.join(path, name))
+    (path / (name + ".tmp")).replace(path / name)

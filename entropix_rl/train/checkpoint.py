@@ -1,34 +1,56 @@
 """Orbax checkpoints of the train state plus JSON side data (data iterator, loop counters).
 
-Saves every N steps and at the end, keeps the last K, restores exactly. Orbax writes into a
-temporary directory and renames it when complete, so an interrupted save never leaves a
-checkpoint that looks finished. `PreemptionGuard` turns SIGTERM (TPU preemption) into a flag
-the loop polls, so the loop can save and exit cleanly between steps.
+`Checkpointer` is an `ocp.CheckpointManager` used the way Orbax intends: saves are
+asynchronous (the state is copied to host memory, then written by a background thread while
+training goes on), the cadence is the manager's save policy (every `save_every` steps, and at a
+preemption sync point), and every save goes to a
+temporary directory that is renamed only when complete, so a killed writer never leaves a
+checkpoint that looks finished (leftover temporaries are removed when the manager opens).
+Directories are `etils.epath` paths, so `gs://` workdirs work without a mount.
+
+`PreemptionGuard` turns SIGTERM (TPU preemption) into a flag; `preemption_agreed` makes every
+host stop at the same step, through JAX's preemption sync point where the distributed
+runtime has one, and an all-gather of the hosts' flags otherwise.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+# The exit code of a run that stopped after saving because it was preempted (sysexits'
+# EX_TEMPFAIL: "try again later"). launch/sweep.py and launch/run.sh resume such runs.
+PREEMPTED_EXIT_CODE = 75
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written or read; names the directory and step."""
 
 
 class Checkpointer:
   """A thin wrapper around `ocp.CheckpointManager` with items `state` and `extra`."""
 
-  def __init__(self, directory: str, *, save_every: int, keep: int):
+  def __init__(self, directory: str | epath.Path, *, save_every: int, keep: int):
     if save_every <= 0:
       raise ValueError(f"checkpoint.save_every={save_every} must be a positive number of steps")
     if keep <= 0:
       raise ValueError(f"checkpoint.keep={keep} must be >= 1")
     self.save_every = save_every
-    self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=False)
+    self.directory = epath.Path(directory)
+    policies = ocp.checkpoint_managers
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=True,
+        cleanup_tmp_directories=True,
+        save_decision_policy=policies.AnySavePolicy([
+            policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]))
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "extra"))
 
@@ -38,16 +60,23 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's distributed runtime reports a preemption sync point at `step`."""
+    return self._manager.reached_preemption(step)
+
   def maybe_save(self, step: int, state: Any, extra: dict, *, force: bool = False) -> bool:
-    """Saves when `step` is a multiple of `save_every`, or when `force`; returns whether it did."""
-    if not force and step % self.save_every:
-      return False
+    """Starts saving `step` when the cadence (every `save_every` steps) asks for it, or when
+    `force`; returns whether a save started. The write finishes in the background; an error
+    of an earlier write is raised here (or by `close`) as `CheckpointError`.
+    """
     if step in self._manager.all_steps():
       return False
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     extra=ocp.args.JsonSave(extra)), force=True)
-    self._manager.wait_until_finished()
-    return True
+    try:
+      return self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)), force=force)
+    except Exception as err:  # noqa: BLE001 (Orbax re-raises background errors as they came)
+      raise CheckpointError(f"saving checkpoint step {step} under {self.directory} failed: "
+                            f"{type(err).__name__}: {err}") from err
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
     """Restores `step` (default: latest) into the structure/shardings of `abstract_state`."""
@@ -59,9 +88,20 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["extra"]), step
 
+  def wait(self) -> None:
+    """Blocks until the save in flight (if any) is complete; raises `CheckpointError` if it
+    failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as err:  # noqa: BLE001
+      raise CheckpointError(f"writing a checkpoint under {self.directory} failed: "
+                            f"{type(err).__name__}: {err}") from err
+
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
 
 class PreemptionGuard:
@@ -76,10 +116,20 @@ class PreemptionGuard:
 
   def _handle(self, signum, frame):
     del frame
-    print(f"received signal {signum}: will checkpoint and exit after this step", flush=True)
+    logging.warning("received signal %d: will checkpoint and exit after this step", signum)
     self.requested = True
 
   def restore_handlers(self) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}
+
+
+def preemption_agreed(guard: PreemptionGuard, checkpointer: Checkpointer, step: int) -> bool:
+  """Whether every host should save and stop after `step`: some host got a signal, or the
+  distributed runtime reached a preemption sync point. Every host calls this at every step,
+  so all of them answer alike for the same step (no host waits on a save the others skip)."""
+  requested = guard.requested or checkpointer.reached_preemption(step)
+  if jax.process_count() == 1:
+    return requested
+  return bool(multihost_utils.process_allgather(np.int32(requested)).max())

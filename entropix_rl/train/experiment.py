@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 from typing import Any
 
@@ -18,16 +17,18 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
-from jax.sharding import Mesh
 import numpy as np
+from absl import logging
+from etils import epath
+from jax.sharding import Mesh
 
 from entropix_rl import data as data_lib
-from entropix_rl import losses, sampling, sharding, tasks
+from entropix_rl import losses, paths, sampling, sharding, tasks
 from entropix_rl.models import ModelConfig, hf, init_params
 from entropix_rl.tokenizer import CharTokenizer, HFTokenizer
 from entropix_rl.train import batching, rollout_metrics
 from entropix_rl.train import rollout as rollout_lib
-from entropix_rl.train.checkpoint import Checkpointer, PreemptionGuard
+from entropix_rl.train.checkpoint import Checkpointer, PreemptionGuard, preemption_agreed
 from entropix_rl.train.evaluation import EvalConfig, evaluate
 from entropix_rl.train.metrics import MetricWriter, Progress
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
@@ -39,6 +40,20 @@ MODEL_INITS = ("random", "checkpoint")
 TOKENIZER_KINDS = ("char", "hf")
 CONSOLE_KEYS = ("entropy/paper", "reward/mean", "accuracy/distinct_correct_per_group",
                 "eval/sampled_accuracy", "eval/greedy_accuracy")
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint and stopped because it was preempted (SIGTERM, or a
+  preemption sync point of the distributed runtime); run it again to resume."""
+
+  def __init__(self, step: int, workdir: epath.Path):
+    super().__init__(f"preempted: checkpoint saved at RL step {step} in {workdir}; run the same "
+                     "command again to resume")
+    self.step = step
+
+
+class UpdatesNotFinite(RuntimeError):
+  """Several RL updates in a row had a non-finite loss or gradient and were skipped."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +170,11 @@ def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
                      f"sampler.max_new_tokens ({sampler_cfg.max_new_tokens}) = {context} exceeds the "
                      f"model's context (model.max_position_embeddings="
                      f"{model_cfg.max_position_embeddings})")
+  for name, value in (("checkpoint.save_every", config.checkpoint.save_every),
+                      ("checkpoint.keep", config.checkpoint.keep),
+                      ("rl.max_skipped_updates", config.rl.max_skipped_updates)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name}={value!r}; allowed: an int >= 1")
   if config.rl.steps < 0 or config.sft.steps < 0:
     raise ValueError(f"rl.steps={config.rl.steps} and sft.steps={config.sft.steps} must be >= 0")
   return Experiment(config=config, model=model_cfg, sampler=sampler_cfg, rl=rl_cfg, loss=loss_cfg,
@@ -182,7 +202,7 @@ class Scorer:
     return np.asarray([self.task.verify(ex, t) for ex, t in zip(examples, texts)], np.float32)
 
 
-def _write_run_info(workdir: str, exp: Experiment, method: str) -> None:
+def _write_run_info(workdir: epath.Path, exp: Experiment, method: str) -> None:
   info = {
       "method": method,
       "config": json.loads(exp.config.to_json_best_effort()),
@@ -190,8 +210,7 @@ def _write_run_info(workdir: str, exp: Experiment, method: str) -> None:
       "non_embedding_params": exp.model.num_params(include_embeddings=False),
       "params": exp.model.num_params(),
   }
-  with open(os.path.join(workdir, "run_info.json"), "w") as f:
-    json.dump(info, f, indent=2, default=str)
+  (workdir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
 
 
 def method_name(config: ml_collections.ConfigDict) -> str:
@@ -204,15 +223,16 @@ def method_name(config: ml_collections.ConfigDict) -> str:
   return config.get("method") or name
 
 
-def run_sft(exp: Experiment, workdir: str, tokenizer, task, *, log: bool = True) -> tuple[ModelConfig, Any]:
+def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool = True
+            ) -> tuple[ModelConfig, Any]:
   """Supervised warm start from random init; saves a Hugging Face checkpoint to `workdir/sft`.
 
   If that checkpoint already exists it is loaded instead (SFT is done once and shared).
   """
   cfg = exp.config
-  out_dir = os.path.join(workdir, "sft")
+  out_dir = workdir / "sft"
   mesh = sharding.make_mesh(cfg.mesh)
-  if os.path.exists(os.path.join(out_dir, "config.json")):
+  if (out_dir / "config.json").exists():
     if log:
       print(f"SFT warm start found at {out_dir}; reusing it", flush=True)
     return hf.load(out_dir, shardings=sharding.param_shardings(exp.model, mesh),
@@ -232,7 +252,7 @@ def run_sft(exp: Experiment, workdir: str, tokenizer, task, *, log: bool = True)
                                            seed=cfg.seed + 1000, split="train", task=task)
   length = cfg.data.max_prompt_len + exp.sampler.max_new_tokens
   demo_rng = np.random.default_rng(cfg.seed)
-  writer = MetricWriter(os.path.join(workdir, "sft_logs"), enabled=jax.process_index() == 0)
+  writer = MetricWriter(workdir / "sft_logs", enabled=jax.process_index() == 0)
   progress = Progress(cfg.sft.steps, every=cfg.sft.log_every, keys=("sft/nll",), label="sft",
                       enabled=log)
   for step in range(1, cfg.sft.steps + 1):
@@ -255,7 +275,7 @@ def run_sft(exp: Experiment, workdir: str, tokenizer, task, *, log: bool = True)
 class RLRun:
   """The RL phase: sample → score → (dynamic sampling) → rl_update → metrics/eval/checkpoint."""
 
-  def __init__(self, exp: Experiment, workdir: str, tokenizer, task, model_cfg: ModelConfig,
+  def __init__(self, exp: Experiment, workdir: epath.Path, tokenizer, task, model_cfg: ModelConfig,
                params: Any, mesh: Mesh, *, log: bool = True):
     self.exp, self.workdir, self.tokenizer, self.task = exp, workdir, tokenizer, task
     self.model_cfg = model_cfg
@@ -283,12 +303,13 @@ class RLRun:
         self.cfg.data, tokenizer, batch_size=self.local_groups, seed=self.cfg.seed, split="train",
         task=task)
     self.eval_prompts = self._eval_set()
-    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+    self.checkpointer = Checkpointer(workdir / "checkpoints",
                                      save_every=self.cfg.checkpoint.save_every,
                                      keep=self.cfg.checkpoint.keep)
     self.is_writer = jax.process_index() == 0
     self.writer = MetricWriter(workdir, enabled=self.is_writer, tensorboard=self.cfg.logging.tensorboard)
     self.start_step = 0
+    self.skipped_in_a_row = 0
     if self.checkpointer.latest_step() is not None:
       self._restore()
 
@@ -302,14 +323,33 @@ class RLRun:
     state, extra, step = self.checkpointer.restore(self.state)
     self.state = state
     self.pipeline.set_state(extra["data_state"])
+    self.skipped_in_a_row = int(extra.get("skipped_in_a_row", 0))
     self.start_step = step
     self.writer.truncate_after(step)
     if self.log:
       print(f"resumed from checkpoint at RL step {step}", flush=True)
 
   def _save(self, step: int, *, force: bool = False) -> None:
-    self.checkpointer.maybe_save(step, self.state, {"data_state": self.pipeline.get_state()},
+    self.checkpointer.maybe_save(step, self.state, {"data_state": self.pipeline.get_state(),
+                                                    "skipped_in_a_row": self.skipped_in_a_row},
                                  force=force)
+
+  def _count_skips(self, step: int, skipped: bool) -> None:
+    """Counts updates skipped in a row (non-finite loss or gradient; `rl_update` left the
+    state unchanged) and stops the run after `rl.max_skipped_updates` of them."""
+    self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+    if skipped:
+      logging.warning("RL step %d: non-finite loss or gradient; update skipped (%d in a row)",
+                      step, self.skipped_in_a_row)
+    limit = self.cfg.rl.max_skipped_updates
+    if self.skipped_in_a_row >= limit:
+      last = self.checkpointer.latest_step()
+      raise UpdatesNotFinite(
+          f"RL steps {step - limit + 1}..{step}: {limit} updates in a row had a non-finite loss "
+          f"or gradient and were skipped (params and optimizer state unchanged), so the run "
+          f"stops (rl.max_skipped_updates={limit}). The last checkpoint is step {last} under "
+          f"{self.checkpointer.directory}; look at reward/mean and loss/* in metrics.jsonl "
+          "for NaN or inf.")
 
   def _collect(self, sample_key: jax.Array) -> tuple[dict, dict]:
     """Samples, scores and (through rollout interventions) reshapes prompt batches until
@@ -412,6 +452,7 @@ class RLRun:
     """Runs the remaining RL steps; returns the metrics logged by this call."""
     total = self.cfg.rl.steps
     guard = PreemptionGuard()
+    preempted = False
     progress = Progress(total, start_step=self.start_step, every=self.cfg.logging.console_every,
                         keys=CONSOLE_KEYS, label=method_name(self.cfg), enabled=self.log)
     history = []
@@ -435,26 +476,35 @@ class RLRun:
           metrics.update(self._evaluate(step))
         history.append(self.writer.write(step, metrics))
         progress.update(step, history[-1])
-        self._save(step, force=step == total)
-        if guard.requested:
-          self._save(step, force=True)
-          if self.log:
-            print(f"preempted: checkpoint saved at step {step}; exiting", flush=True)
+        self._count_skips(step, bool(metrics["update/skipped"]))
+        preempted = preemption_agreed(guard, self.checkpointer, step)
+        self._save(step, force=preempted or step == total)
+        if preempted:
           break
     finally:
       guard.restore_handlers()
       self.writer.close()
       self.checkpointer.close()
+    if preempted:
+      raise Preempted(step, self.checkpointer.directory)
     if step == total and self.is_writer:
-      open(os.path.join(self.workdir, "DONE"), "w").close()
+      (self.workdir / "DONE").touch()
     return history
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, log: bool = True) -> list[dict[str, float]]:
-  """Runs an experiment end to end in `workdir` (resuming if it holds a checkpoint)."""
-  os.makedirs(workdir, exist_ok=True)
+def run(config: ml_collections.ConfigDict, workdir: epath.PathLike, *, log: bool = True
+        ) -> list[dict[str, float]]:
+  """Runs an experiment end to end in `workdir` (local or `gs://`; resuming if it holds a
+  checkpoint).
+
+  Raises:
+    Preempted: after saving a checkpoint on SIGTERM or a preemption sync point.
+    UpdatesNotFinite: after `rl.max_skipped_updates` skipped updates in a row.
+  """
   tokenizer = make_tokenizer(config)
   exp = resolve(config, tokenizer=tokenizer)
+  workdir = paths.as_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   task = tasks.get_task(config.task.name, **config.task.get("kwargs", {}))
   if jax.process_index() == 0:
     _write_run_info(workdir, exp, method_name(config))
@@ -465,7 +515,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log: bool = True) ->
                                 shardings=sharding.param_shardings(exp.model, mesh),
                                 **runtime_fields(config.model))
   elif config.sft.steps > 0:
-    sft_dir = config.sft.get("shared_dir") or workdir
+    sft_dir = paths.as_path(config.sft.shared_dir) if config.sft.get("shared_dir") else workdir
     model_cfg, params = run_sft(exp, sft_dir, tokenizer, task, log=log)
   else:
     model_cfg = exp.model

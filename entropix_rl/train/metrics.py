@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 import numpy as np
+from etils import epath
+
+from entropix_rl import paths
 
 
 def _to_float(value: Any) -> float | None:
@@ -28,38 +31,37 @@ def _to_float(value: Any) -> float | None:
 class MetricWriter:
   """Appends `{"step": s, name: value, ...}` lines to `workdir/metrics.jsonl` and TensorBoard.
 
-  On resume, `truncate_after(step)` drops lines logged after the restored checkpoint, so a
+  `workdir` may be local or on object storage (`gs://`; paths go through `etils.epath`). On
+  resume, `truncate_after(step)` drops lines logged after the restored checkpoint, so a
   resumed run's file holds each step once.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: epath.PathLike, *, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+      self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tensorboard"), flush_secs=30)
 
   def truncate_after(self, step: int) -> None:
     """Keeps only the records with `step <= step` (and drops a torn last line)."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not self.path.exists():
       return
     kept = []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if record.get("step", math.inf) <= step:
-          kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    for line in self.path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if record.get("step", math.inf) <= step:
+        kept.append(line + "\n")
+    tmp = self.path.with_name(self.path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(self.path)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
     """Writes the scalar entries of `metrics` (non-scalars are skipped); returns them."""
@@ -71,8 +73,7 @@ class MetricWriter:
     if not self.enabled:
       return scalars
     record = {"step": int(step), **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    paths.append_text(self.path, json.dumps(record) + "\n")
     if self._tb is not None:
       for name, v in scalars.items():
         self._tb.add_scalar(name, v, int(step))

@@ -8,6 +8,10 @@
                      micro-batches of `rl.micro_batch_size` sequences per device
     dynamics         predicted vs measured entropy change of the whole update (optional)
     state hooks      `after_update`
+    guard            if any mini-batch's loss or gradient is not finite, the params, the
+                     optimizer state and the intervention states stay as they were
+                     (`update/skipped` = 1; the trainer stops after `rl.max_skipped_updates`
+                     skipped steps in a row)
 
 Gradient accumulation is exact (`losses.aggregation`): every aggregate keeps the
 normalisation of the whole mini-batch. When an active intervention picks tokens from current
@@ -140,6 +144,11 @@ def _token_batch(rows: dict, current: dict) -> losses.TokenBatch:
       step_ids=rows.get("step_ids"), cluster_ids=rows.get("cluster_ids"),
       features=current.get("features", {}), old_features=rows.get("old_features", {}),
       info=rows.get("info", {}))
+
+
+def _keep_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
+  """`new` when `finite`, else `old`, leaf by leaf (a skipped update leaves the state as it was)."""
+  return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
 
 def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any,
@@ -282,6 +291,9 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
 
     (params, opt_state), per_mb = jax.lax.scan(
         minibatch_step, (state.params, state.opt_state), (order, loss_keys))
+    finite = jnp.isfinite(per_mb["loss"]).all() & jnp.isfinite(per_mb["grad_norm"]).all()
+    params, opt_state = _keep_if_not(finite, (params, opt_state), (state.params, state.opt_state))
+    metrics["update/skipped"] = 1.0 - finite.astype(jnp.float32)
     metrics.update({f"loss/{k}": v.mean() for k, v in per_mb.items()})
     metrics["loss/n_selected_total"] = per_mb["n_selected"].sum()
     metrics["advantage/mean_abs"] = masked_mean(jnp.abs(data["advantages"]), mask)
@@ -293,6 +305,7 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
       metrics["entropy/recomputed_token_mean"] = masked_mean(data["old_entropy"], mask)
     metrics["entropy/sampled_nll"] = masked_mean(-data["old_logp"], mask)
     states, after = losses.after_update(loss_cfg, states, rollout)
+    states = _keep_if_not(finite, states, state.interventions)
     metrics.update(after)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
                               interventions=states)

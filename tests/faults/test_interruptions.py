@@ -1,0 +1,117 @@
+"""Interruptions of a training run: SIGTERM in the middle of a step (preemption), and updates
+whose loss or gradient is not finite."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from entropix_rl import losses
+from entropix_rl.config_overrides import apply_overrides
+from entropix_rl.models import init_params
+from entropix_rl.train import experiment
+from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
+from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
+from entropix_rl.train.state import create_train_state
+from tests.test_rl_step import GROUP_SIZE, GROUPS, MODEL, _batch
+from tests.test_train import read_metrics, small_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = 6
+OVERRIDES = {"loss.name": "kl_cov", "rl.steps": STEPS, "rl.ppo_epochs": 2,
+             "checkpoint.save_every": 4, "eval.every": 3}
+
+# The train binary's own main(), on the small config, with SIGTERM sent to the process from
+# inside step 3's rollout (after steps 1 and 2 are done): a signal in the middle of a step.
+_PREEMPTED_CHILD = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from absl import app
+from experiments import train
+from entropix_rl.train import experiment
+from tests.test_train import small_config
+collect = experiment.RLRun._collect
+def collect_then_signal(self, key):
+  if int(self.state.step) == 2:
+    os.kill(os.getpid(), signal.SIGTERM)
+  return collect(self, key)
+experiment.RLRun._collect = collect_then_signal
+sys.argv = ["train.py", "--config=tests/faults/small_config.py", "--workdir={workdir}"]
+app.run(train.main)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_mid_step_saves_exits_with_the_preemption_code_and_resumes_exactly(tmp_path):
+  full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
+  config = small_config(**OVERRIDES)
+  experiment.run(config, full_dir, log=False)
+
+  child = _PREEMPTED_CHILD.format(repo=REPO, workdir=cut_dir)
+  proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True,
+                        env={**os.environ, "SMALL_CONFIG_OVERRIDES": json.dumps(OVERRIDES)},
+                        timeout=600)
+  assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-3000:]
+  assert "preempted: checkpoint saved at RL step 3" in proc.stdout
+  # Off the cadence (save_every=4): the step-3 checkpoint is the preemption's.
+  assert sorted(int(s) for s in os.listdir(os.path.join(cut_dir, "checkpoints"))) == [3]
+  assert not os.path.exists(os.path.join(cut_dir, "DONE"))
+  assert read_metrics(cut_dir)[-1]["step"] == 3
+
+  experiment.run(config, cut_dir, log=False)  # run the same command again: it resumes
+  full, resumed = read_metrics(full_dir), read_metrics(cut_dir)
+  assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(STEPS + 1))
+  for a, b in zip(full, resumed):
+    for key, value in a.items():
+      if key.startswith("time/") or value is None:
+        continue
+      np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{key} step {a['step']}")
+
+
+def _adaptive_bonus_update():
+  """A state (Adam moments, an adaptive entropy coefficient) and its jitted RL update."""
+  loss_cfg = losses.resolve_loss_config(apply_overrides(
+      losses.default_loss_config(), {"entropy_bonus.adaptive": True, "entropy_bonus.coef": 0.003}))
+  rl_cfg = RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, ppo_epochs=1,
+                          num_minibatches=2, token_chunk=16)
+  optimizer = optax.adam(1e-3)
+  state = create_train_state(init_params(MODEL, jax.random.PRNGKey(0)), optimizer,
+                             jax.random.PRNGKey(1), interventions=losses.init_states(loss_cfg))
+  return state, make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)
+
+
+def test_a_non_finite_update_is_skipped_and_leaves_the_state_unchanged():
+  state, update = _adaptive_bonus_update()
+  before = jax.tree.map(np.array, state)
+  _, finite = update(state, _batch())
+  assert float(finite["update/skipped"]) == 0.0
+
+  state, update = _adaptive_bonus_update()
+  batch = _batch()
+  batch["rewards"][3] = np.nan  # a NaN reward makes its group's advantages and the loss NaN
+  new_state, metrics = update(state, batch)
+  assert float(metrics["update/skipped"]) == 1.0
+  assert not np.isfinite(float(metrics["loss/loss"]))
+  for name in ("params", "opt_state", "interventions"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(new_state, name), getattr(before, name))
+  assert int(new_state.step) == int(before.step) + 1
+
+
+def test_consecutive_non_finite_updates_stop_the_run_with_a_clear_message(tmp_path, monkeypatch):
+  task_cls = type(experiment.tasks.get_task("decomposition", min_n=100, max_n=999))
+  monkeypatch.setattr(task_cls, "verify", lambda self, example, completion: float("nan"))
+  config = small_config(**{"rl.steps": 8, "rl.max_skipped_updates": 2, "eval.every": 0,
+                           "sft.steps": 0, "checkpoint.save_every": 1})
+  with pytest.raises(experiment.UpdatesNotFinite,
+                     match=r"RL steps 1\.\.2: 2 updates in a row had a non-finite loss.*"
+                           r"rl.max_skipped_updates=2.*last checkpoint is step 1"):
+    experiment.run(config, str(tmp_path / "run"), log=False)
+  records = read_metrics(str(tmp_path / "run"))
+  assert [r["update/skipped"] for r in records] == [1.0, 1.0]
+  assert not os.path.exists(tmp_path / "run" / "DONE")
