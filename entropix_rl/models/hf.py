@@ -20,6 +20,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from entropix_rl import param_shapes
 from entropix_rl.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
 from entropix_rl.models.decoder import init_params
 
@@ -314,8 +315,18 @@ def _name_of(index: dict, ours: str) -> str:
   return next(name for name, (_, o, layer) in index.items() if o == ours and layer is None)
 
 
+def check_model_config(path: str, stored: ModelConfig, expected: ModelConfig) -> None:
+  """Raises ValueError if a param of the checkpoint at `path` (config `stored`) has another
+  shape, or is missing, in a model built from `expected`."""
+  shapes = lambda cfg: param_shapes.shapes_by_name(
+      jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
+  param_shapes.check_same_shapes(f"checkpoint {path}", shapes(stored), shapes(expected),
+                                 same_names=True)
+
+
 def load(path: str, *, param_dtype: str | None = None, compute_dtype: str | None = None,
-         shardings: Any = None, **config_overrides: Any) -> tuple[ModelConfig, dict]:
+         shardings: Any = None, expected: ModelConfig | None = None,
+         **config_overrides: Any) -> tuple[ModelConfig, dict]:
   """Loads a Hugging Face Qwen2/Llama checkpoint directory.
 
   Without `shardings`, tensors are read one shard file at a time into host arrays (peak host
@@ -332,6 +343,8 @@ def load(path: str, *, param_dtype: str | None = None, compute_dtype: str | None
     compute_dtype: activation dtype (default: the param dtype).
     shardings: optional pytree of `jax.sharding.Sharding` matching the param tree
       (`sharding.param_shardings`).
+    expected: the model config the caller built for (e.g. a run's `model.*`); a checkpoint
+      whose params do not have its shapes is a ValueError naming the param and both shapes.
     **config_overrides: runtime `ModelConfig` fields that config.json does not hold
       (`attention_impl`, `attention_block_q`, `attention_block_k`).
 
@@ -342,8 +355,11 @@ def load(path: str, *, param_dtype: str | None = None, compute_dtype: str | None
     CheckpointError: missing directory/config/shards, unsupported architecture, a tensor
       whose shape does not match the config (naming the tensor and both shapes), or a
       tensor missing from the checkpoint.
+    ValueError: params whose shapes differ from `expected`'s.
   """
   config = read_config(path, param_dtype=param_dtype, compute_dtype=compute_dtype)
+  if expected is not None:
+    check_model_config(path, config, expected)
   if config_overrides:
     config = config.replace(**config_overrides)
   dtype = _NP_DTYPES[config.param_dtype]
