@@ -6,7 +6,9 @@ import string
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from absl import flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
 
 from configs import quickstart, qwen25_7b
 from entropix_rl import data
@@ -145,3 +147,12 @@ def test_bad_records_is_validated_and_threaded(tmp_path):
   assert sorted(ex.index for ex in batch["examples"]) == [0, 3]
   assert quickstart.get_config().data.bad_records == "fail"
   assert qwen25_7b.get_config("grpo").data.bad_records == "fail"
+
+
+def test_bad_records_set_from_the_command_line():
+  argv = ["prog", f"--config={quickstart.__file__}", "--config.data.bad_records=skip"]
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                           lock_config=True, sys_argv=argv)
+  values(argv)
+  assert holder.value.data.bad_records == "skip"
