@@ -36,7 +36,7 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
                                            "kwargs": {"min_n": 100, "max_n": 999}})
   config.tokenizer = ml_collections.ConfigDict({"kind": "char", "path": ""})
   config.data = ml_collections.ConfigDict({
-      "source": "task", "path": "", "max_prompt_len": 8,
+      "source": "task", "path": "", "max_prompt_len": 8, "bad_records": "fail",
   })
 
   config.model = ml_collections.ConfigDict({

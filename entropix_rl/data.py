@@ -14,6 +14,10 @@ Config (`config.data`):
   eval_path: optional held-out file; without it, records whose prompt hashes below
     `eval_fraction` form the eval split.
   max_prompt_len: prompts longer than this (in tokens) are an error naming the record.
+  bad_records: "fail" (default: a bad record is an error naming the file and line or record)
+    or "skip" (bad records are dropped and counted in one logged summary; a file with no good
+    record is still an error). A bad record is a line that is not UTF-8 JSON, a value that is
+    not an object, a record with no prompt or no ground truth, or a prompt that is not a string.
 """
 
 from __future__ import annotations
@@ -27,73 +31,159 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+from absl import logging
 
 from entropix_rl import tasks as tasks_lib
 from entropix_rl.tasks.base import Example, check_split, in_eval_split
 
 SOURCES = ("task", "file")
+BAD_RECORDS = ("fail", "skip")
 _STREAM_LENGTH = 2**62
 _PROMPT_KEYS = ("prompt", "problem", "question")
 _ANSWER_KEYS = ("ground_truth", "answer")
 
 
-def _prompt_text(record: Mapping[str, Any], where: str) -> str:
-  for key in _PROMPT_KEYS:
-    value = record.get(key)
-    if isinstance(value, str):
-      return value
-    if isinstance(value, (list, tuple, np.ndarray)) and len(value):
-      users = [m for m in value if isinstance(m, Mapping) and m.get("role") == "user"]
-      if users:
-        return str(users[-1]["content"])
-  raise ValueError(f"{where}: no prompt; expected one of the fields {_PROMPT_KEYS} (a string or "
-                   f"a list of chat messages)")
+class BadRecord(ValueError):
+  """A record that cannot become an Example; `reason` is its short category (for summaries)."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}" if detail else reason)
+    self.reason = reason
 
 
-def _answer_text(record: Mapping[str, Any], where: str) -> str:
+def check_bad_records(value: str) -> None:
+  if value not in BAD_RECORDS:
+    raise ValueError(f"data.bad_records={value!r}; allowed: {BAD_RECORDS}")
+
+
+def _prompt_text(record: Mapping[str, Any]) -> str:
+  """The prompt: the first of `_PROMPT_KEYS` present, a string or chat messages (last user turn)."""
+  key = next((k for k in _PROMPT_KEYS if record.get(k) is not None), None)
+  if key is None:
+    raise BadRecord("no prompt", f"expected one of the fields {_PROMPT_KEYS} (a string or a "
+                    "list of chat messages)")
+  value = record[key]
+  if isinstance(value, (list, tuple, np.ndarray)):
+    users = [m for m in value if isinstance(m, Mapping) and m.get("role") == "user"]
+    if not users:
+      raise BadRecord("no prompt", f"the chat messages under {key!r} have no user turn")
+    value = users[-1].get("content")
+    key = f"{key}.user.content"
+  if not isinstance(value, str):
+    raise BadRecord("prompt is not a string", f"{key} is {type(value).__name__}")
+  if not value.strip():
+    raise BadRecord("empty prompt", f"{key} is blank")
+  return value
+
+
+def _ground_truth(value: Any, field: str) -> str:
+  if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    raise BadRecord("ground truth is not a string or number", f"{field} is {type(value).__name__}")
+  if not str(value).strip():
+    raise BadRecord("no ground truth", f"{field} is blank")
+  return str(value)
+
+
+def _answer_text(record: Mapping[str, Any]) -> str:
   reward_model = record.get("reward_model")
   if isinstance(reward_model, Mapping) and reward_model.get("ground_truth") is not None:
-    return str(reward_model["ground_truth"])
+    return _ground_truth(reward_model["ground_truth"], "reward_model.ground_truth")
   for key in _ANSWER_KEYS:
     if record.get(key) is not None:
-      return str(record[key])
+      return _ground_truth(record[key], key)
   if isinstance(record.get("solution"), str):
     boxed = tasks_lib.last_boxed(record["solution"])
     if boxed is not None:
-      return boxed
-  raise ValueError(f"{where}: no ground truth; expected reward_model.ground_truth, "
-                   f"{' or '.join(_ANSWER_KEYS)}, or a solution with a \\boxed{{}} answer")
+      return _ground_truth(boxed, "the \\boxed{} of solution")
+  raise BadRecord("no ground truth", f"expected reward_model.ground_truth, "
+                  f"{' or '.join(_ANSWER_KEYS)}, or a solution with a \\boxed{{}} answer")
 
 
-def read_prompt_file(path: str) -> list[Example]:
-  """Reads a .jsonl or .parquet prompt file into Examples (errors name the file and record)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"data.path={path!r} does not exist")
+def _jsonl_records(path: str) -> list[tuple[str, Any]]:
+  """(where, value) per non-blank line; a line that is not UTF-8 JSON gives a BadRecord value."""
+  records = []
+  with open(path, "rb") as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path} line {line_number} (record {len(records)})"
+      try:
+        value = json.loads(line.decode("utf-8"))
+      except UnicodeDecodeError as err:
+        value = BadRecord("not UTF-8", str(err))
+      except (ValueError, RecursionError) as err:  # JSONDecodeError, digit limits, deep nesting
+        value = BadRecord("invalid JSON", str(err) or type(err).__name__)
+      records.append((where, value))
+  return records
+
+
+def _file_records(path: str) -> list[tuple[str, Any]]:
+  """(where, record) for every record of a .jsonl or .parquet file, in file order."""
   if path.endswith(".jsonl"):
-    records = []
-    with open(path) as f:
-      for line_number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-          raise ValueError(f"{path} line {line_number} (record {len(records)}): invalid JSON: "
-                           f"{err}") from None
-  elif path.endswith(".parquet"):
+    return _jsonl_records(path)
+  if path.endswith(".parquet"):
     import pyarrow.parquet as pq
 
-    records = pq.read_table(path).to_pylist()
-  else:
-    raise ValueError(f"data.path={path!r}: allowed formats are .jsonl and .parquet")
+    return [(f"{path} record {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+  raise ValueError(f"data.path={path!r}: allowed formats are .jsonl and .parquet")
+
+
+def _example(record: Any, index: int) -> Example:
+  if isinstance(record, BadRecord):
+    raise record
+  if not isinstance(record, Mapping):
+    raise BadRecord("not a JSON object", f"got {type(record).__name__}")
+  return Example(prompt=_prompt_text(record), answer=_answer_text(record), index=index)
+
+
+def _skip_summary(skipped: list[tuple[str, str]]) -> str:
+  """`reason ×count (first at WHERE)` per reason, most frequent first."""
+  by_reason: dict[str, list[str]] = {}
+  for where, reason in skipped:
+    by_reason.setdefault(reason, []).append(where)
+  ordered = sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
+  return "; ".join(f"{reason} ×{len(wheres)} (first at {wheres[0]})" for reason, wheres in ordered)
+
+
+def read_prompt_file(path: str, bad_records: str = "fail") -> list[Example]:
+  """Reads a .jsonl or .parquet prompt file into Examples.
+
+  Args:
+    path: the file.
+    bad_records: what a bad record (a line that is not UTF-8 JSON, a value that is not an
+      object, no prompt or ground truth, a prompt that is not a string) does: "fail" raises
+      naming the file and the line (jsonl) or record; "skip" drops it and logs one summary.
+
+  Returns:
+    The good records, `index` being each record's position in the file.
+
+  Raises:
+    ValueError: an unknown format or `bad_records`, a file with no records, a bad record
+      (`bad_records="fail"`), or only bad records.
+  """
+  check_bad_records(bad_records)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"data.path={path!r} does not exist")
+  records = _file_records(path)
   if not records:
     raise ValueError(f"data.path={path!r} holds no records")
-  for i, record in enumerate(records):
-    if not isinstance(record, Mapping):
-      raise ValueError(f"{path} record {i}: expected a JSON object, got {type(record).__name__}")
-  return [Example(prompt=_prompt_text(r, f"{path} record {i}"),
-                  answer=_answer_text(r, f"{path} record {i}"), index=i)
-          for i, r in enumerate(records)]
+  examples, skipped = [], []
+  for index, (where, record) in enumerate(records):
+    try:
+      examples.append(_example(record, index))
+    except BadRecord as err:
+      if bad_records == "fail":
+        raise ValueError(f"{where}: {err} (data.bad_records='fail'; 'skip' skips bad records)"
+                         ) from None
+      skipped.append((where, err.reason))
+  if skipped:
+    summary = _skip_summary(skipped)
+    if not examples:
+      raise ValueError(f"data.path={path!r}: all {len(records)} records are bad "
+                       f"(data.bad_records='skip'): {summary}")
+    logging.warning("skipped %d of %d records in %s: %s", len(skipped), len(records), path,
+                    summary)
+  return examples
 
 
 class _FileStream:
@@ -124,14 +214,22 @@ class _FileStream:
 
 
 def _file_split(data_cfg: Mapping[str, Any], split: str) -> list[Example]:
+  """The examples of `split`: the eval file, the whole file, or its hash split (never empty)."""
+  bad_records = data_cfg.get("bad_records", "fail")
   eval_path = data_cfg.get("eval_path", "")
   if split == "eval" and eval_path:
-    return read_prompt_file(eval_path)
-  fraction = float(data_cfg.get("eval_fraction", 0.05))
-  examples = read_prompt_file(data_cfg["path"])
+    return read_prompt_file(eval_path, bad_records)
+  path = data_cfg["path"]
+  examples = read_prompt_file(path, bad_records)
   if eval_path:
     return examples
-  return [ex for ex in examples if in_eval_split(ex.prompt, fraction) == (split == "eval")]
+  fraction = float(data_cfg.get("eval_fraction", 0.05))
+  chosen = [ex for ex in examples if in_eval_split(ex.prompt, fraction) == (split == "eval")]
+  if not chosen:
+    raise ValueError(f"data.path={path!r}: the {split!r} split holds no records (all "
+                     f"{len(examples)} records hash into the other split at data.eval_fraction="
+                     f"{fraction}); set data.eval_path or change data.eval_fraction")
+  return chosen
 
 
 class PromptPipeline:
@@ -198,6 +296,7 @@ def make_prompt_pipeline(data_cfg: Mapping[str, Any], tokenizer, *, batch_size: 
     raise ValueError(f"data.source={source!r}; allowed: {SOURCES}")
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} must be >= 1")
+  check_bad_records(data_cfg.get("bad_records", "fail"))
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
   if source == "task":

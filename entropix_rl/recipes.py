@@ -58,6 +58,7 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
   config.tokenizer = ml_collections.ConfigDict({"kind": "hf", "path": checkpoint.identity()})
   config.data = ml_collections.ConfigDict({
       "source": "file", "path": "/path/to/dapo-math-17k.parquet", "max_prompt_len": 2048,
+      "bad_records": "fail",
   })
 
   config.model = ml_collections.ConfigDict({

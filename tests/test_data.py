@@ -267,13 +267,13 @@ def test_file_errors_name_file_and_record(tmp_path):
   records = _dapo_records(3)
   del records[1]["prompt"]
   path = _write_jsonl(tmp_path / "no_prompt.jsonl", records)
-  with pytest.raises(ValueError, match=r"no_prompt\.jsonl record 1: no prompt"):
+  with pytest.raises(ValueError, match=r"no_prompt\.jsonl line 2 \(record 1\): no prompt"):
     data.read_prompt_file(path)
 
   records = _dapo_records(3)
   del records[2]["reward_model"]
   path = _write_jsonl(tmp_path / "no_answer.jsonl", records)
-  with pytest.raises(ValueError, match=r"no_answer\.jsonl record 2: no ground truth"):
+  with pytest.raises(ValueError, match=r"no_answer\.jsonl line 3 \(record 2\): no ground truth"):
     data.read_prompt_file(path)
 
   no_box = str(tmp_path / "no_box.parquet")
@@ -288,7 +288,7 @@ def test_file_errors_name_file_and_record(tmp_path):
 
   not_object = tmp_path / "list.jsonl"
   not_object.write_text('{"prompt": "a", "answer": "1"}\n[1, 2]\n')
-  with pytest.raises(ValueError, match=r"list\.jsonl record 1"):
+  with pytest.raises(ValueError, match=r"list\.jsonl line 2 \(record 1\): not a JSON object"):
     data.read_prompt_file(str(not_object))
 
 

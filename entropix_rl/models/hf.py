@@ -21,7 +21,7 @@ from etils import epath
 from safetensors import numpy as safetensors_numpy
 from safetensors import safe_open
 
-from entropix_rl import paths
+from entropix_rl import param_shapes, paths
 from entropix_rl.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
 from entropix_rl.models.decoder import init_params
 
@@ -315,8 +315,18 @@ def _name_of(index: dict, ours: str) -> str:
   return next(name for name, (_, o, layer) in index.items() if o == ours and layer is None)
 
 
+def check_model_config(path: str, stored: ModelConfig, expected: ModelConfig) -> None:
+  """Raises ValueError if a param of the checkpoint at `path` (config `stored`) has another
+  shape, or is missing, in a model built from `expected`."""
+  shapes = lambda cfg: param_shapes.shapes_by_name(
+      jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
+  param_shapes.check_same_shapes(f"checkpoint {path}", shapes(stored), shapes(expected),
+                                 same_names=True)
+
+
 def load(path: epath.PathLike, *, param_dtype: str | None = None,
          compute_dtype: str | None = None, shardings: Any = None,
+         expected: ModelConfig | None = None,
          **config_overrides: Any) -> tuple[ModelConfig, dict]:
   """Loads a Hugging Face Qwen2/Llama checkpoint directory (local, or `gs://` through a
   temporary local copy).
@@ -335,6 +345,8 @@ def load(path: epath.PathLike, *, param_dtype: str | None = None,
     compute_dtype: activation dtype (default: the param dtype).
     shardings: optional pytree of `jax.sharding.Sharding` matching the param tree
       (`sharding.param_shardings`).
+    expected: the model config the caller built for (e.g. a run's `model.*`); a checkpoint
+      whose params do not have its shapes is a ValueError naming the param and both shapes.
     **config_overrides: runtime `ModelConfig` fields that config.json does not hold
       (`attention_impl`, `attention_block_q`, `attention_block_k`).
 
@@ -345,15 +357,19 @@ def load(path: epath.PathLike, *, param_dtype: str | None = None,
     CheckpointError: missing directory/config/shards, unsupported architecture, a tensor
       whose shape does not match the config (naming the tensor and both shapes), or a
       tensor missing from the checkpoint.
+    ValueError: params whose shapes differ from `expected`'s.
   """
   with paths.local_directory(path) as local:
     return _load_local(local, param_dtype=param_dtype, compute_dtype=compute_dtype,
-                       shardings=shardings, **config_overrides)
+                       shardings=shardings, expected=expected, **config_overrides)
 
 
 def _load_local(path: str, *, param_dtype: str | None, compute_dtype: str | None,
-                shardings: Any, **config_overrides: Any) -> tuple[ModelConfig, dict]:
+                shardings: Any, expected: ModelConfig | None,
+                **config_overrides: Any) -> tuple[ModelConfig, dict]:
   config = read_config(path, param_dtype=param_dtype, compute_dtype=compute_dtype)
+  if expected is not None:
+    check_model_config(path, config, expected)
   if config_overrides:
     config = config.replace(**config_overrides)
   dtype = _NP_DTYPES[config.param_dtype]

@@ -1,7 +1,9 @@
 """Countdown: reach a target with each given number used exactly once and + - * / ( ).
 
 Prompt `22:3,5,7=`, a correct completion `3*5+7`. The verifier parses the expression with a
-small recursive-descent parser over exact fractions; model output is never executed.
+small recursive-descent parser over exact fractions; model output is never executed. Only
+completions of at most 64 characters are parsed, which bounds the parser's recursion depth and
+the size of every number; digits are ASCII (a fullwidth `３*５+７` is malformed).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from entropix_rl.tasks.base import Example, GeneratedTask, check_answer_key_mode
 
-_TOKEN = re.compile(r"\s*(\d+|[-+*/()])")
+_TOKEN = re.compile(r"\s*(\d+|[-+*/()])", re.ASCII)  # ASCII digits only, as the alphabet
 _BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
            "/": lambda a, b: a / b if b != 0 else None}
 

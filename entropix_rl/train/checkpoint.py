@@ -26,6 +26,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from entropix_rl import param_shapes
+
 # The exit code of a run that stopped after saving because it was preempted (sysexits'
 # EX_TEMPFAIL: "try again later"). launch/sweep.py and launch/run.sh resume such runs.
 PREEMPTED_EXIT_CODE = 75
@@ -79,11 +81,18 @@ class Checkpointer:
                             f"{type(err).__name__}: {err}") from err
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
-    """Restores `step` (default: latest) into the structure/shardings of `abstract_state`."""
+    """Restores `step` (default: latest) into the structure/shardings of `abstract_state`.
+
+    Raises:
+      FileNotFoundError: no checkpoint.
+      ValueError: a param whose stored shape differs from `abstract_state`'s (a checkpoint
+        from another model config), naming the param and both shapes.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    _check_stored_shapes(self.directory, step, abstract)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["extra"]), step
@@ -102,6 +111,16 @@ class Checkpointer:
       self.wait()
     finally:
       self._manager.close()
+
+
+def _check_stored_shapes(directory: str, step: int, abstract: Any) -> None:
+  """Compares the shapes in step `step`'s `state` metadata with `abstract`'s before restoring
+  (a fresh manager cannot read item metadata before its first restore, so the handler reads it)."""
+  step_dir = ocp.step.standard_name_format().find_step(epath.Path(directory), step).path
+  stored = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
+  param_shapes.check_same_shapes(f"checkpoint {directory} step {step}",
+                                 param_shapes.shapes_by_name(getattr(stored, "tree", stored)),
+                                 param_shapes.shapes_by_name(abstract), same_names=False)
 
 
 class PreemptionGuard:

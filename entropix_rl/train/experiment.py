@@ -236,7 +236,7 @@ def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool 
     if log:
       print(f"SFT warm start found at {out_dir}; reusing it", flush=True)
     return hf.load(out_dir, shardings=sharding.param_shardings(exp.model, mesh),
-                   **runtime_fields(cfg.model))
+                   expected=exp.model, **runtime_fields(cfg.model))
   rng = jax.random.PRNGKey(cfg.seed)
   optimizer = make_optimizer(exp.sft_optimizer)
   params = jax.jit(functools.partial(init_params, exp.model),
