@@ -88,6 +88,7 @@ class Checkpointer:
       ValueError: a param whose stored shape differs from `abstract_state`'s (a checkpoint
         from another model config), naming the param and both shapes.
     """
+    self.wait()
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}")
