@@ -16,6 +16,10 @@
 # and its output goes to ~/entropix_rl/logs/<basename of WORKDIR>.log on that worker; the
 # command's own output streams from all workers. DETACH=1 starts it under nohup and returns.
 # PROJECT (env) is passed as --project when set.
+#
+# A preempted run saves a checkpoint and exits with code 75; run.sh reports it and runs the
+# same command again, which resumes it, up to MAX_RESUMES (env, default 3) times, then exits
+# with 75 itself (launch/sweep.py reads that as "preempted"). Any other failure exits as it came.
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then
@@ -43,6 +47,19 @@ else
   REMOTE="cd ~/entropix_rl && mkdir -p logs && ${TRAIN} 2>&1 | tee ${LOG}"
 fi
 
+PREEMPTED=75
+MAX_RESUMES="${MAX_RESUMES:-3}"
 echo "[run.sh] ${NAME}: ${TRAIN}"
-gcloud compute tpus tpu-vm ssh "${NAME}" "${PROJECT_FLAG[@]}" --zone="${ZONE}" --worker=all \
-  --command="set -o pipefail; ${REMOTE}"
+for ((attempt = 0; ; attempt++)); do
+  rc=0
+  gcloud compute tpus tpu-vm ssh "${NAME}" "${PROJECT_FLAG[@]}" --zone="${ZONE}" --worker=all \
+    --command="set -o pipefail; ${REMOTE}" || rc=$?
+  if [[ "${rc}" -ne "${PREEMPTED}" ]]; then
+    exit "${rc}"
+  fi
+  if [[ "${attempt}" -ge "${MAX_RESUMES}" ]]; then
+    echo "[run.sh] ${NAME}: preempted again after ${MAX_RESUMES} resumes; giving up (exit 75)"
+    exit "${PREEMPTED}"
+  fi
+  echo "[run.sh] ${NAME}: preempted (checkpoint saved in ${WORKDIR}); resuming, attempt $((attempt + 1))/${MAX_RESUMES}"
+done

@@ -22,6 +22,9 @@ Extra `--config.k=v` flags on this command line apply to every run (after the se
 * `--mode=tpu` runs `launch/run.sh TPU_NAME ZONE CFG WORKDIR/<name> --config.k=v ...` per
   setting, one after another (each uses the whole slice). `DONE` is checked with
   `gcloud storage ls` for gs:// workdirs, else on worker 0 over ssh (e.g. a gcsfuse mount).
+* A run that exits with code 75 was preempted after saving a checkpoint
+  (`entropix_rl.train.checkpoint.PREEMPTED_EXIT_CODE`): it is reported as preempted and run
+  again, which resumes it, up to `--max_resumes` times (default 3).
 * `--dry_run` only prints the commands (and which runs would be skipped).
 """
 
@@ -40,6 +43,8 @@ from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME_KEY = "_name"
+PREEMPTED_EXIT_CODE = 75  # entropix_rl.train.checkpoint.PREEMPTED_EXIT_CODE (this script imports
+                          # nothing from the package, so it also runs where it is not installed)
 
 
 def load_module(config_path: str):
@@ -160,11 +165,13 @@ def is_done(workdir: str, *, mode: str = "local", tpu_name: str = "", zone: str 
 def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_name: str = "",
               zone: str = "", dry_run: bool = False, extra: Sequence[str] = (),
               only: str = "", python: str = sys.executable, sweep_fn: str = "get_sweep",
-              jobs: int = 1, runner: Callable[..., Any] = subprocess.run,
+              jobs: int = 1, max_resumes: int = 3, runner: Callable[..., Any] = subprocess.run,
               log: Callable[[str], None] = print) -> list[tuple[str, str]]:
   """Runs (or prints) every setting; returns (name, status) per run, in sweep order.
 
-  Status is "done" (skipped: DONE exists), "dry_run", "ok", or "failed (rc=N)".
+  Status is "done" (skipped: DONE exists), "dry_run", "ok", "preempted (rc=75)" (still
+  preempted after `max_resumes` resumes), or "failed (rc=N)". A preempted run (exit code 75)
+  is run again, which resumes it from its checkpoint.
   Runs whose name does not contain `only` are left out. A failed run does not stop the sweep.
   With `jobs` > 1 (local mode), the first pending run goes alone, then up to `jobs` at once,
   each with its output in `<base_workdir>/<name>.log`; if that first run fails, the others
@@ -189,15 +196,23 @@ def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_n
     else:
       pending.append((prefix, name, cmd))
 
+  def run_once(name: str, cmd: list[str], attempt: int) -> int:
+    if jobs == 1:
+      return runner(cmd, check=False).returncode
+    os.makedirs(base_workdir, exist_ok=True)
+    with open(os.path.join(base_workdir, name + ".log"), "a" if attempt else "w") as out:
+      return runner(cmd, check=False, stdout=out, stderr=subprocess.STDOUT).returncode
+
   def launch(prefix: str, name: str, cmd: list[str]) -> None:
     log(f"{prefix}: {shlex.join(cmd)}")
-    if jobs == 1:
-      rc = runner(cmd, check=False).returncode
-    else:
-      os.makedirs(base_workdir, exist_ok=True)
-      with open(os.path.join(base_workdir, name + ".log"), "w") as out:
-        rc = runner(cmd, check=False, stdout=out, stderr=subprocess.STDOUT).returncode
-    statuses[name] = "ok" if rc == 0 else f"failed (rc={rc})"
+    rc = run_once(name, cmd, 0)
+    for attempt in range(1, max_resumes + 1):
+      if rc != PREEMPTED_EXIT_CODE:
+        break
+      log(f"{prefix}: preempted (checkpoint saved); resuming, attempt {attempt}/{max_resumes}")
+      rc = run_once(name, cmd, attempt)
+    statuses[name] = ("ok" if rc == 0 else f"preempted (rc={rc})" if rc == PREEMPTED_EXIT_CODE
+                      else f"failed (rc={rc})")
     log(f"{prefix}: {statuses[name]}")
 
   if pending:
@@ -229,6 +244,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--python", default=sys.executable, help="interpreter for --mode=local")
   parser.add_argument("--jobs", type=int, default=1,
                       help="runs at once in --mode=local (the first pending run goes alone)")
+  parser.add_argument("--max_resumes", type=int, default=3,
+                      help="times a preempted run (exit code 75) is run again to resume it")
   args, rest = parser.parse_known_args(argv)
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
@@ -240,13 +257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   args, extra = parse_args(sys.argv[1:] if argv is None else argv)
   results = run_sweep(args.config, args.workdir, mode=args.mode, tpu_name=args.tpu_name,
                       zone=args.zone, dry_run=args.dry_run, extra=extra, only=args.only,
-                      python=args.python, sweep_fn=args.sweep, jobs=args.jobs)
+                      python=args.python, sweep_fn=args.sweep, jobs=args.jobs,
+                      max_resumes=args.max_resumes)
   failed = [n for n, s in results if s.startswith("failed")]
+  preempted = [n for n, s in results if s.startswith("preempted")]
   print(f"{len(results)} runs: {sum(s == 'done' for _, s in results)} already done, "
         f"{sum(s == 'ok' for _, s in results)} ok, {len(failed)} failed"
         + (f" ({', '.join(failed)})" if failed else "")
+        + f", {len(preempted)} preempted" + (f" ({', '.join(preempted)})" if preempted else "")
         + f", {sum(s.startswith('not run') for _, s in results)} not run")
-  return 1 if failed else 0
+  return 1 if failed else PREEMPTED_EXIT_CODE if preempted else 0
 
 
 if __name__ == "__main__":

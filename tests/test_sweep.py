@@ -156,3 +156,46 @@ def test_parallel_jobs_stop_when_the_first_run_fails(config_path, tmp_path):
   assert len(started) == 1
   assert results[0][1] == "failed (rc=1)"
   assert [s for _, s in results[1:]] == ["not run (first run failed)"] * 3
+
+
+def test_a_preempted_run_is_reported_and_resumed(config_path, tmp_path):
+  codes = {"name-ppo__seed-0": [75, 75, 0], "custom": [75, 75, 75, 75]}
+  calls = []
+
+  def runner(cmd, check):
+    name = next(a for a in cmd if a.startswith("--workdir=")).rsplit("/", 1)[1]
+    calls.append(name)
+    return subprocess.CompletedProcess(cmd, codes.get(name, [0]).pop(0))
+
+  logged = []
+  results = dict(sweep.run_sweep(config_path, str(tmp_path / "runs"), python="python",
+                                 runner=runner, max_resumes=3, log=logged.append))
+  assert results["name-ppo__seed-0"] == "ok" and calls.count("name-ppo__seed-0") == 3
+  assert results["custom"] == "preempted (rc=75)" and calls.count("custom") == 4
+  assert any("preempted (checkpoint saved); resuming, attempt 2/3" in line for line in logged)
+
+
+def test_preempted_exit_code_matches_the_trainer():
+  from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
+  assert sweep.PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE
+
+
+@pytest.mark.parametrize("codes,expected_rc,expected_calls", [("75 75 0", 0, 3),
+                                                              ("75 75 75", 75, 3),
+                                                              ("3", 3, 1)])
+def test_run_sh_resumes_a_preempted_run(tmp_path, codes, expected_rc, expected_calls):
+  fake_bin = tmp_path / "bin"
+  fake_bin.mkdir()
+  (tmp_path / "codes").write_text(codes.replace(" ", "\n") + "\n")
+  gcloud = fake_bin / "gcloud"  # pops the next exit code, logs the call
+  gcloud.write_text(f"#!/usr/bin/env bash\necho call >> {tmp_path}/calls\n"
+                    f"rc=$(head -n1 {tmp_path}/codes); sed -i 1d {tmp_path}/codes; exit $rc\n")
+  gcloud.chmod(0o755)
+  proc = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "run.sh"), "tpu", "zone",
+                         "configs/quickstart.py", "gs://b/run"], capture_output=True, text=True,
+                        env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}",
+                             "MAX_RESUMES": "2"}, timeout=60)
+  assert proc.returncode == expected_rc, proc.stdout + proc.stderr
+  assert (tmp_path / "calls").read_text().count("call") == expected_calls
+  if expected_rc == 75:
+    assert "giving up (exit 75)" in proc.stdout
