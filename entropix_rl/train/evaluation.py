@@ -25,9 +25,10 @@ class EvalConfig:
   pass_k: tuple[int, ...] = (1, 4, 8)
 
   def __post_init__(self):
-    if self.every < 0 or self.num_prompts < 1 or self.num_samples < 1:
-      raise ValueError(f"eval fields must be positive: every={self.every}, "
-                       f"num_prompts={self.num_prompts}, num_samples={self.num_samples}")
+    for name, value, minimum in (("every", self.every, 0), ("num_prompts", self.num_prompts, 1),
+                                 ("num_samples", self.num_samples, 1)):
+      if value < minimum:
+        raise ValueError(f"eval.{name}={value}; allowed: an int >= {minimum}")
     bad = [k for k in self.pass_k if not 1 <= k <= self.num_samples]
     if bad:
       raise ValueError(f"eval.pass_k={self.pass_k}: each k must be in [1, eval.num_samples="

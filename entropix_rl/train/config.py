@@ -1,0 +1,445 @@
+"""The typed experiment config: what a config file's `ConfigDict` must hold, checked once.
+
+`ExperimentConfig.from_config_dict(config)` is the binary's edge: it rejects unknown keys
+(listing the known ones), requires every key the code reads (so every field of every shipped
+config can be set from the command line), checks each value's type and range, and returns
+frozen dataclasses. Past it no code reads a `ConfigDict`. Cross-section checks (context length,
+divisibility of batches over the mesh) follow in `experiment.resolve`.
+
+Config files build their sections with `section(...)` from these dataclasses, so a new field
+reaches every shipped config at once:
+
+    config.checkpoint = section(CheckpointConfig(save_every=100, keep=2))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from entropix_rl import advantages, data, losses, sampling, tasks
+from entropix_rl.losses.config import check_bool, check_choice, check_number
+from entropix_rl.models import ModelConfig
+from entropix_rl.models.attention import ATTENTION_IMPLS
+from entropix_rl.train.evaluation import EvalConfig
+from entropix_rl.train.optim import OptimizerConfig
+
+MODEL_INITS = ("random", "checkpoint")
+TOKENIZER_KINDS = ("char", "hf")
+DTYPES = ("float32", "bfloat16")
+
+
+def _positive(path: str, value: int, minimum: int = 1, note: str = "") -> None:
+  if value < minimum:
+    raise ValueError(f"{path}={value!r}; allowed: an int >= {minimum}{note}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """name: a task of `tasks.TASKS`; kwargs: its constructor's keyword arguments."""
+
+  name: str = "decomposition"
+  kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def validate(self) -> None:
+    check_choice("task.name", self.name, tuple(tasks.TASKS))
+    try:
+      tasks.get_task(self.name, **self.kwargs)
+    except (TypeError, ValueError) as err:
+      raise ValueError(f"task.kwargs={dict(self.kwargs)!r} for task {self.name!r}: {err}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+  """kind: "char" (the task's alphabet) or "hf" (a Hugging Face tokenizer at `path`)."""
+
+  kind: str = "char"
+  path: str = ""
+
+  def validate(self) -> None:
+    check_choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
+    if self.kind == "hf" and not self.path:
+      raise ValueError("tokenizer.path must name a Hugging Face tokenizer with tokenizer.kind='hf'")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Prompt source (the `entropix_rl.data` module docstring describes each field)."""
+
+  source: str = "task"
+  path: str = ""
+  eval_path: str = ""
+  eval_fraction: float = 0.05
+  max_prompt_len: int = 8
+  bad_records: str = "fail"
+
+  def validate(self) -> None:
+    check_choice("data.source", self.source, data.SOURCES)
+    if self.source == "file" and not self.path:
+      raise ValueError("data.path must name a .jsonl or .parquet file with data.source='file'")
+    check_number("data.eval_fraction", self.eval_fraction, low=0.0, high=1.0, low_open=True,
+                 high_open=True)
+    _positive("data.max_prompt_len", self.max_prompt_len)
+    check_choice("data.bad_records", self.bad_records, data.BAD_RECORDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+  """`config.model`: where the weights come from, and the architecture for `init="random"`.
+
+  Attributes:
+    init: "random" (build `architecture`) or "checkpoint" (a Hugging Face directory; the
+      architecture comes from its config.json).
+    checkpoint: that directory (local or gs://).
+    param_dtype, compute_dtype, attention_impl, attention_block_q, attention_block_k: how to
+      run the model (also applied to a checkpoint).
+    architecture: the other `ModelConfig` fields given in the section.
+  """
+
+  init: str = "random"
+  checkpoint: str = ""
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
+  attention_impl: str = "auto"
+  attention_block_q: int = 512
+  attention_block_k: int = 512
+  architecture: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def validate(self) -> None:
+    check_choice("model.init", self.init, MODEL_INITS)
+    if self.init == "checkpoint" and not self.checkpoint:
+      raise ValueError("model.checkpoint must name a Hugging Face checkpoint directory when "
+                       "model.init='checkpoint'")
+    check_choice("model.param_dtype", self.param_dtype, DTYPES)
+    check_choice("model.compute_dtype", self.compute_dtype, DTYPES)
+    check_choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    _positive("model.attention_block_q", self.attention_block_q)
+    _positive("model.attention_block_k", self.attention_block_k)
+
+  @property
+  def runtime(self) -> dict[str, Any]:
+    """The fields that no checkpoint's config.json holds (how to run, not what to run)."""
+    return {name: getattr(self, name)
+            for name in ("attention_impl", "attention_block_q", "attention_block_k")}
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  """The supervised warm start (`steps` 0 = none)."""
+
+  steps: int = 0
+  batch_size: int = 256
+  log_every: int = 50
+  shared_dir: str = ""
+  micro_batch_size: int = 0
+  optimizer: OptimizerConfig = OptimizerConfig()
+
+  def validate(self) -> None:
+    _positive("sft.steps", self.steps, 0)
+    _positive("sft.batch_size", self.batch_size)
+    _positive("sft.log_every", self.log_every)
+    _positive("sft.micro_batch_size", self.micro_batch_size, 0, " (0 = no splitting)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  """`config.rl`: the RL loop (the update's own fields become `rl_step.RLUpdateConfig`)."""
+
+  steps: int = 300
+  prompts_per_step: int = 32
+  group_size: int = 8
+  ppo_epochs: int = 1
+  num_minibatches: int = 4
+  advantage: str = "grpo"
+  dynamic_sampling: bool = False
+  max_gen_batches: int = 10
+  use_reference: bool = True
+  measure_dynamics: bool = True
+  token_chunk: int = 4096
+  remat: bool = False
+  micro_batch_size: int = 0
+  logprob_micro_batch_size: int = 0
+  feature_chunk: int = 256
+  completion_buckets: int = 1
+  old_logp_from_rollout: bool = False
+  max_skipped_updates: int = 3
+  step_delimiter: str = ""
+  cluster_by: str = "exact_string"
+
+  def validate(self) -> None:
+    _positive("rl.steps", self.steps, 0)
+    for name in ("prompts_per_step", "group_size", "ppo_epochs", "num_minibatches",
+                 "max_gen_batches", "token_chunk", "feature_chunk", "max_skipped_updates"):
+      _positive(f"rl.{name}", getattr(self, name))
+    _positive("rl.completion_buckets", self.completion_buckets, 1,
+              " (1 = always the full sampler.max_new_tokens)")
+    check_choice("rl.advantage", self.advantage, tuple(advantages.ESTIMATORS))
+    check_choice("rl.cluster_by", self.cluster_by, tasks.ANSWER_KEY_MODES)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """save_every: RL steps between saves (and at the end, and on preemption); keep: the last K."""
+
+  save_every: int = 100
+  keep: int = 2
+
+  def validate(self) -> None:
+    _positive("checkpoint.save_every", self.save_every)
+    _positive("checkpoint.keep", self.keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+  """console_every: RL steps between console lines; tensorboard: also write event files."""
+
+  console_every: int = 25
+  tensorboard: bool = True
+
+  def validate(self) -> None:
+    _positive("logging.console_every", self.console_every)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh sizes over (data, fsdp, tensor); one may be -1 ("the rest")."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+  def validate(self) -> None:
+    for name in ("data", "fsdp", "tensor"):
+      if getattr(self, name) == 0 or getattr(self, name) < -1:
+        raise ValueError(f"mesh.{name}={getattr(self, name)}; allowed: an int >= 1, or -1 (the "
+                         "rest of the devices)")
+    if [self.data, self.fsdp, self.tensor].count(-1) > 1:
+      raise ValueError(f"mesh: at most one of data, fsdp, tensor may be -1; got data={self.data}, "
+                       f"fsdp={self.fsdp}, tensor={self.tensor}")
+
+  def as_dict(self) -> dict[str, int]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """`jax.distributed.initialize` arguments; unset ("", 0, -1) ones are discovered by JAX (TPU)."""
+
+  enabled: bool = False
+  coordinator_address: str = ""
+  num_processes: int = 0
+  process_id: int = -1
+
+  def validate(self) -> None:
+    _positive("distributed.num_processes", self.num_processes, 0, " (0 = discovered)")
+    _positive("distributed.process_id", self.process_id, -1, " (-1 = discovered)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Every section of an experiment config, typed and validated."""
+
+  seed: int
+  method: str
+  task: TaskConfig
+  tokenizer: TokenizerConfig
+  data: DataConfig
+  model: ModelSection
+  sampler: sampling.SamplerConfig
+  sft: SFTConfig
+  rl: RLConfig
+  optimizer: OptimizerConfig
+  loss: Any  # losses.LossConfig
+  eval: EvalConfig
+  checkpoint: CheckpointConfig
+  logging: LoggingConfig
+  mesh: MeshConfig
+  distributed: DistributedConfig
+  source: str = dataclasses.field(default="{}", compare=False)  # the config as JSON
+
+  @classmethod
+  def from_config_dict(cls, config: ml_collections.ConfigDict) -> "ExperimentConfig":
+    """Validates `config` (module docstring); errors name the field and the allowed values."""
+    values = _as_dict(config, "config")
+    _check_keys("", values, _SECTIONS, required=_SECTIONS)
+    _check_type("seed", values["seed"], int)
+    _check_type("method", values["method"], str)
+    sections = {name: build(values[name]) for name, build in _BUILDERS.items()}
+    return cls(seed=values["seed"], method=values["method"], **sections,
+               source=config.to_json_best_effort() if hasattr(config, "to_json_best_effort")
+               else "{}")
+
+
+def section(value: Any) -> ml_collections.ConfigDict:
+  """A config-file section with every field of the dataclass `value`; fields that may be None
+  become typed placeholders, so the command line can still set them."""
+  out = ml_collections.ConfigDict()
+  hints = typing.get_type_hints(type(value))
+  for field in dataclasses.fields(value):
+    item = getattr(value, field.name)
+    if dataclasses.is_dataclass(item):
+      out[field.name] = section(item)
+    elif item is None:
+      out[field.name] = config_dict.placeholder(_base_type(hints[field.name]))
+    else:
+      out[field.name] = dict(item) if isinstance(item, Mapping) else item
+  return out
+
+
+def model_section(model: ModelSection) -> ml_collections.ConfigDict:
+  """`config.model`: the section's own fields plus the architecture fields, flat."""
+  out = section(dataclasses.replace(model, architecture={}))
+  del out["architecture"]
+  for key, value in model.architecture.items():
+    out[key] = value
+  return out
+
+
+def _as_dict(value: Any, path: str) -> dict[str, Any]:
+  if isinstance(value, ml_collections.ConfigDict):
+    return value.to_dict()
+  if isinstance(value, Mapping):
+    return dict(value)
+  raise ValueError(f"{path or 'config'} must be a section (ConfigDict), got {value!r}")
+
+
+def _check_keys(path: str, values: Mapping[str, Any], known: tuple[str, ...],
+                required: tuple[str, ...]) -> None:
+  prefix = f"{path}." if path else ""
+  unknown = sorted(set(values) - set(known))
+  if unknown:
+    raise ValueError(f"unknown key(s) {[prefix + k for k in unknown]}; known keys of "
+                     f"{path or 'the config'}: {sorted(known)}")
+  missing = [k for k in required if k not in values]
+  if missing:
+    raise ValueError(f"the config lacks {[prefix + k for k in missing]}; every config must "
+                     f"define them (build sections with entropix_rl.train.config.section)")
+
+
+def _base_type(hint: Any) -> type:
+  """`int` for `int | None`, and so on."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+
+
+def _check_type(path: str, value: Any, hint: Any) -> None:
+  """Raises ValueError naming `path` unless `value` has the annotated type."""
+  optional = type(None) in typing.get_args(hint)
+  if value is None:
+    if optional:
+      return
+    raise ValueError(f"{path}=None; allowed: a value of type {_type_name(hint)}")
+  base = _base_type(hint)
+  origin = typing.get_origin(base)
+  if base is bool:
+    check_bool(path, value)
+  elif base is int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+      raise ValueError(f"{path}={value!r}; allowed: an int")
+  elif base is float:
+    check_number(path, value, allowed="a number")
+  elif base is str:
+    if not isinstance(value, str):
+      raise ValueError(f"{path}={value!r}; allowed: a string")
+  elif origin is tuple:
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value):
+      raise ValueError(f"{path}={value!r}; allowed: a tuple of ints")
+  elif origin in (Mapping, dict) or base is Mapping:
+    if not isinstance(value, Mapping):
+      raise ValueError(f"{path}={value!r}; allowed: a mapping")
+
+
+def _type_name(hint: Any) -> str:
+  return getattr(_base_type(hint), "__name__", str(hint))
+
+
+def _typed(cls: type, path: str, values: Mapping[str, Any], *, nested: Mapping[str, Any] = ()
+           ) -> Any:
+  """`cls(**values)` after checking keys (all required) and types; `nested` builds sub-sections."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  _check_keys(path, values, tuple(fields), required=tuple(fields))
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for name, value in values.items():
+    if name in dict(nested):
+      kwargs[name] = dict(nested)[name](value)
+      continue
+    _check_type(f"{path}.{name}", value, hints[name])
+    kwargs[name] = tuple(value) if typing.get_origin(_base_type(hints[name])) is tuple else value
+  out = cls(**kwargs)
+  if hasattr(out, "validate"):
+    out.validate()
+  return out
+
+
+def _optimizer(path: str) -> Any:
+  """Builds an `OptimizerConfig` section; its own errors say "optimizer.", so they are renamed
+  to `path`."""
+  def build(value: Any) -> OptimizerConfig:
+    try:
+      return _typed(OptimizerConfig, path, _as_dict(value, path))
+    except ValueError as err:
+      raise ValueError(str(err).replace("optimizer.", f"{path}.") if path != "optimizer"
+                       else str(err)) from None
+  return build
+
+
+def _model(value: Any) -> ModelSection:
+  values = _as_dict(value, "model")
+  own = [f.name for f in dataclasses.fields(ModelSection) if f.name != "architecture"]
+  architecture_fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(own)
+  _check_keys("model", values, tuple(own) + tuple(sorted(architecture_fields)), required=tuple(own))
+  hints = typing.get_type_hints(ModelConfig)
+  architecture = {}
+  for key in sorted(set(values) - set(own)):
+    if key != "rope_scaling":
+      _check_type(f"model.{key}", values[key], hints[key])
+    architecture[key] = values[key]
+  model = _typed(ModelSection, "model", {**{k: values[k] for k in own},
+                                         "architecture": architecture},
+                 nested={"architecture": lambda v: dict(v)})
+  return model
+
+
+def _sampler(value: Any) -> sampling.SamplerConfig:
+  values = _as_dict(value, "sampler")
+  configured = ("temperature", "top_p", "top_k", "max_new_tokens", "greedy", "max_decode_rows",
+                "decode_segment")
+  _check_keys("sampler", values, configured, required=configured)
+  hints = typing.get_type_hints(sampling.SamplerConfig)
+  for key, item in values.items():
+    _check_type(f"sampler.{key}", item, hints[key])
+  return sampling.SamplerConfig(**values)
+
+
+def _eval(value: Any) -> EvalConfig:
+  return _typed(EvalConfig, "eval", _as_dict(value, "eval"))
+
+
+_BUILDERS = {
+    "task": lambda v: _typed(TaskConfig, "task", _as_dict(v, "task"),
+                             nested={"kwargs": lambda k: dict(_as_dict(k, "task.kwargs"))}),
+    "tokenizer": lambda v: _typed(TokenizerConfig, "tokenizer", _as_dict(v, "tokenizer")),
+    "data": lambda v: _typed(DataConfig, "data", _as_dict(v, "data")),
+    "model": _model,
+    "sampler": _sampler,
+    "sft": lambda v: _typed(SFTConfig, "sft", _as_dict(v, "sft"),
+                            nested={"optimizer": _optimizer("sft.optimizer")}),
+    "rl": lambda v: _typed(RLConfig, "rl", _as_dict(v, "rl")),
+    "optimizer": _optimizer("optimizer"),
+    "loss": losses.resolve_loss_config,
+    "eval": _eval,
+    "checkpoint": lambda v: _typed(CheckpointConfig, "checkpoint", _as_dict(v, "checkpoint")),
+    "logging": lambda v: _typed(LoggingConfig, "logging", _as_dict(v, "logging")),
+    "mesh": lambda v: _typed(MeshConfig, "mesh", _as_dict(v, "mesh")),
+    "distributed": lambda v: _typed(DistributedConfig, "distributed", _as_dict(v, "distributed")),
+}
+_SECTIONS = ("seed", "method", *_BUILDERS)
