@@ -84,7 +84,10 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict({"save_every": 100, "keep": 2})
   config.logging = ml_collections.ConfigDict({"console_every": 25, "tensorboard": True})
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-  config.distributed = ml_collections.ConfigDict({"enabled": False})
+  # Unset ("", 0, -1) = discovered by JAX; set all three for processes on one machine
+  # (docs/reliability.md, "Multi-process runs").
+  config.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "",
+                                                  "num_processes": 0, "process_id": -1})
 
   if runlocal:
     config.sft.steps = 20

@@ -1,9 +1,13 @@
 """Grain pipelines of prompt batches, over generated tasks or local jsonl/parquet prompt files.
 
 Every pipeline is an infinite, deterministic stream: record `i` is a pure function of
-`(seed, split, i)`, hosts take disjoint strides (`shard_index::shard_count`, by default
-`jax.process_index()::jax.process_count()`), and the iterator state (`get_state()`, a small
-dict) is what the trainer checkpoints to resume exactly.
+`(seed, split, i)`, and the iterator state (`get_state()`, a small dict) is what the trainer
+checkpoints to resume exactly. Hosts take disjoint blocks of each global batch: with `n` hosts
+(`shard_count`, by default `jax.process_count()`) and `b` prompts per host, global batch `k`
+is records `k*n*b .. (k+1)*n*b - 1` and host `h` (`shard_index`) reads its `h`-th block of `b`
+(`host_record`). The step's global batch, concatenated in process order, is therefore the same
+for any number of hosts, and so are the rollouts (the sampler's per-row keys follow the global
+row).
 
 Config (`config.data`):
   source: "task" (examples drawn by the task's seeded generator) or "file".
@@ -276,6 +280,12 @@ def _collate(items: list[tuple[list[int], Example]], width: int, pad_id: int) ->
           "examples": [example for _, example in items]}
 
 
+def host_record(position: int, batch_size: int, shard_index: int, shard_count: int) -> int:
+  """The stream record at `position` of host `shard_index`'s stream (see the module docstring)."""
+  batch, row = divmod(position, batch_size)
+  return (batch * shard_count + shard_index) * batch_size + row
+
+
 def make_prompt_pipeline(data_cfg: Mapping[str, Any], tokenizer, *, batch_size: int, seed: int,
                          split: str, task: Any = None, shard_index: int | None = None,
                          shard_count: int | None = None) -> PromptPipeline:
@@ -288,7 +298,8 @@ def make_prompt_pipeline(data_cfg: Mapping[str, Any], tokenizer, *, batch_size: 
     seed: stream seed (the same seed gives the same stream).
     split: "train" or "eval".
     task: the generated task (required for source="task").
-    shard_index, shard_count: this host's stride; default `jax.process_index()/count()`.
+    shard_index, shard_count: this host's block of each global batch of
+      `shard_count * batch_size` records; default `jax.process_index()/count()`.
   """
   check_split(split)
   source = data_cfg.get("source", "task")
@@ -299,6 +310,8 @@ def make_prompt_pipeline(data_cfg: Mapping[str, Any], tokenizer, *, batch_size: 
   check_bad_records(data_cfg.get("bad_records", "fail"))
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
   if source == "task":
     if not isinstance(task, tasks_lib.GeneratedTask):
       raise ValueError(f"data.source='task' needs a generated task; got {task!r}")
@@ -306,8 +319,10 @@ def make_prompt_pipeline(data_cfg: Mapping[str, Any], tokenizer, *, batch_size: 
   else:
     draw = _FileStream(_file_split(data_cfg, split), seed, shuffle=split == "train")
   width = int(data_cfg["max_prompt_len"])
-  dataset = (grain.MapDataset.range(_STREAM_LENGTH)[shard_index::shard_count]
-             .map(lambda i: _encode_prompt(draw(int(i)), tokenizer, width))
+  record = functools.partial(host_record, batch_size=batch_size, shard_index=shard_index,
+                             shard_count=shard_count)
+  dataset = (grain.MapDataset.range(_STREAM_LENGTH // shard_count)
+             .map(lambda i: _encode_prompt(draw(record(int(i))), tokenizer, width))
              .to_iter_dataset()
              .batch(batch_size, batch_fn=lambda items: _collate(items, width, tokenizer.pad_id)))
   return PromptPipeline(dataset)

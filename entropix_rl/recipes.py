@@ -120,7 +120,9 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict({"save_every": 20, "keep": 2})
   config.logging = ml_collections.ConfigDict({"console_every": 1, "tensorboard": True})
   config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": size.mesh_tensor})
-  config.distributed = ml_collections.ConfigDict({"enabled": True})
+  # Unset ("", 0, -1) = discovered by JAX (TPU VMs); elsewhere set all three.
+  config.distributed = ml_collections.ConfigDict({"enabled": True, "coordinator_address": "",
+                                                  "num_processes": 0, "process_id": -1})
   return config
 
 

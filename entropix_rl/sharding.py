@@ -32,6 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from entropix_rl.models import init_params
@@ -56,16 +58,30 @@ _RULES = {
 }
 
 
+def distributed_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """The `jax.distributed.initialize` arguments that `config.distributed` sets.
+
+  Unset values are left out (so JAX discovers them, as on TPU VMs): `coordinator_address=""`,
+  `num_processes <= 0` and `process_id < 0`.
+  """
+  unset = {"coordinator_address": lambda v: not v, "num_processes": lambda v: v is None or v <= 0,
+           "process_id": lambda v: v is None or v < 0}
+  return {name: cfg.get(name) for name, is_unset in unset.items() if not is_unset(cfg.get(name))}
+
+
 def initialize_distributed(cfg: Mapping[str, Any] | None) -> None:
   """Calls `jax.distributed.initialize` when `config.distributed.enabled` is true.
 
   On TPU VMs the coordinator and process ids are discovered automatically; elsewhere set
-  `distributed.coordinator_address`, `num_processes` and `process_id`.
+  `distributed.coordinator_address`, `num_processes` and `process_id` (`distributed_kwargs`).
+  On CPU the processes' collectives run over TCP with gloo, JAX's default
+  `jax_cpu_collectives_implementation`, so several processes on one machine need nothing else
+  (docs/reliability.md, "Multi-process runs").
   """
   if not cfg or not cfg.get("enabled", False):
     return
-  kwargs = {k: cfg[k] for k in ("coordinator_address", "num_processes", "process_id")
-            if cfg.get(k) not in (None, "")}
+  kwargs = distributed_kwargs(cfg)
+  logging.info("jax.distributed.initialize(%s)", kwargs)
   jax.distributed.initialize(**kwargs)
 
 
@@ -201,7 +217,23 @@ def to_global(tree: Any, mesh: Mesh) -> Any:
 
 def to_host_local(tree: Any, mesh: Mesh) -> Any:
   """Global row-sharded arrays -> this host's rows as numpy (the inverse of `to_global`)."""
-  from jax.experimental import multihost_utils
-
   local = multihost_utils.global_array_to_host_local_array(tree, mesh, P(BATCH_AXES))
   return jax.tree.map(np.asarray, local)
+
+
+def gather_host_rows(tree: Any) -> Any:
+  """Every host's rows of each host-local array in `tree`, concatenated in process order.
+
+  Leaves must have the same shape on every host; scalars count as one row. Values travel as
+  the bit patterns of float64 (two uint32 words each), so they arrive exactly, although JAX
+  arrays are 32-bit by default. Every leaf comes back as a float64 numpy array (on one process
+  too, so one and several processes compute their metrics from the same values).
+  """
+  def gather(x):
+    x = np.ascontiguousarray(np.atleast_1d(np.asarray(x, np.float64)))
+    if jax.process_count() == 1:
+      return x
+    words = multihost_utils.process_allgather(x.view(np.uint32), tiled=True)
+    return np.ascontiguousarray(words).view(np.float64)
+
+  return jax.tree.map(gather, tree)

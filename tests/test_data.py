@@ -85,17 +85,18 @@ def test_task_pipeline_resumes_from_state():
   assert _indices(expected) == list(range(12, 24))
 
 
-def test_task_pipeline_shards_are_disjoint_and_cover_the_stream():
+def test_task_pipeline_shards_are_blocks_of_the_global_batches():
   batch_size, num_batches, shard_count = 3, 4, 3
-  full = _indices(_take(_task_pipeline(batch_size=batch_size), num_batches * shard_count))
-  shards = [_indices(_take(_task_pipeline(batch_size=batch_size, shard_index=k,
-                                          shard_count=shard_count), num_batches))
-            for k in range(shard_count)]
-  for k, shard in enumerate(shards):
-    assert shard == list(range(k, shard_count * batch_size * num_batches, shard_count))
-  union = [i for shard in shards for i in shard]
-  assert len(set(union)) == len(union)
-  assert sorted(union) == full
+  full = _take(_task_pipeline(batch_size=batch_size * shard_count), num_batches)
+  shards = [_take(_task_pipeline(batch_size=batch_size, shard_index=k, shard_count=shard_count),
+                  num_batches) for k in range(shard_count)]
+  for step in range(num_batches):  # the hosts' batches, in host order, are the global batch
+    assert [i for shard in shards for i in _indices([shard[step]])] == _indices([full[step]])
+  assert _indices(shards[1][:2]) == [3, 4, 5, 12, 13, 14]
+  union = [i for shard in shards for i in _indices(shard)]
+  assert sorted(union) == list(range(num_batches * shard_count * batch_size))
+  with pytest.raises(ValueError, match="shard_index=3"):
+    _task_pipeline(shard_index=3, shard_count=3)
 
 
 def test_task_pipeline_errors():
@@ -246,7 +247,8 @@ def test_file_pipeline_resumes_and_shards(tmp_path):
   full = _prompts(_take(_file_pipeline(cfg, batch_size=2, seed=2), 10))
   shards = [_prompts(_take(_file_pipeline(cfg, batch_size=2, seed=2, shard_index=k,
                                           shard_count=2), 5)) for k in range(2)]
-  assert shards[0] == full[0::2] and shards[1] == full[1::2]
+  for k, shard in enumerate(shards):  # host k reads the k-th 2 of each global batch of 4
+    assert shard == [p for j in range(5) for p in full[4 * j + 2 * k:4 * j + 2 * k + 2]]
 
 
 def test_file_errors_name_file_and_record(tmp_path):

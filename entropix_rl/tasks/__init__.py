@@ -26,14 +26,22 @@ def get_task(name: str, **kwargs) -> Task:
     raise ValueError(f"task.kwargs {sorted(kwargs)} do not fit task {name!r}: {err}") from None
 
 
-def distinct_correct_per_group(texts: Sequence[str], rewards: np.ndarray,
-                               group_ids: np.ndarray) -> float:
-  """Mean over groups of the number of distinct correct completions (stripped text)."""
+def distinct_correct_counts(texts: Sequence[str], rewards: np.ndarray,
+                            group_ids: np.ndarray) -> np.ndarray:
+  """`[groups]` int64: distinct correct completions (stripped text) of each group, in order of
+  the groups' first appearance."""
   groups: dict[int, set[str]] = {int(g): set() for g in np.asarray(group_ids)}
   for text, reward, group in zip(texts, np.asarray(rewards), np.asarray(group_ids)):
     if reward >= 1.0:
       groups[int(group)].add(text.strip())
-  return float(np.mean([len(s) for s in groups.values()])) if groups else 0.0
+  return np.asarray([len(s) for s in groups.values()], np.int64)
+
+
+def distinct_correct_per_group(texts: Sequence[str], rewards: np.ndarray,
+                               group_ids: np.ndarray) -> float:
+  """Mean over groups of the number of distinct correct completions (stripped text)."""
+  counts = distinct_correct_counts(texts, rewards, group_ids)
+  return float(np.mean(counts)) if counts.size else 0.0
 
 
 def answer_clusters(keys: Sequence[Hashable | None], group_ids: np.ndarray) -> np.ndarray:
@@ -58,4 +66,4 @@ def answer_clusters(keys: Sequence[Hashable | None], group_ids: np.ndarray) -> n
 
 __all__ = ["ANSWER_KEY_MODES", "Arithmetic", "Countdown", "Decomposition", "Example",
            "GeneratedTask", "MathTask", "TASKS", "Task", "answer_clusters",
-           "distinct_correct_per_group", "get_task", "last_boxed"]
+           "distinct_correct_counts", "distinct_correct_per_group", "get_task", "last_boxed"]

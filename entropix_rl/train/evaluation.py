@@ -9,9 +9,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from entropix_rl import sampling
+from entropix_rl import sampling, sharding
 from entropix_rl.models import ModelConfig
-from entropix_rl.train.rollout_metrics import entropy_metrics, pass_at_k
+from entropix_rl.train.rollout_metrics import (entropy_metrics_from_sums, pass_at_k,
+                                               response_entropy_sums)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,8 @@ def evaluate(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray,
 
   Returns:
     `eval/greedy_accuracy`, `eval/sampled_accuracy`, `eval/pass@k` per k, and the sampled
-    rollouts' entropy (`eval/entropy_paper`).
+    rollouts' entropy (`eval/entropy_paper`), over every host's prompts (the same values on
+    every host).
   """
   greedy_cfg = dataclasses.replace(sampler_cfg, greedy=True, num_samples=1)
   greedy = sampling.sample(model_cfg, params, prompt_tokens, prompt_lengths, rng, greedy_cfg,
@@ -61,13 +63,17 @@ def evaluate(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray,
                             mesh=mesh)
   sampled_scores = score(np.repeat(idx, eval_cfg.num_samples),
                          decode(np.asarray(sampled.completion_tokens)))
-  correct = (sampled_scores.reshape(-1, eval_cfg.num_samples) >= 1.0).sum(axis=1)
+  sums, lengths = response_entropy_sums(sampled.entropy, sampled.completion_mask)
+  rows = sharding.gather_host_rows({
+      "greedy": greedy_scores, "sampled": sampled_scores, "entropy_sums": sums,
+      "lengths": lengths,
+      "correct": (sampled_scores.reshape(-1, eval_cfg.num_samples) >= 1.0).sum(axis=1)})
   out = {
-      "eval/greedy_accuracy": float(np.mean(greedy_scores)),
-      "eval/sampled_accuracy": float(np.mean(sampled_scores)),
-      "eval/entropy_paper": entropy_metrics(np.asarray(sampled.entropy),
-                                            np.asarray(sampled.completion_mask))["entropy/paper"],
+      "eval/greedy_accuracy": float(np.mean(rows["greedy"])),
+      "eval/sampled_accuracy": float(np.mean(rows["sampled"])),
+      "eval/entropy_paper": entropy_metrics_from_sums(rows["entropy_sums"],
+                                                      rows["lengths"])["entropy/paper"],
   }
   for k in eval_cfg.pass_k:
-    out[f"eval/pass@{k}"] = pass_at_k(eval_cfg.num_samples, correct, k)
+    out[f"eval/pass@{k}"] = pass_at_k(eval_cfg.num_samples, rows["correct"], k)
   return out

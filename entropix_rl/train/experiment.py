@@ -209,6 +209,8 @@ def _write_run_info(workdir: epath.Path, exp: Experiment, method: str) -> None:
       "model": dataclasses.asdict(exp.model),
       "non_embedding_params": exp.model.num_params(include_embeddings=False),
       "params": exp.model.num_params(),
+      "process_count": jax.process_count(),
+      "device_count": jax.device_count(),
   }
   (workdir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
 
@@ -227,7 +229,9 @@ def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool 
             ) -> tuple[ModelConfig, Any]:
   """Supervised warm start from random init; saves a Hugging Face checkpoint to `workdir/sft`.
 
-  If that checkpoint already exists it is loaded instead (SFT is done once and shared).
+  If that checkpoint already exists it is loaded instead (SFT is done once and shared). Every
+  host reads the whole global batch and draws its demonstrations from the one seeded stream,
+  then trains on its own block of rows, so the batches do not depend on the number of hosts.
   """
   cfg = exp.config
   out_dir = workdir / "sft"
@@ -247,9 +251,10 @@ def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool 
                           micro_batch_size=cfg.sft.micro_batch_size,
                           batch_size=cfg.sft.batch_size, mesh=mesh, state_sharding=state_sh)
   sharding.check_batch_divisible(cfg.sft.batch_size, mesh, "sft.batch_size")
-  pipeline = data_lib.make_prompt_pipeline(cfg.data, tokenizer,
-                                           batch_size=cfg.sft.batch_size // jax.process_count(),
-                                           seed=cfg.seed + 1000, split="train", task=task)
+  rows = _host_block(cfg.sft.batch_size, "sft.batch_size")
+  pipeline = data_lib.make_prompt_pipeline(cfg.data, tokenizer, batch_size=cfg.sft.batch_size,
+                                           seed=cfg.seed + 1000, split="train", task=task,
+                                           shard_index=0, shard_count=1)
   length = cfg.data.max_prompt_len + exp.sampler.max_new_tokens
   demo_rng = np.random.default_rng(cfg.seed)
   writer = MetricWriter(workdir / "sft_logs", enabled=jax.process_index() == 0)
@@ -260,7 +265,7 @@ def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool 
     prompts = [list(row[-n:]) if n else [] for row, n in zip(batch["prompt_tokens"], batch["prompt_lengths"])]
     completions = [tokenizer.encode(task.demonstration(ex, demo_rng)) + [tokenizer.eos_id]
                    for ex in batch["examples"]]
-    arrays = batching.sft_batch(prompts, completions, length, tokenizer.pad_id)
+    arrays = batching.sft_batch(prompts[rows], completions[rows], length, tokenizer.pad_id)
     state, metrics = step_fn(state, sharding.to_global(arrays, mesh))
     if step % cfg.sft.log_every == 0 or step == cfg.sft.steps:
       scalars = writer.write(step, jax.device_get(metrics))
@@ -270,6 +275,36 @@ def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool 
   if jax.process_index() == 0:
     hf.save(out_dir, exp.model, params)
   return exp.model, state.params
+
+
+def _host_block(rows: int, what: str) -> slice:
+  """This host's block of `rows` global rows (hosts in process order)."""
+  hosts = jax.process_count()
+  if rows % hosts:
+    raise ValueError(f"{what}={rows} must divide by the number of processes ({hosts})")
+  local = rows // hosts
+  return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+
+def _rollout_metrics(responses: rollout_lib.Responses) -> dict[str, float]:
+  """Reward, accuracy, distinct correct answers, lengths and entropy of a rollout, over every
+  host's rows (gathered exactly, so any number of processes gives the one-process values)."""
+  sums, lengths = rollout_metrics.response_entropy_sums(responses.entropy,
+                                                        responses.completion_mask)
+  rows = sharding.gather_host_rows({
+      "rewards": responses.rewards, "correct": responses.correct, "lengths": lengths,
+      "truncated": responses.truncated, "entropy_sums": sums,
+      "distinct": tasks.distinct_correct_counts(responses.texts, responses.correct,
+                                                responses.group_ids)})
+  return {
+      "reward/mean": float(np.mean(rows["rewards"])),
+      "accuracy/sampled": float(np.mean(rows["correct"])),
+      "accuracy/distinct_correct_per_group": (float(np.mean(rows["distinct"]))
+                                              if rows["distinct"].size else 0.0),
+      "response/length_mean": float(np.mean(rows["lengths"])),
+      "response/truncated_frac": float(np.mean(rows["truncated"])),
+      **rollout_metrics.entropy_metrics_from_sums(rows["entropy_sums"], rows["lengths"]),
+  }
 
 
 class RLRun:
@@ -299,6 +334,7 @@ class RLRun:
       raise ValueError(f"rl.prompts_per_step={exp.rl.num_groups} must divide by the number of "
                        f"processes ({jax.process_count()})")
     self.local_groups = exp.rl.num_groups // jax.process_count()
+    self.eval_rows = _host_block(exp.eval.num_prompts, "eval.num_prompts")
     self.pipeline = data_lib.make_prompt_pipeline(
         self.cfg.data, tokenizer, batch_size=self.local_groups, seed=self.cfg.seed, split="train",
         task=task)
@@ -314,9 +350,9 @@ class RLRun:
       self._restore()
 
   def _eval_set(self) -> dict:
-    pipe = data_lib.make_prompt_pipeline(self.cfg.data, self.tokenizer,
-                                         batch_size=self.exp.eval.num_prompts,
-                                         seed=self.cfg.seed, split="eval", task=self.task)
+    pipe = data_lib.make_prompt_pipeline(
+        self.cfg.data, self.tokenizer, batch_size=self.eval_rows.stop - self.eval_rows.start,
+        seed=self.cfg.seed, split="eval", task=self.task)
     return next(pipe)
 
   def _restore(self) -> None:
@@ -390,18 +426,13 @@ class RLRun:
       if jax.process_count() > 1:  # every host samples the same number of rounds
         n_kept = int(multihost_utils.process_allgather(np.int32(n_kept)).min())
     batch, filled = self._assemble(kept, keeps)
-    first = kept[0]
+    groups = sharding.gather_host_rows({"kept": sum(int(k.sum()) for k in keeps),
+                                        "filled": filled})
     metrics = {
-        "reward/mean": float(np.mean(first.rewards)),
-        "accuracy/sampled": float(np.mean(first.correct)),
-        "accuracy/distinct_correct_per_group": tasks.distinct_correct_per_group(
-            first.texts, first.correct.astype(np.float32), first.group_ids),
-        "response/length_mean": float(first.completion_mask.sum(axis=1).mean()),
-        "response/truncated_frac": float(first.truncated.mean()),
         "dynamic_sampling/gen_rounds": rounds,
-        "dynamic_sampling/kept_groups": n_kept,
-        "dynamic_sampling/filled_groups": filled,
-        **rollout_metrics.entropy_metrics(first.entropy, first.completion_mask),
+        "dynamic_sampling/kept_groups": int(groups["kept"].sum()),
+        "dynamic_sampling/filled_groups": int(groups["filled"].sum()),
+        **_rollout_metrics(kept[0]),
     }
     return batch, metrics
 
@@ -469,7 +500,7 @@ class RLRun:
         self.state, update_metrics = self.update(self.state, sharding.to_global(batch, self.mesh))
         metrics.update(jax.device_get(update_metrics))
         elapsed = time.perf_counter() - t0
-        tokens = float(batch["completion_mask"].sum())
+        tokens = float(sharding.gather_host_rows(batch["completion_mask"].sum()).sum())
         metrics.update({"time/step_s": elapsed, "time/sample_s": t_sample,
                         "time/update_s": elapsed - t_sample, "time/tokens_per_s": tokens / elapsed})
         if self.exp.eval.every and (step % self.exp.eval.every == 0 or step == total):

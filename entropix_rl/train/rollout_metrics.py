@@ -13,6 +13,28 @@ import math
 import numpy as np
 
 
+def response_entropy_sums(entropy: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each response's summed token entropy and its token count, `[N]` float64 each.
+
+  Args:
+    entropy: `[N, C]` per-token entropies (nats).
+    mask: `[N, C]` completion mask.
+  """
+  entropy, mask = np.asarray(entropy, np.float64), np.asarray(mask, np.float64)
+  return (entropy * mask).sum(axis=1), mask.sum(axis=1)
+
+
+def entropy_metrics_from_sums(sums: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
+  """`entropy_metrics` from `response_entropy_sums` (which hosts can gather cheaply)."""
+  sums, lengths = np.asarray(sums, np.float64), np.asarray(lengths, np.float64)
+  has_tokens = lengths > 0
+  per_response = sums[has_tokens] / lengths[has_tokens]
+  return {
+      "entropy/paper": float(per_response.mean()) if has_tokens.any() else 0.0,
+      "entropy/token_mean": float(sums.sum() / max(lengths.sum(), 1.0)),
+  }
+
+
 def entropy_metrics(entropy: np.ndarray, mask: np.ndarray) -> dict[str, float]:
   """`entropy/paper` (mean over responses of per-response token means) and `entropy/token_mean`.
 
@@ -20,14 +42,7 @@ def entropy_metrics(entropy: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     entropy: `[N, C]` per-token entropies (nats).
     mask: `[N, C]` completion mask.
   """
-  entropy, mask = np.asarray(entropy, np.float64), np.asarray(mask, np.float64)
-  lengths = mask.sum(axis=1)
-  per_response = (entropy * mask).sum(axis=1) / np.maximum(lengths, 1)
-  has_tokens = lengths > 0
-  return {
-      "entropy/paper": float(per_response[has_tokens].mean()) if has_tokens.any() else 0.0,
-      "entropy/token_mean": float((entropy * mask).sum() / max(mask.sum(), 1.0)),
-  }
+  return entropy_metrics_from_sums(*response_entropy_sums(entropy, mask))
 
 
 def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> float:
