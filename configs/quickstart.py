@@ -24,7 +24,11 @@ sweep over ratio and coefficient).
 
 import ml_collections
 
+from entropix_rl.data import DataConfig
 from entropix_rl.losses import default_loss_config
+from entropix_rl.train.config import (CheckpointConfig, DistributedConfig, LoggingConfig,
+                                      MeshConfig, SFTConfig, section)
+from entropix_rl.train.optim import OptimizerConfig
 
 
 def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
@@ -35,9 +39,7 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.task = ml_collections.ConfigDict({"name": "decomposition",
                                            "kwargs": {"min_n": 100, "max_n": 999}})
   config.tokenizer = ml_collections.ConfigDict({"kind": "char", "path": ""})
-  config.data = ml_collections.ConfigDict({
-      "source": "task", "path": "", "max_prompt_len": 8, "bad_records": "fail",
-  })
+  config.data = section(DataConfig(source="task", max_prompt_len=8, bad_records="fail"))
 
   config.model = ml_collections.ConfigDict({
       "init": "random", "checkpoint": "", "model_type": "qwen2",
@@ -53,11 +55,9 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       "max_decode_rows": 0, "decode_segment": 64,
   })
 
-  config.sft = ml_collections.ConfigDict({
-      "steps": 350, "batch_size": 256, "log_every": 50, "shared_dir": "",
-      "micro_batch_size": 0,
-      "optimizer": {"learning_rate": 1e-3, "warmup_steps": 20, "grad_clip_norm": 1.0},
-  })
+  config.sft = section(SFTConfig(
+      steps=350, batch_size=256, log_every=50, shared_dir="", micro_batch_size=0,
+      optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=20, grad_clip_norm=1.0)))
 
   config.rl = ml_collections.ConfigDict({
       "steps": 300, "prompts_per_step": 32, "group_size": 8, "ppo_epochs": 1,
@@ -73,7 +73,9 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       # Answer clusters (SEED-GRPO): "exact_string" or "value" (every correct a+b has value n).
       "cluster_by": "exact_string",
   })
-  config.optimizer = ml_collections.ConfigDict({"learning_rate": 3e-4, "grad_clip_norm": 1.0})
+  # No warm-up, as in the paper's recipes; docs/results.md shows the first update's drop.
+  config.optimizer = section(OptimizerConfig(learning_rate=3e-4, warmup_steps=0,
+                                             grad_clip_norm=1.0))
 
   config.loss = default_loss_config()
   config.loss.clip_cov.ratio = 0.02
@@ -81,13 +83,12 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict({"every": 50, "num_prompts": 128, "num_samples": 8,
                                            "pass_k": (1, 8)})
-  config.checkpoint = ml_collections.ConfigDict({"save_every": 100, "keep": 2})
-  config.logging = ml_collections.ConfigDict({"console_every": 25, "tensorboard": True})
-  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  config.checkpoint = section(CheckpointConfig(save_every=100, keep=2))
+  config.logging = section(LoggingConfig(console_every=25, tensorboard=True))
+  config.mesh = section(MeshConfig(data=-1, fsdp=1, tensor=1))
   # Unset ("", 0, -1) = discovered by JAX; set all three for processes on one machine
   # (docs/reliability.md, "Multi-process runs").
-  config.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "",
-                                                  "num_processes": 0, "process_id": -1})
+  config.distributed = section(DistributedConfig(enabled=False))
 
   if runlocal:
     config.sft.steps = 20

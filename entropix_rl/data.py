@@ -26,6 +26,7 @@ Config (`config.data`):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -45,6 +46,29 @@ BAD_RECORDS = ("fail", "skip")
 _STREAM_LENGTH = 2**62
 _PROMPT_KEYS = ("prompt", "problem", "question")
 _ANSWER_KEYS = ("ground_truth", "answer")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """`config.data` (the module docstring describes each field)."""
+
+  source: str = "task"
+  path: str = ""
+  eval_path: str = ""
+  eval_fraction: float = 0.05
+  max_prompt_len: int = 8
+  bad_records: str = "fail"
+
+  def __post_init__(self):
+    if self.source not in SOURCES:
+      raise ValueError(f"data.source={self.source!r}; allowed: {SOURCES}")
+    if self.source == "file" and not self.path:
+      raise ValueError("data.path must name a .jsonl or .parquet file with data.source='file'")
+    if not 0.0 < self.eval_fraction < 1.0:
+      raise ValueError(f"data.eval_fraction={self.eval_fraction!r}; allowed: a number in (0, 1)")
+    if self.max_prompt_len < 1:
+      raise ValueError(f"data.max_prompt_len={self.max_prompt_len!r}; allowed: an int >= 1")
+    check_bad_records(self.bad_records)
 
 
 class BadRecord(ValueError):
@@ -217,17 +241,15 @@ class _FileStream:
     return self.examples[int(self._order(epoch)[pos])]
 
 
-def _file_split(data_cfg: Mapping[str, Any], split: str) -> list[Example]:
+def _file_split(data_cfg: DataConfig, split: str) -> list[Example]:
   """The examples of `split`: the eval file, the whole file, or its hash split (never empty)."""
-  bad_records = data_cfg.get("bad_records", "fail")
-  eval_path = data_cfg.get("eval_path", "")
-  if split == "eval" and eval_path:
-    return read_prompt_file(eval_path, bad_records)
-  path = data_cfg["path"]
-  examples = read_prompt_file(path, bad_records)
-  if eval_path:
+  if split == "eval" and data_cfg.eval_path:
+    return read_prompt_file(data_cfg.eval_path, data_cfg.bad_records)
+  path = data_cfg.path
+  examples = read_prompt_file(path, data_cfg.bad_records)
+  if data_cfg.eval_path:
     return examples
-  fraction = float(data_cfg.get("eval_fraction", 0.05))
+  fraction = data_cfg.eval_fraction
   chosen = [ex for ex in examples if in_eval_split(ex.prompt, fraction) == (split == "eval")]
   if not chosen:
     raise ValueError(f"data.path={path!r}: the {split!r} split holds no records (all "
@@ -286,13 +308,13 @@ def host_record(position: int, batch_size: int, shard_index: int, shard_count: i
   return (batch * shard_count + shard_index) * batch_size + row
 
 
-def make_prompt_pipeline(data_cfg: Mapping[str, Any], tokenizer, *, batch_size: int, seed: int,
+def make_prompt_pipeline(data_cfg: DataConfig, tokenizer, *, batch_size: int, seed: int,
                          split: str, task: Any = None, shard_index: int | None = None,
                          shard_count: int | None = None) -> PromptPipeline:
   """The prompt pipeline for one host.
 
   Args:
-    data_cfg: `config.data` (see the module docstring).
+    data_cfg: the data section (see the module docstring).
     tokenizer: encodes prompts (`format_prompt` applies a chat template where there is one).
     batch_size: prompts per batch on this host.
     seed: stream seed (the same seed gives the same stream).
@@ -302,23 +324,19 @@ def make_prompt_pipeline(data_cfg: Mapping[str, Any], tokenizer, *, batch_size: 
       `shard_count * batch_size` records; default `jax.process_index()/count()`.
   """
   check_split(split)
-  source = data_cfg.get("source", "task")
-  if source not in SOURCES:
-    raise ValueError(f"data.source={source!r}; allowed: {SOURCES}")
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} must be >= 1")
-  check_bad_records(data_cfg.get("bad_records", "fail"))
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
-  if source == "task":
+  if data_cfg.source == "task":
     if not isinstance(task, tasks_lib.GeneratedTask):
       raise ValueError(f"data.source='task' needs a generated task; got {task!r}")
     draw = functools.partial(task.example, seed, split)
   else:
     draw = _FileStream(_file_split(data_cfg, split), seed, shuffle=split == "train")
-  width = int(data_cfg["max_prompt_len"])
+  width = data_cfg.max_prompt_len
   record = functools.partial(host_record, batch_size=batch_size, shard_index=shard_index,
                              shard_count=shard_count)
   dataset = (grain.MapDataset.range(_STREAM_LENGTH // shard_count)

@@ -11,7 +11,11 @@ from typing import Any
 
 import ml_collections
 
+from entropix_rl.data import DataConfig
 from entropix_rl.losses import default_loss_config
+from entropix_rl.train.config import (CheckpointConfig, DistributedConfig, LoggingConfig,
+                                      MeshConfig, SFTConfig, section)
+from entropix_rl.train.optim import OptimizerConfig
 
 METHODS = ("grpo", "clip_higher", "clip_cov", "kl_cov")
 
@@ -56,10 +60,8 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
   checkpoint = ml_collections.FieldReference(size.checkpoint_placeholder)
   config.task = ml_collections.ConfigDict({"name": "math", "kwargs": {}})
   config.tokenizer = ml_collections.ConfigDict({"kind": "hf", "path": checkpoint.identity()})
-  config.data = ml_collections.ConfigDict({
-      "source": "file", "path": "/path/to/dapo-math-17k.parquet", "max_prompt_len": 2048,
-      "bad_records": "fail",
-  })
+  config.data = section(DataConfig(source="file", path="/path/to/dapo-math-17k.parquet",
+                                    max_prompt_len=2048, bad_records="fail"))
 
   config.model = ml_collections.ConfigDict({
       "init": "checkpoint", "checkpoint": checkpoint, "model_type": "qwen2", **size.architecture,
@@ -72,11 +74,9 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
       "max_decode_rows": size.max_decode_rows, "decode_segment": 256,
   })
 
-  config.sft = ml_collections.ConfigDict({  # no SFT: RL starts from the base checkpoint
-      "steps": 0, "batch_size": 256, "log_every": 50, "shared_dir": "",
-      "micro_batch_size": size.micro_batch_size,
-      "optimizer": {"learning_rate": 1e-6, "warmup_steps": 0, "grad_clip_norm": 1.0},
-  })
+  config.sft = section(SFTConfig(  # no SFT: RL starts from the base checkpoint
+      steps=0, batch_size=256, log_every=50, shared_dir="", micro_batch_size=size.micro_batch_size,
+      optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=0, grad_clip_norm=1.0)))
 
   config.rl = ml_collections.ConfigDict({
       "steps": 1000, "prompts_per_step": 256, "group_size": 8, "ppo_epochs": 1,
@@ -89,8 +89,8 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
       "step_delimiter": "",  # one step per response (EMPG, EPO)
       "cluster_by": "exact_string",  # SEED-GRPO answer clusters; "value" = math-verify's parse
   })
-  config.optimizer = ml_collections.ConfigDict({"learning_rate": size.learning_rate,
-                                                "grad_clip_norm": 1.0})
+  config.optimizer = section(OptimizerConfig(learning_rate=size.learning_rate, warmup_steps=0,
+                                             grad_clip_norm=1.0))
 
   config.loss = default_loss_config()
   config.loss.agg = "token-mean"
@@ -117,12 +117,11 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict({"every": 25, "num_prompts": 128, "num_samples": 8,
                                            "pass_k": (1, 8)})
-  config.checkpoint = ml_collections.ConfigDict({"save_every": 20, "keep": 2})
-  config.logging = ml_collections.ConfigDict({"console_every": 1, "tensorboard": True})
-  config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": size.mesh_tensor})
+  config.checkpoint = section(CheckpointConfig(save_every=20, keep=2))
+  config.logging = section(LoggingConfig(console_every=1, tensorboard=True))
+  config.mesh = section(MeshConfig(data=1, fsdp=-1, tensor=size.mesh_tensor))
   # Unset ("", 0, -1) = discovered by JAX (TPU VMs); elsewhere set all three.
-  config.distributed = ml_collections.ConfigDict({"enabled": True, "coordinator_address": "",
-                                                  "num_processes": 0, "process_id": -1})
+  config.distributed = section(DistributedConfig(enabled=True))
   return config
 
 

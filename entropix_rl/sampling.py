@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.struct
@@ -104,18 +104,6 @@ class SamplerConfig:
     for name, ok, rule in checks:
       if not ok:
         raise ValueError(f"sampler.{name}={getattr(self, name)!r} {rule}")
-
-  @classmethod
-  def from_config_dict(cls, cfg: Mapping[str, Any]) -> "SamplerConfig":
-    """Builds from a `config.sampler` ConfigDict; unknown fields are an error naming them."""
-    values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-    allowed = tuple(f.name for f in dataclasses.fields(cls))
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-      raise ValueError(f"sampler: unknown field(s) {unknown}; allowed: {allowed}")
-    if "stop_ids" in values:
-      values["stop_ids"] = tuple(values["stop_ids"])
-    return cls(**values)
 
   @property
   def prompts_per_pass(self) -> int | None:

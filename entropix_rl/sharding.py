@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -38,6 +38,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from entropix_rl.models import init_params
 from entropix_rl.models.config import ModelConfig
+
+if TYPE_CHECKING:
+  from entropix_rl.train.config import DistributedConfig
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -58,19 +61,21 @@ _RULES = {
 }
 
 
-def distributed_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-  """The `jax.distributed.initialize` arguments that `config.distributed` sets.
+def distributed_kwargs(cfg: DistributedConfig) -> dict[str, Any]:
+  """The `jax.distributed.initialize` arguments that the `distributed` section sets.
 
   Unset values are left out (so JAX discovers them, as on TPU VMs): `coordinator_address=""`,
   `num_processes <= 0` and `process_id < 0`.
   """
-  unset = {"coordinator_address": lambda v: not v, "num_processes": lambda v: v is None or v <= 0,
-           "process_id": lambda v: v is None or v < 0}
-  return {name: cfg.get(name) for name, is_unset in unset.items() if not is_unset(cfg.get(name))}
+  values = {"coordinator_address": cfg.coordinator_address, "num_processes": cfg.num_processes,
+            "process_id": cfg.process_id}
+  unset = {"coordinator_address": not cfg.coordinator_address,
+           "num_processes": cfg.num_processes <= 0, "process_id": cfg.process_id < 0}
+  return {name: value for name, value in values.items() if not unset[name]}
 
 
-def initialize_distributed(cfg: Mapping[str, Any] | None) -> None:
-  """Calls `jax.distributed.initialize` when `config.distributed.enabled` is true.
+def initialize_distributed(cfg: DistributedConfig) -> None:
+  """Calls `jax.distributed.initialize` when `distributed.enabled` is true.
 
   On TPU VMs the coordinator and process ids are discovered automatically; elsewhere set
   `distributed.coordinator_address`, `num_processes` and `process_id` (`distributed_kwargs`).
@@ -78,7 +83,7 @@ def initialize_distributed(cfg: Mapping[str, Any] | None) -> None:
   `jax_cpu_collectives_implementation`, so several processes on one machine need nothing else
   (docs/reliability.md, "Multi-process runs").
   """
-  if not cfg or not cfg.get("enabled", False):
+  if not cfg.enabled:
     return
   kwargs = distributed_kwargs(cfg)
   logging.info("jax.distributed.initialize(%s)", kwargs)

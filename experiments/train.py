@@ -30,8 +30,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  sharding.initialize_distributed(config.get("distributed"))
+  config = experiment.typed(_CONFIG.value)  # the one validation of the whole config
+  sharding.initialize_distributed(config.distributed)
   try:
     experiment.run(config, _WORKDIR.value)
   except experiment.Preempted as stop:

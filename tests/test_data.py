@@ -13,7 +13,7 @@ from entropix_rl.tasks.base import in_eval_split
 from entropix_rl.tokenizer import CharTokenizer
 
 TASK = tasks.Decomposition()
-TASK_CFG = {"source": "task", "max_prompt_len": 8}
+TASK_CFG = data.DataConfig(source="task", max_prompt_len=8)
 FILE_TOKENIZER = CharTokenizer(string.printable)
 
 
@@ -49,7 +49,7 @@ def _prompts(batches):
 
 def test_task_batch_shapes_and_padding():
   tokenizer = CharTokenizer(TASK.alphabet)
-  width, batch_size = TASK_CFG["max_prompt_len"], 5
+  width, batch_size = TASK_CFG.max_prompt_len, 5
   batch = next(_task_pipeline(batch_size=batch_size))
   tokens, lengths, examples = batch["prompt_tokens"], batch["prompt_lengths"], batch["examples"]
   assert tokens.shape == (batch_size, width) and tokens.dtype == np.int32
@@ -101,9 +101,9 @@ def test_task_pipeline_shards_are_blocks_of_the_global_batches():
 
 def test_task_pipeline_errors():
   with pytest.raises(ValueError, match="data.max_prompt_len"):
-    next(_task_pipeline(cfg={"source": "task", "max_prompt_len": 3}))
+    next(_task_pipeline(cfg=data.DataConfig(source="task", max_prompt_len=3)))
   with pytest.raises(ValueError, match="allowed") as err:
-    _task_pipeline(cfg={"source": "hub", "max_prompt_len": 8})
+    _task_pipeline(cfg=data.DataConfig(source="hub", max_prompt_len=8))
   assert "task" in str(err.value) and "file" in str(err.value)
   with pytest.raises(ValueError, match="split"):
     _task_pipeline(split="test")
@@ -141,9 +141,9 @@ def _dapo_records(count):
 
 def _file_pipeline(cfg, split="train", seed=0, batch_size=4, shard_index=0, shard_count=1,
                    tokenizer=FILE_TOKENIZER):
-  return data.make_prompt_pipeline({"source": "file", "max_prompt_len": 64, **cfg}, tokenizer,
-                                   batch_size=batch_size, seed=seed, split=split,
-                                   shard_index=shard_index, shard_count=shard_count)
+  config = data.DataConfig(**{"source": "file", "max_prompt_len": 64, **cfg})
+  return data.make_prompt_pipeline(config, tokenizer, batch_size=batch_size, seed=seed,
+                                   split=split, shard_index=shard_index, shard_count=shard_count)
 
 
 def test_read_dapo_jsonl(tmp_path):

@@ -24,6 +24,7 @@ count, were the same. The three invocations take about 175 s on 2 CPU cores (the
 processes reuse the first ones' programs through JAX's persistent compilation cache).
 """
 
+import dataclasses
 import json
 import os
 import socket
@@ -36,6 +37,7 @@ import pytest
 
 from configs import qwen25_7b, quickstart
 from entropix_rl import sharding
+from entropix_rl.train import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8
@@ -52,9 +54,9 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def test_unset_distributed_fields_are_left_to_jax():
   for config in (quickstart.get_config(), qwen25_7b.get_config()):
-    assert sharding.distributed_kwargs(config.distributed) == {}
-  cfg = quickstart.get_config().distributed
-  cfg.update(coordinator_address="127.0.0.1:4321", num_processes=2, process_id=0)
+    assert sharding.distributed_kwargs(experiment.typed(config).distributed) == {}
+  cfg = dataclasses.replace(experiment.typed(quickstart.get_config()).distributed,
+                            coordinator_address="127.0.0.1:4321", num_processes=2, process_id=0)
   assert sharding.distributed_kwargs(cfg) == {"coordinator_address": "127.0.0.1:4321",
                                               "num_processes": 2, "process_id": 0}
 

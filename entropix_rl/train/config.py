@@ -70,27 +70,6 @@ class TokenizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """Prompt source (the `entropix_rl.data` module docstring describes each field)."""
-
-  source: str = "task"
-  path: str = ""
-  eval_path: str = ""
-  eval_fraction: float = 0.05
-  max_prompt_len: int = 8
-  bad_records: str = "fail"
-
-  def validate(self) -> None:
-    check_choice("data.source", self.source, data.SOURCES)
-    if self.source == "file" and not self.path:
-      raise ValueError("data.path must name a .jsonl or .parquet file with data.source='file'")
-    check_number("data.eval_fraction", self.eval_fraction, low=0.0, high=1.0, low_open=True,
-                 high_open=True)
-    _positive("data.max_prompt_len", self.max_prompt_len)
-    check_choice("data.bad_records", self.bad_records, data.BAD_RECORDS)
-
-
-@dataclasses.dataclass(frozen=True)
 class ModelSection:
   """`config.model`: where the weights come from, and the architecture for `init="random"`.
 
@@ -250,7 +229,7 @@ class ExperimentConfig:
   method: str
   task: TaskConfig
   tokenizer: TokenizerConfig
-  data: DataConfig
+  data: data.DataConfig
   model: ModelSection
   sampler: sampling.SamplerConfig
   sft: SFTConfig
@@ -428,7 +407,7 @@ _BUILDERS = {
     "task": lambda v: _typed(TaskConfig, "task", _as_dict(v, "task"),
                              nested={"kwargs": lambda k: dict(_as_dict(k, "task.kwargs"))}),
     "tokenizer": lambda v: _typed(TokenizerConfig, "tokenizer", _as_dict(v, "tokenizer")),
-    "data": lambda v: _typed(DataConfig, "data", _as_dict(v, "data")),
+    "data": lambda v: _typed(data.DataConfig, "data", _as_dict(v, "data")),
     "model": _model,
     "sampler": _sampler,
     "sft": lambda v: _typed(SFTConfig, "sft", _as_dict(v, "sft"),

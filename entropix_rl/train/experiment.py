@@ -29,6 +29,7 @@ from entropix_rl.tokenizer import CharTokenizer, HFTokenizer
 from entropix_rl.train import batching, rollout_metrics
 from entropix_rl.train import rollout as rollout_lib
 from entropix_rl.train.checkpoint import Checkpointer, PreemptionGuard, preemption_agreed
+from entropix_rl.train.config import ExperimentConfig, ModelSection
 from entropix_rl.train.evaluation import EvalConfig, evaluate
 from entropix_rl.train.metrics import MetricWriter, Progress
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
@@ -36,8 +37,6 @@ from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.sft_step import make_sft_step
 from entropix_rl.train.state import create_train_state_on_mesh
 
-MODEL_INITS = ("random", "checkpoint")
-TOKENIZER_KINDS = ("char", "hf")
 CONSOLE_KEYS = ("entropy/paper", "reward/mean", "accuracy/distinct_correct_per_group",
                 "eval/sampled_accuracy", "eval/greedy_accuracy")
 
@@ -58,45 +57,37 @@ class UpdatesNotFinite(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """Everything `run` needs, resolved and validated from a ConfigDict."""
+  """Everything `run` needs: the typed config plus what is derived from it and the tokenizer."""
 
-  config: ml_collections.ConfigDict
+  config: ExperimentConfig
   model: ModelConfig | None
   sampler: sampling.SamplerConfig
   rl: RLUpdateConfig
   loss: Any
-  rl_optimizer: OptimizerConfig
-  sft_optimizer: OptimizerConfig
   eval: EvalConfig
 
+  @property
+  def rl_optimizer(self) -> OptimizerConfig:
+    return self.config.optimizer
 
-def _require(cfg: ml_collections.ConfigDict, path: str, allowed: tuple) -> None:
-  value = cfg
-  for part in path.split("."):
-    value = value[part]
-  if value not in allowed:
-    raise ValueError(f"{path}={value!r}; allowed: {allowed}")
+  @property
+  def sft_optimizer(self) -> OptimizerConfig:
+    return self.config.sft.optimizer
 
 
-def _model_config(cfg: ml_collections.ConfigDict, vocab_size: int | None) -> ModelConfig | None:
-  m = cfg.model
-  _require(cfg, "model.init", MODEL_INITS)
-  if m.init == "checkpoint":
-    if not m.get("checkpoint"):
-      raise ValueError("model.checkpoint must name a Hugging Face checkpoint directory when "
-                       "model.init='checkpoint'")
-    return hf.read_config(m.checkpoint, param_dtype=m.get("param_dtype"),
-                          compute_dtype=m.get("compute_dtype")).replace(**runtime_fields(m))
-  fields = {f.name for f in dataclasses.fields(ModelConfig)}
-  values = {k: v for k, v in m.items() if k in fields}
+def _model_config(model: ModelSection, vocab_size: int | None) -> ModelConfig:
+  if model.init == "checkpoint":
+    return hf.read_config(model.checkpoint, param_dtype=model.param_dtype,
+                          compute_dtype=model.compute_dtype).replace(**model.runtime)
+  values = {**model.architecture, "param_dtype": model.param_dtype,
+            "compute_dtype": model.compute_dtype, **model.runtime}
   if vocab_size is not None:
     values["vocab_size"] = vocab_size
+  missing = sorted({"vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                    "head_dim", "intermediate_size"} - set(values))
+  if missing:
+    raise ValueError(f"model.init='random' needs the architecture: {['model.' + k for k in missing]}")
   return ModelConfig(**values)
-
-
-def runtime_fields(model: ml_collections.ConfigDict) -> dict[str, Any]:
-  """`model.*` fields that no checkpoint's config.json holds (how to run, not what to run)."""
-  return {name: model[name] for name in ("attention_impl", "attention_block_q", "attention_block_k")}
 
 
 def step_delimiter_id(tokenizer, delimiter: str) -> int:
@@ -117,76 +108,89 @@ def step_delimiter_id(tokenizer, delimiter: str) -> int:
   return int(ids[0])
 
 
-def resolve(config: ml_collections.ConfigDict, *, tokenizer=None,
+def typed(config: ml_collections.ConfigDict | ExperimentConfig) -> ExperimentConfig:
+  """The typed config (`ExperimentConfig.from_config_dict`), once."""
+  if isinstance(config, ExperimentConfig):
+    return config
+  return ExperimentConfig.from_config_dict(config)
+
+
+def resolve(config: ml_collections.ConfigDict | ExperimentConfig, *, tokenizer=None,
             model: ModelConfig | None = None) -> Experiment:
-  """Validates the whole config and converts its sections to frozen dataclasses.
+  """Validates the whole config, then what depends on several sections and the tokenizer.
 
   Args:
-    config: the experiment config.
+    config: the experiment config (a config file's ConfigDict, or already typed).
     tokenizer: the tokenizer (default: made from `config.tokenizer`); only its `stop_ids`,
       `pad_id`, `vocab_size` and the encoding of `rl.step_delimiter` are read.
     model: the model config, instead of the one `config.model` describes (e.g. a known
       architecture, for compiling without a checkpoint).
+
+  Raises:
+    ValueError: naming the field(s) and the allowed values.
   """
-  _require(config, "tokenizer.kind", TOKENIZER_KINDS)
-  tokenizer = tokenizer or make_tokenizer(config)
+  spec = typed(config)
+  tokenizer = tokenizer or make_tokenizer(spec)
   model_cfg = model or _model_config(
-      config, tokenizer.vocab_size if config.tokenizer.kind == "char" else None)
-  sampler_cfg = sampling.SamplerConfig.from_config_dict(config.sampler)
+      spec.model, tokenizer.vocab_size if spec.tokenizer.kind == "char" else None)
   sampler_cfg = dataclasses.replace(
-      sampler_cfg, stop_ids=sampler_cfg.stop_ids or tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-      min_prompt_bucket=config.data.max_prompt_len)
+      spec.sampler, stop_ids=spec.sampler.stop_ids or tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+      min_prompt_bucket=spec.data.max_prompt_len)
+  rl = spec.rl
   rl_cfg = RLUpdateConfig(
-      num_groups=config.rl.prompts_per_step, group_size=config.rl.group_size,
-      ppo_epochs=config.rl.ppo_epochs, num_minibatches=config.rl.num_minibatches,
-      advantage=config.rl.advantage, temperature=sampler_cfg.temperature,
-      token_chunk=config.rl.token_chunk, remat=config.rl.remat,
-      measure_dynamics=config.rl.measure_dynamics, micro_batch_size=config.rl.micro_batch_size,
-      logprob_micro_batch_size=config.rl.logprob_micro_batch_size,
-      feature_chunk=config.rl.feature_chunk,
-      step_delimiter_id=step_delimiter_id(tokenizer, config.rl.step_delimiter),
-      old_logp_from_rollout=config.rl.old_logp_from_rollout)
-  if config.rl.completion_buckets < 1:
-    raise ValueError(f"rl.completion_buckets={config.rl.completion_buckets}; allowed: an int >= 1 "
-                     "(1 = always the full sampler.max_new_tokens)")
-  _require(config, "rl.cluster_by", tasks.ANSWER_KEY_MODES)
-  loss_dict = config.loss.to_dict()
-  if loss_dict["selection_scope"] == "microbatch" and loss_dict["microbatch_size"] is None:
+      num_groups=rl.prompts_per_step, group_size=rl.group_size, ppo_epochs=rl.ppo_epochs,
+      num_minibatches=rl.num_minibatches, advantage=rl.advantage,
+      temperature=sampler_cfg.temperature, token_chunk=rl.token_chunk, remat=rl.remat,
+      measure_dynamics=rl.measure_dynamics, micro_batch_size=rl.micro_batch_size,
+      logprob_micro_batch_size=rl.logprob_micro_batch_size, feature_chunk=rl.feature_chunk,
+      step_delimiter_id=step_delimiter_id(tokenizer, rl.step_delimiter),
+      old_logp_from_rollout=rl.old_logp_from_rollout)
+  loss_cfg = spec.loss
+  if loss_cfg.selection_scope == "microbatch" and loss_cfg.microbatch_size is None:
     if not rl_cfg.micro_batch_size:
       raise ValueError("loss.selection_scope='microbatch' needs loss.microbatch_size or "
                        "rl.micro_batch_size (sequences per device per micro-batch, as verl)")
-    loss_dict["microbatch_size"] = rl_cfg.micro_batch_size
-  if config.rl.completion_buckets > 1 and loss_dict["loss_scale_factor"] is None:
-    loss_dict["loss_scale_factor"] = sampler_cfg.max_new_tokens  # trimming keeps the loss
-  loss_cfg = losses.resolve_loss_config(loss_dict)
+    loss_cfg = dataclasses.replace(loss_cfg, microbatch_size=rl_cfg.micro_batch_size)
+  if rl.completion_buckets > 1 and loss_cfg.loss_scale_factor is None:
+    loss_cfg = dataclasses.replace(loss_cfg, loss_scale_factor=sampler_cfg.max_new_tokens)
   if rl_cfg.old_logp_from_rollout and rollout_lib.changes_temperature(loss_cfg):
     raise ValueError("rl.old_logp_from_rollout=True needs rollouts sampled at the training "
                      "temperature; an active intervention changes the sampling temperature")
-  eval_cfg = EvalConfig(every=config.eval.every, num_prompts=config.eval.num_prompts,
-                        num_samples=config.eval.num_samples, pass_k=tuple(config.eval.pass_k))
-  context = config.data.max_prompt_len + sampler_cfg.max_new_tokens
+  context = spec.data.max_prompt_len + sampler_cfg.max_new_tokens
   if context > model_cfg.max_position_embeddings:
-    raise ValueError(f"data.max_prompt_len ({config.data.max_prompt_len}) + "
+    raise ValueError(f"data.max_prompt_len ({spec.data.max_prompt_len}) + "
                      f"sampler.max_new_tokens ({sampler_cfg.max_new_tokens}) = {context} exceeds the "
                      f"model's context (model.max_position_embeddings="
                      f"{model_cfg.max_position_embeddings})")
-  for name, value in (("checkpoint.save_every", config.checkpoint.save_every),
-                      ("checkpoint.keep", config.checkpoint.keep),
-                      ("rl.max_skipped_updates", config.rl.max_skipped_updates)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name}={value!r}; allowed: an int >= 1")
-  if config.rl.steps < 0 or config.sft.steps < 0:
-    raise ValueError(f"rl.steps={config.rl.steps} and sft.steps={config.sft.steps} must be >= 0")
-  return Experiment(config=config, model=model_cfg, sampler=sampler_cfg, rl=rl_cfg, loss=loss_cfg,
-                    rl_optimizer=OptimizerConfig.from_config(config.optimizer),
-                    sft_optimizer=OptimizerConfig.from_config(config.sft.optimizer),
-                    eval=eval_cfg)
+  return Experiment(config=spec, model=model_cfg, sampler=sampler_cfg, rl=rl_cfg, loss=loss_cfg,
+                    eval=spec.eval)
 
 
-def make_tokenizer(config: ml_collections.ConfigDict):
-  if config.tokenizer.kind == "char":
-    return CharTokenizer(tasks.get_task(config.task.name, **config.task.get("kwargs", {})).alphabet)
-  return HFTokenizer(config.tokenizer.path)
+def check_layout(exp: Experiment) -> None:
+  """The checks that depend on this job's devices and processes (mesh sizes, batches that
+  split over the mesh's data shards and over the hosts); `run` makes them before any work.
+
+  Raises:
+    ValueError: naming the field.
+  """
+  spec, rl_cfg = exp.config, exp.rl
+  sizes = sharding.mesh_shape(spec.mesh.as_dict(), jax.device_count())
+  shards = sizes["data"] * sizes["fsdp"]
+  rl_cfg.check_shards(shards)
+  hosts = jax.process_count()
+  for name, rows, per, what in (
+      ("rl.prompts_per_step", rl_cfg.num_groups, hosts, "processes"),
+      ("eval.num_prompts", spec.eval.num_prompts, hosts, "processes"),
+      ("sft.batch_size", spec.sft.batch_size, shards, "mesh data x fsdp shards")):
+    if rows % per:
+      raise ValueError(f"{name}={rows} must divide by the {per} {what}")
+
+
+def make_tokenizer(config: ml_collections.ConfigDict | ExperimentConfig):
+  spec = typed(config)
+  if spec.tokenizer.kind == "char":
+    return CharTokenizer(tasks.get_task(spec.task.name, **spec.task.kwargs).alphabet)
+  return HFTokenizer(spec.tokenizer.path)
 
 
 class Scorer:
@@ -205,7 +209,7 @@ class Scorer:
 def _write_run_info(workdir: epath.Path, exp: Experiment, method: str) -> None:
   info = {
       "method": method,
-      "config": json.loads(exp.config.to_json_best_effort()),
+      "config": json.loads(exp.config.source),
       "model": dataclasses.asdict(exp.model),
       "non_embedding_params": exp.model.num_params(include_embeddings=False),
       "params": exp.model.num_params(),
@@ -215,14 +219,15 @@ def _write_run_info(workdir: epath.Path, exp: Experiment, method: str) -> None:
   (workdir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
 
 
-def method_name(config: ml_collections.ConfigDict) -> str:
-  """A short label: the loss name, plus clip-higher / entropy bonus markers."""
-  name = config.loss.name
-  if config.loss.clip_eps_high > config.loss.clip_eps_low and name == "ppo":
+def method_name(config: ml_collections.ConfigDict | ExperimentConfig) -> str:
+  """`method` if set, else a short label: the loss name, with clip-higher marked."""
+  spec = typed(config)
+  name = spec.loss.name
+  if spec.loss.clip_eps_high > spec.loss.clip_eps_low and name == "ppo":
     name = "clip_higher"
   if name == "ppo":
-    name = "grpo" if config.rl.advantage == "grpo" else config.rl.advantage
-  return config.get("method") or name
+    name = "grpo" if spec.rl.advantage == "grpo" else spec.rl.advantage
+  return spec.method or name
 
 
 def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool = True
@@ -235,12 +240,12 @@ def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool 
   """
   cfg = exp.config
   out_dir = workdir / "sft"
-  mesh = sharding.make_mesh(cfg.mesh)
+  mesh = sharding.make_mesh(cfg.mesh.as_dict())
   if (out_dir / "config.json").exists():
     if log:
       print(f"SFT warm start found at {out_dir}; reusing it", flush=True)
     return hf.load(out_dir, shardings=sharding.param_shardings(exp.model, mesh),
-                   expected=exp.model, **runtime_fields(cfg.model))
+                   expected=exp.model, **cfg.model.runtime)
   rng = jax.random.PRNGKey(cfg.seed)
   optimizer = make_optimizer(exp.sft_optimizer)
   params = jax.jit(functools.partial(init_params, exp.model),
@@ -523,8 +528,8 @@ class RLRun:
     return history
 
 
-def run(config: ml_collections.ConfigDict, workdir: epath.PathLike, *, log: bool = True
-        ) -> list[dict[str, float]]:
+def run(config: ml_collections.ConfigDict | ExperimentConfig, workdir: epath.PathLike, *,
+        log: bool = True) -> list[dict[str, float]]:
   """Runs an experiment end to end in `workdir` (local or `gs://`; resuming if it holds a
   checkpoint).
 
@@ -532,25 +537,27 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike, *, log: bool
     Preempted: after saving a checkpoint on SIGTERM or a preemption sync point.
     UpdatesNotFinite: after `rl.max_skipped_updates` skipped updates in a row.
   """
-  tokenizer = make_tokenizer(config)
-  exp = resolve(config, tokenizer=tokenizer)
+  spec = typed(config)
+  tokenizer = make_tokenizer(spec)
+  exp = resolve(spec, tokenizer=tokenizer)
+  check_layout(exp)
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  task = tasks.get_task(config.task.name, **config.task.get("kwargs", {}))
+  task = tasks.get_task(spec.task.name, **spec.task.kwargs)
   if jax.process_index() == 0:
-    _write_run_info(workdir, exp, method_name(config))
-  mesh = sharding.make_mesh(config.mesh)
-  if config.model.init == "checkpoint":
-    model_cfg, params = hf.load(config.model.checkpoint, param_dtype=config.model.get("param_dtype"),
-                                compute_dtype=config.model.get("compute_dtype"),
+    _write_run_info(workdir, exp, method_name(spec))
+  mesh = sharding.make_mesh(spec.mesh.as_dict())
+  if spec.model.init == "checkpoint":
+    model_cfg, params = hf.load(spec.model.checkpoint, param_dtype=spec.model.param_dtype,
+                                compute_dtype=spec.model.compute_dtype,
                                 shardings=sharding.param_shardings(exp.model, mesh),
-                                **runtime_fields(config.model))
-  elif config.sft.steps > 0:
-    sft_dir = paths.as_path(config.sft.shared_dir) if config.sft.get("shared_dir") else workdir
+                                **spec.model.runtime)
+  elif spec.sft.steps > 0:
+    sft_dir = paths.as_path(spec.sft.shared_dir) if spec.sft.shared_dir else workdir
     model_cfg, params = run_sft(exp, sft_dir, tokenizer, task, log=log)
   else:
     model_cfg = exp.model
     params = jax.jit(functools.partial(init_params, model_cfg),
                      out_shardings=sharding.param_shardings(model_cfg, mesh))(
-                         jax.random.PRNGKey(config.seed))
+                         jax.random.PRNGKey(spec.seed))
   return RLRun(exp, workdir, tokenizer, task, model_cfg, params, mesh, log=log).run()

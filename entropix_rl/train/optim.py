@@ -45,15 +45,6 @@ class OptimizerConfig:
     if self.warmup_steps < 0:
       raise ValueError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
 
-  @classmethod
-  def from_config(cls, cfg) -> "OptimizerConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = dict(cfg)
-    unknown = sorted(set(values) - fields)
-    if unknown:
-      raise ValueError(f"unknown optimizer fields {unknown}; allowed: {sorted(fields)}")
-    return cls(**values)
-
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
   if cfg.schedule == "constant":

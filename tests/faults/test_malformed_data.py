@@ -126,8 +126,8 @@ def test_empty_split_names_data_path(tmp_path):
   split = "train" if in_eval_split("only", 0.5) else "eval"  # the split "only" is not in
   with pytest.raises(ValueError, match=rf"data\.path='.*one\.jsonl': the '{split}' split holds "
                                        r"no records.*data\.eval_fraction=0\.5"):
-    data.make_prompt_pipeline({"source": "file", "path": path, "eval_fraction": 0.5,
-                               "max_prompt_len": 64}, CharTokenizer(string.printable),
+    data.make_prompt_pipeline(data.DataConfig(source="file", path=path, eval_fraction=0.5,
+                                              max_prompt_len=64), CharTokenizer(string.printable),
                               batch_size=1, seed=0, split=split, shard_index=0, shard_count=1)
 
 
@@ -135,7 +135,8 @@ def test_bad_records_is_validated_and_threaded(tmp_path):
   path = _write(tmp_path / "bad.jsonl", _jsonl_lines())
   cfg = {"source": "file", "path": path, "eval_path": path, "max_prompt_len": 64}
   make = lambda extra: data.make_prompt_pipeline(
-      {**cfg, **extra}, CharTokenizer(string.printable), batch_size=2, seed=0, split="train",
+      data.DataConfig(**cfg, **extra), CharTokenizer(string.printable), batch_size=2, seed=0,
+      split="train",
       shard_index=0, shard_count=1)
   with pytest.raises(ValueError, match=r"data\.bad_records='ignore'; allowed: \('fail', 'skip'\)"):
     make({"bad_records": "ignore"})

@@ -1,0 +1,202 @@
+"""The typed experiment config: every shipped config resolves and every field can be set from
+the command line; unknown keys, missing keys and invalid values (alone or in combination) fail
+at start-up with an error naming the field, never inside jit."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import hypothesis
+import ml_collections
+import pytest
+from hypothesis import strategies as st
+
+from configs import clip_bounds, interventions, quickstart, qwen25_32b, qwen25_7b
+from entropix_rl.config_overrides import apply_overrides
+from entropix_rl.train import experiment
+from entropix_rl.train.config import ExperimentConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shipped_configs() -> dict[str, ml_collections.ConfigDict]:
+  configs = {"quickstart": quickstart.get_config(), "quickstart_local": quickstart.get_config(True)}
+  configs.update({f"interventions:{p}": interventions.get_config(p) for p in interventions.PRESETS})
+  configs.update({f"clip_bounds:{s['_name']}": apply_overrides(
+      clip_bounds.get_config(), {k: v for k, v in s.items() if k != "_name"})
+                  for s in clip_bounds.get_sweep()})
+  for module in (qwen25_7b, qwen25_32b):
+    configs.update({f"{module.__name__}:{m}": module.get_config(m) for m in module.METHODS})
+  return configs
+
+
+def leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+  out = {}
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict) and key != "kwargs":
+      out.update(leaves(value, path + "."))
+    else:
+      out[path] = value
+  return out
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_every_shipped_config_is_complete_and_valid(name):
+  config = shipped_configs()[name]
+  typed = ExperimentConfig.from_config_dict(config)
+  for section in ("data", "checkpoint", "logging", "mesh", "distributed", "optimizer", "rl"):
+    fields = {f.name for f in dataclasses.fields(getattr(typed, section))}
+    assert set(config[section].keys()) == fields, section
+  if typed.model.init == "random":  # the recipes need their checkpoint (test_recipe_configs)
+    experiment.resolve(config)
+  locked = config.copy_and_resolve_references()
+  locked.lock()
+  for path, value in leaves(locked).items():  # every field can be set (config_flags sets them so)
+    apply_overrides(locked, {path: value})
+
+
+def test_fields_the_issue_named_are_settable_from_the_command_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "experiments/train.py", "--config=configs/quickstart.py",
+       f"--workdir={tmp_path}/w", "--config.optimizer.warmup_steps=10",
+       "--config.data.eval_path=held_out.jsonl", "--config.data.eval_fraction=0.1",
+       "--config.distributed.coordinator_address=127.0.0.1:1234",
+       "--config.checkpoint.keep=0"],  # the one invalid value: start-up fails on it
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "checkpoint.keep=0; allowed: an int >= 1" in proc.stderr
+  assert "AttributeError" not in proc.stderr
+  assert not os.path.exists(os.path.join(tmp_path, "w", "sft"))  # no SFT ran first
+
+
+def test_unknown_and_missing_keys_are_named_with_the_known_ones():
+  config = quickstart.get_config()
+  with config.unlocked():
+    config.model.hidden_sizee = 64
+  with pytest.raises(ValueError, match=r"unknown key\(s\) \['model.hidden_sizee'\]; known keys "
+                                       r"of model: \[.*'hidden_size'"):
+    ExperimentConfig.from_config_dict(config)
+  config = quickstart.get_config()
+  with config.unlocked():
+    config.checkpoint.every = 5
+  with pytest.raises(ValueError, match=r"'checkpoint.every'.*known keys of checkpoint: "
+                                       r"\['keep', 'save_every'\]"):
+    ExperimentConfig.from_config_dict(config)
+  config = quickstart.get_config()
+  with config.unlocked():
+    del config.data["eval_fraction"]
+  with pytest.raises(ValueError, match=r"the config lacks \['data.eval_fraction'\]"):
+    ExperimentConfig.from_config_dict(config)
+  config = quickstart.get_config()
+  with config.unlocked():
+    config.extra_section = 1
+  with pytest.raises(ValueError, match=r"unknown key\(s\) \['extra_section'\]"):
+    ExperimentConfig.from_config_dict(config)
+
+
+# Values of the wrong type, per annotated type; each is invalid for every field of that type.
+WRONG_TYPE = {int: ["x", 1.5, True, None], float: ["x", True, None], bool: [1, "yes", None],
+              str: [3, None], tuple: ["x", (1.5,)]}
+# Values of the right type but out of range, per field.
+OUT_OF_RANGE = {
+    "seed": [], "rl.steps": [-1], "rl.prompts_per_step": [0], "rl.group_size": [0, 1],
+    "rl.ppo_epochs": [0], "rl.num_minibatches": [0, 3, 7], "rl.advantage": ["ppo_gae"],
+    "rl.max_gen_batches": [0], "rl.token_chunk": [0], "rl.micro_batch_size": [-1, 3],
+    "rl.logprob_micro_batch_size": [-2, 5], "rl.feature_chunk": [0],
+    "rl.completion_buckets": [0], "rl.max_skipped_updates": [0], "rl.cluster_by": ["meaning"],
+    "rl.step_delimiter": ["++", "é"], "sft.steps": [-1], "sft.batch_size": [0],
+    "sft.log_every": [0], "sft.micro_batch_size": [-1],
+    "sft.optimizer.learning_rate": [0.0, -1e-3], "sft.optimizer.warmup_steps": [-1],
+    "sft.optimizer.schedule": ["linear"], "optimizer.learning_rate": [0.0],
+    "optimizer.warmup_steps": [-5], "optimizer.schedule": ["step"],
+    "sampler.temperature": [0.0, -1.0], "sampler.top_p": [0.0, 1.5], "sampler.top_k": [-1],
+    "sampler.max_new_tokens": [0, 60], "sampler.max_decode_rows": [-1],
+    "sampler.decode_segment": [-1], "data.source": ["hub"], "data.max_prompt_len": [0, 60],
+    "data.eval_fraction": [0.0, 1.0], "data.bad_records": ["ignore"], "model.init": ["pretrained"],
+    "model.param_dtype": ["float16"], "model.compute_dtype": ["int8"],
+    "model.attention_impl": ["flash"], "model.attention_block_q": [0],
+    "model.attention_block_k": [-1], "eval.every": [-1], "eval.num_prompts": [0],
+    "eval.num_samples": [0], "eval.pass_k": [(0,), (1, 9)], "checkpoint.save_every": [0],
+    "checkpoint.keep": [0], "logging.console_every": [0], "mesh.data": [0, -2],
+    "mesh.fsdp": [0], "mesh.tensor": [-3], "distributed.num_processes": [-1],
+    "distributed.process_id": [-2], "task.name": ["chess"], "tokenizer.kind": ["sentencepiece"],
+    "loss.name": ["grpo_plus"], "loss.agg": ["mean"], "loss.clip_eps_low": [-0.1, 1.5],
+    "loss.clip_cov.ratio": [0.0, 2.0], "loss.kl_cov.ratio": [0.0], "loss.kl_cov.coef": ["x"],
+}
+# Combinations of values that are each valid: (overrides, the field the error must name).
+COMBINATIONS = [
+    ({"sampler.max_new_tokens": 40, "data.max_prompt_len": 30}, "data.max_prompt_len"),
+    ({"loss.selection_scope": "microbatch"}, "loss.selection_scope"),
+    ({"rl.old_logp_from_rollout": True, "loss.name": "ppo", "loss.hapo_temperature.enabled": True},
+     "rl.old_logp_from_rollout"),
+    ({"rl.prompts_per_step": 3, "rl.group_size": 3, "rl.num_minibatches": 2}, "rl.num_minibatches"),
+    ({"eval.num_samples": 2, "eval.pass_k": (1, 4)}, "eval.pass_k"),
+    ({"model.init": "checkpoint", "model.checkpoint": ""}, "model.checkpoint"),
+    ({"tokenizer.kind": "hf", "tokenizer.path": ""}, "tokenizer.path"),
+    ({"data.source": "file", "data.path": ""}, "data.path"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),
+]
+OPTIONAL = {"optimizer.grad_clip_norm", "sft.optimizer.grad_clip_norm"}  # None turns clipping off
+_BASE = quickstart.get_config()
+_TYPES = {path: type(value) for path, value in leaves(_BASE).items()}
+
+
+def _invalid_values():
+  cases = []
+  for path, kind in _TYPES.items():
+    if path.startswith("loss.") or path == "task.kwargs" or path == "method":
+      continue
+    cases += [(path, v) for v in WRONG_TYPE.get(kind, []) if v is not None or path not in OPTIONAL]
+  cases += [(path, v) for path, values in OUT_OF_RANGE.items() for v in values]
+  return cases
+
+
+def _start_up_error(overrides: dict) -> str:
+  """The start-up error of the quickstart config with `overrides` (set without ConfigDict's own
+  type check, as a config file may), or "" when it starts."""
+  config = quickstart.get_config()
+  with config.unlocked():
+    for path, value in overrides.items():
+      *parents, leaf = path.split(".")
+      node = config
+      for part in parents:
+        node = node[part]
+      node._fields[leaf] = value
+  try:
+    experiment.check_layout(experiment.resolve(config))
+  except ValueError as err:
+    return str(err)
+  return ""
+
+
+def _check_fails_naming(overrides: dict, field: str) -> None:
+  message = _start_up_error(overrides)
+  assert field in message, (overrides, message)
+
+
+def test_every_invalid_value_fails_at_start_up_naming_its_field():
+  cases = _invalid_values()
+  assert len(cases) > 200
+  for path, value in cases:
+    _check_fails_naming({path: value}, path)
+
+
+@hypothesis.settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@hypothesis.given(st.lists(st.sampled_from(_invalid_values()), min_size=2, max_size=4,
+                           unique_by=lambda case: case[0]))
+def test_several_invalid_values_fail_naming_one_of_them(cases):
+  message = _start_up_error(dict(cases))
+  assert any(path in message for path, _ in cases), (cases, message)
+
+
+@pytest.mark.parametrize("overrides,field", COMBINATIONS)
+def test_invalid_combinations_fail_at_start_up_naming_a_field(overrides, field):
+  _check_fails_naming(overrides, field)
+
+
+def test_every_field_has_an_invalid_case():
+  tested = {path for path, _ in _invalid_values()}
+  untested = {p for p in _TYPES if not p.startswith("loss.")} - tested - {"task.kwargs", "method"}
+  assert not untested, untested
