@@ -230,7 +230,7 @@ def method_name(config: ml_collections.ConfigDict | ExperimentConfig) -> str:
   return spec.method or name
 
 
-def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool = True
+def run_sft(exp: Experiment, workdir: epath.PathLike, tokenizer, task, *, log: bool = True
             ) -> tuple[ModelConfig, Any]:
   """Supervised warm start from random init; saves a Hugging Face checkpoint to `workdir/sft`.
 
@@ -239,6 +239,7 @@ def run_sft(exp: Experiment, workdir: epath.Path, tokenizer, task, *, log: bool 
   then trains on its own block of rows, so the batches do not depend on the number of hosts.
   """
   cfg = exp.config
+  workdir = paths.as_path(workdir)
   out_dir = workdir / "sft"
   mesh = sharding.make_mesh(cfg.mesh.as_dict())
   if (out_dir / "config.json").exists():
@@ -315,9 +316,10 @@ def _rollout_metrics(responses: rollout_lib.Responses) -> dict[str, float]:
 class RLRun:
   """The RL phase: sample → score → (dynamic sampling) → rl_update → metrics/eval/checkpoint."""
 
-  def __init__(self, exp: Experiment, workdir: epath.Path, tokenizer, task, model_cfg: ModelConfig,
-               params: Any, mesh: Mesh, *, log: bool = True):
-    self.exp, self.workdir, self.tokenizer, self.task = exp, workdir, tokenizer, task
+  def __init__(self, exp: Experiment, workdir: epath.PathLike, tokenizer, task,
+               model_cfg: ModelConfig, params: Any, mesh: Mesh, *, log: bool = True):
+    self.exp, self.tokenizer, self.task = exp, tokenizer, task
+    self.workdir = paths.as_path(workdir)
     self.model_cfg = model_cfg
     self.cfg = exp.config
     self.log = log and jax.process_index() == 0
@@ -344,11 +346,12 @@ class RLRun:
         self.cfg.data, tokenizer, batch_size=self.local_groups, seed=self.cfg.seed, split="train",
         task=task)
     self.eval_prompts = self._eval_set()
-    self.checkpointer = Checkpointer(workdir / "checkpoints",
+    self.checkpointer = Checkpointer(self.workdir / "checkpoints",
                                      save_every=self.cfg.checkpoint.save_every,
                                      keep=self.cfg.checkpoint.keep)
     self.is_writer = jax.process_index() == 0
-    self.writer = MetricWriter(workdir, enabled=self.is_writer, tensorboard=self.cfg.logging.tensorboard)
+    self.writer = MetricWriter(self.workdir, enabled=self.is_writer,
+                               tensorboard=self.cfg.logging.tensorboard)
     self.start_step = 0
     self.skipped_in_a_row = 0
     if self.checkpointer.latest_step() is not None:
