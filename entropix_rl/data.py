@@ -214,31 +214,13 @@ def read_prompt_file(path: str, bad_records: str = "fail") -> list[Example]:
   return examples
 
 
-class _FileStream:
-  """Record `i` of an endless, per-epoch reshuffled pass over a fixed list of examples."""
-
-  def __init__(self, examples: list[Example], seed: int, shuffle: bool):
-    if not examples:
-      raise ValueError("the split holds no records")
-    self.examples, self.seed, self.shuffle = examples, seed, shuffle
-    self._orders: dict[int, np.ndarray] = {}  # a few recent epochs' permutations
-
-  def _order(self, epoch: int) -> np.ndarray:
-    """The epoch's permutation: a pure function of (seed, epoch), so Grain's prefetch threads
-    may compute it concurrently and out of order."""
-    order = self._orders.get(epoch)
-    if order is None:
-      n = len(self.examples)
-      order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
-               else np.arange(n))
-      if len(self._orders) >= 4:
-        self._orders.clear()
-      self._orders[epoch] = order
-    return order
-
-  def __call__(self, i: int) -> Example:
-    epoch, pos = divmod(int(i), len(self.examples))
-    return self.examples[int(self._order(epoch)[pos])]
+def _file_stream(examples: list[Example], seed: int, shuffle: bool) -> grain.MapDataset:
+  """An endless stream over `examples`: record `i` is item `i mod n` of its epoch's order,
+  a fresh permutation per epoch from `seed` when `shuffle` (Grain's shuffle and repeat)."""
+  stream = grain.MapDataset.source(examples)
+  if shuffle:
+    stream = stream.shuffle(seed=seed)
+  return stream.repeat()
 
 
 def _file_split(data_cfg: DataConfig, split: str) -> list[Example]:
@@ -335,7 +317,7 @@ def make_prompt_pipeline(data_cfg: DataConfig, tokenizer, *, batch_size: int, se
       raise ValueError(f"data.source='task' needs a generated task; got {task!r}")
     draw = functools.partial(task.example, seed, split)
   else:
-    draw = _FileStream(_file_split(data_cfg, split), seed, shuffle=split == "train")
+    draw = _file_stream(_file_split(data_cfg, split), seed, shuffle=split == "train").__getitem__
   width = data_cfg.max_prompt_len
   record = functools.partial(host_record, batch_size=batch_size, shard_index=shard_index,
                              shard_count=shard_count)
