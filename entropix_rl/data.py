@@ -11,10 +11,11 @@ row).
 
 Config (`config.data`):
   source: "task" (examples drawn by the task's seeded generator) or "file".
-  path: a .jsonl or .parquet file (source="file") in the DAPO-Math-17k or MATH layout: the prompt
-    under `prompt` (a string, or a list of chat messages whose last user turn is taken),
-    `problem` or `question`; the ground truth under `reward_model.ground_truth`, `ground_truth`,
-    `answer` or (MATH) the last `\\boxed{}` of `solution`.
+  path: a .jsonl or .parquet file (source="file") in the DAPO-Math-17k, MATH(-500), AIME or
+    AMC layout: the prompt under `prompt` (a string, or a list of chat messages whose last user
+    turn is taken), `problem` or `question`; the ground truth under `reward_model.ground_truth`,
+    `ground_truth`, `answer` or (MATH) the last `\\boxed{}` of `solution`. Field names match
+    in any case (AIME 2024's `Problem` and `Answer`).
   eval_path: optional held-out file; without it, records whose prompt hashes below
     `eval_fraction` form the eval split.
   max_prompt_len: prompts longer than this (in tokens) are an error naming the record.
@@ -161,6 +162,7 @@ def _example(record: Any, index: int) -> Example:
     raise record
   if not isinstance(record, Mapping):
     raise BadRecord("not a JSON object", f"got {type(record).__name__}")
+  record = {**{str(k).lower(): v for k, v in record.items()}, **record}  # AIME's "Problem"
   return Example(prompt=_prompt_text(record), answer=_answer_text(record), index=index)
 
 
@@ -264,7 +266,9 @@ class PromptPipeline:
     self._iterator.set_state(state)
 
 
-def _encode_prompt(example: Example, tokenizer, max_prompt_len: int) -> tuple[list[int], Example]:
+def encode_prompt(example: Example, tokenizer, max_prompt_len: int
+                  ) -> tuple[list[int], Example]:
+  """A prompt's token ids (chat template, bos) and its example; too long is an error naming it."""
   ids = tokenizer.encode(tokenizer.format_prompt(example.prompt))
   if tokenizer.bos_id is not None and (not ids or ids[0] != tokenizer.bos_id):
     ids = [tokenizer.bos_id] + ids
@@ -274,7 +278,8 @@ def _encode_prompt(example: Example, tokenizer, max_prompt_len: int) -> tuple[li
   return ids, example
 
 
-def _collate(items: list[tuple[list[int], Example]], width: int, pad_id: int) -> dict:
+def collate_prompts(items: list[tuple[list[int], Example]], width: int, pad_id: int) -> dict:
+  """`encode_prompt` outputs as a left-padded batch (the `PromptPipeline` batch dict)."""
   tokens = np.full((len(items), width), pad_id, np.int32)
   lengths = np.zeros((len(items),), np.int32)
   for row, (ids, _) in enumerate(items):
@@ -322,7 +327,8 @@ def make_prompt_pipeline(data_cfg: DataConfig, tokenizer, *, batch_size: int, se
   record = functools.partial(host_record, batch_size=batch_size, shard_index=shard_index,
                              shard_count=shard_count)
   dataset = (grain.MapDataset.range(_STREAM_LENGTH // shard_count)
-             .map(lambda i: _encode_prompt(draw(record(int(i))), tokenizer, width))
+             .map(lambda i: encode_prompt(draw(record(int(i))), tokenizer, width))
              .to_iter_dataset()
-             .batch(batch_size, batch_fn=lambda items: _collate(items, width, tokenizer.pad_id)))
+             .batch(batch_size,
+                    batch_fn=lambda items: collate_prompts(items, width, tokenizer.pad_id)))
   return PromptPipeline(dataset)
