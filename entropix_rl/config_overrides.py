@@ -11,17 +11,12 @@ import ml_collections
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
                     ) -> ml_collections.ConfigDict:
-  """Sets each dotted key of `overrides` on `config` in place and returns it.
+  """Sets each dotted key of `overrides` on `config` in place (`update_from_flattened_dict`,
+  with ConfigDict's type checks) and returns it.
 
   Raises:
-    KeyError: naming the key, when a parent section does not exist.
+    KeyError: naming the key, when a parent section does not exist (or, on a locked config,
+      the key itself).
   """
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for i, part in enumerate(parents):
-      if part not in node:
-        raise KeyError(f"override {key!r}: the config has no section {'.'.join(parents[:i + 1])!r}")
-      node = node[part]
-    node[leaf] = value
+  config.update_from_flattened_dict(dict(overrides))
   return config

@@ -11,10 +11,11 @@ row).
 
 Config (`config.data`):
   source: "task" (examples drawn by the task's seeded generator) or "file".
-  path: a .jsonl or .parquet file (source="file") in the DAPO-Math-17k or MATH layout: the prompt
-    under `prompt` (a string, or a list of chat messages whose last user turn is taken),
-    `problem` or `question`; the ground truth under `reward_model.ground_truth`, `ground_truth`,
-    `answer` or (MATH) the last `\\boxed{}` of `solution`.
+  path: a .jsonl or .parquet file (source="file") in the DAPO-Math-17k, MATH(-500), AIME or
+    AMC layout: the prompt under `prompt` (a string, or a list of chat messages whose last user
+    turn is taken), `problem` or `question`; the ground truth under `reward_model.ground_truth`,
+    `ground_truth`, `answer` or (MATH) the last `\\boxed{}` of `solution`. Field names match
+    in any case (AIME 2024's `Problem` and `Answer`).
   eval_path: optional held-out file; without it, records whose prompt hashes below
     `eval_fraction` form the eval split.
   max_prompt_len: prompts longer than this (in tokens) are an error naming the record.
@@ -161,6 +162,7 @@ def _example(record: Any, index: int) -> Example:
     raise record
   if not isinstance(record, Mapping):
     raise BadRecord("not a JSON object", f"got {type(record).__name__}")
+  record = {**{str(k).lower(): v for k, v in record.items()}, **record}  # AIME's "Problem"
   return Example(prompt=_prompt_text(record), answer=_answer_text(record), index=index)
 
 
@@ -214,31 +216,13 @@ def read_prompt_file(path: str, bad_records: str = "fail") -> list[Example]:
   return examples
 
 
-class _FileStream:
-  """Record `i` of an endless, per-epoch reshuffled pass over a fixed list of examples."""
-
-  def __init__(self, examples: list[Example], seed: int, shuffle: bool):
-    if not examples:
-      raise ValueError("the split holds no records")
-    self.examples, self.seed, self.shuffle = examples, seed, shuffle
-    self._orders: dict[int, np.ndarray] = {}  # a few recent epochs' permutations
-
-  def _order(self, epoch: int) -> np.ndarray:
-    """The epoch's permutation: a pure function of (seed, epoch), so Grain's prefetch threads
-    may compute it concurrently and out of order."""
-    order = self._orders.get(epoch)
-    if order is None:
-      n = len(self.examples)
-      order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
-               else np.arange(n))
-      if len(self._orders) >= 4:
-        self._orders.clear()
-      self._orders[epoch] = order
-    return order
-
-  def __call__(self, i: int) -> Example:
-    epoch, pos = divmod(int(i), len(self.examples))
-    return self.examples[int(self._order(epoch)[pos])]
+def _file_stream(examples: list[Example], seed: int, shuffle: bool) -> grain.MapDataset:
+  """An endless stream over `examples`: record `i` is item `i mod n` of its epoch's order,
+  a fresh permutation per epoch from `seed` when `shuffle` (Grain's shuffle and repeat)."""
+  stream = grain.MapDataset.source(examples)
+  if shuffle:
+    stream = stream.shuffle(seed=seed)
+  return stream.repeat()
 
 
 def _file_split(data_cfg: DataConfig, split: str) -> list[Example]:
@@ -282,7 +266,9 @@ class PromptPipeline:
     self._iterator.set_state(state)
 
 
-def _encode_prompt(example: Example, tokenizer, max_prompt_len: int) -> tuple[list[int], Example]:
+def encode_prompt(example: Example, tokenizer, max_prompt_len: int
+                  ) -> tuple[list[int], Example]:
+  """A prompt's token ids (chat template, bos) and its example; too long is an error naming it."""
   ids = tokenizer.encode(tokenizer.format_prompt(example.prompt))
   if tokenizer.bos_id is not None and (not ids or ids[0] != tokenizer.bos_id):
     ids = [tokenizer.bos_id] + ids
@@ -292,7 +278,8 @@ def _encode_prompt(example: Example, tokenizer, max_prompt_len: int) -> tuple[li
   return ids, example
 
 
-def _collate(items: list[tuple[list[int], Example]], width: int, pad_id: int) -> dict:
+def collate_prompts(items: list[tuple[list[int], Example]], width: int, pad_id: int) -> dict:
+  """`encode_prompt` outputs as a left-padded batch (the `PromptPipeline` batch dict)."""
   tokens = np.full((len(items), width), pad_id, np.int32)
   lengths = np.zeros((len(items),), np.int32)
   for row, (ids, _) in enumerate(items):
@@ -335,12 +322,13 @@ def make_prompt_pipeline(data_cfg: DataConfig, tokenizer, *, batch_size: int, se
       raise ValueError(f"data.source='task' needs a generated task; got {task!r}")
     draw = functools.partial(task.example, seed, split)
   else:
-    draw = _FileStream(_file_split(data_cfg, split), seed, shuffle=split == "train")
+    draw = _file_stream(_file_split(data_cfg, split), seed, shuffle=split == "train").__getitem__
   width = data_cfg.max_prompt_len
   record = functools.partial(host_record, batch_size=batch_size, shard_index=shard_index,
                              shard_count=shard_count)
   dataset = (grain.MapDataset.range(_STREAM_LENGTH // shard_count)
-             .map(lambda i: _encode_prompt(draw(record(int(i))), tokenizer, width))
+             .map(lambda i: encode_prompt(draw(record(int(i))), tokenizer, width))
              .to_iter_dataset()
-             .batch(batch_size, batch_fn=lambda items: _collate(items, width, tokenizer.pad_id)))
+             .batch(batch_size,
+                    batch_fn=lambda items: collate_prompts(items, width, tokenizer.pad_id)))
   return PromptPipeline(dataset)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
-from entropix_rl import paths
+from entropix_rl import plots
 
 
 def _vector(name: str, values: ArrayLike) -> np.ndarray:
@@ -320,22 +320,9 @@ def size_fit(param_counts: ArrayLike, a_values: ArrayLike, b_values: ArrayLike) 
                  b_intercept=b_intercept, a_r2=a_r2, b_r2=b_r2, n=int(n.size))
 
 
-def _figure(width: float, height: float, ncols: int = 1):
-  """A matplotlib Figure on the Agg canvas (no pyplot, so a notebook's backend is untouched)."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(width, height))
-  FigureCanvasAgg(fig)
-  return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
-
-
 def _save(fig, out_png: str) -> str:
-  """Writes `fig` to a local or `gs://` PNG path (parents created)."""
-  out = paths.as_path(out_png)
-  out.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
-  with out.open("wb") as f:
-    fig.savefig(f, format="png", dpi=110)
+  plots.save_figure(fig, out_png)
   return out_png
 
 
@@ -356,7 +343,7 @@ def plot_fit(points: Mapping[str, tuple[ArrayLike, ArrayLike]], law: LawFit, out
   Returns:
     `out_png`.
   """
-  fig, (ax,) = _figure(6.4, 4.6)
+  fig, (ax,) = plots.new_figure(6.4, 4.6)
   h_max = 0.0
   for label, (h, r) in points.items():
     h, r = np.asarray(h, np.float64), np.asarray(r, np.float64)
@@ -400,7 +387,7 @@ def plot_early_stage(steps: ArrayLike, entropy: ArrayLike, reward: ArrayLike, pr
     return -a * np.exp(x) + b
 
   early = s <= prediction["cutoff_step"]
-  fig, (ax_h, ax_s) = _figure(11.0, 4.4, ncols=2)
+  fig, (ax_h, ax_s) = plots.new_figure(11.0, 4.4, ncols=2)
   ax_h.scatter(h[early], r[early], s=18, color="tab:blue", label=f"fitted ({prediction['n_fit']})")
   ax_h.scatter(h[~early], r[~early], s=18, color="tab:orange",
                label=f"held out ({prediction['n_heldout']})")

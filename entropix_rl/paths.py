@@ -49,3 +49,20 @@ def local_directory(path: epath.PathLike) -> Iterator[str]:
       if item.is_file():
         item.copy(epath.Path(local) / item.name)
     yield local
+
+
+@contextlib.contextmanager
+def writable_directory(path: epath.PathLike) -> Iterator[str]:
+  """Yields a local directory whose files end up in `path`: `path` itself when local, else a
+  temporary directory copied to `path` on exit (for writers that only write local files)."""
+  if not is_remote(path):
+    os.makedirs(os.fspath(path), exist_ok=True)
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory(prefix="entropix_rl_") as local:
+    yield local
+    target = epath.Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    for item in epath.Path(local).iterdir():
+      if item.is_file():
+        item.copy(target / item.name, overwrite=True)

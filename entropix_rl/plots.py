@@ -1,14 +1,16 @@
-"""Plots a person looks at after a run: entropy and accuracy against step, per method."""
+"""Plots a person looks at after a run: entropy and accuracy against step, per method.
+
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot's
+global state, so importing this module does not switch the backend of a notebook.
+"""
 
 from __future__ import annotations
 
-import matplotlib
 from etils import epath
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
-
-from entropix_rl import paths, run_logs  # noqa: E402
+from entropix_rl import paths, run_logs
 
 PANELS = (
     ("entropy/paper", "policy entropy (nats, paper's Eq. 5)"),
@@ -17,9 +19,17 @@ PANELS = (
 )
 
 
+def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
+  """A `width` x `height` inch figure with `ncols` side-by-side axes on the Agg canvas (no
+  pyplot state)."""
+  fig = Figure(figsize=(width, height))
+  FigureCanvasAgg(fig)
+  return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
 def plot_runs(runs: dict[str, str], out_png: str, panels=PANELS) -> str:
   """One panel per metric, one line per run. `runs` maps a label to a workdir."""
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4))
+  fig, axes = new_figure(5.2 * len(panels), 4.0, ncols=len(panels))
   for label, workdir in runs.items():
     run = run_logs.load_run(workdir)
     for ax, (key, _) in zip(axes, panels):
@@ -36,10 +46,9 @@ def plot_runs(runs: dict[str, str], out_png: str, panels=PANELS) -> str:
   return out_png
 
 
-def save_figure(fig: plt.Figure, out_png: epath.PathLike, dpi: int = 110) -> None:
-  """Writes `fig` as a PNG to a local or `gs://` path (parents created) and closes it."""
+def save_figure(fig: Figure, out_png: epath.PathLike, dpi: int = 110) -> None:
+  """Writes `fig` as a PNG to a local or `gs://` path (parents created)."""
   out = paths.as_path(out_png)
   out.parent.mkdir(parents=True, exist_ok=True)
   with out.open("wb") as f:
     fig.savefig(f, format="png", dpi=dpi)
-  plt.close(fig)

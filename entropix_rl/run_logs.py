@@ -133,18 +133,56 @@ def _masked_crc32c(data: bytes) -> int:
 
 
 def read_event_file(path: epath.PathLike) -> dict[int, dict[str, float]]:
-  """Scalar summaries (`simple_value`) of one TensorBoard event file as {step: {tag: value}}.
+  """Scalar summaries of one TensorBoard event file as {step: {tag: value}}.
 
   Reads the TFRecord framing (uint64 length, masked CRC-32C of the length, payload, masked
   CRC-32C of the payload; little-endian) and parses each payload as an `Event` protobuf with
-  tensorboardX's compiled protos, so neither TensorFlow nor TensorBoard is needed. A record cut
-  off at the end of the file (a killed writer) ends the read; a CRC mismatch raises ValueError.
-  Values are float32 as stored; tensorboardX replaces characters outside `[-/\\w.]` in tags
-  with `_` (`eval/pass@1` is stored as `eval/pass_1`).
+  tensorboardX's compiled protos, so neither TensorFlow nor TensorBoard is needed. Scalars are
+  `simple_value`s or scalar float tensors (how TF2's `tf.summary.scalar` stores them). A record
+  cut off at the end of the file (a killed writer) ends the read; a CRC mismatch raises
+  ValueError. tensorboardX replaces characters outside `[-/\\w.]` in tags with `_`
+  (`eval/pass@1` is stored as `eval/pass_1`).
   """
+  return _parse_event_file(path)[0]
+
+
+def read_event_files(paths: Sequence[epath.PathLike]) -> dict[int, dict[str, float]]:
+  """The scalars of a run's event files, oldest first, as TensorBoard shows them: a file that
+  starts with a purge (a `SessionLog.START` at step s, written by a resumed writer) drops
+  the earlier files' steps >= s; later files win per step and tag."""
+  records: dict[int, dict[str, float]] = {}
+  for path in paths:
+    new, purges = _parse_event_file(path)
+    for purge in purges:
+      records = {step: values for step, values in records.items() if step < purge}
+    for step, values in new.items():
+      records.setdefault(step, {}).update(values)
+  return records
+
+
+def _scalar(value: Any) -> float | None:
+  """A summary value's scalar: `simple_value`, or a 0-d float32/float64 tensor."""
+  if value.HasField("simple_value"):
+    return float(value.simple_value)
+  tensor = value.tensor if value.HasField("tensor") else None
+  if tensor is None or len(tensor.tensor_shape.dim):
+    return None
+  if tensor.float_val:
+    return float(tensor.float_val[0])
+  if tensor.double_val:
+    return float(tensor.double_val[0])
+  dtype = {1: np.float32, 2: np.float64}.get(tensor.dtype)  # DT_FLOAT, DT_DOUBLE
+  if dtype is not None and tensor.tensor_content:
+    return float(np.frombuffer(tensor.tensor_content, dtype)[0])
+  return None
+
+
+def _parse_event_file(path: epath.PathLike) -> tuple[dict[int, dict[str, float]], list[int]]:
+  """(scalars by step, purge steps) of one event file (`read_event_file`)."""
   from tensorboardX.proto import event_pb2
   data = epath.Path(path).read_bytes()
   records: dict[int, dict[str, float]] = {}
+  purges: list[int] = []
   offset = 0
   while offset + 12 <= len(data):
     header = data[offset:offset + 8]
@@ -161,12 +199,15 @@ def read_event_file(path: epath.PathLike) -> dict[int, dict[str, float]]:
     if _masked_crc32c(payload) != payload_crc:
       raise ValueError(f"{path}: corrupt TFRecord payload at byte {offset}")
     event = event_pb2.Event.FromString(payload)
+    if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+      purges.append(int(event.step))
     if event.HasField("summary"):
       for value in event.summary.value:
-        if value.HasField("simple_value"):
-          records.setdefault(int(event.step), {})[value.tag] = float(value.simple_value)
+        scalar = _scalar(value)
+        if scalar is not None:
+          records.setdefault(int(event.step), {})[value.tag] = scalar
     offset = end + 4
-  return records
+  return records, purges
 
 
 def event_files(workdir: epath.PathLike) -> list[str]:
@@ -211,10 +252,7 @@ def load_run(workdir: epath.PathLike) -> Run:
     if not files:
       raise ValueError(f"{workdir!r} has no {METRICS_FILE} and no TensorBoard event files "
                        f"({EVENTS_GLOB} in it or in its tensorboard/ folder)")
-    records = {}
-    for path in files:  # oldest first: a resumed run's later files win
-      for step, values in read_event_file(path).items():
-        records.setdefault(step, {}).update(values)
+    records = read_event_files(files)  # oldest first: a resumed run's later files win
     source = ", ".join(files)
   info_path = root / RUN_INFO_FILE
   info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.exists() else {}

@@ -12,6 +12,10 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
+from etils import epath
+
+from entropix_rl import paths
+
 
 class Tokenizer(Protocol):
   """What samplers, tasks and pipelines need from a tokenizer."""
@@ -98,6 +102,11 @@ class HFTokenizer:
         eos = json.load(f).get("eos_token_id")
       stops.update([eos] if isinstance(eos, int) else (eos or []))
     self.stop_ids = tuple(sorted(stops))
+
+  def save_pretrained(self, path: epath.PathLike) -> None:
+    """Writes the tokenizer files to `path` (local, or gs:// through a local copy)."""
+    with paths.writable_directory(path) as local:
+      self._tok.save_pretrained(local)
 
   @property
   def has_chat_template(self) -> bool:

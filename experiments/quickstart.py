@@ -14,10 +14,10 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from entropix_rl import plots, run_logs
+from entropix_rl import console, plots, run_logs
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
 from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
@@ -55,7 +55,7 @@ def summarize(workdir: str, methods: list[str]) -> list[dict]:
 
 
 def main(argv):
-  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
+  console.configure()
   del argv
   base = _CONFIG.value
   workdir = _WORKDIR.value

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from entropix_rl import sharding
+from entropix_rl import console, sharding
 from entropix_rl.train import experiment
 from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
 
@@ -27,7 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
+  console.configure()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = experiment.typed(_CONFIG.value)  # the one validation of the whole config

@@ -6,7 +6,6 @@ import functools
 import os
 
 import jax
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from etils import epath
@@ -54,7 +53,7 @@ def test_metrics_plots_and_run_logs_on_a_gs_workdir(gcs):
   run = run_logs.load_run(workdir)
   np.testing.assert_allclose(run.series("entropy/paper")[1], [1.0, 0.5, 1 / 3, 0.2])
 
-  fig = plt.figure()
+  fig, _ = plots.new_figure(4.0, 3.0)
   plots.save_figure(fig, f"{workdir}/plots/curve.png")
   assert (gcs / "run" / "plots" / "curve.png").read_bytes()[:4] == b"\x89PNG"
   plots.plot_runs({"run": workdir}, f"{workdir}/comparison.png")

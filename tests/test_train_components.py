@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import struct
+import time
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from entropix_rl import run_logs
 from entropix_rl.train import batching, rollout_metrics
 from entropix_rl.train.checkpoint import Checkpointer
 from entropix_rl.train.metrics import MetricWriter, Progress
@@ -106,3 +109,45 @@ def test_pass_at_k_unbiased_estimator():
 def test_group_filter_keeps_mixed_groups():
   rewards = np.array([1, 1, 0, 1, 0, 0], float)
   np.testing.assert_array_equal(rollout_metrics.group_filter(rewards, 2), [False, True, False])
+
+
+def test_tensorboard_purges_the_steps_a_resume_replaces(tmp_path):
+  writer = MetricWriter(str(tmp_path), tensorboard=True)
+  for step in range(1, 6):
+    writer.write(step, {"x": float(step)})
+  writer.close()
+  time.sleep(1.1)  # event file names carry the second they were opened
+  resumed = MetricWriter(str(tmp_path), tensorboard=True)
+  resumed.truncate_after(3)
+  for step in (4, 5):
+    resumed.write(step, {"x": 10.0 * step})
+  resumed.close()
+  files = run_logs.event_files(str(tmp_path))
+  assert len(files) == 2
+  assert run_logs.read_event_file(files[0])[5] == {"x": 5.0}  # the old file still holds step 5
+  merged = run_logs.read_event_files(files)
+  assert {s: v["x"] for s, v in merged.items()} == {1: 1.0, 2: 2.0, 3: 3.0, 4: 40.0, 5: 50.0}
+  resumed_only = run_logs.read_event_files(files[1:])
+  assert sorted(resumed_only) == [4, 5]
+  assert run_logs.read_event_files([files[0], files[1]]) == merged
+
+
+def test_event_reader_reads_scalars_stored_as_tensors(tmp_path):
+  from tensorboardX.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
+  events = [event_pb2.Event(step=7, summary=summary_pb2.Summary(value=[
+      summary_pb2.Summary.Value(tag="a", tensor=tensor_pb2.TensorProto(
+          dtype=1, tensor_shape=tensor_shape_pb2.TensorShapeProto(), float_val=[0.25])),
+      summary_pb2.Summary.Value(tag="b", tensor=tensor_pb2.TensorProto(
+          dtype=2, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+          tensor_content=np.float64(1.5).tobytes())),
+      summary_pb2.Summary.Value(tag="vector", tensor=tensor_pb2.TensorProto(
+          dtype=1, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+              dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=2)]), float_val=[1.0, 2.0]))]))]
+  path = tmp_path / "events.out.tfevents.1.host"
+  with open(path, "wb") as f:
+    for event in events:
+      payload = event.SerializeToString()
+      header = struct.pack("<Q", len(payload))
+      f.write(header + struct.pack("<I", run_logs._masked_crc32c(header)) + payload
+              + struct.pack("<I", run_logs._masked_crc32c(payload)))
+  assert run_logs.read_event_file(str(path)) == {7: {"a": 0.25, "b": 1.5}}

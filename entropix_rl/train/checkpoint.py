@@ -98,6 +98,22 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["extra"]), step
 
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """Restores only the policy params of `step` (default: latest) into the shapes, dtypes and
+    shardings of `abstract_params` (for export and evaluation, without the optimizer state)."""
+    self.wait()
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {self.directory}")
+    if step not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint step {step} under {self.directory}; steps: "
+                              f"{self.all_steps()}")
+    _check_stored_shapes(self.directory, step, {"params": abstract_params})
+    abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)}
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(abstract, partial_restore=True)))
+    return restored["state"]["params"], step
+
   def wait(self) -> None:
     """Blocks until the save in flight (if any) is complete; raises `CheckpointError` if it
     failed."""

@@ -32,7 +32,7 @@ from entropix_rl.train.checkpoint import Checkpointer, PreemptionGuard, preempti
 from entropix_rl.train.config import ExperimentConfig, ModelSection
 from entropix_rl.train.evaluation import EvalConfig, evaluate
 from entropix_rl.train.metrics import MetricWriter, Progress
-from entropix_rl.train.optim import OptimizerConfig, make_optimizer
+from entropix_rl.train.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.sft_step import make_sft_step
 from entropix_rl.train.state import create_train_state_on_mesh
@@ -244,11 +244,12 @@ def run_sft(exp: Experiment, workdir: epath.PathLike, tokenizer, task, *, log: b
   mesh = sharding.make_mesh(cfg.mesh.as_dict())
   if (out_dir / "config.json").exists():
     if log:
-      print(f"SFT warm start found at {out_dir}; reusing it", flush=True)
+      logging.info("SFT warm start found at %s; reusing it", out_dir)
     return hf.load(out_dir, shardings=sharding.param_shardings(exp.model, mesh),
                    expected=exp.model, **cfg.model.runtime)
   rng = jax.random.PRNGKey(cfg.seed)
   optimizer = make_optimizer(exp.sft_optimizer)
+  sft_lr = learning_rate_schedule(exp.sft_optimizer)
   params = jax.jit(functools.partial(init_params, exp.model),
                    out_shardings=sharding.param_shardings(exp.model, mesh))(
                        jax.random.fold_in(rng, 0))
@@ -274,7 +275,8 @@ def run_sft(exp: Experiment, workdir: epath.PathLike, tokenizer, task, *, log: b
     arrays = batching.sft_batch(prompts[rows], completions[rows], length, tokenizer.pad_id)
     state, metrics = step_fn(state, sharding.to_global(arrays, mesh))
     if step % cfg.sft.log_every == 0 or step == cfg.sft.steps:
-      scalars = writer.write(step, jax.device_get(metrics))
+      scalars = writer.write(step, {**jax.device_get(metrics),
+                                    "optimizer/learning_rate": float(sft_lr(step - 1))})
       progress.update(step, scalars)
   writer.close()
   params = multihost_utils.process_allgather(state.params, tiled=True)
@@ -371,12 +373,17 @@ class RLRun:
     self.start_step = step
     self.writer.truncate_after(step)
     if self.log:
-      print(f"resumed from checkpoint at RL step {step}", flush=True)
+      logging.info("resumed from checkpoint at RL step %d", step)
 
   def _save(self, step: int, *, force: bool = False) -> None:
     self.checkpointer.maybe_save(step, self.state, {"data_state": self.pipeline.get_state(),
                                                     "skipped_in_a_row": self.skipped_in_a_row},
                                  force=force)
+
+  def _learning_rate(self, step: int) -> float:
+    """The schedule's learning rate at RL step `step`'s first optimizer update."""
+    updates_per_step = self.exp.rl.ppo_epochs * self.exp.rl.num_minibatches
+    return float(learning_rate_schedule(self.exp.rl_optimizer)((step - 1) * updates_per_step))
 
   def _count_skips(self, step: int, skipped: bool) -> None:
     """Counts updates skipped in a row (non-finite loss or gradient; `rl_update` left the
@@ -509,6 +516,7 @@ class RLRun:
         metrics.update(jax.device_get(update_metrics))
         elapsed = time.perf_counter() - t0
         tokens = float(sharding.gather_host_rows(batch["completion_mask"].sum()).sum())
+        metrics["optimizer/learning_rate"] = self._learning_rate(step)
         metrics.update({"time/step_s": elapsed, "time/sample_s": t_sample,
                         "time/update_s": elapsed - t_sample, "time/tokens_per_s": tokens / elapsed})
         if self.exp.eval.every and (step % self.exp.eval.every == 0 or step == total):

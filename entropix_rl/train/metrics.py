@@ -43,13 +43,19 @@ class MetricWriter:
     if not enabled:
       return
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    self._tb_dir = os.fspath(epath.Path(workdir) / "tensorboard")
     if tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tensorboard"), flush_secs=30)
+      self._tb = _summary_writer(self._tb_dir)
 
   def truncate_after(self, step: int) -> None:
-    """Keeps only the records with `step <= step` (and drops a torn last line)."""
-    if not self.enabled or not self.path.exists():
+    """Keeps only the records with `step <= step` (and drops a torn last line); TensorBoard
+    gets a purge at `step + 1`, so it hides the old run's later steps too."""
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = _summary_writer(self._tb_dir, purge_step=step + 1)
+    if not self.path.exists():
       return
     kept = []
     for line in self.path.read_text().splitlines():
@@ -82,6 +88,11 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _summary_writer(logdir: str, purge_step: int | None = None):
+  from tensorboardX import SummaryWriter  # imported only when TensorBoard is on
+  return SummaryWriter(logdir, flush_secs=30, purge_step=purge_step)
 
 
 def _duration(seconds: float) -> str:

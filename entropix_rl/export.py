@@ -1,0 +1,82 @@
+"""A trained run's policy as a Hugging Face directory: config.json, safetensors,
+generation_config.json and, for Hugging Face tokenizers, the tokenizer files.
+
+The model config comes from the run's `run_info.json`, the params from its Orbax checkpoint
+(restored alone, without the optimizer state), the sampling defaults from its config.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from etils import epath
+
+from entropix_rl import paths
+from entropix_rl.models import ModelConfig, hf, init_params
+from entropix_rl.models.config import RopeScaling
+from entropix_rl.train import experiment
+from entropix_rl.train.checkpoint import Checkpointer
+from entropix_rl.train.config import ExperimentConfig
+
+
+def run_model_config(info: dict[str, Any]) -> ModelConfig:
+  """The `ModelConfig` recorded in a run's `run_info.json`."""
+  model = dict(info["model"])
+  if model.get("rope_scaling") is not None:
+    model["rope_scaling"] = RopeScaling(**model["rope_scaling"])
+  return ModelConfig(**model)
+
+
+def generation_config(config: ExperimentConfig, tokenizer) -> dict[str, Any]:
+  """`generation_config.json`: the run's sampling settings and its stop and special tokens."""
+  sampler = config.sampler
+  out = {"bos_token_id": tokenizer.bos_id, "eos_token_id": list(tokenizer.stop_ids),
+         "pad_token_id": tokenizer.pad_id, "do_sample": not sampler.greedy,
+         "temperature": sampler.temperature, "top_p": sampler.top_p,
+         "max_new_tokens": sampler.max_new_tokens}
+  if sampler.top_k:
+    out["top_k"] = sampler.top_k
+  return out
+
+
+def export_run(workdir: epath.PathLike, out: epath.PathLike, *, step: int | None = None
+               ) -> dict[str, Any]:
+  """Writes the policy of `workdir`'s checkpoint `step` (default: the latest) to `out`.
+
+  Returns:
+    A summary: the step, the directory, the files written and whether tokenizer files were
+    written (only for `tokenizer.kind='hf'`; the character tokenizer has no HF form).
+  """
+  run = paths.as_path(workdir)
+  info_path = run / "run_info.json"
+  if not info_path.exists():
+    raise FileNotFoundError(f"{info_path} does not exist: --workdir must be a training run")
+  info = json.loads(info_path.read_text())
+  config = ExperimentConfig.from_config_dict(ml_collections.ConfigDict(info["config"]))
+  tokenizer = experiment.make_tokenizer(config)
+  model_cfg = run_model_config(info).replace(bos_token_id=tokenizer.bos_id,
+                                             eos_token_id=tokenizer.eos_id)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0))))
+  checkpointer = Checkpointer(run / "checkpoints", save_every=1, keep=1 << 30)
+  try:
+    params, step = checkpointer.restore_params(abstract, step)
+  finally:
+    checkpointer.close()
+  target = paths.as_path(out)
+  hf.save(target, model_cfg, jax.device_get(params))
+  (target / "generation_config.json").write_text(
+      json.dumps(generation_config(config, tokenizer), indent=2))
+  with_tokenizer = config.tokenizer.kind == "hf"
+  if with_tokenizer:
+    tokenizer.save_pretrained(target)
+  else:
+    logging.warning("the run used the character tokenizer, which has no Hugging Face form; "
+                    "%s holds the model and generation config only", target)
+  return {"step": step, "out": str(target), "files": sorted(p.name for p in target.iterdir()),
+          "tokenizer_files": with_tokenizer}
