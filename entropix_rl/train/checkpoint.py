@@ -111,7 +111,9 @@ class Checkpointer:
     _check_stored_shapes(self.directory, step, {"params": abstract_params})
     abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)}
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(abstract, partial_restore=True)))
+        state=ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True)))
     return restored["state"]["params"], step
 
   def wait(self) -> None:
