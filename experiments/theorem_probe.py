@@ -21,9 +21,9 @@ the trainer). Per setting it compares (`entropix_rl.theorem_probe`):
 and prints one JSON line per (optimizer, lr, k), then writes `theorem_probe.json` and
 `theorem_probe.png` (predicted vs measured per token, one panel per setting) to `--out`.
 
-Time on 2 CPU cores shared with another job: 240 s of SFT (350 steps; skipped when
-`--sft_dir/sft` exists) plus about 170 s for the 12 rollouts and 14 settings x 12 probes
-(compilation included). `--num_rollouts` and the grids scale the second part.
+Time on 2 CPU cores shared with other jobs: 240-270 s of SFT (350 steps; skipped when
+`--sft_dir/sft` exists) plus 160-170 s for the 12 rollouts and 14 settings x 12 probes
+(compilation included), 434 s in all. `--num_rollouts` and the grids scale the second part.
 """
 
 from __future__ import annotations
