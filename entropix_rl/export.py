@@ -7,6 +7,7 @@ The model config comes from the run's `run_info.json`, the params from its Orbax
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -43,23 +44,26 @@ def generation_config(config: ExperimentConfig, tokenizer) -> dict[str, Any]:
   return out
 
 
-def export_run(workdir: epath.PathLike, out: epath.PathLike, *, step: int | None = None
-               ) -> dict[str, Any]:
-  """Writes the policy of `workdir`'s checkpoint `step` (default: the latest) to `out`.
+@dataclasses.dataclass(frozen=True)
+class RunPolicy:
+  """A training run's policy at one checkpoint step: its typed config, model and params."""
 
-  Returns:
-    A summary: the step, the directory, the files written and whether tokenizer files were
-    written (only for `tokenizer.kind='hf'`; the character tokenizer has no HF form).
-  """
+  config: ExperimentConfig
+  model: ModelConfig
+  params: Any
+  step: int
+
+
+def load_run_policy(workdir: epath.PathLike, step: int | None = None) -> RunPolicy:
+  """The params of `workdir`'s checkpoint `step` (default: the latest), restored alone (no
+  optimizer state) on one device, with the model config and typed config of `run_info.json`."""
   run = paths.as_path(workdir)
   info_path = run / "run_info.json"
   if not info_path.exists():
     raise FileNotFoundError(f"{info_path} does not exist: --workdir must be a training run")
   info = json.loads(info_path.read_text())
   config = ExperimentConfig.from_config_dict(ml_collections.ConfigDict(info["config"]))
-  tokenizer = experiment.make_tokenizer(config)
-  model_cfg = run_model_config(info).replace(bos_token_id=tokenizer.bos_id,
-                                             eos_token_id=tokenizer.eos_id)
+  model_cfg = run_model_config(info)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0))))
@@ -68,8 +72,23 @@ def export_run(workdir: epath.PathLike, out: epath.PathLike, *, step: int | None
     params, step = checkpointer.restore_params(abstract, step)
   finally:
     checkpointer.close()
+  return RunPolicy(config=config, model=model_cfg, params=params, step=step)
+
+
+def export_run(workdir: epath.PathLike, out: epath.PathLike, *, step: int | None = None
+               ) -> dict[str, Any]:
+  """Writes the policy of `workdir`'s checkpoint `step` (default: the latest) to `out`.
+
+  Returns:
+    A summary: the step, the directory, the files written and whether tokenizer files were
+    written (only for `tokenizer.kind='hf'`; the character tokenizer has no HF form).
+  """
+  policy = load_run_policy(workdir, step)
+  config = policy.config
+  tokenizer = experiment.make_tokenizer(config)
+  model_cfg = policy.model.replace(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
   target = paths.as_path(out)
-  hf.save(target, model_cfg, jax.device_get(params))
+  hf.save(target, model_cfg, jax.device_get(policy.params))
   (target / "generation_config.json").write_text(
       json.dumps(generation_config(config, tokenizer), indent=2))
   with_tokenizer = config.tokenizer.kind == "hf"
@@ -78,5 +97,5 @@ def export_run(workdir: epath.PathLike, out: epath.PathLike, *, step: int | None
   else:
     logging.warning("the run used the character tokenizer, which has no Hugging Face form; "
                     "%s holds the model and generation config only", target)
-  return {"step": step, "out": str(target), "files": sorted(p.name for p in target.iterdir()),
-          "tokenizer_files": with_tokenizer}
+  return {"step": policy.step, "out": str(target),
+          "files": sorted(p.name for p in target.iterdir()), "tokenizer_files": with_tokenizer}

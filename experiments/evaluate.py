@@ -20,16 +20,12 @@ model on 128 eval prompts x 16 samples takes about 20 s on 2 CPU cores.
 import json
 import os
 
-import jax
-import ml_collections
 from absl import app, flags
 
 from entropix_rl import benchmark_eval, console, data, export, paths, plots, sampling, tasks
-from entropix_rl.models import hf, init_params
+from entropix_rl.models import hf
 from entropix_rl.tokenizer import HFTokenizer
 from entropix_rl.train import experiment
-from entropix_rl.train.checkpoint import Checkpointer
-from entropix_rl.train.config import ExperimentConfig
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A Hugging Face model directory.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: --checkpoint).")
@@ -50,23 +46,6 @@ _BATCH_PROMPTS = flags.DEFINE_integer("batch_prompts", 64, "Prompts sampled toge
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", None, "Output directory for eval.json and pass_at_k.png.")
 flags.mark_flags_as_required(["out"])
-
-
-def _from_run(workdir: str, step: int | None):
-  """(model config, params, tokenizer, task, run config) of a training run's checkpoint."""
-  info = json.loads((paths.as_path(workdir) / "run_info.json").read_text())
-  config = ExperimentConfig.from_config_dict(ml_collections.ConfigDict(info["config"]))
-  model_cfg = export.run_model_config(info)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
-          jax.devices()[0])), jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0))))
-  checkpointer = Checkpointer(paths.as_path(workdir) / "checkpoints", save_every=1, keep=1 << 30)
-  try:
-    params, _ = checkpointer.restore_params(abstract, step)
-  finally:
-    checkpointer.close()
-  task = tasks.get_task(config.task.name, **config.task.kwargs)
-  return model_cfg, params, experiment.make_tokenizer(config), task, config
 
 
 def _datasets(task, config) -> dict[str, list]:
@@ -104,7 +83,10 @@ def main(argv):
     tokenizer = HFTokenizer(_TOKENIZER.value or _CHECKPOINT.value)
     task, config = tasks.get_task("math"), None
   else:
-    model_cfg, params, tokenizer, task, config = _from_run(_WORKDIR.value, _STEP.value)
+    policy = export.load_run_policy(_WORKDIR.value, _STEP.value)
+    model_cfg, params, config = policy.model, policy.params, policy.config
+    tokenizer = experiment.make_tokenizer(config)
+    task = tasks.get_task(config.task.name, **config.task.kwargs)
   max_new = _MAX_NEW_TOKENS.value or (config.sampler.max_new_tokens if config else 4096)
   max_prompt = _MAX_PROMPT_LEN.value or (config.data.max_prompt_len if config else 1024)
   sampler_cfg = sampling.SamplerConfig(temperature=_TEMPERATURE.value, top_p=_TOP_P.value,

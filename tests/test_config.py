@@ -71,28 +71,30 @@ def test_fields_the_issue_named_are_settable_from_the_command_line(tmp_path):
   assert not os.path.exists(os.path.join(tmp_path, "w", "sft"))  # no SFT ran first
 
 
-def test_unknown_and_missing_keys_are_named_with_the_known_ones():
+def _set(path, value):
+  def mutate(config):
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return mutate
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (_set("model.hidden_sizee", 64),
+     r"unknown key\(s\) \['model.hidden_sizee'\]; known keys of model: \[.*'hidden_size'"),
+    (_set("checkpoint.every", 5),
+     r"'checkpoint.every'.*known keys of checkpoint: \['keep', 'save_every'\]"),
+    (lambda config: config.data.__delitem__("eval_fraction"),
+     r"the config lacks \['data.eval_fraction'\]"),
+    (_set("extra_section", 1), r"unknown key\(s\) \['extra_section'\]"),
+])
+def test_unknown_and_missing_keys_are_named_with_the_known_ones(mutate, message):
   config = quickstart.get_config()
   with config.unlocked():
-    config.model.hidden_sizee = 64
-  with pytest.raises(ValueError, match=r"unknown key\(s\) \['model.hidden_sizee'\]; known keys "
-                                       r"of model: \[.*'hidden_size'"):
-    ExperimentConfig.from_config_dict(config)
-  config = quickstart.get_config()
-  with config.unlocked():
-    config.checkpoint.every = 5
-  with pytest.raises(ValueError, match=r"'checkpoint.every'.*known keys of checkpoint: "
-                                       r"\['keep', 'save_every'\]"):
-    ExperimentConfig.from_config_dict(config)
-  config = quickstart.get_config()
-  with config.unlocked():
-    del config.data["eval_fraction"]
-  with pytest.raises(ValueError, match=r"the config lacks \['data.eval_fraction'\]"):
-    ExperimentConfig.from_config_dict(config)
-  config = quickstart.get_config()
-  with config.unlocked():
-    config.extra_section = 1
-  with pytest.raises(ValueError, match=r"unknown key\(s\) \['extra_section'\]"):
+    mutate(config)
+  with pytest.raises(ValueError, match=message):
     ExperimentConfig.from_config_dict(config)
 
 

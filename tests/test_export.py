@@ -6,15 +6,14 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
 
+from entropix_rl import export
 from entropix_rl.models import forward
 from entropix_rl.tokenizer import HFTokenizer
 from entropix_rl.train import experiment
-from entropix_rl.train.checkpoint import Checkpointer
 from tests.test_train import small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +42,7 @@ def test_export_of_a_trained_run_loads_in_transformers_with_our_logits(tmp_path)
 
   from transformers import AutoModelForCausalLM
   model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
-  params, _ = _step_params(run, exp.model, 1)
+  params = export.load_run_policy(run, 1).params
   tokens = np.random.default_rng(0).integers(3, exp.model.vocab_size, (2, 12)).astype(np.int32)
   ours, _ = forward(exp.model, params, tokens)
   with torch.no_grad():
@@ -60,20 +59,7 @@ def test_export_of_a_trained_run_loads_in_transformers_with_our_logits(tmp_path)
   assert result["prompts"] == 8 and set(result["pass@k"]) == {"1", "2", "4"}
 
 
-def _step_params(run: str, model_cfg, step: int):
-  from entropix_rl.models import init_params
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-      jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0))))
-  ckpt = Checkpointer(os.path.join(run, "checkpoints"), save_every=1, keep=10)
-  try:
-    return ckpt.restore_params(abstract, step)
-  finally:
-    ckpt.close()
-
-
 def test_export_needs_a_training_run(tmp_path):
-  from entropix_rl import export
   with pytest.raises(FileNotFoundError, match="run_info.json does not exist"):
     export.export_run(str(tmp_path), str(tmp_path / "out"))
 

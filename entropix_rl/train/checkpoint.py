@@ -45,7 +45,6 @@ class Checkpointer:
       raise ValueError(f"checkpoint.save_every={save_every} must be a positive number of steps")
     if keep <= 0:
       raise ValueError(f"checkpoint.keep={keep} must be >= 1")
-    self.save_every = save_every
     self.directory = epath.Path(directory)
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(

@@ -18,7 +18,7 @@ import dataclasses
 import numbers
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -48,7 +48,7 @@ class TaskConfig:
   name: str = "decomposition"
   kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-  def validate(self) -> None:
+  def __post_init__(self):
     check_choice("task.name", self.name, tuple(tasks.TASKS))
     try:
       tasks.get_task(self.name, **self.kwargs)
@@ -63,7 +63,7 @@ class TokenizerConfig:
   kind: str = "char"
   path: str = ""
 
-  def validate(self) -> None:
+  def __post_init__(self):
     check_choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
     if self.kind == "hf" and not self.path:
       raise ValueError("tokenizer.path must name a Hugging Face tokenizer with tokenizer.kind='hf'")
@@ -91,7 +91,7 @@ class ModelSection:
   attention_block_k: int = 512
   architecture: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-  def validate(self) -> None:
+  def __post_init__(self):
     check_choice("model.init", self.init, MODEL_INITS)
     if self.init == "checkpoint" and not self.checkpoint:
       raise ValueError("model.checkpoint must name a Hugging Face checkpoint directory when "
@@ -120,7 +120,7 @@ class SFTConfig:
   micro_batch_size: int = 0
   optimizer: OptimizerConfig = OptimizerConfig()
 
-  def validate(self) -> None:
+  def __post_init__(self):
     _positive("sft.steps", self.steps, 0)
     _positive("sft.batch_size", self.batch_size)
     _positive("sft.log_every", self.log_every)
@@ -152,7 +152,7 @@ class RLConfig:
   step_delimiter: str = ""
   cluster_by: str = "exact_string"
 
-  def validate(self) -> None:
+  def __post_init__(self):
     _positive("rl.steps", self.steps, 0)
     for name in ("prompts_per_step", "group_size", "ppo_epochs", "num_minibatches",
                  "max_gen_batches", "token_chunk", "feature_chunk", "max_skipped_updates"):
@@ -170,7 +170,7 @@ class CheckpointConfig:
   save_every: int = 100
   keep: int = 2
 
-  def validate(self) -> None:
+  def __post_init__(self):
     _positive("checkpoint.save_every", self.save_every)
     _positive("checkpoint.keep", self.keep)
 
@@ -182,7 +182,7 @@ class LoggingConfig:
   console_every: int = 25
   tensorboard: bool = True
 
-  def validate(self) -> None:
+  def __post_init__(self):
     _positive("logging.console_every", self.console_every)
 
 
@@ -194,7 +194,7 @@ class MeshConfig:
   fsdp: int = 1
   tensor: int = 1
 
-  def validate(self) -> None:
+  def __post_init__(self):
     for name in ("data", "fsdp", "tensor"):
       if getattr(self, name) == 0 or getattr(self, name) < -1:
         raise ValueError(f"mesh.{name}={getattr(self, name)}; allowed: an int >= 1, or -1 (the "
@@ -216,7 +216,7 @@ class DistributedConfig:
   num_processes: int = 0
   process_id: int = -1
 
-  def validate(self) -> None:
+  def __post_init__(self):
     _positive("distributed.num_processes", self.num_processes, 0, " (0 = discovered)")
     _positive("distributed.process_id", self.process_id, -1, " (-1 = discovered)")
 
@@ -269,15 +269,6 @@ def section(value: Any) -> ml_collections.ConfigDict:
       out[field.name] = config_dict.placeholder(_base_type(hints[field.name]))
     else:
       out[field.name] = dict(item) if isinstance(item, Mapping) else item
-  return out
-
-
-def model_section(model: ModelSection) -> ml_collections.ConfigDict:
-  """`config.model`: the section's own fields plus the architecture fields, flat."""
-  out = section(dataclasses.replace(model, architecture={}))
-  del out["architecture"]
-  for key, value in model.architecture.items():
-    out[key] = value
   return out
 
 
@@ -340,23 +331,25 @@ def _type_name(hint: Any) -> str:
   return getattr(_base_type(hint), "__name__", str(hint))
 
 
-def _typed(cls: type, path: str, values: Mapping[str, Any], *, nested: Mapping[str, Any] = ()
-           ) -> Any:
-  """`cls(**values)` after checking keys (all required) and types; `nested` builds sub-sections."""
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  _check_keys(path, values, tuple(fields), required=tuple(fields))
+def _typed(cls: type, path: str, value: Any, **nested: Callable[[Any], Any]) -> Any:
+  """`cls(**section)` after checking keys (all required) and types (the dataclass checks the
+  ranges); `nested` builds sub-sections by field name."""
+  values = _as_dict(value, path)
+  fields = tuple(f.name for f in dataclasses.fields(cls))
+  _check_keys(path, values, fields, required=fields)
   hints = typing.get_type_hints(cls)
   kwargs = {}
-  for name, value in values.items():
-    if name in dict(nested):
-      kwargs[name] = dict(nested)[name](value)
+  for name, item in values.items():
+    if name in nested:
+      kwargs[name] = nested[name](item)
       continue
-    _check_type(f"{path}.{name}", value, hints[name])
-    kwargs[name] = tuple(value) if typing.get_origin(_base_type(hints[name])) is tuple else value
-  out = cls(**kwargs)
-  if hasattr(out, "validate"):
-    out.validate()
-  return out
+    _check_type(f"{path}.{name}", item, hints[name])
+    kwargs[name] = tuple(item) if typing.get_origin(_base_type(hints[name])) is tuple else item
+  return cls(**kwargs)
+
+
+def _builder(cls: type, path: str, **nested: Callable[[Any], Any]) -> Callable[[Any], Any]:
+  return lambda value: _typed(cls, path, value, **nested)
 
 
 def _optimizer(path: str) -> Any:
@@ -364,7 +357,7 @@ def _optimizer(path: str) -> Any:
   to `path`."""
   def build(value: Any) -> OptimizerConfig:
     try:
-      return _typed(OptimizerConfig, path, _as_dict(value, path))
+      return _typed(OptimizerConfig, path, value)
     except ValueError as err:
       raise ValueError(str(err).replace("optimizer.", f"{path}.") if path != "optimizer"
                        else str(err)) from None
@@ -382,10 +375,8 @@ def _model(value: Any) -> ModelSection:
     if key != "rope_scaling":
       _check_type(f"model.{key}", values[key], hints[key])
     architecture[key] = values[key]
-  model = _typed(ModelSection, "model", {**{k: values[k] for k in own},
-                                         "architecture": architecture},
-                 nested={"architecture": lambda v: dict(v)})
-  return model
+  return _typed(ModelSection, "model", {**{k: values[k] for k in own},
+                                        "architecture": architecture}, architecture=dict)
 
 
 def _sampler(value: Any) -> sampling.SamplerConfig:
@@ -399,26 +390,20 @@ def _sampler(value: Any) -> sampling.SamplerConfig:
   return sampling.SamplerConfig(**values)
 
 
-def _eval(value: Any) -> EvalConfig:
-  return _typed(EvalConfig, "eval", _as_dict(value, "eval"))
-
-
 _BUILDERS = {
-    "task": lambda v: _typed(TaskConfig, "task", _as_dict(v, "task"),
-                             nested={"kwargs": lambda k: dict(_as_dict(k, "task.kwargs"))}),
-    "tokenizer": lambda v: _typed(TokenizerConfig, "tokenizer", _as_dict(v, "tokenizer")),
-    "data": lambda v: _typed(data.DataConfig, "data", _as_dict(v, "data")),
+    "task": _builder(TaskConfig, "task", kwargs=lambda k: _as_dict(k, "task.kwargs")),
+    "tokenizer": _builder(TokenizerConfig, "tokenizer"),
+    "data": _builder(data.DataConfig, "data"),
     "model": _model,
     "sampler": _sampler,
-    "sft": lambda v: _typed(SFTConfig, "sft", _as_dict(v, "sft"),
-                            nested={"optimizer": _optimizer("sft.optimizer")}),
-    "rl": lambda v: _typed(RLConfig, "rl", _as_dict(v, "rl")),
+    "sft": _builder(SFTConfig, "sft", optimizer=_optimizer("sft.optimizer")),
+    "rl": _builder(RLConfig, "rl"),
     "optimizer": _optimizer("optimizer"),
     "loss": losses.resolve_loss_config,
-    "eval": _eval,
-    "checkpoint": lambda v: _typed(CheckpointConfig, "checkpoint", _as_dict(v, "checkpoint")),
-    "logging": lambda v: _typed(LoggingConfig, "logging", _as_dict(v, "logging")),
-    "mesh": lambda v: _typed(MeshConfig, "mesh", _as_dict(v, "mesh")),
-    "distributed": lambda v: _typed(DistributedConfig, "distributed", _as_dict(v, "distributed")),
+    "eval": _builder(EvalConfig, "eval"),
+    "checkpoint": _builder(CheckpointConfig, "checkpoint"),
+    "logging": _builder(LoggingConfig, "logging"),
+    "mesh": _builder(MeshConfig, "mesh"),
+    "distributed": _builder(DistributedConfig, "distributed"),
 }
 _SECTIONS = ("seed", "method", *_BUILDERS)

@@ -327,6 +327,7 @@ class RLRun:
     self.log = log and jax.process_index() == 0
     self.scorer = Scorer(task, tokenizer)
     optimizer = make_optimizer(exp.rl_optimizer)
+    self.lr_schedule = learning_rate_schedule(exp.rl_optimizer)
     rng = jax.random.PRNGKey(self.cfg.seed)
     self.mesh = mesh
     self.state, self.state_shardings = create_train_state_on_mesh(
@@ -383,7 +384,7 @@ class RLRun:
   def _learning_rate(self, step: int) -> float:
     """The schedule's learning rate at RL step `step`'s first optimizer update."""
     updates_per_step = self.exp.rl.ppo_epochs * self.exp.rl.num_minibatches
-    return float(learning_rate_schedule(self.exp.rl_optimizer)((step - 1) * updates_per_step))
+    return float(self.lr_schedule((step - 1) * updates_per_step))
 
   def _count_skips(self, step: int, skipped: bool) -> None:
     """Counts updates skipped in a row (non-finite loss or gradient; `rl_update` left the
