@@ -1,6 +1,7 @@
 """End to end: a few steps of a smaller quickstart, and config validation (interruptions and
 resume: tests/faults/test_interruptions.py)."""
 
+import glob
 import json
 import os
 import subprocess
@@ -9,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+import wandb_records
 from configs import quickstart
+from entropix_rl import run_logs
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
 
@@ -36,16 +39,22 @@ def read_metrics(workdir):
 
 
 @pytest.mark.slow
-def test_end_to_end_writes_metrics_and_checkpoints(tmp_path):
+def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
   workdir = str(tmp_path / "run")
-  experiment.run(small_config(**{"loss.name": "clip_cov", "eval.every": 2}), workdir, log=False)
+  wandb_dir = str(tmp_path / "wandb_files")
+  tracking = {"logging.samples_every": 2, "logging.num_samples": 3, "logging.tensorboard": True,
+              "logging.wandb.enabled": True, "logging.wandb.mode": "offline",
+              "logging.wandb.dir": wandb_dir}
+  experiment.run(small_config(**{"loss.name": "clip_cov", "eval.every": 2, **tracking}), workdir,
+                 log=False)
   records = read_metrics(workdir)
   assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
   step = records[-1]
   for key in ("entropy/paper", "entropy/token_mean", "reward/mean", "cov/mean", "loss/clip_frac",
               "loss/approx_kl", "loss/kl_ref", "dynamics/predicted_entropy_change",
               "dynamics/measured_entropy_change", "time/tokens_per_s",
-              "accuracy/distinct_correct_per_group", "eval/greedy_accuracy", "eval/pass@4"):
+              "accuracy/distinct_correct_per_group", "eval/greedy_accuracy", "eval/pass@4",
+              "optimizer/learning_rate"):
     assert key in step and np.isfinite(step[key]), key
   assert 0.0 < step["entropy/paper"] <= np.log(experiment.make_tokenizer(small_config()).vocab_size) + 1e-5
   assert os.path.exists(os.path.join(workdir, "DONE"))
@@ -53,6 +62,33 @@ def test_end_to_end_writes_metrics_and_checkpoints(tmp_path):
   info = json.load(open(os.path.join(workdir, "run_info.json")))
   assert info["method"] == "clip_cov" and info["non_embedding_params"] > 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
+
+  tables = [json.loads(line) for line in open(os.path.join(workdir, "tables", "samples.jsonl"))]
+  assert [t["step"] for t in tables] == [2, 4]
+  rows = tables[-1]["rows"]
+  assert len(rows) == 3 and list(rows[0]) == list(experiment.SAMPLE_COLUMNS)
+  assert all(r["prompt"] and r["length"] >= 1 and r["entropy"] > 0 for r in rows)
+  assert {r["reward"] for r in rows} <= {0.0, 1.0} and rows[0]["group"] == 0
+  events = b"".join(open(f, "rb").read() for f in run_logs.event_files(workdir))
+  assert rows[0]["prompt"].encode() in events  # the table as TensorBoard text
+
+  run_id = open(os.path.join(workdir, "wandb_run_id")).read()
+  (first,) = glob.glob(os.path.join(wandb_dir, "wandb", f"offline-run-*-{run_id}", "*.wandb"))
+  logged = wandb_records.history(first)
+  assert sorted(logged) == [0, 1, 2, 3, 4]
+  for s, record in zip(range(5), records):
+    assert json.loads(logged[s]["reward/mean"] if s else logged[s]["eval/greedy_accuracy"]) == \
+        pytest.approx(record["reward/mean"] if s else record["eval/greedy_accuracy"], rel=1e-6)
+  assert json.loads(logged[4]["samples/nrows"]) == 3 and "samples/_type" in logged[2]
+
+  experiment.run(small_config(**{"loss.name": "clip_cov", "eval.every": 2, "rl.steps": 6,
+                                 **tracking}), workdir, log=False)  # resumes at step 4
+  assert [r["step"] for r in read_metrics(workdir)] == [0, 1, 2, 3, 4, 5, 6]
+  tables = [json.loads(line) for line in open(os.path.join(workdir, "tables", "samples.jsonl"))]
+  assert [t["step"] for t in tables] == [2, 4, 6]
+  runs = sorted(glob.glob(os.path.join(wandb_dir, "wandb", f"offline-run-*-{run_id}*", "*.wandb")))
+  assert len(runs) == 2  # the same W&B run id continues
+  assert sorted(wandb_records.history(next(r for r in runs if r != first))) == [5, 6]
 
 
 BAD_CONFIGS = [

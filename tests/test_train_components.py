@@ -15,7 +15,7 @@ import pytest
 from entropix_rl import run_logs
 from entropix_rl.train import batching, rollout_metrics
 from entropix_rl.train.checkpoint import Checkpointer
-from entropix_rl.train.metrics import MetricWriter, Progress
+from entropix_rl.train.metrics import MetricWriter, Progress, Table
 from entropix_rl.train.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from entropix_rl.train.state import create_train_state
 
@@ -34,6 +34,20 @@ def test_metric_writer_jsonl_and_truncate_on_resume(tmp_path):
   lines = open(os.path.join(tmp_path, "metrics.jsonl")).read().splitlines()
   assert [json.loads(l)["step"] for l in lines] == [1, 2, 3]
   assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_tables_are_trimmed_on_resume_and_rendered_for_tensorboard(tmp_path):
+  writer = MetricWriter(str(tmp_path), tensorboard=False)
+  for step in (2, 4, 6):
+    writer.write_table(step, "samples", Table(("prompt", "reward"), (("a|b\nc", 1.0),)))
+  MetricWriter(str(tmp_path), tensorboard=False).truncate_after(4)
+  lines = open(tmp_path / "tables" / "samples.jsonl").read().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == [2, 4]
+  assert json.loads(lines[0])["rows"] == [{"prompt": "a|b\nc", "reward": 1.0}]
+  markdown = Table(("prompt", "reward"), (("a|b\nc", 0.25),)).markdown().splitlines()
+  assert markdown == ["| prompt | reward |", "|---|---|", "| a\\|b⏎c | 0.25 |"]
+  with pytest.raises(ValueError, match="rows \\[0\\] do not have 2 cells"):
+    Table(("prompt", "reward"), (("only one",),))
 
 
 def test_progress_prints_eta(capsys):

@@ -30,6 +30,7 @@ from entropix_rl.models import ModelConfig
 from entropix_rl.models.attention import ATTENTION_IMPLS
 from entropix_rl.train.evaluation import EvalConfig
 from entropix_rl.train.optim import OptimizerConfig
+from entropix_rl.train.wandb_sink import WandbConfig
 
 MODEL_INITS = ("random", "checkpoint")
 TOKENIZER_KINDS = ("char", "hf")
@@ -177,13 +178,27 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
-  """console_every: RL steps between console lines; tensorboard: also write event files."""
+  """Where metrics go besides `metrics.jsonl` (`train.metrics`).
+
+  Attributes:
+    console_every: RL steps between console lines.
+    tensorboard: also write TensorBoard event files (`workdir/tensorboard/`).
+    samples_every: RL steps between tables of sample completions with their rewards
+      (`workdir/tables/samples.jsonl`, TensorBoard text, a W&B table); 0 = never.
+    num_samples: rows per table (the first rollout rows of the step, whole groups first).
+    wandb: the Weights & Biases sink (`train.wandb_sink.WandbConfig`).
+  """
 
   console_every: int = 25
   tensorboard: bool = True
+  samples_every: int = 25
+  num_samples: int = 8
+  wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
   def __post_init__(self):
     _positive("logging.console_every", self.console_every)
+    _positive("logging.samples_every", self.samples_every, minimum=0, note=" (0 = never)")
+    _positive("logging.num_samples", self.num_samples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,7 +417,8 @@ _BUILDERS = {
     "loss": losses.resolve_loss_config,
     "eval": _builder(EvalConfig, "eval"),
     "checkpoint": _builder(CheckpointConfig, "checkpoint"),
-    "logging": _builder(LoggingConfig, "logging"),
+    "logging": _builder(LoggingConfig, "logging",
+                        wandb=_builder(WandbConfig, "logging.wandb")),
     "mesh": _builder(MeshConfig, "mesh"),
     "distributed": _builder(DistributedConfig, "distributed"),
 }

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -31,7 +32,7 @@ from entropix_rl.train import rollout as rollout_lib
 from entropix_rl.train.checkpoint import Checkpointer, PreemptionGuard, preemption_agreed
 from entropix_rl.train.config import ExperimentConfig, ModelSection
 from entropix_rl.train.evaluation import EvalConfig, evaluate
-from entropix_rl.train.metrics import MetricWriter, Progress
+from entropix_rl.train.metrics import MetricWriter, Progress, Table
 from entropix_rl.train.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.sft_step import make_sft_step
@@ -294,6 +295,27 @@ def _host_block(rows: int, what: str) -> slice:
   return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
 
 
+SAMPLE_COLUMNS = ("group", "prompt", "completion", "reward", "correct", "length", "truncated",
+                  "entropy")
+
+
+def samples_table(responses: rollout_lib.Responses, decode: Callable[[Sequence[int]], str],
+                  num_rows: int) -> Table:
+  """The first `num_rows` rollout rows (rows of one prompt are adjacent) as a table: the
+  prompt and completion text, reward, the verifier's judgement, length, truncation and the
+  mean token entropy."""
+  rows = []
+  sums, lengths = rollout_metrics.response_entropy_sums(responses.entropy,
+                                                        responses.completion_mask)
+  for i in range(min(num_rows, responses.rows)):
+    prompt = responses.prompt_tokens[i, responses.prompt_tokens.shape[1]
+                                     - int(responses.prompt_lengths[i]):]
+    rows.append((int(responses.group_ids[i]), decode(prompt), responses.texts[i],
+                 float(responses.rewards[i]), bool(responses.correct[i]), int(lengths[i]),
+                 bool(responses.truncated[i]), float(sums[i] / max(lengths[i], 1))))
+  return Table(SAMPLE_COLUMNS, tuple(rows))
+
+
 def _rollout_metrics(responses: rollout_lib.Responses) -> dict[str, float]:
   """Reward, accuracy, distinct correct answers, lengths and entropy of a rollout, over every
   host's rows (gathered exactly, so any number of processes gives the one-process values)."""
@@ -354,7 +376,8 @@ class RLRun:
                                      keep=self.cfg.checkpoint.keep)
     self.is_writer = jax.process_index() == 0
     self.writer = MetricWriter(self.workdir, enabled=self.is_writer,
-                               tensorboard=self.cfg.logging.tensorboard)
+                               tensorboard=self.cfg.logging.tensorboard,
+                               wandb=self.cfg.logging.wandb, run_config=json.loads(self.cfg.source))
     self.start_step = 0
     self.skipped_in_a_row = 0
     if self.checkpointer.latest_step() is not None:
@@ -403,9 +426,10 @@ class RLRun:
           f"{self.checkpointer.directory}; look at reward/mean and loss/* in metrics.jsonl "
           "for NaN or inf.")
 
-  def _collect(self, sample_key: jax.Array) -> tuple[dict, dict]:
+  def _collect(self, sample_key: jax.Array) -> tuple[dict, dict, rollout_lib.Responses]:
     """Samples, scores and (through rollout interventions) reshapes prompt batches until
-    enough informative groups (dynamic sampling); returns the update's batch and metrics."""
+    enough informative groups (dynamic sampling); returns the update's batch, its metrics and
+    the first round's responses."""
     rl, cfg = self.exp.rl, self.cfg.rl
     interventions = self.state.interventions
     temperature = rollout_lib.sampling_temperature(self.exp.loss, interventions)
@@ -450,7 +474,7 @@ class RLRun:
         "dynamic_sampling/filled_groups": int(groups["filled"].sum()),
         **_rollout_metrics(kept[0]),
     }
-    return batch, metrics
+    return batch, metrics, kept[0]
 
   def _assemble(self, kept: list[rollout_lib.Responses], keeps: list[np.ndarray]
                 ) -> tuple[dict, int]:
@@ -511,7 +535,7 @@ class RLRun:
         t0 = time.perf_counter()
         rng, sample_key = jax.random.split(self.state.rng)
         self.state = self.state.replace(rng=rng)
-        batch, metrics = self._collect(sample_key)
+        batch, metrics, responses = self._collect(sample_key)
         t_sample = time.perf_counter() - t0
         self.state, update_metrics = self.update(self.state, sharding.to_global(batch, self.mesh))
         metrics.update(jax.device_get(update_metrics))
@@ -523,6 +547,10 @@ class RLRun:
         if self.exp.eval.every and (step % self.exp.eval.every == 0 or step == total):
           metrics.update(self._evaluate(step))
         history.append(self.writer.write(step, metrics))
+        every = self.cfg.logging.samples_every
+        if every and (step % every == 0 or step == total):
+          self.writer.write_table(step, "samples", samples_table(
+              responses, self.tokenizer.decode, self.cfg.logging.num_samples))
         progress.update(step, history[-1])
         self._count_skips(step, bool(metrics["update/skipped"]))
         preempted = preemption_agreed(guard, self.checkpointer, step)
