@@ -68,8 +68,8 @@ class CharTokenizer:
   def decode(self, ids: Sequence[int], **kwargs: Any) -> str:
     del kwargs
     out = []
-    for i in ids:
-      i = int(i)
+    for token in ids:
+      i = int(token)
       if i == self.eos_id():
         break
       if i >= self._first:

@@ -345,8 +345,8 @@ def plot_fit(points: Mapping[str, tuple[ArrayLike, ArrayLike]], law: LawFit, out
   """
   fig, (ax,) = plots.new_figure(6.4, 4.6)
   h_max = 0.0
-  for label, (h, r) in points.items():
-    h, r = np.asarray(h, np.float64), np.asarray(r, np.float64)
+  for label, (h_values, r_values) in points.items():
+    h, r = np.asarray(h_values, np.float64), np.asarray(r_values, np.float64)
     ax.scatter(h, r, s=16, alpha=0.8, label=label)
     h_max = max(h_max, float(np.max(h)) if h.size else 0.0)
   grid = np.linspace(0.0, 1.05 * h_max if h_max > 0 else 1.0, 200)

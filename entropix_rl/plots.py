@@ -36,7 +36,7 @@ def plot_runs(runs: dict[str, str], out_png: str, panels=PANELS) -> str:
       if key in run.keys():
         steps, values = run.series(key)
         ax.plot(steps, values, label=label, marker="." if len(steps) < 30 else None)
-  for ax, (key, title) in zip(axes, panels):
+  for ax, (_, title) in zip(axes, panels):
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("RL step")
     ax.grid(alpha=0.3)

@@ -203,7 +203,7 @@ def _choose(logits: jax.Array, keys: jax.Array, temperatures: jax.Array, cfg: Sa
     tokens = jnp.argmax(logits, axis=-1)
   else:
     restricted = jax.nn.softmax(_filtered_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
-    uniform = 1.0 - jax.vmap(lambda key: jax.random.uniform(key))(keys)  # in (0, 1]
+    uniform = 1.0 - jax.vmap(jax.random.uniform)(keys)  # in (0, 1]
     tokens = _inverse_cdf(restricted, uniform)
   tokens = tokens.astype(jnp.int32)
   logp = jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
@@ -382,9 +382,9 @@ def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, 
 
   def store(ids: np.ndarray, start: int, values: tuple) -> None:
     mine = (ids >= offset) & (ids < offset + row_ids.size)
-    for buf, val in zip(outputs, values):
-      val = _gather(val)[mine][:, :c - start]
-      buf[ids[mine] - offset, start:start + val.shape[1]] = val
+    for buf, value in zip(outputs, values):
+      rows = _gather(value)[mine][:, :c - start]
+      buf[ids[mine] - offset, start:start + rows.shape[1]] = rows
 
   global_ids = np.where(row_ids >= 0, row_ids + offset, -1).astype(np.int32)
   state, first = compiled_prefill(model_cfg, cfg, mesh)(

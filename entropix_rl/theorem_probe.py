@@ -47,8 +47,8 @@ from entropix_rl.models import ModelConfig, unembedding
 from entropix_rl.train import passes
 
 OPTIMIZERS: dict[str, Callable[[jax.Array], optax.GradientTransformation]] = {
-    "sgd": lambda lr: optax.sgd(lr),
-    "adam": lambda lr: optax.adam(lr),
+    "sgd": optax.sgd,
+    "adam": optax.adam,
 }
 PROBE_FIELDS = ("tokens", "attention_mask", "completion", "completion_mask", "advantages")
 

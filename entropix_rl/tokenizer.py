@@ -62,8 +62,8 @@ class CharTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     """Decodes ids, dropping special tokens and stopping at the first `<eos>`."""
     out = []
-    for i in ids:
-      i = int(i)
+    for token in ids:
+      i = int(token)
       if i == self.EOS:
         break
       if i >= len(self._SPECIALS):

@@ -127,7 +127,7 @@ def selection_equivalence():
     cfg.kl_cov.ratio = 0.05
     cfg = losses.resolve_loss_config(cfg)
 
-    def fn(x, m):
+    def fn(x, m, cfg=cfg):
       grad_fn = jax.grad(lambda lp: losses.policy_loss(
           cfg, logp=lp, old_logp=x["old_logp"], advantages=x["advantages"], mask=m,
           rng=jax.random.PRNGKey(7))[0])
@@ -338,7 +338,7 @@ def rollout_equivalence():
       params = init_params(exp.model, jax.random.PRNGKey(4), init_std=0.3)
       with tempfile.TemporaryDirectory() as tmp:
         run = experiment.RLRun(exp, tmp, tokenizer, task, exp.model, params, mesh, log=False)
-        batch, _ = run._collect(jax.random.PRNGKey(5))
+        batch, _, _ = run._collect(jax.random.PRNGKey(5))
         run.checkpointer.close()
       batches[name] = batch
     ref = batches.pop("single")

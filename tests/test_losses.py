@@ -114,7 +114,7 @@ def test_log_ratio_is_clamped_before_exp():
   logp = np.array([[0.0, 0.0]], np.float32)
   old = np.array([[-30.0, 0.0]], np.float32)  # log-ratio 30 on token 0
   adv = np.full(shape, -1.0, np.float32)
-  loss, aux = run(cfg(), dict(logp=logp, old_logp=old, advantages=adv,
+  _, aux = run(cfg(), dict(logp=logp, old_logp=old, advantages=adv,
                               mask=np.ones(shape, np.float32)))
   np.testing.assert_allclose(aux["per_token_loss"][0], [math.exp(20.0), 1.0], rtol=1e-5)
 
@@ -210,7 +210,7 @@ def test_entropy_advantage_shaping_matches_reference():
   shaped = a + np.minimum(0.4 * h, np.abs(a) / 2.0) * m
   assert np.all(np.sign(shaped[m > 0]) == np.sign(a[m > 0]))  # κ = 2 keeps the sign
   config = cfg(**{"entropy_advantage.enabled": True})
-  loss, aux = run(config, batch, entropy=h)
+  loss, _ = run(config, batch, entropy=h)
   ref_loss, _, _ = np_ppo(batch["logp"], batch["old_logp"], shaped, 0.2, 0.2)
   assert loss == pytest.approx(np_agg(ref_loss, m, "token-mean"), rel=1e-5)
   grad_h = jax.grad(lambda e: losses.policy_loss(
@@ -222,7 +222,7 @@ def test_entropy_advantage_shaping_matches_reference():
 @pytest.mark.parametrize("name", ["ppo", "clip_cov", "kl_cov", "high_entropy_tokens"])
 def test_aux_has_a_fixed_key_set_and_shapes(name):
   batch = make_batch(6)
-  loss, aux = run(cfg(name=name), batch, entropy=batch["entropy"])
+  _, aux = run(cfg(name=name), batch, entropy=batch["entropy"])
   assert set(aux) == AUX_KEYS
   assert aux["per_token_loss"].shape == aux["selected"].shape == batch["mask"].shape
   assert aux["selected"].dtype == bool

@@ -27,12 +27,12 @@ def test_metric_writer_jsonl_and_truncate_on_resume(tmp_path):
   writer.close()
   with open(os.path.join(tmp_path, "metrics.jsonl"), "a") as f:
     f.write('{"step": 6, "a/b"')  # a torn line from a killed process
-  records = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl")) if l.endswith("}\n")]
+  records = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl")) if line.endswith("}\n")]
   assert [r["a/b"] for r in records] == [0.5, 1.0, 1.5, 2.0, 2.5]
   assert records[0]["nan"] is None and "text" not in records[0]
   MetricWriter(str(tmp_path), tensorboard=False).truncate_after(3)
   lines = open(os.path.join(tmp_path, "metrics.jsonl")).read().splitlines()
-  assert [json.loads(l)["step"] for l in lines] == [1, 2, 3]
+  assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
   assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
 
 
@@ -42,7 +42,7 @@ def test_tables_are_trimmed_on_resume_and_rendered_for_tensorboard(tmp_path):
     writer.write_table(step, "samples", Table(("prompt", "reward"), (("a|b\nc", 1.0),)))
   MetricWriter(str(tmp_path), tensorboard=False).truncate_after(4)
   lines = open(tmp_path / "tables" / "samples.jsonl").read().splitlines()
-  assert [json.loads(l)["step"] for l in lines] == [2, 4]
+  assert [json.loads(line)["step"] for line in lines] == [2, 4]
   assert json.loads(lines[0])["rows"] == [{"prompt": "a|b\nc", "reward": 1.0}]
   markdown = Table(("prompt", "reward"), (("a|b\nc", 0.25),)).markdown().splitlines()
   assert markdown == ["| prompt | reward |", "|---|---|", "| a\\|b⏎c | 0.25 |"]

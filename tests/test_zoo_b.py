@@ -435,7 +435,7 @@ def test_masked_tokens_never_contribute_even_when_not_finite(name):
 
 @pytest.mark.parametrize("name", sorted(MASKED_SETTINGS))
 def test_aux_keys_are_the_common_contract(name):
-  loss, aux = run(cfg(**MASKED_SETTINGS[name]), make_batch(13))
+  _, aux = run(cfg(**MASKED_SETTINGS[name]), make_batch(13))
   common = set(run(cfg(), make_batch(13))[1])
   assert set(aux) == common and "positive_nll" in common
   for key in common - {"per_token_loss", "selected"}:

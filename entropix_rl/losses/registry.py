@@ -60,7 +60,8 @@ Predicate = Callable[[Any], bool]
 Names = Callable[[Any], frozenset]
 
 
-class TokenFeature(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class TokenFeature:
   """A per-token quantity computed from the full-vocabulary logits.
 
   Attributes:

@@ -119,7 +119,7 @@ class SFTConfig:
   log_every: int = 50
   shared_dir: str = ""
   micro_batch_size: int = 0
-  optimizer: OptimizerConfig = OptimizerConfig()
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
   def __post_init__(self):
     _positive("sft.steps", self.steps, 0)

@@ -172,7 +172,7 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
   loss_cfg = losses.resolve_loss_config(loss_cfg)
   shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   rl_cfg.check_shards(shards)
-  needs, grad_needs = losses.needs(loss_cfg), losses.grad_needs(loss_cfg)
+  needs = losses.needs(loss_cfg)
   old_features = losses.features(loss_cfg, "old")
   current_features = losses.features(loss_cfg, "current")
   micro = rl_cfg.micro_batch_size

@@ -1,0 +1,44 @@
+"""The code's own checks, run by the test command CI uses: formatting (pyink, Google style with
+2-space indents), lint (ruff) and the API reference built from the docstrings (pdoc)."""
+
+import os
+import pkgutil
+import subprocess
+import sys
+import warnings
+
+import entropix_rl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "docs"))
+import build_api  # noqa: E402
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", *command], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, check=False)
+
+
+def test_code_is_formatted_with_pyink():
+  proc = _run("pyink", "--check", "--quiet", ".")
+  assert proc.returncode == 0, ("these files need `pyink .` (settings in pyproject.toml):\n"
+                                + proc.stderr)
+
+
+def test_ruff_finds_no_lint():
+  proc = _run("ruff", "check", "--quiet", ".")
+  assert proc.returncode == 0, f"`ruff check .` (rules in pyproject.toml):\n{proc.stdout}"
+
+
+def test_api_reference_documents_every_module_without_warnings(tmp_path):
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    build_api.build(tmp_path)
+  pdoc_warnings = [str(w.message) for w in caught if "pdoc" in w.filename]
+  assert not pdoc_warnings, pdoc_warnings
+  modules = ["entropix_rl"] + [m.name for m in pkgutil.walk_packages(entropix_rl.__path__,
+                                                                      "entropix_rl.")]
+  missing = [m for m in modules if not (tmp_path / (m.replace(".", "/") + ".html")).exists()]
+  assert not missing, missing
+  page = (tmp_path / "entropix_rl" / "losses" / "clip_cov.html").read_text()
+  assert "Clip-Cov" in page and "Args" in page  # the docstrings, rendered in Google style
