@@ -86,7 +86,7 @@ class SamplerConfig:
   pad_id: int = 0
   min_prompt_bucket: int = 16
   max_decode_rows: int = 0
-  decode_segment: int = 64
+  decode_segment: int = 16
   temperature_rule: Callable[[jax.Array, jax.Array, Any], jax.Array] | None = None
 
   def __post_init__(self):

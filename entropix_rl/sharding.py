@@ -152,9 +152,9 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 
 def kv_cache_specs(mesh: Mesh, num_kv_heads: int) -> dict[str, P]:
-  """KV cache by batch and heads: k/v `[L, B, S, K, Dh]`, valid `[B, S]`, lengths `[B]`."""
+  """KV cache by batch and heads: k/v `[L, B, K, S, Dh]`, valid `[B, S]`, lengths `[B]`."""
   heads = "tensor" if num_kv_heads % mesh.shape["tensor"] == 0 else None
-  kv = P(None, BATCH_AXES, None, heads, None)
+  kv = P(None, BATCH_AXES, heads, None, None)
   return {"k": kv, "v": kv, "valid": P(BATCH_AXES, None), "lengths": P(BATCH_AXES), "index": P()}
 
 

@@ -101,9 +101,10 @@ def test_prefill_equals_forward_with_an_empty_cache():
   valid = np.asarray(mask)
   np.testing.assert_allclose(np.asarray(hidden)[valid], np.asarray(want_hidden)[valid], atol=1e-5)
   valid_slots = np.asarray(want_cache.valid)
+  by_slot = lambda c, name: np.swapaxes(np.asarray(getattr(c, name)), 2, 3)  # [L, B, S, K, Dh]
   for name in ("k", "v"):  # padding slots hold undefined values in both
-    np.testing.assert_allclose(np.asarray(getattr(cache, name))[:, np.asarray(cache.valid)],
-                               np.asarray(getattr(want_cache, name))[:, valid_slots], atol=1e-5)
+    np.testing.assert_allclose(by_slot(cache, name)[:, np.asarray(cache.valid)],
+                               by_slot(want_cache, name)[:, valid_slots], atol=1e-5)
   for name in ("valid", "lengths", "index"):
     np.testing.assert_array_equal(getattr(cache, name), getattr(want_cache, name))
 

@@ -24,7 +24,8 @@ class KVCache:
   """Preallocated key/value cache.
 
   Attributes:
-    k, v: `[L, B, S, K, Dh]` in the compute dtype.
+    k, v: `[L, B, K, S, Dh]` in the compute dtype (heads before slots, so each head's keys
+      are contiguous for the decode-step matmuls).
     valid: `[B, S]` bool, True where a slot holds a real (non-padding) token.
     lengths: `[B]` int32, real tokens seen so far per row (the next RoPE position).
     index: int32 scalar, the next slot to write (shared by all rows).
@@ -38,12 +39,12 @@ class KVCache:
 
   @property
   def max_length(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> KVCache:
   """An empty cache for `batch_size` rows of up to `max_length` tokens (prompt + generation)."""
-  shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+  shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
   return KVCache(
       k=jnp.zeros(shape, config.compute_jnp_dtype),
       v=jnp.zeros(shape, config.compute_jnp_dtype),
@@ -130,22 +131,23 @@ def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cach
                       k_new: jax.Array, v_new: jax.Array, new_valid: jax.Array) -> jax.Array:
   """Attention of T new queries over the cache's valid slots and, causally, the new tokens.
 
-  The new keys are not yet in the cache, so nothing is copied: two score blocks
-  (`[B,K,G,T,S]` over the cache, `[B,K,G,T,T]` over the new tokens) share one softmax.
+  q: `[B, T, H, Dh]`; k_cache, v_cache: one layer's `[B, K, S, Dh]`; k_new, v_new:
+  `[B, T, K, Dh]`. The new keys are not yet in the cache, so nothing is copied: two score
+  blocks (`[B,K,G,T,S]` over the cache, `[B,K,G,T,T]` over the new tokens) share one softmax.
   """
   b, t, h, dh = q.shape
-  kh = k_cache.shape[2]
+  kh = k_cache.shape[1]
   qg = q.reshape(b, t, kh, h // kh, dh)
   scale = dh ** -0.5
-  old = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) * scale
+  old = jnp.einsum("btkgd,bksd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) * scale
   new = jnp.einsum("btkgd,bskd->bkgts", qg, k_new, preferred_element_type=jnp.float32) * scale
   causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
   masked = jnp.finfo(jnp.float32).min
   old = jnp.where(cache_valid[:, None, None, None, :], old, masked)
   new = jnp.where(new_valid[:, None, None, None, :] & causal, new, masked)
   probs = jax.nn.softmax(jnp.concatenate([old, new], axis=-1), axis=-1).astype(v_new.dtype)
-  s = k_cache.shape[1]
-  out = (jnp.einsum("bkgts,bskd->btkgd", probs[..., :s], v_cache)
+  s = k_cache.shape[2]
+  out = (jnp.einsum("bkgts,bksd->btkgd", probs[..., :s], v_cache)
          + jnp.einsum("bkgts,bskd->btkgd", probs[..., s:], v_new))
   return out.reshape(b, t, h, dh)
 
@@ -220,7 +222,8 @@ def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array,
   x, (k_new, v_new) = jax.lax.scan(body, _embed(config, params, tokens),
                                    (params["layers"], cache.k, cache.v))
   hidden = rms_norm(x, params["final_norm"], config.rms_norm_eps)
-  write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new, cache.index, axis=2)
+  write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
+      buf, jnp.swapaxes(new, 2, 3), cache.index, axis=3)  # [L,B,T,K,Dh] into [L,B,K,S,Dh]
   new_cache = KVCache(k=write(cache.k, k_new), v=write(cache.v, v_new),
                       valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.index, 1),
                       lengths=cache.lengths + mask.sum(axis=1, dtype=jnp.int32),
@@ -248,8 +251,9 @@ def prefill(config: ModelConfig, params: Params, tokens: jax.Array, mask: jax.Ar
   mask = mask.astype(bool)
   positions = _default_positions(mask, jnp.zeros((b,), jnp.int32))
   hidden, (k, v) = _self_attention_stack(config, params, tokens, positions, mask, False, True)
-  pad = ((0, 0), (0, 0), (0, max_length - t), (0, 0), (0, 0))
-  cache = KVCache(k=jnp.pad(k, pad), v=jnp.pad(v, pad),
+  pad = ((0, 0), (0, 0), (0, 0), (0, max_length - t), (0, 0))
+  to_cache = lambda x: jnp.pad(jnp.swapaxes(x, 2, 3), pad)  # [L,B,T,K,Dh] -> [L,B,K,S,Dh]
+  cache = KVCache(k=to_cache(k), v=to_cache(v),
                   valid=jnp.pad(mask, ((0, 0), (0, max_length - t))),
                   lengths=mask.sum(axis=1, dtype=jnp.int32), index=jnp.int32(t))
   return hidden, cache
