@@ -126,8 +126,10 @@ def test_model_forward_and_grads_with_each_impl(impl):
                ref_grads)
 
 
-def test_prefill_equals_forward_with_an_empty_cache():
-  config = tiny_config(attention_impl="blockwise", attention_block_q=4, attention_block_k=4)
+@pytest.mark.parametrize("model_type,window", [("qwen2", None), ("mistral", 3)])
+def test_prefill_equals_forward_with_an_empty_cache(model_type, window):
+  config = tiny_config(model_type=model_type, sliding_window=window, attention_impl="blockwise",
+                       attention_block_q=4, attention_block_k=4)
   params = init_params(config, jax.random.PRNGKey(0), init_std=0.2)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, config.vocab_size)
   mask = jnp.ones(tokens.shape, bool).at[1, :5].set(False)

@@ -140,7 +140,8 @@ COMBINATIONS = [
     ({"data.source": "file", "data.path": ""}, "data.path"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),
 ]
-OPTIONAL = {"optimizer.grad_clip_norm", "sft.optimizer.grad_clip_norm"}  # None turns clipping off
+# None turns clipping off; a decoder flag left None takes the model family's value.
+OPTIONAL = {"optimizer.grad_clip_norm", "sft.optimizer.grad_clip_norm", "model.qkv_bias"}
 _BASE = quickstart.get_config()
 _TYPES = {path: type(value) for path, value in leaves(_BASE).items()}
 
