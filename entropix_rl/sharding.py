@@ -18,11 +18,11 @@ tree):
 | down | [L, F, D] | (None, tensor, fsdp) |
 | norms, q_norm, k_norm (qwen3) | [L, D] / [D] / [L, Dh] | replicated |
 
-A param without a rule is an error, not silently replicated. A dimension that the mesh axis size does not divide is replicated over that axis instead (for
-example k/v of a model with 2 KV heads on tensor=4); `describe_param_sharding` reports it.
-The optimizer state follows the params (`optax.tree_utils.tree_map_params`). Because jitted
-steps compute on global arrays, top-k and random token selection (Clip-Cov, KL-Cov) pick the
-same tokens on every mesh as on one device.
+A param without a rule is an error, not silently replicated. A dimension that the mesh axis size
+does not divide is replicated over that axis instead (for example k/v of a model with 2 KV heads
+on tensor=4); `describe_param_sharding` reports it. The optimizer state follows the params
+(`optax.tree_utils.tree_map_params`). Because jitted steps compute on global arrays, top-k and
+random token selection (Clip-Cov, KL-Cov) pick the same tokens on every mesh as on one device.
 """
 
 from __future__ import annotations

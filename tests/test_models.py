@@ -141,9 +141,11 @@ def test_left_padded_batch_matches_transformers(tmp_path):
   np.testing.assert_allclose(np.asarray(ours)[valid], ref[valid], atol=F32_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
-def test_bfloat16_within_stated_tolerance(tmp_path, model_type):
-  model = make_hf_model(model_type)
+@pytest.mark.parametrize("model_type,family_args", [
+    ("qwen2", {}), ("llama", {}), ("qwen3", {"head_dim": 16}), ("mistral", {"sliding_window": 4})],
+    ids=["qwen2", "llama", "qwen3", "mistral-window4"])
+def test_bfloat16_within_stated_tolerance(tmp_path, model_type, family_args):
+  model = make_hf_model(model_type, **family_args)
   path = save_hf_model(model, str(tmp_path / "ckpt"))
   tokens = _tokens()
   reference = _torch_logits(model, tokens)
