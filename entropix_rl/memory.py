@@ -3,8 +3,8 @@
 A first-order budget from the model config and batch shapes, to choose a slice, a mesh and
 the micro-batch knobs before compiling. The ground truth is the compiled program
 (`benchmarks/memory.py` prints both and their ratio; docs/scaling.md has the figures). With
-F = fsdp, T = tensor, S = data · fsdp (data shards), N params, `p`/`c` the param/compute
-itemsizes, per device:
+F = fsdp, T = tensor, S = data · fsdp (data shards), N params (`ModelConfig.num_params`, the
+model family's count: q/k norms included), `p`/`c` the param/compute itemsizes, per device:
 
 * **params** `N·p/(F·T)`; **optimizer** AdamW's two moments, in the param dtype as
   `optax.adamw` keeps them: `2·N·p/(F·T)`; **reference** a frozen param copy when a KL term

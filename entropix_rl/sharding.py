@@ -2,24 +2,27 @@
 
 Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism whose params, grads and
 optimizer state are sharded), `tensor` (heads and MLP hidden units). Batches are sharded over
-`data x fsdp` on their leading axis. Param rules (docs/design.md has the tree):
+`data x fsdp` on their leading axis. Params are partitioned by their name in the tree, with
+the rules of `models.families.PARTITION_RULES`: those every family shares
+(`families.base.COMMON_RULES`) and those of the params a family adds (docs/design.md has the
+tree):
 
 | param | shape | spec |
 | --- | --- | --- |
 | embed | [V, D] | (tensor, fsdp) |
 | lm_head | [D, V] | (fsdp, tensor) |
 | q, k, v | [L, D, heads, Dh] | (None, fsdp, tensor, None) |
-| q_bias, k_bias, v_bias | [L, heads, Dh] | (None, tensor, None) |
+| q_bias, k_bias, v_bias (qwen2) | [L, heads, Dh] | (None, tensor, None) |
 | o | [L, H, Dh, D] | (None, tensor, None, fsdp) |
 | gate, up | [L, D, F] | (None, fsdp, tensor) |
 | down | [L, F, D] | (None, tensor, fsdp) |
-| norms | [L, D] / [D] | replicated |
+| norms, q_norm, k_norm (qwen3) | [L, D] / [D] / [L, Dh] | replicated |
 
-A dimension that the mesh axis size does not divide is replicated over that axis instead (for
-example k/v of a model with 2 KV heads on tensor=4); `describe_param_sharding` reports it.
-The optimizer state follows the params (`optax.tree_utils.tree_map_params`). Because jitted
-steps compute on global arrays, top-k and random token selection (Clip-Cov, KL-Cov) pick the
-same tokens on every mesh as on one device.
+A param without a rule is an error, not silently replicated. A dimension that the mesh axis size
+does not divide is replicated over that axis instead (for example k/v of a model with 2 KV heads
+on tensor=4); `describe_param_sharding` reports it. The optimizer state follows the params
+(`optax.tree_utils.tree_map_params`). Because jitted steps compute on global arrays, top-k and
+random token selection (Clip-Cov, KL-Cov) pick the same tokens on every mesh as on one device.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from entropix_rl.models import init_params
+from entropix_rl.models import families, init_params
 from entropix_rl.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -44,21 +47,6 @@ if TYPE_CHECKING:
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-
-_RULES = {
-    "embed": P("tensor", "fsdp"),
-    "lm_head": P("fsdp", "tensor"),
-    "q": P(None, "fsdp", "tensor", None),
-    "k": P(None, "fsdp", "tensor", None),
-    "v": P(None, "fsdp", "tensor", None),
-    "q_bias": P(None, "tensor", None),
-    "k_bias": P(None, "tensor", None),
-    "v_bias": P(None, "tensor", None),
-    "o": P(None, "tensor", None, "fsdp"),
-    "gate": P(None, "fsdp", "tensor"),
-    "up": P(None, "fsdp", "tensor"),
-    "down": P(None, "tensor", "fsdp"),
-}
 
 
 def distributed_kwargs(cfg: DistributedConfig) -> dict[str, Any]:
@@ -128,10 +116,19 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 
 def param_specs(params: Any, mesh: Mesh) -> Any:
-  """A PartitionSpec per param leaf (by its name in the tree; norms replicated)."""
+  """A PartitionSpec per param leaf, by its name in the tree (`families.PARTITION_RULES`).
+
+  Raises:
+    ValueError: naming the leaf's path and the known names, for a leaf without a rule.
+  """
+  rules = families.PARTITION_RULES
+
   def spec(path, leaf):
     name = getattr(path[-1], "key", str(path[-1]))
-    return _fit(_RULES.get(name, P()), leaf.shape, mesh)
+    if name not in rules:
+      raise ValueError(f"param {jax.tree_util.keystr(path)} has no partition rule; params with "
+                       f"rules: {sorted(rules)} (a model family adds the rules of its params)")
+    return _fit(rules[name], leaf.shape, mesh)
 
   return jax.tree_util.tree_map_with_path(spec, params)
 

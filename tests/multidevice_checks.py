@@ -29,6 +29,9 @@ from entropix_rl.train.state import create_train_state  # noqa: E402
 MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
 MODEL = tiny_config(vocab_size=64, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8,
                     intermediate_size=64, max_position_embeddings=64, qkv_bias=True)
+# Qwen3: q/k norms, and a head_dim (16) that is not hidden_size / num_heads.
+QWEN3 = tiny_config(model_type="qwen3", vocab_size=64, hidden_size=32, num_heads=4, num_kv_heads=2,
+                    head_dim=16, intermediate_size=64, max_position_embeddings=64)
 GROUPS, GROUP_SIZE, PROMPT, COMPLETION = 4, 4, 6, 10
 
 
@@ -258,10 +261,10 @@ def checkpoint_across_meshes():
           "on_target_mesh": specs_match}
 
 
-def sharded_load():
+def sharded_load(model):
   """hf.load with shardings: every param is built in its sharding from per-device reads."""
   from entropix_rl.models import hf  # noqa: PLC0415
-  params = init_params(MODEL, jax.random.PRNGKey(9), init_std=0.3)
+  params = init_params(model, jax.random.PRNGKey(9), init_std=0.3)
   mesh = _mesh((2, 2, 2))
   reads, whole_reads = [], []
   real_open = hf.safe_open
@@ -298,11 +301,11 @@ def sharded_load():
       return Slice()
 
   with tempfile.TemporaryDirectory() as tmp:
-    hf.save(tmp, MODEL, params, max_shard_bytes=20_000)
+    hf.save(tmp, model, params, max_shard_bytes=20_000)
     _, ref = hf.load(tmp)
     hf.safe_open = Spy
     try:
-      _, placed = hf.load(tmp, shardings=sharding.param_shardings(MODEL, mesh))
+      _, placed = hf.load(tmp, shardings=sharding.param_shardings(model, mesh))
     finally:
       hf.safe_open = real_open
     files = len([f for f in os.listdir(tmp) if f.endswith(".safetensors")])
@@ -311,7 +314,9 @@ def sharded_load():
   return {"max_diff": _max_diff(placed, ref), "files": files, "whole_reads": len(whole_reads),
           "largest_read": max(reads), "largest_tensor": largest_tensor,
           "shardings_match": all(a.sharding == b for a, b in zip(
-              jax.tree.leaves(placed), jax.tree.leaves(sharding.param_shardings(MODEL, mesh))))}
+              jax.tree.leaves(placed), jax.tree.leaves(sharding.param_shardings(model, mesh)))),
+          "params": sorted(jax.tree_util.keystr(path)
+                           for path, _ in jax.tree_util.tree_flatten_with_path(placed)[0])}
 
 
 def rollout_equivalence():
@@ -361,7 +366,7 @@ def main():
       "sampler": sampler_equivalence(),
       "params": param_placement(),
       "checkpoint": checkpoint_across_meshes(),
-      "sharded_load": sharded_load(),
+      "sharded_load": {"qwen2": sharded_load(MODEL), "qwen3": sharded_load(QWEN3)},
       "rollout": rollout_equivalence(),
   }
   json.dump(checks, sys.stdout)

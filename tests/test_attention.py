@@ -1,5 +1,6 @@
 """Every attention implementation against the dense reference: values and gradients, with
-left and right padding, grouped-query heads and sequence lengths that the tiles do not divide.
+left and right padding, grouped-query heads, sequence lengths that the tiles do not divide and
+a sliding window.
 
 Tolerances (float32): values 1e-5, gradients 1e-4 (the tiles sum in another order).
 """
@@ -27,14 +28,15 @@ def _inputs(t, heads=4, kv_heads=2, dh=16, batch=3, seed=0):
   return q, k, v, jnp.asarray(valid)
 
 
-def _impl(name):
+def _impl(name, window=None):
   if name == "splash":
-    return lambda q, k, v, valid: attention.splash_attention(q, k, v, valid, block_q=128,
-                                                             block_k=128, interpret=True)
+    return lambda q, k, v, valid: attention.splash_attention(
+        q, k, v, valid, window=window, block_q=128, block_k=128, interpret=True)
   if name == "cudnn":  # the same wrapper with XLA's implementation (no GPU here)
-    return lambda q, k, v, valid: attention.cudnn_attention(q, k, v, valid, implementation=None)
-  return lambda q, k, v, valid: attention.blockwise_attention(q, k, v, valid, block_q=8,
-                                                              block_k=16)
+    return lambda q, k, v, valid: attention.cudnn_attention(q, k, v, valid, window=window,
+                                                            implementation=None)
+  return lambda q, k, v, valid: attention.blockwise_attention(q, k, v, valid, window=window,
+                                                              block_q=8, block_k=16)
 
 
 def _valid_rows(x, valid):
@@ -64,6 +66,40 @@ def test_gradients_match_dense(name):
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=GRAD_TOL, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["blockwise", "splash", "cudnn"])
+def test_sliding_window_values_and_gradients_match_dense(name):
+  """A window of 5 over 37 tokens: blockwise skips the key tiles wholly before the window
+  (forward) and the query tiles whose window does not reach a key tile (backward)."""
+  q, k, v, valid = _inputs(37, seed=3)
+  dense = lambda q, k, v, valid: attention.dense_attention(q, k, v, valid, window=5)
+  ref, got = dense(q, k, v, valid), _impl(name, window=5)(q, k, v, valid)
+  assert np.all(np.isfinite(np.asarray(got)))
+  np.testing.assert_allclose(_valid_rows(got, valid), _valid_rows(ref, valid), atol=VALUE_TOL,
+                             rtol=0)
+  full = attention.dense_attention(q, k, v, valid)
+  assert np.abs(_valid_rows(full, valid) - _valid_rows(ref, valid)).max() > 0.1  # it masks
+  weight = jax.random.normal(jax.random.PRNGKey(6), q.shape) * valid[:, :, None, None]
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, valid) * weight)
+  ref_grads = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)
+  grads = jax.grad(loss(_impl(name, window=5)), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(grads, ref_grads):
+    assert np.all(np.isfinite(np.asarray(g)))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=GRAD_TOL, rtol=0)
+
+
+def test_sliding_window_keys_are_the_last_w_slots():
+  """The dense reference itself: query t sees exactly the valid keys s with t - W < s <= t."""
+  q, k, v, valid = (np.asarray(x, np.float64) for x in _inputs(12, seed=4))
+  out = np.asarray(attention.dense_attention(*_inputs(12, seed=4), window=3))
+  group = q.shape[2] // k.shape[2]
+  for b, t in zip(*np.nonzero(valid)):
+    keys = [s for s in range(max(0, t - 2), t + 1) if valid[b, s]]
+    for h in range(q.shape[2]):
+      scores = k[b, keys, h // group] @ q[b, t, h] / np.sqrt(q.shape[3])
+      probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+      np.testing.assert_allclose(out[b, t, h], probs @ v[b, keys, h // group], atol=VALUE_TOL)
+
+
 def test_bfloat16_blockwise_close_to_dense():
   q, k, v, valid = (x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x
                     for x in _inputs(40, seed=2))
@@ -90,8 +126,10 @@ def test_model_forward_and_grads_with_each_impl(impl):
                ref_grads)
 
 
-def test_prefill_equals_forward_with_an_empty_cache():
-  config = tiny_config(attention_impl="blockwise", attention_block_q=4, attention_block_k=4)
+@pytest.mark.parametrize("model_type,window", [("qwen2", None), ("mistral", 3)])
+def test_prefill_equals_forward_with_an_empty_cache(model_type, window):
+  config = tiny_config(model_type=model_type, sliding_window=window, attention_impl="blockwise",
+                       attention_block_q=4, attention_block_k=4)
   params = init_params(config, jax.random.PRNGKey(0), init_std=0.2)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, config.vocab_size)
   mask = jnp.ones(tokens.shape, bool).at[1, :5].set(False)

@@ -119,6 +119,7 @@ OUT_OF_RANGE = {
     "data.eval_fraction": [0.0, 1.0], "data.bad_records": ["ignore"], "model.init": ["pretrained"],
     "model.param_dtype": ["float16"], "model.compute_dtype": ["int8"],
     "model.attention_impl": ["flash"], "model.attention_block_q": [0],
+    "model.model_type": ["gpt_neox"],
     "model.attention_block_k": [-1], "eval.every": [-1], "eval.num_prompts": [0],
     "eval.num_samples": [0], "eval.pass_k": [(0,), (1, 9)], "checkpoint.save_every": [0],
     "checkpoint.keep": [0], "logging.console_every": [0],
@@ -138,11 +139,13 @@ COMBINATIONS = [
     ({"rl.prompts_per_step": 3, "rl.group_size": 3, "rl.num_minibatches": 2}, "rl.num_minibatches"),
     ({"eval.num_samples": 2, "eval.pass_k": (1, 4)}, "eval.pass_k"),
     ({"model.init": "checkpoint", "model.checkpoint": ""}, "model.checkpoint"),
+    ({"model.model_type": "llama"}, "model.qkv_bias"),  # quickstart's qkv_bias=True is Qwen2's
     ({"tokenizer.kind": "hf", "tokenizer.path": ""}, "tokenizer.path"),
     ({"data.source": "file", "data.path": ""}, "data.path"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),
 ]
-OPTIONAL = {"optimizer.grad_clip_norm", "sft.optimizer.grad_clip_norm"}  # None turns clipping off
+# None turns clipping off; a decoder flag left None takes the model family's value.
+OPTIONAL = {"optimizer.grad_clip_norm", "sft.optimizer.grad_clip_norm", "model.qkv_bias"}
 _BASE = quickstart.get_config()
 _TYPES = {path: type(value) for path, value in leaves(_BASE).items()}
 
@@ -198,6 +201,26 @@ def test_several_invalid_values_fail_naming_one_of_them(cases):
 @pytest.mark.parametrize("overrides,field", COMBINATIONS)
 def test_invalid_combinations_fail_at_start_up_naming_a_field(overrides, field):
   _check_fails_naming(overrides, field)
+
+
+@pytest.mark.parametrize("model_type,flags", [
+    ("qwen3", {}), ("mistral", {"sliding_window": 4}), ("llama", {"sliding_window": None})])
+def test_model_section_takes_every_family_and_its_decoder_flags(model_type, flags):
+  """Architecture fields are ModelConfig's: a family's decoder flags, set or left to it."""
+  config = quickstart.get_config()
+  with config.unlocked():
+    config.model.model_type = model_type
+    del config.model["qkv_bias"]
+    config.model.update(flags)
+  model = experiment.resolve(config).model
+  assert model.family.model_type == model_type
+  assert model.qk_norm == (model_type == "qwen3") and not model.qkv_bias
+  assert model.sliding_window == flags.get("sliding_window")
+
+
+def test_model_type_error_lists_the_families():
+  message = _start_up_error({"model.model_type": "gpt_neox"})
+  assert "model.model_type='gpt_neox'; allowed: ('qwen2', 'llama', 'qwen3', 'mistral')" in message
 
 
 def test_every_field_has_an_invalid_case():

@@ -1,4 +1,5 @@
-"""The JAX decoder against transformers' PyTorch Qwen2/Llama, the KV cache, and HF conversion."""
+"""The JAX decoder against transformers' PyTorch Qwen2, Llama, Qwen3 and Mistral, the KV cache,
+and HF conversion."""
 
 import json
 import os
@@ -22,6 +23,21 @@ BF16_TOL = 0.1
 
 def _tokens(batch=3, length=11, vocab=96, seed=0):
   return np.random.RandomState(seed).randint(3, vocab, (batch, length))
+
+
+def _left_padded(tokens, pads):
+  """`tokens` with row i's first `pads[i]` tokens made padding: (tokens, mask, positions)."""
+  mask = (np.arange(tokens.shape[1])[None] >= np.asarray(pads)[:, None]).astype(np.int64)
+  return np.where(mask == 1, tokens, 0), mask, np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+
+
+def _random_params(config, seed):
+  """Random params with every leaf random (norms around 1, biases around 0)."""
+  params = init_params(config, jax.random.PRNGKey(seed), init_std=0.1)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(key, x.shape, x.dtype)
+                                   for x, key in zip(leaves, keys)])
 
 
 def _torch_logits(model, tokens, attention_mask=None, position_ids=None):
@@ -60,10 +76,43 @@ def test_logits_match_transformers(tmp_path, model_type, tie, heads, kv_heads, s
     assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))
   config, params = hf.load(path)
   assert config.tie_embeddings == tie and config.qkv_bias == (model_type == "qwen2")
-  assert config.num_kv_heads == kv_heads
+  assert config.num_kv_heads == kv_heads and not config.qk_norm and config.sliding_window is None
   tokens = _tokens()
   ours, _ = forward(config, params, jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(ours), _torch_logits(model, tokens), atol=F32_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("tie,heads,kv_heads", [(False, 4, 2), (True, 8, 2)])
+def test_qwen3_logits_match_transformers(tmp_path, tie, heads, kv_heads):
+  """q/k RMSNorm over an explicit head_dim (16, not hidden / heads), with left padding."""
+  model = make_hf_model("qwen3", tie=tie, num_heads=heads, num_kv_heads=kv_heads, head_dim=16)
+  config, params = hf.load(save_hf_model(model, str(tmp_path / "ckpt")))
+  assert config.qk_norm and not config.qkv_bias and config.head_dim == 16
+  assert config.tie_embeddings == tie and config.num_kv_heads == kv_heads
+  tokens, mask, positions = _left_padded(_tokens(length=12), [4, 0, 1])
+  ref = _torch_logits(model, tokens, attention_mask=mask, position_ids=positions)
+  ours, _ = forward(config, params, jnp.asarray(tokens), mask=jnp.asarray(mask, bool))
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(ours)[valid], ref[valid], atol=F32_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("window,impl", [(8, "dense"), (8, "blockwise"), (None, "dense")])
+def test_mistral_sliding_window_matches_transformers(tmp_path, window, impl):
+  """20-token rows (longer than the window of 8), left-padded; blockwise tiles of 4 skip the
+  key tiles outside the window."""
+  model = make_hf_model("mistral", sliding_window=window, head_dim=16)
+  config, params = hf.load(save_hf_model(model, str(tmp_path / "ckpt")), attention_impl=impl,
+                           attention_block_q=4, attention_block_k=4)
+  assert config.sliding_window == window and config.head_dim == 16
+  tokens, mask, positions = _left_padded(_tokens(length=20), [5, 0, 1])
+  ref = _torch_logits(model, tokens, attention_mask=mask, position_ids=positions)
+  ours, _ = forward(config, params, jnp.asarray(tokens), mask=jnp.asarray(mask, bool))
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(ours)[valid], ref[valid], atol=F32_TOL, rtol=0)
+  if window is not None:  # the window changes the logits of the tokens past it
+    full, _ = forward(config.replace(sliding_window=None), params, jnp.asarray(tokens),
+                      mask=jnp.asarray(mask, bool))
+    assert np.abs(np.asarray(full) - ref)[valid].max() > 100 * F32_TOL
 
 
 def test_llama3_rope_scaling_matches_transformers(tmp_path):
@@ -92,9 +141,11 @@ def test_left_padded_batch_matches_transformers(tmp_path):
   np.testing.assert_allclose(np.asarray(ours)[valid], ref[valid], atol=F32_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
-def test_bfloat16_within_stated_tolerance(tmp_path, model_type):
-  model = make_hf_model(model_type)
+@pytest.mark.parametrize("model_type,family_args", [
+    ("qwen2", {}), ("llama", {}), ("qwen3", {"head_dim": 16}), ("mistral", {"sliding_window": 4})],
+    ids=["qwen2", "llama", "qwen3", "mistral-window4"])
+def test_bfloat16_within_stated_tolerance(tmp_path, model_type, family_args):
+  model = make_hf_model(model_type, **family_args)
   path = save_hf_model(model, str(tmp_path / "ckpt"))
   tokens = _tokens()
   reference = _torch_logits(model, tokens)
@@ -108,16 +159,20 @@ def test_bfloat16_within_stated_tolerance(tmp_path, model_type):
   np.testing.assert_allclose(np.asarray(ours), torch_bf16, atol=BF16_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_type,tie,shard", [("qwen2", False, None), ("llama", True, 5000)])
-def test_save_round_trip_through_transformers(tmp_path, model_type, tie, shard):
-  config = tiny_config(model_type=model_type, qkv_bias=model_type == "qwen2", tie_embeddings=tie,
-                       bos_token_id=1, eos_token_id=2)
-  params = init_params(config, jax.random.PRNGKey(3), init_std=0.1)
+@pytest.mark.parametrize("model_type,tie,shard,window", [
+    ("qwen2", False, None, None), ("llama", True, 5000, None), ("qwen3", False, None, None),
+    ("mistral", True, None, 4), ("mistral", False, None, None)])
+def test_save_round_trip_through_transformers(tmp_path, model_type, tie, shard, window):
+  config = tiny_config(model_type=model_type, tie_embeddings=tie, sliding_window=window,
+                       head_dim=16 if model_type == "qwen3" else 8, bos_token_id=1,
+                       eos_token_id=2)
+  params = _random_params(config, 3)
   path = str(tmp_path / "saved")
   hf.save(path, config, params, **({"max_shard_bytes": shard} if shard else {}))
   if shard:
     assert len(json.load(open(os.path.join(path, "model.safetensors.index.json")))["weight_map"]) > 0
   model = AutoModelForCausalLM.from_pretrained(path).eval()
+  assert type(model).__name__ == config.family.hf_architecture
   tokens = _tokens(vocab=config.vocab_size)
   ours, _ = forward(config, params, jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(ours), _torch_logits(model, tokens), atol=F32_TOL, rtol=0)
@@ -126,8 +181,11 @@ def test_save_round_trip_through_transformers(tmp_path, model_type, tie, shard):
   jax.tree.map(np.testing.assert_array_equal, params, params2)
 
 
-def test_kv_cache_decoding_equals_full_forward():
-  config = tiny_config()
+@pytest.mark.parametrize("model_type,window", [("qwen2", None), ("mistral", 4)])
+def test_kv_cache_decoding_equals_full_forward(model_type, window):
+  """A 5-token prompt with left padding through the cache, then one token at a time; with a
+  window of 4, both the prompt chunk and the decoded tokens see only the last 4 slots."""
+  config = tiny_config(model_type=model_type, sliding_window=window)
   params = init_params(config, jax.random.PRNGKey(0), init_std=0.2)
   tokens = jnp.asarray(_tokens(batch=2, length=12, vocab=config.vocab_size))
   mask = jnp.ones(tokens.shape, bool).at[0, :3].set(False)
@@ -158,10 +216,14 @@ def test_remat_and_hidden_variant_agree_with_logits():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g1, g2)
 
 
-def test_param_count_matches_transformers():
-  model = make_hf_model("qwen2", tie=False)
+@pytest.mark.parametrize("model_type,tie", [("qwen2", False), ("llama", False), ("qwen3", False),
+                                           ("qwen3", True), ("mistral", False)])
+def test_param_count_matches_transformers(model_type, tie):
+  model = make_hf_model(model_type, tie=tie)
   config = hf.config_from_hf(model.config.to_dict())
   assert config.num_params() == sum(p.numel() for p in model.parameters())
+  embeddings = model.model.embed_tokens.weight.numel() * (1 if tie else 2)
+  assert config.num_params(include_embeddings=False) == config.num_params() - embeddings
   assert config.kv_cache_bytes_per_token() == 2 * 2 * 2 * 8 * 4
 
 
@@ -182,7 +244,26 @@ class TestBadCheckpoints:
     raw = json.load(open(os.path.join(path, "config.json")))
     raw["model_type"] = "gpt_neox"
     json.dump(raw, open(os.path.join(path, "config.json"), "w"))
-    with pytest.raises(hf.CheckpointError, match=r"model_type='gpt_neox'.*\('qwen2', 'llama'\)"):
+    with pytest.raises(hf.CheckpointError,
+                       match=r"model_type='gpt_neox'.*\('qwen2', 'llama', 'qwen3', 'mistral'\)"):
+      hf.load(path)
+
+  @pytest.mark.parametrize("model_type,field,value,message", [
+      ("qwen3", "use_sliding_window", True, "use_sliding_window=true"),
+      ("qwen2", "use_sliding_window", True, "use_sliding_window=true"),
+      ("qwen3", "attention_bias", True, "o_proj bias"),
+      ("llama", "attention_bias", True, "o_proj bias"),
+      ("mistral", "sliding_window", 0, "sliding_window=0; allowed: a positive int or null"),
+  ])
+  def test_unsupported_family_settings(self, tmp_path, model_type, field, value, message):
+    path = save_hf_model(make_hf_model(model_type), str(tmp_path / "ckpt"))
+    config_json = os.path.join(path, "config.json")
+    with open(config_json) as f:
+      raw = json.load(f)
+    raw[field] = value
+    with open(config_json, "w") as f:
+      json.dump(raw, f)
+    with pytest.raises(hf.CheckpointError, match=message):
       hf.load(path)
 
   def test_wrong_tensor_shape(self, tmp_path):

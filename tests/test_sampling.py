@@ -29,10 +29,15 @@ def _left_padded(lengths, vocab, seed=0, pad=0):
   return tokens
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
-def test_greedy_matches_transformers_generate(tmp_path, model_type):
-  model = make_hf_model(model_type, tie=model_type == "llama", seed=3)
+@pytest.mark.parametrize("model_type,window", [("qwen2", None), ("llama", None), ("qwen3", None),
+                                               ("mistral", 6)])
+def test_greedy_matches_transformers_generate(tmp_path, model_type, window):
+  """Mistral's window of 6 is shorter than prompt + generation (up to 21 tokens), so it masks
+  the prompt's early tokens both in the prefill and in every decode step."""
+  model = make_hf_model(model_type, tie=model_type == "llama", seed=3,
+                        sliding_window=window, head_dim=16 if model_type == "qwen3" else None)
   cfg, params = hf.load(save_hf_model(model, str(tmp_path / "ckpt")))
+  assert cfg.sliding_window == window
   lengths = [5, 9, 3, 7]
   prompts = _left_padded(lengths, cfg.vocab_size)
   attention = (np.arange(prompts.shape[1])[None] >= prompts.shape[1] - np.array(lengths)[:, None])
@@ -176,7 +181,11 @@ def test_kv_cache_dtype_follows_compute_dtype():
 
 
 def _stopping_model():
-  cfg = tiny_config(vocab_size=10, max_position_embeddings=64)
+  """A model whose completions stop at many lengths. Its sliding window of 4 is shorter than
+  the prompts plus completions, so passes, compaction and prefill sharing are checked with
+  the window masking cache slots."""
+  cfg = tiny_config(vocab_size=10, max_position_embeddings=64, model_type="mistral",
+                    sliding_window=4)
   return cfg, init_params(cfg, jax.random.PRNGKey(3), init_std=0.3)
 
 

@@ -12,7 +12,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
+
+from entropix_rl import sharding
+from entropix_rl.models import families, init_params, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ("8x1x1", "2x4x1", "2x2x2")
@@ -109,9 +115,12 @@ def test_checkpoint_saved_on_one_mesh_restores_on_another(checks):
   assert got["extra"] == {"data_state": {"next_index": 12}}
 
 
-def test_sharded_load_builds_each_param_in_place_from_block_reads(checks):
-  got = checks["sharded_load"]
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+def test_sharded_load_builds_each_param_in_place_from_block_reads(checks, model_type):
+  got = checks["sharded_load"][model_type]
   assert got["files"] > 1 and got["max_diff"] == 0.0 and got["shardings_match"]
+  if model_type == "qwen3":
+    assert "['layers']['q_norm']" in got["params"] and "['layers']['k_norm']" in got["params"]
   assert got["whole_reads"] == 0  # no tensor is read whole ...
   assert got["largest_read"] < got["largest_tensor"]  # ... and no read spans a whole tensor
 
@@ -124,3 +133,30 @@ def test_branching_and_group_rewards_are_the_same_on_every_mesh(checks, preset, 
   assert got["same"] and got["rows"] == 8 * 8
   if preset == "cure":
     assert got["prompt_width"] > 8  # branched rows carry their prefix in the prompt
+
+
+def _one_device_mesh():
+  return sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+
+
+@pytest.mark.parametrize("model_type", families.MODEL_TYPES)
+def test_every_param_of_every_family_has_a_rule(model_type):
+  config = tiny_config(model_type=model_type)
+  abstract = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+  specs = sharding.param_specs(abstract, _one_device_mesh())
+  layers = specs["layers"]
+  replicated = lambda spec: all(axis is None for axis in spec)
+  if config.qk_norm:  # [L, Dh], replicated like the other norms
+    assert replicated(layers["q_norm"]) and replicated(layers["k_norm"])
+  if config.qkv_bias:  # [L, heads, Dh], heads over tensor
+    assert layers["q_bias"] == P(None, "tensor", None)
+  assert replicated(layers["attn_norm"]) and replicated(specs["final_norm"])
+  assert layers["q"] == P(None, "fsdp", "tensor", None)
+
+
+def test_a_param_without_a_rule_fails_naming_it():
+  params = {"embed": np.zeros((8, 4)), "layers": {"q": np.zeros((1, 4, 2, 2)),
+                                                  "mystery_gate": np.zeros((1, 4))}}
+  with pytest.raises(ValueError, match=r"param \['layers'\]\['mystery_gate'\] has no partition "
+                                       r"rule; params with rules: \[.*'q_norm'"):
+    sharding.param_specs(params, _one_device_mesh())

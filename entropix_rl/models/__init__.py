@@ -1,4 +1,5 @@
-"""The Qwen2/Llama-family policy: config, pure forward functions, KV cache, HF conversion."""
+"""The policy: one decoder for every model family (`models.families`: Qwen2, Llama, Qwen3,
+Mistral), its config, pure forward functions, KV cache and Hugging Face conversion."""
 
 from entropix_rl.models.attention import ATTENTION_IMPLS
 from entropix_rl.models.config import ModelConfig, RopeScaling, tiny_config

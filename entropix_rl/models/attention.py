@@ -1,25 +1,29 @@
-"""Causal self-attention with key padding, in four implementations chosen by
-`ModelConfig.attention_impl`.
+"""Causal self-attention with key padding and an optional sliding window, in four
+implementations chosen by `ModelConfig.attention_impl`.
 
 Every implementation computes, for queries `q [B, T, H, Dh]` and keys/values
 `k, v [B, T, K, Dh]` (grouped-query: `H % K == 0`), the softmax attention in which query
-`t` sees key `s` iff `valid[b, s]` and `s <= t`:
+`t` sees key `s` iff `valid[b, s]`, `s <= t` and, with a window W, `t - W < s`:
 
     out[b, t, h] = Σ_s softmax_s(q[b,t,h]·k[b,s,h//G] / √Dh over allowed s) · v[b, s, h//G]
 
-Rows of padding queries are undefined (they never reach a loss); every implementation keeps
-them finite.
+Indices count every slot, padding included, as transformers' sliding-window masks do; for a
+row whose real tokens are one contiguous span (left padding, then right padding: every batch
+the trainer and the sampler build) that is the distance between positions. Rows of padding
+queries are undefined (they never reach a loss); every implementation keeps them finite.
 
 * `dense`: the `[B, H, T, T]` float32 score matrix, softmax, matmul. Memory quadratic in T.
 * `blockwise`: pure JAX flash-style attention (Dao et al. 2022, arXiv 2205.14135): an online
   softmax over key blocks per query block, with a custom VJP that recomputes each block's
   probabilities from the saved row log-sum-exp (FlashAttention-2's backward, arXiv
   2307.08691), so neither pass holds more than a `[block_q, block_k]` tile of scores per
-  head. Key blocks above the causal diagonal are skipped. Memory linear in T; runs anywhere.
+  head. Key blocks above the causal diagonal, or wholly outside the window, are skipped.
+  Memory linear in T; runs anywhere.
 * `splash`: the TPU Pallas splash-attention kernel (`jax.experimental.pallas.ops.tpu`),
-  padding as segment ids. TPU only (or Pallas interpret mode, for tests).
-* `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`. NVIDIA GPU only, with a
-  bfloat16/float16 compute dtype.
+  padding as segment ids, the window as a `LocalMask`. TPU only (or Pallas interpret mode,
+  for tests).
+* `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`, the window as its
+  `local_window_size`. NVIDIA GPU only, with a bfloat16/float16 compute dtype.
 * `auto` picks `splash` on TPU, `cudnn` on GPU with a 16-bit compute dtype (`blockwise`
   otherwise) and `dense` on CPU.
 """
@@ -63,7 +67,8 @@ def resolve_impl(impl: str, compute_dtype: jnp.dtype) -> str:
 
 
 def self_attention(impl: str, q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                   block_q: int = 512, block_k: int = 512) -> jax.Array:
+                   window: int | None = None, block_q: int = 512, block_k: int = 512
+                   ) -> jax.Array:
   """Causal self-attention with key padding (module docstring).
 
   Args:
@@ -71,19 +76,20 @@ def self_attention(impl: str, q: jax.Array, k: jax.Array, v: jax.Array, valid: j
     q: `[B, T, H, Dh]` queries (RoPE applied).
     k, v: `[B, T, K, Dh]` keys and values.
     valid: `[B, T]` bool, False at padding tokens (never attended to).
+    window: W, query t sees keys s > t - W; None: every earlier key.
     block_q, block_k: tile sizes of `blockwise` and `splash`.
 
   Returns:
     `[B, T, H, Dh]` in the dtype of `v`.
   """
   if impl == "dense":
-    return dense_attention(q, k, v, valid)
+    return dense_attention(q, k, v, valid, window=window)
   if impl == "blockwise":
-    return blockwise_attention(q, k, v, valid, block_q=block_q, block_k=block_k)
+    return blockwise_attention(q, k, v, valid, window=window, block_q=block_q, block_k=block_k)
   if impl == "splash":
-    return splash_attention(q, k, v, valid, block_q=block_q, block_k=block_k)
+    return splash_attention(q, k, v, valid, window=window, block_q=block_q, block_k=block_k)
   if impl == "cudnn":
-    return cudnn_attention(q, k, v, valid)
+    return cudnn_attention(q, k, v, valid, window=window)
   raise ValueError(f"model.attention_impl={impl!r}; allowed: {ATTENTION_IMPLS[1:]}")
 
 
@@ -92,11 +98,20 @@ def _group(q: jax.Array, num_kv_heads: int) -> jax.Array:
   return q.reshape(b, t, num_kv_heads, h // num_kv_heads, dh)
 
 
-def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:
+def causal_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
+  """`[Tq, Tk]` bool: query index `q_pos[i]` may see key index `k_pos[j]` (module docstring)."""
+  allowed = k_pos[None, :] <= q_pos[:, None]
+  if window is not None:
+    allowed &= q_pos[:, None] - k_pos[None, :] < window
+  return allowed
+
+
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
+                    window: int | None = None) -> jax.Array:
   """The reference: `[B, K, G, T, T]` float32 scores. Shapes as `self_attention`."""
   b, t, h, dh = q.shape
   s = k.shape[1]
-  allowed = valid[:, None, :] & (jnp.arange(s)[None, None, :] <= jnp.arange(t)[None, :, None])
+  allowed = valid[:, None, :] & causal_mask(jnp.arange(t), jnp.arange(s), window)[None]
   scores = jnp.einsum("btkgd,bskd->bkgts", _group(q, k.shape[2]), k,
                       preferred_element_type=jnp.float32) * dh ** -0.5
   scores = jnp.where(allowed[:, None, None], scores, _MASKED)
@@ -118,7 +133,8 @@ def _tiles(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, bq: int, 
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                        block_q: int = 512, block_k: int = 512) -> jax.Array:
+                        window: int | None = None, block_q: int = 512, block_k: int = 512
+                        ) -> jax.Array:
   """Flash-style attention in pure JAX (module docstring). Shapes as `self_attention`.
 
   Forward temporaries per query tile: `[B, K, G, block_q, block_k]` float32 scores and a
@@ -128,18 +144,18 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Arr
   b, t, h, dh = q.shape
   bq, bk = min(block_q, t), min(block_k, t)
   qp, kp, vp, validp = _tiles(q, k, v, valid, bq, bk)
-  out = _blockwise(_group(qp, k.shape[2]), kp, vp, validp, bq, bk)
+  out = _blockwise(_group(qp, k.shape[2]), kp, vp, validp, bq, bk, window)
   return out[:, :t].reshape(b, t, h, dh)
 
 
-def _tile_scores(qi, kj, q_pos, k_pos, valid_j, scale):
+def _tile_scores(qi, kj, q_pos, k_pos, valid_j, scale, window):
   """`[B, K, G, bq, bk]` float32 scaled scores, masked where not allowed, and the mask."""
   s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
-  allowed = valid_j[:, None, None, None, :] & (k_pos[None, :] <= q_pos[:, None])
+  allowed = valid_j[:, None, None, None, :] & causal_mask(q_pos, k_pos, window)
   return jnp.where(allowed, s, _MASKED), allowed
 
 
-def _blockwise_forward(q, k, v, valid, bq, bk):
+def _blockwise_forward(q, k, v, valid, bq, bk, window):
   """q `[B, T, K, G, D]`, k/v `[B, T, K, D]` (T a multiple of bq and bk) → out, lse."""
   b, t, kh, g, d = q.shape
   nq = t // bq
@@ -153,7 +169,7 @@ def _blockwise_forward(q, k, v, valid, bq, bk):
       m, l, acc = carry
       kj, vj, valid_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
                          for x in (k, v, valid))
-      s, _ = _tile_scores(qi, kj, q_pos, j * bk + jnp.arange(bk), valid_j, scale)
+      s, _ = _tile_scores(qi, kj, q_pos, j * bk + jnp.arange(bk), valid_j, scale, window)
       m_new = jnp.maximum(m, s.max(axis=-1))
       p = jnp.exp(s - m_new[..., None])
       correction = jnp.exp(m - m_new)
@@ -164,8 +180,10 @@ def _blockwise_forward(q, k, v, valid, bq, bk):
 
     init = (jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32),
             jnp.zeros((b, kh, g, bq), jnp.float32), jnp.zeros((b, kh, g, bq, d), jnp.float32))
-    last = ((i + 1) * bq - 1) // bk + 1  # key tiles at or below the causal diagonal
-    m, l, acc = jax.lax.fori_loop(0, last, key_tile, init)
+    # Key tiles at or below the causal diagonal, and not wholly before the window.
+    first = 0 if window is None else jnp.maximum(i * bq - window + 1, 0) // bk
+    last = ((i + 1) * bq - 1) // bk + 1
+    m, l, acc = jax.lax.fori_loop(first, last, key_tile, init)
     return (acc / l[..., None]).astype(v.dtype), m + jnp.log(l)
 
   out, lse = jax.lax.map(query_tile, jnp.arange(nq))  # [nq, B, K, G, bq, D], [nq, B, K, G, bq]
@@ -174,17 +192,17 @@ def _blockwise_forward(q, k, v, valid, bq, bk):
   return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _blockwise(q, k, v, valid, bq, bk):
-  return _blockwise_forward(q, k, v, valid, bq, bk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _blockwise(q, k, v, valid, bq, bk, window):
+  return _blockwise_forward(q, k, v, valid, bq, bk, window)[0]
 
 
-def _blockwise_fwd(q, k, v, valid, bq, bk):
-  out, lse = _blockwise_forward(q, k, v, valid, bq, bk)
+def _blockwise_fwd(q, k, v, valid, bq, bk, window):
+  out, lse = _blockwise_forward(q, k, v, valid, bq, bk, window)
   return out, (q, k, v, valid, out, lse)
 
 
-def _blockwise_bwd(bq, bk, residuals, d_out):
+def _blockwise_bwd(bq, bk, window, residuals, d_out):
   q, k, v, valid, out, lse = residuals
   b, t, kh, g, d = q.shape
   nq, nk = t // bq, t // bk
@@ -202,7 +220,7 @@ def _blockwise_bwd(bq, bk, residuals, d_out):
       qi, doi = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1) for x in (q, d_out))
       lse_i, dot_i = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3)
                       for x in (lse, row_dot))
-      s, allowed = _tile_scores(qi, kj, i * bq + jnp.arange(bq), k_pos, valid_j, scale)
+      s, allowed = _tile_scores(qi, kj, i * bq + jnp.arange(bq), k_pos, valid_j, scale, window)
       p = jnp.where(allowed, jnp.exp(s - lse_i[..., None]), 0.0)
       d_v = d_v + jnp.einsum("bkgqs,bqkgd->bskd", p, doi)
       dp = jnp.einsum("bqkgd,bskd->bkgqs", doi, vj.astype(jnp.float32))
@@ -214,8 +232,10 @@ def _blockwise_bwd(bq, bk, residuals, d_out):
       return d_q, d_k, d_v
 
     zeros = jnp.zeros((b, bk, kh, d), jnp.float32)
-    first = (j * bk) // bq  # query tiles at or below the causal diagonal
-    d_q, d_k, d_v = jax.lax.fori_loop(first, nq, query_tile, (d_q, zeros, zeros))
+    # Query tiles at or below the causal diagonal whose window reaches this key tile.
+    first = (j * bk) // bq
+    last = nq if window is None else jnp.minimum(((j + 1) * bk + window - 2) // bq + 1, nq)
+    d_q, d_k, d_v = jax.lax.fori_loop(first, last, query_tile, (d_q, zeros, zeros))
     return d_q, (d_k, d_v)
 
   d_q, (d_k, d_v) = jax.lax.scan(key_tile, jnp.zeros(q.shape, jnp.float32), jnp.arange(nk))
@@ -226,10 +246,15 @@ def _blockwise_bwd(bq, bk, residuals, d_out):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
-def _splash_kernel(heads: int, t: int, block_q: int, block_k: int, interpret: bool):
+def _splash_kernel(heads: int, t: int, block_q: int, block_k: int, interpret: bool,
+                   window: int | None):
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: PLC0415 (TPU only)
       splash_attention_kernel as kernel_lib, splash_attention_mask as mask_lib)
-  mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((t, t)) for _ in range(heads)])
+  if window is None:
+    causal = mask_lib.CausalMask((t, t))
+  else:  # keys s in (t - W, t]
+    causal = mask_lib.LocalMask((t, t), window_size=(window - 1, 0), offset=0)
+  mask = mask_lib.MultiHeadMask([causal] * heads)
   sizes = kernel_lib.BlockSizes(block_q=block_q, block_kv=block_k, block_kv_compute=block_k,
                                 block_q_dkv=block_q, block_kv_dkv=block_k,
                                 block_kv_dkv_compute=block_k, block_q_dq=block_q,
@@ -239,7 +264,8 @@ def _splash_kernel(heads: int, t: int, block_q: int, block_k: int, interpret: bo
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                     block_q: int = 512, block_k: int = 512, interpret: bool = False) -> jax.Array:
+                     window: int | None = None, block_q: int = 512, block_k: int = 512,
+                     interpret: bool = False) -> jax.Array:
   """The TPU splash-attention kernel; padding tokens are segment 0, real tokens segment 1.
 
   A padding query attends only to padding keys at or before it (itself at least), so its row
@@ -254,7 +280,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
   tp = qp.shape[1]
 
   def run(qp, kp, vp, validp):
-    kernel_lib, kernel = _splash_kernel(qp.shape[2], tp, bq, bk, interpret)
+    kernel_lib, kernel = _splash_kernel(qp.shape[2], tp, bq, bk, interpret, window)
     segments = validp.astype(jnp.int32)
     per_row = lambda qr, kr, vr, sr: kernel(
         (qr * dh ** -0.5).swapaxes(0, 1), kr.swapaxes(0, 1), vr.swapaxes(0, 1),
@@ -272,14 +298,17 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
 
 
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                    implementation: str | None = "cudnn") -> jax.Array:
-  """`jax.nn.dot_product_attention` with `is_causal` and per-row key lengths.
+                    window: int | None = None, implementation: str | None = "cudnn"
+                    ) -> jax.Array:
+  """`jax.nn.dot_product_attention` with `is_causal`, per-row key lengths and the window as
+  `local_window_size=(W - 1, 0)`.
 
   The fused kernel takes right padding only (`key_value_seq_lengths`), so each row is rotated
   to start at its first real token, attended, and rotated back. This assumes each row's real
   tokens are one contiguous span, as in every batch this trainer builds (left-padded prompt,
-  completion, then padding). `implementation="cudnn"` is the GPU kernel; tests pass `None`
-  (XLA) to check the layout and masking on CPU. Shapes as `self_attention`.
+  completion, then padding); the rotation keeps the distances between them, so the window is
+  unchanged. `implementation="cudnn"` is the GPU kernel; tests pass `None` (XLA) to check the
+  layout and masking on CPU. Shapes as `self_attention`.
   """
   t = q.shape[1]
   start = jnp.argmax(valid, axis=1).astype(jnp.int32)
@@ -288,5 +317,6 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, 
       x, ((jnp.arange(t)[None, :] + shift[:, None]) % t)[:, :, None, None], axis=1)
   out = jax.nn.dot_product_attention(rotate(q, start), rotate(k, start), rotate(v, start),
                                      is_causal=True, key_value_seq_lengths=lengths,
+                                     local_window_size=None if window is None else (window - 1, 0),
                                      implementation=implementation)
   return rotate(out, -start).astype(v.dtype)

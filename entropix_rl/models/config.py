@@ -1,4 +1,4 @@
-"""Static configuration of the Qwen2/Llama-family decoder."""
+"""Static configuration of the decoder: sizes, decoder flags, dtypes, attention kernel."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import jax.numpy as jnp
 
+from entropix_rl.models import families
 from entropix_rl.models.attention import ATTENTION_IMPLS
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -33,8 +33,14 @@ class RopeScaling:
 class ModelConfig:
   """Decoder hyperparameters; frozen and hashable so jitted functions take it as static.
 
+  The decoder flags `qkv_bias`, `qk_norm` and `sliding_window` switch the generic decoder's
+  features; left None, each takes its value from the model family (`models.families`), and a
+  value the family's checkpoints cannot hold is a ValueError.
+
   Attributes:
-    model_type: "qwen2" or "llama" (only changes the Hugging Face names on save).
+    model_type: the model family, a key of `models.families` ("qwen2", "llama", "qwen3",
+      "mistral"): the decoder flags' defaults, the Hugging Face conversion and the partition
+      rules of its params.
     vocab_size: V, rows of the embedding.
     hidden_size: D.
     num_layers: L.
@@ -45,7 +51,11 @@ class ModelConfig:
     rope_theta: RoPE base.
     rope_scaling: optional frequency scaling.
     rms_norm_eps: RMSNorm epsilon.
-    qkv_bias: whether q/k/v projections have a bias (Qwen2: yes, Llama: no).
+    qkv_bias: whether q/k/v projections have a bias (Qwen2: yes, Llama, Qwen3, Mistral: no).
+    qk_norm: whether an RMSNorm over Dh normalises each query and key head before RoPE
+      (Qwen3: yes).
+    sliding_window: W, query t attends to keys s with t - W < s <= t; None: every earlier key
+      (Mistral checkpoints choose).
     tie_embeddings: whether the unembedding is the transposed embedding.
     max_position_embeddings: context length the model was trained for.
     param_dtype: storage dtype of the params ("float32" or "bfloat16").
@@ -67,7 +77,9 @@ class ModelConfig:
   rope_theta: float = 10000.0
   rope_scaling: RopeScaling | None = None
   rms_norm_eps: float = 1e-6
-  qkv_bias: bool = True
+  qkv_bias: bool | None = None
+  qk_norm: bool | None = None
+  sliding_window: int | None = None
   tie_embeddings: bool = False
   max_position_embeddings: int = 32768
   param_dtype: str = "float32"
@@ -79,13 +91,20 @@ class ModelConfig:
   attention_block_k: int = 512
 
   def __post_init__(self):
+    flags = families.get(self.model_type).resolve_flags(
+        {flag: getattr(self, flag) for flag in families.FLAGS})
+    for flag, value in flags.items():
+      object.__setattr__(self, flag, value)
+    window = self.sliding_window
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                               or window < 1):
+      raise ValueError(f"model.sliding_window={window!r}; allowed: an int >= 1 or None (full "
+                       "attention)")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention_impl={self.attention_impl!r}; allowed: {ATTENTION_IMPLS}")
     for name in ("attention_block_q", "attention_block_k"):
       if getattr(self, name) < 1:
         raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
-    if self.model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f"model_type={self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}")
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in SUPPORTED_DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {SUPPORTED_DTYPES}")
@@ -113,16 +132,15 @@ class ModelConfig:
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
 
+  @property
+  def family(self) -> families.Family:
+    """The model family of `model_type` (`models.families`)."""
+    return families.get(self.model_type)
+
   def num_params(self, include_embeddings: bool = True) -> int:
-    """Parameter count. Non-embedding excludes the embedding and the untied lm_head."""
-    d, h, k, dh, f = (self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
-                      self.intermediate_size)
-    attn = d * h * dh * 2 + d * k * dh * 2 + (h * dh + 2 * k * dh if self.qkv_bias else 0)
-    per_layer = attn + 3 * d * f + 2 * d
-    total = self.num_layers * per_layer + d
-    if include_embeddings:
-      total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
-    return total
+    """Parameter count (the family's). Non-embedding excludes the embedding and the untied
+    lm_head."""
+    return self.family.num_params(self, include_embeddings)
 
   def kv_cache_bytes_per_token(self) -> int:
     """Bytes of KV cache one token of one sequence takes: 2 · L · K · Dh · itemsize."""

@@ -1,9 +1,12 @@
-"""The Qwen2/Llama decoder as pure functions of a params pytree.
+"""The decoder as pure functions of a params pytree, one for every model family.
 
-RMSNorm → grouped-query attention with RoPE (optional qkv bias) → RMSNorm → SwiGLU MLP,
-layers stacked on a leading axis and run under `lax.scan`. Attention over a whole sequence
-uses `config.attention_impl` (`models.attention`); decoding with a KV cache attends densely
-over the cache. See docs/design.md for the param tree and the KV cache layout.
+RMSNorm → grouped-query attention with RoPE → RMSNorm → SwiGLU MLP, layers stacked on a
+leading axis and run under `lax.scan`. The decoder flags of `ModelConfig` switch its
+features: `qkv_bias` (biases on q, k, v), `qk_norm` (RMSNorm over Dh of each query and key
+head, before RoPE) and `sliding_window` (each query sees the last W keys). A model family
+(`models.families`) only sets the flags and converts checkpoints. Attention over a whole
+sequence uses `config.attention_impl` (`models.attention`); decoding with a KV cache attends
+densely over the cache. See docs/design.md for the param tree and the KV cache layout.
 """
 
 from __future__ import annotations
@@ -55,7 +58,14 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> KVCache
 
 
 def init_params(config: ModelConfig, rng: jax.Array, init_std: float = 0.02) -> Params:
-  """Random params (normal with `init_std`, norms at 1, biases at 0), in `param_dtype`."""
+  """Random params (normal with `init_std`, norms at 1, biases at 0), in `param_dtype`.
+
+  The tree (docs/design.md): `embed [V, D]`, `final_norm [D]`, `lm_head [D, V]` unless tied,
+  and `layers`, each leaf with a leading `[L]` axis: `attn_norm, mlp_norm [L, D]`,
+  `q [L, D, H, Dh]`, `k, v [L, D, K, Dh]`, `o [L, H, Dh, D]`, `gate, up [L, D, F]`,
+  `down [L, F, D]`; with `qkv_bias`, `q_bias [L, H, Dh]` and `k_bias, v_bias [L, K, Dh]`; with
+  `qk_norm`, `q_norm, k_norm [L, Dh]`.
+  """
   d, h, k, dh, f, n = (config.hidden_size, config.num_heads, config.num_kv_heads,
                        config.head_dim, config.intermediate_size, config.num_layers)
   shapes = {
@@ -72,6 +82,9 @@ def init_params(config: ModelConfig, rng: jax.Array, init_std: float = 0.02) -> 
     layers["q_bias"] = jnp.zeros((n, h, dh), dtype)
     layers["k_bias"] = jnp.zeros((n, k, dh), dtype)
     layers["v_bias"] = jnp.zeros((n, k, dh), dtype)
+  if config.qk_norm:
+    layers["q_norm"] = jnp.ones((n, dh), dtype)
+    layers["k_norm"] = jnp.ones((n, dh), dtype)
   params = {
       "embed": (init_std * jax.random.normal(keys[-2], (config.vocab_size, d))).astype(dtype),
       "layers": layers,
@@ -107,7 +120,7 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 def _qkv(config: ModelConfig, x: jax.Array, layer: Params, positions: jax.Array,
          inv_freq: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Normed input → q `[B,T,H,Dh]`, k, v `[B,T,K,Dh]` (RoPE on q and k)."""
+  """Normed input → q `[B,T,H,Dh]`, k, v `[B,T,K,Dh]` (q/k norms, then RoPE on q and k)."""
   w = lambda name: layer[name].astype(config.compute_jnp_dtype)
   h = rms_norm(x, layer["attn_norm"], config.rms_norm_eps)
   q = jnp.einsum("btd,dhk->bthk", h, w("q"))
@@ -115,6 +128,9 @@ def _qkv(config: ModelConfig, x: jax.Array, layer: Params, positions: jax.Array,
   v = jnp.einsum("btd,dhk->bthk", h, w("v"))
   if config.qkv_bias:
     q, k, v = q + w("q_bias"), k + w("k_bias"), v + w("v_bias")
+  if config.qk_norm:
+    q = rms_norm(q, layer["q_norm"], config.rms_norm_eps)
+    k = rms_norm(k, layer["k_norm"], config.rms_norm_eps)
   return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
 
@@ -128,12 +144,16 @@ def _output_and_mlp(config: ModelConfig, x: jax.Array, attn: jax.Array, layer: P
 
 
 def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cache_valid: jax.Array,
-                      k_new: jax.Array, v_new: jax.Array, new_valid: jax.Array) -> jax.Array:
+                      k_new: jax.Array, v_new: jax.Array, new_valid: jax.Array, index: jax.Array,
+                      window: int | None) -> jax.Array:
   """Attention of T new queries over the cache's valid slots and, causally, the new tokens.
 
   q: `[B, T, H, Dh]`; k_cache, v_cache: one layer's `[B, K, S, Dh]`; k_new, v_new:
   `[B, T, K, Dh]`. The new keys are not yet in the cache, so nothing is copied: two score
   blocks (`[B,K,G,T,S]` over the cache, `[B,K,G,T,T]` over the new tokens) share one softmax.
+  The new tokens go to slots `[index, index + T)`; a slot's index is its index in the row's
+  sequence, so the window (`attention.causal_mask`) applies to slot indices, as in
+  `attention.self_attention`.
   """
   b, t, h, dh = q.shape
   kh = k_cache.shape[1]
@@ -141,12 +161,14 @@ def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cach
   scale = dh ** -0.5
   old = jnp.einsum("btkgd,bksd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) * scale
   new = jnp.einsum("btkgd,bskd->bkgts", qg, k_new, preferred_element_type=jnp.float32) * scale
-  causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
-  masked = jnp.finfo(jnp.float32).min
-  old = jnp.where(cache_valid[:, None, None, None, :], old, masked)
-  new = jnp.where(new_valid[:, None, None, None, :] & causal, new, masked)
-  probs = jax.nn.softmax(jnp.concatenate([old, new], axis=-1), axis=-1).astype(v_new.dtype)
   s = k_cache.shape[2]
+  q_slots = index + jnp.arange(t)
+  old_allowed = cache_valid[:, None, :] & attention.causal_mask(q_slots, jnp.arange(s), window)
+  new_allowed = new_valid[:, None, :] & attention.causal_mask(q_slots, q_slots, window)
+  masked = jnp.finfo(jnp.float32).min
+  old = jnp.where(old_allowed[:, None, None], old, masked)
+  new = jnp.where(new_allowed[:, None, None], new, masked)
+  probs = jax.nn.softmax(jnp.concatenate([old, new], axis=-1), axis=-1).astype(v_new.dtype)
   out = (jnp.einsum("bkgts,bksd->btkgd", probs[..., :s], v_cache)
          + jnp.einsum("bkgts,bskd->btkgd", probs[..., s:], v_new))
   return out.reshape(b, t, h, dh)
@@ -171,7 +193,8 @@ def _self_attention_stack(config: ModelConfig, params: Params, tokens: jax.Array
   def body(x, layer):
     x = constrain_rows(x)
     q, k, v = _qkv(config, x, layer, positions, inv_freq)
-    attn = attention.self_attention(impl, q, k, v, mask, block_q=config.attention_block_q,
+    attn = attention.self_attention(impl, q, k, v, mask, window=config.sliding_window,
+                                    block_q=config.attention_block_q,
                                     block_k=config.attention_block_k)
     return constrain_rows(_output_and_mlp(config, x, attn, layer)), (k, v) if keep_kv else None
 
@@ -214,7 +237,8 @@ def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array,
   def body(x, scanned):
     layer, k_cache, v_cache = scanned
     q, k, v = _qkv(config, x, layer, positions, inv_freq)
-    attn = _cached_attention(q, k_cache, v_cache, cache.valid, k, v, mask)
+    attn = _cached_attention(q, k_cache, v_cache, cache.valid, k, v, mask, cache.index,
+                             config.sliding_window)
     return _output_and_mlp(config, x, attn, layer), (k, v)
 
   if remat:

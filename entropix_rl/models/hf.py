@@ -1,5 +1,7 @@
 """Hugging Face checkpoints (`config.json` + safetensors) to and from our param tree.
 
+The `config.json` fields and tensors every family shares are read and written here; the model
+family of `model_type` (`models.families`) adds its own fields, tensors and architecture name.
 `load` checks every tensor's name and shape from the file headers, then either reads one file
 at a time into host arrays, or, given shardings, builds each param directly in its sharding
 with every device reading only its own block. `save` writes a checkpoint that `transformers`
@@ -22,21 +24,23 @@ from safetensors import numpy as safetensors_numpy
 from safetensors import safe_open
 
 from entropix_rl import param_shapes, paths
-from entropix_rl.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
+from entropix_rl.models import families, hf_layout
+from entropix_rl.models.config import ModelConfig, RopeScaling
 from entropix_rl.models.decoder import init_params
+from entropix_rl.models.families.base import CheckpointError, top_tensors
+from entropix_rl.models.hf_layout import Tensor
 
-_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+__all__ = ["CheckpointError", "check_model_config", "config_from_hf", "config_to_hf", "load",
+           "read_config", "save"]
+
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-class CheckpointError(ValueError):
-  """A checkpoint directory that cannot be read as a supported model."""
-
-
 def _rope_scaling_from_hf(raw: dict[str, Any]) -> tuple[float, RopeScaling | None]:
-  """Reads RoPE theta and scaling from transformers<5 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`)."""
+  """RoPE theta and scaling from transformers<5 (`rope_theta`, `rope_scaling`) or 5
+  (`rope_parameters`)."""
   params = dict(raw.get("rope_parameters") or {})
   scaling = dict(raw.get("rope_scaling") or {})
   theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
@@ -54,21 +58,22 @@ def _rope_scaling_from_hf(raw: dict[str, Any]) -> tuple[float, RopeScaling | Non
 
 def config_from_hf(raw: dict[str, Any], *, param_dtype: str | None = None,
                    compute_dtype: str | None = None) -> ModelConfig:
-  """Builds a ModelConfig from a parsed Hugging Face `config.json`."""
+  """Builds a ModelConfig from a parsed Hugging Face `config.json`.
+
+  Raises:
+    CheckpointError: an unsupported `model_type`, or a setting the decoder does not implement.
+  """
   model_type = raw.get("model_type")
-  if model_type not in SUPPORTED_MODEL_TYPES:
-    raise CheckpointError(f"config.json has model_type={model_type!r}; supported model types: "
-                          f"{SUPPORTED_MODEL_TYPES}")
-  if raw.get("use_sliding_window"):
-    raise CheckpointError("config.json sets use_sliding_window=true; sliding-window attention "
-                          "is not supported")
+  try:
+    family = families.get(model_type)
+  except ValueError as err:
+    raise CheckpointError(f"config.json has {err}") from None
+  flags = family.flags_from_hf(raw)
   if raw.get("mlp_bias"):
     raise CheckpointError("config.json sets mlp_bias=true; MLP biases are not supported")
   if raw.get("hidden_act", "silu") != "silu":
     raise CheckpointError(f"config.json has hidden_act={raw['hidden_act']!r}; only 'silu' (SwiGLU) "
                           "is supported")
-  if model_type == "llama" and raw.get("attention_bias"):
-    raise CheckpointError("config.json sets attention_bias=true (o_proj bias); not supported")
   heads = int(raw["num_attention_heads"])
   theta, scaling = _rope_scaling_from_hf(raw)
   stored = str(raw.get("dtype") or raw.get("torch_dtype") or "float32")
@@ -86,13 +91,13 @@ def config_from_hf(raw: dict[str, Any], *, param_dtype: str | None = None,
       rope_theta=theta,
       rope_scaling=scaling,
       rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-      qkv_bias=model_type == "qwen2" or bool(raw.get("attention_bias", False)),
       tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
       max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
       param_dtype=dtype,
       compute_dtype=compute_dtype or dtype,
       bos_token_id=raw.get("bos_token_id"),
       eos_token_id=eos[0] if isinstance(eos, list) and eos else eos,
+      **flags,
   )
 
 
@@ -105,8 +110,9 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     if s.rope_type == "llama3":
       rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
                   original_max_position_embeddings=s.original_max_position_embeddings)
-  raw = {
-      "architectures": [_ARCHITECTURES[config.model_type]],
+  family = config.family
+  return {
+      "architectures": [family.hf_architecture],
       "model_type": config.model_type,
       "vocab_size": config.vocab_size,
       "hidden_size": config.hidden_size,
@@ -125,70 +131,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       "bos_token_id": config.bos_token_id,
       "eos_token_id": config.eos_token_id,
       "use_cache": True,
+      **family.hf_fields(config),
   }
-  if config.model_type == "llama":
-    raw.update(attention_bias=config.qkv_bias, mlp_bias=False)
-  else:
-    if not config.qkv_bias:
-      raise ValueError("a qwen2 checkpoint always has qkv biases; use model_type='llama' "
-                       "for a model without them")
-    raw.update(use_sliding_window=False, sliding_window=None)
-  return raw
-
-
-def _layer_tensors(config: ModelConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
-  """HF per-layer suffix -> (our layer param name, HF tensor shape)."""
-  d, h, k, dh, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
-                    config.intermediate_size)
-  table = {
-      "input_layernorm.weight": ("attn_norm", (d,)),
-      "post_attention_layernorm.weight": ("mlp_norm", (d,)),
-      "self_attn.q_proj.weight": ("q", (h * dh, d)),
-      "self_attn.k_proj.weight": ("k", (k * dh, d)),
-      "self_attn.v_proj.weight": ("v", (k * dh, d)),
-      "self_attn.o_proj.weight": ("o", (d, h * dh)),
-      "mlp.gate_proj.weight": ("gate", (f, d)),
-      "mlp.up_proj.weight": ("up", (f, d)),
-      "mlp.down_proj.weight": ("down", (d, f)),
-  }
-  if config.qkv_bias:
-    table.update({
-        "self_attn.q_proj.bias": ("q_bias", (h * dh,)),
-        "self_attn.k_proj.bias": ("k_bias", (k * dh,)),
-        "self_attn.v_proj.bias": ("v_bias", (k * dh,)),
-    })
-  return table
-
-
-def _to_ours(name: str, x: np.ndarray, config: ModelConfig) -> np.ndarray:
-  """Converts one HF tensor (torch Linear layout `[out, in]`) to our layout."""
-  h, k, dh = config.num_heads, config.num_kv_heads, config.head_dim
-  if name == "q":
-    return x.T.reshape(-1, h, dh)
-  if name in ("k", "v"):
-    return x.T.reshape(-1, k, dh)
-  if name == "o":
-    return x.T.reshape(h, dh, -1)
-  if name == "q_bias":
-    return x.reshape(h, dh)
-  if name in ("k_bias", "v_bias"):
-    return x.reshape(k, dh)
-  if name in ("gate", "up", "down"):
-    return x.T
-  return x
-
-
-def _to_hf(name: str, x: np.ndarray) -> np.ndarray:
-  """Inverse of `_to_ours` for one layer's tensor."""
-  if name in ("q", "k", "v"):
-    return x.reshape(x.shape[0], -1).T
-  if name == "o":
-    return x.reshape(-1, x.shape[-1]).T
-  if name in ("q_bias", "k_bias", "v_bias"):
-    return x.reshape(-1)
-  if name in ("gate", "up", "down"):
-    return x.T
-  return x
 
 
 def _shard_files(path: str) -> list[str]:
@@ -225,17 +169,18 @@ def _iter_tensors(files: list[str]) -> Iterator[tuple[str, np.ndarray]]:
         yield name, f.get_tensor(name)
 
 
-def _tensor_index(path: str, config: ModelConfig) -> dict[str, tuple[str, str, int | None]]:
+_Index = dict[str, tuple[str, Tensor, int | None]]
+
+
+def _tensor_index(path: str, config: ModelConfig) -> _Index:
   """Checks every tensor's name and shape from the safetensors headers (no data is read).
 
   Returns:
-    HF name -> (file, our param name, layer index or None), for the tensors we load.
+    HF name -> (file, its table entry, layer index or None), for the tensors we load.
   """
-  d, n, v = config.hidden_size, config.num_layers, config.vocab_size
-  layer_table = _layer_tensors(config)
-  top = {"model.embed_tokens.weight": ("embed", (v, d)), "model.norm.weight": ("final_norm", (d,))}
-  if not config.tie_embeddings:
-    top["lm_head.weight"] = ("lm_head", (v, d))
+  n = config.num_layers
+  layer_table = config.family.layer_tensors(config)
+  top = top_tensors(config)
   expected = set(top) | {f"model.layers.{i}.{s}" for i in range(n) for s in layer_table}
   index = {}
   for file in _shard_files(path):
@@ -245,20 +190,21 @@ def _tensor_index(path: str, config: ModelConfig) -> dict[str, tuple[str, str, i
           continue
         layer_match = _LAYER.match(name)
         if name in top:
-          (ours, shape), layer = top[name], None
+          tensor, layer = top[name], None
         elif layer_match and layer_match.group(2) in layer_table:
-          (ours, shape), layer = layer_table[layer_match.group(2)], int(layer_match.group(1))
+          tensor, layer = layer_table[layer_match.group(2)], int(layer_match.group(1))
         else:
+          flags = ", ".join(f"{flag}={getattr(config, flag)}" for flag in families.FLAGS)
           raise CheckpointError(f"unexpected tensor {name!r} in {path!r} for a "
-                                f"{config.model_type} model (qkv_bias={config.qkv_bias}, "
+                                f"{config.model_type} model ({flags}, "
                                 f"tied={config.tie_embeddings})")
         if layer is not None and layer >= n:
           raise CheckpointError(f"tensor {name!r} is beyond num_hidden_layers={n}")
         stored = tuple(f.get_slice(name).get_shape())
-        if stored != shape:
-          raise CheckpointError(f"tensor {name!r} has shape {stored}, expected {shape} "
+        if stored != tensor.shape:
+          raise CheckpointError(f"tensor {name!r} has shape {stored}, expected {tensor.shape} "
                                 "from config.json")
-        index[name] = (file, ours, layer)
+        index[name] = (file, tensor, layer)
   missing = sorted(expected - set(index))
   if missing:
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
@@ -266,53 +212,25 @@ def _tensor_index(path: str, config: ModelConfig) -> dict[str, tuple[str, str, i
   return index
 
 
-def _hf_read(reader: Any, name: str, ours: str, box: tuple[slice, ...],
-             config: ModelConfig) -> np.ndarray:
-  """Our-layout block `box` (slices of one layer's param, or of a top-level param) of HF
-  tensor `name`, reading only the stored rows/columns it needs (`get_slice`)."""
-  h, k, dh = config.num_heads, config.num_kv_heads, config.head_dim
-  heads = {"q": h, "k": k, "v": k, "o": h, "q_bias": h, "k_bias": k, "v_bias": k}.get(ours)
-  sl = reader.get_slice(name)
-  if ours in ("q", "k", "v"):  # ours [D, heads, Dh] = hf[heads·Dh, D].T
-    d_sl, h_sl, e_sl = box
-    rows = slice(h_sl.start * dh, h_sl.stop * dh)
-    block = sl[rows, d_sl].T.reshape(d_sl.stop - d_sl.start, h_sl.stop - h_sl.start, dh)
-    return block[:, :, e_sl]
-  if ours == "o":  # ours [H, Dh, D] = hf[D, H·Dh].T
-    h_sl, e_sl, d_sl = box
-    cols = slice(h_sl.start * dh, h_sl.stop * dh)
-    block = sl[d_sl, cols].T.reshape(h_sl.stop - h_sl.start, dh, d_sl.stop - d_sl.start)
-    return block[:, e_sl, :]
-  if heads is not None:  # biases: ours [heads, Dh] = hf[heads·Dh]
-    h_sl, e_sl = box
-    return sl[h_sl.start * dh:h_sl.stop * dh].reshape(-1, dh)[:, e_sl]
-  if ours in ("gate", "up", "down", "lm_head"):  # ours = hf.T
-    return sl[box[1], box[0]].T
-  return sl[box]
+def _sharded_leaf(index: _Index, names: str | list[str], shape: tuple[int, ...], dtype: Any,
+                  sharding_: Any, head_dim: int) -> jax.Array:
+  """One param as a global array; each device's block is read from the files by itself.
 
+  Args:
+    names: the HF tensor of a top-level param, or one per layer of a stacked layer param.
+  """
+  def read(name: str, box: tuple[slice, ...]) -> np.ndarray:
+    file, tensor, _ = index[name]
+    with safe_open(file, framework="numpy") as f:
+      return hf_layout.read_block(f.get_slice(name), tensor.layout, box, head_dim).astype(dtype)
 
-def _sharded_leaf(path: str, index: dict, ours: str, layer_names: list[str] | None,
-                  shape: tuple[int, ...], dtype: Any, sharding_: Any,
-                  config: ModelConfig) -> jax.Array:
-  """One param as a global array; each device's block is read from the files by itself."""
   def block(idx: tuple[slice, ...]) -> np.ndarray:
     box = tuple(slice(*s.indices(dim)[:2]) for s, dim in zip(idx, shape))
-    if layer_names is None:
-      file = index[_name_of(index, ours)][0]
-      with safe_open(file, framework="numpy") as f:
-        return _hf_read(f, _name_of(index, ours), ours, box, config).astype(dtype)
-    out = []
-    for layer in range(box[0].start, box[0].stop):
-      file = index[layer_names[layer]][0]
-      with safe_open(file, framework="numpy") as f:
-        out.append(_hf_read(f, layer_names[layer], ours, box[1:], config).astype(dtype))
-    return np.stack(out)
+    if isinstance(names, str):
+      return read(names, box)
+    return np.stack([read(names[layer], box[1:]) for layer in range(box[0].start, box[0].stop)])
 
   return jax.make_array_from_callback(shape, sharding_, block)
-
-
-def _name_of(index: dict, ours: str) -> str:
-  return next(name for name, (_, o, layer) in index.items() if o == ours and layer is None)
 
 
 def check_model_config(path: str, stored: ModelConfig, expected: ModelConfig) -> None:
@@ -328,8 +246,8 @@ def load(path: epath.PathLike, *, param_dtype: str | None = None,
          compute_dtype: str | None = None, shardings: Any = None,
          expected: ModelConfig | None = None,
          **config_overrides: Any) -> tuple[ModelConfig, dict]:
-  """Loads a Hugging Face Qwen2/Llama checkpoint directory (local, or `gs://` through a
-  temporary local copy).
+  """Loads a Hugging Face checkpoint directory of a supported model family
+  (`models.families`; local, or `gs://` through a temporary local copy).
 
   Without `shardings`, tensors are read one shard file at a time into host arrays (peak host
   memory: the model plus one file). With `shardings`, every param is created directly in its
@@ -375,43 +293,45 @@ def _load_local(path: str, *, param_dtype: str | None, compute_dtype: str | None
   dtype = _NP_DTYPES[config.param_dtype]
   index = _tensor_index(path, config)
   if shardings is not None:
+    top: dict[str, str] = {}
     by_layer: dict[str, list[str]] = {}
-    for name, (_, ours, layer) in sorted(index.items(), key=lambda kv: kv[1][2] or 0):
-      if layer is not None:
-        by_layer.setdefault(ours, [None] * config.num_layers)[layer] = name
+    for name, (_, tensor, layer) in index.items():
+      if layer is None:
+        top[tensor.param] = name
+      else:
+        by_layer.setdefault(tensor.param, [""] * config.num_layers)[layer] = name
     abstract = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
-    leaf = lambda ours, layers, spec, sh: _sharded_leaf(path, index, ours, layers, spec.shape,
-                                                        dtype, sh, config)
-    params = {key: leaf(key, None, abstract[key], shardings[key])
+    leaf = lambda names, spec, sh: _sharded_leaf(index, names, spec.shape, dtype, sh,
+                                                 config.head_dim)
+    params = {key: leaf(top[key], abstract[key], shardings[key])
               for key in abstract if key != "layers"}
-    params["layers"] = {key: leaf(key, by_layer[key], abstract["layers"][key],
-                                  shardings["layers"][key]) for key in abstract["layers"]}
+    params["layers"] = {key: leaf(by_layer[key], abstract["layers"][key], shardings["layers"][key])
+                        for key in abstract["layers"]}
     return config, params
   n = config.num_layers
   params: dict[str, Any] = {"layers": {}}
-  for name, tensor in _iter_tensors(_shard_files(path)):
+  for name, array in _iter_tensors(_shard_files(path)):
     if name not in index:
       continue
-    _, ours, layer = index[name]
+    _, tensor, layer = index[name]
+    converted = hf_layout.to_ours(tensor.layout, array, config.head_dim).astype(dtype)
     if layer is None:
-      params[ours] = (tensor.T if ours == "lm_head" else tensor).astype(dtype)
+      params[tensor.param] = converted
       continue
-    converted = _to_ours(ours, tensor, config).astype(dtype)
-    if ours not in params["layers"]:
-      params["layers"][ours] = np.empty((n, *converted.shape), dtype)
-    params["layers"][ours][layer] = converted
+    if tensor.param not in params["layers"]:
+      params["layers"][tensor.param] = np.empty((n, *converted.shape), dtype)
+    params["layers"][tensor.param][layer] = converted
   return config, jax.tree.map(jax.numpy.asarray, params)
 
 
 def _hf_tensors(config: ModelConfig, params: dict) -> Iterator[tuple[str, np.ndarray]]:
-  table = {ours: suffix for suffix, (ours, _) in _layer_tensors(config).items()}
-  yield "model.embed_tokens.weight", np.asarray(params["embed"])
+  for name, tensor in top_tensors(config).items():
+    yield name, hf_layout.to_hf(tensor.layout, np.asarray(params[tensor.param]))
+  layer_table = config.family.layer_tensors(config)
   for i in range(config.num_layers):
-    for ours, suffix in table.items():
-      yield f"model.layers.{i}.{suffix}", _to_hf(ours, np.asarray(params["layers"][ours][i]))
-  yield "model.norm.weight", np.asarray(params["final_norm"])
-  if not config.tie_embeddings:
-    yield "lm_head.weight", np.asarray(params["lm_head"]).T
+    for suffix, tensor in layer_table.items():
+      yield (f"model.layers.{i}.{suffix}",
+             hf_layout.to_hf(tensor.layout, np.asarray(params["layers"][tensor.param][i])))
 
 
 def save(path: epath.PathLike, config: ModelConfig, params: dict, *,

@@ -26,7 +26,7 @@ from ml_collections import config_dict
 
 from entropix_rl import advantages, data, losses, sampling, tasks
 from entropix_rl.losses.config import check_bool, check_choice, check_number
-from entropix_rl.models import ModelConfig
+from entropix_rl.models import ModelConfig, families
 from entropix_rl.models.attention import ATTENTION_IMPLS
 from entropix_rl.train.evaluation import EvalConfig
 from entropix_rl.train.optim import OptimizerConfig
@@ -80,7 +80,9 @@ class ModelSection:
     checkpoint: that directory (local or gs://).
     param_dtype, compute_dtype, attention_impl, attention_block_q, attention_block_k: how to
       run the model (also applied to a checkpoint).
-    architecture: the other `ModelConfig` fields given in the section.
+    architecture: the other `ModelConfig` fields given in the section (the model family
+      `model_type`, its decoder flags `qkv_bias`, `qk_norm`, `sliding_window`, the sizes);
+      a decoder flag left out takes the family's value.
   """
 
   init: str = "random"
@@ -390,6 +392,8 @@ def _model(value: Any) -> ModelSection:
     if key != "rope_scaling":
       _check_type(f"model.{key}", values[key], hints[key])
     architecture[key] = values[key]
+  if "model_type" in architecture:
+    check_choice("model.model_type", architecture["model_type"], families.MODEL_TYPES)
   return _typed(ModelSection, "model", {**{k: values[k] for k in own},
                                         "architecture": architecture}, architecture=dict)
 
