@@ -159,7 +159,11 @@ def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cach
   kh = k_cache.shape[1]
   qg = q.reshape(b, t, kh, h // kh, dh)
   scale = dh ** -0.5
-  old = jnp.einsum("btkgd,bksd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) * scale
+  if t == 1:  # a decode step: a multiply-reduce over Dh beats B·K matmuls of one row each
+    q32 = qg[:, 0].astype(jnp.float32)[:, :, :, None, :]  # [B, K, G, 1, Dh]
+    old = jnp.sum(k_cache.astype(jnp.float32)[:, :, None] * q32, axis=-1)[:, :, :, None] * scale
+  else:
+    old = jnp.einsum("btkgd,bksd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) * scale
   new = jnp.einsum("btkgd,bskd->bkgts", qg, k_new, preferred_element_type=jnp.float32) * scale
   s = k_cache.shape[2]
   q_slots = index + jnp.arange(t)
@@ -169,8 +173,13 @@ def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cach
   old = jnp.where(old_allowed[:, None, None], old, masked)
   new = jnp.where(new_allowed[:, None, None], new, masked)
   probs = jax.nn.softmax(jnp.concatenate([old, new], axis=-1), axis=-1).astype(v_new.dtype)
-  out = (jnp.einsum("bkgts,bksd->btkgd", probs[..., :s], v_cache)
-         + jnp.einsum("bkgts,bskd->btkgd", probs[..., s:], v_new))
+  if t == 1:
+    from_cache = jnp.sum(probs[:, :, :, 0, :s, None].astype(jnp.float32)
+                         * v_cache.astype(jnp.float32)[:, :, None], axis=-2)  # [B, K, G, Dh]
+    from_cache = from_cache[:, None].astype(v_new.dtype)
+  else:
+    from_cache = jnp.einsum("bkgts,bksd->btkgd", probs[..., :s], v_cache)
+  out = from_cache + jnp.einsum("bkgts,bskd->btkgd", probs[..., s:], v_new)
   return out.reshape(b, t, h, dh)
 
 
