@@ -21,7 +21,9 @@ rolls out each of the 4 mini-batches separately, so it computes no old log-probs
 environment cannot be made (no network), the tunix line says why and the rest still runs.
 
 Output, JSON lines: the original ours-vs-TRL figure, then one line per baseline
-(`baseline_name`: trl, tunix) with both medians, `speedup` (baseline / ours), each side's work
+(`baseline_name`: trl, tunix) and per variant of ours (`ours_variant`: `default`, which
+recomputes the old log-probs as verl and TRL do, and `old_logp_from_rollout`, which reuses the
+sampler's; tunix computes none) with both medians, `speedup` (baseline / ours), each side's work
 per step (rollouts, samples, old log-prob rows, updates) and its time split as far as that side
 exposes it, and the mean completion length each side produced (lengths are not forced). With
 the defaults it takes about 2 minutes on 2 cores, plus the environment's creation the first
@@ -82,9 +84,11 @@ def bench_config():
 
 def one_rollout_work(config) -> dict[str, int]:
   """Work per step when all prompts are rolled out once, old log-probs are computed for every
-  sample, and the updates split that rollout (ours and TRL)."""
+  sample (unless `rl.old_logp_from_rollout` reuses the sampler's), and the updates split that
+  rollout (ours and TRL)."""
   samples = config.rl.prompts_per_step * config.rl.group_size
-  return {"rollouts": 1, "samples_per_rollout": samples, "old_logprob_rows": samples,
+  recomputed = 0 if config.rl.old_logp_from_rollout else samples
+  return {"rollouts": 1, "samples_per_rollout": samples, "old_logprob_rows": recomputed,
           "updates": config.rl.num_minibatches,
           "rows_per_update": samples // config.rl.num_minibatches}
 
@@ -285,8 +289,11 @@ def main(argv):
   del argv
   config = bench_config()
   exp = experiment.resolve(config)
+  reuse = bench_config()
+  reuse.rl.old_logp_from_rollout = True
   with tempfile.TemporaryDirectory() as tmp:
     our = ours(config, os.path.join(tmp, "ours"))
+    our_reuse = ours(reuse, os.path.join(tmp, "ours_reuse"))
     params = init_params(exp.model, jax.random.PRNGKey(0))
     model_dir = os.path.join(tmp, "model")
     hf.save(model_dir, exp.model, params)
@@ -304,22 +311,25 @@ def main(argv):
        group_size=config.rl.group_size, minibatches=config.rl.num_minibatches,
        max_new_tokens=config.sampler.max_new_tokens, params=exp.model.num_params())
   targets = {"trl": "speedup >= 2", "tunix": "speedup >= 1.5"}
-  for name, base in baselines.items():
-    if "error" in base:
+  variants = {"default": our, "old_logp_from_rollout": our_reuse}
+  for variant, side in variants.items():
+    side_med = statistics.median(side["steps_s"])
+    for name, base in baselines.items():
+      if "error" in base:
+        emit(benchmark="rl_step", figure="grpo_step_speedup", baseline_name=name,
+             ours_variant=variant, ours_median_s=side_med, error=base["error"])
+        continue
+      base_med = statistics.median(base["steps_s"])
       emit(benchmark="rl_step", figure="grpo_step_speedup", baseline_name=name,
-           ours_median_s=ours_med, error=base["error"])
-      continue
-    base_med = statistics.median(base["steps_s"])
-    emit(benchmark="rl_step", figure="grpo_step_speedup", baseline_name=name,
-         ours_median_s=ours_med, baseline_median_s=base_med, speedup=base_med / ours_med,
-         target=targets[name], ours_work=our["work"], baseline_work=base["work"],
-         ours_split_median_s=our["split_median_s"],
-         baseline_split_median_s=base["split_median_s"],
-         ours_mean_completion_len=our["mean_completion_len"],
-         baseline_mean_completion_len=base["mean_completion_len"],
-         ours_all_s=our["steps_s"], baseline_all_s=base["steps_s"],
-         baseline_first_step_s=base["first_step_s_incl_compile"],
-         **{k: base[k] for k in ("logits_max_abs_diff", "unmatched") if k in base})
+           ours_variant=variant, ours_median_s=side_med, baseline_median_s=base_med,
+           speedup=base_med / side_med, target=targets[name], ours_work=side["work"],
+           baseline_work=base["work"], ours_split_median_s=side["split_median_s"],
+           baseline_split_median_s=base["split_median_s"],
+           ours_mean_completion_len=side["mean_completion_len"],
+           baseline_mean_completion_len=base["mean_completion_len"],
+           ours_all_s=side["steps_s"], baseline_all_s=base["steps_s"],
+           baseline_first_step_s=base["first_step_s_incl_compile"],
+           **{k: base[k] for k in ("logits_max_abs_diff", "unmatched") if k in base})
 
 if __name__ == "__main__":
   app.run(main)
