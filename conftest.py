@@ -18,4 +18,5 @@ def pytest_sessionfinish(session, exitstatus):
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
   if os.path.basename(cache).startswith("entropix_rl_jax_cache_"):
     import shutil
+
     shutil.rmtree(cache, ignore_errors=True)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from entropix_rl import losses, token_stats  # noqa: E402
+from entropix_rl import losses, token_stats
 
 NAMES = ("ppo", "clip_cov", "kl_cov")
 
@@ -47,8 +47,9 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--vocab", type=int, default=4096, help="Full step: vocabulary size.")
   p.add_argument("--token_chunk", type=int, default=1024, help="Full step: tokens per chunk.")
   p.add_argument("--repeats", type=int, default=7, help="Timings per loss name.")
-  p.add_argument("--inner", type=int, default=50,
-                 help="policy_loss_step: calls per timing (full step: 1).")
+  p.add_argument(
+      "--inner", type=int, default=50, help="policy_loss_step: calls per timing (full step: 1)."
+  )
   return p.parse_args()
 
 
@@ -76,8 +77,15 @@ def make_inputs(args: argparse.Namespace) -> dict[str, jax.Array]:
   hidden = rng.standard_normal((b, t, args.hidden)).astype(np.float32)
   unembed = (rng.standard_normal((args.hidden, args.vocab)) / args.hidden**0.5).astype(np.float32)
   targets = rng.integers(0, args.vocab, size=(b, t)).astype(np.int32)
-  arrays = dict(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, hidden=hidden,
-                unembed=unembed, targets=targets)
+  arrays = dict(
+      logp=logp,
+      old_logp=old_logp,
+      advantages=advantages,
+      mask=mask,
+      hidden=hidden,
+      unembed=unembed,
+      targets=targets,
+  )
   return {k: jnp.asarray(v) for k, v in arrays.items()}
 
 
@@ -85,8 +93,9 @@ def loss_step(cfg: losses.LossConfig):
   """jit(value_and_grad) of `policy_loss` w.r.t. `logp`."""
 
   def fn(logp, old_logp, advantages, mask, rng):
-    loss, _ = losses.policy_loss(cfg, logp=logp, old_logp=old_logp, advantages=advantages,
-                                 mask=mask, rng=rng)
+    loss, _ = losses.policy_loss(
+        cfg, logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, rng=rng
+    )
     return loss
 
   return jax.jit(jax.value_and_grad(fn))
@@ -99,11 +108,19 @@ def full_step(cfg: losses.LossConfig, token_chunk: int):
 
   def fn(hidden, unembed, targets, old_logp, advantages, mask, rng):
     logp, entropy = token_stats.token_logp_entropy(
-        hidden, unembed, targets, token_chunk=token_chunk, with_entropy=needs_entropy)
+        hidden, unembed, targets, token_chunk=token_chunk, with_entropy=needs_entropy
+    )
     if not needs_entropy_grad:
       entropy = jax.lax.stop_gradient(entropy)
-    loss, _ = losses.policy_loss(cfg, logp=logp, old_logp=old_logp, advantages=advantages,
-                                 mask=mask, rng=rng, entropy=entropy if needs_entropy else None)
+    loss, _ = losses.policy_loss(
+        cfg,
+        logp=logp,
+        old_logp=old_logp,
+        advantages=advantages,
+        mask=mask,
+        rng=rng,
+        entropy=entropy if needs_entropy else None,
+    )
     return loss
 
   return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
@@ -126,32 +143,69 @@ def time_interleaved(calls: dict[str, callable], repeats: int, inner: int) -> di
 
 def report(figure: str, seconds: dict[str, float], **shape) -> None:
   for name in NAMES[1:]:
-    emit(benchmark="losses", figure=figure, loss=name, ours=seconds[name],
-         baseline=seconds["ppo"], ratio=seconds[name] / seconds["ppo"], unit="s",
-         baseline_name="ppo", target="<= 1.05", **shape)
+    emit(
+        benchmark="losses",
+        figure=figure,
+        loss=name,
+        ours=seconds[name],
+        baseline=seconds["ppo"],
+        ratio=seconds[name] / seconds["ppo"],
+        unit="s",
+        baseline_name="ppo",
+        target="<= 1.05",
+        **shape,
+    )
 
 
 def main() -> None:
   args = parse_args()
   x = make_inputs(args)
   key = jax.random.key(0)
-  shape = dict(tokens=args.batch * args.time, batch=args.batch, time=args.time,
-               valid_tokens=int(x["mask"].sum()), repeats=args.repeats,
-               backend=jax.default_backend())
+  shape = dict(
+      tokens=args.batch * args.time,
+      batch=args.batch,
+      time=args.time,
+      valid_tokens=int(x["mask"].sum()),
+      repeats=args.repeats,
+      backend=jax.default_backend(),
+  )
   configs = {name: loss_config(name) for name in NAMES}
 
   steps = {name: loss_step(cfg) for name, cfg in configs.items()}
-  calls = {name: (lambda s=s: s(x["logp"], x["old_logp"], x["advantages"], x["mask"], key))
-           for name, s in steps.items()}
-  report("policy_loss_step_seconds_median", time_interleaved(calls, args.repeats, args.inner),
-         inner=args.inner, **shape)
+  calls = {
+      name: (lambda s=s: s(x["logp"], x["old_logp"], x["advantages"], x["mask"], key))
+      for name, s in steps.items()
+  }
+  report(
+      "policy_loss_step_seconds_median",
+      time_interleaved(calls, args.repeats, args.inner),
+      inner=args.inner,
+      **shape,
+  )
 
   steps = {name: full_step(cfg, args.token_chunk) for name, cfg in configs.items()}
-  calls = {name: (lambda s=s: s(x["hidden"], x["unembed"], x["targets"], x["old_logp"],
-                                x["advantages"], x["mask"], key))
-           for name, s in steps.items()}
-  report("full_loss_step_seconds_median", time_interleaved(calls, args.repeats, 1),
-         hidden=args.hidden, vocab=args.vocab, token_chunk=args.token_chunk, **shape)
+  calls = {
+      name: (
+          lambda s=s: s(
+              x["hidden"],
+              x["unembed"],
+              x["targets"],
+              x["old_logp"],
+              x["advantages"],
+              x["mask"],
+              key,
+          )
+      )
+      for name, s in steps.items()
+  }
+  report(
+      "full_loss_step_seconds_median",
+      time_interleaved(calls, args.repeats, 1),
+      hidden=args.hidden,
+      vocab=args.vocab,
+      token_chunk=args.token_chunk,
+      **shape,
+  )
 
 
 if __name__ == "__main__":

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import os
 import sys
-
-import tempfile  # noqa: E402
+import tempfile
 
 _DEVICES = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--devices=")), 8)
 _DUMP = tempfile.mkdtemp(prefix="entropix_memory_")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_force_host_platform_device_count={_DEVICES}"
-                           f" --xla_dump_to={_DUMP} --xla_dump_hlo_pass_re=NONE").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_DEVICES}"
+    f" --xla_dump_to={_DUMP} --xla_dump_hlo_pass_re=NONE"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import dataclasses  # noqa: E402
@@ -48,11 +48,11 @@ import re  # noqa: E402
 import time  # noqa: E402
 import types  # noqa: E402
 
+from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from entropix_rl import losses, memory, sampling, sharding  # noqa: E402
@@ -64,24 +64,34 @@ from entropix_rl.train.sft_step import make_sft_step  # noqa: E402
 from entropix_rl.train.state import create_train_state  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (e.g. a recipe).")
-_ARCH = flags.DEFINE_enum("arch", "qwen2.5-7b", [f"qwen2.5-{s.lower()}" for s in memory.QWEN25_SIZES],
-                          "Architecture to compile.")
+_ARCH = flags.DEFINE_enum(
+    "arch",
+    "qwen2.5-7b",
+    [f"qwen2.5-{s.lower()}" for s in memory.QWEN25_SIZES],
+    "Architecture to compile.",
+)
 flags.DEFINE_integer("devices", 8, "Simulated CPU devices (read before JAX starts).")
 _MESH = flags.DEFINE_string("mesh", "", "data,fsdp,tensor sizes (default: the config's mesh).")
 _CHIP = flags.DEFINE_enum("chip", "v5p", list(memory.HBM_GIB), "Chip whose HBM to compare with.")
 _ATTENTION = flags.DEFINE_string("attention", "blockwise", "model.attention_impl to compile.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
-                           "Param and compute dtype. float32 validates the analytic model: "
-                           "XLA:CPU then makes no float32 copies of bfloat16 operands.")
-_FUNCTIONS = flags.DEFINE_list("functions", ["rl_update", "prefill", "decode", "sft_step"],
-                               "Functions to compile.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    "bfloat16",
+    ["bfloat16", "float32"],
+    "Param and compute dtype. float32 validates the analytic model: "
+    "XLA:CPU then makes no float32 copies of bfloat16 operands.",
+)
+_FUNCTIONS = flags.DEFINE_list(
+    "functions", ["rl_update", "prefill", "decode", "sft_step"], "Functions to compile."
+)
 _HEADROOM = 0.9
 GIB = memory.GIB
 
 
 def _abstract(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
 def _device_bytes(tree) -> int:
@@ -120,11 +130,18 @@ def _cpu_f32_copies(dump_dir: str, module: str, hlo: str) -> tuple[int, str]:
       types[name], ops[name], lines[name] = (dtype, dims), op, line.strip()
       operands[name] = re.findall(r"%([\w.\-]+)", args)
   sources = {n for n, op in ops.items() if op in ("parameter", "get-tuple-element")}
-  copies = {name for name, (dtype, dims) in types.items()
-            if dtype == "f32" and "convert" in name and any(
-                a in sources and types.get(a) == ("bf16", dims) for a in operands[name])}
-  paths = [os.path.join(dump_dir, f) for f in os.listdir(dump_dir)
-           if f"jit_{module}." in f and f.endswith("after_optimizations-buffer-assignment.txt")]
+  copies = {
+      name
+      for name, (dtype, dims) in types.items()
+      if dtype == "f32"
+      and "convert" in name
+      and any(a in sources and types.get(a) == ("bf16", dims) for a in operands[name])
+  }
+  paths = [
+      os.path.join(dump_dir, f)
+      for f in os.listdir(dump_dir)
+      if f"jit_{module}." in f and f.endswith("after_optimizations-buffer-assignment.txt")
+  ]
   if not copies or not paths:
     return 0, ""
   text = open(max(paths, key=os.path.getmtime)).read()
@@ -134,7 +151,8 @@ def _cpu_f32_copies(dump_dir: str, module: str, hlo: str) -> tuple[int, str]:
     match = _VALUE.search(line)
     if match:
       slots.setdefault(int(match.group(3)), []).append(
-          (int(match.group(2)), match.group(1) in copies))
+          (int(match.group(2)), match.group(1) in copies)
+      )
   saved = 0
   for values in slots.values():
     largest = max(size for size, _ in values)
@@ -144,26 +162,43 @@ def _cpu_f32_copies(dump_dir: str, module: str, hlo: str) -> tuple[int, str]:
   return saved, lines[largest_copy][:240]
 
 
-def _report(name: str, lowered, *, module: str, resident: int, estimate: int, hbm: int,
-            context: dict) -> None:
+def _report(
+    name: str, lowered, *, module: str, resident: int, estimate: int, hbm: int, context: dict
+) -> None:
   start = time.perf_counter()
   compiled = lowered.compile()
   seconds = time.perf_counter() - start
   mem = compiled.memory_analysis()
   copies, example = _cpu_f32_copies(_DUMP, module, compiled.as_text())
-  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-          + mem.temp_size_in_bytes + resident)
+  peak = (
+      mem.argument_size_in_bytes
+      + mem.output_size_in_bytes
+      - mem.alias_size_in_bytes
+      + mem.temp_size_in_bytes
+      + resident
+  )
   record = dict(
-      benchmark="memory", function=name, **context,
-      argument_gib=mem.argument_size_in_bytes / GIB, output_gib=mem.output_size_in_bytes / GIB,
-      alias_gib=mem.alias_size_in_bytes / GIB, temp_gib=mem.temp_size_in_bytes / GIB,
-      resident_gib=resident / GIB, peak_gib=peak / GIB, hbm_gib=hbm / GIB,
-      hbm_fraction=peak / hbm, fits=peak <= _HEADROOM * hbm,
-      estimate_gib=estimate / GIB, ratio=peak / estimate if estimate else None,
+      benchmark="memory",
+      function=name,
+      **context,
+      argument_gib=mem.argument_size_in_bytes / GIB,
+      output_gib=mem.output_size_in_bytes / GIB,
+      alias_gib=mem.alias_size_in_bytes / GIB,
+      temp_gib=mem.temp_size_in_bytes / GIB,
+      resident_gib=resident / GIB,
+      peak_gib=peak / GIB,
+      hbm_gib=hbm / GIB,
+      hbm_fraction=peak / hbm,
+      fits=peak <= _HEADROOM * hbm,
+      estimate_gib=estimate / GIB,
+      ratio=peak / estimate if estimate else None,
       baseline_name="entropix_rl.memory estimate",
-      cpu_f32_copies_gib=copies / GIB, peak_without_cpu_copies_gib=(peak - copies) / GIB,
+      cpu_f32_copies_gib=copies / GIB,
+      peak_without_cpu_copies_gib=(peak - copies) / GIB,
       fits_without_cpu_copies=peak - copies <= _HEADROOM * hbm,
-      cpu_f32_example=example, compile_s=seconds)
+      cpu_f32_example=example,
+      compile_s=seconds,
+  )
   print(json.dumps(record), flush=True)
 
 
@@ -174,23 +209,36 @@ def main(argv):
     data, fsdp, tensor = (int(x) for x in _MESH.value.split(","))
     config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
   model_cfg = memory.qwen25_config(_ARCH.value.split("-", 1)[1].upper()).replace(
-      attention_impl=_ATTENTION.value, attention_block_q=config.model.attention_block_q,
-      attention_block_k=config.model.attention_block_k, param_dtype=_DTYPE.value,
-      compute_dtype=_DTYPE.value)
-  stand_in = types.SimpleNamespace(stop_ids=(151643,), pad_id=151643,
-                                   vocab_size=model_cfg.vocab_size)
+      attention_impl=_ATTENTION.value,
+      attention_block_q=config.model.attention_block_q,
+      attention_block_k=config.model.attention_block_k,
+      param_dtype=_DTYPE.value,
+      compute_dtype=_DTYPE.value,
+  )
+  stand_in = types.SimpleNamespace(
+      stop_ids=(151643,), pad_id=151643, vocab_size=model_cfg.vocab_size
+  )
   exp = resolve(config, tokenizer=stand_in, model=model_cfg)
   mesh = sharding.make_mesh(config.mesh)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   hbm = memory.device_hbm_bytes(_CHIP.value)
   prompt, completion = config.data.max_prompt_len, exp.sampler.max_new_tokens
   n = exp.rl.batch_size
-  context = dict(arch=_ARCH.value, config=sys.argv[1] if len(sys.argv) > 1 else "",
-                 devices=jax.device_count(), mesh=dict(mesh.shape), chip=_CHIP.value,
-                 attention=model_cfg.attention_impl, dtype=_DTYPE.value, rollouts=n, prompt_len=prompt,
-                 response_len=completion, micro_batch_size=exp.rl.micro_batch_size,
-                 logprob_micro_batch_size=exp.rl.logprob_micro_batch_size,
-                 max_decode_rows=exp.sampler.max_decode_rows)
+  context = dict(
+      arch=_ARCH.value,
+      config=sys.argv[1] if len(sys.argv) > 1 else "",
+      devices=jax.device_count(),
+      mesh=dict(mesh.shape),
+      chip=_CHIP.value,
+      attention=model_cfg.attention_impl,
+      dtype=_DTYPE.value,
+      rollouts=n,
+      prompt_len=prompt,
+      response_len=completion,
+      micro_batch_size=exp.rl.micro_batch_size,
+      logprob_micro_batch_size=exp.rl.logprob_micro_batch_size,
+      max_decode_rows=exp.sampler.max_decode_rows,
+  )
   params = jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0)))
   params = _abstract(params, sharding.param_shardings(model_cfg, mesh))
   estimate = memory.estimate_for_experiment(model_cfg, exp, dict(mesh.shape))
@@ -198,25 +246,46 @@ def main(argv):
   optimizer = make_optimizer(exp.rl_optimizer)
 
   def train_state(opt, with_reference):
-    build = lambda p: create_train_state(p, opt, jax.random.PRNGKey(0),
-                                         interventions=losses.init_states(exp.loss),
-                                         ref_params=p if with_reference else None)
+    build = lambda p: create_train_state(
+        p,
+        opt,
+        jax.random.PRNGKey(0),
+        interventions=losses.init_states(exp.loss),
+        ref_params=p if with_reference else None,
+    )
     abstract = jax.eval_shape(build, params)
     return _abstract(abstract, sharding.state_shardings(abstract, opt, mesh))
 
   state = train_state(optimizer, config.rl.use_reference)
-  rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype,
-                                                   sharding=sharding.batch_sharding(mesh))
+  rows = lambda shape, dtype: jax.ShapeDtypeStruct(
+      shape, dtype, sharding=sharding.batch_sharding(mesh)
+  )
   if "rl_update" in _FUNCTIONS.value:
-    batch = {"tokens": rows((n, prompt + completion), jnp.int32),
-             "attention_mask": rows((n, prompt + completion), bool),
-             "completion": rows((n, completion), jnp.int32),
-             "completion_mask": rows((n, completion), jnp.float32),
-             "rewards": rows((n,), jnp.float32), "group_ids": rows((n,), jnp.int32)}
-    update = make_rl_update(model_cfg, exp.rl, exp.loss, optimizer, mesh=mesh,
-                            state_sharding=jax.tree.map(lambda x: x.sharding, state))
-    _report("rl_update", module="update", lowered=update.lower(state, batch), resident=0, estimate=estimate.train_peak,
-            hbm=hbm, context=context)
+    batch = {
+        "tokens": rows((n, prompt + completion), jnp.int32),
+        "attention_mask": rows((n, prompt + completion), bool),
+        "completion": rows((n, completion), jnp.int32),
+        "completion_mask": rows((n, completion), jnp.float32),
+        "rewards": rows((n,), jnp.float32),
+        "group_ids": rows((n,), jnp.int32),
+    }
+    update = make_rl_update(
+        model_cfg,
+        exp.rl,
+        exp.loss,
+        optimizer,
+        mesh=mesh,
+        state_sharding=jax.tree.map(lambda x: x.sharding, state),
+    )
+    _report(
+        "rl_update",
+        module="update",
+        lowered=update.lower(state, batch),
+        resident=0,
+        estimate=estimate.train_peak,
+        hbm=hbm,
+        context=context,
+    )
 
   sampler_cfg = dataclasses.replace(exp.sampler, num_samples=exp.rl.group_size)
   per_pass = sampler_cfg.prompts_per_pass or exp.rl.num_groups
@@ -226,35 +295,78 @@ def main(argv):
   context = dict(context, decode_rows=pass_rows)
   if "prefill" in _FUNCTIONS.value:
     fn = sampling.compiled_prefill(model_cfg, sampler_cfg, mesh)
-    lowered = fn.lower(params, rows((per_pass, prompt), jnp.int32), rows((per_pass, prompt), bool),
-                       rows((pass_rows, 2), jnp.uint32), rows((pass_rows,), jnp.int32),
-                       jnp.float32(1.0), None)
-    _report("prefill", module="_prefill", lowered=lowered, resident=resident, estimate=estimate.prefill_peak, hbm=hbm,
-            context=context)
+    lowered = fn.lower(
+        params,
+        rows((per_pass, prompt), jnp.int32),
+        rows((per_pass, prompt), bool),
+        rows((pass_rows, 2), jnp.uint32),
+        rows((pass_rows,), jnp.int32),
+        jnp.float32(1.0),
+        None,
+    )
+    _report(
+        "prefill",
+        module="_prefill",
+        lowered=lowered,
+        resident=resident,
+        estimate=estimate.prefill_peak,
+        hbm=hbm,
+        context=context,
+    )
   if "decode" in _FUNCTIONS.value:
     cache = jax.eval_shape(lambda: decoder.init_cache(model_cfg, pass_rows, prompt + completion))
-    decode_state = jax.eval_shape(lambda c: sampling.DecodeState(
-        cache=c, tokens=jnp.zeros((pass_rows,), jnp.int32), done=jnp.zeros((pass_rows,), bool),
-        row_keys=jnp.zeros((pass_rows, 2), jnp.uint32), row_ids=jnp.zeros((pass_rows,), jnp.int32),
-        step=jnp.int32(0)), cache)
+    decode_state = jax.eval_shape(
+        lambda c: sampling.DecodeState(
+            cache=c,
+            tokens=jnp.zeros((pass_rows,), jnp.int32),
+            done=jnp.zeros((pass_rows,), bool),
+            row_keys=jnp.zeros((pass_rows, 2), jnp.uint32),
+            row_ids=jnp.zeros((pass_rows,), jnp.int32),
+            step=jnp.int32(0),
+        ),
+        cache,
+    )
     decode_state = _abstract(decode_state, sampling.state_shardings(model_cfg, mesh))
-    fn = sampling.compiled_decode(model_cfg, sampler_cfg, sampler_cfg.decode_segment or completion,
-                                  mesh)
-    _report("decode", module="_decode", lowered=fn.lower(params, decode_state, jnp.float32(1.0), None), resident=resident,
-            estimate=estimate.decode_peak, hbm=hbm, context=context)
+    fn = sampling.compiled_decode(
+        model_cfg, sampler_cfg, sampler_cfg.decode_segment or completion, mesh
+    )
+    _report(
+        "decode",
+        module="_decode",
+        lowered=fn.lower(params, decode_state, jnp.float32(1.0), None),
+        resident=resident,
+        estimate=estimate.decode_peak,
+        hbm=hbm,
+        context=context,
+    )
   if "sft_step" in _FUNCTIONS.value:
     sft_optimizer = make_optimizer(exp.sft_optimizer)
     sft_state = train_state(sft_optimizer, False)
     b = config.sft.batch_size
-    step = make_sft_step(model_cfg, sft_optimizer, token_chunk=exp.rl.token_chunk,
-                         remat=exp.rl.remat, micro_batch_size=config.sft.micro_batch_size,
-                         batch_size=b, mesh=mesh,
-                         state_sharding=jax.tree.map(lambda x: x.sharding, sft_state))
-    batch = {"tokens": rows((b, prompt + completion), jnp.int32),
-             "attention_mask": rows((b, prompt + completion), bool),
-             "loss_mask": rows((b, prompt + completion), jnp.float32)}
-    _report("sft_step", module="step", lowered=step.lower(sft_state, batch), resident=0,
-            estimate=estimate.sft_peak, hbm=hbm, context=dict(context, sft_batch=b))
+    step = make_sft_step(
+        model_cfg,
+        sft_optimizer,
+        token_chunk=exp.rl.token_chunk,
+        remat=exp.rl.remat,
+        micro_batch_size=config.sft.micro_batch_size,
+        batch_size=b,
+        mesh=mesh,
+        state_sharding=jax.tree.map(lambda x: x.sharding, sft_state),
+    )
+    batch = {
+        "tokens": rows((b, prompt + completion), jnp.int32),
+        "attention_mask": rows((b, prompt + completion), bool),
+        "loss_mask": rows((b, prompt + completion), jnp.float32),
+    }
+    _report(
+        "sft_step",
+        module="step",
+        lowered=step.lower(sft_state, batch),
+        resident=0,
+        estimate=estimate.sft_peak,
+        hbm=hbm,
+        context=dict(context, sft_batch=b),
+    )
 
 
 if __name__ == "__main__":

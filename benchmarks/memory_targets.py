@@ -28,21 +28,49 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # their docstrings name, and the overrides for the other two targets.
 TARGETS = (
     ("Qwen2.5-7B, v5p-32", "configs/qwen25_7b.py:clip_cov", "qwen2.5-7b", 16, "1,4,4", "v5p", ()),
-    ("Qwen2.5-7B, v6e-64", "configs/qwen25_7b.py:clip_cov", "qwen2.5-7b", 64, "1,16,4", "v6e",
-     ("--config.rl.micro_batch_size=1", "--config.rl.logprob_micro_batch_size=1",
-      "--config.sft.micro_batch_size=1")),
-    ("Qwen2.5-32B, v5p-128", "configs/qwen25_32b.py:kl_cov", "qwen2.5-32b", 64, "1,8,8", "v5p",
-     ()),
-    ("Qwen2.5-7B, 8x H100", "configs/qwen25_7b.py:clip_cov", "qwen2.5-7b", 8, "1,2,4", "h100",
-     ("--config.rl.micro_batch_size=1", "--config.rl.logprob_micro_batch_size=2",
-      "--config.sft.micro_batch_size=1", "--config.sampler.max_decode_rows=256")),
+    (
+        "Qwen2.5-7B, v6e-64",
+        "configs/qwen25_7b.py:clip_cov",
+        "qwen2.5-7b",
+        64,
+        "1,16,4",
+        "v6e",
+        (
+            "--config.rl.micro_batch_size=1",
+            "--config.rl.logprob_micro_batch_size=1",
+            "--config.sft.micro_batch_size=1",
+        ),
+    ),
+    ("Qwen2.5-32B, v5p-128", "configs/qwen25_32b.py:kl_cov", "qwen2.5-32b", 64, "1,8,8", "v5p", ()),
+    (
+        "Qwen2.5-7B, 8x H100",
+        "configs/qwen25_7b.py:clip_cov",
+        "qwen2.5-7b",
+        8,
+        "1,2,4",
+        "h100",
+        (
+            "--config.rl.micro_batch_size=1",
+            "--config.rl.logprob_micro_batch_size=2",
+            "--config.sft.micro_batch_size=1",
+            "--config.sampler.max_decode_rows=256",
+        ),
+    ),
 )
 
 
 def run_target(config, arch, devices, mesh, chip, overrides, dtype) -> list[dict]:
-  cmd = [sys.executable, os.path.join(HERE, "memory.py"), f"--config={config}",
-         f"--arch={arch}", f"--devices={devices}", f"--mesh={mesh}", f"--chip={chip}",
-         f"--dtype={dtype}", *overrides]
+  cmd = [
+      sys.executable,
+      os.path.join(HERE, "memory.py"),
+      f"--config={config}",
+      f"--arch={arch}",
+      f"--devices={devices}",
+      f"--mesh={mesh}",
+      f"--chip={chip}",
+      f"--dtype={dtype}",
+      *overrides,
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -51,9 +79,11 @@ def run_target(config, arch, devices, mesh, chip, overrides, dtype) -> list[dict
 
 def table(rows: list[tuple[str, dict]]) -> str:
   """Per-device GiB: compiled, the CPU-only float32 copies, what is left, the estimate."""
-  lines = ["| target | function | dtype | compiled | CPU f32 copies | compiled − copies | "
-           "estimate | (compiled − copies) / estimate | of HBM | fits |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+      "| target | function | dtype | compiled | CPU f32 copies | compiled − copies | "
+      "estimate | (compiled − copies) / estimate | of HBM | fits |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for label, r in rows:
     net = r["peak_without_cpu_copies_gib"]
     lines.append(
@@ -61,7 +91,8 @@ def table(rows: list[tuple[str, dict]]) -> str:
         f"{r['cpu_f32_copies_gib']:.1f} | {net:.1f} | {r['estimate_gib']:.1f} | "
         f"{net / r['estimate_gib']:.2f} | {net / r['hbm_gib']:.0%} of {r['hbm_gib']:.0f} | "
         f"{'yes' if net <= 0.9 * r['hbm_gib'] else 'no'}"
-        f"{'' if r['fits'] else ' (compiled with the copies: no)'} |")
+        f"{'' if r['fits'] else ' (compiled with the copies: no)'} |"
+    )
   return "\n".join(lines)
 
 

@@ -44,22 +44,24 @@ from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags
+import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import quickstart  # noqa: E402
-from entropix_rl import sharding, tasks  # noqa: E402
-from entropix_rl.models import forward, hf, init_params  # noqa: E402
-from entropix_rl.tokenizer import CharTokenizer  # noqa: E402
-from entropix_rl.train import experiment  # noqa: E402
+from configs import quickstart
+from entropix_rl import sharding, tasks
+from entropix_rl.models import forward, hf, init_params
+from entropix_rl.tokenizer import CharTokenizer
+from entropix_rl.train import experiment
 
 _STEPS = flags.DEFINE_integer("steps", 3, "Measured steps per side (after one warm-up step).")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads (match the cores JAX uses).")
 _TUNIX_VENV = flags.DEFINE_string(
-    "tunix_venv", os.path.expanduser("~/.cache/entropix_rl/tunix-venv"),
-    "Virtual environment with tunix: reused if it imports tunix, else created here.")
+    "tunix_venv",
+    os.path.expanduser("~/.cache/entropix_rl/tunix-venv"),
+    "Virtual environment with tunix: reused if it imports tunix, else created here.",
+)
 
 TUNIX_PACKAGES = ("google-tunix==0.1.7", "jax==0.10.2", "jaxlib==0.10.2")
 TUNIX_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tunix_grpo.py")
@@ -88,9 +90,13 @@ def one_rollout_work(config) -> dict[str, int]:
   rollout (ours and TRL)."""
   samples = config.rl.prompts_per_step * config.rl.group_size
   recomputed = 0 if config.rl.old_logp_from_rollout else samples
-  return {"rollouts": 1, "samples_per_rollout": samples, "old_logprob_rows": recomputed,
-          "updates": config.rl.num_minibatches,
-          "rows_per_update": samples // config.rl.num_minibatches}
+  return {
+      "rollouts": 1,
+      "samples_per_rollout": samples,
+      "old_logprob_rows": recomputed,
+      "updates": config.rl.num_minibatches,
+      "rows_per_update": samples // config.rl.num_minibatches,
+  }
 
 
 def ours(config, workdir: str) -> dict[str, Any]:
@@ -100,8 +106,9 @@ def ours(config, workdir: str) -> dict[str, Any]:
   exp = experiment.resolve(config, tokenizer=tokenizer)
   task = tasks.get_task(config.task.name, **config.task.kwargs)
   params = init_params(exp.model, jax.random.PRNGKey(0))
-  run = experiment.RLRun(exp, workdir, tokenizer, task, exp.model, params,
-                         sharding.make_mesh(config.mesh), log=False)
+  run = experiment.RLRun(
+      exp, workdir, tokenizer, task, exp.model, params, sharding.make_mesh(config.mesh), log=False
+  )
   collect_s, update_s, lengths = [], [], []
   for _ in range(_STEPS.value + 1):
     t0 = time.perf_counter()
@@ -116,23 +123,30 @@ def ours(config, workdir: str) -> dict[str, Any]:
     lengths.append(metrics["response/length_mean"])
   run.checkpointer.close()
   times = [c + u for c, u in zip(collect_s, update_s)]
-  return {"steps_s": times[1:], "first_step_s_incl_compile": times[0],
-          "mean_completion_len": float(np.mean(lengths)),
-          "work": one_rollout_work(config),
-          "split_median_s": {"source": "wall clock around RLRun._collect and RLRun.update",
-                             "rollout": statistics.median(collect_s[1:]),
-                             "old_logprobs_and_updates": statistics.median(update_s[1:])}}
+  return {
+      "steps_s": times[1:],
+      "first_step_s_incl_compile": times[0],
+      "mean_completion_len": float(np.mean(lengths)),
+      "work": one_rollout_work(config),
+      "split_median_s": {
+          "source": "wall clock around RLRun._collect and RLRun.update",
+          "rollout": statistics.median(collect_s[1:]),
+          "old_logprobs_and_updates": statistics.median(update_s[1:]),
+      },
+  }
 
 
 def char_hf_tokenizer(char_tok: CharTokenizer, path: str):
   from tokenizers import Regex, Tokenizer, models, pre_tokenizers
   from transformers import PreTrainedTokenizerFast
+
   vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
   vocab.update({c: i + 3 for i, c in enumerate(char_tok.alphabet)})
   tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
   tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
-                                 eos_token="<eos>")
+  fast = PreTrainedTokenizerFast(
+      tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+  )
   fast.padding_side = "left"
   fast.save_pretrained(path)
   return fast
@@ -160,12 +174,15 @@ def trl(config, model_dir: str, workdir: str) -> dict[str, Any]:
   def reward(prompts, completions, completion_ids, **kwargs):
     del kwargs
     lengths.extend(len(ids) for ids in completion_ids)
-    return [task.verify(by_prompt[p.replace("<bos>", "")], c.replace("<eos>", ""))
-            for p, c in zip(prompts, completions)]
+    return [
+        task.verify(by_prompt[p.replace("<bos>", "")], c.replace("<eos>", ""))
+        for p, c in zip(prompts, completions)
+    ]
 
   step_times: list[float] = []
 
   class Timer(TrainerCallback):
+
     def on_step_begin(self, args, state, control, **kwargs):
       self.t0 = time.perf_counter()
 
@@ -173,32 +190,60 @@ def trl(config, model_dir: str, workdir: str) -> dict[str, Any]:
       step_times.append(time.perf_counter() - self.t0)
 
   args = GRPOConfig(
-      output_dir=workdir, per_device_train_batch_size=groups * n // minibatches,
-      gradient_accumulation_steps=1, steps_per_generation=minibatches, num_generations=n,
-      max_completion_length=config.sampler.max_new_tokens, temperature=1.0, top_p=1.0,
-      beta=0.0, num_iterations=1, epsilon=0.2, loss_type="dapo", learning_rate=3e-4,
-      max_steps=minibatches * (_STEPS.value + 1), use_cpu=True, report_to=[], logging_steps=10**6,
-      save_strategy="no", bf16=False, shuffle_dataset=False, max_grad_norm=1.0, seed=0,
-      dataloader_num_workers=0)
+      output_dir=workdir,
+      per_device_train_batch_size=groups * n // minibatches,
+      gradient_accumulation_steps=1,
+      steps_per_generation=minibatches,
+      num_generations=n,
+      max_completion_length=config.sampler.max_new_tokens,
+      temperature=1.0,
+      top_p=1.0,
+      beta=0.0,
+      num_iterations=1,
+      epsilon=0.2,
+      loss_type="dapo",
+      learning_rate=3e-4,
+      max_steps=minibatches * (_STEPS.value + 1),
+      use_cpu=True,
+      report_to=[],
+      logging_steps=10**6,
+      save_strategy="no",
+      bf16=False,
+      shuffle_dataset=False,
+      max_grad_norm=1.0,
+      seed=0,
+      dataloader_num_workers=0,
+  )
   model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-  trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
-                        processing_class=tokenizer, callbacks=[Timer()])
+  trainer = GRPOTrainer(
+      model=model,
+      reward_funcs=reward,
+      args=args,
+      train_dataset=dataset,
+      processing_class=tokenizer,
+      callbacks=[Timer()],
+  )
   with contextlib.redirect_stdout(sys.stderr):  # its end-of-training dict; stdout is JSON only
     trainer.train()
-  blocks = [step_times[i:i + minibatches] for i in range(0, len(step_times), minibatches)]
+  blocks = [step_times[i : i + minibatches] for i in range(0, len(step_times), minibatches)]
   # The first optimizer step of a block also generates, scores and computes old log-probs;
   # the others only update.
   update_only = [statistics.mean(b[1:]) for b in blocks[1:]]
-  return {"steps_s": [sum(b) for b in blocks[1:]], "first_step_s_incl_compile": sum(blocks[0]),
-          "mean_completion_len": float(np.mean(lengths)),
-          "work": one_rollout_work(config),
-          "split_median_s": {
-              "source": "derived from TRL's per-optimizer-step times: rollout = the block's "
-                        "first step minus the mean of its other steps, updates = that mean "
-                        f"x {minibatches}",
-              "rollout_and_old_logprobs": statistics.median(
-                  b[0] - u for b, u in zip(blocks[1:], update_only)),
-              "updates": statistics.median(u * minibatches for u in update_only)}}
+  return {
+      "steps_s": [sum(b) for b in blocks[1:]],
+      "first_step_s_incl_compile": sum(blocks[0]),
+      "mean_completion_len": float(np.mean(lengths)),
+      "work": one_rollout_work(config),
+      "split_median_s": {
+          "source": "derived from TRL's per-optimizer-step times: rollout = the block's "
+          "first step minus the mean of its other steps, updates = that mean "
+          f"x {minibatches}",
+          "rollout_and_old_logprobs": statistics.median(
+              b[0] - u for b, u in zip(blocks[1:], update_only)
+          ),
+          "updates": statistics.median(u * minibatches for u in update_only),
+      },
+  }
 
 
 def tunix_python(venv: str) -> str:
@@ -211,8 +256,10 @@ def tunix_python(venv: str) -> str:
   probe = [python, "-c", "import tunix.rl.grpo.grpo_learner"]
   if os.path.exists(python) and subprocess.run(probe, capture_output=True).returncode == 0:
     return python
-  for cmd in ([sys.executable, "-m", "venv", venv],
-              [python, "-m", "pip", "install", "--quiet", *TUNIX_PACKAGES]):
+  for cmd in (
+      [sys.executable, "-m", "venv", venv],
+      [python, "-m", "pip", "install", "--quiet", *TUNIX_PACKAGES],
+  ):
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
       tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
@@ -233,34 +280,56 @@ def tunix_spec(exp: experiment.Experiment, params: dict, model_dir: str, tmp: st
   completions = np.full((CHECK_ROWS, new), tok.pad_id, np.int32)
   for row, ex in enumerate(examples[:CHECK_ROWS]):
     ids = [tok.bos_id] + tok.encode(ex.prompt)
-    prompts[row, width - len(ids):] = ids
+    prompts[row, width - len(ids) :] = ids
     done = tok.encode(task.demonstration(ex, demo_rng)) + [tok.eos_id]
-    done = done[:min(new, len(done) - row)]  # row r drops its last r tokens: ragged ends
-    completions[row, :len(done)] = done
+    done = done[: min(new, len(done) - row)]  # row r drops its last r tokens: ragged ends
+    completions[row, : len(done)] = done
   tokens = np.concatenate([prompts, completions], axis=1)
   logits, _ = forward(model, params, tokens, mask=tokens != tok.pad_id)
   logits_path = os.path.join(tmp, "check_logits.npz")
   np.savez(logits_path, logits=np.asarray(logits))
   opt = exp.rl_optimizer
   spec = {
-      "task": config.task.name, "model_dir": model_dir,
-      "model": {"num_layers": model.num_layers, "vocab_size": model.vocab_size,
-                "hidden_size": model.hidden_size, "intermediate_size": model.intermediate_size,
-                "num_heads": model.num_heads, "head_dim": model.head_dim,
-                "num_kv_heads": model.num_kv_heads, "rope_theta": model.rope_theta,
-                "rms_norm_eps": model.rms_norm_eps, "tie_embeddings": model.tie_embeddings},
-      "alphabet": tok.alphabet, "pad_id": tok.pad_id, "bos_id": tok.bos_id,
+      "task": config.task.name,
+      "model_dir": model_dir,
+      "model": {
+          "num_layers": model.num_layers,
+          "vocab_size": model.vocab_size,
+          "hidden_size": model.hidden_size,
+          "intermediate_size": model.intermediate_size,
+          "num_heads": model.num_heads,
+          "head_dim": model.head_dim,
+          "num_kv_heads": model.num_kv_heads,
+          "rope_theta": model.rope_theta,
+          "rms_norm_eps": model.rms_norm_eps,
+          "tie_embeddings": model.tie_embeddings,
+      },
+      "alphabet": tok.alphabet,
+      "pad_id": tok.pad_id,
+      "bos_id": tok.bos_id,
       "eos_id": tok.eos_id,
       "prompts": [{"prompt": ex.prompt, "n": int(ex.info["n"])} for ex in examples],
-      "prompts_per_step": groups, "group_size": exp.rl.group_size,
-      "num_minibatches": exp.rl.num_minibatches, "max_prompt_len": width,
-      "max_new_tokens": new, "temperature": exp.sampler.temperature,
-      "clip_eps": exp.loss.clip_eps_low, "seed": config.seed,
-      "optimizer": {"learning_rate": opt.learning_rate, "grad_clip_norm": opt.grad_clip_norm,
-                    "b1": opt.b1, "b2": opt.b2, "eps": opt.eps,
-                    "weight_decay": opt.weight_decay},
-      "check": {"prompt_tokens": prompts.tolist(), "completion_tokens": completions.tolist(),
-                "logits_path": logits_path},
+      "prompts_per_step": groups,
+      "group_size": exp.rl.group_size,
+      "num_minibatches": exp.rl.num_minibatches,
+      "max_prompt_len": width,
+      "max_new_tokens": new,
+      "temperature": exp.sampler.temperature,
+      "clip_eps": exp.loss.clip_eps_low,
+      "seed": config.seed,
+      "optimizer": {
+          "learning_rate": opt.learning_rate,
+          "grad_clip_norm": opt.grad_clip_norm,
+          "b1": opt.b1,
+          "b2": opt.b2,
+          "eps": opt.eps,
+          "weight_decay": opt.weight_decay,
+      },
+      "check": {
+          "prompt_tokens": prompts.tolist(),
+          "completion_tokens": completions.tolist(),
+          "logits_path": logits_path,
+      },
   }
   path = os.path.join(tmp, "tunix_spec.json")
   with open(path, "w") as f:
@@ -276,8 +345,9 @@ def tunix(exp: experiment.Experiment, params: dict, model_dir: str, tmp: str) ->
     return {"error": f"no tunix environment at {_TUNIX_VENV.value}: {e}"}
   spec = tunix_spec(exp, params, model_dir, tmp)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  done = subprocess.run([python, TUNIX_SCRIPT, f"--spec={spec}"], capture_output=True,
-                        text=True, env=env)
+  done = subprocess.run(
+      [python, TUNIX_SCRIPT, f"--spec={spec}"], capture_output=True, text=True, env=env
+  )
   lines = done.stdout.strip().splitlines()
   if done.returncode or not lines:
     tail = (done.stdout + done.stderr).strip().splitlines()[-10:]
@@ -297,39 +367,71 @@ def main(argv):
     params = init_params(exp.model, jax.random.PRNGKey(0))
     model_dir = os.path.join(tmp, "model")
     hf.save(model_dir, exp.model, params)
-    baselines = {"trl": trl(config, model_dir, os.path.join(tmp, "trl")),
-                 "tunix": tunix(exp, params, model_dir, tmp)}
+    baselines = {
+        "trl": trl(config, model_dir, os.path.join(tmp, "trl")),
+        "tunix": tunix(exp, params, model_dir, tmp),
+    }
   ours_med, trl_med = statistics.median(our["steps_s"]), statistics.median(
-      baselines["trl"]["steps_s"])
-  emit(benchmark="rl_step", figure="grpo_step_seconds_median", ours=ours_med, baseline=trl_med,
-       ratio=ours_med / trl_med, speedup=trl_med / ours_med, unit="s", target="speedup >= 2",
-       baseline_impl="trl GRPOTrainer", ours_all_s=our["steps_s"],
-       baseline_all_s=baselines["trl"]["steps_s"],
-       ours_first_step_s_incl_compile=our["first_step_s_incl_compile"],
-       baseline_first_step_s=baselines["trl"]["first_step_s_incl_compile"],
-       ours_mean_completion_len=our["mean_completion_len"], prompts=config.rl.prompts_per_step,
-       group_size=config.rl.group_size, minibatches=config.rl.num_minibatches,
-       max_new_tokens=config.sampler.max_new_tokens, params=exp.model.num_params())
+      baselines["trl"]["steps_s"]
+  )
+  emit(
+      benchmark="rl_step",
+      figure="grpo_step_seconds_median",
+      ours=ours_med,
+      baseline=trl_med,
+      ratio=ours_med / trl_med,
+      speedup=trl_med / ours_med,
+      unit="s",
+      target="speedup >= 2",
+      baseline_impl="trl GRPOTrainer",
+      ours_all_s=our["steps_s"],
+      baseline_all_s=baselines["trl"]["steps_s"],
+      ours_first_step_s_incl_compile=our["first_step_s_incl_compile"],
+      baseline_first_step_s=baselines["trl"]["first_step_s_incl_compile"],
+      ours_mean_completion_len=our["mean_completion_len"],
+      prompts=config.rl.prompts_per_step,
+      group_size=config.rl.group_size,
+      minibatches=config.rl.num_minibatches,
+      max_new_tokens=config.sampler.max_new_tokens,
+      params=exp.model.num_params(),
+  )
   targets = {"trl": "speedup >= 2", "tunix": "speedup >= 1.5"}
   variants = {"default": our, "old_logp_from_rollout": our_reuse}
   for variant, side in variants.items():
     side_med = statistics.median(side["steps_s"])
     for name, base in baselines.items():
       if "error" in base:
-        emit(benchmark="rl_step", figure="grpo_step_speedup", baseline_name=name,
-             ours_variant=variant, ours_median_s=side_med, error=base["error"])
+        emit(
+            benchmark="rl_step",
+            figure="grpo_step_speedup",
+            baseline_name=name,
+            ours_variant=variant,
+            ours_median_s=side_med,
+            error=base["error"],
+        )
         continue
       base_med = statistics.median(base["steps_s"])
-      emit(benchmark="rl_step", figure="grpo_step_speedup", baseline_name=name,
-           ours_variant=variant, ours_median_s=side_med, baseline_median_s=base_med,
-           speedup=base_med / side_med, target=targets[name], ours_work=side["work"],
-           baseline_work=base["work"], ours_split_median_s=side["split_median_s"],
-           baseline_split_median_s=base["split_median_s"],
-           ours_mean_completion_len=side["mean_completion_len"],
-           baseline_mean_completion_len=base["mean_completion_len"],
-           ours_all_s=side["steps_s"], baseline_all_s=base["steps_s"],
-           baseline_first_step_s=base["first_step_s_incl_compile"],
-           **{k: base[k] for k in ("logits_max_abs_diff", "unmatched") if k in base})
+      emit(
+          benchmark="rl_step",
+          figure="grpo_step_speedup",
+          baseline_name=name,
+          ours_variant=variant,
+          ours_median_s=side_med,
+          baseline_median_s=base_med,
+          speedup=base_med / side_med,
+          target=targets[name],
+          ours_work=side["work"],
+          baseline_work=base["work"],
+          ours_split_median_s=side["split_median_s"],
+          baseline_split_median_s=base["split_median_s"],
+          ours_mean_completion_len=side["mean_completion_len"],
+          baseline_mean_completion_len=base["mean_completion_len"],
+          ours_all_s=side["steps_s"],
+          baseline_all_s=base["steps_s"],
+          baseline_first_step_s=base["first_step_s_incl_compile"],
+          **{k: base[k] for k in ("logits_max_abs_diff", "unmatched") if k in base},
+      )
+
 
 if __name__ == "__main__":
   app.run(main)

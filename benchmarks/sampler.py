@@ -39,15 +39,36 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from entropix_rl import sampling  # noqa: E402
-from entropix_rl.models import hf  # noqa: E402
+from entropix_rl import sampling
+from entropix_rl.models import hf
 
 SHAPES = {
-    "toy": dict(vocab=512, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384,
-                tie=False, prompts=64, samples=8, prompt_len=16, new_tokens=64),
-    "qwen2.5-0.5b": dict(vocab=151936, hidden=896, layers=24, heads=14, kv_heads=2,
-                         intermediate=4864, tie=True, prompts=4, samples=8, prompt_len=32,
-                         new_tokens=32),
+    "toy": dict(
+        vocab=512,
+        hidden=128,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        intermediate=384,
+        tie=False,
+        prompts=64,
+        samples=8,
+        prompt_len=16,
+        new_tokens=64,
+    ),
+    "qwen2.5-0.5b": dict(
+        vocab=151936,
+        hidden=896,
+        layers=24,
+        heads=14,
+        kv_heads=2,
+        intermediate=4864,
+        tie=True,
+        prompts=4,
+        samples=8,
+        prompt_len=32,
+        new_tokens=32,
+    ),
 }
 
 
@@ -55,19 +76,30 @@ def parse_args() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shapes", default=",".join(SHAPES), help="Comma-separated shape names.")
   p.add_argument("--repeats", type=int, default=3, help="Measured calls per side.")
-  p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                 help="torch threads (match the cores JAX uses).")
+  p.add_argument(
+      "--threads",
+      type=int,
+      default=os.cpu_count() or 1,
+      help="torch threads (match the cores JAX uses).",
+  )
   return p.parse_args()
 
 
 def make_model(shape: dict) -> Qwen2ForCausalLM:
   """A random Qwen2, float32, eval mode, with a near-uniform next-token distribution."""
   config = Qwen2Config(
-      vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
-      num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+      vocab_size=shape["vocab"],
+      hidden_size=shape["hidden"],
+      num_hidden_layers=shape["layers"],
+      num_attention_heads=shape["heads"],
+      num_key_value_heads=shape["kv_heads"],
       intermediate_size=shape["intermediate"],
       max_position_embeddings=max(256, 2 * (shape["prompt_len"] + shape["new_tokens"])),
-      tie_word_embeddings=shape["tie"], bos_token_id=1, eos_token_id=2, pad_token_id=0)
+      tie_word_embeddings=shape["tie"],
+      bos_token_id=1,
+      eos_token_id=2,
+      pad_token_id=0,
+  )
   torch.manual_seed(0)
   model = Qwen2ForCausalLM(config)
   gen = torch.Generator().manual_seed(0)
@@ -113,9 +145,13 @@ def run_shape(name: str, shape: dict, args: argparse.Namespace) -> dict:
     model.save_pretrained(path)
     model_cfg, params = hf.load(path)
 
-  sampler_cfg = sampling.SamplerConfig(temperature=1.0, max_new_tokens=new,
-                                       stop_ids=tuple(int(i) for i in stop_ids), num_samples=n,
-                                       pad_id=0)
+  sampler_cfg = sampling.SamplerConfig(
+      temperature=1.0,
+      max_new_tokens=new,
+      stop_ids=tuple(int(i) for i in stop_ids),
+      num_samples=n,
+      pad_id=0,
+  )
   keys = iter(jax.random.split(jax.random.key(0), args.repeats + 1))
   ours_counts = []
 
@@ -132,23 +168,42 @@ def run_shape(name: str, shape: dict, args: argparse.Namespace) -> dict:
 
   def theirs():
     with torch.inference_mode():
-      out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
-                           temperature=1.0, top_k=None, top_p=None, max_new_tokens=new,
-                           num_return_sequences=n, eos_token_id=stop_ids.tolist(),
-                           pad_token_id=0)
+      out = model.generate(
+          input_ids=input_ids,
+          attention_mask=attention_mask,
+          do_sample=True,
+          temperature=1.0,
+          top_k=None,
+          top_p=None,
+          max_new_tokens=new,
+          num_return_sequences=n,
+          eos_token_id=stop_ids.tolist(),
+          pad_token_id=0,
+      )
     theirs_counts.append(generated_tokens(out[:, width:].numpy(), stop_ids))
 
   theirs_s = median_seconds(theirs, args.repeats)
   ours_rate = statistics.median(ours_counts) / ours_s
   theirs_rate = statistics.median(theirs_counts) / theirs_s
-  return dict(benchmark="sampler", figure="rollout_tokens_per_s", shape=name,
-              ours=ours_rate, baseline=theirs_rate, ratio=ours_rate / theirs_rate,
-              unit="generated tokens/s", baseline_name="transformers generate", target=">= 2",
-              ours_seconds=ours_s, baseline_seconds=theirs_s,
-              ours_mean_length=statistics.median(ours_counts) / (p * n),
-              baseline_mean_length=statistics.median(theirs_counts) / (p * n),
-              repeats=args.repeats, threads=args.threads, backend=jax.default_backend(),
-              **shape)
+  return dict(
+      benchmark="sampler",
+      figure="rollout_tokens_per_s",
+      shape=name,
+      ours=ours_rate,
+      baseline=theirs_rate,
+      ratio=ours_rate / theirs_rate,
+      unit="generated tokens/s",
+      baseline_name="transformers generate",
+      target=">= 2",
+      ours_seconds=ours_s,
+      baseline_seconds=theirs_s,
+      ours_mean_length=statistics.median(ours_counts) / (p * n),
+      baseline_mean_length=statistics.median(theirs_counts) / (p * n),
+      repeats=args.repeats,
+      threads=args.threads,
+      backend=jax.default_backend(),
+      **shape,
+  )
 
 
 def main() -> None:

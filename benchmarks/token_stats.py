@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from entropix_rl import token_stats  # noqa: E402
+from entropix_rl import token_stats
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,11 +43,17 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--hidden", type=int, default=3584, help="Hidden size (memory figures).")
   p.add_argument("--batch", type=int, default=16, help="Sequences; tokens = batch * time.")
   p.add_argument("--time", type=int, default=1024, help="Tokens per sequence.")
-  p.add_argument("--dtypes", default="bfloat16,float32",
-                 help="Comma-separated dtypes of hidden and unembedding (memory figures).")
+  p.add_argument(
+      "--dtypes",
+      default="bfloat16,float32",
+      help="Comma-separated dtypes of hidden and unembedding (memory figures).",
+  )
   p.add_argument("--token_chunk", type=int, default=1024, help="Chunked: tokens per chunk.")
-  p.add_argument("--vocab_chunks", default="none,32768",
-                 help="Chunked: comma-separated vocab_chunk settings ('none' = whole vocab).")
+  p.add_argument(
+      "--vocab_chunks",
+      default="none,32768",
+      help="Chunked: comma-separated vocab_chunk settings ('none' = whole vocab).",
+  )
   p.add_argument("--time_tokens", type=int, default=2048, help="Timing: tokens.")
   p.add_argument("--time_hidden", type=int, default=256, help="Timing: hidden size.")
   p.add_argument("--time_vocab", type=int, default=8192, help="Timing: vocabulary size.")
@@ -81,24 +87,48 @@ def peak_temp_bytes(step, *args) -> int:
 
 
 def memory_figures(args: argparse.Namespace, dtype: str) -> None:
-  shape = dict(tokens=args.batch * args.time, hidden=args.hidden, vocab=args.vocab,
-               dtype=dtype, backend=jax.default_backend())
-  inputs = (jax.ShapeDtypeStruct((args.batch, args.time, args.hidden), jnp.dtype(dtype)),
-            jax.ShapeDtypeStruct((args.hidden, args.vocab), jnp.dtype(dtype)),
-            jax.ShapeDtypeStruct((args.batch, args.time), jnp.int32))
-  for backward, figure in ((False, "peak_temp_bytes_forward"),
-                           (True, "peak_temp_bytes_forward_backward")):
-    naive = peak_temp_bytes(make_step(token_stats.naive_logp_entropy, backward=backward),
-                            *inputs)
+  shape = dict(
+      tokens=args.batch * args.time,
+      hidden=args.hidden,
+      vocab=args.vocab,
+      dtype=dtype,
+      backend=jax.default_backend(),
+  )
+  inputs = (
+      jax.ShapeDtypeStruct((args.batch, args.time, args.hidden), jnp.dtype(dtype)),
+      jax.ShapeDtypeStruct((args.hidden, args.vocab), jnp.dtype(dtype)),
+      jax.ShapeDtypeStruct((args.batch, args.time), jnp.int32),
+  )
+  for backward, figure in (
+      (False, "peak_temp_bytes_forward"),
+      (True, "peak_temp_bytes_forward_backward"),
+  ):
+    naive = peak_temp_bytes(make_step(token_stats.naive_logp_entropy, backward=backward), *inputs)
     for setting in args.vocab_chunks.split(","):
       vocab_chunk = None if setting.strip().lower() == "none" else int(setting)
       chunked = peak_temp_bytes(
-          make_step(token_stats.token_logp_entropy, backward=backward,
-                    token_chunk=args.token_chunk, vocab_chunk=vocab_chunk), *inputs)
-      emit(benchmark="token_stats", figure=figure, ours=chunked, baseline=naive,
-           ratio=chunked / naive, unit="bytes", ours_gib=chunked / 2**30,
-           baseline_gib=naive / 2**30, target="<= 0.125", token_chunk=args.token_chunk,
-           vocab_chunk=vocab_chunk, **shape)
+          make_step(
+              token_stats.token_logp_entropy,
+              backward=backward,
+              token_chunk=args.token_chunk,
+              vocab_chunk=vocab_chunk,
+          ),
+          *inputs,
+      )
+      emit(
+          benchmark="token_stats",
+          figure=figure,
+          ours=chunked,
+          baseline=naive,
+          ratio=chunked / naive,
+          unit="bytes",
+          ours_gib=chunked / 2**30,
+          baseline_gib=naive / 2**30,
+          target="<= 0.125",
+          token_chunk=args.token_chunk,
+          vocab_chunk=vocab_chunk,
+          **shape,
+      )
 
 
 def median_seconds(step, inputs, repeats: int) -> float:
@@ -114,17 +144,32 @@ def median_seconds(step, inputs, repeats: int) -> float:
 def timing_figures(args: argparse.Namespace) -> None:
   keys = jax.random.split(jax.random.key(0), 3)
   n, d, v = args.time_tokens, args.time_hidden, args.time_vocab
-  inputs = (jax.random.normal(keys[0], (n, d), jnp.float32),
-            jax.random.normal(keys[1], (d, v), jnp.float32) / d**0.5,
-            jax.random.randint(keys[2], (n,), 0, v))
+  inputs = (
+      jax.random.normal(keys[0], (n, d), jnp.float32),
+      jax.random.normal(keys[1], (d, v), jnp.float32) / d**0.5,
+      jax.random.randint(keys[2], (n,), 0, v),
+  )
   naive = median_seconds(make_step(token_stats.naive_logp_entropy), inputs, args.repeats)
   chunked = median_seconds(
-      make_step(token_stats.token_logp_entropy, token_chunk=args.time_token_chunk), inputs,
-      args.repeats)
-  emit(benchmark="token_stats", figure="forward_backward_step_seconds_median", ours=chunked,
-       baseline=naive, ratio=chunked / naive, unit="s", token_chunk=args.time_token_chunk,
-       tokens=n, hidden=d, vocab=v, dtype="float32", backend=jax.default_backend(),
-       repeats=args.repeats)
+      make_step(token_stats.token_logp_entropy, token_chunk=args.time_token_chunk),
+      inputs,
+      args.repeats,
+  )
+  emit(
+      benchmark="token_stats",
+      figure="forward_backward_step_seconds_median",
+      ours=chunked,
+      baseline=naive,
+      ratio=chunked / naive,
+      unit="s",
+      token_chunk=args.time_token_chunk,
+      tokens=n,
+      hidden=d,
+      vocab=v,
+      dtype="float32",
+      backend=jax.default_backend(),
+      repeats=args.repeats,
+  )
 
 
 def main() -> None:

@@ -22,19 +22,19 @@ updates), the logits difference and the settings that could not be matched.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator, Sequence
 import importlib.metadata
 import json
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from tunix.models.qwen2 import model as qwen2_model
 from tunix.models.qwen2 import params as qwen2_params
 from tunix.perf import export as perf_export
@@ -86,8 +86,9 @@ class CharTokenizer:
     return self._specials[2]
 
 
-def decomposition_reward(prompts: list[str], completions: list[str], n: Sequence[int],
-                         **kwargs: Any) -> list[float]:
+def decomposition_reward(
+    prompts: list[str], completions: list[str], n: Sequence[int], **kwargs: Any
+) -> list[float]:
   """The decomposition task's check: `a+b` with positive a, b and a + b = n scores 1, else 0.
 
   The same rule as `entropix_rl.tasks.Decomposition.verify`, written out here because this
@@ -97,8 +98,12 @@ def decomposition_reward(prompts: list[str], completions: list[str], n: Sequence
   rewards = []
   for completion, target in zip(completions, n):
     match = _ANSWER.fullmatch(completion.strip())
-    ok = match is not None and int(match.group(1)) >= 1 and int(match.group(2)) >= 1 and (
-        int(match.group(1)) + int(match.group(2)) == int(target))
+    ok = (
+        match is not None
+        and int(match.group(1)) >= 1
+        and int(match.group(2)) >= 1
+        and (int(match.group(1)) + int(match.group(2)) == int(target))
+    )
     rewards.append(float(ok))
   return rewards
 
@@ -107,14 +112,22 @@ def model_config(spec: dict[str, Any]) -> qwen2_model.ModelConfig:
   """tunix's Qwen2 config for the spec's shape (tunix's Qwen2 always has qkv biases)."""
   m = spec["model"]
   return qwen2_model.ModelConfig(
-      num_layers=m["num_layers"], vocab_size=m["vocab_size"], embed_dim=m["hidden_size"],
-      hidden_dim=m["intermediate_size"], num_heads=m["num_heads"], head_dim=m["head_dim"],
-      num_kv_heads=m["num_kv_heads"], rope_theta=m["rope_theta"], norm_eps=m["rms_norm_eps"],
-      use_tied_embedding=m["tie_embeddings"])
+      num_layers=m["num_layers"],
+      vocab_size=m["vocab_size"],
+      embed_dim=m["hidden_size"],
+      hidden_dim=m["intermediate_size"],
+      num_heads=m["num_heads"],
+      head_dim=m["head_dim"],
+      num_kv_heads=m["num_kv_heads"],
+      rope_theta=m["rope_theta"],
+      norm_eps=m["rms_norm_eps"],
+      use_tied_embedding=m["tie_embeddings"],
+  )
 
 
-def logits_difference(model: qwen2_model.Qwen2, check: dict[str, Any], pad_id: int,
-                      eos_id: int) -> float:
+def logits_difference(
+    model: qwen2_model.Qwen2, check: dict[str, Any], pad_id: int, eos_id: int
+) -> float:
   """Max |tunix logits - our logits| over the real (non-pad) positions of the check rows.
 
   The rows go through tunix's own `process_ids` (the positions and attention mask its
@@ -124,16 +137,19 @@ def logits_difference(model: qwen2_model.Qwen2, check: dict[str, Any], pad_id: i
     ours = f["logits"]
   prompts = jnp.asarray(check["prompt_tokens"], jnp.int32)
   completions = jnp.asarray(check["completion_tokens"], jnp.int32)
-  tokens, positions, attn_mask, segment_ids = common.process_ids(prompts, completions, pad_id,
-                                                                 eos_id)
-  logits, _ = model(tokens, positions=positions, cache=None, attention_mask=attn_mask,
-                    segment_ids=segment_ids)
+  tokens, positions, attn_mask, segment_ids = common.process_ids(
+      prompts, completions, pad_id, eos_id
+  )
+  logits, _ = model(
+      tokens, positions=positions, cache=None, attention_mask=attn_mask, segment_ids=segment_ids
+  )
   real = np.asarray(tokens) != pad_id
   return float(np.abs(np.asarray(logits) - ours)[real].max())
 
 
-def timed_batches(spec: dict[str, Any], stamps: list[float],
-                  sync: Callable[[], None]) -> Iterator[dict[str, Any]]:
+def timed_batches(
+    spec: dict[str, Any], stamps: list[float], sync: Callable[[], None]
+) -> Iterator[dict[str, Any]]:
   """One batch of `prompts_per_step` prompts per step; stamps the time each is requested.
 
   The learner asks for batch k + 1 when step k is done, so consecutive stamps bound one
@@ -144,14 +160,13 @@ def timed_batches(spec: dict[str, Any], stamps: list[float],
   for start in range(0, len(rows), size):
     sync()
     stamps.append(time.perf_counter())
-    chunk = rows[start:start + size]
+    chunk = rows[start : start + size]
     yield {"prompts": [r["prompt"] for r in chunk], "n": np.asarray([r["n"] for r in chunk])}
   sync()
   stamps.append(time.perf_counter())
 
 
-def record_lengths(cluster: rl_cluster.RLCluster, max_new_tokens: int,
-                   lengths: list[int]) -> None:
+def record_lengths(cluster: rl_cluster.RLCluster, max_new_tokens: int, lengths: list[int]) -> None:
   """Makes `cluster.generate` append each completion's length, counting the stop token as
   ours does. tunix's sampler returns completions cut before their eos, and its own
   `completions/mean_length` also leaves out pad ids sampled inside a completion."""
@@ -192,8 +207,7 @@ def run(spec: dict[str, Any], logits_atol: float) -> dict[str, Any]:
   """Builds the tunix model, cluster and learner from `spec`; trains; returns the record."""
   tokenizer = CharTokenizer(spec["alphabet"], spec["pad_id"], spec["bos_id"], spec["eos_id"])
   mesh = tunix_mesh.create_mesh((1, 1), ("fsdp", "tp"), devices=jax.devices()[:1])
-  model = qwen2_params.create_model_from_safe_tensors(spec["model_dir"], model_config(spec),
-                                                      mesh)
+  model = qwen2_params.create_model_from_safe_tensors(spec["model_dir"], model_config(spec), mesh)
   diff = logits_difference(model, spec["check"], spec["pad_id"], spec["eos_id"])
   if not diff <= logits_atol:
     raise SystemExit(f"tunix logits differ from ours by {diff:.3g} > --logits_atol={logits_atol}")
@@ -201,13 +215,21 @@ def run(spec: dict[str, Any], logits_atol: float) -> dict[str, Any]:
   opt = spec["optimizer"]
   optimizer = optax.chain(
       optax.clip_by_global_norm(opt["grad_clip_norm"]),
-      optax.adamw(opt["learning_rate"], b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
-                  weight_decay=opt["weight_decay"]))
+      optax.adamw(
+          opt["learning_rate"],
+          b1=opt["b1"],
+          b2=opt["b2"],
+          eps=opt["eps"],
+          weight_decay=opt["weight_decay"],
+      ),
+  )
   groups, minibatches = spec["prompts_per_step"], spec["num_minibatches"]
   total_steps = len(spec["prompts"]) // groups
   cluster_config = rl_cluster.ClusterConfig(
-      role_to_mesh={role: mesh for role in (rl_cluster.Role.ACTOR, rl_cluster.Role.REFERENCE,
-                                            rl_cluster.Role.ROLLOUT)},
+      role_to_mesh={
+          role: mesh
+          for role in (rl_cluster.Role.ACTOR, rl_cluster.Role.REFERENCE, rl_cluster.Role.ROLLOUT)
+      },
       rollout_engine="vanilla",
       offload_to_cpu=False,
       training_config=rl_cluster.RLTrainingConfig(
@@ -220,20 +242,36 @@ def run(spec: dict[str, Any], logits_atol: float) -> dict[str, Any]:
           train_micro_batch_size=groups // minibatches,
       ),
       rollout_config=base_rollout.RolloutConfig(
-          max_tokens_to_generate=spec["max_new_tokens"], temperature=spec["temperature"],
-          top_p=1.0, top_k=None, seed=spec["seed"], max_prompt_length=spec["max_prompt_len"],
+          max_tokens_to_generate=spec["max_new_tokens"],
+          temperature=spec["temperature"],
+          top_p=1.0,
+          top_k=None,
+          seed=spec["seed"],
+          max_prompt_length=spec["max_prompt_len"],
           kv_cache_size=spec["max_prompt_len"] + spec["max_new_tokens"],
-          eos_tokens=[spec["eos_id"]]),
+          eos_tokens=[spec["eos_id"]],
+      ),
   )
   perf_config = perf_metrics.PerfMetricsConfig(
-      custom_export_fn=perf_export.PerfMetricsExport.from_cluster_config(cluster_config))
-  cluster = rl_cluster.RLCluster(actor=model, reference=None, tokenizer=tokenizer,
-                                 cluster_config=cluster_config, perf_config=perf_config)
+      custom_export_fn=perf_export.PerfMetricsExport.from_cluster_config(cluster_config)
+  )
+  cluster = rl_cluster.RLCluster(
+      actor=model,
+      reference=None,
+      tokenizer=tokenizer,
+      cluster_config=cluster_config,
+      perf_config=perf_config,
+  )
   algo_config = grpo_learner.GRPOConfig(
-      num_generations=spec["group_size"], num_iterations=1, beta=0.0,
-      epsilon=spec["clip_eps"], loss_agg_mode="token-mean")
-  learner = grpo_learner.GRPOLearner(rl_cluster=cluster, algo_config=algo_config,
-                                     reward_fns=decomposition_reward)
+      num_generations=spec["group_size"],
+      num_iterations=1,
+      beta=0.0,
+      epsilon=spec["clip_eps"],
+      loss_agg_mode="token-mean",
+  )
+  learner = grpo_learner.GRPOLearner(
+      rl_cluster=cluster, algo_config=algo_config, reward_fns=decomposition_reward
+  )
   lengths: list[int] = []
   record_lengths(cluster, spec["max_new_tokens"], lengths)
   actor = cluster.actor_trainer.model
@@ -256,19 +294,25 @@ def run(spec: dict[str, Any], logits_atol: float) -> dict[str, Any]:
       "steps_s": step_s[1:],
       "first_step_s_incl_compile": step_s[0],
       "mean_completion_len": float(np.mean(lengths)),
-      "tunix_mean_completion_len_without_eos": float(np.mean(history("completions",
-                                                                     "mean_length"))),
+      "tunix_mean_completion_len_without_eos": float(
+          np.mean(history("completions", "mean_length"))
+      ),
       "reward_mean": float(np.mean(history("rewards", "score/mean"))),
       "split_median_s": {
           "source": "tunix perf tracer (v1) spans, summed over the step's mini-batches; "
-                    "global_step includes rewards, advantages and data handling",
+          "global_step includes rewards, advantages and data handling",
           "rollout": statistics.median(rollout_s[1:]),
           "old_logprobs": 0.0,
           "updates": statistics.median(update_s[1:]),
           "global_step": statistics.median(history("perf", "global_step_time")[1:]),
       },
-      "work": {"rollouts": minibatches, "samples_per_rollout": rows, "old_logprob_rows": 0,
-               "updates": minibatches, "rows_per_update": rows},
+      "work": {
+          "rollouts": minibatches,
+          "samples_per_rollout": rows,
+          "old_logprob_rows": 0,
+          "updates": minibatches,
+          "rows_per_update": rows,
+      },
       "logits_max_abs_diff": diff,
       "unmatched": unmatched(spec),
   }
@@ -277,14 +321,20 @@ def run(spec: dict[str, Any], logits_atol: float) -> dict[str, Any]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--spec", required=True, help="JSON spec written by rl_step.py")
-  parser.add_argument("--logits_atol", type=float, default=1e-4,
-                      help="largest allowed |tunix logits - our logits| on the check rows")
+  parser.add_argument(
+      "--logits_atol",
+      type=float,
+      default=1e-4,
+      help="largest allowed |tunix logits - our logits| on the check rows",
+  )
   args = parser.parse_args()
   with open(args.spec) as f:
     spec = json.load(f)
   if spec["task"] != "decomposition":
-    raise SystemExit(f"tunix_grpo.py implements the decomposition reward only; the spec "
-                     f"asks for {spec['task']!r}")
+    raise SystemExit(
+        f"tunix_grpo.py implements the decomposition reward only; the spec "
+        f"asks for {spec['task']!r}"
+    )
   print(json.dumps(run(spec, args.logits_atol)), flush=True)
 
 

@@ -21,11 +21,16 @@ import ml_collections
 
 # Binaries load config files by path, so make the sibling quickstart importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import quickstart  # noqa: E402
+from configs import quickstart
 
 # name -> (ε_low, ε_high); "no_clip" is the control with no active bound.
-BOUNDS = {"symmetric": (0.2, 0.2), "clip_higher": (0.2, 0.28), "tight_low": (0.1, 0.2),
-          "tight_high": (0.2, 0.1), "no_clip": (1.0, 100.0)}
+BOUNDS = {
+    "symmetric": (0.2, 0.2),
+    "clip_higher": (0.2, 0.28),
+    "tight_low": (0.1, 0.2),
+    "tight_high": (0.2, 0.1),
+    "no_clip": (1.0, 100.0),
+}
 SEEDS = (0, 1)
 
 
@@ -33,8 +38,9 @@ def get_config(arg: str = "symmetric") -> ml_collections.ConfigDict:
   """The quickstart with random rewards and the clip bounds `arg` (one of `BOUNDS`)."""
   name = arg or "symmetric"
   if name not in BOUNDS:
-    raise ValueError(f"configs/clip_bounds.py:{name!r}: unknown bounds; allowed: "
-                     f"{tuple(BOUNDS)}")
+    raise ValueError(
+        f"configs/clip_bounds.py:{name!r}: unknown bounds; allowed: " f"{tuple(BOUNDS)}"
+    )
   config = quickstart.get_config()
   config.method = name
   config.rl.steps = 100
@@ -47,6 +53,14 @@ def get_config(arg: str = "symmetric") -> ml_collections.ConfigDict:
 
 def get_sweep() -> list[dict]:
   """Every entry of `BOUNDS` x `SEEDS`, with one shared SFT warm start."""
-  return [{"loss.clip_eps_low": low, "loss.clip_eps_high": high, "method": name, "seed": seed,
-           "_name": f"{name}_seed{seed}"} for name, (low, high) in BOUNDS.items()
-          for seed in SEEDS]
+  return [
+      {
+          "loss.clip_eps_low": low,
+          "loss.clip_eps_high": high,
+          "method": name,
+          "seed": seed,
+          "_name": f"{name}_seed{seed}",
+      }
+      for name, (low, high) in BOUNDS.items()
+      for seed in SEEDS
+  ]

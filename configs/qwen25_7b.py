@@ -68,15 +68,30 @@ MESH_TENSOR = 4  # Qwen2.5-7B has 4 KV heads (docs/scaling.md)
 CHECKPOINT_PLACEHOLDER = "/path/to/Qwen2.5-7B"
 # Informational only: with model.init="checkpoint" the architecture is read from the
 # checkpoint's config.json (values as entropix_rl.memory.qwen25_config("7B")).
-ARCHITECTURE = dict(hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128,
-                    intermediate_size=18944, max_position_embeddings=32768,
-                    tie_embeddings=False, qkv_bias=True, rope_theta=1e6)
+ARCHITECTURE = dict(
+    hidden_size=3584,
+    num_layers=28,
+    num_heads=28,
+    num_kv_heads=4,
+    head_dim=128,
+    intermediate_size=18944,
+    max_position_embeddings=32768,
+    tie_embeddings=False,
+    qkv_bias=True,
+    rope_theta=1e6,
+)
 
-SIZE = recipes.RecipeSize(config_file="configs/qwen25_7b.py", learning_rate=LEARNING_RATE,
-                          kl_cov_ratio=KL_COV_RATIO, mesh_tensor=MESH_TENSOR,
-                          micro_batch_size=2, logprob_micro_batch_size=4, max_decode_rows=1024,
-                          checkpoint_placeholder=CHECKPOINT_PLACEHOLDER,
-                          architecture=ARCHITECTURE)
+SIZE = recipes.RecipeSize(
+    config_file="configs/qwen25_7b.py",
+    learning_rate=LEARNING_RATE,
+    kl_cov_ratio=KL_COV_RATIO,
+    mesh_tensor=MESH_TENSOR,
+    micro_batch_size=2,
+    logprob_micro_batch_size=4,
+    max_decode_rows=1024,
+    checkpoint_placeholder=CHECKPOINT_PLACEHOLDER,
+    architecture=ARCHITECTURE,
+)
 
 
 def get_config(arg: str = "grpo") -> ml_collections.ConfigDict:

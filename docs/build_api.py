@@ -30,8 +30,13 @@ def module_names() -> list[str]:
 
 def build(out: pathlib.Path) -> list[str]:
   """Writes the HTML reference under `out`; returns the modules it documents."""
-  pdoc.render.configure(docformat="google", math=True, search=True, show_source=True,
-                        footer_text="entropix_rl API reference")
+  pdoc.render.configure(
+      docformat="google",
+      math=True,
+      search=True,
+      show_source=True,
+      footer_text="entropix_rl API reference",
+  )
   modules = module_names()
   pdoc.pdoc(*modules, output_directory=out)
   return modules
@@ -39,8 +44,12 @@ def build(out: pathlib.Path) -> list[str]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/api"),
-                      help="output directory (default docs/api, ignored by git)")
+  parser.add_argument(
+      "--out",
+      type=pathlib.Path,
+      default=pathlib.Path("docs/api"),
+      help="output directory (default docs/api, ignored by git)",
+  )
   args = parser.parse_args()
   modules = build(args.out)
   print(f"documented {len(modules)} modules in {args.out}/index.html")

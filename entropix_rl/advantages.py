@@ -35,8 +35,9 @@ def _group_sum(x: jax.Array, group_ids: jax.Array, num_groups: int) -> jax.Array
   return jax.ops.segment_sum(x, group_ids, num_segments=num_groups)
 
 
-def _group_stats(rewards: jax.Array, group_ids: jax.Array,
-                 num_groups: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _group_stats(
+    rewards: jax.Array, group_ids: jax.Array, num_groups: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-response group size, group mean and unbiased (ddof=1) group std, each `[N]`."""
   ones = jnp.ones_like(rewards)
   count = _group_sum(ones, group_ids, num_groups)
@@ -46,8 +47,14 @@ def _group_stats(rewards: jax.Array, group_ids: jax.Array,
   return count[group_ids], mean[group_ids], jnp.sqrt(var)[group_ids]
 
 
-def grpo(rewards: jax.Array, group_ids: jax.Array, num_groups: int, *, eps: float = GRPO_EPS,
-         std_normalize: bool = True) -> jax.Array:
+def grpo(
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    num_groups: int,
+    *,
+    eps: float = GRPO_EPS,
+    std_normalize: bool = True,
+) -> jax.Array:
   """GRPO advantage `A_i = (r_i − mean_g) / (std_g + eps)` (Shao et al. 2024, arXiv 2402.03300).
 
   Args:
@@ -89,8 +96,14 @@ def rloo(rewards: jax.Array, group_ids: jax.Array, num_groups: int) -> jax.Array
   return scale * (rewards - mean)
 
 
-def reinforce_pp_baseline(rewards: jax.Array, group_ids: jax.Array, num_groups: int, *,
-                          lengths: jax.Array | None = None, eps: float = WHITEN_EPS) -> jax.Array:
+def reinforce_pp_baseline(
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    num_groups: int,
+    *,
+    lengths: jax.Array | None = None,
+    eps: float = WHITEN_EPS,
+) -> jax.Array:
   """REINFORCE++ with a group-mean baseline, then batch whitening (Hu 2025, arXiv 2501.03262).
 
   `b_i = r_i − mean_g` (0 baseline for singletons), then with weights `w_i`
@@ -114,7 +127,7 @@ def reinforce_pp_baseline(rewards: jax.Array, group_ids: jax.Array, num_groups: 
   weights = jnp.ones_like(rewards) if lengths is None else jnp.asarray(lengths, jnp.float32)
   total = weights.sum()
   batch_mean = (weights * centred).sum() / jnp.maximum(total, 1.0)
-  var = (weights * (centred - batch_mean)**2).sum() / jnp.maximum(total - 1.0, 1.0)
+  var = (weights * (centred - batch_mean) ** 2).sum() / jnp.maximum(total - 1.0, 1.0)
   return (centred - batch_mean) * jax.lax.rsqrt(var + eps)
 
 
@@ -131,8 +144,9 @@ ESTIMATORS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-def compute_advantages(name: str, rewards: jax.Array, group_ids: jax.Array, num_groups: int,
-                       **kwargs) -> jax.Array:
+def compute_advantages(
+    name: str, rewards: jax.Array, group_ids: jax.Array, num_groups: int, **kwargs
+) -> jax.Array:
   """Dispatches to the estimator `name` (a key of `ESTIMATORS`); returns `[N]` advantages.
 
   `kwargs` go to the estimator (e.g. `lengths=` for `reinforce_pp_baseline`).

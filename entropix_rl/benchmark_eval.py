@@ -9,9 +9,9 @@ prompts, for k = 1, 2, 4, ..., n.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -30,30 +30,51 @@ def pass_k_values(n: int) -> tuple[int, ...]:
   return tuple(sorted(set(ks + [n])))
 
 
-def evaluate_benchmark(model_cfg: ModelConfig, params: Any, examples: Sequence[Example],
-                       tokenizer, verify: Callable[[Example, str], float],
-                       sampler_cfg: sampling.SamplerConfig, *, n: int, max_prompt_len: int,
-                       batch_prompts: int, seed: int = 0, label: str = "eval"
-                       ) -> dict[str, Any]:
+def evaluate_benchmark(
+    model_cfg: ModelConfig,
+    params: Any,
+    examples: Sequence[Example],
+    tokenizer,
+    verify: Callable[[Example, str], float],
+    sampler_cfg: sampling.SamplerConfig,
+    *,
+    n: int,
+    max_prompt_len: int,
+    batch_prompts: int,
+    seed: int = 0,
+    label: str = "eval",
+) -> dict[str, Any]:
   """Samples `n` completions per example and scores them.
 
   Returns:
     `{"prompts", "samples_per_prompt", "avg@n", "pass@k": {k: value}, "mean_length",
     "seconds", "per_prompt_correct": [E]}`.
   """
-  cfg = dataclasses.replace(sampler_cfg, num_samples=n, stop_ids=sampler_cfg.stop_ids or
-                            tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-                            min_prompt_bucket=max_prompt_len)
-  batches = [examples[i:i + batch_prompts] for i in range(0, len(examples), batch_prompts)]
+  cfg = dataclasses.replace(
+      sampler_cfg,
+      num_samples=n,
+      stop_ids=sampler_cfg.stop_ids or tokenizer.stop_ids,
+      pad_id=tokenizer.pad_id,
+      min_prompt_bucket=max_prompt_len,
+  )
+  batches = [examples[i : i + batch_prompts] for i in range(0, len(examples), batch_prompts)]
   progress = Progress(len(batches), every=1, keys=("avg@n",), label=label)
   rewards, correct, lengths = [], [], []
   t0 = time.perf_counter()
   for b, batch in enumerate(batches, 1):
-    prompts = data.collate_prompts([data.encode_prompt(ex, tokenizer, max_prompt_len)
-                                    for ex in batch], max_prompt_len, tokenizer.pad_id)
-    rollout = sampling.sample(model_cfg, params, prompts["prompt_tokens"],
-                              prompts["prompt_lengths"],
-                              jax.random.fold_in(jax.random.PRNGKey(seed), b), cfg)
+    prompts = data.collate_prompts(
+        [data.encode_prompt(ex, tokenizer, max_prompt_len) for ex in batch],
+        max_prompt_len,
+        tokenizer.pad_id,
+    )
+    rollout = sampling.sample(
+        model_cfg,
+        params,
+        prompts["prompt_tokens"],
+        prompts["prompt_lengths"],
+        jax.random.fold_in(jax.random.PRNGKey(seed), b),
+        cfg,
+    )
     completions = np.asarray(rollout.completion_tokens)
     texts = [tokenizer.decode(row) for row in completions]
     scores = np.asarray([verify(batch[i // n], t) for i, t in enumerate(texts)], np.float64)
@@ -63,7 +84,8 @@ def evaluate_benchmark(model_cfg: ModelConfig, params: Any, examples: Sequence[E
     progress.update(b, {"avg@n": float(np.concatenate(rewards).mean())})
   per_prompt = np.concatenate(correct)
   return {
-      "prompts": len(examples), "samples_per_prompt": n,
+      "prompts": len(examples),
+      "samples_per_prompt": n,
       "avg@n": float(np.concatenate(rewards).mean()),
       "pass@k": {k: pass_at_k(n, per_prompt, k) for k in pass_k_values(n)},
       "mean_length": float(np.concatenate(lengths).mean()),

@@ -9,8 +9,9 @@ from typing import Any
 import ml_collections
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
-                    ) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
   """Sets each dotted key of `overrides` on `config` in place (`update_from_flattened_dict`,
   with ConfigDict's type checks) and returns it.
 

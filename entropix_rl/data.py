@@ -27,17 +27,17 @@ Config (`config.data`):
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterator, Mapping
 from typing import Any
 
+from absl import logging
 import grain
 import jax
 import numpy as np
-from absl import logging
 
 from entropix_rl import tasks as tasks_lib
 from entropix_rl.tasks.base import Example, check_split, in_eval_split
@@ -89,8 +89,10 @@ def _prompt_text(record: Mapping[str, Any]) -> str:
   """The prompt: the first of `_PROMPT_KEYS` present, a string or chat messages (last user turn)."""
   key = next((k for k in _PROMPT_KEYS if record.get(k) is not None), None)
   if key is None:
-    raise BadRecord("no prompt", f"expected one of the fields {_PROMPT_KEYS} (a string or a "
-                    "list of chat messages)")
+    raise BadRecord(
+        "no prompt",
+        f"expected one of the fields {_PROMPT_KEYS} (a string or a " "list of chat messages)",
+    )
   value = record[key]
   if isinstance(value, (list, tuple, np.ndarray)):
     users = [m for m in value if isinstance(m, Mapping) and m.get("role") == "user"]
@@ -124,8 +126,11 @@ def _answer_text(record: Mapping[str, Any]) -> str:
     boxed = tasks_lib.last_boxed(record["solution"])
     if boxed is not None:
       return _ground_truth(boxed, "the \\boxed{} of solution")
-  raise BadRecord("no ground truth", f"expected reward_model.ground_truth, "
-                  f"{' or '.join(_ANSWER_KEYS)}, or a solution with a \\boxed{{}} answer")
+  raise BadRecord(
+      "no ground truth",
+      f"expected reward_model.ground_truth, "
+      f"{' or '.join(_ANSWER_KEYS)}, or a solution with a \\boxed{{}} answer",
+  )
 
 
 def _jsonl_records(path: str) -> list[tuple[str, Any]]:
@@ -203,16 +208,18 @@ def read_prompt_file(path: str, bad_records: str = "fail") -> list[Example]:
       examples.append(_example(record, index))
     except BadRecord as err:
       if bad_records == "fail":
-        raise ValueError(f"{where}: {err} (data.bad_records='fail'; 'skip' skips bad records)"
-                         ) from None
+        raise ValueError(
+            f"{where}: {err} (data.bad_records='fail'; 'skip' skips bad records)"
+        ) from None
       skipped.append((where, err.reason))
   if skipped:
     summary = _skip_summary(skipped)
     if not examples:
-      raise ValueError(f"data.path={path!r}: all {len(records)} records are bad "
-                       f"(data.bad_records='skip'): {summary}")
-    logging.warning("skipped %d of %d records in %s: %s", len(skipped), len(records), path,
-                    summary)
+      raise ValueError(
+          f"data.path={path!r}: all {len(records)} records are bad "
+          f"(data.bad_records='skip'): {summary}"
+      )
+    logging.warning("skipped %d of %d records in %s: %s", len(skipped), len(records), path, summary)
   return examples
 
 
@@ -236,9 +243,11 @@ def _file_split(data_cfg: DataConfig, split: str) -> list[Example]:
   fraction = data_cfg.eval_fraction
   chosen = [ex for ex in examples if in_eval_split(ex.prompt, fraction) == (split == "eval")]
   if not chosen:
-    raise ValueError(f"data.path={path!r}: the {split!r} split holds no records (all "
-                     f"{len(examples)} records hash into the other split at data.eval_fraction="
-                     f"{fraction}); set data.eval_path or change data.eval_fraction")
+    raise ValueError(
+        f"data.path={path!r}: the {split!r} split holds no records (all "
+        f"{len(examples)} records hash into the other split at data.eval_fraction="
+        f"{fraction}); set data.eval_path or change data.eval_fraction"
+    )
   return chosen
 
 
@@ -266,15 +275,16 @@ class PromptPipeline:
     self._iterator.set_state(state)
 
 
-def encode_prompt(example: Example, tokenizer, max_prompt_len: int
-                  ) -> tuple[list[int], Example]:
+def encode_prompt(example: Example, tokenizer, max_prompt_len: int) -> tuple[list[int], Example]:
   """A prompt's token ids (chat template, bos) and its example; too long is an error naming it."""
   ids = tokenizer.encode(tokenizer.format_prompt(example.prompt))
   if tokenizer.bos_id is not None and (not ids or ids[0] != tokenizer.bos_id):
     ids = [tokenizer.bos_id] + ids
   if len(ids) > max_prompt_len:
-    raise ValueError(f"prompt of example {example.index} has {len(ids)} tokens > "
-                     f"data.max_prompt_len={max_prompt_len}: {example.prompt[:80]!r}")
+    raise ValueError(
+        f"prompt of example {example.index} has {len(ids)} tokens > "
+        f"data.max_prompt_len={max_prompt_len}: {example.prompt[:80]!r}"
+    )
   return ids, example
 
 
@@ -283,10 +293,13 @@ def collate_prompts(items: list[tuple[list[int], Example]], width: int, pad_id: 
   tokens = np.full((len(items), width), pad_id, np.int32)
   lengths = np.zeros((len(items),), np.int32)
   for row, (ids, _) in enumerate(items):
-    tokens[row, width - len(ids):] = ids
+    tokens[row, width - len(ids) :] = ids
     lengths[row] = len(ids)
-  return {"prompt_tokens": tokens, "prompt_lengths": lengths,
-          "examples": [example for _, example in items]}
+  return {
+      "prompt_tokens": tokens,
+      "prompt_lengths": lengths,
+      "examples": [example for _, example in items],
+  }
 
 
 def host_record(position: int, batch_size: int, shard_index: int, shard_count: int) -> int:
@@ -295,9 +308,17 @@ def host_record(position: int, batch_size: int, shard_index: int, shard_count: i
   return (batch * shard_count + shard_index) * batch_size + row
 
 
-def make_prompt_pipeline(data_cfg: DataConfig, tokenizer, *, batch_size: int, seed: int,
-                         split: str, task: Any = None, shard_index: int | None = None,
-                         shard_count: int | None = None) -> PromptPipeline:
+def make_prompt_pipeline(
+    data_cfg: DataConfig,
+    tokenizer,
+    *,
+    batch_size: int,
+    seed: int,
+    split: str,
+    task: Any = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> PromptPipeline:
   """The prompt pipeline for one host.
 
   Args:
@@ -324,11 +345,13 @@ def make_prompt_pipeline(data_cfg: DataConfig, tokenizer, *, batch_size: int, se
   else:
     draw = _file_stream(_file_split(data_cfg, split), seed, shuffle=split == "train").__getitem__
   width = data_cfg.max_prompt_len
-  record = functools.partial(host_record, batch_size=batch_size, shard_index=shard_index,
-                             shard_count=shard_count)
-  dataset = (grain.MapDataset.range(_STREAM_LENGTH // shard_count)
-             .map(lambda i: encode_prompt(draw(record(int(i))), tokenizer, width))
-             .to_iter_dataset()
-             .batch(batch_size,
-                    batch_fn=lambda items: collate_prompts(items, width, tokenizer.pad_id)))
+  record = functools.partial(
+      host_record, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count
+  )
+  dataset = (
+      grain.MapDataset.range(_STREAM_LENGTH // shard_count)
+      .map(lambda i: encode_prompt(draw(record(int(i))), tokenizer, width))
+      .to_iter_dataset()
+      .batch(batch_size, batch_fn=lambda items: collate_prompts(items, width, tokenizer.pad_id))
+  )
   return PromptPipeline(dataset)

@@ -75,8 +75,9 @@ def predicted_entropy_change(logits: jax.Array, delta_logits: jax.Array) -> jax.
     `[...]` float32 predicted `H(z + Δz) − H(z)` in nats.
   """
   if logits.shape != delta_logits.shape:
-    raise ValueError(f"logits {logits.shape} and delta_logits {delta_logits.shape} must have "
-                     "the same shape")
+    raise ValueError(
+        f"logits {logits.shape} and delta_logits {delta_logits.shape} must have " "the same shape"
+    )
   log_pi = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   delta = delta_logits.astype(jnp.float32)
   pi = jnp.exp(log_pi)
@@ -85,8 +86,9 @@ def predicted_entropy_change(logits: jax.Array, delta_logits: jax.Array) -> jax.
   return -jnp.sum(pi * centred_log_pi * centred_delta, axis=-1)
 
 
-def _chunk_entropy_change(h0: jax.Array, w0: jax.Array, h1: jax.Array, w1: jax.Array,
-                          temperature: float, vocab_chunk: int) -> tuple[jax.Array, jax.Array]:
+def _chunk_entropy_change(
+    h0: jax.Array, w0: jax.Array, h1: jax.Array, w1: jax.Array, temperature: float, vocab_chunk: int
+) -> tuple[jax.Array, jax.Array]:
   """One token chunk `[n, D]` → (`[n]` predicted, `[n]` measured), online over the vocabulary.
 
   Under `p0 = softmax(z0)` it merges per-block weight sums, means of `z0` and `Δz` and their
@@ -130,16 +132,23 @@ def _chunk_entropy_change(h0: jax.Array, w0: jax.Array, h1: jax.Array, w1: jax.A
   zeros = jnp.zeros((n,), jnp.float32)
   init = (neg_inf, zeros, zeros, zeros, zeros, neg_inf, zeros, zeros)
   (max0, weight0, mean_z0, _, comoment, max1, sum_exp1, sum_exp_z1), _ = jax.lax.scan(
-      body, init, jnp.arange(num_blocks))
+      body, init, jnp.arange(num_blocks)
+  )
   entropy0 = max0 + jnp.log(weight0) - mean_z0
   entropy1 = max1 + jnp.log(sum_exp1) - sum_exp_z1 / sum_exp1
   return -comoment / weight0, entropy1 - entropy0
 
 
-def entropy_change_from_hidden(hidden_before: jax.Array, unembed_before: jax.Array,
-                               hidden_after: jax.Array, unembed_after: jax.Array, *,
-                               temperature: float = 1.0, token_chunk: int = 1024,
-                               vocab_chunk: int | None = 32768) -> tuple[jax.Array, jax.Array]:
+def entropy_change_from_hidden(
+    hidden_before: jax.Array,
+    unembed_before: jax.Array,
+    hidden_after: jax.Array,
+    unembed_after: jax.Array,
+    *,
+    temperature: float = 1.0,
+    token_chunk: int = 1024,
+    vocab_chunk: int | None = 32768,
+) -> tuple[jax.Array, jax.Array]:
   """Predicted (first-order) and measured entropy change of an update, per token.
 
   With `z0 = h_before·W_before / T` and `z1 = h_after·W_after / T` at the same states (the same
@@ -167,22 +176,28 @@ def entropy_change_from_hidden(hidden_before: jax.Array, unembed_before: jax.Arr
     ValueError: on mismatched shapes, temperature <= 0 or chunk sizes < 1.
   """
   if hidden_before.shape != hidden_after.shape or unembed_before.shape != unembed_after.shape:
-    raise ValueError(f"hidden_before {hidden_before.shape} / hidden_after {hidden_after.shape} "
-                     f"and unembed_before {unembed_before.shape} / unembed_after "
-                     f"{unembed_after.shape} must match")
+    raise ValueError(
+        f"hidden_before {hidden_before.shape} / hidden_after {hidden_after.shape} "
+        f"and unembed_before {unembed_before.shape} / unembed_after "
+        f"{unembed_after.shape} must match"
+    )
   if unembed_before.ndim != 2 or hidden_before.shape[-1] != unembed_before.shape[0]:
-    raise ValueError(f"hidden {hidden_before.shape} must be [..., D] and unembed "
-                     f"{unembed_before.shape} [D, V] with the same D")
+    raise ValueError(
+        f"hidden {hidden_before.shape} must be [..., D] and unembed "
+        f"{unembed_before.shape} [D, V] with the same D"
+    )
   if not temperature > 0:
     raise ValueError(f"temperature={temperature} must be > 0")
   if token_chunk < 1 or (vocab_chunk is not None and vocab_chunk < 1):
-    raise ValueError(f"token_chunk={token_chunk} must be >= 1 and vocab_chunk={vocab_chunk} "
-                     "None or >= 1")
+    raise ValueError(
+        f"token_chunk={token_chunk} must be >= 1 and vocab_chunk={vocab_chunk} " "None or >= 1"
+    )
   lead, d = hidden_before.shape[:-1], hidden_before.shape[-1]
   v = unembed_before.shape[1]
   v_chunk = v if vocab_chunk is None else min(vocab_chunk, v)
-  h0, w0, h1, w1 = (jax.lax.stop_gradient(x)
-                    for x in (hidden_before, unembed_before, hidden_after, unembed_after))
+  h0, w0, h1, w1 = (
+      jax.lax.stop_gradient(x) for x in (hidden_before, unembed_before, hidden_after, unembed_after)
+  )
   h0, h1 = h0.reshape(-1, d), h1.reshape(-1, d)
   n = h0.shape[0]
   if n == 0:
@@ -191,8 +206,8 @@ def entropy_change_from_hidden(hidden_before: jax.Array, unembed_before: jax.Arr
   pad = (-n) % chunk
   h0, h1 = (jnp.pad(h, ((0, pad), (0, 0))).reshape(-1, chunk, d) for h in (h0, h1))
   predicted, measured = jax.lax.map(
-      lambda xs: _chunk_entropy_change(xs[0], w0, xs[1], w1, float(temperature), v_chunk),
-      (h0, h1))
+      lambda xs: _chunk_entropy_change(xs[0], w0, xs[1], w1, float(temperature), v_chunk), (h0, h1)
+  )
   return predicted.reshape(-1)[:n].reshape(lead), measured.reshape(-1)[:n].reshape(lead)
 
 
@@ -200,8 +215,13 @@ def _fraction_name(fraction: float) -> str:
   return f"cov/top_{fraction * 100:g}pct"
 
 
-def covariance_metrics(logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
-                       top_fracs: Sequence[float] = (0.0002, 0.002)) -> dict[str, jax.Array]:
+def covariance_metrics(
+    logp: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    top_fracs: Sequence[float] = (0.0002, 0.002),
+) -> dict[str, jax.Array]:
   """Summary statistics of the centred token covariance `c_t` (`token_covariance`).
 
   Over the N valid tokens: `cov/mean = (1/N) Σ c_t` (the batch covariance of ℓ and A, ddof=0),
@@ -231,8 +251,10 @@ def covariance_metrics(logp: jax.Array, advantages: jax.Array, mask: jax.Array, 
   count = valid.sum()
   any_valid = count > 0
   n = jnp.maximum(count, 1).astype(jnp.float32)
-  metrics = {"cov/mean": jnp.where(valid, cov, 0.0).sum() / n,
-             "cov/frac_positive": (valid & (cov > 0)).sum() / n}
+  metrics = {
+      "cov/mean": jnp.where(valid, cov, 0.0).sum() / n,
+      "cov/frac_positive": (valid & (cov > 0)).sum() / n,
+  }
   quantiles = jnp.nanquantile(jnp.where(valid, cov, jnp.nan), jnp.asarray(_QUANTILES))
   for q, value in zip(_QUANTILES, quantiles):
     metrics[f"cov/q{round(q * 100):02d}"] = jnp.where(any_valid, value, 0.0)
@@ -244,8 +266,9 @@ def covariance_metrics(logp: jax.Array, advantages: jax.Array, mask: jax.Array, 
   return metrics
 
 
-def response_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array,
-                        group_ids: jax.Array, num_groups: int) -> tuple[jax.Array, jax.Array]:
+def response_covariance(
+    logp: jax.Array, advantages: jax.Array, mask: jax.Array, group_ids: jax.Array, num_groups: int
+) -> tuple[jax.Array, jax.Array]:
   """The paper's bandit-view covariance per prompt group (Cui et al. §3.3).
 
   Each response `y_i` is one action: `ℓ̄_i = (1/|y_i|) Σ_t m_t ℓ_t` (length-normalised log-prob,

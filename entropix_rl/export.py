@@ -11,10 +11,10 @@ import dataclasses
 import json
 from typing import Any
 
-import jax
-import ml_collections
 from absl import logging
 from etils import epath
+import jax
+import ml_collections
 
 from entropix_rl import paths
 from entropix_rl.models import ModelConfig, hf, init_params
@@ -35,10 +35,15 @@ def run_model_config(info: dict[str, Any]) -> ModelConfig:
 def generation_config(config: ExperimentConfig, tokenizer) -> dict[str, Any]:
   """`generation_config.json`: the run's sampling settings and its stop and special tokens."""
   sampler = config.sampler
-  out = {"bos_token_id": tokenizer.bos_id, "eos_token_id": list(tokenizer.stop_ids),
-         "pad_token_id": tokenizer.pad_id, "do_sample": not sampler.greedy,
-         "temperature": sampler.temperature, "top_p": sampler.top_p,
-         "max_new_tokens": sampler.max_new_tokens}
+  out = {
+      "bos_token_id": tokenizer.bos_id,
+      "eos_token_id": list(tokenizer.stop_ids),
+      "pad_token_id": tokenizer.pad_id,
+      "do_sample": not sampler.greedy,
+      "temperature": sampler.temperature,
+      "top_p": sampler.top_p,
+      "max_new_tokens": sampler.max_new_tokens,
+  }
   if sampler.top_k:
     out["top_k"] = sampler.top_k
   return out
@@ -65,8 +70,10 @@ def load_run_policy(workdir: epath.PathLike, step: int | None = None) -> RunPoli
   config = ExperimentConfig.from_config_dict(ml_collections.ConfigDict(info["config"]))
   model_cfg = run_model_config(info)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0))))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0))),
+  )
   checkpointer = Checkpointer(run / "checkpoints", save_every=1, keep=1 << 30)
   try:
     params, step = checkpointer.restore_params(abstract, step)
@@ -75,8 +82,9 @@ def load_run_policy(workdir: epath.PathLike, step: int | None = None) -> RunPoli
   return RunPolicy(config=config, model=model_cfg, params=params, step=step)
 
 
-def export_run(workdir: epath.PathLike, out: epath.PathLike, *, step: int | None = None
-               ) -> dict[str, Any]:
+def export_run(
+    workdir: epath.PathLike, out: epath.PathLike, *, step: int | None = None
+) -> dict[str, Any]:
   """Writes the policy of `workdir`'s checkpoint `step` (default: the latest) to `out`.
 
   Returns:
@@ -90,12 +98,20 @@ def export_run(workdir: epath.PathLike, out: epath.PathLike, *, step: int | None
   target = paths.as_path(out)
   hf.save(target, model_cfg, jax.device_get(policy.params))
   (target / "generation_config.json").write_text(
-      json.dumps(generation_config(config, tokenizer), indent=2))
+      json.dumps(generation_config(config, tokenizer), indent=2)
+  )
   with_tokenizer = config.tokenizer.kind == "hf"
   if with_tokenizer:
     tokenizer.save_pretrained(target)
   else:
-    logging.warning("the run used the character tokenizer, which has no Hugging Face form; "
-                    "%s holds the model and generation config only", target)
-  return {"step": policy.step, "out": str(target),
-          "files": sorted(p.name for p in target.iterdir()), "tokenizer_files": with_tokenizer}
+    logging.warning(
+        "the run used the character tokenizer, which has no Hugging Face form; "
+        "%s holds the model and generation config only",
+        target,
+    )
+  return {
+      "step": policy.step,
+      "out": str(target),
+      "files": sorted(p.name for p in target.iterdir()),
+      "tokenizer_files": with_tokenizer,
+  }

@@ -17,9 +17,9 @@ a and b against log model size (Fig. 7), and plots of the first two.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import math
-from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -34,19 +34,24 @@ def _vector(name: str, values: ArrayLike) -> np.ndarray:
     raise ValueError(f"{name} must be one-dimensional, got shape {out.shape}")
   bad = ~np.isfinite(out)
   if bad.any():
-    raise ValueError(f"{name} has {int(bad.sum())} non-finite value(s), first at index "
-                     f"{int(np.argmax(bad))}; drop them before fitting")
+    raise ValueError(
+        f"{name} has {int(bad.sum())} non-finite value(s), first at index "
+        f"{int(np.argmax(bad))}; drop them before fitting"
+    )
   return out
 
 
-def _paired(entropy: ArrayLike, reward: ArrayLike, *, min_points: int = 3
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _paired(
+    entropy: ArrayLike, reward: ArrayLike, *, min_points: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
   h, r = _vector("entropy", entropy), _vector("reward", reward)
   if h.shape != r.shape:
     raise ValueError(f"entropy and reward must have the same length, got {h.size} and {r.size}")
   if h.size < min_points:
-    raise ValueError(f"the law has 2 coefficients and its standard errors need at least "
-                     f"{min_points} (entropy, reward) points, got {h.size}")
+    raise ValueError(
+        f"the law has 2 coefficients and its standard errors need at least "
+        f"{min_points} (entropy, reward) points, got {h.size}"
+    )
   return h, r
 
 
@@ -122,8 +127,10 @@ def fit(entropy: ArrayLike, reward: ArrayLike) -> LawFit:
   x_mean, r_mean = x.mean(), r.mean()
   sxx = float(np.sum((x - x_mean) ** 2))
   if sxx <= 1e-12 * max(float(np.sum(x**2)), 1e-300):
-    raise ValueError(f"entropy has no spread (all {n} values ≈ {h[0]:.6g} nats): the slope a "
-                     "of R = −a·exp(H) + b cannot be identified")
+    raise ValueError(
+        f"entropy has no spread (all {n} values ≈ {h[0]:.6g} nats): the slope a "
+        "of R = −a·exp(H) + b cannot be identified"
+    )
   a = float(np.sum((x - x_mean) * (r - r_mean)) / sxx)
   b = float(r_mean - a * x_mean)
   residual = r - (a * x + b)
@@ -146,8 +153,14 @@ def _rmse(error: np.ndarray) -> float:
   return float(np.sqrt(np.mean(error**2)))
 
 
-def early_stage_prediction(steps: ArrayLike, entropy: ArrayLike, reward: ArrayLike, *,
-                           fit_fraction: float = 0.15, fit_steps: int | None = None) -> dict:
+def early_stage_prediction(
+    steps: ArrayLike,
+    entropy: ArrayLike,
+    reward: ArrayLike,
+    *,
+    fit_fraction: float = 0.15,
+    fit_steps: int | None = None,
+) -> dict:
   """Fits the law on the start of a run and predicts the rest (Cui et al. Fig. 5).
 
   The paper fits the first 36 steps (~15% of the run) and reports the RMSE of the
@@ -184,12 +197,16 @@ def early_stage_prediction(steps: ArrayLike, entropy: ArrayLike, reward: ArrayLi
   early = s <= cutoff
   n_fit, n_heldout = int(early.sum()), int((~early).sum())
   if n_fit < 3:
-    raise ValueError(f"the early-stage cutoff (step <= {cutoff:g}) leaves {n_fit} point(s) to "
-                     f"fit, need at least 3: raise fit_fraction/fit_steps or evaluate more often "
-                     f"(points at steps {s.astype(int).tolist()})")
+    raise ValueError(
+        f"the early-stage cutoff (step <= {cutoff:g}) leaves {n_fit} point(s) to "
+        f"fit, need at least 3: raise fit_fraction/fit_steps or evaluate more often "
+        f"(points at steps {s.astype(int).tolist()})"
+    )
   if n_heldout == 0:
-    raise ValueError(f"the early-stage cutoff (step <= {cutoff:g}) holds out no points "
-                     f"(last step {s[-1]:g}): lower fit_fraction/fit_steps")
+    raise ValueError(
+        f"the early-stage cutoff (step <= {cutoff:g}) holds out no points "
+        f"(last step {s[-1]:g}): lower fit_fraction/fit_steps"
+    )
   law = fit(h[early], r[early])
   error = law.predict(h[~early]) - r[~early]
   return {
@@ -224,9 +241,17 @@ class JointFit:
   per_run_bias: dict[str, float]
 
   def to_dict(self) -> dict:
-    return {"fit": self.fit.to_dict(), "per_run": {
-        name: {"n": self.per_run_n[name], "rmse": self.per_run_rmse[name],
-               "bias": self.per_run_bias[name]} for name in self.per_run_n}}
+    return {
+        "fit": self.fit.to_dict(),
+        "per_run": {
+            name: {
+                "n": self.per_run_n[name],
+                "rmse": self.per_run_rmse[name],
+                "bias": self.per_run_bias[name],
+            }
+            for name in self.per_run_n
+        },
+    }
 
 
 def joint_fit(runs: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> JointFit:
@@ -241,8 +266,9 @@ def joint_fit(runs: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> JointFit:
   if not runs:
     raise ValueError("joint_fit needs at least one run, got an empty mapping")
   pairs = {name: _paired(h, r, min_points=1) for name, (h, r) in runs.items()}
-  law = fit(np.concatenate([h for h, _ in pairs.values()]),
-            np.concatenate([r for _, r in pairs.values()]))
+  law = fit(
+      np.concatenate([h for h, _ in pairs.values()]), np.concatenate([r for _, r in pairs.values()])
+  )
   residuals = {name: r - law.predict(h) for name, (h, r) in pairs.items()}
   return JointFit(
       fit=law,
@@ -292,8 +318,10 @@ class SizeFit:
     return self.a_slope * log_n + self.a_intercept, self.b_slope * log_n + self.b_intercept
 
   def to_dict(self) -> dict[str, float | int | None]:
-    return {f.name: (getattr(self, f.name) if f.name == "n"
-                     else _finite_or_none(getattr(self, f.name))) for f in dataclasses.fields(self)}
+    return {
+        f.name: (getattr(self, f.name) if f.name == "n" else _finite_or_none(getattr(self, f.name)))
+        for f in dataclasses.fields(self)
+    }
 
 
 def size_fit(param_counts: ArrayLike, a_values: ArrayLike, b_values: ArrayLike) -> SizeFit:
@@ -307,8 +335,10 @@ def size_fit(param_counts: ArrayLike, a_values: ArrayLike, b_values: ArrayLike) 
   n = _vector("param_counts", param_counts)
   a, b = _vector("a_values", a_values), _vector("b_values", b_values)
   if not n.shape == a.shape == b.shape:
-    raise ValueError(f"param_counts, a_values and b_values must have the same length, got "
-                     f"{n.size}, {a.size} and {b.size}")
+    raise ValueError(
+        f"param_counts, a_values and b_values must have the same length, got "
+        f"{n.size}, {a.size} and {b.size}"
+    )
   if np.any(n <= 0):
     raise ValueError(f"param_counts must be positive, got {n.tolist()}")
   if np.unique(n).size < 2:
@@ -316,8 +346,15 @@ def size_fit(param_counts: ArrayLike, a_values: ArrayLike, b_values: ArrayLike) 
   log_n = np.log(n)
   a_slope, a_intercept, a_r2 = _line(log_n, a)
   b_slope, b_intercept, b_r2 = _line(log_n, b)
-  return SizeFit(a_slope=a_slope, a_intercept=a_intercept, b_slope=b_slope,
-                 b_intercept=b_intercept, a_r2=a_r2, b_r2=b_r2, n=int(n.size))
+  return SizeFit(
+      a_slope=a_slope,
+      a_intercept=a_intercept,
+      b_slope=b_slope,
+      b_intercept=b_intercept,
+      a_r2=a_r2,
+      b_r2=b_r2,
+      n=int(n.size),
+  )
 
 
 def _save(fig, out_png: str) -> str:
@@ -327,11 +364,12 @@ def _save(fig, out_png: str) -> str:
 
 
 def _law_label(law: LawFit) -> str:
-  return (f"R = −{law.a:.3g}·exp(H) + {law.b:.3g}  (R² {law.r2:.3f}, RMSE {law.rmse:.3g})")
+  return f"R = −{law.a:.3g}·exp(H) + {law.b:.3g}  (R² {law.r2:.3f}, RMSE {law.rmse:.3g})"
 
 
-def plot_fit(points: Mapping[str, tuple[ArrayLike, ArrayLike]], law: LawFit, out_png: str, *,
-             title: str = "") -> str:
+def plot_fit(
+    points: Mapping[str, tuple[ArrayLike, ArrayLike]], law: LawFit, out_png: str, *, title: str = ""
+) -> str:
   """Scatter of (H, R) per run, the fitted curve from H = 0, and the ceiling b − a.
 
   Args:
@@ -351,8 +389,13 @@ def plot_fit(points: Mapping[str, tuple[ArrayLike, ArrayLike]], law: LawFit, out
     h_max = max(h_max, float(np.max(h)) if h.size else 0.0)
   grid = np.linspace(0.0, 1.05 * h_max if h_max > 0 else 1.0, 200)
   ax.plot(grid, law.predict(grid), color="black", lw=1.5, label=_law_label(law))
-  ax.axhline(law.ceiling, color="gray", ls="--", lw=1,
-             label=f"ceiling b − a = {law.ceiling:.3g} ± {law.ceiling_stderr:.2g}")
+  ax.axhline(
+      law.ceiling,
+      color="gray",
+      ls="--",
+      lw=1,
+      label=f"ceiling b − a = {law.ceiling:.3g} ± {law.ceiling_stderr:.2g}",
+  )
   ax.set_xlabel("policy entropy H (nats)")
   ax.set_ylabel("performance R")
   ax.set_title(title, fontsize=10)
@@ -361,8 +404,15 @@ def plot_fit(points: Mapping[str, tuple[ArrayLike, ArrayLike]], law: LawFit, out
   return _save(fig, out_png)
 
 
-def plot_early_stage(steps: ArrayLike, entropy: ArrayLike, reward: ArrayLike, prediction: dict,
-                     out_png: str, *, title: str = "") -> str:
+def plot_early_stage(
+    steps: ArrayLike,
+    entropy: ArrayLike,
+    reward: ArrayLike,
+    prediction: dict,
+    out_png: str,
+    *,
+    title: str = "",
+) -> str:
   """The early-stage experiment: points fitted vs held out, and the extrapolated curve.
 
   Left panel R against H with the early fit drawn over the whole entropy range; right panel R
@@ -389,17 +439,27 @@ def plot_early_stage(steps: ArrayLike, entropy: ArrayLike, reward: ArrayLike, pr
   early = s <= prediction["cutoff_step"]
   fig, (ax_h, ax_s) = plots.new_figure(11.0, 4.4, ncols=2)
   ax_h.scatter(h[early], r[early], s=18, color="tab:blue", label=f"fitted ({prediction['n_fit']})")
-  ax_h.scatter(h[~early], r[~early], s=18, color="tab:orange",
-               label=f"held out ({prediction['n_heldout']})")
+  ax_h.scatter(
+      h[~early], r[~early], s=18, color="tab:orange", label=f"held out ({prediction['n_heldout']})"
+  )
   grid = np.linspace(0.0, 1.05 * float(h.max()), 200)
-  ax_h.plot(grid, predict(grid), color="black", lw=1.2,
-            label=f"early fit, held-out RMSE {prediction['heldout_rmse']:.3g}")
+  ax_h.plot(
+      grid,
+      predict(grid),
+      color="black",
+      lw=1.2,
+      label=f"early fit, held-out RMSE {prediction['heldout_rmse']:.3g}",
+  )
   ax_h.set_xlabel("policy entropy H (nats)")
   ax_h.set_ylabel("performance R")
   ax_s.plot(s, r, marker=".", color="tab:blue", label="actual")
   ax_s.plot(s, predict(h), color="black", ls="--", label="predicted from H")
-  ax_s.axvline(prediction["cutoff_step"], color="gray", lw=1,
-               label=f"fit cutoff (step {prediction['cutoff_step']:g})")
+  ax_s.axvline(
+      prediction["cutoff_step"],
+      color="gray",
+      lw=1,
+      label=f"fit cutoff (step {prediction['cutoff_step']:g})",
+  )
   ax_s.set_xlabel("RL step")
   ax_s.set_ylabel("performance R")
   ax_s.set_title(f"final-step error {prediction['final_error']:+.3g}", fontsize=9)
@@ -409,4 +469,3 @@ def plot_early_stage(steps: ArrayLike, entropy: ArrayLike, reward: ArrayLike, pr
   if title:
     fig.suptitle(title, fontsize=10)
   return _save(fig, out_png)
-

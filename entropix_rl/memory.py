@@ -40,31 +40,80 @@ XLA scratch beyond these is not counted; keep a margin (a configuration "fits" a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import math
-from collections.abc import Mapping
 
 from entropix_rl.models.config import ModelConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
-GIB = 1024 ** 3
+GIB = 1024**3
 
 # Official Qwen2.5 base-model architectures (Hugging Face `config.json` of Qwen/Qwen2.5-*).
 _QWEN25 = {
-    "0.5B": dict(vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
-                 intermediate_size=4864, tie_embeddings=True),
-    "1.5B": dict(vocab_size=151936, hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2,
-                 intermediate_size=8960, tie_embeddings=True),
-    "3B": dict(vocab_size=151936, hidden_size=2048, num_layers=36, num_heads=16, num_kv_heads=2,
-               intermediate_size=11008, tie_embeddings=True),
-    "7B": dict(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
-               intermediate_size=18944, tie_embeddings=False),
-    "14B": dict(vocab_size=152064, hidden_size=5120, num_layers=48, num_heads=40, num_kv_heads=8,
-                intermediate_size=13824, tie_embeddings=False),
-    "32B": dict(vocab_size=152064, hidden_size=5120, num_layers=64, num_heads=40, num_kv_heads=8,
-                intermediate_size=27648, tie_embeddings=False),
-    "72B": dict(vocab_size=152064, hidden_size=8192, num_layers=80, num_heads=64, num_kv_heads=8,
-                intermediate_size=29568, tie_embeddings=False),
+    "0.5B": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        intermediate_size=4864,
+        tie_embeddings=True,
+    ),
+    "1.5B": dict(
+        vocab_size=151936,
+        hidden_size=1536,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        intermediate_size=8960,
+        tie_embeddings=True,
+    ),
+    "3B": dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        num_layers=36,
+        num_heads=16,
+        num_kv_heads=2,
+        intermediate_size=11008,
+        tie_embeddings=True,
+    ),
+    "7B": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        intermediate_size=18944,
+        tie_embeddings=False,
+    ),
+    "14B": dict(
+        vocab_size=152064,
+        hidden_size=5120,
+        num_layers=48,
+        num_heads=40,
+        num_kv_heads=8,
+        intermediate_size=13824,
+        tie_embeddings=False,
+    ),
+    "32B": dict(
+        vocab_size=152064,
+        hidden_size=5120,
+        num_layers=64,
+        num_heads=40,
+        num_kv_heads=8,
+        intermediate_size=27648,
+        tie_embeddings=False,
+    ),
+    "72B": dict(
+        vocab_size=152064,
+        hidden_size=8192,
+        num_layers=80,
+        num_heads=64,
+        num_kv_heads=8,
+        intermediate_size=29568,
+        tie_embeddings=False,
+    ),
 }
 
 HBM_GIB = {"v5p": 95, "v6e": 32, "h100": 80}
@@ -81,9 +130,17 @@ def qwen25_config(size: str) -> ModelConfig:
   """
   if size not in _QWEN25:
     raise ValueError(f"size={size!r}; supported: {tuple(_QWEN25)}")
-  return ModelConfig(head_dim=128, model_type="qwen2", rope_theta=1e6, rms_norm_eps=1e-6,
-                     qkv_bias=True, max_position_embeddings=32768, param_dtype="bfloat16",
-                     compute_dtype="bfloat16", **_QWEN25[size])
+  return ModelConfig(
+      head_dim=128,
+      model_type="qwen2",
+      rope_theta=1e6,
+      rms_norm_eps=1e-6,
+      qkv_bias=True,
+      max_position_embeddings=32768,
+      param_dtype="bfloat16",
+      compute_dtype="bfloat16",
+      **_QWEN25[size],
+  )
 
 
 def device_hbm_bytes(kind: str) -> int:
@@ -116,8 +173,9 @@ class MemoryEstimate:
   @property
   def train_peak(self) -> int:
     """Bytes during the RL update (its micro-batch or its no-grad chunks, not both at once)."""
-    return (self.resident + self.grads + self.rollout_batch
-            + max(self.activations, self.no_grad_pass))
+    return (
+        self.resident + self.grads + self.rollout_batch + max(self.activations, self.no_grad_pass)
+    )
 
   @property
   def sft_peak(self) -> int:
@@ -151,8 +209,7 @@ class MemoryEstimate:
   def as_gib(self) -> dict[str, float]:
     """Every component and the phase peaks in GiB."""
     out = {f.name: getattr(self, f.name) / GIB for f in dataclasses.fields(self)}
-    for name in ("train_peak", "sft_peak", "prefill_peak", "decode_peak", "rollout_peak",
-                 "total"):
+    for name in ("train_peak", "sft_peak", "prefill_peak", "decode_peak", "rollout_peak", "total"):
       out[name] = getattr(self, name) / GIB
     return out
 
@@ -182,13 +239,23 @@ def _positive(**values: int) -> None:
       raise ValueError(f"{name}={value} must be positive")
 
 
-def estimate_memory(model_cfg: ModelConfig, *, mesh_shape: Mapping[str, int],
-                    train_rows_per_device: int, prompt_len: int, response_len: int,
-                    rollouts: int, decode_rows: int, group_size: int,
-                    logprob_rows_per_device: int | None = None,
-                    micro_batching: bool = True, token_chunk: int = 1024,
-                    vocab_chunk: int = 32768, optimizer_state_bytes: int | None = None,
-                    with_reference: bool = False) -> MemoryEstimate:
+def estimate_memory(
+    model_cfg: ModelConfig,
+    *,
+    mesh_shape: Mapping[str, int],
+    train_rows_per_device: int,
+    prompt_len: int,
+    response_len: int,
+    rollouts: int,
+    decode_rows: int,
+    group_size: int,
+    logprob_rows_per_device: int | None = None,
+    micro_batching: bool = True,
+    token_chunk: int = 1024,
+    vocab_chunk: int = 32768,
+    optimizer_state_bytes: int | None = None,
+    with_reference: bool = False,
+) -> MemoryEstimate:
   """Bytes per device of the RL update and of sampling (module docstring).
 
   Args:
@@ -213,9 +280,16 @@ def estimate_memory(model_cfg: ModelConfig, *, mesh_shape: Mapping[str, int],
     A `MemoryEstimate` in bytes per device.
   """
   mesh = validate_mesh(mesh_shape)
-  _positive(train_rows_per_device=train_rows_per_device, prompt_len=prompt_len,
-            response_len=response_len, rollouts=rollouts, decode_rows=decode_rows,
-            group_size=group_size, token_chunk=token_chunk, vocab_chunk=vocab_chunk)
+  _positive(
+      train_rows_per_device=train_rows_per_device,
+      prompt_len=prompt_len,
+      response_len=response_len,
+      rollouts=rollouts,
+      decode_rows=decode_rows,
+      group_size=group_size,
+      token_chunk=token_chunk,
+      vocab_chunk=vocab_chunk,
+  )
   param_shards = mesh["fsdp"] * mesh["tensor"]
   shards = mesh["data"] * mesh["fsdp"]
   n = model_cfg.num_params(include_embeddings=True)
@@ -228,8 +302,12 @@ def estimate_memory(model_cfg: ModelConfig, *, mesh_shape: Mapping[str, int],
   reference = params if with_reference else 0
   grads = params + (n * 4 // param_shards if micro_batching else 0)
 
-  d, dh, v, layers = (model_cfg.hidden_size, model_cfg.head_dim, model_cfg.vocab_size,
-                      model_cfg.num_layers)
+  d, dh, v, layers = (
+      model_cfg.hidden_size,
+      model_cfg.head_dim,
+      model_cfg.vocab_size,
+      model_cfg.num_layers,
+  )
   heads_t = math.ceil(model_cfg.num_heads / mesh["tensor"])
   kv_t = model_cfg.num_kv_heads // kv_head_shards(model_cfg, mesh["tensor"])
   ffn_t = math.ceil(model_cfg.intermediate_size / mesh["tensor"])
@@ -242,28 +320,49 @@ def estimate_memory(model_cfg: ModelConfig, *, mesh_shape: Mapping[str, int],
   unembed_grad = 2 * (d // mesh["fsdp"]) * v * 4
   activations = layers * tokens * d * c_item + max(layer, stats) + unembed_grad
   lp_tokens = (logprob_rows_per_device or train_rows_per_device) * seq
-  no_grad_pass = (lp_tokens * per_token + lp_tokens * d * c_item
-                  + 3 * min(token_chunk, lp_tokens) * vocab_block * 4)
+  no_grad_pass = (
+      lp_tokens * per_token
+      + lp_tokens * d * c_item
+      + 3 * min(token_chunk, lp_tokens) * vocab_block * 4
+  )
   rollout_batch = math.ceil(rollouts / shards) * (seq * 5 + response_len * 24)
 
   rows = math.ceil(decode_rows / shards)
-  kv_cache = model_cfg.kv_cache_bytes_per_token() * rows * seq // kv_head_shards(
-      model_cfg, mesh["tensor"])
+  kv_cache = (
+      model_cfg.kv_cache_bytes_per_token() * rows * seq // kv_head_shards(model_cfg, mesh["tensor"])
+  )
   prompts = math.ceil(rows / group_size)
   prompt_tokens = prompts * prompt_len
-  prefill = (kv_cache // group_size
-             + layers * prompt_tokens * 2 * kv_t * dh * c_item
-             + 2 * prompt_tokens * per_token + prompts * v * 4)
+  prefill = (
+      kv_cache // group_size
+      + layers * prompt_tokens * 2 * kv_t * dh * c_item
+      + 2 * prompt_tokens * per_token
+      + prompts * v * 4
+  )
   decode = 4 * rows * v * 4
-  return MemoryEstimate(params=params, optimizer=optimizer, reference=reference, grads=grads,
-                        rollout_batch=rollout_batch, activations=activations,
-                        no_grad_pass=no_grad_pass, kv_cache=kv_cache,
-                        prefill=prefill, decode=decode)
+  return MemoryEstimate(
+      params=params,
+      optimizer=optimizer,
+      reference=reference,
+      grads=grads,
+      rollout_batch=rollout_batch,
+      activations=activations,
+      no_grad_pass=no_grad_pass,
+      kv_cache=kv_cache,
+      prefill=prefill,
+      decode=decode,
+  )
 
 
-def max_rollout_batch(model_cfg: ModelConfig, estimate: MemoryEstimate, *,
-                      mesh_shape: Mapping[str, int], rollout_len: int, hbm_bytes: int,
-                      headroom: float = 0.9) -> int:
+def max_rollout_batch(
+    model_cfg: ModelConfig,
+    estimate: MemoryEstimate,
+    *,
+    mesh_shape: Mapping[str, int],
+    rollout_len: int,
+    hbm_bytes: int,
+    headroom: float = 0.9,
+) -> int:
   """Largest mesh-wide rollout batch whose KV cache fits next to the resident state.
 
   Resident state = params + optimizer + reference of `estimate`; the result is a multiple of
@@ -271,22 +370,30 @@ def max_rollout_batch(model_cfg: ModelConfig, estimate: MemoryEstimate, *,
   """
   mesh = validate_mesh(mesh_shape)
   free = headroom * hbm_bytes - (estimate.params + estimate.optimizer + estimate.reference)
-  per_seq = (model_cfg.kv_cache_bytes_per_token() * rollout_len
-             / kv_head_shards(model_cfg, mesh["tensor"]))
+  per_seq = (
+      model_cfg.kv_cache_bytes_per_token() * rollout_len / kv_head_shards(model_cfg, mesh["tensor"])
+  )
   return max(0, int(free // per_seq)) * mesh["data"] * mesh["fsdp"]
 
 
-def estimate_for_experiment(model_cfg: ModelConfig, exp, mesh_shape: Mapping[str, int]
-                            ) -> MemoryEstimate:
+def estimate_for_experiment(
+    model_cfg: ModelConfig, exp, mesh_shape: Mapping[str, int]
+) -> MemoryEstimate:
   """`estimate_memory` with the shapes of a resolved experiment (`train.experiment.resolve`)."""
   mesh = validate_mesh(mesh_shape)
   shards = mesh["data"] * mesh["fsdp"]
   rl = exp.rl
   return estimate_memory(
-      model_cfg, mesh_shape=mesh,
+      model_cfg,
+      mesh_shape=mesh,
       train_rows_per_device=rl.micro_batch_size or rl.minibatch_size // shards,
-      prompt_len=exp.config.data.max_prompt_len, response_len=exp.sampler.max_new_tokens,
-      rollouts=rl.batch_size, decode_rows=exp.sampler.max_decode_rows or rl.batch_size,
+      prompt_len=exp.config.data.max_prompt_len,
+      response_len=exp.sampler.max_new_tokens,
+      rollouts=rl.batch_size,
+      decode_rows=exp.sampler.max_decode_rows or rl.batch_size,
       logprob_rows_per_device=rl.logprob_micro_batch_size or rl.minibatch_size // shards,
-      group_size=rl.group_size, micro_batching=bool(rl.micro_batch_size),
-      token_chunk=rl.token_chunk, with_reference=exp.config.rl.use_reference)
+      group_size=rl.group_size,
+      micro_batching=bool(rl.micro_batch_size),
+      token_chunk=rl.token_chunk,
+      with_reference=exp.config.rl.use_reference,
+  )

@@ -24,12 +24,20 @@ def shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
   """`{name: shape}` of every leaf of `tree` that has a shape (arrays, ShapeDtypeStructs,
   Orbax array metadata), in flattening order."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in leaves if getattr(leaf, "shape", None) is not None}
+  return {
+      "/".join(_key_name(k) for k in path): tuple(leaf.shape)
+      for path, leaf in leaves
+      if getattr(leaf, "shape", None) is not None
+  }
 
 
-def check_same_shapes(where: str, stored: Mapping[str, tuple[int, ...]],
-                      wanted: Mapping[str, tuple[int, ...]], *, same_names: bool) -> None:
+def check_same_shapes(
+    where: str,
+    stored: Mapping[str, tuple[int, ...]],
+    wanted: Mapping[str, tuple[int, ...]],
+    *,
+    same_names: bool,
+) -> None:
   """Raises if a param has one shape in a checkpoint and another in the model config.
 
   Args:
@@ -41,14 +49,23 @@ def check_same_shapes(where: str, stored: Mapping[str, tuple[int, ...]],
   Raises:
     ValueError: naming the first mismatched param and both shapes, and how many more differ.
   """
-  problems = [f"param {name!r} has shape {stored[name]} in the checkpoint but {shape} in the "
-              "model config" for name, shape in wanted.items()
-              if name in stored and tuple(stored[name]) != tuple(shape)]
+  problems = [
+      f"param {name!r} has shape {stored[name]} in the checkpoint but {shape} in the "
+      "model config"
+      for name, shape in wanted.items()
+      if name in stored and tuple(stored[name]) != tuple(shape)
+  ]
   if same_names:
-    problems += [f"param {name!r} is in the model config but not in the checkpoint"
-                 for name in wanted if name not in stored]
-    problems += [f"param {name!r} is in the checkpoint but not in the model config"
-                 for name in stored if name not in wanted]
+    problems += [
+        f"param {name!r} is in the model config but not in the checkpoint"
+        for name in wanted
+        if name not in stored
+    ]
+    problems += [
+        f"param {name!r} is in the checkpoint but not in the model config"
+        for name in stored
+        if name not in wanted
+    ]
   if problems:
     more = f" (and {len(problems) - 1} more params differ)" if len(problems) > 1 else ""
     raise ValueError(f"{where}: {problems[0]}{more}; the checkpoint is from another model config")

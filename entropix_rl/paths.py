@@ -7,10 +7,10 @@ local files (safetensors' `safe_open`) get a local copy from `local_directory`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
 
 from etils import epath
 

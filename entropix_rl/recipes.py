@@ -5,16 +5,22 @@ facts in those files' docstrings are recorded in docs/interventions.md ("The pap
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
+import dataclasses
 from typing import Any
 
 import ml_collections
 
 from entropix_rl.data import DataConfig
 from entropix_rl.losses import default_loss_config
-from entropix_rl.train.config import (CheckpointConfig, DistributedConfig, LoggingConfig,
-                                      MeshConfig, SFTConfig, section)
+from entropix_rl.train.config import (
+    CheckpointConfig,
+    DistributedConfig,
+    LoggingConfig,
+    MeshConfig,
+    SFTConfig,
+    section,
+)
 from entropix_rl.train.optim import OptimizerConfig
 
 METHODS = ("grpo", "clip_higher", "clip_cov", "kl_cov")
@@ -60,37 +66,79 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
   checkpoint = ml_collections.FieldReference(size.checkpoint_placeholder)
   config.task = ml_collections.ConfigDict({"name": "math", "kwargs": {}})
   config.tokenizer = ml_collections.ConfigDict({"kind": "hf", "path": checkpoint.identity()})
-  config.data = section(DataConfig(source="file", path="/path/to/dapo-math-17k.parquet",
-                                    max_prompt_len=2048, bad_records="fail"))
+  config.data = section(
+      DataConfig(
+          source="file",
+          path="/path/to/dapo-math-17k.parquet",
+          max_prompt_len=2048,
+          bad_records="fail",
+      )
+  )
 
-  config.model = ml_collections.ConfigDict({
-      "init": "checkpoint", "checkpoint": checkpoint, "model_type": "qwen2", **size.architecture,
-      "param_dtype": "bfloat16", "compute_dtype": "bfloat16", "attention_impl": "auto",
-      "attention_block_q": 512, "attention_block_k": 512,
-  })
+  config.model = ml_collections.ConfigDict(
+      {
+          "init": "checkpoint",
+          "checkpoint": checkpoint,
+          "model_type": "qwen2",
+          **size.architecture,
+          "param_dtype": "bfloat16",
+          "compute_dtype": "bfloat16",
+          "attention_impl": "auto",
+          "attention_block_q": 512,
+          "attention_block_k": 512,
+      }
+  )
 
-  config.sampler = ml_collections.ConfigDict({
-      "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8192, "greedy": False,
-      "max_decode_rows": size.max_decode_rows, "decode_segment": 256,
-  })
+  config.sampler = ml_collections.ConfigDict(
+      {
+          "temperature": 1.0,
+          "top_p": 1.0,
+          "top_k": 0,
+          "max_new_tokens": 8192,
+          "greedy": False,
+          "max_decode_rows": size.max_decode_rows,
+          "decode_segment": 256,
+      }
+  )
 
-  config.sft = section(SFTConfig(  # no SFT: RL starts from the base checkpoint
-      steps=0, batch_size=256, log_every=50, shared_dir="", micro_batch_size=size.micro_batch_size,
-      optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=0, grad_clip_norm=1.0)))
+  config.sft = section(
+      SFTConfig(  # no SFT: RL starts from the base checkpoint
+          steps=0,
+          batch_size=256,
+          log_every=50,
+          shared_dir="",
+          micro_batch_size=size.micro_batch_size,
+          optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=0, grad_clip_norm=1.0),
+      )
+  )
 
-  config.rl = ml_collections.ConfigDict({
-      "steps": 1000, "prompts_per_step": 256, "group_size": 8, "ppo_epochs": 1,
-      "num_minibatches": 8, "advantage": "grpo", "dynamic_sampling": True,
-      "max_gen_batches": 10, "use_reference": False, "measure_dynamics": False,
-      "token_chunk": 1024, "remat": True, "micro_batch_size": size.micro_batch_size,
-      "logprob_micro_batch_size": size.logprob_micro_batch_size, "feature_chunk": 256,
-      "completion_buckets": 4, "old_logp_from_rollout": False,
-      "max_skipped_updates": 3,  # stop after 3 non-finite (skipped) updates in a row
-      "step_delimiter": "",  # one step per response (EMPG, EPO)
-      "cluster_by": "exact_string",  # SEED-GRPO answer clusters; "value" = math-verify's parse
-  })
-  config.optimizer = section(OptimizerConfig(learning_rate=size.learning_rate, warmup_steps=0,
-                                             grad_clip_norm=1.0))
+  config.rl = ml_collections.ConfigDict(
+      {
+          "steps": 1000,
+          "prompts_per_step": 256,
+          "group_size": 8,
+          "ppo_epochs": 1,
+          "num_minibatches": 8,
+          "advantage": "grpo",
+          "dynamic_sampling": True,
+          "max_gen_batches": 10,
+          "use_reference": False,
+          "measure_dynamics": False,
+          "token_chunk": 1024,
+          "remat": True,
+          "micro_batch_size": size.micro_batch_size,
+          "logprob_micro_batch_size": size.logprob_micro_batch_size,
+          "feature_chunk": 256,
+          "completion_buckets": 4,
+          "old_logp_from_rollout": False,
+          "max_skipped_updates": 3,  # stop after 3 non-finite (skipped) updates in a row
+          "step_delimiter": "",  # one step per response (EMPG, EPO)
+          "cluster_by": "exact_string",  # SEED-GRPO answer clusters; "value" = math-verify's parse
+      }
+  )
+  config.optimizer = section(
+      OptimizerConfig(learning_rate=size.learning_rate, warmup_steps=0, grad_clip_norm=1.0)
+  )
 
   config.loss = default_loss_config()
   config.loss.agg = "token-mean"
@@ -115,8 +163,9 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
     config.loss.kl_cov.ratio = size.kl_cov_ratio
     config.loss.kl_cov.coef = 1.0
 
-  config.eval = ml_collections.ConfigDict({"every": 25, "num_prompts": 128, "num_samples": 8,
-                                           "pass_k": (1, 8)})
+  config.eval = ml_collections.ConfigDict(
+      {"every": 25, "num_prompts": 128, "num_samples": 8, "pass_k": (1, 8)}
+  )
   config.checkpoint = section(CheckpointConfig(save_every=20, keep=2))
   config.logging = section(LoggingConfig(console_every=1, tensorboard=True))
   config.mesh = section(MeshConfig(data=1, fsdp=-1, tensor=size.mesh_tensor))
@@ -128,5 +177,11 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
 def entropy_target_sweep() -> list[dict]:
   """Entropy targets for the adaptive entropy coefficient (Skywork-OR1 controller), on top of
   the method chosen after `:` (e.g. `--config=configs/qwen25_7b.py:clip_cov`)."""
-  return [{"_name": f"entropy_target_{target}", "loss.entropy_bonus.adaptive": True,
-           "loss.entropy_bonus.target": target} for target in (0.1, 0.2, 0.3, 0.5)]
+  return [
+      {
+          "_name": f"entropy_target_{target}",
+          "loss.entropy_bonus.adaptive": True,
+          "loss.entropy_bonus.target": target,
+      }
+      for target in (0.1, 0.2, 0.3, 0.5)
+  ]

@@ -41,8 +41,9 @@ def window_mean(values: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
   return np.where(full, window_sum / width, np.nan).astype(np.float32)
 
 
-def branch_prompts(responses, rows: np.ndarray, cuts: np.ndarray, *,
-                   min_bucket: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def branch_prompts(
+    responses, rows: np.ndarray, cuts: np.ndarray, *, min_bucket: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Prompts for regenerating `rows` from a prefix: prompt ⊕ completion[:cut].
 
   The token at `cut` is regenerated (CURE's critical token, a fork point of a tree).
@@ -61,19 +62,26 @@ def branch_prompts(responses, rows: np.ndarray, cuts: np.ndarray, *,
   seqs = []
   for row, cut in zip(rows, cuts):
     n = int(responses.prompt_lengths[row])
-    prompt = responses.prompt_tokens[row, responses.prompt_tokens.shape[1] - n:]
+    prompt = responses.prompt_tokens[row, responses.prompt_tokens.shape[1] - n :]
     seqs.append(np.concatenate([prompt, responses.completion_tokens[row, :cut]]))
   lengths = np.asarray([len(s) for s in seqs], np.int32)
   width = prompt_bucket(int(lengths.max(initial=1)), min_bucket)
   tokens = np.full((len(seqs), width), pad_id, np.int32)
   for i, s in enumerate(seqs):
-    tokens[i, width - len(s):] = s
+    tokens[i, width - len(s) :] = s
   return tokens, lengths
 
 
-def sample_in_buckets(sample, prompt_tokens: np.ndarray, prompt_lengths: np.ndarray,
-                      examples: Sequence, group_ids: np.ndarray, num_samples: int, key,
-                      prefix_lengths: np.ndarray | None = None):
+def sample_in_buckets(
+    sample,
+    prompt_tokens: np.ndarray,
+    prompt_lengths: np.ndarray,
+    examples: Sequence,
+    group_ids: np.ndarray,
+    num_samples: int,
+    key,
+    prefix_lengths: np.ndarray | None = None,
+):
   """`sample(...)` (`RolloutContext.sample`) with the number of prompts rounded up to a power
   of two by repeating the last prompt, so that calls with varying prompt counts reuse a few
   compiled sampler programs. Returns the rows of the given prompts only; row r draws the same
@@ -83,14 +91,21 @@ def sample_in_buckets(sample, prompt_tokens: np.ndarray, prompt_lengths: np.ndar
   if not count:
     raise ValueError("sample_in_buckets: no prompts to sample")
   pad = np.concatenate([np.arange(count), np.full(prompt_bucket(count, 1) - count, count - 1)])
-  rows = sample(np.asarray(prompt_tokens)[pad], np.asarray(prompt_lengths)[pad],
-                [examples[i] for i in pad], np.asarray(group_ids)[pad], num_samples, key,
-                prefix_lengths=None if prefix_lengths is None else np.asarray(prefix_lengths)[pad])
+  rows = sample(
+      np.asarray(prompt_tokens)[pad],
+      np.asarray(prompt_lengths)[pad],
+      [examples[i] for i in pad],
+      np.asarray(group_ids)[pad],
+      num_samples,
+      key,
+      prefix_lengths=None if prefix_lengths is None else np.asarray(prefix_lengths)[pad],
+  )
   return rows.take(np.arange(count * num_samples))
 
 
-def majority_labels(keys: Sequence[Hashable | None], group_ids: np.ndarray
-                    ) -> dict[int, Hashable | None]:
+def majority_labels(
+    keys: Sequence[Hashable | None], group_ids: np.ndarray
+) -> dict[int, Hashable | None]:
   """Each group's most common answer key (ties: the first to reach the top count; None when
   no response of the group has an answer)."""
   counts: dict[int, dict[Hashable, int]] = {}

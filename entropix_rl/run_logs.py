@@ -12,18 +12,18 @@ holds one column per name over the union of logged steps, NaN where a name was n
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import glob
 import json
 import math
 import os
 import struct
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from absl import logging
 from etils import epath
+import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 RUN_INFO_FILE = "run_info.json"
@@ -68,8 +68,10 @@ class Run:
 
   def _column(self, key: str) -> np.ndarray:
     if key not in self.columns:
-      raise ValueError(f"metric {key!r} is not in run {self.workdir} ({self.source}); it has: "
-                       f"{', '.join(self.keys()) or 'no metrics'}")
+      raise ValueError(
+          f"metric {key!r} is not in run {self.workdir} ({self.source}); it has: "
+          f"{', '.join(self.keys()) or 'no metrics'}"
+      )
     return self.columns[key]
 
   def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +120,10 @@ def read_jsonl(path: epath.PathLike) -> dict[int, dict[str, float]]:
       raise ValueError(f"{path}:{i + 1}: not valid JSON ({e}): {line[:80]!r}") from e
     step = record.get("step") if isinstance(record, dict) else None
     if isinstance(step, bool) or not isinstance(step, int):
-      raise ValueError(f"{path}:{i + 1}: each line must be an object with an integer 'step', "
-                       f"got {line[:80]!r}")
+      raise ValueError(
+          f"{path}:{i + 1}: each line must be an object with an integer 'step', "
+          f"got {line[:80]!r}"
+      )
     values = records.setdefault(step, {})
     for name, value in record.items():
       if name != "step":
@@ -129,6 +133,7 @@ def read_jsonl(path: epath.PathLike) -> dict[int, dict[str, float]]:
 
 def _masked_crc32c(data: bytes) -> int:
   from tensorboardX.record_writer import masked_crc32c
+
   return masked_crc32c(data)
 
 
@@ -180,14 +185,15 @@ def _scalar(value: Any) -> float | None:
 def _parse_event_file(path: epath.PathLike) -> tuple[dict[int, dict[str, float]], list[int]]:
   """(scalars by step, purge steps) of one event file (`read_event_file`)."""
   from tensorboardX.proto import event_pb2
+
   data = epath.Path(path).read_bytes()
   records: dict[int, dict[str, float]] = {}
   purges: list[int] = []
   offset = 0
   while offset + 12 <= len(data):
-    header = data[offset:offset + 8]
+    header = data[offset : offset + 8]
     (length,) = struct.unpack("<Q", header)
-    (length_crc,) = struct.unpack("<I", data[offset + 8:offset + 12])
+    (length_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
     if _masked_crc32c(header) != length_crc:
       raise ValueError(f"{path}: corrupt TFRecord length at byte {offset}")
     start, end = offset + 12, offset + 12 + length
@@ -195,7 +201,7 @@ def _parse_event_file(path: epath.PathLike) -> tuple[dict[int, dict[str, float]]
       logging.warning("%s: skipping a truncated last record at byte %d", path, offset)
       break
     payload = data[start:end]
-    (payload_crc,) = struct.unpack("<I", data[end:end + 4])
+    (payload_crc,) = struct.unpack("<I", data[end : end + 4])
     if _masked_crc32c(payload) != payload_crc:
       raise ValueError(f"{path}: corrupt TFRecord payload at byte {offset}")
     event = event_pb2.Event.FromString(payload)
@@ -213,7 +219,9 @@ def _parse_event_file(path: epath.PathLike) -> tuple[dict[int, dict[str, float]]
 def event_files(workdir: epath.PathLike) -> list[str]:
   """TensorBoard event files of a run (in `workdir/tensorboard/` or `workdir/`), oldest first."""
   root = epath.Path(workdir)
-  files = [os.fspath(f) for f in [*(root / "tensorboard").glob(EVENTS_GLOB), *root.glob(EVENTS_GLOB)]]
+  files = [
+      os.fspath(f) for f in [*(root / "tensorboard").glob(EVENTS_GLOB), *root.glob(EVENTS_GLOB)]
+  ]
   return sorted(files, key=lambda p: (os.path.basename(p), p))
 
 
@@ -223,7 +231,9 @@ def is_run(path: epath.PathLike) -> bool:
   return root.is_dir() and ((root / METRICS_FILE).exists() or bool(event_files(path)))
 
 
-def _columns(records: Mapping[int, Mapping[str, float]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _columns(
+    records: Mapping[int, Mapping[str, float]],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   steps = np.asarray(sorted(records), dtype=np.int64)
   index = {int(s): i for i, s in enumerate(steps)}
   columns: dict[str, np.ndarray] = {}
@@ -250,8 +260,10 @@ def load_run(workdir: epath.PathLike) -> Run:
   else:
     files = event_files(workdir)
     if not files:
-      raise ValueError(f"{workdir!r} has no {METRICS_FILE} and no TensorBoard event files "
-                       f"({EVENTS_GLOB} in it or in its tensorboard/ folder)")
+      raise ValueError(
+          f"{workdir!r} has no {METRICS_FILE} and no TensorBoard event files "
+          f"({EVENTS_GLOB} in it or in its tensorboard/ folder)"
+      )
     records = read_event_files(files)  # oldest first: a resumed run's later files win
     source = ", ".join(files)
   info_path = root / RUN_INFO_FILE
@@ -288,12 +300,16 @@ def find_runs(paths_or_globs: str | Sequence[str]) -> list[str]:
       if is_run(match):
         found.append(match)
       elif os.path.isdir(match):
-        found.extend(sub for sub in sorted(glob.glob(os.path.join(match, "*")))
-                     if is_run(sub) and os.path.exists(os.path.join(sub, RUN_INFO_FILE)))
+        found.extend(
+            sub
+            for sub in sorted(glob.glob(os.path.join(match, "*")))
+            if is_run(sub) and os.path.exists(os.path.join(sub, RUN_INFO_FILE))
+        )
   runs = list(dict.fromkeys(os.path.normpath(p) for p in found))
   if not runs:
-    raise ValueError(f"no runs (directories with {METRICS_FILE} or TensorBoard event files) "
-                     f"under {patterns}")
+    raise ValueError(
+        f"no runs (directories with {METRICS_FILE} or TensorBoard event files) " f"under {patterns}"
+    )
   return runs
 
 
@@ -321,9 +337,12 @@ def summarize_run(run: Run, *, last_evals: int = 3, last_steps: int = 10) -> dic
   _, sampled = run.series("eval/sampled_accuracy")
   _, greedy = run.series("eval/greedy_accuracy")
   _, distinct = run.series("accuracy/distinct_correct_per_group")
-  return {"entropy_start": float(entropy[0]), "entropy_end": float(entropy[-last_steps:].mean()),
-          "accuracy_start": float(sampled[0]),
-          "accuracy_end": float(sampled[-last_evals:].mean()),
-          "greedy_accuracy_end": float(greedy[-last_evals:].mean()),
-          "distinct_start": float(distinct[:last_steps].mean()),
-          "distinct_end": float(distinct[-last_steps:].mean())}
+  return {
+      "entropy_start": float(entropy[0]),
+      "entropy_end": float(entropy[-last_steps:].mean()),
+      "accuracy_start": float(sampled[0]),
+      "accuracy_end": float(sampled[-last_evals:].mean()),
+      "greedy_accuracy_end": float(greedy[-last_evals:].mean()),
+      "distinct_start": float(distinct[:last_steps].mean()),
+      "distinct_end": float(distinct[-last_steps:].mean()),
+  }

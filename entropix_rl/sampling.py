@@ -38,17 +38,17 @@ distribution. The KV cache is in the model's compute dtype,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
+import numpy as np
 
 from entropix_rl import sharding
 from entropix_rl.models import decoder
@@ -192,8 +192,9 @@ def _inverse_cdf(probs: jax.Array, uniform: jax.Array) -> jax.Array:
   return jnp.minimum((cdf < target).sum(axis=-1), probs.shape[-1] - 1)
 
 
-def _choose(logits: jax.Array, keys: jax.Array, temperatures: jax.Array, cfg: SamplerConfig
-            ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _choose(
+    logits: jax.Array, keys: jax.Array, temperatures: jax.Array, cfg: SamplerConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Picks tokens from `[R, V]` float32 logits with per-row keys and temperatures `[R]`:
   (tokens, logp, entropy), each `[R]`."""
   scaled = logits / temperatures[:, None]
@@ -210,8 +211,13 @@ def _choose(logits: jax.Array, keys: jax.Array, temperatures: jax.Array, cfg: Sa
   return tokens, logp, entropy
 
 
-def _emit(logits: jax.Array, state: DecodeState, cfg: SamplerConfig, temperature: jax.Array,
-          rule_state: Any) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+def _emit(
+    logits: jax.Array,
+    state: DecodeState,
+    cfg: SamplerConfig,
+    temperature: jax.Array,
+    rule_state: Any,
+) -> tuple[DecodeState, tuple[jax.Array, ...]]:
   """Samples step `state.step` for every row; returns the advanced state and the step's
   (tokens, live, logp, entropy), each `[R]`, zero/pad where the row was already done."""
   keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.row_keys, state.step)
@@ -223,8 +229,7 @@ def _emit(logits: jax.Array, state: DecodeState, cfg: SamplerConfig, temperature
   live = ~state.done
   tok = jnp.where(live, tok, cfg.pad_id)
   stop_ids = jnp.asarray(cfg.stop_ids if cfg.stop_ids else (-1,), jnp.int32)
-  state = state.replace(tokens=tok, done=state.done | jnp.isin(tok, stop_ids),
-                        step=state.step + 1)
+  state = state.replace(tokens=tok, done=state.done | jnp.isin(tok, stop_ids), step=state.step + 1)
   return state, (tok, live, jnp.where(live, logp, 0.0), jnp.where(live, ent, 0.0))
 
 
@@ -232,41 +237,78 @@ def _constrain(state: DecodeState, mesh: Mesh | None, num_kv_heads: int) -> Deco
   if mesh is None:
     return state
   specs = sharding.kv_cache_specs(mesh, num_kv_heads)
-  cache = decoder.KVCache(**{name: jax.lax.with_sharding_constraint(
-      getattr(state.cache, name), NamedSharding(mesh, spec)) for name, spec in specs.items()})
+  cache = decoder.KVCache(
+      **{
+          name: jax.lax.with_sharding_constraint(
+              getattr(state.cache, name), NamedSharding(mesh, spec)
+          )
+          for name, spec in specs.items()
+      }
+  )
   return state.replace(cache=cache)
 
 
-def _prefill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, params: Any,
-             prompt_tokens: jax.Array, prompt_mask: jax.Array, row_keys: jax.Array,
-             row_ids: jax.Array, temperature: jax.Array, rule_state: Any
-             ) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+def _prefill(
+    model_cfg: ModelConfig,
+    cfg: SamplerConfig,
+    mesh: Mesh | None,
+    params: Any,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    row_keys: jax.Array,
+    row_ids: jax.Array,
+    temperature: jax.Array,
+    rule_state: Any,
+) -> tuple[DecodeState, tuple[jax.Array, ...]]:
   """Prefills each prompt once, repeats its cache rows `num_samples` times, samples step 0."""
   width = prompt_tokens.shape[1]
-  hidden, cache = decoder.prefill(model_cfg, params, prompt_tokens, prompt_mask,
-                                  width + cfg.max_new_tokens)
+  hidden, cache = decoder.prefill(
+      model_cfg, params, prompt_tokens, prompt_mask, width + cfg.max_new_tokens
+  )
   logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, -1])
   n = cfg.num_samples
   repeat = lambda x, axis: jnp.repeat(x, n, axis=axis) if n > 1 else x
-  cache = decoder.KVCache(k=repeat(cache.k, 1), v=repeat(cache.v, 1), valid=repeat(cache.valid, 0),
-                          lengths=repeat(cache.lengths, 0), index=cache.index)
-  state = DecodeState(cache=cache, tokens=jnp.zeros(row_ids.shape, jnp.int32), done=row_ids < 0,
-                      row_keys=row_keys, row_ids=row_ids, step=jnp.int32(0))
+  cache = decoder.KVCache(
+      k=repeat(cache.k, 1),
+      v=repeat(cache.v, 1),
+      valid=repeat(cache.valid, 0),
+      lengths=repeat(cache.lengths, 0),
+      index=cache.index,
+  )
+  state = DecodeState(
+      cache=cache,
+      tokens=jnp.zeros(row_ids.shape, jnp.int32),
+      done=row_ids < 0,
+      row_keys=row_keys,
+      row_ids=row_ids,
+      step=jnp.int32(0),
+  )
   state = _constrain(state, mesh, model_cfg.num_kv_heads)
   return _emit(repeat(logits, 0), state, cfg, temperature, rule_state)
 
 
-def _decode(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, segment: int,
-            params: Any, state: DecodeState, temperature: jax.Array, rule_state: Any
-            ) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+def _decode(
+    model_cfg: ModelConfig,
+    cfg: SamplerConfig,
+    mesh: Mesh | None,
+    segment: int,
+    params: Any,
+    state: DecodeState,
+    temperature: jax.Array,
+    rule_state: Any,
+) -> tuple[DecodeState, tuple[jax.Array, ...]]:
   """Decodes up to `segment` steps (fewer if every row finishes or the budget ends).
 
   Returns the state and `[R, segment]` (tokens, live, logp, entropy) for steps
   `[state.step, state.step + segment)` of the input state; steps not run stay pad/False/0.
   """
   rows = state.tokens.shape[0]
-  out = (jnp.full((rows, segment), cfg.pad_id, jnp.int32), jnp.zeros((rows, segment), bool),
-         jnp.zeros((rows, segment), jnp.float32), jnp.zeros((rows, segment), jnp.float32))
+  out = (
+      jnp.full((rows, segment), cfg.pad_id, jnp.int32),
+      jnp.zeros((rows, segment), bool),
+      jnp.zeros((rows, segment), jnp.float32),
+      jnp.zeros((rows, segment), jnp.float32),
+  )
 
   def cond(carry):
     i, state, _ = carry
@@ -274,13 +316,16 @@ def _decode(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, segme
 
   def body(carry):
     i, state, out = carry
-    hidden, cache = decoder.forward_hidden(model_cfg, params, state.tokens[:, None],
-                                           cache=state.cache)
+    hidden, cache = decoder.forward_hidden(
+        model_cfg, params, state.tokens[:, None], cache=state.cache
+    )
     logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, 0])
     state = _constrain(state.replace(cache=cache), mesh, model_cfg.num_kv_heads)
     state, step_out = _emit(logits, state, cfg, temperature, rule_state)
-    out = tuple(jax.lax.dynamic_update_slice_in_dim(buf, val[:, None], i, axis=1)
-                for buf, val in zip(out, step_out))
+    out = tuple(
+        jax.lax.dynamic_update_slice_in_dim(buf, val[:, None], i, axis=1)
+        for buf, val in zip(out, step_out)
+    )
     return i + 1, state, out
 
   _, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out))
@@ -291,20 +336,35 @@ def _compact(state: DecodeState, rows: jax.Array) -> DecodeState:
   """The rows `rows [R']` of `state` (−1 = a padding row: done, row id −1)."""
   take = lambda x, axis: jnp.take(x, jnp.maximum(rows, 0), axis=axis)
   cache = state.cache
-  cache = decoder.KVCache(k=take(cache.k, 1), v=take(cache.v, 1), valid=take(cache.valid, 0),
-                          lengths=take(cache.lengths, 0), index=cache.index)
-  return DecodeState(cache=cache, tokens=take(state.tokens, 0),
-                     done=take(state.done, 0) | (rows < 0), row_keys=take(state.row_keys, 0),
-                     row_ids=jnp.where(rows < 0, -1, take(state.row_ids, 0)), step=state.step)
+  cache = decoder.KVCache(
+      k=take(cache.k, 1),
+      v=take(cache.v, 1),
+      valid=take(cache.valid, 0),
+      lengths=take(cache.lengths, 0),
+      index=cache.index,
+  )
+  return DecodeState(
+      cache=cache,
+      tokens=take(state.tokens, 0),
+      done=take(state.done, 0) | (rows < 0),
+      row_keys=take(state.row_keys, 0),
+      row_ids=jnp.where(rows < 0, -1, take(state.row_ids, 0)),
+      step=state.step,
+  )
 
 
 def state_shardings(model_cfg: ModelConfig, mesh: Mesh) -> DecodeState:
   """Shardings of a `DecodeState`: rows over data x fsdp, KV heads over tensor if it divides."""
   specs = sharding.kv_cache_specs(mesh, model_cfg.num_kv_heads)
   rows = sharding.batch_sharding(mesh)
-  return DecodeState(cache=decoder.KVCache(**{k: NamedSharding(mesh, s) for k, s in specs.items()}),
-                     tokens=rows, done=rows, row_keys=sharding.batch_sharding(mesh, 2),
-                     row_ids=rows, step=sharding.replicated(mesh))
+  return DecodeState(
+      cache=decoder.KVCache(**{k: NamedSharding(mesh, s) for k, s in specs.items()}),
+      tokens=rows,
+      done=rows,
+      row_keys=sharding.batch_sharding(mesh, 2),
+      row_ids=rows,
+      step=sharding.replicated(mesh),
+  )
 
 
 @functools.lru_cache(maxsize=64)
@@ -317,14 +377,17 @@ def compiled_prefill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | No
   rows, rows2 = sharding.batch_sharding(mesh), sharding.batch_sharding(mesh, 2)
   rep = sharding.replicated(mesh)
   return sharding.jit_on_mesh(
-      fn, mesh,
+      fn,
+      mesh,
       in_shardings=(sharding.param_shardings(model_cfg, mesh), rows2, rows2, rows2, rows, rep, rep),
-      out_shardings=(state_shardings(model_cfg, mesh), (rows,) * 4))
+      out_shardings=(state_shardings(model_cfg, mesh), (rows,) * 4),
+  )
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_decode(model_cfg: ModelConfig, cfg: SamplerConfig, segment: int,
-                    mesh: Mesh | None = None):
+def compiled_decode(
+    model_cfg: ModelConfig, cfg: SamplerConfig, segment: int, mesh: Mesh | None = None
+):
   """Jitted `_decode` of `segment` steps; the state is donated (its cache is updated in place)."""
   fn = functools.partial(_decode, model_cfg, cfg, mesh, segment)
   if mesh is None:
@@ -333,8 +396,12 @@ def compiled_decode(model_cfg: ModelConfig, cfg: SamplerConfig, segment: int,
   rows2 = sharding.batch_sharding(mesh, 2)
   rep = sharding.replicated(mesh)
   return sharding.jit_on_mesh(
-      fn, mesh, in_shardings=(sharding.param_shardings(model_cfg, mesh), state_sh, rep, rep),
-      out_shardings=(state_sh, (rows2,) * 4), donate_argnums=1)
+      fn,
+      mesh,
+      in_shardings=(sharding.param_shardings(model_cfg, mesh), state_sh, rep, rep),
+      out_shardings=(state_sh, (rows2,) * 4),
+      donate_argnums=1,
+  )
 
 
 @functools.lru_cache(maxsize=64)
@@ -343,8 +410,9 @@ def compiled_compact(model_cfg: ModelConfig, mesh: Mesh | None = None):
   if mesh is None:
     return jax.jit(_compact)
   state_sh = state_shardings(model_cfg, mesh)
-  return sharding.jit_on_mesh(_compact, mesh, in_shardings=(state_sh, sharding.replicated(mesh)),
-                              out_shardings=state_sh)
+  return sharding.jit_on_mesh(
+      _compact, mesh, in_shardings=(state_sh, sharding.replicated(mesh)), out_shardings=state_sh
+  )
 
 
 def _gather(x: jax.Array) -> np.ndarray:
@@ -366,10 +434,19 @@ def _compacted_size(live: int, rows: int, shards: int) -> int | None:
   return target if target * 2 <= rows else None
 
 
-def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, params: Any,
-                 prompts: np.ndarray, mask: np.ndarray, row_keys: np.ndarray,
-                 row_ids: np.ndarray, outputs: tuple[np.ndarray, ...], temperature: jax.Array,
-                 rule_state: Any) -> None:
+def _decode_pass(
+    model_cfg: ModelConfig,
+    cfg: SamplerConfig,
+    mesh: Mesh | None,
+    params: Any,
+    prompts: np.ndarray,
+    mask: np.ndarray,
+    row_keys: np.ndarray,
+    row_ids: np.ndarray,
+    outputs: tuple[np.ndarray, ...],
+    temperature: jax.Array,
+    rule_state: Any,
+) -> None:
   """Generates one pass of this host's rows into `outputs` (host arrays indexed by row id).
 
   Row ids are made unique across hosts (offset by process), because compaction moves rows
@@ -383,12 +460,13 @@ def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, 
   def store(ids: np.ndarray, start: int, values: tuple) -> None:
     mine = (ids >= offset) & (ids < offset + row_ids.size)
     for buf, value in zip(outputs, values):
-      rows = _gather(value)[mine][:, :c - start]
-      buf[ids[mine] - offset, start:start + rows.shape[1]] = rows
+      rows = _gather(value)[mine][:, : c - start]
+      buf[ids[mine] - offset, start : start + rows.shape[1]] = rows
 
   global_ids = np.where(row_ids >= 0, row_ids + offset, -1).astype(np.int32)
   state, first = compiled_prefill(model_cfg, cfg, mesh)(
-      params, *put((prompts, mask, row_keys)), *put((global_ids,)), temperature, rule_state)
+      params, *put((prompts, mask, row_keys)), *put((global_ids,)), temperature, rule_state
+  )
   store(_gather(state.row_ids), 0, tuple(x[:, None] for x in first))
   segment = cfg.decode_segment or cfg.max_new_tokens
   decode = compiled_decode(model_cfg, cfg, segment, mesh)
@@ -397,11 +475,13 @@ def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, 
     done, ids = _gather(state.done), _gather(state.row_ids)
     if done.all():
       break
-    new_size = _compacted_size(int((~done).sum()), done.size, shards) if cfg.decode_segment else None
+    new_size = (
+        _compacted_size(int((~done).sum()), done.size, shards) if cfg.decode_segment else None
+    )
     if new_size is not None:
       live_rows = np.flatnonzero(~done)
       rows = np.full((new_size,), -1, np.int32)
-      rows[:live_rows.size] = live_rows
+      rows[: live_rows.size] = live_rows
       state = compiled_compact(model_cfg, mesh)(state, jnp.asarray(rows))
       ids = _gather(state.row_ids)
     state, out = decode(params, state, temperature, rule_state)
@@ -409,10 +489,18 @@ def _decode_pass(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None, 
     step = _scalar(state.step)
 
 
-def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.Array,
-           prompt_lengths: np.ndarray | jax.Array | Sequence[int], rng: jax.Array,
-           sampler_cfg: SamplerConfig, *, mesh: Mesh | None = None,
-           temperature: float | jax.Array | None = None, rule_state: Any = None) -> Rollout:
+def sample(
+    model_cfg: ModelConfig,
+    params: Any,
+    prompt_tokens: np.ndarray | jax.Array,
+    prompt_lengths: np.ndarray | jax.Array | Sequence[int],
+    rng: jax.Array,
+    sampler_cfg: SamplerConfig,
+    *,
+    mesh: Mesh | None = None,
+    temperature: float | jax.Array | None = None,
+    rule_state: Any = None,
+) -> Rollout:
   """Samples `sampler_cfg.num_samples` completions for each left-padded prompt.
 
   Args:
@@ -439,23 +527,28 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
   tokens = np.asarray(prompt_tokens, np.int32)
   lengths = np.asarray(prompt_lengths, np.int32)
   if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
-    raise ValueError(f"prompt_tokens must be [B, P] and prompt_lengths [B]; got "
-                     f"{tokens.shape} and {lengths.shape}")
+    raise ValueError(
+        f"prompt_tokens must be [B, P] and prompt_lengths [B]; got "
+        f"{tokens.shape} and {lengths.shape}"
+    )
   width = tokens.shape[1]
   if lengths.size and (lengths.min() < 1 or lengths.max() > width):
-    raise ValueError(f"prompt_lengths must be in [1, {width}]; got min {lengths.min()}, "
-                     f"max {lengths.max()}")
+    raise ValueError(
+        f"prompt_lengths must be in [1, {width}]; got min {lengths.min()}, " f"max {lengths.max()}"
+    )
   bucket = prompt_bucket(int(lengths.max()) if lengths.size else 1, sampler_cfg.min_prompt_bucket)
   if bucket + sampler_cfg.max_new_tokens > model_cfg.max_position_embeddings:
     bucket = max(width, int(lengths.max()) if lengths.size else 1)  # the caller's width fits
   total = bucket + sampler_cfg.max_new_tokens
   if total > model_cfg.max_position_embeddings:
-    raise ValueError(f"prompt bucket {bucket} + sampler.max_new_tokens "
-                     f"{sampler_cfg.max_new_tokens} = {total} exceeds the model's "
-                     f"max_position_embeddings={model_cfg.max_position_embeddings}")
+    raise ValueError(
+        f"prompt bucket {bucket} + sampler.max_new_tokens "
+        f"{sampler_cfg.max_new_tokens} = {total} exceeds the model's "
+        f"max_position_embeddings={model_cfg.max_position_embeddings}"
+    )
   keep = min(width, bucket)
   padded = np.full((tokens.shape[0], bucket), sampler_cfg.pad_id, np.int32)
-  padded[:, bucket - keep:] = tokens[:, width - keep:]
+  padded[:, bucket - keep :] = tokens[:, width - keep :]
   mask = np.arange(bucket)[None, :] >= (bucket - lengths)[:, None]
   padded = np.where(mask, padded, sampler_cfg.pad_id)
 
@@ -469,10 +562,17 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
     per_pass = -(-per_pass // shards) * shards
   first_row = jax.process_index() * b * n
   all_keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(first_row + jnp.arange(b * n))
-  all_keys = np.asarray(jax.random.key_data(all_keys) if jnp.issubdtype(
-      all_keys.dtype, jax.dtypes.prng_key) else all_keys)
-  outputs = (np.full((b * n, c), sampler_cfg.pad_id, np.int32), np.zeros((b * n, c), bool),
-             np.zeros((b * n, c), np.float32), np.zeros((b * n, c), np.float32))
+  all_keys = np.asarray(
+      jax.random.key_data(all_keys)
+      if jnp.issubdtype(all_keys.dtype, jax.dtypes.prng_key)
+      else all_keys
+  )
+  outputs = (
+      np.full((b * n, c), sampler_cfg.pad_id, np.int32),
+      np.zeros((b * n, c), bool),
+      np.zeros((b * n, c), np.float32),
+      np.zeros((b * n, c), np.float32),
+  )
   for start in range(0, b, per_pass):
     prompts = np.arange(start, start + per_pass)
     real = prompts < b
@@ -480,17 +580,37 @@ def sample(model_cfg: ModelConfig, params: Any, prompt_tokens: np.ndarray | jax.
     rows = (prompts[:, None] * n + np.arange(n)[None, :]).reshape(-1)
     row_ids = np.where(np.repeat(real, n), np.arange(rows.size), -1).astype(np.int32)
     pass_out = tuple(np.zeros((rows.size, c), x.dtype) for x in outputs)
-    _decode_pass(model_cfg, sampler_cfg, mesh, params, padded[prompts], mask[prompts],
-                 all_keys[rows], row_ids, pass_out, base_temperature, rule_state)
+    _decode_pass(
+        model_cfg,
+        sampler_cfg,
+        mesh,
+        params,
+        padded[prompts],
+        mask[prompts],
+        all_keys[rows],
+        row_ids,
+        pass_out,
+        base_temperature,
+        rule_state,
+    )
     for buf, val in zip(outputs, pass_out):
       buf[rows[row_ids >= 0]] = val[row_ids >= 0]
   comp, comp_mask, logp, entropy = outputs
   comp = np.where(comp_mask, comp, sampler_cfg.pad_id)
   lengths_out = comp_mask.sum(axis=1, dtype=np.int32)
-  stopped = np.isin(comp, sampler_cfg.stop_ids) & comp_mask if sampler_cfg.stop_ids else \
-      np.zeros_like(comp_mask)
+  stopped = (
+      np.isin(comp, sampler_cfg.stop_ids) & comp_mask
+      if sampler_cfg.stop_ids
+      else np.zeros_like(comp_mask)
+  )
   return Rollout(
-      prompt_tokens=np.repeat(padded, n, axis=0), prompt_lengths=np.repeat(lengths, n, axis=0),
-      completion_tokens=comp, completion_mask=comp_mask, logp=logp, entropy=entropy,
-      lengths=lengths_out, truncated=~stopped.any(axis=1),
-      group_ids=np.repeat(np.arange(b, dtype=np.int32), n))
+      prompt_tokens=np.repeat(padded, n, axis=0),
+      prompt_lengths=np.repeat(lengths, n, axis=0),
+      completion_tokens=comp,
+      completion_mask=comp_mask,
+      logp=logp,
+      entropy=entropy,
+      lengths=lengths_out,
+      truncated=~stopped.any(axis=1),
+      group_ids=np.repeat(np.arange(b, dtype=np.int32), n),
+  )

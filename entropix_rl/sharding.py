@@ -27,17 +27,18 @@ random token selection (Clip-Cov, KL-Cov) pick the same tokens on every mesh as 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import functools
 import math
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
-from absl import logging
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from entropix_rl.models import families, init_params
 from entropix_rl.models.config import ModelConfig
@@ -55,10 +56,16 @@ def distributed_kwargs(cfg: DistributedConfig) -> dict[str, Any]:
   Unset values are left out (so JAX discovers them, as on TPU VMs): `coordinator_address=""`,
   `num_processes <= 0` and `process_id < 0`.
   """
-  values = {"coordinator_address": cfg.coordinator_address, "num_processes": cfg.num_processes,
-            "process_id": cfg.process_id}
-  unset = {"coordinator_address": not cfg.coordinator_address,
-           "num_processes": cfg.num_processes <= 0, "process_id": cfg.process_id < 0}
+  values = {
+      "coordinator_address": cfg.coordinator_address,
+      "num_processes": cfg.num_processes,
+      "process_id": cfg.process_id,
+  }
+  unset = {
+      "coordinator_address": not cfg.coordinator_address,
+      "num_processes": cfg.num_processes <= 0,
+      "process_id": cfg.process_id < 0,
+  }
   return {name: value for name, value in values.items() if not unset[name]}
 
 
@@ -87,16 +94,19 @@ def mesh_shape(cfg: Mapping[str, int], num_devices: int) -> dict[str, int]:
   bad = [f"mesh.{a}={s}" for a, s in sizes.items() if s == 0 or s < -1]
   rest = [a for a, s in sizes.items() if s == -1]
   if bad or len(rest) > 1:
-    raise ValueError(f"{', '.join(bad) or 'mesh'}: sizes must be positive, with at most one -1 "
-                     f"(the rest); got {sizes}")
+    raise ValueError(
+        f"{', '.join(bad) or 'mesh'}: sizes must be positive, with at most one -1 "
+        f"(the rest); got {sizes}"
+    )
   known = math.prod(s for s in sizes.values() if s != -1)
   if rest:
     if num_devices % known:
       raise ValueError(f"mesh {sizes}: {num_devices} devices do not divide by {known}")
     sizes[rest[0]] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
-    raise ValueError(f"mesh {sizes} has {math.prod(sizes.values())} devices; "
-                     f"{num_devices} are available")
+    raise ValueError(
+        f"mesh {sizes} has {math.prod(sizes.values())} devices; " f"{num_devices} are available"
+    )
   return sizes
 
 
@@ -126,8 +136,10 @@ def param_specs(params: Any, mesh: Mesh) -> Any:
   def spec(path, leaf):
     name = getattr(path[-1], "key", str(path[-1]))
     if name not in rules:
-      raise ValueError(f"param {jax.tree_util.keystr(path)} has no partition rule; params with "
-                       f"rules: {sorted(rules)} (a model family adds the rules of its params)")
+      raise ValueError(
+          f"param {jax.tree_util.keystr(path)} has no partition rule; params with "
+          f"rules: {sorted(rules)} (a model family adds the rules of its params)"
+      )
     return _fit(rules[name], leaf.shape, mesh)
 
   return jax.tree_util.tree_map_with_path(spec, params)
@@ -161,17 +173,25 @@ def state_shardings(state: Any, optimizer: optax.GradientTransformation, mesh: M
   specs = param_specs(state.params, mesh)
   to_sharding = lambda spec: NamedSharding(mesh, spec)
   opt = optax.tree_utils.tree_map_params(
-      optimizer, lambda _, spec: to_sharding(spec), state.opt_state, specs,
+      optimizer,
+      lambda _, spec: to_sharding(spec),
+      state.opt_state,
+      specs,
       transform_non_params=lambda _: replicated(mesh),
-      is_leaf=lambda x: isinstance(x, P))
+      is_leaf=lambda x: isinstance(x, P),
+  )
   rep = lambda tree: jax.tree.map(lambda _: replicated(mesh), tree)
   return state.replace(
-      step=replicated(mesh), params=jax.tree.map(to_sharding, specs), opt_state=opt,
-      rng=replicated(mesh), interventions=rep(state.interventions),
-      ref_params=None if state.ref_params is None else jax.tree.map(to_sharding, specs))
+      step=replicated(mesh),
+      params=jax.tree.map(to_sharding, specs),
+      opt_state=opt,
+      rng=replicated(mesh),
+      interventions=rep(state.interventions),
+      ref_params=None if state.ref_params is None else jax.tree.map(to_sharding, specs),
+  )
 
 
-class jit_on_mesh:  # noqa: N801 (used like jax.jit)
+class jit_on_mesh:
   """`jax.jit(fn, **kwargs)` whose calls and lowerings run under `jax.set_mesh(mesh)`, so that
   activation constraints (`models.partitioning`) resolve against `mesh`."""
 
@@ -188,7 +208,7 @@ class jit_on_mesh:  # noqa: N801 (used like jax.jit)
       return self.jitted.lower(*args)
 
   def _cache_size(self) -> int:
-    return self.jitted._cache_size()  # noqa: SLF001 (recompilation tests)
+    return self.jitted._cache_size()
 
 
 def check_batch_divisible(rows: int, mesh: Mesh, what: str) -> None:
@@ -202,8 +222,14 @@ def describe_param_sharding(params: Any) -> list[tuple[str, tuple[int, ...], str
   rows = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     shard = leaf.addressable_shards[0].data
-    rows.append((jax.tree_util.keystr(path), tuple(leaf.shape), str(leaf.sharding.spec),
-                 int(shard.size * shard.dtype.itemsize)))
+    rows.append(
+        (
+            jax.tree_util.keystr(path),
+            tuple(leaf.shape),
+            str(leaf.sharding.spec),
+            int(shard.size * shard.dtype.itemsize),
+        )
+    )
   return rows
 
 
@@ -231,6 +257,7 @@ def gather_host_rows(tree: Any) -> Any:
   arrays are 32-bit by default. Every leaf comes back as a float64 numpy array (on one process
   too, so one and several processes compute their metrics from the same values).
   """
+
   def gather(x):
     x = np.ascontiguousarray(np.atleast_1d(np.asarray(x, np.float64)))
     if jax.process_count() == 1:

@@ -53,8 +53,9 @@ OPTIMIZERS: dict[str, Callable[[jax.Array], optax.GradientTransformation]] = {
 PROBE_FIELDS = ("tokens", "attention_mask", "completion", "completion_mask", "advantages")
 
 
-def pg_loss(model_cfg: ModelConfig, params: Any, rows: dict, *, temperature: float,
-            token_chunk: int) -> jax.Array:
+def pg_loss(
+    model_cfg: ModelConfig, params: Any, rows: dict, *, temperature: float, token_chunk: int
+) -> jax.Array:
   """Vanilla policy-gradient loss `−Σ_t m_t·A_t·ℓ_t / max(Σ_t m_t, 1)` (token mean).
 
   Args:
@@ -64,15 +65,21 @@ def pg_loss(model_cfg: ModelConfig, params: Any, rows: dict, *, temperature: flo
   Returns:
     float32 scalar.
   """
-  logp = passes.completion_quantities(model_cfg, params, rows, temperature=temperature,
-                                      token_chunk=token_chunk, with_entropy=False)["logp"]
+  logp = passes.completion_quantities(
+      model_cfg, params, rows, temperature=temperature, token_chunk=token_chunk, with_entropy=False
+  )["logp"]
   mask = rows["completion_mask"].astype(jnp.float32)
   return -(rows["advantages"] * logp * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def make_probe_update(model_cfg: ModelConfig, optimizer: str, num_minibatches: int, *,
-                      temperature: float = 1.0, token_chunk: int = 2048
-                      ) -> Callable[[Any, dict, jax.Array, jax.Array], dict[str, jax.Array]]:
+def make_probe_update(
+    model_cfg: ModelConfig,
+    optimizer: str,
+    num_minibatches: int,
+    *,
+    temperature: float = 1.0,
+    token_chunk: int = 2048,
+) -> Callable[[Any, dict, jax.Array, jax.Array], dict[str, jax.Array]]:
   """Builds the jitted `probe(params, batch, learning_rate, key) -> per-token dict`.
 
   One probe: from `params` and a fresh optimizer state, `num_minibatches` sequential
@@ -100,17 +107,25 @@ def make_probe_update(model_cfg: ModelConfig, optimizer: str, num_minibatches: i
     raise ValueError(f"optimizer={optimizer!r}; allowed: {tuple(OPTIMIZERS)}")
   if num_minibatches < 1:
     raise ValueError(f"num_minibatches={num_minibatches} must be >= 1")
-  loss = lambda params, rows: pg_loss(model_cfg, params, rows, temperature=temperature,
-                                      token_chunk=token_chunk)
+  loss = lambda params, rows: pg_loss(
+      model_cfg, params, rows, temperature=temperature, token_chunk=token_chunk
+  )
 
-  def probe(params: Any, batch: dict, learning_rate: jax.Array, key: jax.Array
-            ) -> dict[str, jax.Array]:
+  def probe(
+      params: Any, batch: dict, learning_rate: jax.Array, key: jax.Array
+  ) -> dict[str, jax.Array]:
     batch = {k: batch[k] for k in PROBE_FIELDS}
     n = batch["completion"].shape[0]
     if n % num_minibatches:
       raise ValueError(f"num_minibatches={num_minibatches} must divide the {n} rows")
-    before = passes.completion_quantities(model_cfg, params, batch, temperature=temperature,
-                                          token_chunk=token_chunk, with_entropy=True)
+    before = passes.completion_quantities(
+        model_cfg,
+        params,
+        batch,
+        temperature=temperature,
+        token_chunk=token_chunk,
+        with_entropy=True,
+    )
     opt = OPTIMIZERS[optimizer](learning_rate)
     order = jax.random.permutation(key, n).reshape(num_minibatches, n // num_minibatches)
 
@@ -122,19 +137,29 @@ def make_probe_update(model_cfg: ModelConfig, optimizer: str, num_minibatches: i
 
     (new_params, _), _ = jax.lax.scan(step, (params, opt.init(params)), order)
     predicted, measured = dynamics.entropy_change_from_hidden(
-        passes.completion_hidden(model_cfg, params, batch), unembedding(model_cfg, params),
+        passes.completion_hidden(model_cfg, params, batch),
+        unembedding(model_cfg, params),
         passes.completion_hidden(model_cfg, new_params, batch),
-        unembedding(model_cfg, new_params), temperature=temperature, token_chunk=token_chunk)
+        unembedding(model_cfg, new_params),
+        temperature=temperature,
+        token_chunk=token_chunk,
+    )
     mask = batch["completion_mask"].astype(jnp.float32)
-    return {"measured": measured * mask, "predicted": predicted * mask,
-            "logp": before["logp"] * mask, "entropy": before["entropy"] * mask,
-            "advantages": batch["advantages"] * mask, "mask": mask}
+    return {
+        "measured": measured * mask,
+        "predicted": predicted * mask,
+        "logp": before["logp"] * mask,
+        "entropy": before["entropy"] * mask,
+        "advantages": batch["advantages"] * mask,
+        "mask": mask,
+    }
 
   return jax.jit(probe)
 
 
-def sampled_theorem_terms(logp: jax.Array, entropy: jax.Array, advantages: jax.Array,
-                          mask: jax.Array) -> dict[str, jax.Array]:
+def sampled_theorem_terms(
+    logp: jax.Array, entropy: jax.Array, advantages: jax.Array, mask: jax.Array
+) -> dict[str, jax.Array]:
   """Per-token single-sample estimates of the theorems' per-state covariance.
 
       pg_t  = (ℓ_t + H_t)·π_t(a_t)·A_t   ≈ Cov_{a~π_t}(log π_t, π_t·A)   (Theorem 1)
@@ -158,8 +183,9 @@ def sampled_theorem_terms(logp: jax.Array, entropy: jax.Array, advantages: jax.A
   return {"pg": npg * jnp.exp(logp), "npg": npg}
 
 
-def batch_covariance_forms(logp: jax.Array, advantages: jax.Array, mask: jax.Array
-                           ) -> dict[str, jax.Array]:
+def batch_covariance_forms(
+    logp: jax.Array, advantages: jax.Array, mask: jax.Array
+) -> dict[str, jax.Array]:
   """The paper's token-level estimate of the theorems' covariance over a batch (Eq. 11).
 
       pg  = (1/N) Σ_t (ℓ_t − ℓ̄)(π_t A_t − mean(π A))     (Theorem 1: ΔH ≈ −η·pg)
@@ -176,8 +202,10 @@ def batch_covariance_forms(logp: jax.Array, advantages: jax.Array, mask: jax.Arr
   """
   n = jnp.maximum(mask.astype(jnp.float32).sum(), 1.0)
   weighted = jnp.exp(logp.astype(jnp.float32)) * advantages
-  return {"pg": dynamics.token_covariance(logp, weighted, mask).sum() / n,
-          "npg": dynamics.token_covariance(logp, advantages, mask).sum() / n}
+  return {
+      "pg": dynamics.token_covariance(logp, weighted, mask).sum() / n,
+      "npg": dynamics.token_covariance(logp, advantages, mask).sum() / n,
+  }
 
 
 def agreement(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

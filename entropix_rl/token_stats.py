@@ -27,12 +27,13 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
+import jax.numpy as jnp
 
 
-def vocab_block(unembed: jax.Array, index: jax.Array | int, vocab_chunk: int
-                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def vocab_block(
+    unembed: jax.Array, index: jax.Array | int, vocab_chunk: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Block `index` of the vocabulary, without padding the unembedding.
 
   Block `i` covers columns `[i·c, (i+1)·c)`; the last block is shifted left to end at `V`
@@ -60,19 +61,29 @@ def block_logits(hidden: jax.Array, unembed: jax.Array, temperature: float) -> j
   MXU/tensor cores; a float32 operand promotes the other).
   """
   dtype = jnp.promote_types(hidden.dtype, unembed.dtype)
-  z = jnp.einsum("nd,dv->nv", hidden.astype(dtype), unembed.astype(dtype),
-                 preferred_element_type=jnp.float32)
+  z = jnp.einsum(
+      "nd,dv->nv", hidden.astype(dtype), unembed.astype(dtype), preferred_element_type=jnp.float32
+  )
   return z if temperature == 1.0 else z / temperature
 
 
-def _validate(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, temperature: float,
-              token_chunk: int, vocab_chunk: int | None) -> None:
+def _validate(
+    hidden: jax.Array,
+    unembed: jax.Array,
+    targets: jax.Array,
+    temperature: float,
+    token_chunk: int,
+    vocab_chunk: int | None,
+) -> None:
   if hidden.ndim < 1 or unembed.ndim != 2 or hidden.shape[-1] != unembed.shape[0]:
-    raise ValueError(f"hidden {hidden.shape} must be [..., D] and unembed {unembed.shape} [D, V] "
-                     "with the same D")
+    raise ValueError(
+        f"hidden {hidden.shape} must be [..., D] and unembed {unembed.shape} [D, V] "
+        "with the same D"
+    )
   if targets.shape != hidden.shape[:-1]:
-    raise ValueError(f"targets {targets.shape} must have the leading shape of hidden "
-                     f"{hidden.shape[:-1]}")
+    raise ValueError(
+        f"targets {targets.shape} must have the leading shape of hidden " f"{hidden.shape[:-1]}"
+    )
   if not jnp.issubdtype(targets.dtype, jnp.integer):
     raise ValueError(f"targets dtype {targets.dtype} must be an integer type")
   if not temperature > 0:
@@ -83,8 +94,14 @@ def _validate(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, tempera
     raise ValueError(f"vocab_chunk={vocab_chunk} must be None (whole vocabulary) or >= 1")
 
 
-def _chunk_forward(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, temperature: float,
-                   vocab_chunk: int, with_entropy: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _chunk_forward(
+    hidden: jax.Array,
+    unembed: jax.Array,
+    targets: jax.Array,
+    temperature: float,
+    vocab_chunk: int,
+    with_entropy: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One token chunk `[n, D]` → (`[n]` target logit, `[n]` logsumexp, `[n]` E_p[z]), online over V."""
   n = hidden.shape[0]
   num_blocks = -(-unembed.shape[1] // vocab_chunk)
@@ -105,7 +122,8 @@ def _chunk_forward(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, te
 
   init = (jnp.full((n,), -jnp.inf, jnp.float32),) + (jnp.zeros((n,), jnp.float32),) * 3
   (running_max, sum_exp, sum_exp_z, target_logit), _ = jax.lax.scan(
-      body, init, jnp.arange(num_blocks))
+      body, init, jnp.arange(num_blocks)
+  )
   lse = running_max + jnp.log(sum_exp)
   return target_logit, lse, sum_exp_z / sum_exp
 
@@ -113,33 +131,42 @@ def _chunk_forward(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, te
 def _forward(h_chunks, unembed, targets, temperature, vocab_chunk, with_entropy):
   target_logit, lse, mean_z = jax.lax.map(
       lambda xs: _chunk_forward(xs[0], unembed, xs[1], temperature, vocab_chunk, with_entropy),
-      (h_chunks, targets))
+      (h_chunks, targets),
+  )
   logp = target_logit - lse
   entropy = lse - mean_z if with_entropy else jnp.zeros_like(logp)
   return logp, entropy, lse, mean_z
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _chunked(h_chunks: jax.Array, unembed: jax.Array, targets: jax.Array, temperature: float,
-             vocab_chunk: int, with_entropy: bool) -> tuple[jax.Array, jax.Array]:
+def _chunked(
+    h_chunks: jax.Array,
+    unembed: jax.Array,
+    targets: jax.Array,
+    temperature: float,
+    vocab_chunk: int,
+    with_entropy: bool,
+) -> tuple[jax.Array, jax.Array]:
   """`[K, n, D]` chunks → (`[K, n]` logp, `[K, n]` entropy)."""
-  logp, entropy, _, _ = _forward(h_chunks, unembed, targets, temperature, vocab_chunk,
-                                 with_entropy)
+  logp, entropy, _, _ = _forward(h_chunks, unembed, targets, temperature, vocab_chunk, with_entropy)
   return logp, entropy
 
 
 def _chunked_fwd(h_chunks, unembed, targets, temperature, vocab_chunk, with_entropy):
-  h_chunks, unembed, targets = (x.value if isinstance(x, CustomVJPPrimal) else x
-                                for x in (h_chunks, unembed, targets))
-  logp, entropy, lse, mean_z = _forward(h_chunks, unembed, targets, temperature, vocab_chunk,
-                                        with_entropy)
+  h_chunks, unembed, targets = (
+      x.value if isinstance(x, CustomVJPPrimal) else x for x in (h_chunks, unembed, targets)
+  )
+  logp, entropy, lse, mean_z = _forward(
+      h_chunks, unembed, targets, temperature, vocab_chunk, with_entropy
+  )
   return (logp, entropy), (h_chunks, unembed, targets, lse, mean_z)
 
 
 def _chunked_bwd(temperature, vocab_chunk, with_entropy, residuals, cotangents):
   h_chunks, unembed, targets, lse, mean_z = residuals
-  g_logp, g_entropy = (None if isinstance(g, SymbolicZero) else g.astype(jnp.float32)
-                       for g in cotangents)
+  g_logp, g_entropy = (
+      None if isinstance(g, SymbolicZero) else g.astype(jnp.float32) for g in cotangents
+  )
   if not with_entropy:
     g_entropy = None
   d = h_chunks.shape[-1]
@@ -170,8 +197,10 @@ def _chunked_bwd(temperature, vocab_chunk, with_entropy, residuals, cotangents):
       return d_w, dh
 
     d_w, d_hidden = jax.lax.scan(
-        token_step, jnp.zeros((d, vocab_chunk), jnp.float32),
-        (h_chunks, targets, lse, mean_z, g_logp, g_entropy_or_zeros, d_hidden))
+        token_step,
+        jnp.zeros((d, vocab_chunk), jnp.float32),
+        (h_chunks, targets, lse, mean_z, g_logp, g_entropy_or_zeros, d_hidden),
+    )
     start = jnp.minimum(index * vocab_chunk, v - vocab_chunk)
     old = jax.lax.dynamic_slice_in_dim(d_unembed, start, vocab_chunk, axis=1)
     new = jnp.where(owned, d_w.astype(d_unembed.dtype), old)
@@ -179,18 +208,23 @@ def _chunked_bwd(temperature, vocab_chunk, with_entropy, residuals, cotangents):
     return (d_hidden, d_unembed), None
 
   init = (jnp.zeros(h_chunks.shape, jnp.float32), jnp.zeros_like(unembed))
-  (d_hidden, d_unembed), _ = jax.lax.scan(vocab_step, init,
-                                          jnp.arange(-(-v // vocab_chunk)))
+  (d_hidden, d_unembed), _ = jax.lax.scan(vocab_step, init, jnp.arange(-(-v // vocab_chunk)))
   return d_hidden.astype(h_chunks.dtype), d_unembed, None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
 
 
-def token_logp_entropy(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *,
-                       temperature: float = 1.0, token_chunk: int = 1024,
-                       vocab_chunk: int | None = 32768, with_entropy: bool = True
-                       ) -> tuple[jax.Array, jax.Array]:
+def token_logp_entropy(
+    hidden: jax.Array,
+    unembed: jax.Array,
+    targets: jax.Array,
+    *,
+    temperature: float = 1.0,
+    token_chunk: int = 1024,
+    vocab_chunk: int | None = 32768,
+    with_entropy: bool = True,
+) -> tuple[jax.Array, jax.Array]:
   """Log-prob of each target token and the entropy of its full next-token distribution.
 
   `logp = log softmax(z)[target]`, `entropy = logsumexp(z) − Σ softmax(z)·z` with
@@ -234,10 +268,16 @@ def token_logp_entropy(hidden: jax.Array, unembed: jax.Array, targets: jax.Array
   return logp.reshape(-1)[:n].reshape(lead), entropy.reshape(-1)[:n].reshape(lead)
 
 
-def naive_logp_entropy(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *,
-                       temperature: float = 1.0, token_chunk: int = 1024,
-                       vocab_chunk: int | None = 32768, with_entropy: bool = True
-                       ) -> tuple[jax.Array, jax.Array]:
+def naive_logp_entropy(
+    hidden: jax.Array,
+    unembed: jax.Array,
+    targets: jax.Array,
+    *,
+    temperature: float = 1.0,
+    token_chunk: int = 1024,
+    vocab_chunk: int | None = 32768,
+    with_entropy: bool = True,
+) -> tuple[jax.Array, jax.Array]:
   """`token_logp_entropy` with the whole `[tokens, V]` float32 logits materialised.
 
   The reference and benchmark baseline; plain autodiff. `token_chunk` and `vocab_chunk` are
@@ -259,9 +299,15 @@ def naive_logp_entropy(hidden: jax.Array, unembed: jax.Array, targets: jax.Array
   return logp.reshape(lead), entropy.reshape(lead)
 
 
-def logit_features(hidden: jax.Array, unembed: jax.Array, targets: jax.Array,
-                   fns: tuple, *, temperature: float = 1.0, token_chunk: int = 256
-                   ) -> tuple[jax.Array, ...]:
+def logit_features(
+    hidden: jax.Array,
+    unembed: jax.Array,
+    targets: jax.Array,
+    fns: tuple,
+    *,
+    temperature: float = 1.0,
+    token_chunk: int = 256,
+) -> tuple[jax.Array, ...]:
   """Per-token features computed from the full logits, chunked over tokens.
 
   For interventions that need more of the next-token distribution than its log-prob and

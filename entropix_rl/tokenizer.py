@@ -7,9 +7,9 @@ Both expose the same small surface the rest of the code uses: `encode(text) -> l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import json
 import os
-from collections.abc import Sequence
 from typing import Protocol
 
 from etils import epath
@@ -26,11 +26,14 @@ class Tokenizer(Protocol):
   eos_id: int
   stop_ids: tuple[int, ...]
 
-  def encode(self, text: str) -> list[int]: ...
+  def encode(self, text: str) -> list[int]:
+    ...
 
-  def decode(self, ids: Sequence[int]) -> str: ...
+  def decode(self, ids: Sequence[int]) -> str:
+    ...
 
-  def format_prompt(self, text: str) -> str: ...
+  def format_prompt(self, text: str) -> str:
+    ...
 
 
 class CharTokenizer:
@@ -122,4 +125,5 @@ class HFTokenizer:
     if not self.has_chat_template:
       return text
     return self._tok.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )

@@ -22,10 +22,10 @@ import json
 import math
 import os
 
-import numpy as np
 from absl import app, flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+import numpy as np
 
 from entropix_rl import law, run_logs
 
@@ -34,21 +34,28 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _LAST_STEPS = flags.DEFINE_integer("last_steps", 10, "Steps averaged for entropy and diversity.")
 flags.mark_flags_as_required(["workdirs", "out"])
 
-ENTROPY, ACCURACY, DISTINCT = "entropy/paper", "eval/sampled_accuracy", (
-    "accuracy/distinct_correct_per_group")
+ENTROPY, ACCURACY, DISTINCT = (
+    "entropy/paper",
+    "eval/sampled_accuracy",
+    ("accuracy/distinct_correct_per_group"),
+)
 PASS_K = (1, 2, 4, 8, 16, 32, 64)
 
 
 def run_summary(run: run_logs.Run, last_steps: int) -> dict[str, float]:
   """The figures of one run (module docstring); NaN where a run does not log them."""
+
   def last(key: str, n: int = 1) -> float:
     if key not in run.columns:
       return math.nan
     _, values = run.series(key)
     return float(values[-n:].mean()) if values.size else math.nan
 
-  out = {"entropy": last(ENTROPY, last_steps), "accuracy": last(ACCURACY),
-         "distinct": last(DISTINCT, last_steps)}
+  out = {
+      "entropy": last(ENTROPY, last_steps),
+      "accuracy": last(ACCURACY),
+      "distinct": last(DISTINCT, last_steps),
+  }
   out.update({f"pass@{k}": last(f"eval/pass@{k}") for k in PASS_K})
   entropy = reward = np.zeros(0)
   try:  # a run still in progress may have no training step yet
@@ -86,15 +93,18 @@ def _cell(value: tuple[float, float], digits: int = 3) -> str:
 
 
 def markdown(methods: dict[str, dict]) -> str:
-  header = ("| method | seeds | final entropy | sampled accuracy | pass@1 | pass@8 | pass@64 | "
-            "distinct correct / group | a | b | R² |")
+  header = (
+      "| method | seeds | final entropy | sampled accuracy | pass@1 | pass@8 | pass@64 | "
+      "distinct correct / group | a | b | R² |"
+  )
   lines = [header, "|---" * (header.count("|") - 1) + "|"]
   for name, m in sorted(methods.items(), key=lambda kv: -kv[1]["entropy"][0]):
     lines.append(
         f"| {name} | {len(m['runs'])} | {_cell(m['entropy'])} | {_cell(m['accuracy'])} | "
         f"{_cell(m['pass@1'])} | {_cell(m['pass@8'])} | {_cell(m['pass@64'])} | "
         f"{_cell(m['distinct'], 2)} | {_cell(m['a'], 2)} | {_cell(m['b'], 2)} | "
-        f"{_cell(m['r2'], 2)} |")
+        f"{_cell(m['r2'], 2)} |"
+    )
   return "\n".join(lines)
 
 
@@ -130,21 +140,32 @@ def plot_curves(runs: dict[str, run_logs.Run], path: str) -> None:
 
 def plot_final(methods: dict[str, dict], path: str) -> dict:
   """Final accuracy against final entropy per run, and the joint law over all runs' points."""
-  points = {label: (s["points"]["entropy"], s["points"]["accuracy"])
-            for m in methods.values() for label, s in m["runs"].items() if s["points"]["entropy"]}
+  points = {
+      label: (s["points"]["entropy"], s["points"]["accuracy"])
+      for m in methods.values()
+      for label, s in m["runs"].items()
+      if s["points"]["entropy"]
+  }
   joint = law.joint_fit(points)
   fig = Figure(figsize=(8, 6))
   ax = fig.subplots()
   for i, (name, m) in enumerate(sorted(methods.items())):
     xs = [s["entropy"] for s in m["runs"].values()]
     ys = [s["accuracy"] for s in m["runs"].values()]
-    ax.scatter(xs, ys, color=f"C{i % 10}", marker="osv^D<>p*h"[(i // 10) % 10], label=name,
-               s=28)
+    ax.scatter(xs, ys, color=f"C{i % 10}", marker="osv^D<>p*h"[(i // 10) % 10], label=name, s=28)
   grid = np.linspace(0.0, max(max(e) for e, _ in points.values()), 200)
-  ax.plot(grid, joint.fit.predict(grid), "k-", lw=1.2,
-          label=f"joint law: a={joint.fit.a:.2f}, b={joint.fit.b:.2f}, R²={joint.fit.r2:.2f}")
-  ax.set(xlabel="final entropy (nats)", ylabel="final sampled accuracy",
-         title="where each method ends (one point per seed)")
+  ax.plot(
+      grid,
+      joint.fit.predict(grid),
+      "k-",
+      lw=1.2,
+      label=f"joint law: a={joint.fit.a:.2f}, b={joint.fit.b:.2f}, R²={joint.fit.r2:.2f}",
+  )
+  ax.set(
+      xlabel="final entropy (nats)",
+      ylabel="final sampled accuracy",
+      title="where each method ends (one point per seed)",
+  )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
   _save(fig, path)

@@ -32,16 +32,19 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (defaul
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run (its Orbax checkpoint).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: latest).")
 _DATA = flags.DEFINE_list("data", [], "Benchmark files (.jsonl or .parquet).")
-_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 128,
-                                    "Eval-split prompts of a generated task (--workdir only).")
+_NUM_PROMPTS = flags.DEFINE_integer(
+    "num_prompts", 128, "Eval-split prompts of a generated task (--workdir only)."
+)
 _N = flags.DEFINE_integer("n", 16, "Samples per prompt.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.6, "Sampling temperature.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k (0 = off).")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None,
-                                       "Generation budget (default: the run's, or 4096).")
-_MAX_PROMPT_LEN = flags.DEFINE_integer("max_prompt_len", None,
-                                       "Prompt budget (default: the run's, or 1024).")
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+    "max_new_tokens", None, "Generation budget (default: the run's, or 4096)."
+)
+_MAX_PROMPT_LEN = flags.DEFINE_integer(
+    "max_prompt_len", None, "Prompt budget (default: the run's, or 1024)."
+)
 _BATCH_PROMPTS = flags.DEFINE_integer("batch_prompts", 64, "Prompts sampled together.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", None, "Output directory for eval.json and pass_at_k.png.")
@@ -53,8 +56,9 @@ def _datasets(task, config) -> dict[str, list]:
     return {os.path.basename(path): data.read_prompt_file(path) for path in _DATA.value}
   if config is None or not isinstance(task, tasks.GeneratedTask):
     raise app.UsageError("--data is required unless --workdir names a run on a generated task")
-  return {f"{task.name}_eval": [task.example(config.seed, "eval", i)
-                                for i in range(_NUM_PROMPTS.value)]}
+  return {
+      f"{task.name}_eval": [task.example(config.seed, "eval", i) for i in range(_NUM_PROMPTS.value)]
+  }
 
 
 def _plot(results: dict, out: str) -> str:
@@ -89,24 +93,43 @@ def main(argv):
     task = tasks.get_task(config.task.name, **config.task.kwargs)
   max_new = _MAX_NEW_TOKENS.value or (config.sampler.max_new_tokens if config else 4096)
   max_prompt = _MAX_PROMPT_LEN.value or (config.data.max_prompt_len if config else 1024)
-  sampler_cfg = sampling.SamplerConfig(temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-                                       top_k=_TOP_K.value, max_new_tokens=max_new)
+  sampler_cfg = sampling.SamplerConfig(
+      temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value, max_new_tokens=max_new
+  )
   results = {}
   for name, examples in _datasets(task, config).items():
     result = benchmark_eval.evaluate_benchmark(
-        model_cfg, params, examples, tokenizer, task.verify, sampler_cfg, n=_N.value,
-        max_prompt_len=max_prompt, batch_prompts=_BATCH_PROMPTS.value, seed=_SEED.value,
-        label=name)
+        model_cfg,
+        params,
+        examples,
+        tokenizer,
+        task.verify,
+        sampler_cfg,
+        n=_N.value,
+        max_prompt_len=max_prompt,
+        batch_prompts=_BATCH_PROMPTS.value,
+        seed=_SEED.value,
+        label=name,
+    )
     results[name] = result
-    print(json.dumps({"dataset": name, **{k: v for k, v in result.items()
-                                          if k != "per_prompt_correct"}}), flush=True)
+    print(
+        json.dumps(
+            {"dataset": name, **{k: v for k, v in result.items() if k != "per_prompt_correct"}}
+        ),
+        flush=True,
+    )
   out = paths.as_path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
-  settings = {"temperature": _TEMPERATURE.value, "top_p": _TOP_P.value, "top_k": _TOP_K.value,
-              "max_new_tokens": max_new, "n": _N.value, "seed": _SEED.value,
-              "model": _CHECKPOINT.value or _WORKDIR.value}
-  (out / "eval.json").write_text(json.dumps({"settings": settings, "results": results},
-                                            indent=2))
+  settings = {
+      "temperature": _TEMPERATURE.value,
+      "top_p": _TOP_P.value,
+      "top_k": _TOP_K.value,
+      "max_new_tokens": max_new,
+      "n": _N.value,
+      "seed": _SEED.value,
+      "model": _CHECKPOINT.value or _WORKDIR.value,
+  }
+  (out / "eval.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2))
   print(f"wrote {out / 'eval.json'} and {_plot(results, os.fspath(out))}")
 
 

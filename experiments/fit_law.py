@@ -25,22 +25,34 @@ from absl import app, flags
 from entropix_rl import law, run_logs
 
 _WORKDIRS = flags.DEFINE_string(
-    "workdirs", None, "Run directories: a glob or a comma-separated list of paths/globs. A "
-    "directory that is not a run (a sweep root) stands for its run subdirectories.")
+    "workdirs",
+    None,
+    "Run directories: a glob or a comma-separated list of paths/globs. A "
+    "directory that is not a run (a sweep root) stands for its run subdirectories.",
+)
 _ENTROPY_KEY = flags.DEFINE_string("entropy_key", "entropy/paper", "Metric used as H (nats).")
 _REWARD_KEY = flags.DEFINE_string(
-    "reward_key", "eval/sampled_accuracy", "Metric used as R. If left at its default and a run "
+    "reward_key",
+    "eval/sampled_accuracy",
+    "Metric used as R. If left at its default and a run "
     "lacks it, the first of eval/greedy_accuracy, accuracy/sampled, reward/mean that every run "
-    "has is used instead, with a message.")
-_FIT_FRACTION = flags.DEFINE_float("fit_fraction", 0.15,
-                                   "Early-stage prediction: fit on this first fraction of steps.")
-_FIT_STEPS = flags.DEFINE_integer("fit_steps", None,
-                                  "Early-stage prediction: fit on steps <= this instead (paper: 36).")
+    "has is used instead, with a message.",
+)
+_FIT_FRACTION = flags.DEFINE_float(
+    "fit_fraction", 0.15, "Early-stage prediction: fit on this first fraction of steps."
+)
+_FIT_STEPS = flags.DEFINE_integer(
+    "fit_steps", None, "Early-stage prediction: fit on steps <= this instead (paper: 36)."
+)
 _OUT = flags.DEFINE_string("out", None, "Output directory for law_fit.json and the plots.")
 flags.mark_flags_as_required(["workdirs", "out"])
 
-REWARD_FALLBACKS = ("eval/sampled_accuracy", "eval/greedy_accuracy", "accuracy/sampled",
-                    "reward/mean")
+REWARD_FALLBACKS = (
+    "eval/sampled_accuracy",
+    "eval/greedy_accuracy",
+    "accuracy/sampled",
+    "reward/mean",
+)
 
 
 def _missing(runs: dict[str, run_logs.Run], key: str) -> list[str]:
@@ -55,8 +67,9 @@ def check_key(runs: dict[str, run_logs.Run], key: str, flag: str) -> None:
   """Raises ValueError naming the runs without `key` and the keys the first of them has."""
   missing = _missing(runs, key)
   if missing:
-    raise ValueError(f"--{flag}={key} is not logged by run(s) {', '.join(missing)}; "
-                     f"{_has(runs, missing[0])}")
+    raise ValueError(
+        f"--{flag}={key} is not logged by run(s) {', '.join(missing)}; " f"{_has(runs, missing[0])}"
+    )
 
 
 def choose_reward_key(runs: dict[str, run_logs.Run], requested: str, explicit: bool) -> str:
@@ -67,13 +80,21 @@ def choose_reward_key(runs: dict[str, run_logs.Run], requested: str, explicit: b
     return requested
   fallback = next((key for key in REWARD_FALLBACKS if not _missing(runs, key)), None)
   if fallback is None:
-    raise ValueError(f"--reward_key={requested} is not logged by run(s) {', '.join(missing)}, "
-                     f"and no fallback ({', '.join(REWARD_FALLBACKS[1:])}) is logged by every "
-                     f"run; {_has(runs, missing[0])}")
-  print(f"note: --reward_key={requested} is not logged by run(s) {', '.join(missing)}; using "
-        f"{fallback} instead" + ("" if fallback.startswith("eval/") else
-                                  " (the training batch's reward, not a held-out evaluation)"),
-        flush=True)
+    raise ValueError(
+        f"--reward_key={requested} is not logged by run(s) {', '.join(missing)}, "
+        f"and no fallback ({', '.join(REWARD_FALLBACKS[1:])}) is logged by every "
+        f"run; {_has(runs, missing[0])}"
+    )
+  print(
+      f"note: --reward_key={requested} is not logged by run(s) {', '.join(missing)}; using "
+      f"{fallback} instead"
+      + (
+          ""
+          if fallback.startswith("eval/")
+          else " (the training batch's reward, not a held-out evaluation)"
+      ),
+      flush=True,
+  )
   return fallback
 
 
@@ -85,8 +106,16 @@ def _filename(label: str) -> str:
   return re.sub(r"[^A-Za-z0-9._=+-]", "_", label)
 
 
-def analyze_run(run: run_logs.Run, label: str, entropy_key: str, reward_key: str, out: str, *,
-                fit_fraction: float, fit_steps: int | None) -> dict:
+def analyze_run(
+    run: run_logs.Run,
+    label: str,
+    entropy_key: str,
+    reward_key: str,
+    out: str,
+    *,
+    fit_fraction: float,
+    fit_steps: int | None,
+) -> dict:
   """Per-run fit and early-stage prediction; writes `law_<label>.png`, `early_<label>.png`."""
   steps, (entropy, reward) = run.aligned(entropy_key, reward_key)
   entry = {
@@ -101,18 +130,28 @@ def analyze_run(run: run_logs.Run, label: str, entropy_key: str, reward_key: str
     entry["fit_error"] = str(e)
     return entry
   entry["fit"] = fit.to_dict()
-  law.plot_fit({label: (entropy, reward)}, fit, os.path.join(out, f"law_{_filename(label)}.png"),
-               title=_describe(label, run.method))
+  law.plot_fit(
+      {label: (entropy, reward)},
+      fit,
+      os.path.join(out, f"law_{_filename(label)}.png"),
+      title=_describe(label, run.method),
+  )
   try:
-    early = law.early_stage_prediction(steps, entropy, reward, fit_fraction=fit_fraction,
-                                       fit_steps=fit_steps)
+    early = law.early_stage_prediction(
+        steps, entropy, reward, fit_fraction=fit_fraction, fit_steps=fit_steps
+    )
   except ValueError as e:
     entry["early_stage_error"] = str(e)
     return entry
   entry["early_stage"] = early
-  law.plot_early_stage(steps, entropy, reward, early,
-                       os.path.join(out, f"early_{_filename(label)}.png"),
-                       title=f"{label}: early-stage prediction")
+  law.plot_early_stage(
+      steps,
+      entropy,
+      reward,
+      early,
+      os.path.join(out, f"early_{_filename(label)}.png"),
+      title=f"{label}: early-stage prediction",
+  )
   return entry
 
 
@@ -120,8 +159,15 @@ def _points(entry: dict) -> tuple[list[float], list[float]]:
   return entry["points"]["entropy"], entry["points"]["reward"]
 
 
-def analyze(runs: dict[str, run_logs.Run], entropy_key: str, reward_key: str, out: str, *,
-            fit_fraction: float = 0.15, fit_steps: int | None = None) -> dict:
+def analyze(
+    runs: dict[str, run_logs.Run],
+    entropy_key: str,
+    reward_key: str,
+    out: str,
+    *,
+    fit_fraction: float = 0.15,
+    fit_steps: int | None = None,
+) -> dict:
   """Fits every run, jointly and by model size; writes `law_fit.json` and plots to `out`.
 
   Args:
@@ -134,11 +180,17 @@ def analyze(runs: dict[str, run_logs.Run], entropy_key: str, reward_key: str, ou
     The dict written to `out/law_fit.json`.
   """
   os.makedirs(out, exist_ok=True)
-  results = {"entropy_key": entropy_key, "reward_key": reward_key, "fit_fraction": fit_fraction,
-             "fit_steps": fit_steps, "runs": {}}
+  results = {
+      "entropy_key": entropy_key,
+      "reward_key": reward_key,
+      "fit_fraction": fit_fraction,
+      "fit_steps": fit_steps,
+      "runs": {},
+  }
   for label, run in runs.items():
-    results["runs"][label] = analyze_run(run, label, entropy_key, reward_key, out,
-                                         fit_fraction=fit_fraction, fit_steps=fit_steps)
+    results["runs"][label] = analyze_run(
+        run, label, entropy_key, reward_key, out, fit_fraction=fit_fraction, fit_steps=fit_steps
+    )
   entries = {label: e for label, e in results["runs"].items() if e["points"]["step"]}
   if len(entries) >= 2:
     try:
@@ -147,8 +199,12 @@ def analyze(runs: dict[str, run_logs.Run], entropy_key: str, reward_key: str, ou
       results["joint_error"] = str(e)
     else:
       results["joint"] = joint.to_dict()
-      law.plot_fit({_describe(label, e["method"]): _points(e) for label, e in entries.items()},
-                   joint.fit, os.path.join(out, "law_joint.png"), title="all runs, one law")
+      law.plot_fit(
+          {_describe(label, e["method"]): _points(e) for label, e in entries.items()},
+          joint.fit,
+          os.path.join(out, "law_joint.png"),
+          title="all runs, one law",
+      )
   by_size: dict[int, dict[str, dict]] = {}
   for label, e in entries.items():
     if e["non_embedding_params"] is not None:
@@ -161,15 +217,24 @@ def analyze(runs: dict[str, run_logs.Run], entropy_key: str, reward_key: str, ou
       except ValueError as e:
         sizes.append({"non_embedding_params": n_params, "runs": list(group), "error": str(e)})
         continue
-      sizes.append({"non_embedding_params": n_params, "runs": list(group), "a": joint.fit.a,
-                    "b": joint.fit.b, "a_stderr": joint.fit.a_stderr,
-                    "b_stderr": joint.fit.b_stderr})
+      sizes.append(
+          {
+              "non_embedding_params": n_params,
+              "runs": list(group),
+              "a": joint.fit.a,
+              "b": joint.fit.b,
+              "a_stderr": joint.fit.a_stderr,
+              "b_stderr": joint.fit.b_stderr,
+          }
+      )
     results["sizes"] = sizes
     fitted = [s for s in sizes if "a" in s]
     if len({s["non_embedding_params"] for s in fitted}) >= 2:
-      results["size_fit"] = law.size_fit([s["non_embedding_params"] for s in fitted],
-                                         [s["a"] for s in fitted],
-                                         [s["b"] for s in fitted]).to_dict()
+      results["size_fit"] = law.size_fit(
+          [s["non_embedding_params"] for s in fitted],
+          [s["a"] for s in fitted],
+          [s["b"] for s in fitted],
+      ).to_dict()
   with open(os.path.join(out, "law_fit.json"), "w") as f:
     json.dump(results, f, indent=2, allow_nan=False)
   return results
@@ -181,8 +246,10 @@ def _pm(value: float, err: float | None) -> str:
 
 def format_table(results: dict) -> str:
   """One line per run (and the joint fit): n, a, b, ceiling, R², RMSE, early-stage errors."""
-  header = (f"{'run':<28}{'method':<14}{'n':>4}  {'a':<18}{'b':<18}{'ceiling':>9}{'R²':>8}"
-            f"{'RMSE':>9}{'early RMSE':>12}{'final err':>11}")
+  header = (
+      f"{'run':<28}{'method':<14}{'n':>4}  {'a':<18}{'b':<18}{'ceiling':>9}{'R²':>8}"
+      f"{'RMSE':>9}{'early RMSE':>12}{'final err':>11}"
+  )
   lines = [header, "-" * len(header)]
 
   def row(label: str, method: str, n: int, fit: dict | None, early: dict | None) -> str:
@@ -191,20 +258,25 @@ def format_table(results: dict) -> str:
     r2 = f"{fit['r2']:.3f}" if fit["r2"] is not None else "n/a"
     early_rmse = f"{early['heldout_rmse']:.4f}" if early else "n/a"
     final = f"{early['final_error']:+.4f}" if early else "n/a"
-    return (f"{label:<28}{method:<14}{n:>4}  {_pm(fit['a'], fit['a_stderr']):<18}"
-            f"{_pm(fit['b'], fit['b_stderr']):<18}{fit['ceiling']:>9.4f}{r2:>8}"
-            f"{fit['rmse']:>9.4f}{early_rmse:>12}{final:>11}")
+    return (
+        f"{label:<28}{method:<14}{n:>4}  {_pm(fit['a'], fit['a_stderr']):<18}"
+        f"{_pm(fit['b'], fit['b_stderr']):<18}{fit['ceiling']:>9.4f}{r2:>8}"
+        f"{fit['rmse']:>9.4f}{early_rmse:>12}{final:>11}"
+    )
 
   for label, e in results["runs"].items():
-    lines.append(row(label, e["method"], len(e["points"]["step"]), e.get("fit"),
-                     e.get("early_stage")))
+    lines.append(
+        row(label, e["method"], len(e["points"]["step"]), e.get("fit"), e.get("early_stage"))
+    )
   if "joint" in results:
     joint = results["joint"]
     lines.append(row("(all runs, joint)", "", joint["fit"]["n"], joint["fit"], None))
   if "size_fit" in results:
     s = results["size_fit"]
-    lines.append(f"size fit (ln N): a = {s['a_slope']:.4g}·ln N + {s['a_intercept']:.4g}, "
-                 f"b = {s['b_slope']:.4g}·ln N + {s['b_intercept']:.4g} over {s['n']} sizes")
+    lines.append(
+        f"size fit (ln N): a = {s['a_slope']:.4g}·ln N + {s['a_intercept']:.4g}, "
+        f"b = {s['b_slope']:.4g}·ln N + {s['b_intercept']:.4g} over {s['n']} sizes"
+    )
   for label, e in results["runs"].items():
     for field in ("fit_error", "early_stage_error"):
       if field in e:
@@ -227,14 +299,25 @@ def main(argv):
     reward_key = choose_reward_key(runs, _REWARD_KEY.value, flags.FLAGS["reward_key"].present)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  print(f"fitting R = -a*exp(H) + b with H = {_ENTROPY_KEY.value}, R = {reward_key} on "
-        f"{len(runs)} run(s)", flush=True)
-  results = analyze(runs, _ENTROPY_KEY.value, reward_key, _OUT.value,
-                    fit_fraction=_FIT_FRACTION.value, fit_steps=_FIT_STEPS.value)
+  print(
+      f"fitting R = -a*exp(H) + b with H = {_ENTROPY_KEY.value}, R = {reward_key} on "
+      f"{len(runs)} run(s)",
+      flush=True,
+  )
+  results = analyze(
+      runs,
+      _ENTROPY_KEY.value,
+      reward_key,
+      _OUT.value,
+      fit_fraction=_FIT_FRACTION.value,
+      fit_steps=_FIT_STEPS.value,
+  )
   print(format_table(results))
   pngs = sorted(f for f in os.listdir(_OUT.value) if f.endswith(".png"))
-  print(f"\nwrote {os.path.join(_OUT.value, 'law_fit.json')} and {len(pngs)} plot(s) to "
-        f"{_OUT.value}")
+  print(
+      f"\nwrote {os.path.join(_OUT.value, 'law_fit.json')} and {len(pngs)} plot(s) to "
+      f"{_OUT.value}"
+  )
 
 
 if __name__ == "__main__":

@@ -22,12 +22,16 @@ from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
 from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py",
-                                          "Base config shared by every method.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/quickstart.py", "Base config shared by every method."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/entropix_quickstart", "Output directory.")
-_METHODS = flags.DEFINE_list("methods", ["grpo", "clip_cov", "kl_cov"],
-                             "Methods to compare: grpo, clip_higher, clip_cov, kl_cov, "
-                             "high_entropy_tokens, entropy_bonus.")
+_METHODS = flags.DEFINE_list(
+    "methods",
+    ["grpo", "clip_cov", "kl_cov"],
+    "Methods to compare: grpo, clip_higher, clip_cov, kl_cov, "
+    "high_entropy_tokens, entropy_bonus.",
+)
 
 METHOD_OVERRIDES = {
     "grpo": {"loss.name": "ppo"},
@@ -50,8 +54,10 @@ def method_config(base, method: str):
 
 
 def summarize(workdir: str, methods: list[str]) -> list[dict]:
-  return [dict(method=m, **run_logs.summarize_run(run_logs.load_run(os.path.join(workdir, m))))
-          for m in methods]
+  return [
+      dict(method=m, **run_logs.summarize_run(run_logs.load_run(os.path.join(workdir, m))))
+      for m in methods
+  ]
 
 
 def main(argv):
@@ -76,18 +82,23 @@ def main(argv):
       print(f"{method}: {stop}", flush=True)
       sys.exit(PREEMPTED_EXIT_CODE)
   rows = summarize(workdir, _METHODS.value)
-  header = (f"{'method':<22}{'entropy start':>14}{'entropy end':>13}{'sampled acc start':>19}"
-            f"{'sampled acc end':>17}{'greedy acc end':>16}{'distinct ok/group':>19}")
+  header = (
+      f"{'method':<22}{'entropy start':>14}{'entropy end':>13}{'sampled acc start':>19}"
+      f"{'sampled acc end':>17}{'greedy acc end':>16}{'distinct ok/group':>19}"
+  )
   print("\n" + header + "\n" + "-" * len(header))
   for r in rows:
-    print(f"{r['method']:<22}{r['entropy_start']:>14.3f}{r['entropy_end']:>13.3f}"
-          f"{r['accuracy_start']:>19.3f}{r['accuracy_end']:>17.3f}{r['greedy_accuracy_end']:>16.3f}"
-          f"{r['distinct_end']:>19.2f}")
+    print(
+        f"{r['method']:<22}{r['entropy_start']:>14.3f}{r['entropy_end']:>13.3f}"
+        f"{r['accuracy_start']:>19.3f}{r['accuracy_end']:>17.3f}{r['greedy_accuracy_end']:>16.3f}"
+        f"{r['distinct_end']:>19.2f}"
+    )
   print("(end = mean of the last 3 evaluations / last 10 steps)")
   with open(os.path.join(workdir, "comparison.json"), "w") as f:
     json.dump(rows, f, indent=2)
-  png = plots.plot_runs({m: os.path.join(workdir, m) for m in _METHODS.value},
-                        os.path.join(workdir, "comparison.png"))
+  png = plots.plot_runs(
+      {m: os.path.join(workdir, m) for m in _METHODS.value}, os.path.join(workdir, "comparison.png")
+  )
   print(f"\nwrote {png} and comparison.json; total {time.perf_counter() - t0:.0f} s")
 
 

@@ -50,18 +50,29 @@ SLICES = (
     ("8x H100", "h100", 8),
 )
 
+
 def default_mesh(model_cfg, chips: int) -> dict[str, int]:
   """data 1, tensor = largest divisor of `chips` dividing num_kv_heads, fsdp the rest."""
-  tensor = max(t for t in range(1, model_cfg.num_kv_heads + 1)
-               if chips % t == 0 and model_cfg.num_kv_heads % t == 0)
+  tensor = max(
+      t
+      for t in range(1, model_cfg.num_kv_heads + 1)
+      if chips % t == 0 and model_cfg.num_kv_heads % t == 0
+  )
   return {"data": 1, "fsdp": chips // tensor, "tensor": tensor}
 
 
 def _estimate(cfg, mesh, micro: int, decode_rows: int):
   return memory.estimate_memory(
-      cfg, mesh_shape=mesh, train_rows_per_device=micro, prompt_len=_PROMPT_LEN.value,
-      response_len=_RESPONSE_LEN.value, rollouts=_PROMPTS.value * _GROUP.value,
-      decode_rows=decode_rows, group_size=_GROUP.value, token_chunk=_TOKEN_CHUNK.value)
+      cfg,
+      mesh_shape=mesh,
+      train_rows_per_device=micro,
+      prompt_len=_PROMPT_LEN.value,
+      response_len=_RESPONSE_LEN.value,
+      rollouts=_PROMPTS.value * _GROUP.value,
+      decode_rows=decode_rows,
+      group_size=_GROUP.value,
+      token_chunk=_TOKEN_CHUNK.value,
+  )
 
 
 def plan(cfg, mesh: dict[str, int], hbm: int) -> tuple[int, int, memory.MemoryEstimate]:
@@ -70,11 +81,24 @@ def plan(cfg, mesh: dict[str, int], hbm: int) -> tuple[int, int, memory.MemoryEs
   rollouts = _PROMPTS.value * _GROUP.value
   limit = _HEADROOM.value * hbm
   per_shard = rollouts // _MINIBATCHES.value // shards
-  micro = max((m for m in (1, 2, 3, 4) if per_shard % m == 0
-               and _estimate(cfg, mesh, m, shards).train_peak <= limit), default=0)
-  rows = max((r for r in (2 ** k for k in range(20))
-              if r % shards == 0 and r <= rollouts
-              and _estimate(cfg, mesh, max(micro, 1), r).rollout_peak <= limit), default=0)
+  micro = max(
+      (
+          m
+          for m in (1, 2, 3, 4)
+          if per_shard % m == 0 and _estimate(cfg, mesh, m, shards).train_peak <= limit
+      ),
+      default=0,
+  )
+  rows = max(
+      (
+          r
+          for r in (2**k for k in range(20))
+          if r % shards == 0
+          and r <= rollouts
+          and _estimate(cfg, mesh, max(micro, 1), r).rollout_peak <= limit
+      ),
+      default=0,
+  )
   return micro, rows, _estimate(cfg, mesh, max(micro, 1), max(rows, shards))
 
 
@@ -90,21 +114,43 @@ def table_rows(sizes=("7B", "32B")) -> list[list[str]]:
       micro, decode_rows, est = plan(cfg, mesh, hbm)
       passes = math.ceil(rollouts / decode_rows) if decode_rows else 0
       g = est.as_gib()
-      rows.append([
-          f"Qwen2.5-{size}", name, str(chips), f"{hbm / memory.GIB:.0f}",
-          f"{mesh['data']}x{mesh['fsdp']}x{mesh['tensor']}", str(micro),
-          f"{decode_rows} ({passes})" if decode_rows else "0",
-          f"{g['params'] + g['optimizer']:.1f}", f"{g['grads']:.1f}",
-          f"{max(g['activations'], g['no_grad_pass']):.1f}", f"{g['kv_cache']:.1f}",
-          f"{g['train_peak']:.1f}", f"{g['rollout_peak']:.1f}",
-          "yes" if micro and decode_rows else "no",
-      ])
+      rows.append(
+          [
+              f"Qwen2.5-{size}",
+              name,
+              str(chips),
+              f"{hbm / memory.GIB:.0f}",
+              f"{mesh['data']}x{mesh['fsdp']}x{mesh['tensor']}",
+              str(micro),
+              f"{decode_rows} ({passes})" if decode_rows else "0",
+              f"{g['params'] + g['optimizer']:.1f}",
+              f"{g['grads']:.1f}",
+              f"{max(g['activations'], g['no_grad_pass']):.1f}",
+              f"{g['kv_cache']:.1f}",
+              f"{g['train_peak']:.1f}",
+              f"{g['rollout_peak']:.1f}",
+              "yes" if micro and decode_rows else "no",
+          ]
+      )
   return rows
 
 
-HEADER = ["model", "slice", "chips", "HBM GiB", "mesh d x f x t", "micro_batch_size",
-          "max_decode_rows (passes)", "params + optim", "grads", "activations", "KV (one pass)",
-          "update peak", "sampling peak", "fits"]
+HEADER = [
+    "model",
+    "slice",
+    "chips",
+    "HBM GiB",
+    "mesh d x f x t",
+    "micro_batch_size",
+    "max_decode_rows (passes)",
+    "params + optim",
+    "grads",
+    "activations",
+    "KV (one pass)",
+    "update peak",
+    "sampling peak",
+    "fits",
+]
 
 
 def markdown(rows: list[list[str]]) -> str:
@@ -116,10 +162,12 @@ def markdown(rows: list[list[str]]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  print(f"Per-device GiB; {_PROMPTS.value} prompts x {_GROUP.value} responses, prompt <= "
-        f"{_PROMPT_LEN.value}, response <= {_RESPONSE_LEN.value}, headroom "
-        f"{_HEADROOM.value:.0%} of HBM, bf16 params and AdamW moments, token_chunk "
-        f"{_TOKEN_CHUNK.value}.\n")
+  print(
+      f"Per-device GiB; {_PROMPTS.value} prompts x {_GROUP.value} responses, prompt <= "
+      f"{_PROMPT_LEN.value}, response <= {_RESPONSE_LEN.value}, headroom "
+      f"{_HEADROOM.value:.0%} of HBM, bf16 params and AdamW moments, token_chunk "
+      f"{_TOKEN_CHUNK.value}.\n"
+  )
   print(markdown(table_rows()))
 
 

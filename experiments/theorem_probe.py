@@ -32,12 +32,12 @@ import json
 import os
 import time
 
+from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import matplotlib
-import numpy as np
-from absl import app, flags, logging
 from ml_collections import config_flags
+import numpy as np
 
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import data as data_lib
@@ -47,46 +47,67 @@ from entropix_rl.train import batching, experiment
 from entropix_rl.train import rollout as rollout_lib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+import matplotlib.pyplot as plt
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py",
-                                          "Experiment config: model, task, sampler, SFT.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/quickstart.py", "Experiment config: model, task, sampler, SFT."
+)
 _OUT = flags.DEFINE_string("out", "/tmp/theorem_probe", "Output directory.")
-_SFT_DIR = flags.DEFINE_string("sft_dir", "", "Directory whose sft/ holds (or receives) the "
-                               "SFT warm start; empty = --out.")
-_SGD_LRS = flags.DEFINE_list("sgd_lrs", ["1e-5", "1e-4", "1e-3", "1e-2", "1e-1"],
-                             "SGD learning rates (one update).")
-_ADAM_LRS = flags.DEFINE_list("adam_lrs", ["1e-7", "1e-6", "1e-5", "1e-4"],
-                              "Adam learning rates (one update, fresh moments).")
-_MULTI_LRS = flags.DEFINE_list("multi_lrs", ["1e-5", "3e-4"],
-                               "Adam learning rates of the k-update runs (3e-4: the quickstart "
-                               "trainer's).")
+_SFT_DIR = flags.DEFINE_string(
+    "sft_dir", "", "Directory whose sft/ holds (or receives) the " "SFT warm start; empty = --out."
+)
+_SGD_LRS = flags.DEFINE_list(
+    "sgd_lrs", ["1e-5", "1e-4", "1e-3", "1e-2", "1e-1"], "SGD learning rates (one update)."
+)
+_ADAM_LRS = flags.DEFINE_list(
+    "adam_lrs", ["1e-7", "1e-6", "1e-5", "1e-4"], "Adam learning rates (one update, fresh moments)."
+)
+_MULTI_LRS = flags.DEFINE_list(
+    "multi_lrs",
+    ["1e-5", "3e-4"],
+    "Adam learning rates of the k-update runs (3e-4: the quickstart " "trainer's).",
+)
 _KS = flags.DEFINE_list("ks", ["1", "2", "4"], "Sequential mini-batch updates per rollout.")
 _NUM_ROLLOUTS = flags.DEFINE_integer("num_rollouts", 12, "Rollouts (steps) per setting.")
-_SCATTER_POINTS = flags.DEFINE_integer("scatter_points", 3000,
-                                       "Tokens drawn per panel of the PNG.")
+_SCATTER_POINTS = flags.DEFINE_integer("scatter_points", 3000, "Tokens drawn per panel of the PNG.")
 
 
-def collect_rollouts(exp: experiment.Experiment, model_cfg, params, tokenizer, task,
-                     num_rollouts: int) -> list[dict[str, np.ndarray]]:
+def collect_rollouts(
+    exp: experiment.Experiment, model_cfg, params, tokenizer, task, num_rollouts: int
+) -> list[dict[str, np.ndarray]]:
   """`num_rollouts` scored rollouts of `rl.prompts_per_step` prompts x `rl.group_size` samples
   from the train split, as `batching.rl_batch` arrays plus per-token GRPO `advantages [N, C]`."""
   groups, size = exp.rl.num_groups, exp.rl.group_size
   sampler = rollout_lib.Sampler(model_cfg, exp.sampler, task, tokenizer, mesh=None)
-  pipeline = data_lib.make_prompt_pipeline(exp.config.data, tokenizer, batch_size=groups,
-                                           seed=exp.config.seed, split="train", task=task)
+  pipeline = data_lib.make_prompt_pipeline(
+      exp.config.data, tokenizer, batch_size=groups, seed=exp.config.seed, split="train", task=task
+  )
   key = jax.random.PRNGKey(exp.config.seed + 17)
   batches = []
   for i in range(num_rollouts):
     prompts = next(pipeline)
-    rows = sampler(params, prompts["prompt_tokens"], prompts["prompt_lengths"],
-                   prompts["examples"], np.arange(groups), size, jax.random.fold_in(key, i))
+    rows = sampler(
+        params,
+        prompts["prompt_tokens"],
+        prompts["prompt_lengths"],
+        prompts["examples"],
+        np.arange(groups),
+        size,
+        jax.random.fold_in(key, i),
+    )
     width = rows.prompt_tokens.shape[1]
     prompt_mask = np.arange(width)[None, :] >= (width - rows.prompt_lengths)[:, None]
-    batch = batching.rl_batch(rows.prompt_tokens, prompt_mask, rows.completion_tokens,
-                              rows.completion_mask, rows.rewards, rows.group_ids)
-    seq_adv = advantages_lib.compute_advantages(exp.rl.advantage, batch["rewards"],
-                                                batch["group_ids"], groups)
+    batch = batching.rl_batch(
+        rows.prompt_tokens,
+        prompt_mask,
+        rows.completion_tokens,
+        rows.completion_mask,
+        rows.rewards,
+        rows.group_ids,
+    )
+    seq_adv = advantages_lib.compute_advantages(
+        exp.rl.advantage, batch["rewards"], batch["group_ids"], groups
+    )
     batch["advantages"] = np.asarray(seq_adv)[:, None] * batch["completion_mask"]
     batches.append(batch)
   return batches
@@ -96,15 +117,21 @@ def probe_setting(probe, params, batches: list[dict], lr: float, seed: int) -> d
   """Runs one probe per rollout; returns the setting's figures and its per-token arrays."""
   tokens = {k: [] for k in ("measured", "predicted", "pg", "npg")}
   per_rollout = []
-  steps = {k: [] for k in ("measured", "predicted", "pg_batch", "npg_batch", "pg_token_mean",
-                           "npg_token_mean")}
+  steps = {
+      k: []
+      for k in ("measured", "predicted", "pg_batch", "npg_batch", "pg_token_mean", "npg_token_mean")
+  }
   for i, batch in enumerate(batches):
     out = jax.device_get(probe(params, batch, jnp.float32(lr), jax.random.PRNGKey(seed + i)))
     valid = out["mask"] > 0
-    terms = jax.device_get(theorem_probe.sampled_theorem_terms(
-        out["logp"], out["entropy"], out["advantages"], out["mask"]))
-    covs = jax.device_get(theorem_probe.batch_covariance_forms(
-        out["logp"], out["advantages"], out["mask"]))
+    terms = jax.device_get(
+        theorem_probe.sampled_theorem_terms(
+            out["logp"], out["entropy"], out["advantages"], out["mask"]
+        )
+    )
+    covs = jax.device_get(
+        theorem_probe.batch_covariance_forms(out["logp"], out["advantages"], out["mask"])
+    )
     tokens["measured"].append(out["measured"][valid])
     tokens["predicted"].append(out["predicted"][valid])
     per_rollout.append(theorem_probe.agreement(tokens["predicted"][-1], tokens["measured"][-1]))
@@ -121,14 +148,16 @@ def probe_setting(probe, params, batches: list[dict], lr: float, seed: int) -> d
       "measured_step_means": steps["measured"],
       "per_token": {
           "lemma": theorem_probe.agreement(tokens["predicted"], measured),
-          "lemma_rollout_median": {k: float(np.median([f[k] for f in per_rollout]))
-                                   for k in ("pearson_r", "slope")},
+          "lemma_rollout_median": {
+              k: float(np.median([f[k] for f in per_rollout])) for k in ("pearson_r", "slope")
+          },
           "pg_single_sample": theorem_probe.agreement(tokens["pg"], measured),
           "npg_single_sample": theorem_probe.agreement(tokens["npg"], measured),
       },
-      "per_step": {name: theorem_probe.agreement(steps[name], steps["measured"])
-                   for name in ("predicted", "pg_batch", "npg_batch", "pg_token_mean",
-                                "npg_token_mean")},
+      "per_step": {
+          name: theorem_probe.agreement(steps[name], steps["measured"])
+          for name in ("predicted", "pg_batch", "npg_batch", "pg_token_mean", "npg_token_mean")
+      },
   }
   return figures, tokens
 
@@ -154,7 +183,7 @@ def plot(panels: list[tuple[str, dict]], out_png: str, points: int) -> None:
     ax.set_ylabel("measured ΔH", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[len(panels):]:
+  for ax in list(axes.flat)[len(panels) :]:
     ax.axis("off")
   fig.tight_layout()
   save_figure(fig, out_png)
@@ -176,32 +205,43 @@ def run(config, out: str, sft_dir: str) -> dict:
   tokenizer = experiment.make_tokenizer(spec)
   exp = experiment.resolve(spec, tokenizer=tokenizer)
   task = tasks.get_task(spec.task.name, **spec.task.kwargs)
-  model_cfg, params = experiment.run_sft(exp, paths.as_path(sft_dir or out),
-                                         tokenizer, task)
+  model_cfg, params = experiment.run_sft(exp, paths.as_path(sft_dir or out), tokenizer, task)
   t_sft = time.perf_counter() - t0
   batches = collect_rollouts(exp, model_cfg, params, tokenizer, task, _NUM_ROLLOUTS.value)
   rollouts = {
-      "count": len(batches), "rows": int(batches[0]["completion"].shape[0]),
+      "count": len(batches),
+      "rows": int(batches[0]["completion"].shape[0]),
       "tokens_mean": float(np.mean([b["completion_mask"].sum() for b in batches])),
       "reward_mean": float(np.mean([b["rewards"].mean() for b in batches])),
-      "nonzero_advantage_frac": float(np.mean([(b["advantages"] != 0).any(axis=1).mean()
-                                               for b in batches])),
+      "nonzero_advantage_frac": float(
+          np.mean([(b["advantages"] != 0).any(axis=1).mean() for b in batches])
+      ),
   }
   logging.info("rollouts: %s", rollouts)
   results, panels, probes = [], [], {}
   for optimizer, lr, k in settings():
     if (optimizer, k) not in probes:
       probes[optimizer, k] = theorem_probe.make_probe_update(
-          model_cfg, optimizer, k, temperature=exp.rl.temperature, token_chunk=exp.rl.token_chunk)
+          model_cfg, optimizer, k, temperature=exp.rl.temperature, token_chunk=exp.rl.token_chunk
+      )
     figures, tokens = probe_setting(probes[optimizer, k], params, batches, lr, spec.seed)
     row = {"optimizer": optimizer, "lr": lr, "k": k, **figures}
     print(json.dumps(row), flush=True)
     results.append(row)
-    panels.append((f"{optimizer} lr={lr:g} k={k}: r={figures['per_token']['lemma']['pearson_r']:.3f}"
-                   f" slope={figures['per_token']['lemma']['slope']:.2f}", tokens))
+    panels.append(
+        (
+            f"{optimizer} lr={lr:g} k={k}: r={figures['per_token']['lemma']['pearson_r']:.3f}"
+            f" slope={figures['per_token']['lemma']['slope']:.2f}",
+            tokens,
+        )
+    )
   plot(panels, os.path.join(out, "theorem_probe.png"), _SCATTER_POINTS.value)
-  report = {"rollouts": rollouts, "settings": results, "sft_s": t_sft,
-            "total_s": time.perf_counter() - t0}
+  report = {
+      "rollouts": rollouts,
+      "settings": results,
+      "sft_s": t_sft,
+      "total_s": time.perf_counter() - t0,
+  }
   with open(os.path.join(out, "theorem_probe.json"), "w") as f:
     json.dump(report, f, indent=2)
   return report
@@ -210,8 +250,11 @@ def run(config, out: str, sft_dir: str) -> dict:
 def main(argv):
   del argv
   report = run(_CONFIG.value, _OUT.value, _SFT_DIR.value)
-  print(f"wrote {_OUT.value}/theorem_probe.json and theorem_probe.png; total "
-        f"{report['total_s']:.0f} s (SFT {report['sft_s']:.0f} s)", flush=True)
+  print(
+      f"wrote {_OUT.value}/theorem_probe.json and theorem_probe.png; total "
+      f"{report['total_s']:.0f} s (SFT {report['sft_s']:.0f} s)",
+      flush=True,
+  )
 
 
 if __name__ == "__main__":

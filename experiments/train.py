@@ -12,7 +12,6 @@ workdir may be on object storage (`--workdir=gs://BUCKET/run`).
 
 import sys
 
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -20,8 +19,9 @@ from entropix_rl import console, sharding
 from entropix_rl.train import experiment
 from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -31,6 +31,7 @@ Extra `--config.k=v` flags on this command line apply to every run (after the se
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping, Sequence
 import concurrent.futures
 import importlib.util
 import os
@@ -38,13 +39,12 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME_KEY = "_name"
 PREEMPTED_EXIT_CODE = 75  # entropix_rl.train.checkpoint.PREEMPTED_EXIT_CODE (this script imports
-                          # nothing from the package, so it also runs where it is not installed)
+# nothing from the package, so it also runs where it is not installed)
 
 
 def load_module(config_path: str):
@@ -54,7 +54,8 @@ def load_module(config_path: str):
   if REPO_ROOT not in sys.path:  # configs may import each other (`from configs import ...`)
     sys.path.insert(0, REPO_ROOT)
   spec = importlib.util.spec_from_file_location(
-      "sweep_config_" + re.sub(r"\W", "_", os.path.basename(config_path)), config_path)
+      "sweep_config_" + re.sub(r"\W", "_", os.path.basename(config_path)), config_path
+  )
   if spec is None or spec.loader is None:
     raise ValueError(f"cannot import config file {config_path!r}")
   module = importlib.util.module_from_spec(spec)
@@ -89,13 +90,16 @@ def run_name(setting: Mapping[str, Any], short: Mapping[str, str] | None = None)
     name = str(setting[NAME_KEY])
   else:
     short = short or {}
-    name = "__".join(f"{short.get(k, k)}-{format_value(v)}" for k, v in setting.items()
-                     if k != NAME_KEY) or "default"
+    name = (
+        "__".join(
+            f"{short.get(k, k)}-{format_value(v)}" for k, v in setting.items() if k != NAME_KEY
+        )
+        or "default"
+    )
   return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
-def expand_sweep(config_path: str, sweep_fn: str = "get_sweep"
-                 ) -> list[tuple[str, dict[str, Any]]]:
+def expand_sweep(config_path: str, sweep_fn: str = "get_sweep") -> list[tuple[str, dict[str, Any]]]:
   """(name, overrides) per setting of the config file's `sweep_fn()`, names unique."""
   module = load_module(config_path)
   if not callable(getattr(module, sweep_fn, None)):
@@ -109,8 +113,10 @@ def expand_sweep(config_path: str, sweep_fn: str = "get_sweep"
   for s in settings:
     name = run_name(s, short)
     if name in seen:
-      raise ValueError(f"two sweep settings share the run name {name!r}: {seen[name]} and "
-                       f"{dict(s)}; give them distinct '{NAME_KEY}' entries")
+      raise ValueError(
+          f"two sweep settings share the run name {name!r}: {seen[name]} and "
+          f"{dict(s)}; give them distinct '{NAME_KEY}' entries"
+      )
     seen[name] = dict(s)
     runs.append((name, {k: v for k, v in s.items() if k != NAME_KEY}))
   return runs
@@ -125,19 +131,31 @@ def _script(*parts: str) -> str:
   return os.path.relpath(os.path.join(REPO_ROOT, *parts))
 
 
-def command_for(config_path: str, workdir: str, overrides: Mapping[str, Any], *,
-                mode: str = "local", tpu_name: str = "", zone: str = "",
-                python: str = sys.executable, extra: Sequence[str] = ()) -> list[str]:
+def command_for(
+    config_path: str,
+    workdir: str,
+    overrides: Mapping[str, Any],
+    *,
+    mode: str = "local",
+    tpu_name: str = "",
+    zone: str = "",
+    python: str = sys.executable,
+    extra: Sequence[str] = (),
+) -> list[str]:
   """The argv that runs one setting (`extra` are verbatim `--config.k=v` flags)."""
   flags = override_flags(overrides) + list(extra)
   if mode == "local":
-    return [python, _script("experiments", "train.py"), f"--config={config_path}",
-            f"--workdir={workdir}", *flags]
+    return [
+        python,
+        _script("experiments", "train.py"),
+        f"--config={config_path}",
+        f"--workdir={workdir}",
+        *flags,
+    ]
   if mode == "tpu":
     if not tpu_name or not zone:
       raise ValueError("--mode=tpu needs --tpu_name and --zone")
-    return ["bash", _script("launch", "run.sh"), tpu_name, zone, config_path, workdir,
-            *flags]
+    return ["bash", _script("launch", "run.sh"), tpu_name, zone, config_path, workdir, *flags]
   raise ValueError(f"mode={mode!r}; allowed: ('local', 'tpu')")
 
 
@@ -152,8 +170,17 @@ def is_done(workdir: str, *, mode: str = "local", tpu_name: str = "", zone: str 
   if workdir.startswith("gs://"):
     check = ["gcloud", "storage", "ls", marker]
   elif mode == "tpu":
-    check = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu_name, f"--zone={zone}",
-             "--worker=0", f"--command=test -f {shlex.quote(marker)}"]
+    check = [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "ssh",
+        tpu_name,
+        f"--zone={zone}",
+        "--worker=0",
+        f"--command=test -f {shlex.quote(marker)}",
+    ]
   else:
     return os.path.exists(marker)
   try:
@@ -162,11 +189,23 @@ def is_done(workdir: str, *, mode: str = "local", tpu_name: str = "", zone: str 
     return False
 
 
-def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_name: str = "",
-              zone: str = "", dry_run: bool = False, extra: Sequence[str] = (),
-              only: str = "", python: str = sys.executable, sweep_fn: str = "get_sweep",
-              jobs: int = 1, max_resumes: int = 3, runner: Callable[..., Any] = subprocess.run,
-              log: Callable[[str], None] = print) -> list[tuple[str, str]]:
+def run_sweep(
+    config_path: str,
+    base_workdir: str,
+    *,
+    mode: str = "local",
+    tpu_name: str = "",
+    zone: str = "",
+    dry_run: bool = False,
+    extra: Sequence[str] = (),
+    only: str = "",
+    python: str = sys.executable,
+    sweep_fn: str = "get_sweep",
+    jobs: int = 1,
+    max_resumes: int = 3,
+    runner: Callable[..., Any] = subprocess.run,
+    log: Callable[[str], None] = print,
+) -> list[tuple[str, str]]:
   """Runs (or prints) every setting; returns (name, status) per run, in sweep order.
 
   Status is "done" (skipped: DONE exists), "dry_run", "ok", "preempted (rc=75)" (still
@@ -184,8 +223,16 @@ def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_n
   pending = []
   for i, (name, overrides) in enumerate(runs, 1):
     workdir = base_workdir.rstrip("/") + "/" + name
-    cmd = command_for(config_path, workdir, overrides, mode=mode, tpu_name=tpu_name,
-                      zone=zone, python=python, extra=extra)
+    cmd = command_for(
+        config_path,
+        workdir,
+        overrides,
+        mode=mode,
+        tpu_name=tpu_name,
+        zone=zone,
+        python=python,
+        extra=extra,
+    )
     prefix = f"[{i}/{len(runs)}] {name}"
     if is_done(workdir, mode=mode, tpu_name=tpu_name, zone=zone):
       log(f"{prefix}: DONE exists in {workdir}, skipped")
@@ -211,15 +258,22 @@ def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_n
         break
       log(f"{prefix}: preempted (checkpoint saved); resuming, attempt {attempt}/{max_resumes}")
       rc = run_once(name, cmd, attempt)
-    statuses[name] = ("ok" if rc == 0 else f"preempted (rc={rc})" if rc == PREEMPTED_EXIT_CODE
-                      else f"failed (rc={rc})")
+    statuses[name] = (
+        "ok"
+        if rc == 0
+        else f"preempted (rc={rc})"
+        if rc == PREEMPTED_EXIT_CODE
+        else f"failed (rc={rc})"
+    )
     log(f"{prefix}: {statuses[name]}")
 
   if pending:
     launch(*pending[0])
     if jobs > 1 and statuses[pending[0][1]] != "ok":
-      log(f"{pending[0][0]} failed; see {base_workdir}/{pending[0][1]}.log. Not starting the "
-          f"other {len(pending) - 1} runs.")
+      log(
+          f"{pending[0][0]} failed; see {base_workdir}/{pending[0][1]}.log. Not starting the "
+          f"other {len(pending) - 1} runs."
+      )
       for _, name, _ in pending[1:]:
         statuses[name] = "not run (first run failed)"
       pending = pending[:1]
@@ -230,22 +284,32 @@ def run_sweep(config_path: str, base_workdir: str, *, mode: str = "local", tpu_n
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--config", required=True, help="config file defining get_sweep()")
   parser.add_argument("--workdir", required=True, help="base directory; one subdir per run")
   parser.add_argument("--mode", choices=("local", "tpu"), default="local")
   parser.add_argument("--tpu_name", default="")
   parser.add_argument("--zone", default="")
   parser.add_argument("--dry_run", action="store_true", help="print the commands only")
-  parser.add_argument("--sweep", default="get_sweep",
-                      help="the config file's function returning the settings")
+  parser.add_argument(
+      "--sweep", default="get_sweep", help="the config file's function returning the settings"
+  )
   parser.add_argument("--only", default="", help="run only settings whose name contains this")
   parser.add_argument("--python", default=sys.executable, help="interpreter for --mode=local")
-  parser.add_argument("--jobs", type=int, default=1,
-                      help="runs at once in --mode=local (the first pending run goes alone)")
-  parser.add_argument("--max_resumes", type=int, default=3,
-                      help="times a preempted run (exit code 75) is run again to resume it")
+  parser.add_argument(
+      "--jobs",
+      type=int,
+      default=1,
+      help="runs at once in --mode=local (the first pending run goes alone)",
+  )
+  parser.add_argument(
+      "--max_resumes",
+      type=int,
+      default=3,
+      help="times a preempted run (exit code 75) is run again to resume it",
+  )
   args, rest = parser.parse_known_args(argv)
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
@@ -255,17 +319,30 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args, extra = parse_args(sys.argv[1:] if argv is None else argv)
-  results = run_sweep(args.config, args.workdir, mode=args.mode, tpu_name=args.tpu_name,
-                      zone=args.zone, dry_run=args.dry_run, extra=extra, only=args.only,
-                      python=args.python, sweep_fn=args.sweep, jobs=args.jobs,
-                      max_resumes=args.max_resumes)
+  results = run_sweep(
+      args.config,
+      args.workdir,
+      mode=args.mode,
+      tpu_name=args.tpu_name,
+      zone=args.zone,
+      dry_run=args.dry_run,
+      extra=extra,
+      only=args.only,
+      python=args.python,
+      sweep_fn=args.sweep,
+      jobs=args.jobs,
+      max_resumes=args.max_resumes,
+  )
   failed = [n for n, s in results if s.startswith("failed")]
   preempted = [n for n, s in results if s.startswith("preempted")]
-  print(f"{len(results)} runs: {sum(s == 'done' for _, s in results)} already done, "
-        f"{sum(s == 'ok' for _, s in results)} ok, {len(failed)} failed"
-        + (f" ({', '.join(failed)})" if failed else "")
-        + f", {len(preempted)} preempted" + (f" ({', '.join(preempted)})" if preempted else "")
-        + f", {sum(s.startswith('not run') for _, s in results)} not run")
+  print(
+      f"{len(results)} runs: {sum(s == 'done' for _, s in results)} already done, "
+      f"{sum(s == 'ok' for _, s in results)} ok, {len(failed)} failed"
+      + (f" ({', '.join(failed)})" if failed else "")
+      + f", {len(preempted)} preempted"
+      + (f" ({', '.join(preempted)})" if preempted else "")
+      + f", {sum(s.startswith('not run') for _, s in results)} not run"
+  )
   return 1 if failed else PREEMPTED_EXIT_CODE if preempted else 0
 
 

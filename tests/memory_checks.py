@@ -9,26 +9,35 @@ import os
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
-import json  # noqa: E402
-import sys  # noqa: E402
+import json
+import sys
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from entropix_rl import losses, sharding  # noqa: E402
-from entropix_rl.models import forward_hidden, init_params, tiny_config  # noqa: E402
-from entropix_rl.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
-from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update  # noqa: E402
-from entropix_rl.train.state import create_train_state  # noqa: E402
+from entropix_rl import losses, sharding
+from entropix_rl.models import forward_hidden, init_params, tiny_config
+from entropix_rl.train.optim import OptimizerConfig, make_optimizer
+from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
+from entropix_rl.train.state import create_train_state
 
-MODEL = tiny_config(vocab_size=512, hidden_size=128, num_layers=2, num_heads=8, num_kv_heads=2,
-                    head_dim=16, intermediate_size=256, max_position_embeddings=8192)
+MODEL = tiny_config(
+    vocab_size=512,
+    hidden_size=128,
+    num_layers=2,
+    num_heads=8,
+    num_kv_heads=2,
+    head_dim=16,
+    intermediate_size=256,
+    max_position_embeddings=8192,
+)
 MESH = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
 
 
 def _abstract(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
 def _params(model):
@@ -52,38 +61,60 @@ def rl_update_temp(groups: int, micro: int, logprob_micro: int) -> int:
   """Temp bytes of `rl_update` for `groups x 8` rollouts in mini-batches of 32 sequences
   (8 per data shard), with `micro` / `logprob_micro` sequences per shard per chunk."""
   model = MODEL.replace(attention_impl="blockwise", attention_block_q=128, attention_block_k=128)
-  rl_cfg = RLUpdateConfig(num_groups=groups, group_size=8, num_minibatches=groups // 4,
-                          token_chunk=256, remat=True, measure_dynamics=False,
-                          micro_batch_size=micro, logprob_micro_batch_size=logprob_micro)
+  rl_cfg = RLUpdateConfig(
+      num_groups=groups,
+      group_size=8,
+      num_minibatches=groups // 4,
+      token_chunk=256,
+      remat=True,
+      measure_dynamics=False,
+      micro_batch_size=micro,
+      logprob_micro_batch_size=logprob_micro,
+  )
   loss_cfg = losses.default_loss_config()
   loss_cfg.name = "clip_cov"
   optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3))
   params = _params(model)
-  build = lambda p: create_train_state(p, optimizer, jax.random.PRNGKey(0),
-                                       interventions=losses.init_states(loss_cfg))
+  build = lambda p: create_train_state(
+      p, optimizer, jax.random.PRNGKey(0), interventions=losses.init_states(loss_cfg)
+  )
   state = jax.eval_shape(build, params)
   state = _abstract(state, sharding.state_shardings(state, optimizer, MESH))
   n, prompt, completion = groups * 8, 64, 448
-  rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype,
-                                                   sharding=sharding.batch_sharding(MESH))
-  batch = {"tokens": rows((n, prompt + completion), jnp.int32),
-           "attention_mask": rows((n, prompt + completion), bool),
-           "completion": rows((n, completion), jnp.int32),
-           "completion_mask": rows((n, completion), jnp.float32),
-           "rewards": rows((n,), jnp.float32), "group_ids": rows((n,), jnp.int32)}
-  update = make_rl_update(model, rl_cfg, loss_cfg, optimizer, mesh=MESH,
-                          state_sharding=jax.tree.map(lambda x: x.sharding, state))
+  rows = lambda shape, dtype: jax.ShapeDtypeStruct(
+      shape, dtype, sharding=sharding.batch_sharding(MESH)
+  )
+  batch = {
+      "tokens": rows((n, prompt + completion), jnp.int32),
+      "attention_mask": rows((n, prompt + completion), bool),
+      "completion": rows((n, completion), jnp.int32),
+      "completion_mask": rows((n, completion), jnp.float32),
+      "rewards": rows((n,), jnp.float32),
+      "group_ids": rows((n,), jnp.int32),
+  }
+  update = make_rl_update(
+      model,
+      rl_cfg,
+      loss_cfg,
+      optimizer,
+      mesh=MESH,
+      state_sharding=jax.tree.map(lambda x: x.sharding, state),
+  )
   return update.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
 
 
 def main():
   assert jax.device_count() == 8, jax.devices()
   checks = {
-      "attention": {impl: {str(seq): attention_temp(impl, seq) for seq in (1024, 2048)}
-                    for impl in ("blockwise", "dense")},
-      "rl_update": {f"{groups}x8/{name}": rl_update_temp(groups, *knobs)
-                    for groups in (8, 16)
-                    for name, knobs in (("micro1", (1, 1)), ("unsplit", (0, 0)))},
+      "attention": {
+          impl: {str(seq): attention_temp(impl, seq) for seq in (1024, 2048)}
+          for impl in ("blockwise", "dense")
+      },
+      "rl_update": {
+          f"{groups}x8/{name}": rl_update_temp(groups, *knobs)
+          for groups in (8, 16)
+          for name, knobs in (("micro1", (1, 1)), ("unsplit", (0, 0)))
+      },
   }
   json.dump(checks, sys.stdout)
 

@@ -8,30 +8,46 @@ import os
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
+import dataclasses
+import json
+import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
-import tempfile  # noqa: E402
+import tempfile
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import numpy as np
+import optax
 
-from entropix_rl import losses, sampling, sharding, tasks  # noqa: E402
-from entropix_rl.models import init_params, tiny_config  # noqa: E402
-from entropix_rl.train.checkpoint import Checkpointer  # noqa: E402
-from entropix_rl.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
-from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update  # noqa: E402
-from entropix_rl.train.state import create_train_state  # noqa: E402
+from entropix_rl import losses, sampling, sharding, tasks
+from entropix_rl.models import init_params, tiny_config
+from entropix_rl.train.checkpoint import Checkpointer
+from entropix_rl.train.optim import OptimizerConfig, make_optimizer
+from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
+from entropix_rl.train.state import create_train_state
 
 MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
-MODEL = tiny_config(vocab_size=64, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8,
-                    intermediate_size=64, max_position_embeddings=64, qkv_bias=True)
+MODEL = tiny_config(
+    vocab_size=64,
+    hidden_size=32,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    qkv_bias=True,
+)
 # Qwen3: q/k norms, and a head_dim (16) that is not hidden_size / num_heads.
-QWEN3 = tiny_config(model_type="qwen3", vocab_size=64, hidden_size=32, num_heads=4, num_kv_heads=2,
-                    head_dim=16, intermediate_size=64, max_position_embeddings=64)
+QWEN3 = tiny_config(
+    model_type="qwen3",
+    vocab_size=64,
+    hidden_size=32,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 GROUPS, GROUP_SIZE, PROMPT, COMPLETION = 4, 4, 6, 10
 
 
@@ -49,22 +65,30 @@ def _batch(seed=0, groups=GROUPS):
   return {
       "tokens": np.concatenate([prompt, completion], 1),
       "attention_mask": np.concatenate([np.ones((n, PROMPT), bool), cmask > 0], 1),
-      "completion": completion, "completion_mask": cmask,
+      "completion": completion,
+      "completion_mask": cmask,
       "rewards": rng.integers(0, 2, n).astype(np.float32),
       "group_ids": np.repeat(np.arange(groups), GROUP_SIZE).astype(np.int32),
   }
 
 
 def _max_diff(a, b):
-  return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), default=0.0)
+  return max(
+      (
+          float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+      ),
+      default=0.0,
+  )
 
 
 # Settings of the loss-side entropy interventions on top of `loss.name` (the tiny model's flat
 # distributions need a large min-p κ for Lp-Reg's proxy to exceed ℓ, and every negative token
 # considered).
-EXTRA = {"lp_reg": {"lp_reg": {"ratio": 1.0, "kappa": 0.3}},
-         "siren": {"name": "ppo", "siren": {"enabled": True, "coef": 0.5}}}
+EXTRA = {
+    "lp_reg": {"lp_reg": {"ratio": 1.0, "kappa": 0.3}},
+    "siren": {"name": "ppo", "siren": {"enabled": True, "coef": 0.5}},
+}
 
 
 def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
@@ -78,34 +102,50 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
   loss_cfg.clip_cov.ratio = 0.1
   loss_cfg.kl_cov.ratio = 0.1
   loss_cfg.update(EXTRA.get(loss_name, {}))
-  rl_cfg = RLUpdateConfig(num_groups=groups, group_size=GROUP_SIZE, ppo_epochs=2,
-                          num_minibatches=2, advantage="grpo", temperature=1.0, token_chunk=64,
-                          remat=False, measure_dynamics=True)
+  rl_cfg = RLUpdateConfig(
+      num_groups=groups,
+      group_size=GROUP_SIZE,
+      ppo_epochs=2,
+      num_minibatches=2,
+      advantage="grpo",
+      temperature=1.0,
+      token_chunk=64,
+      remat=False,
+      measure_dynamics=True,
+  )
   mesh_cfg = dataclasses.replace(rl_cfg, micro_batch_size=micro, logprob_micro_batch_size=micro)
   optimizer = optax.sgd(0.5) if micro else make_optimizer(OptimizerConfig(learning_rate=1e-2))
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
 
   def fresh_state():
-    return create_train_state(jax.tree.map(np.array, params), optimizer, jax.random.PRNGKey(1),
-                              ref_params=jax.tree.map(np.array, params),
-                              interventions=losses.init_states(loss_cfg))
+    return create_train_state(
+        jax.tree.map(np.array, params),
+        optimizer,
+        jax.random.PRNGKey(1),
+        ref_params=jax.tree.map(np.array, params),
+        interventions=losses.init_states(loss_cfg),
+    )
 
   batch = _batch(groups=groups)
   single_state, single_metrics = make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(
-      fresh_state(), batch)
+      fresh_state(), batch
+  )
   out = {}
   for name, shape in MESHES.items():
     mesh = _mesh(shape)
     state = fresh_state()
     shardings = sharding.state_shardings(state, optimizer, mesh)
-    update = make_rl_update(MODEL, mesh_cfg, loss_cfg, optimizer, mesh=mesh,
-                            state_sharding=shardings)
+    update = make_rl_update(
+        MODEL, mesh_cfg, loss_cfg, optimizer, mesh=mesh, state_sharding=shardings
+    )
     new_state, metrics = update(jax.device_put(state, shardings), sharding.to_global(batch, mesh))
     out[name] = {
         "params": _max_diff(new_state.params, single_state.params),
         "opt_state": _max_diff(new_state.opt_state, single_state.opt_state),
         "loss": abs(float(metrics["loss/loss"]) - float(single_metrics["loss/loss"])),
-        "grad_norm": abs(float(metrics["loss/grad_norm"]) - float(single_metrics["loss/grad_norm"])),
+        "grad_norm": abs(
+            float(metrics["loss/grad_norm"]) - float(single_metrics["loss/grad_norm"])
+        ),
         "n_selected": float(metrics["loss/n_selected_total"]),
         "n_selected_single": float(single_metrics["loss/n_selected_total"]),
         "param_delta": _max_diff(single_state.params, params),
@@ -119,8 +159,10 @@ def selection_equivalence():
   rng = np.random.default_rng(3)
   n, t = 16, 64
   mask = (rng.random((n, t)) < 0.8).astype(np.float32)
-  inputs = {"logp": -rng.exponential(1.0, (n, t)).astype(np.float32),
-            "advantages": rng.normal(size=(n, t)).astype(np.float32) * mask}
+  inputs = {
+      "logp": -rng.exponential(1.0, (n, t)).astype(np.float32),
+      "advantages": rng.normal(size=(n, t)).astype(np.float32) * mask,
+  }
   inputs["old_logp"] = inputs["logp"] + rng.normal(0, 0.1, (n, t)).astype(np.float32)
   out = {}
   for loss_name in ("clip_cov", "kl_cov"):
@@ -131,18 +173,32 @@ def selection_equivalence():
     cfg = losses.resolve_loss_config(cfg)
 
     def fn(x, m, cfg=cfg):
-      grad_fn = jax.grad(lambda lp: losses.policy_loss(
-          cfg, logp=lp, old_logp=x["old_logp"], advantages=x["advantages"], mask=m,
-          rng=jax.random.PRNGKey(7))[0])
-      _, aux = losses.policy_loss(cfg, logp=x["logp"], old_logp=x["old_logp"],
-                                  advantages=x["advantages"], mask=m, rng=jax.random.PRNGKey(7))
+      grad_fn = jax.grad(
+          lambda lp: losses.policy_loss(
+              cfg,
+              logp=lp,
+              old_logp=x["old_logp"],
+              advantages=x["advantages"],
+              mask=m,
+              rng=jax.random.PRNGKey(7),
+          )[0]
+      )
+      _, aux = losses.policy_loss(
+          cfg,
+          logp=x["logp"],
+          old_logp=x["old_logp"],
+          advantages=x["advantages"],
+          mask=m,
+          rng=jax.random.PRNGKey(7),
+      )
       return aux["selected"], grad_fn(x["logp"])
 
     ref_sel, ref_grad = jax.jit(fn)(inputs, mask)
     for name, shape in MESHES.items():
       mesh = _mesh(shape)
       sel, grad = jax.jit(fn, out_shardings=sharding.batch_sharding(mesh))(
-          sharding.to_global(inputs, mesh), sharding.to_global(mask, mesh))
+          sharding.to_global(inputs, mesh), sharding.to_global(mask, mesh)
+      )
       out[f"{loss_name}/{name}"] = {
           "same_tokens": bool(np.array_equal(np.asarray(sel), np.asarray(ref_sel))),
           "n_selected": int(np.asarray(ref_sel).sum()),
@@ -155,11 +211,15 @@ def selection_equivalence():
 def entropy_intervention_equivalence(inputs, mask, rng):
   """STEER weights, Lp-Reg picks and SIREN picks on row-sharded inputs vs one device, with
   the gradients of the loss in ℓ and (SIREN) in its top-p entropy feature."""
-  from entropix_rl.losses import lp_reg, siren, steer  # noqa: PLC0415
+  from entropix_rl.losses import lp_reg, siren, steer
+
   n, t = mask.shape
-  inputs = dict(inputs, old_entropy=rng.uniform(0.0, 3.0, (n, t)).astype(np.float32),
-                proxy=(inputs["logp"] + rng.normal(0.5, 1.5, (n, t))).astype(np.float32),
-                top_p_entropy=rng.uniform(0.0, 2.0, (n, t)).astype(np.float32))
+  inputs = dict(
+      inputs,
+      old_entropy=rng.uniform(0.0, 3.0, (n, t)).astype(np.float32),
+      proxy=(inputs["logp"] + rng.normal(0.5, 1.5, (n, t))).astype(np.float32),
+      top_p_entropy=rng.uniform(0.0, 2.0, (n, t)).astype(np.float32),
+  )
   settings = {
       "steer": {"name": "steer"},
       "steer_linear": {"name": "steer", "steer": {"mode": "linear", "lambda_max": 1.2}},
@@ -176,25 +236,32 @@ def entropy_intervention_equivalence(inputs, mask, rng):
     def fn(x, m, cfg=cfg, label=label):
       def loss_fn(logp, feature):
         batch = losses.TokenBatch(
-            logp=logp, old_logp=x["old_logp"], advantages=x["advantages"], mask=m,
-            old_entropy=x["old_entropy"], features={siren.FEATURE: feature},
-            old_features={lp_reg.PROXY: x["proxy"]})
-        loss, aux, stats = losses.compute_loss(cfg, batch, states=states, rng=None,
-                                               agg=losses.Aggregator(cfg.agg))
+            logp=logp,
+            old_logp=x["old_logp"],
+            advantages=x["advantages"],
+            mask=m,
+            old_entropy=x["old_entropy"],
+            features={siren.FEATURE: feature},
+            old_features={lp_reg.PROXY: x["proxy"]},
+        )
+        loss, aux, stats = losses.compute_loss(
+            cfg, batch, states=states, rng=None, agg=losses.Aggregator(cfg.agg)
+        )
         if label.startswith("steer"):
           picks = steer.steer_weights(cfg, batch, stats["steer"])
         else:
           picks = stats["siren"] if label == "siren" else aux["selected"]
         return loss, picks.astype(np.float32)
-      grads, picks = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
-          x["logp"], x["top_p_entropy"])
+
+      grads, picks = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(x["logp"], x["top_p_entropy"])
       return picks, grads[0], grads[1]
 
     ref_picks, ref_grad, ref_feature_grad = jax.jit(fn)(inputs, mask)
     for name, shape in MESHES.items():
       mesh = _mesh(shape)
       picks, grad, feature_grad = jax.jit(fn, out_shardings=sharding.batch_sharding(mesh))(
-          sharding.to_global(inputs, mesh), sharding.to_global(mask, mesh))
+          sharding.to_global(inputs, mesh), sharding.to_global(mask, mesh)
+      )
       out[f"{label}/{name}"] = {
           "same_picks": bool(np.array_equal(np.asarray(picks), np.asarray(ref_picks))),
           "weights": _max_diff(picks, ref_picks),
@@ -213,7 +280,7 @@ def sampler_equivalence():
   lengths = rng.integers(2, 7, 8)
   prompts = np.zeros((8, 6), np.int32)
   for i, n in enumerate(lengths):
-    prompts[i, 6 - n:] = rng.integers(3, MODEL.vocab_size, n)
+    prompts[i, 6 - n :] = rng.integers(3, MODEL.vocab_size, n)
   cfg = sampling.SamplerConfig(greedy=True, max_new_tokens=8, num_samples=2)
   ref = sampling.sample(MODEL, params, prompts, lengths, jax.random.PRNGKey(0), cfg)
   out = {}
@@ -222,8 +289,9 @@ def sampler_equivalence():
     placed = jax.device_put(params, sharding.param_shardings(MODEL, mesh))
     got = sampling.sample(MODEL, placed, prompts, lengths, jax.random.PRNGKey(0), cfg, mesh=mesh)
     out[name] = {
-        "same_tokens": bool(np.array_equal(np.asarray(got.completion_tokens),
-                                           np.asarray(ref.completion_tokens))),
+        "same_tokens": bool(
+            np.array_equal(np.asarray(got.completion_tokens), np.asarray(ref.completion_tokens))
+        ),
         "logp": _max_diff(got.logp, ref.logp),
     }
   return out
@@ -232,20 +300,28 @@ def sampler_equivalence():
 def param_placement():
   """Per-leaf shardings of a model placed on the 2x2x2 mesh."""
   mesh = _mesh((2, 2, 2))
-  params = jax.device_put(init_params(MODEL, jax.random.PRNGKey(0)),
-                          sharding.param_shardings(MODEL, mesh))
+  params = jax.device_put(
+      init_params(MODEL, jax.random.PRNGKey(0)), sharding.param_shardings(MODEL, mesh)
+  )
   rows = sharding.describe_param_sharding(params)
   full = {path: int(np.prod(shape)) * 4 for path, shape, _, _ in rows}
-  return {path: {"spec": spec, "device_bytes": nbytes, "full_bytes": full[path],
-                 "num_devices": len(leaf.sharding.device_set)}
-          for (path, _, spec, nbytes), leaf in zip(rows, jax.tree.leaves(params))}
+  return {
+      path: {
+          "spec": spec,
+          "device_bytes": nbytes,
+          "full_bytes": full[path],
+          "num_devices": len(leaf.sharding.device_set),
+      }
+      for (path, _, spec, nbytes), leaf in zip(rows, jax.tree.leaves(params))
+  }
 
 
 def checkpoint_across_meshes():
   """Save a sharded train state on one mesh, restore it on another."""
   optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3))
-  state = create_train_state(init_params(MODEL, jax.random.PRNGKey(5)), optimizer,
-                             jax.random.PRNGKey(6))
+  state = create_train_state(
+      init_params(MODEL, jax.random.PRNGKey(5)), optimizer, jax.random.PRNGKey(6)
+  )
   mesh_a, mesh_b = _mesh((2, 4, 1)), _mesh((2, 2, 2))
   saved = jax.device_put(state, sharding.state_shardings(state, optimizer, mesh_a))
   with tempfile.TemporaryDirectory() as tmp:
@@ -255,21 +331,28 @@ def checkpoint_across_meshes():
     target = jax.device_put(jax.tree.map(np.zeros_like, state), target_sh)
     restored, extra, step = ckpt.restore(target)
     ckpt.close()
-  specs_match = all(a.sharding == b for a, b in zip(jax.tree.leaves(restored),
-                                                     jax.tree.leaves(target_sh)))
-  return {"max_diff": _max_diff(restored, state), "step": step, "extra": extra,
-          "on_target_mesh": specs_match}
+  specs_match = all(
+      a.sharding == b for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(target_sh))
+  )
+  return {
+      "max_diff": _max_diff(restored, state),
+      "step": step,
+      "extra": extra,
+      "on_target_mesh": specs_match,
+  }
 
 
 def sharded_load(model):
   """hf.load with shardings: every param is built in its sharding from per-device reads."""
-  from entropix_rl.models import hf  # noqa: PLC0415
+  from entropix_rl.models import hf
+
   params = init_params(model, jax.random.PRNGKey(9), init_std=0.3)
   mesh = _mesh((2, 2, 2))
   reads, whole_reads = [], []
   real_open = hf.safe_open
 
   class Spy:
+
     def __init__(self, *args, **kwargs):
       self.f = real_open(*args, **kwargs)
 
@@ -291,6 +374,7 @@ def sharded_load(model):
       sl = self.f.get_slice(name)
 
       class Slice:
+
         def get_shape(self):
           return sl.get_shape()
 
@@ -298,6 +382,7 @@ def sharded_load(model):
           block = sl[idx]
           reads.append(block.size)
           return block
+
       return Slice()
 
   with tempfile.TemporaryDirectory() as tmp:
@@ -309,21 +394,32 @@ def sharded_load(model):
     finally:
       hf.safe_open = real_open
     files = len([f for f in os.listdir(tmp) if f.endswith(".safetensors")])
-  largest_tensor = max(int(np.prod(x.shape[1:] if x.ndim == 4 else x.shape))
-                       for x in jax.tree.leaves(params))
-  return {"max_diff": _max_diff(placed, ref), "files": files, "whole_reads": len(whole_reads),
-          "largest_read": max(reads), "largest_tensor": largest_tensor,
-          "shardings_match": all(a.sharding == b for a, b in zip(
-              jax.tree.leaves(placed), jax.tree.leaves(sharding.param_shardings(model, mesh)))),
-          "params": sorted(jax.tree_util.keystr(path)
-                           for path, _ in jax.tree_util.tree_flatten_with_path(placed)[0])}
+  largest_tensor = max(
+      int(np.prod(x.shape[1:] if x.ndim == 4 else x.shape)) for x in jax.tree.leaves(params)
+  )
+  return {
+      "max_diff": _max_diff(placed, ref),
+      "files": files,
+      "whole_reads": len(whole_reads),
+      "largest_read": max(reads),
+      "largest_tensor": largest_tensor,
+      "shardings_match": all(
+          a.sharding == b
+          for a, b in zip(
+              jax.tree.leaves(placed), jax.tree.leaves(sharding.param_shardings(model, mesh))
+          )
+      ),
+      "params": sorted(
+          jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(placed)[0]
+      ),
+  }
 
 
 def rollout_equivalence():
   """A step's rollout with prefix branching (CURE) and group-level rewards (TTRL) collected on
   each mesh vs one device: the same rows, tokens, masks and rewards (greedy decoding)."""
-  from configs import interventions as presets  # noqa: PLC0415
-  from entropix_rl.train import experiment  # noqa: PLC0415
+  from configs import interventions as presets
+  from entropix_rl.train import experiment
 
   out = {}
   for preset in ("cure", "ttrl"):
@@ -338,8 +434,11 @@ def rollout_equivalence():
     task = tasks.get_task(config.task.name, **config.task.kwargs)
     batches = {}
     for name, devices in [("single", jax.devices()[:1])] + [(m, None) for m in MESHES]:
-      mesh = (sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices)
-              if devices else _mesh(MESHES[name]))
+      mesh = (
+          sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices)
+          if devices
+          else _mesh(MESHES[name])
+      )
       params = init_params(exp.model, jax.random.PRNGKey(4), init_std=0.3)
       with tempfile.TemporaryDirectory() as tmp:
         run = experiment.RLRun(exp, tmp, tokenizer, task, exp.model, params, mesh, log=False)
@@ -347,11 +446,14 @@ def rollout_equivalence():
         run.checkpointer.close()
       batches[name] = batch
     ref = batches.pop("single")
-    out[preset] = {name: {"same": all(np.array_equal(batch[k], ref[k]) for k in ref
-                                      if k != "info"),
-                          "rows": int(ref["completion"].shape[0]),
-                          "prompt_width": int(ref["tokens"].shape[1] - ref["completion"].shape[1])}
-                   for name, batch in batches.items()}
+    out[preset] = {
+        name: {
+            "same": all(np.array_equal(batch[k], ref[k]) for k in ref if k != "info"),
+            "rows": int(ref["completion"].shape[0]),
+            "prompt_width": int(ref["tokens"].shape[1] - ref["completion"].shape[1]),
+        }
+        for name, batch in batches.items()
+    }
   return out
 
 
@@ -359,9 +461,18 @@ def main():
   assert jax.device_count() == 8, jax.devices()
   checks = {
       "rl_step": {name: rl_step_equivalence(name) for name in ("ppo", "clip_cov", "kl_cov")},
-      "rl_step_micro": {name: rl_step_equivalence(name, groups=8, micro=1)
-                        for name in ("ppo", "clip_cov", "kl_cov", "high_entropy_tokens", "steer",
-                                     "lp_reg", "siren")},
+      "rl_step_micro": {
+          name: rl_step_equivalence(name, groups=8, micro=1)
+          for name in (
+              "ppo",
+              "clip_cov",
+              "kl_cov",
+              "high_entropy_tokens",
+              "steer",
+              "lp_reg",
+              "siren",
+          )
+      },
       "selection": selection_equivalence(),
       "sampler": sampler_equivalence(),
       "params": param_placement(),

@@ -79,20 +79,27 @@ def test_rloo_matches_leave_one_out_and_singleton_is_zero():
 @pytest.mark.parametrize("use_lengths", [False, True])
 def test_reinforce_pp_baseline_matches_token_level_whitening(use_lengths):
   lengths = LENGTHS if use_lengths else np.ones_like(LENGTHS)
-  got = np.asarray(adv.reinforce_pp_baseline(REWARDS, GROUP_IDS, NUM_GROUPS,
-                                             lengths=lengths if use_lengths else None))
-  np.testing.assert_allclose(got, np_reinforce_pp_baseline(REWARDS, lengths), rtol=1e-5,
-                             atol=1e-6)
+  got = np.asarray(
+      adv.reinforce_pp_baseline(
+          REWARDS, GROUP_IDS, NUM_GROUPS, lengths=lengths if use_lengths else None
+      )
+  )
+  np.testing.assert_allclose(got, np_reinforce_pp_baseline(REWARDS, lengths), rtol=1e-5, atol=1e-6)
 
 
 def test_compute_advantages_dispatch_jit_and_unknown_name():
   fn = jax.jit(adv.compute_advantages, static_argnums=(0, 3))
-  for name, reference in [("grpo", np_grpo(REWARDS)), ("rloo", np_rloo(REWARDS)),
-                          ("dr_grpo", np_grpo(REWARDS, std_normalize=False))]:
-    np.testing.assert_allclose(fn(name, REWARDS, GROUP_IDS, NUM_GROUPS), reference, rtol=1e-5,
-                               atol=1e-6)
-  got = adv.compute_advantages("reinforce_pp_baseline", REWARDS, GROUP_IDS, NUM_GROUPS,
-                               lengths=LENGTHS)
+  for name, reference in [
+      ("grpo", np_grpo(REWARDS)),
+      ("rloo", np_rloo(REWARDS)),
+      ("dr_grpo", np_grpo(REWARDS, std_normalize=False)),
+  ]:
+    np.testing.assert_allclose(
+        fn(name, REWARDS, GROUP_IDS, NUM_GROUPS), reference, rtol=1e-5, atol=1e-6
+    )
+  got = adv.compute_advantages(
+      "reinforce_pp_baseline", REWARDS, GROUP_IDS, NUM_GROUPS, lengths=LENGTHS
+  )
   np.testing.assert_allclose(got, np_reinforce_pp_baseline(REWARDS, LENGTHS), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match=r"'ppo_gae' is unknown; allowed: \('grpo', 'dr_grpo'"):
     adv.compute_advantages("ppo_gae", REWARDS, GROUP_IDS, NUM_GROUPS)

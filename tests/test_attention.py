@@ -10,8 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from entropix_rl.models import (attention, forward_hidden, init_cache, init_params, prefill,
-                                tiny_config)
+from entropix_rl.models import (
+    attention,
+    forward_hidden,
+    init_cache,
+    init_params,
+    prefill,
+    tiny_config,
+)
 
 VALUE_TOL, GRAD_TOL = 1e-5, 1e-4
 
@@ -22,21 +28,24 @@ def _inputs(t, heads=4, kv_heads=2, dh=16, batch=3, seed=0):
   k = jax.random.normal(keys[1], (batch, t, kv_heads, dh))
   v = jax.random.normal(keys[2], (batch, t, kv_heads, dh))
   valid = np.ones((batch, t), bool)
-  valid[0, :3] = False            # left padding
-  valid[1, t - 4:] = False        # right padding
-  valid[2, :2] = valid[2, t - 2:] = False
+  valid[0, :3] = False  # left padding
+  valid[1, t - 4 :] = False  # right padding
+  valid[2, :2] = valid[2, t - 2 :] = False
   return q, k, v, jnp.asarray(valid)
 
 
 def _impl(name, window=None):
   if name == "splash":
     return lambda q, k, v, valid: attention.splash_attention(
-        q, k, v, valid, window=window, block_q=128, block_k=128, interpret=True)
+        q, k, v, valid, window=window, block_q=128, block_k=128, interpret=True
+    )
   if name == "cudnn":  # the same wrapper with XLA's implementation (no GPU here)
-    return lambda q, k, v, valid: attention.cudnn_attention(q, k, v, valid, window=window,
-                                                            implementation=None)
-  return lambda q, k, v, valid: attention.blockwise_attention(q, k, v, valid, window=window,
-                                                              block_q=8, block_k=16)
+    return lambda q, k, v, valid: attention.cudnn_attention(
+        q, k, v, valid, window=window, implementation=None
+    )
+  return lambda q, k, v, valid: attention.blockwise_attention(
+      q, k, v, valid, window=window, block_q=8, block_k=16
+  )
 
 
 def _valid_rows(x, valid):
@@ -50,8 +59,9 @@ def test_values_match_dense(name, t):
   ref = attention.dense_attention(q, k, v, valid)
   got = _impl(name)(q, k, v, valid)
   assert got.shape == ref.shape and np.all(np.isfinite(np.asarray(got)))
-  np.testing.assert_allclose(_valid_rows(got, valid), _valid_rows(ref, valid), atol=VALUE_TOL,
-                             rtol=0)
+  np.testing.assert_allclose(
+      _valid_rows(got, valid), _valid_rows(ref, valid), atol=VALUE_TOL, rtol=0
+  )
 
 
 @pytest.mark.parametrize("name", ["blockwise", "splash", "cudnn"])
@@ -74,8 +84,9 @@ def test_sliding_window_values_and_gradients_match_dense(name):
   dense = lambda q, k, v, valid: attention.dense_attention(q, k, v, valid, window=5)
   ref, got = dense(q, k, v, valid), _impl(name, window=5)(q, k, v, valid)
   assert np.all(np.isfinite(np.asarray(got)))
-  np.testing.assert_allclose(_valid_rows(got, valid), _valid_rows(ref, valid), atol=VALUE_TOL,
-                             rtol=0)
+  np.testing.assert_allclose(
+      _valid_rows(got, valid), _valid_rows(ref, valid), atol=VALUE_TOL, rtol=0
+  )
   full = attention.dense_attention(q, k, v, valid)
   assert np.abs(_valid_rows(full, valid) - _valid_rows(ref, valid)).max() > 0.1  # it masks
   weight = jax.random.normal(jax.random.PRNGKey(6), q.shape) * valid[:, :, None, None]
@@ -101,13 +112,15 @@ def test_sliding_window_keys_are_the_last_w_slots():
 
 
 def test_bfloat16_blockwise_close_to_dense():
-  q, k, v, valid = (x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x
-                    for x in _inputs(40, seed=2))
+  q, k, v, valid = (
+      x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x for x in _inputs(40, seed=2)
+  )
   ref = attention.dense_attention(q, k, v, valid).astype(jnp.float32)
   got = attention.blockwise_attention(q, k, v, valid, block_q=16, block_k=16)
   assert got.dtype == jnp.bfloat16
-  np.testing.assert_allclose(_valid_rows(got.astype(jnp.float32), valid), _valid_rows(ref, valid),
-                             atol=3e-2, rtol=0)
+  np.testing.assert_allclose(
+      _valid_rows(got.astype(jnp.float32), valid), _valid_rows(ref, valid), atol=3e-2, rtol=0
+  )
 
 
 @pytest.mark.parametrize("impl", ["blockwise", "dense"])
@@ -117,32 +130,47 @@ def test_model_forward_and_grads_with_each_impl(impl):
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 11), 0, config.vocab_size)
   mask = jnp.ones(tokens.shape, bool).at[0, :4].set(False)
   other = config.replace(attention_impl=impl, attention_block_q=4, attention_block_k=8)
-  loss = lambda cfg: lambda p: jnp.sum(forward_hidden(cfg, p, tokens, mask=mask, remat=True)[0]
-                                       * mask[:, :, None])
+  loss = lambda cfg: lambda p: jnp.sum(
+      forward_hidden(cfg, p, tokens, mask=mask, remat=True)[0] * mask[:, :, None]
+  )
   ref_value, ref_grads = jax.value_and_grad(loss(config))(params)
   value, grads = jax.value_and_grad(loss(other))(params)
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=GRAD_TOL, rtol=1e-4), grads,
-               ref_grads)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=GRAD_TOL, rtol=1e-4), grads, ref_grads
+  )
 
 
 @pytest.mark.parametrize("model_type,window", [("qwen2", None), ("mistral", 3)])
 def test_prefill_equals_forward_with_an_empty_cache(model_type, window):
-  config = tiny_config(model_type=model_type, sliding_window=window, attention_impl="blockwise",
-                       attention_block_q=4, attention_block_k=4)
+  config = tiny_config(
+      model_type=model_type,
+      sliding_window=window,
+      attention_impl="blockwise",
+      attention_block_q=4,
+      attention_block_k=4,
+  )
   params = init_params(config, jax.random.PRNGKey(0), init_std=0.2)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, config.vocab_size)
   mask = jnp.ones(tokens.shape, bool).at[1, :5].set(False)
-  want_hidden, want_cache = forward_hidden(config.replace(attention_impl="dense"), params, tokens,
-                                           cache=init_cache(config, 2, 16), mask=mask)
+  want_hidden, want_cache = forward_hidden(
+      config.replace(attention_impl="dense"),
+      params,
+      tokens,
+      cache=init_cache(config, 2, 16),
+      mask=mask,
+  )
   hidden, cache = prefill(config, params, tokens, mask, 16)
   valid = np.asarray(mask)
   np.testing.assert_allclose(np.asarray(hidden)[valid], np.asarray(want_hidden)[valid], atol=1e-5)
   valid_slots = np.asarray(want_cache.valid)
   by_slot = lambda c, name: np.swapaxes(np.asarray(getattr(c, name)), 2, 3)  # [L, B, S, K, Dh]
   for name in ("k", "v"):  # padding slots hold undefined values in both
-    np.testing.assert_allclose(by_slot(cache, name)[:, np.asarray(cache.valid)],
-                               by_slot(want_cache, name)[:, valid_slots], atol=1e-5)
+    np.testing.assert_allclose(
+        by_slot(cache, name)[:, np.asarray(cache.valid)],
+        by_slot(want_cache, name)[:, valid_slots],
+        atol=1e-5,
+    )
   for name in ("valid", "lengths", "index"):
     np.testing.assert_array_equal(getattr(cache, name), getattr(want_cache, name))
 

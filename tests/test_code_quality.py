@@ -15,14 +15,21 @@ import build_api  # noqa: E402
 
 
 def _run(*command: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", *command], cwd=REPO, capture_output=True,
-                        text=True, timeout=300, check=False)
+  return subprocess.run(
+      [sys.executable, "-m", *command],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
 
 
 def test_code_is_formatted_with_pyink():
   proc = _run("pyink", "--check", "--quiet", ".")
-  assert proc.returncode == 0, ("these files need `pyink .` (settings in pyproject.toml):\n"
-                                + proc.stderr)
+  assert proc.returncode == 0, (
+      "these files need `pyink .` (settings in pyproject.toml):\n" + proc.stderr
+  )
 
 
 def test_ruff_finds_no_lint():
@@ -36,8 +43,9 @@ def test_api_reference_documents_every_module_without_warnings(tmp_path):
     build_api.build(tmp_path)
   pdoc_warnings = [str(w.message) for w in caught if "pdoc" in w.filename]
   assert not pdoc_warnings, pdoc_warnings
-  modules = ["entropix_rl"] + [m.name for m in pkgutil.walk_packages(entropix_rl.__path__,
-                                                                      "entropix_rl.")]
+  modules = ["entropix_rl"] + [
+      m.name for m in pkgutil.walk_packages(entropix_rl.__path__, "entropix_rl.")
+  ]
   missing = [m for m in modules if not (tmp_path / (m.replace(".", "/") + ".html")).exists()]
   assert not missing, missing
   page = (tmp_path / "entropix_rl" / "losses" / "clip_cov.html").read_text()

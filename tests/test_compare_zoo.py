@@ -19,11 +19,17 @@ def _write_run(root, name, method, entropy, accuracy, distinct, steps=40, every=
   with open(os.path.join(root, name, "metrics.jsonl"), "w") as f:
     for step in range(1, steps + 1):
       h = entropy + 0.5 * (steps - step) / steps  # falls to `entropy` at the end
-      f.write(json.dumps({"step": step, "entropy/paper": h,
-                          "accuracy/distinct_correct_per_group": distinct}) + "\n")
+      f.write(
+          json.dumps(
+              {"step": step, "entropy/paper": h, "accuracy/distinct_correct_per_group": distinct}
+          )
+          + "\n"
+      )
       if step % every == 0:
-        row = {"step": step, "eval/sampled_accuracy": 1.2 - 0.4 * math.exp(h)
-               if accuracy is None else accuracy}
+        row = {
+            "step": step,
+            "eval/sampled_accuracy": 1.2 - 0.4 * math.exp(h) if accuracy is None else accuracy,
+        }
         row.update({f"eval/pass@{k}": min(1.0, 0.1 * k) for k in (1, 2, 4, 8, 16, 32, 64)})
         f.write(json.dumps(row) + "\n")
 
@@ -35,9 +41,19 @@ def test_table_and_outputs(tmp_path):
   _write_run(root, "b_seed0", "beta", 0.05, 0.9, 1.0)
   _write_run(root, "c_seed0", "gamma", 0.10, 0.5, 2.0, steps=0)  # still in progress
   out = str(tmp_path / "compare")
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "compare_zoo.py"),
-                         f"--workdirs={root}", f"--out={out}", "--last_steps=1"],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          os.path.join(REPO, "experiments", "compare_zoo.py"),
+          f"--workdirs={root}",
+          f"--out={out}",
+          "--last_steps=1",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("zoo.md", "zoo.json", "zoo_curves.png", "zoo_final.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0

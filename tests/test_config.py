@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import hypothesis
+from hypothesis import strategies as st
 import ml_collections
 import pytest
-from hypothesis import strategies as st
 
-from configs import clip_bounds, interventions, quickstart, qwen25_32b, qwen25_7b
+from configs import clip_bounds, interventions, quickstart, qwen25_7b, qwen25_32b
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
 from entropix_rl.train.config import ExperimentConfig
@@ -23,9 +23,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def shipped_configs() -> dict[str, ml_collections.ConfigDict]:
   configs = {"quickstart": quickstart.get_config(), "quickstart_local": quickstart.get_config(True)}
   configs.update({f"interventions:{p}": interventions.get_config(p) for p in interventions.PRESETS})
-  configs.update({f"clip_bounds:{s['_name']}": apply_overrides(
-      clip_bounds.get_config(), {k: v for k, v in s.items() if k != "_name"})
-                  for s in clip_bounds.get_sweep()})
+  configs.update(
+      {
+          f"clip_bounds:{s['_name']}": apply_overrides(
+              clip_bounds.get_config(), {k: v for k, v in s.items() if k != "_name"}
+          )
+          for s in clip_bounds.get_sweep()
+      }
+  )
   for module in (qwen25_7b, qwen25_32b):
     configs.update({f"{module.__name__}:{m}": module.get_config(m) for m in module.METHODS})
   return configs
@@ -59,12 +64,22 @@ def test_every_shipped_config_is_complete_and_valid(name):
 
 def test_fields_the_issue_named_are_settable_from_the_command_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "experiments/train.py", "--config=configs/quickstart.py",
-       f"--workdir={tmp_path}/w", "--config.optimizer.warmup_steps=10",
-       "--config.data.eval_path=held_out.jsonl", "--config.data.eval_fraction=0.1",
-       "--config.distributed.coordinator_address=127.0.0.1:1234",
-       "--config.checkpoint.keep=0"],  # the one invalid value: start-up fails on it
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "experiments/train.py",
+          "--config=configs/quickstart.py",
+          f"--workdir={tmp_path}/w",
+          "--config.optimizer.warmup_steps=10",
+          "--config.data.eval_path=held_out.jsonl",
+          "--config.data.eval_fraction=0.1",
+          "--config.distributed.coordinator_address=127.0.0.1:1234",
+          "--config.checkpoint.keep=0",
+      ],  # the one invalid value: start-up fails on it
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode != 0
   assert "checkpoint.keep=0; allowed: an int >= 1" in proc.stderr
   assert "AttributeError" not in proc.stderr
@@ -78,18 +93,28 @@ def _set(path, value):
     for part in parents:
       node = node[part]
     node[leaf] = value
+
   return mutate
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (_set("model.hidden_sizee", 64),
-     r"unknown key\(s\) \['model.hidden_sizee'\]; known keys of model: \[.*'hidden_size'"),
-    (_set("checkpoint.every", 5),
-     r"'checkpoint.every'.*known keys of checkpoint: \['keep', 'save_every'\]"),
-    (lambda config: config.data.__delitem__("eval_fraction"),
-     r"the config lacks \['data.eval_fraction'\]"),
-    (_set("extra_section", 1), r"unknown key\(s\) \['extra_section'\]"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (
+            _set("model.hidden_sizee", 64),
+            r"unknown key\(s\) \['model.hidden_sizee'\]; known keys of model: \[.*'hidden_size'",
+        ),
+        (
+            _set("checkpoint.every", 5),
+            r"'checkpoint.every'.*known keys of checkpoint: \['keep', 'save_every'\]",
+        ),
+        (
+            lambda config: config.data.__delitem__("eval_fraction"),
+            r"the config lacks \['data.eval_fraction'\]",
+        ),
+        (_set("extra_section", 1), r"unknown key\(s\) \['extra_section'\]"),
+    ],
+)
 def test_unknown_and_missing_keys_are_named_with_the_known_ones(mutate, message):
   config = quickstart.get_config()
   with config.unlocked():
@@ -99,43 +124,94 @@ def test_unknown_and_missing_keys_are_named_with_the_known_ones(mutate, message)
 
 
 # Values of the wrong type, per annotated type; each is invalid for every field of that type.
-WRONG_TYPE = {int: ["x", 1.5, True, None], float: ["x", True, None], bool: [1, "yes", None],
-              str: [3, None], tuple: ["x", (1.5,)]}
+WRONG_TYPE = {
+    int: ["x", 1.5, True, None],
+    float: ["x", True, None],
+    bool: [1, "yes", None],
+    str: [3, None],
+    tuple: ["x", (1.5,)],
+}
 # Values of the right type but out of range, per field.
 OUT_OF_RANGE = {
-    "seed": [], "rl.steps": [-1], "rl.prompts_per_step": [0], "rl.group_size": [0, 1],
-    "rl.ppo_epochs": [0], "rl.num_minibatches": [0, 3, 7], "rl.advantage": ["ppo_gae"],
-    "rl.max_gen_batches": [0], "rl.token_chunk": [0], "rl.micro_batch_size": [-1, 3],
-    "rl.logprob_micro_batch_size": [-2, 5], "rl.feature_chunk": [0],
-    "rl.completion_buckets": [0], "rl.max_skipped_updates": [0], "rl.cluster_by": ["meaning"],
-    "rl.step_delimiter": ["++", "é"], "sft.steps": [-1], "sft.batch_size": [0],
-    "sft.log_every": [0], "sft.micro_batch_size": [-1],
-    "sft.optimizer.learning_rate": [0.0, -1e-3], "sft.optimizer.warmup_steps": [-1],
-    "sft.optimizer.schedule": ["linear"], "optimizer.learning_rate": [0.0],
-    "optimizer.warmup_steps": [-5], "optimizer.schedule": ["step"],
-    "sampler.temperature": [0.0, -1.0], "sampler.top_p": [0.0, 1.5], "sampler.top_k": [-1],
-    "sampler.max_new_tokens": [0, 60], "sampler.max_decode_rows": [-1],
-    "sampler.decode_segment": [-1], "data.source": ["hub"], "data.max_prompt_len": [0, 60],
-    "data.eval_fraction": [0.0, 1.0], "data.bad_records": ["ignore"], "model.init": ["pretrained"],
-    "model.param_dtype": ["float16"], "model.compute_dtype": ["int8"],
-    "model.attention_impl": ["flash"], "model.attention_block_q": [0],
+    "seed": [],
+    "rl.steps": [-1],
+    "rl.prompts_per_step": [0],
+    "rl.group_size": [0, 1],
+    "rl.ppo_epochs": [0],
+    "rl.num_minibatches": [0, 3, 7],
+    "rl.advantage": ["ppo_gae"],
+    "rl.max_gen_batches": [0],
+    "rl.token_chunk": [0],
+    "rl.micro_batch_size": [-1, 3],
+    "rl.logprob_micro_batch_size": [-2, 5],
+    "rl.feature_chunk": [0],
+    "rl.completion_buckets": [0],
+    "rl.max_skipped_updates": [0],
+    "rl.cluster_by": ["meaning"],
+    "rl.step_delimiter": ["++", "é"],
+    "sft.steps": [-1],
+    "sft.batch_size": [0],
+    "sft.log_every": [0],
+    "sft.micro_batch_size": [-1],
+    "sft.optimizer.learning_rate": [0.0, -1e-3],
+    "sft.optimizer.warmup_steps": [-1],
+    "sft.optimizer.schedule": ["linear"],
+    "optimizer.learning_rate": [0.0],
+    "optimizer.warmup_steps": [-5],
+    "optimizer.schedule": ["step"],
+    "sampler.temperature": [0.0, -1.0],
+    "sampler.top_p": [0.0, 1.5],
+    "sampler.top_k": [-1],
+    "sampler.max_new_tokens": [0, 60],
+    "sampler.max_decode_rows": [-1],
+    "sampler.decode_segment": [-1],
+    "data.source": ["hub"],
+    "data.max_prompt_len": [0, 60],
+    "data.eval_fraction": [0.0, 1.0],
+    "data.bad_records": ["ignore"],
+    "model.init": ["pretrained"],
+    "model.param_dtype": ["float16"],
+    "model.compute_dtype": ["int8"],
+    "model.attention_impl": ["flash"],
+    "model.attention_block_q": [0],
     "model.model_type": ["gpt_neox"],
-    "model.attention_block_k": [-1], "eval.every": [-1], "eval.num_prompts": [0],
-    "eval.num_samples": [0], "eval.pass_k": [(0,), (1, 9)], "checkpoint.save_every": [0],
-    "checkpoint.keep": [0], "logging.console_every": [0],
-    "logging.samples_every": [-1], "logging.num_samples": [0], "logging.wandb.mode": ["cloud"],
+    "model.attention_block_k": [-1],
+    "eval.every": [-1],
+    "eval.num_prompts": [0],
+    "eval.num_samples": [0],
+    "eval.pass_k": [(0,), (1, 9)],
+    "checkpoint.save_every": [0],
+    "checkpoint.keep": [0],
+    "logging.console_every": [0],
+    "logging.samples_every": [-1],
+    "logging.num_samples": [0],
+    "logging.wandb.mode": ["cloud"],
     "mesh.data": [0, -2],
-    "mesh.fsdp": [0], "mesh.tensor": [-3], "distributed.num_processes": [-1],
-    "distributed.process_id": [-2], "task.name": ["chess"], "tokenizer.kind": ["sentencepiece"],
-    "loss.name": ["grpo_plus"], "loss.agg": ["mean"], "loss.clip_eps_low": [-0.1, 1.5],
-    "loss.clip_cov.ratio": [0.0, 2.0], "loss.kl_cov.ratio": [0.0], "loss.kl_cov.coef": ["x"],
+    "mesh.fsdp": [0],
+    "mesh.tensor": [-3],
+    "distributed.num_processes": [-1],
+    "distributed.process_id": [-2],
+    "task.name": ["chess"],
+    "tokenizer.kind": ["sentencepiece"],
+    "loss.name": ["grpo_plus"],
+    "loss.agg": ["mean"],
+    "loss.clip_eps_low": [-0.1, 1.5],
+    "loss.clip_cov.ratio": [0.0, 2.0],
+    "loss.kl_cov.ratio": [0.0],
+    "loss.kl_cov.coef": ["x"],
 }
 # Combinations of values that are each valid: (overrides, the field the error must name).
 COMBINATIONS = [
     ({"sampler.max_new_tokens": 40, "data.max_prompt_len": 30}, "data.max_prompt_len"),
     ({"loss.selection_scope": "microbatch"}, "loss.selection_scope"),
-    ({"rl.old_logp_from_rollout": True, "loss.name": "ppo", "loss.hapo_temperature.enabled": True},
-     "rl.old_logp_from_rollout"),
+    (
+        {
+            "rl.old_logp_from_rollout": True,
+            "loss.name": "ppo",
+            "loss.hapo_temperature.enabled": True,
+        },
+        "rl.old_logp_from_rollout",
+    ),
     ({"rl.prompts_per_step": 3, "rl.group_size": 3, "rl.num_minibatches": 2}, "rl.num_minibatches"),
     ({"eval.num_samples": 2, "eval.pass_k": (1, 4)}, "eval.pass_k"),
     ({"model.init": "checkpoint", "model.checkpoint": ""}, "model.checkpoint"),
@@ -191,8 +267,11 @@ def test_every_invalid_value_fails_at_start_up_naming_its_field():
 
 
 @hypothesis.settings(max_examples=150, deadline=None, derandomize=True, database=None)
-@hypothesis.given(st.lists(st.sampled_from(_invalid_values()), min_size=2, max_size=4,
-                           unique_by=lambda case: case[0]))
+@hypothesis.given(
+    st.lists(
+        st.sampled_from(_invalid_values()), min_size=2, max_size=4, unique_by=lambda case: case[0]
+    )
+)
 def test_several_invalid_values_fail_naming_one_of_them(cases):
   message = _start_up_error(dict(cases))
   assert any(path in message for path, _ in cases), (cases, message)
@@ -203,8 +282,10 @@ def test_invalid_combinations_fail_at_start_up_naming_a_field(overrides, field):
   _check_fails_naming(overrides, field)
 
 
-@pytest.mark.parametrize("model_type,flags", [
-    ("qwen3", {}), ("mistral", {"sliding_window": 4}), ("llama", {"sliding_window": None})])
+@pytest.mark.parametrize(
+    "model_type,flags",
+    [("qwen3", {}), ("mistral", {"sliding_window": 4}), ("llama", {"sliding_window": None})],
+)
 def test_model_section_takes_every_family_and_its_decoder_flags(model_type, flags):
   """Architecture fields are ModelConfig's: a family's decoder flags, set or left to it."""
   config = quickstart.get_config()

@@ -17,11 +17,19 @@ TASK_CFG = data.DataConfig(source="task", max_prompt_len=8)
 FILE_TOKENIZER = CharTokenizer(string.printable)
 
 
-def _task_pipeline(seed=0, split="train", batch_size=4, shard_index=0, shard_count=1,
-                   cfg=TASK_CFG, task=TASK):
-  return data.make_prompt_pipeline(cfg, CharTokenizer(task.alphabet), batch_size=batch_size,
-                                   seed=seed, split=split, task=task, shard_index=shard_index,
-                                   shard_count=shard_count)
+def _task_pipeline(
+    seed=0, split="train", batch_size=4, shard_index=0, shard_count=1, cfg=TASK_CFG, task=TASK
+):
+  return data.make_prompt_pipeline(
+      cfg,
+      CharTokenizer(task.alphabet),
+      batch_size=batch_size,
+      seed=seed,
+      split=split,
+      task=task,
+      shard_index=shard_index,
+      shard_count=shard_count,
+  )
 
 
 def _take(pipeline, num_batches):
@@ -58,9 +66,9 @@ def test_task_batch_shapes_and_padding():
   for row, length, ex in zip(tokens, lengths, examples):
     ids = [tokenizer.bos_id] + tokenizer.encode(ex.prompt)
     assert length == len(ids)
-    assert list(row[width - length:]) == ids  # left-padded, bos first
+    assert list(row[width - length :]) == ids  # left-padded, bos first
     assert row[width - length] == tokenizer.bos_id
-    assert (row[:width - length] == tokenizer.pad_id).all()
+    assert (row[: width - length] == tokenizer.pad_id).all()
     assert tokenizer.decode(row) == ex.prompt
   assert [ex.index for ex in examples] == list(range(batch_size))
   assert examples == [TASK.example(0, "train", i) for i in range(batch_size)]
@@ -88,8 +96,12 @@ def test_task_pipeline_resumes_from_state():
 def test_task_pipeline_shards_are_blocks_of_the_global_batches():
   batch_size, num_batches, shard_count = 3, 4, 3
   full = _take(_task_pipeline(batch_size=batch_size * shard_count), num_batches)
-  shards = [_take(_task_pipeline(batch_size=batch_size, shard_index=k, shard_count=shard_count),
-                  num_batches) for k in range(shard_count)]
+  shards = [
+      _take(
+          _task_pipeline(batch_size=batch_size, shard_index=k, shard_count=shard_count), num_batches
+      )
+      for k in range(shard_count)
+  ]
   for step in range(num_batches):  # the hosts' batches, in host order, are the global batch
     assert [i for shard in shards for i in _indices([shard[step]])] == _indices([full[step]])
   assert _indices(shards[1][:2]) == [3, 4, 5, 12, 13, 14]
@@ -110,16 +122,24 @@ def test_task_pipeline_errors():
   with pytest.raises(ValueError, match="batch_size"):
     _task_pipeline(batch_size=0)
   with pytest.raises(ValueError, match="generated task"):
-    data.make_prompt_pipeline(TASK_CFG, CharTokenizer(TASK.alphabet), batch_size=2, seed=0,
-                              split="train", task=tasks.MathTask())
+    data.make_prompt_pipeline(
+        TASK_CFG,
+        CharTokenizer(TASK.alphabet),
+        batch_size=2,
+        seed=0,
+        split="train",
+        task=tasks.MathTask(),
+    )
   with pytest.raises(ValueError, match="generated task"):
-    data.make_prompt_pipeline(TASK_CFG, CharTokenizer(TASK.alphabet), batch_size=2, seed=0,
-                              split="train")
+    data.make_prompt_pipeline(
+        TASK_CFG, CharTokenizer(TASK.alphabet), batch_size=2, seed=0, split="train"
+    )
 
 
 def test_task_pipeline_default_shard_is_this_process():
-  pipeline = data.make_prompt_pipeline(TASK_CFG, CharTokenizer(TASK.alphabet), batch_size=2,
-                                       seed=0, split="train", task=TASK)
+  pipeline = data.make_prompt_pipeline(
+      TASK_CFG, CharTokenizer(TASK.alphabet), batch_size=2, seed=0, split="train", task=TASK
+  )
   assert _indices(_take(pipeline, 2)) == [0, 1, 2, 3]
 
 
@@ -132,18 +152,32 @@ def _write_jsonl(path, records):
 
 
 def _dapo_records(count):
-  return [{"data_source": "dapo",
-           "prompt": [{"role": "system", "content": "be brief"},
-                      {"role": "user", "content": f"What is {i} + 3?"}],
-           "reward_model": {"ground_truth": str(i + 3), "style": "rule"}}
-          for i in range(count)]
+  return [
+      {
+          "data_source": "dapo",
+          "prompt": [
+              {"role": "system", "content": "be brief"},
+              {"role": "user", "content": f"What is {i} + 3?"},
+          ],
+          "reward_model": {"ground_truth": str(i + 3), "style": "rule"},
+      }
+      for i in range(count)
+  ]
 
 
-def _file_pipeline(cfg, split="train", seed=0, batch_size=4, shard_index=0, shard_count=1,
-                   tokenizer=FILE_TOKENIZER):
+def _file_pipeline(
+    cfg, split="train", seed=0, batch_size=4, shard_index=0, shard_count=1, tokenizer=FILE_TOKENIZER
+):
   config = data.DataConfig(**{"source": "file", "max_prompt_len": 64, **cfg})
-  return data.make_prompt_pipeline(config, tokenizer, batch_size=batch_size, seed=seed,
-                                   split=split, shard_index=shard_index, shard_count=shard_count)
+  return data.make_prompt_pipeline(
+      config,
+      tokenizer,
+      batch_size=batch_size,
+      seed=seed,
+      split=split,
+      shard_index=shard_index,
+      shard_count=shard_count,
+  )
 
 
 def test_read_dapo_jsonl(tmp_path):
@@ -156,30 +190,45 @@ def test_read_dapo_jsonl(tmp_path):
 
 def test_read_math_parquet(tmp_path):
   path = str(tmp_path / "math.parquet")
-  pq.write_table(pa.Table.from_pylist([
-      {"problem": "Compute 2+3.", "solution": r"We add: $2+3=\boxed{5}$."},
-      {"problem": "Half of 1?", "solution": r"First \boxed{2}, no: \boxed{\frac{1}{2}}"},
-  ]), path)
+  pq.write_table(
+      pa.Table.from_pylist(
+          [
+              {"problem": "Compute 2+3.", "solution": r"We add: $2+3=\boxed{5}$."},
+              {"problem": "Half of 1?", "solution": r"First \boxed{2}, no: \boxed{\frac{1}{2}}"},
+          ]
+      ),
+      path,
+  )
   examples = data.read_prompt_file(path)
   assert [ex.prompt for ex in examples] == ["Compute 2+3.", "Half of 1?"]
   assert [ex.answer for ex in examples] == ["5", r"\frac{1}{2}"]
 
 
 def test_read_other_layouts(tmp_path):
-  path = _write_jsonl(tmp_path / "qa.jsonl", [
-      {"question": "q0", "answer": 7},
-      {"prompt": "p1", "ground_truth": "g1"},
-      {"prompt": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
-                  {"role": "user", "content": "last"}], "answer": "a2"},
-  ])
+  path = _write_jsonl(
+      tmp_path / "qa.jsonl",
+      [
+          {"question": "q0", "answer": 7},
+          {"prompt": "p1", "ground_truth": "g1"},
+          {
+              "prompt": [
+                  {"role": "user", "content": "first"},
+                  {"role": "assistant", "content": "x"},
+                  {"role": "user", "content": "last"},
+              ],
+              "answer": "a2",
+          },
+      ],
+  )
   examples = data.read_prompt_file(path)
-  assert [(ex.prompt, ex.answer) for ex in examples] == [("q0", "7"), ("p1", "g1"),
-                                                          ("last", "a2")]
+  assert [(ex.prompt, ex.answer) for ex in examples] == [("q0", "7"), ("p1", "g1"), ("last", "a2")]
   # A DAPO-layout parquet (chat messages stored as a list of structs) reads the same.
   parquet = str(tmp_path / "dapo.parquet")
   pq.write_table(pa.Table.from_pylist(_dapo_records(2)), parquet)
   assert [(ex.prompt, ex.answer) for ex in data.read_prompt_file(parquet)] == [
-      ("What is 0 + 3?", "3"), ("What is 1 + 3?", "4")]
+      ("What is 0 + 3?", "3"),
+      ("What is 1 + 3?", "4"),
+  ]
 
 
 def test_file_pipeline_batches(tmp_path):
@@ -200,20 +249,20 @@ def test_file_eval_split_is_disjoint(tmp_path):
   cfg = {"path": path, "eval_fraction": 0.25}
   train = set(_prompts(_take(_file_pipeline(cfg, batch_size=10), 20)))
   evals = set(_prompts(_take(_file_pipeline(cfg, split="eval", batch_size=10), 20)))
-  expected_eval = {f"What is {i} + 3?" for i in range(200)
-                   if in_eval_split(f"What is {i} + 3?", 0.25)}
+  expected_eval = {
+      f"What is {i} + 3?" for i in range(200) if in_eval_split(f"What is {i} + 3?", 0.25)
+  }
   assert 20 < len(expected_eval) < 80
   assert evals == expected_eval
   assert train == {f"What is {i} + 3?" for i in range(200)} - expected_eval
   assert not train & evals
   # The eval split is read in file order, without shuffling.
-  eval_stream = _prompts(_take(_file_pipeline(cfg, split="eval", batch_size=1),
-                               len(expected_eval)))
-  assert eval_stream == [f"What is {i} + 3?" for i in range(200)
-                         if in_eval_split(f"What is {i} + 3?", 0.25)]
+  eval_stream = _prompts(_take(_file_pipeline(cfg, split="eval", batch_size=1), len(expected_eval)))
+  assert eval_stream == [
+      f"What is {i} + 3?" for i in range(200) if in_eval_split(f"What is {i} + 3?", 0.25)
+  ]
   # A separate eval file replaces the hash split.
-  eval_file = _write_jsonl(tmp_path / "held_out.jsonl",
-                           [{"prompt": "held out", "answer": "1"}])
+  eval_file = _write_jsonl(tmp_path / "held_out.jsonl", [{"prompt": "held out", "answer": "1"}])
   cfg = {"path": path, "eval_path": eval_file}
   assert _prompts(_take(_file_pipeline(cfg, split="eval", batch_size=2), 1)) == ["held out"] * 2
   assert len(set(_prompts(_take(_file_pipeline(cfg, batch_size=20), 10)))) == 200
@@ -224,7 +273,7 @@ def test_file_train_reshuffles_each_epoch(tmp_path):
   path = _write_jsonl(tmp_path / "dapo.jsonl", _dapo_records(num_records))
   cfg = {"path": path, "eval_path": path}  # every record in train
   stream = _prompts(_take(_file_pipeline(cfg, batch_size=4, seed=5), 9))  # 3 epochs
-  epochs = [stream[k * num_records:(k + 1) * num_records] for k in range(3)]
+  epochs = [stream[k * num_records : (k + 1) * num_records] for k in range(3)]
   everything = sorted(f"What is {i} + 3?" for i in range(num_records))
   for epoch in epochs:
     assert sorted(epoch) == everything  # each record exactly once per epoch
@@ -245,10 +294,12 @@ def test_file_pipeline_resumes_and_shards(tmp_path):
   fresh.set_state(state)
   _assert_batches_equal(_take(fresh, 4), expected)
   full = _prompts(_take(_file_pipeline(cfg, batch_size=2, seed=2), 10))
-  shards = [_prompts(_take(_file_pipeline(cfg, batch_size=2, seed=2, shard_index=k,
-                                          shard_count=2), 5)) for k in range(2)]
+  shards = [
+      _prompts(_take(_file_pipeline(cfg, batch_size=2, seed=2, shard_index=k, shard_count=2), 5))
+      for k in range(2)
+  ]
   for k, shard in enumerate(shards):  # host k reads the k-th 2 of each global batch of 4
-    assert shard == [p for j in range(5) for p in full[4 * j + 2 * k:4 * j + 2 * k + 2]]
+    assert shard == [p for j in range(5) for p in full[4 * j + 2 * k : 4 * j + 2 * k + 2]]
 
 
 def test_file_errors_name_file_and_record(tmp_path):
@@ -298,7 +349,8 @@ def test_file_split_with_no_records(tmp_path):
   path = _write_jsonl(tmp_path / "one.jsonl", [{"prompt": "only", "answer": "1"}])
   split = "eval" if in_eval_split("only", 0.5) else "train"
   other = {"train": "eval", "eval": "train"}[split]
-  assert _prompts(_take(_file_pipeline({"path": path, "eval_fraction": 0.5}, split=split,
-                                       batch_size=2), 1)) == ["only", "only"]
+  assert _prompts(
+      _take(_file_pipeline({"path": path, "eval_fraction": 0.5}, split=split, batch_size=2), 1)
+  ) == ["only", "only"]
   with pytest.raises(ValueError, match="no records"):
     _file_pipeline({"path": path, "eval_fraction": 0.5}, split=other)

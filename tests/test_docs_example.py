@@ -17,18 +17,19 @@ from entropix_rl.models import init_params, tiny_config
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.state import create_train_state
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                   "interventions.md")
+DOC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "interventions.md"
+)
 
 
 @pytest.fixture
 def example():
   text = open(DOC).read()
-  section = text[text.index("## Adding an intervention"):]
+  section = text[text.index("## Adding an intervention") :]
   blocks = re.findall(r"```python\n(.*?)```", section, re.S)
   namespace = {}
-  exec(compile(blocks[0], "docs/interventions.md", "exec"), namespace)  # noqa: S102
-  exec(compile(blocks[1], "docs/interventions.md", "exec"), namespace)  # noqa: S102
+  exec(compile(blocks[0], "docs/interventions.md", "exec"), namespace)
+  exec(compile(blocks[1], "docs/interventions.md", "exec"), namespace)
   yield namespace
   registry.unregister("entropy_floor")
 
@@ -49,15 +50,22 @@ def test_example_validates_and_computes_its_loss(example):
   mask = (rng.random((3, 6)) < 0.8).astype(np.float32)
   entropy = jnp.asarray(rng.uniform(0, 2, (3, 6)), jnp.float32)
   states = {"entropy_floor": {"mean_entropy": jnp.float32(2.0)}}
-  args = dict(logp=jnp.full((3, 6), -1.0), old_logp=jnp.full((3, 6), -1.0),
-              advantages=jnp.zeros((3, 6)), mask=mask, rng=None, states=states,
-              old_entropy=entropy)
+  args = dict(
+      logp=jnp.full((3, 6), -1.0),
+      old_logp=jnp.full((3, 6), -1.0),
+      advantages=jnp.zeros((3, 6)),
+      mask=mask,
+      rng=None,
+      states=states,
+      old_entropy=entropy,
+  )
   _, aux = losses.policy_loss(cfg, entropy=entropy, **args)
   want = (np.maximum(1.0 - np.asarray(entropy), 0) * mask).sum() / mask.sum()
   assert float(aux["entropy_floor"]) == pytest.approx(want, rel=1e-5)
   grad = jax.grad(lambda h: losses.policy_loss(cfg, entropy=h, **args)[0])(entropy)
-  np.testing.assert_allclose(grad, -0.5 * (np.asarray(entropy) < 1.0) * mask / mask.sum(),
-                             rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(
+      grad, -0.5 * (np.asarray(entropy) < 1.0) * mask / mask.sum(), rtol=1e-5, atol=1e-8
+  )
 
 
 def test_example_state_is_kept_and_updated_by_the_trainer(example):
@@ -65,15 +73,21 @@ def test_example_state_is_kept_and_updated_by_the_trainer(example):
   model = tiny_config(vocab_size=32)
   rl_cfg = RLUpdateConfig(num_groups=2, group_size=2, measure_dynamics=False)
   optimizer = optax.sgd(0.1)
-  state = create_train_state(init_params(model, jax.random.PRNGKey(0)), optimizer,
-                             jax.random.PRNGKey(1), interventions=losses.init_states(cfg))
+  state = create_train_state(
+      init_params(model, jax.random.PRNGKey(0)),
+      optimizer,
+      jax.random.PRNGKey(1),
+      interventions=losses.init_states(cfg),
+  )
   rng = np.random.default_rng(1)
-  batch = {"tokens": rng.integers(1, 32, (4, 7)).astype(np.int32),
-           "attention_mask": np.ones((4, 7), bool),
-           "completion": rng.integers(1, 32, (4, 4)).astype(np.int32),
-           "completion_mask": np.ones((4, 4), np.float32),
-           "rewards": np.array([1, 0, 1, 0], np.float32),
-           "group_ids": np.array([0, 0, 1, 1], np.int32)}
+  batch = {
+      "tokens": rng.integers(1, 32, (4, 7)).astype(np.int32),
+      "attention_mask": np.ones((4, 7), bool),
+      "completion": rng.integers(1, 32, (4, 4)).astype(np.int32),
+      "completion_mask": np.ones((4, 4), np.float32),
+      "rewards": np.array([1, 0, 1, 0], np.float32),
+      "group_ids": np.array([0, 0, 1, 1], np.int32),
+  }
   update = make_rl_update(model, rl_cfg, cfg, optimizer)
   means = []
   for _ in range(2):

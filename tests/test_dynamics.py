@@ -39,15 +39,19 @@ def test_predicted_entropy_change_is_first_order_exact(form):
   z = as_f32_exact(rng.normal(0.0, 1.5, (6, 10)))
   adv = rng.normal(0.0, 1.0, (6, 10))
   pi = np.exp(np_log_softmax(z))
-  direction = {"vanilla_pg": pi * adv,  # Prop. 1 / Theorem 1: Δz = η·π·A
-               "natural_pg": adv,  # Theorem 2: Δz = η·A
-               "random": rng.normal(0.0, 1.0, (6, 10))}[form]
+  direction = {
+      "vanilla_pg": pi * adv,  # Prop. 1 / Theorem 1: Δz = η·π·A
+      "natural_pg": adv,  # Theorem 2: Δz = η·A
+      "random": rng.normal(0.0, 1.0, (6, 10)),
+  }[form]
   etas = (1e-1, 1e-2, 1e-3)
   errors, relative = [], []
   for eta in etas:
     delta = as_f32_exact(eta * direction)
-    predicted = np.asarray(dynamics.predicted_entropy_change(z.astype(np.float32),
-                                                             delta.astype(np.float32)), np.float64)
+    predicted = np.asarray(
+        dynamics.predicted_entropy_change(z.astype(np.float32), delta.astype(np.float32)),
+        np.float64,
+    )
     # The theorem's closed form: ΔH ≈ −Cov_π(log π, Δz) = −η·Cov_π(log π, π·A) (or A).
     np.testing.assert_allclose(predicted, -np_policy_cov(z, delta), rtol=1e-4, atol=1e-9)
     exact = np_entropy(z + delta) - np_entropy(z)
@@ -68,7 +72,8 @@ def test_predicted_entropy_change_sign_follows_the_covariance():
   assert float(dynamics.predicted_entropy_change(z, -0.01 * favour_likely)[0]) > 0
   # A constant shift of the logits is no change of the policy.
   assert float(dynamics.predicted_entropy_change(z, np.full_like(z, 0.3))[0]) == pytest.approx(
-      0.0, abs=1e-7)
+      0.0, abs=1e-7
+  )
   with pytest.raises(ValueError, match="same shape"):
     dynamics.predicted_entropy_change(z, z[:, :3])
 
@@ -107,16 +112,17 @@ def test_token_covariance_matches_numpy():
   assert (cov[mask == 0] == 0).all()
   # The mean of c_t over the valid tokens is the (ddof = 0) batch covariance of ℓ and A.
   valid = mask > 0
-  assert cov[valid].mean() == pytest.approx(np.cov(logp[valid], adv[valid], ddof=0)[0, 1],
-                                            rel=1e-4)
+  assert cov[valid].mean() == pytest.approx(np.cov(logp[valid], adv[valid], ddof=0)[0, 1], rel=1e-4)
 
 
-@pytest.mark.parametrize("shape,fracs", [((6, 40), (0.0002, 0.002)),
-                                         ((16, 96), (0.0002, 0.002, 0.05, 0.3))])
+@pytest.mark.parametrize(
+    "shape,fracs", [((6, 40), (0.0002, 0.002)), ((16, 96), (0.0002, 0.002, 0.05, 0.3))]
+)
 def test_covariance_metrics_match_numpy(shape, fracs):
   logp, adv, mask = make_batch(3, *shape)
-  metrics = {k: float(v) for k, v in dynamics.covariance_metrics(
-      logp, adv, mask, top_fracs=fracs).items()}
+  metrics = {
+      k: float(v) for k, v in dynamics.covariance_metrics(logp, adv, mask, top_fracs=fracs).items()
+  }
   valid = mask > 0
   cov = np_token_cov(logp, adv, mask)[valid]
   n = cov.size
@@ -171,10 +177,13 @@ def test_response_covariance_matches_numpy(per_token_adv):
 # ------------------------------------------- predicted vs measured entropy change of a model
 
 
-@pytest.mark.parametrize("token_chunk,vocab_chunk,temperature", [
-    (1024, None, 1.0), (4, 3, 1.0), (4, 4, 0.7), (1, 10, 1.3)])
-def test_entropy_change_from_hidden_matches_direct_computation(token_chunk, vocab_chunk,
-                                                               temperature):
+@pytest.mark.parametrize(
+    "token_chunk,vocab_chunk,temperature",
+    [(1024, None, 1.0), (4, 3, 1.0), (4, 4, 0.7), (1, 10, 1.3)],
+)
+def test_entropy_change_from_hidden_matches_direct_computation(
+    token_chunk, vocab_chunk, temperature
+):
   rng = np.random.default_rng(6)
   d, v = 4, 10
   h0 = rng.normal(0.0, 1.0, (2, 3, d)).astype(np.float32)
@@ -182,7 +191,8 @@ def test_entropy_change_from_hidden_matches_direct_computation(token_chunk, voca
   h1 = (h0 + rng.normal(0.0, 0.01, h0.shape)).astype(np.float32)
   w1 = (w0 + rng.normal(0.0, 0.01, w0.shape)).astype(np.float32)
   predicted, measured = dynamics.entropy_change_from_hidden(
-      h0, w0, h1, w1, temperature=temperature, token_chunk=token_chunk, vocab_chunk=vocab_chunk)
+      h0, w0, h1, w1, temperature=temperature, token_chunk=token_chunk, vocab_chunk=vocab_chunk
+  )
   assert predicted.shape == measured.shape == (2, 3)
 
   z0 = np.einsum("...d,dv->...v", h0.astype(np.float64), w0) / temperature

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 
 from entropix_rl import benchmark_eval, data, sampling
@@ -19,12 +18,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "benchmarks")
 
 
-@pytest.mark.parametrize("name,prompt,answer", [
-    ("math500.jsonl", "What is $1+1$?", "2"),
-    ("aime_2024.jsonl", "Find $3 \\cdot 7$.", "21"),
-    ("aime_2025.jsonl", "Compute $2^5$.", "32"),
-    ("amc_2023.parquet", "What is $9 \\div 3$?", "3.0"),
-])
+@pytest.mark.parametrize(
+    "name,prompt,answer",
+    [
+        ("math500.jsonl", "What is $1+1$?", "2"),
+        ("aime_2024.jsonl", "Find $3 \\cdot 7$.", "21"),
+        ("aime_2025.jsonl", "Compute $2^5$.", "32"),
+        ("amc_2023.parquet", "What is $9 \\div 3$?", "3.0"),
+    ],
+)
 def test_benchmark_layouts(name, prompt, answer):
   first = data.read_prompt_file(os.path.join(FIXTURES, name))[0]
   assert (first.prompt, first.answer) == (prompt, answer)
@@ -47,8 +49,16 @@ def test_avg_and_pass_at_k_over_batches():
     return float(example.index % 2 == 0)
 
   result = benchmark_eval.evaluate_benchmark(
-      model, params, examples, tokenizer, verify, sampling.SamplerConfig(max_new_tokens=4),
-      n=4, max_prompt_len=8, batch_prompts=2)
+      model,
+      params,
+      examples,
+      tokenizer,
+      verify,
+      sampling.SamplerConfig(max_new_tokens=4),
+      n=4,
+      max_prompt_len=8,
+      batch_prompts=2,
+  )
   assert sorted(calls) == sorted([i for i in range(5) for _ in range(4)])
   assert result["prompts"] == 5 and result["per_prompt_correct"] == [4, 0, 4, 0, 4]
   assert result["avg@n"] == pytest.approx(0.6)
@@ -59,20 +69,35 @@ def test_avg_and_pass_at_k_over_batches():
 def test_evaluate_binary_on_a_hugging_face_checkpoint(tmp_path):
   from tokenizers import Tokenizer, models, pre_tokenizers
   from transformers import PreTrainedTokenizerFast
+
   from tests.hf_utils import make_hf_model, save_hf_model
+
   words = ["<pad>", "<s>", "</s>", "\\boxed{", "}", "2", "21", "What", "is", "Find", "$"]
   core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
   core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   checkpoint = str(tmp_path / "model")
   save_hf_model(make_hf_model("qwen2", vocab_size=len(words)), checkpoint)
-  PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                          pad_token="<pad>").save_pretrained(checkpoint)
+  PreTrainedTokenizerFast(
+      tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+  ).save_pretrained(checkpoint)
   out = str(tmp_path / "eval")
   proc = subprocess.run(
-      [sys.executable, "experiments/evaluate.py", f"--checkpoint={checkpoint}",
-       f"--data={FIXTURES}/math500.jsonl,{FIXTURES}/aime_2024.jsonl", "--n=4",
-       "--max_new_tokens=6", "--max_prompt_len=32", f"--out={out}"],
-      cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+      [
+          sys.executable,
+          "experiments/evaluate.py",
+          f"--checkpoint={checkpoint}",
+          f"--data={FIXTURES}/math500.jsonl,{FIXTURES}/aime_2024.jsonl",
+          "--n=4",
+          "--max_new_tokens=6",
+          "--max_prompt_len=32",
+          f"--out={out}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env={**os.environ, "PYTHONPATH": REPO},
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.load(open(os.path.join(out, "eval.json")))
   assert set(report["results"]) == {"math500.jsonl", "aime_2024.jsonl"}

@@ -29,16 +29,18 @@ def test_family_tables_are_the_param_tree(model_type, tie):
 
   layer_tensors = config.family.layer_tensors(config).values()
   assert converted(layer_tensors) == {k: x.shape[1:] for k, x in params["layers"].items()}
-  assert converted(top_tensors(config).values()) == {k: x.shape for k, x in params.items()
-                                                     if k != "layers"}
+  assert converted(top_tensors(config).values()) == {
+      k: x.shape for k, x in params.items() if k != "layers"
+  }
   assert config.num_params() == sum(x.size for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("model_type,window", [("qwen2", None), ("llama", None), ("qwen3", None),
-                                               ("mistral", 7), ("mistral", None)])
+@pytest.mark.parametrize(
+    "model_type,window",
+    [("qwen2", None), ("llama", None), ("qwen3", None), ("mistral", 7), ("mistral", None)],
+)
 def test_config_json_round_trip(model_type, window):
-  config = tiny_config(model_type=model_type, sliding_window=window, bos_token_id=1,
-                       eos_token_id=2)
+  config = tiny_config(model_type=model_type, sliding_window=window, bos_token_id=1, eos_token_id=2)
   raw = hf.config_to_hf(config)
   assert raw["model_type"] == model_type
   assert raw["architectures"] == [families.get(model_type).hf_architecture]
@@ -63,13 +65,20 @@ def test_a_family_fills_the_flags_left_unset():
   assert tiny_config(model_type="qwen3", qk_norm=True) == qwen3  # explicit = default
 
 
-@pytest.mark.parametrize("model_type,flag,value,message", [
-    ("qwen3", "qk_norm", False,
-     "model.qk_norm=False does not fit model_type='qwen3': its checkpoints have qk_norm=True"),
-    ("qwen2", "qkv_bias", False, "model.qkv_bias=False does not fit model_type='qwen2'"),
-    ("llama", "sliding_window", 8, "model.sliding_window=8 does not fit model_type='llama'"),
-    ("mistral", "sliding_window", 0, r"model.sliding_window=0; allowed: an int >= 1 or None"),
-])
+@pytest.mark.parametrize(
+    "model_type,flag,value,message",
+    [
+        (
+            "qwen3",
+            "qk_norm",
+            False,
+            "model.qk_norm=False does not fit model_type='qwen3': its checkpoints have qk_norm=True",
+        ),
+        ("qwen2", "qkv_bias", False, "model.qkv_bias=False does not fit model_type='qwen2'"),
+        ("llama", "sliding_window", 8, "model.sliding_window=8 does not fit model_type='llama'"),
+        ("mistral", "sliding_window", 0, r"model.sliding_window=0; allowed: an int >= 1 or None"),
+    ],
+)
 def test_a_flag_the_family_cannot_hold_fails_naming_it(model_type, flag, value, message):
   with pytest.raises(ValueError, match=message):
     tiny_config(model_type=model_type, **{flag: value})
@@ -79,5 +88,9 @@ def test_a_family_must_set_every_decoder_flag_once():
   with pytest.raises(ValueError, match=r"family 'x'.*must split the decoder flags"):
     Family(model_type="x", hf_architecture="X", fixed_flags={"qkv_bias": False})
   with pytest.raises(ValueError, match=r"family 'x'.*must split the decoder flags"):
-    Family(model_type="x", hf_architecture="X", default_flags={"qkv_bias": False},
-           fixed_flags={"qkv_bias": False, "qk_norm": False, "sliding_window": None})
+    Family(
+        model_type="x",
+        hf_architecture="X",
+        default_flags={"qkv_bias": False},
+        fixed_flags={"qkv_bias": False, "qk_norm": False, "sliding_window": None},
+    )

@@ -16,15 +16,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTROPY_KEY, REWARD_KEY = "entropy/paper", "eval/sampled_accuracy"
 
 
-def _synthetic(a: float = 0.3, b: float = 0.9, n: int = 200, noise: float = 0.01,
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic(
+    a: float = 0.3, b: float = 0.9, n: int = 200, noise: float = 0.01, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng(seed)
   h = rng.uniform(0.05, 1.5, size=n)
   return h, -a * np.exp(h) + b + noise * rng.standard_normal(n)
 
 
-def _run_curve(n_steps: int = 101, a: float = 0.3, b: float = 0.9, noise: float = 0.005,
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _run_curve(
+    n_steps: int = 101, a: float = 0.3, b: float = 0.9, noise: float = 0.005, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A run whose entropy decays with the step and whose reward follows the law."""
   rng = np.random.default_rng(seed)
   steps = np.arange(n_steps, dtype=np.float64)
@@ -63,7 +65,8 @@ def test_fit_matches_numpy_lstsq_and_its_covariance():
   np.testing.assert_allclose([result.a_stderr, result.b_stderr], np.sqrt(np.diag(cov)), rtol=1e-7)
   assert result.ab_cov == pytest.approx(cov[0, 1], rel=1e-7)
   assert result.ceiling_stderr == pytest.approx(
-      math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), rel=1e-7)
+      math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), rel=1e-7
+  )
 
 
 def test_fit_exact_data_and_to_dict():
@@ -72,8 +75,18 @@ def test_fit_exact_data_and_to_dict():
   assert result.a == pytest.approx(0.25) and result.b == pytest.approx(0.7)
   assert result.rmse == pytest.approx(0.0, abs=1e-12) and result.r2 == pytest.approx(1.0)
   d = result.to_dict()
-  assert set(d) >= {"a", "b", "a_stderr", "b_stderr", "ab_cov", "r2", "rmse", "n", "ceiling",
-                    "ceiling_stderr"}
+  assert set(d) >= {
+      "a",
+      "b",
+      "a_stderr",
+      "b_stderr",
+      "ab_cov",
+      "r2",
+      "rmse",
+      "n",
+      "ceiling",
+      "ceiling_stderr",
+  }
   assert d["ceiling"] == pytest.approx(0.45) and d["n"] == 4
   json.dumps(d, allow_nan=False)
   # Constant rewards: R² is undefined and serialized as None.
@@ -82,15 +95,18 @@ def test_fit_exact_data_and_to_dict():
   assert flat.a == pytest.approx(0.0, abs=1e-12) and flat.b == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("entropy, reward, match", [
-    ([0.1, 0.2], [0.5, 0.4], "at least 3"),
-    ([], [], "at least 3"),
-    ([0.1, 0.2, 0.3], [0.5, 0.4], "same length"),
-    ([0.1, np.nan, 0.3], [0.5, 0.4, 0.3], "non-finite"),
-    ([0.1, 0.2, 0.3], [0.5, np.inf, 0.3], "non-finite"),
-    ([[0.1, 0.2, 0.3]], [[0.5, 0.4, 0.3]], "one-dimensional"),
-    ([0.7, 0.7, 0.7, 0.7], [0.1, 0.2, 0.3, 0.4], "no spread"),
-])
+@pytest.mark.parametrize(
+    "entropy, reward, match",
+    [
+        ([0.1, 0.2], [0.5, 0.4], "at least 3"),
+        ([], [], "at least 3"),
+        ([0.1, 0.2, 0.3], [0.5, 0.4], "same length"),
+        ([0.1, np.nan, 0.3], [0.5, 0.4, 0.3], "non-finite"),
+        ([0.1, 0.2, 0.3], [0.5, np.inf, 0.3], "non-finite"),
+        ([[0.1, 0.2, 0.3]], [[0.5, 0.4, 0.3]], "one-dimensional"),
+        ([0.7, 0.7, 0.7, 0.7], [0.1, 0.2, 0.3, 0.4], "no spread"),
+    ],
+)
 def test_fit_rejects_bad_inputs(entropy, reward, match):
   with pytest.raises(ValueError, match=match):
     law.fit(entropy, reward)
@@ -129,12 +145,15 @@ def test_early_stage_prediction_flags_a_run_that_breaks_the_law():
   assert out["final_error"] > 0.15
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"fit_fraction": 0.0}, "fit_fraction"),
-    ({"fit_fraction": 1.0}, "fit_fraction"),
-    ({"fit_steps": 1}, "leaves 2 point"),
-    ({"fit_steps": 100}, "holds out no points"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fit_fraction": 0.0}, "fit_fraction"),
+        ({"fit_fraction": 1.0}, "fit_fraction"),
+        ({"fit_steps": 1}, "leaves 2 point"),
+        ({"fit_steps": 100}, "holds out no points"),
+    ],
+)
 def test_early_stage_prediction_rejects_bad_cutoffs(kwargs, match):
   steps, h, r = _run_curve()
   with pytest.raises(ValueError, match=match):
@@ -195,8 +214,9 @@ def test_size_fit_recovers_log_linear_coefficients():
   assert pb[0] == pytest.approx(-0.03 * math.log(1e9) + 1.5)
   # Noisy values: still close.
   rng = np.random.default_rng(0)
-  noisy = law.size_fit(n_params, a + 0.002 * rng.standard_normal(5),
-                       b + 0.002 * rng.standard_normal(5))
+  noisy = law.size_fit(
+      n_params, a + 0.002 * rng.standard_normal(5), b + 0.002 * rng.standard_normal(5)
+  )
   assert abs(noisy.a_slope - 0.02) < 0.003 and abs(noisy.b_slope + 0.03) < 0.003
   # Constant a: R² undefined -> None in the dict.
   flat = law.size_fit([1e6, 1e7], [0.2, 0.2], [0.8, 0.9])
@@ -206,12 +226,15 @@ def test_size_fit_recovers_log_linear_coefficients():
     result.predict([0.0])
 
 
-@pytest.mark.parametrize("n_params, a, b, match", [
-    ([1e6, 1e7], [0.1], [0.2, 0.3], "same length"),
-    ([1e6, 0.0], [0.1, 0.2], [0.2, 0.3], "positive"),
-    ([1e6, 1e6], [0.1, 0.2], [0.2, 0.3], "2 distinct"),
-    ([1e6, 1e7], [0.1, np.nan], [0.2, 0.3], "non-finite"),
-])
+@pytest.mark.parametrize(
+    "n_params, a, b, match",
+    [
+        ([1e6, 1e7], [0.1], [0.2, 0.3], "same length"),
+        ([1e6, 0.0], [0.1, 0.2], [0.2, 0.3], "positive"),
+        ([1e6, 1e6], [0.1, 0.2], [0.2, 0.3], "2 distinct"),
+        ([1e6, 1e7], [0.1, np.nan], [0.2, 0.3], "non-finite"),
+    ],
+)
 def test_size_fit_rejects_bad_inputs(n_params, a, b, match):
   with pytest.raises(ValueError, match=match):
     law.size_fit(n_params, a, b)
@@ -231,14 +254,23 @@ def test_plots_write_pngs(tmp_path):
 # run_logs
 
 
-def _write_run(workdir, *, n_steps: int = 12, eval_every: int = 3, info: dict | None = None,
-               tensorboard: bool = True) -> dict[int, dict[str, float]]:
+def _write_run(
+    workdir,
+    *,
+    n_steps: int = 12,
+    eval_every: int = 3,
+    info: dict | None = None,
+    tensorboard: bool = True,
+) -> dict[int, dict[str, float]]:
   """Logs a run with MetricWriter; returns what was written, {step: {name: value}}."""
   writer = MetricWriter(str(workdir), tensorboard=tensorboard)
   written = {}
   for step in range(1, n_steps + 1):
-    metrics = {ENTROPY_KEY: 1.5 * math.exp(-step / 5), "reward/mean": 0.05 * step,
-               "text": "not a scalar"}
+    metrics = {
+        ENTROPY_KEY: 1.5 * math.exp(-step / 5),
+        "reward/mean": 0.05 * step,
+        "text": "not a scalar",
+    }
     if step % eval_every == 0:
       metrics[REWARD_KEY] = 0.9 - 0.3 * math.exp(metrics[ENTROPY_KEY])
     if step == 2:
@@ -265,8 +297,10 @@ def _assert_matches_written(run: run_logs.Run, written, rtol: float) -> None:
 
 
 def test_load_run_reads_jsonl(tmp_path):
-  written = _write_run(tmp_path / "run", info={"method": "clip_cov", "config": {"lr": 1e-6},
-                                               "non_embedding_params": 123456})
+  written = _write_run(
+      tmp_path / "run",
+      info={"method": "clip_cov", "config": {"lr": 1e-6}, "non_embedding_params": 123456},
+  )
   run = run_logs.load_run(str(tmp_path / "run"))
   assert run.source.endswith(run_logs.METRICS_FILE)
   _assert_matches_written(run, written, rtol=1e-12)
@@ -322,23 +356,28 @@ def test_read_event_file_truncated_and_corrupt(tmp_path):
 
 def test_read_jsonl_merges_steps_and_skips_a_torn_last_line(tmp_path):
   path = tmp_path / "metrics.jsonl"
-  path.write_text('{"step": 1, "x": 1.0, "y": 2}\n\n{"step": 1, "x": 3.0, "z": null}\n'
-                  '{"step": 2, "x": 4.5}\n{"step": 3, "x"')
+  path.write_text(
+      '{"step": 1, "x": 1.0, "y": 2}\n\n{"step": 1, "x": 3.0, "z": null}\n'
+      '{"step": 2, "x": 4.5}\n{"step": 3, "x"'
+  )
   records = run_logs.read_jsonl(str(path))
   assert sorted(records) == [1, 2]
   assert records[1]["x"] == 3.0 and records[1]["y"] == 2.0 and math.isnan(records[1]["z"])
   assert records[2] == {"x": 4.5}
 
 
-@pytest.mark.parametrize("text, match", [
-    ('{"step": 1, "x"\n{"step": 2, "x": 1.0}\n', r"metrics.jsonl:1: not valid JSON"),
-    ('{"step": 1, "x": 1.0}\n{"x": 1.0}\n{"step": 3}\n', r"metrics.jsonl:2: .*integer 'step'"),
-    ('{"step": "1", "x": 1.0}\n', r"metrics.jsonl:1: .*integer 'step'"),
-    ('{"step": true, "x": 1.0}\n', r"metrics.jsonl:1: .*integer 'step'"),
-    ('[1, 2]\n', r"metrics.jsonl:1: .*integer 'step'"),
-    ('{"step": 1, "x": "high"}\n', r"metrics.jsonl:1: 'x': expected a number"),
-    ('{"step": 1, "x": false}\n', r"metrics.jsonl:1: 'x': expected a number"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('{"step": 1, "x"\n{"step": 2, "x": 1.0}\n', r"metrics.jsonl:1: not valid JSON"),
+        ('{"step": 1, "x": 1.0}\n{"x": 1.0}\n{"step": 3}\n', r"metrics.jsonl:2: .*integer 'step'"),
+        ('{"step": "1", "x": 1.0}\n', r"metrics.jsonl:1: .*integer 'step'"),
+        ('{"step": true, "x": 1.0}\n', r"metrics.jsonl:1: .*integer 'step'"),
+        ("[1, 2]\n", r"metrics.jsonl:1: .*integer 'step'"),
+        ('{"step": 1, "x": "high"}\n', r"metrics.jsonl:1: 'x': expected a number"),
+        ('{"step": 1, "x": false}\n', r"metrics.jsonl:1: 'x': expected a number"),
+    ],
+)
 def test_read_jsonl_bad_lines_raise_with_location(tmp_path, text, match):
   (tmp_path / "metrics.jsonl").write_text(text)
   with pytest.raises(ValueError, match=match):
@@ -362,11 +401,14 @@ def test_find_runs_with_globs_lists_and_sweep_roots(tmp_path):
   _write_run(other, n_steps=2, tensorboard=True)
   os.remove(other / run_logs.METRICS_FILE)  # only event files: still a run
 
-  assert run_logs.find_runs(str(sweep / "*seed=0*")) == [str(sweep / "clip_cov_seed=0"),
-                                                         str(sweep / "grpo_seed=0")]
+  assert run_logs.find_runs(str(sweep / "*seed=0*")) == [
+      str(sweep / "clip_cov_seed=0"),
+      str(sweep / "grpo_seed=0"),
+  ]
   # A sweep root stands for its subdirectories that are runs with run_info.json.
-  assert run_logs.find_runs(str(sweep)) == [str(sweep / n) for n in
-                                            ("clip_cov_seed=0", "grpo_seed=0", "grpo_seed=1")]
+  assert run_logs.find_runs(str(sweep)) == [
+      str(sweep / n) for n in ("clip_cov_seed=0", "grpo_seed=0", "grpo_seed=1")
+  ]
   # Comma-separated string or list; duplicates kept once, in order given.
   got = run_logs.find_runs(f"{other}, {sweep / 'grpo_*'},{sweep / 'grpo_seed=0'}/")
   assert got == [str(other), str(sweep / "grpo_seed=0"), str(sweep / "grpo_seed=1")]
@@ -388,8 +430,16 @@ def test_labels_are_short_and_unique():
 # experiments/fit_law.py
 
 
-def _write_synthetic_run(workdir, *, a: float, b: float, n_params: int, method: str,
-                         seed: int, reward_key: str = REWARD_KEY) -> None:
+def _write_synthetic_run(
+    workdir,
+    *,
+    a: float,
+    b: float,
+    n_params: int,
+    method: str,
+    seed: int,
+    reward_key: str = REWARD_KEY,
+) -> None:
   """metrics.jsonl with entropy every step and the reward every 2nd step, plus run_info.json."""
   os.makedirs(workdir)
   steps, h, r = _run_curve(n_steps=81, a=a, b=b, noise=0.004, seed=seed)
@@ -404,16 +454,29 @@ def _write_synthetic_run(workdir, *, a: float, b: float, n_params: int, method: 
 
 
 def _fit_law(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(REPO, "experiments", "fit_law.py"), *args],
-                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+  env = dict(
+      os.environ,
+      PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+      MPLBACKEND="Agg",
+      JAX_PLATFORMS="cpu",
+  )
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"), *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=REPO,
+      timeout=120,
+  )
 
 
 def test_fit_law_end_to_end(tmp_path):
   sweep = tmp_path / "sweep"
-  truth = {"grpo": (0.3, 0.9, 1_000_000), "clip_cov": (0.3, 0.9, 1_000_000),
-           "big": (0.25, 0.95, 4_000_000)}
+  truth = {
+      "grpo": (0.3, 0.9, 1_000_000),
+      "clip_cov": (0.3, 0.9, 1_000_000),
+      "big": (0.25, 0.95, 4_000_000),
+  }
   for seed, (name, (a, b, n_params)) in enumerate(truth.items()):
     _write_synthetic_run(str(sweep / name), a=a, b=b, n_params=n_params, method=name, seed=seed)
   out = tmp_path / "out"
@@ -446,7 +509,8 @@ def test_fit_law_end_to_end(tmp_path):
   assert [s["non_embedding_params"] for s in summary["sizes"]] == [1_000_000, 4_000_000]
   assert summary["size_fit"]["n"] == 2
   assert summary["size_fit"]["a_slope"] == pytest.approx(
-      (summary["sizes"][1]["a"] - summary["sizes"][0]["a"]) / math.log(4), rel=1e-6)
+      (summary["sizes"][1]["a"] - summary["sizes"][0]["a"]) / math.log(4), rel=1e-6
+  )
   for name in truth:
     assert name in proc.stdout  # the table
 
@@ -454,8 +518,15 @@ def test_fit_law_end_to_end(tmp_path):
 def test_fit_law_reward_fallback_and_errors(tmp_path):
   runs = tmp_path / "runs"
   for seed, name in enumerate(("r0", "r1")):
-    _write_synthetic_run(str(runs / name), a=0.3, b=0.9, n_params=10**6, method="grpo",
-                         seed=seed, reward_key="eval/greedy_accuracy")
+    _write_synthetic_run(
+        str(runs / name),
+        a=0.3,
+        b=0.9,
+        n_params=10**6,
+        method="grpo",
+        seed=seed,
+        reward_key="eval/greedy_accuracy",
+    )
   out = tmp_path / "out"
   proc = _fit_law(f"--workdirs={runs / 'r0'},{runs / 'r1'}", f"--out={out}", "--fit_steps=20")
   assert proc.returncode == 0, proc.stderr[-3000:]

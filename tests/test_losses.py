@@ -11,8 +11,18 @@ import pytest
 from entropix_rl import losses
 from entropix_rl.config_overrides import apply_overrides
 
-AUX_KEYS = {"per_token_loss", "selected", "clip_frac", "approx_kl", "kl_ref", "n_selected",
-            "n_tokens", "entropy_bonus", "pg_loss", "positive_nll"}
+AUX_KEYS = {
+    "per_token_loss",
+    "selected",
+    "clip_frac",
+    "approx_kl",
+    "kl_ref",
+    "n_selected",
+    "n_tokens",
+    "entropy_bonus",
+    "pg_loss",
+    "positive_nll",
+}
 
 
 def make_batch(seed=0, rows=4, time=8, spread=0.6):
@@ -26,19 +36,29 @@ def make_batch(seed=0, rows=4, time=8, spread=0.6):
   entropy = rng.uniform(0.0, 3.0, (rows, time))
   ref = logp + rng.normal(0.0, 0.8, (rows, time))
   f32 = lambda x: np.asarray(x, np.float32)
-  return dict(logp=f32(logp), old_logp=f32(old), advantages=f32(adv * mask), mask=mask,
-              entropy=f32(entropy), ref_logp=f32(ref))
+  return dict(
+      logp=f32(logp),
+      old_logp=f32(old),
+      advantages=f32(adv * mask),
+      mask=mask,
+      entropy=f32(entropy),
+      ref_logp=f32(ref),
+  )
 
 
 def cfg(**overrides):
   """A LossConfig from dotted overrides on the default ConfigDict."""
-  return losses.resolve_loss_config(
-      apply_overrides(losses.default_loss_config(), overrides))
+  return losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), overrides))
 
 
 def run(config, batch, **kwargs):
-  args = dict(logp=batch["logp"], old_logp=batch["old_logp"], advantages=batch["advantages"],
-              mask=batch["mask"], rng=jax.random.PRNGKey(0))
+  args = dict(
+      logp=batch["logp"],
+      old_logp=batch["old_logp"],
+      advantages=batch["advantages"],
+      mask=batch["mask"],
+      rng=jax.random.PRNGKey(0),
+  )
   args.update(kwargs)
   loss, aux = losses.policy_loss(config, **args)
   return float(loss), jax.tree.map(np.asarray, aux)
@@ -71,9 +91,11 @@ def np_k3(logp, ref):
   return np.clip(np.exp(kl) - kl - 1, -10, 10)
 
 
-CLIP_SETTINGS = [dict(clip_eps_low=0.2, clip_eps_high=0.2),
-                 dict(clip_eps_low=0.2, clip_eps_high=0.28),
-                 dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=1.5)]
+CLIP_SETTINGS = [
+    dict(clip_eps_low=0.2, clip_eps_high=0.2),
+    dict(clip_eps_low=0.2, clip_eps_high=0.28),
+    dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=1.5),
+]
 
 
 @pytest.mark.parametrize("clip", CLIP_SETTINGS)
@@ -83,16 +105,22 @@ def test_ppo_matches_reference(clip, agg):
   config = cfg(agg=agg, **clip)
   loss, aux = run(config, batch)
   m = batch["mask"]
-  ref_loss, clipped, _ = np_ppo(batch["logp"], batch["old_logp"], batch["advantages"],
-                                clip["clip_eps_low"], clip["clip_eps_high"],
-                                clip.get("dual_clip_c"))
+  ref_loss, clipped, _ = np_ppo(
+      batch["logp"],
+      batch["old_logp"],
+      batch["advantages"],
+      clip["clip_eps_low"],
+      clip["clip_eps_high"],
+      clip.get("dual_clip_c"),
+  )
   assert 0 < clipped[m > 0].mean() < 1  # the data exercises both branches
   assert loss == pytest.approx(np_agg(ref_loss, m, agg), rel=1e-5, abs=1e-6)
   assert aux["pg_loss"] == pytest.approx(loss, rel=1e-6)
   np.testing.assert_allclose(aux["per_token_loss"], ref_loss * m, rtol=1e-5, atol=1e-6)
   assert aux["clip_frac"] == pytest.approx(clipped[m > 0].mean(), rel=1e-6)
-  assert aux["approx_kl"] == pytest.approx(np_k3(batch["logp"], batch["old_logp"])[m > 0].mean(),
-                                           rel=1e-5)
+  assert aux["approx_kl"] == pytest.approx(
+      np_k3(batch["logp"], batch["old_logp"])[m > 0].mean(), rel=1e-5
+  )
   assert aux["n_tokens"] == m.sum() and aux["n_selected"] == 0 and not aux["selected"].any()
 
 
@@ -100,11 +128,24 @@ def test_ppo_matches_reference(clip, agg):
 def test_ppo_gradient_matches_reference(clip):
   batch = make_batch(2)
   config = cfg(**clip)
-  grad_fn = jax.grad(lambda lp: losses.policy_loss(
-      config, logp=lp, old_logp=batch["old_logp"], advantages=batch["advantages"],
-      mask=batch["mask"], rng=None)[0])
-  _, _, ref_grad = np_ppo(batch["logp"], batch["old_logp"], batch["advantages"],
-                          clip["clip_eps_low"], clip["clip_eps_high"], clip.get("dual_clip_c"))
+  grad_fn = jax.grad(
+      lambda lp: losses.policy_loss(
+          config,
+          logp=lp,
+          old_logp=batch["old_logp"],
+          advantages=batch["advantages"],
+          mask=batch["mask"],
+          rng=None,
+      )[0]
+  )
+  _, _, ref_grad = np_ppo(
+      batch["logp"],
+      batch["old_logp"],
+      batch["advantages"],
+      clip["clip_eps_low"],
+      clip["clip_eps_high"],
+      clip.get("dual_clip_c"),
+  )
   m = batch["mask"]
   np.testing.assert_allclose(grad_fn(batch["logp"]), ref_grad * m / m.sum(), rtol=1e-5, atol=1e-7)
 
@@ -114,8 +155,9 @@ def test_log_ratio_is_clamped_before_exp():
   logp = np.array([[0.0, 0.0]], np.float32)
   old = np.array([[-30.0, 0.0]], np.float32)  # log-ratio 30 on token 0
   adv = np.full(shape, -1.0, np.float32)
-  _, aux = run(cfg(), dict(logp=logp, old_logp=old, advantages=adv,
-                              mask=np.ones(shape, np.float32)))
+  _, aux = run(
+      cfg(), dict(logp=logp, old_logp=old, advantages=adv, mask=np.ones(shape, np.float32))
+  )
   np.testing.assert_allclose(aux["per_token_loss"][0], [math.exp(20.0), 1.0], rtol=1e-5)
 
 
@@ -135,8 +177,9 @@ def test_kl_estimators_match_reference(estimator):
   ref = np.array([-1.5, -1.0, -0.5, -0.1, -200.0], np.float32)
   delta = logp.astype(np.float64) - ref
   expected = {"k1": delta, "k2": 0.5 * delta**2, "k3": np_k3(logp, ref), "abs": np.abs(delta)}
-  np.testing.assert_allclose(losses.kl_estimate(logp, ref, estimator), expected[estimator],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      losses.kl_estimate(logp, ref, estimator), expected[estimator], rtol=1e-5, atol=1e-6
+  )
   if estimator == "k3":  # the +10 clamp is active; the ±20 log-ratio clamp keeps exp finite
     np.testing.assert_array_equal(expected["k3"][3:], 10.0)
 
@@ -149,9 +192,12 @@ def test_kl_ref_regulariser(estimator):
   expected_kl = np_agg(np.asarray(kl, np.float64), m, "token-mean")
   base, _ = run(cfg(), batch)
   logged_only, aux = run(cfg(**{"kl_ref.estimator": estimator}), batch, ref_logp=batch["ref_logp"])
-  assert logged_only == pytest.approx(base) and aux["kl_ref"] == pytest.approx(expected_kl, rel=1e-5)
-  loss, aux = run(cfg(**{"kl_ref.coef": 0.3, "kl_ref.estimator": estimator}), batch,
-                  ref_logp=batch["ref_logp"])
+  assert logged_only == pytest.approx(base) and aux["kl_ref"] == pytest.approx(
+      expected_kl, rel=1e-5
+  )
+  loss, aux = run(
+      cfg(**{"kl_ref.coef": 0.3, "kl_ref.estimator": estimator}), batch, ref_logp=batch["ref_logp"]
+  )
   assert loss == pytest.approx(base + 0.3 * expected_kl, rel=1e-5)
   assert run(cfg(), batch)[1]["kl_ref"] == 0.0
   with pytest.raises(ValueError, match="loss.kl_ref.coef=0.3 needs ref_logp"):
@@ -167,19 +213,37 @@ def test_fixed_entropy_bonus_value_gradient_and_override(agg):
   loss, aux = run(config, batch, entropy=h)
   assert aux["entropy_bonus"] == pytest.approx(0.01 * np_agg(h, m, agg), rel=1e-5)
   assert loss == pytest.approx(base - aux["entropy_bonus"], rel=1e-5, abs=1e-7)
-  loss, aux = run(config, batch, entropy=h,
-                  states={"entropy_bonus": {"coef": jnp.float32(0.05), "enabled": True}})
+  loss, aux = run(
+      config,
+      batch,
+      entropy=h,
+      states={"entropy_bonus": {"coef": jnp.float32(0.05), "enabled": True}},
+  )
   assert loss == pytest.approx(base - 0.05 * np_agg(h, m, agg), rel=1e-5, abs=1e-7)
   if agg == "token-mean":
-    grad = jax.grad(lambda e: losses.policy_loss(
-        config, logp=batch["logp"], old_logp=batch["old_logp"], advantages=batch["advantages"],
-        mask=m, rng=None, entropy=e)[0])(h)
+    grad = jax.grad(
+        lambda e: losses.policy_loss(
+            config,
+            logp=batch["logp"],
+            old_logp=batch["old_logp"],
+            advantages=batch["advantages"],
+            mask=m,
+            rng=None,
+            entropy=e,
+        )[0]
+    )(h)
     np.testing.assert_allclose(grad, -0.01 * m / m.sum(), rtol=1e-5, atol=1e-9)
 
 
 def test_adaptive_entropy_controller_follows_skywork_rule():
-  config = cfg(**{"entropy_bonus.adaptive": True, "entropy_bonus.coef": 0.0002,
-                  "entropy_bonus.delta": 0.001, "entropy_bonus.max_coef": 0.0025})
+  config = cfg(
+      **{
+          "entropy_bonus.adaptive": True,
+          "entropy_bonus.coef": 0.0002,
+          "entropy_bonus.delta": 0.001,
+          "entropy_bonus.max_coef": 0.0025,
+      }
+  )
   state = losses.init_entropy_controller(config)
   assert float(losses.entropy_coefficient(config, state)) == pytest.approx(0.0002)
   coef, expected = 0.0002, []
@@ -189,8 +253,9 @@ def test_adaptive_entropy_controller_follows_skywork_rule():
     coef = min(max(coef + (0.001 if h < 0.2 else -0.001), 0.0), 0.0025)
     expected.append((coef, coef if h < 0.2 else 0.0))
     assert float(state["coef"]) == pytest.approx(coef, abs=1e-8)
-    assert float(losses.entropy_coefficient(config, state)) == pytest.approx(expected[-1][1],
-                                                                             abs=1e-8)
+    assert float(losses.entropy_coefficient(config, state)) == pytest.approx(
+        expected[-1][1], abs=1e-8
+    )
   assert [c for c, _ in expected][:4] == pytest.approx([0.0012, 0.0022, 0.0025, 0.0025])
   # Under jit, with the state as a traced pytree.
   step = jax.jit(lambda s, h: losses.update_entropy_controller(config, s, h))
@@ -213,9 +278,17 @@ def test_entropy_advantage_shaping_matches_reference():
   loss, _ = run(config, batch, entropy=h)
   ref_loss, _, _ = np_ppo(batch["logp"], batch["old_logp"], shaped, 0.2, 0.2)
   assert loss == pytest.approx(np_agg(ref_loss, m, "token-mean"), rel=1e-5)
-  grad_h = jax.grad(lambda e: losses.policy_loss(
-      config, logp=batch["logp"], old_logp=batch["old_logp"], advantages=a, mask=m, rng=None,
-      entropy=e)[0])(h)
+  grad_h = jax.grad(
+      lambda e: losses.policy_loss(
+          config,
+          logp=batch["logp"],
+          old_logp=batch["old_logp"],
+          advantages=a,
+          mask=m,
+          rng=None,
+          entropy=e,
+      )[0]
+  )(h)
   np.testing.assert_array_equal(grad_h, 0.0)  # entropy is detached in the shaping
 
 

@@ -5,8 +5,14 @@ import pytest
 from entropix_rl import memory
 from entropix_rl.models.config import tiny_config
 
-_KW = dict(train_rows_per_device=2, prompt_len=256, response_len=768, rollouts=128,
-           decode_rows=64, group_size=8)
+_KW = dict(
+    train_rows_per_device=2,
+    prompt_len=256,
+    response_len=768,
+    rollouts=128,
+    decode_rows=64,
+    group_size=8,
+)
 
 
 def _estimate(cfg, **mesh):
@@ -20,8 +26,9 @@ def test_param_bytes_divide_by_fsdp_times_tensor():
   assert est.grads == est.params + cfg.num_params() * 4 // 8  # + float32 accumulator
   assert est.optimizer == cfg.num_params() * 2 * 2 // 8  # two moments in the param dtype
   assert est.reference == 0
-  unsplit = memory.estimate_memory(cfg, mesh_shape={"data": 2, "fsdp": 4, "tensor": 2},
-                                   **dict(_KW, micro_batching=False))
+  unsplit = memory.estimate_memory(
+      cfg, mesh_shape={"data": 2, "fsdp": 4, "tensor": 2}, **dict(_KW, micro_batching=False)
+  )
   assert unsplit.grads == est.params
 
 
@@ -49,8 +56,10 @@ def test_total_is_peak_of_phases():
   resident = est.params + est.optimizer + est.reference
   assert est.total == max(
       resident + est.grads + est.rollout_batch + max(est.activations, est.no_grad_pass),
-      resident + est.kv_cache + est.prefill, resident + est.kv_cache + est.decode)
-  assert est.fits(10 ** 12) and not est.fits(1)
+      resident + est.kv_cache + est.prefill,
+      resident + est.kv_cache + est.decode,
+  )
+  assert est.fits(10**12) and not est.fits(1)
 
 
 def test_activations_grow_linearly_with_the_micro_batch():
@@ -59,8 +68,9 @@ def test_activations_grow_linearly_with_the_micro_batch():
   mesh = dict(data=1, fsdp=4, tensor=4)
   one = memory.estimate_memory(cfg, mesh_shape=mesh, **dict(_KW, train_rows_per_device=1))
   two = memory.estimate_memory(cfg, mesh_shape=mesh, **dict(_KW, train_rows_per_device=2))
-  longer = memory.estimate_memory(cfg, mesh_shape=mesh, **dict(_KW, train_rows_per_device=1,
-                                                                 response_len=2 * 768 + 256))
+  longer = memory.estimate_memory(
+      cfg, mesh_shape=mesh, **dict(_KW, train_rows_per_device=1, response_len=2 * 768 + 256)
+  )
   assert two.activations < 2 * one.activations
   assert longer.activations < 2 * one.activations
 
@@ -80,12 +90,15 @@ def test_qwen25_sizes_and_unknown():
     memory.qwen25_config("4B")
 
 
-@pytest.mark.parametrize("mesh,field", [
-    ({"data": 0, "fsdp": 1, "tensor": 1}, "data"),
-    ({"data": 1, "fsdp": -1, "tensor": 1}, "fsdp"),
-    ({"data": 1, "fsdp": 1, "tensor": 0}, "tensor"),
-    ({"data": 1, "fsdp": 1, "expert": 2}, "expert"),
-])
+@pytest.mark.parametrize(
+    "mesh,field",
+    [
+        ({"data": 0, "fsdp": 1, "tensor": 1}, "data"),
+        ({"data": 1, "fsdp": -1, "tensor": 1}, "fsdp"),
+        ({"data": 1, "fsdp": 1, "tensor": 0}, "tensor"),
+        ({"data": 1, "fsdp": 1, "expert": 2}, "expert"),
+    ],
+)
 def test_bad_mesh_raises(mesh, field):
   with pytest.raises(ValueError, match=field):
     memory.estimate_memory(tiny_config(), mesh_shape=mesh, **_KW)
@@ -97,9 +110,9 @@ def test_bad_sizes_raise():
 
 
 def test_device_hbm_bytes():
-  assert memory.device_hbm_bytes("v5p") == 95 * 2 ** 30
-  assert memory.device_hbm_bytes("v6e") == 32 * 2 ** 30
-  assert memory.device_hbm_bytes("h100") == 80 * 2 ** 30
+  assert memory.device_hbm_bytes("v5p") == 95 * 2**30
+  assert memory.device_hbm_bytes("v6e") == 32 * 2**30
+  assert memory.device_hbm_bytes("h100") == 80 * 2**30
   with pytest.raises(ValueError, match="kind"):
     memory.device_hbm_bytes("v4")
 

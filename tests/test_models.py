@@ -4,12 +4,12 @@ and HF conversion."""
 import json
 import os
 
+from hf_utils import make_hf_model, save_hf_model
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hf_utils import make_hf_model, save_hf_model
 from transformers import AutoModelForCausalLM
 
 from entropix_rl.models import forward, forward_hidden, hf, init_cache, init_params, tiny_config
@@ -36,8 +36,9 @@ def _random_params(config, seed):
   params = init_params(config, jax.random.PRNGKey(seed), init_std=0.1)
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(key, x.shape, x.dtype)
-                                   for x, key in zip(leaves, keys)])
+  return jax.tree.unflatten(
+      tree, [x + 0.1 * jax.random.normal(key, x.shape, x.dtype) for x, key in zip(leaves, keys)]
+  )
 
 
 def _torch_logits(model, tokens, attention_mask=None, position_ids=None):
@@ -69,8 +70,13 @@ PARITY_CASES = [
 
 @pytest.mark.parametrize("model_type,tie,heads,kv_heads,shard", PARITY_CASES)
 def test_logits_match_transformers(tmp_path, model_type, tie, heads, kv_heads, shard):
-  model = make_hf_model(model_type, tie=tie, num_heads=heads, num_kv_heads=kv_heads,
-                        hidden_size=32 if heads == 4 else 64)
+  model = make_hf_model(
+      model_type,
+      tie=tie,
+      num_heads=heads,
+      num_kv_heads=kv_heads,
+      hidden_size=32 if heads == 4 else 64,
+  )
   path = save_hf_model(model, str(tmp_path / "ckpt"), max_shard_size=shard)
   if shard:
     assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))
@@ -101,8 +107,12 @@ def test_mistral_sliding_window_matches_transformers(tmp_path, window, impl):
   """20-token rows (longer than the window of 8), left-padded; blockwise tiles of 4 skip the
   key tiles outside the window."""
   model = make_hf_model("mistral", sliding_window=window, head_dim=16)
-  config, params = hf.load(save_hf_model(model, str(tmp_path / "ckpt")), attention_impl=impl,
-                           attention_block_q=4, attention_block_k=4)
+  config, params = hf.load(
+      save_hf_model(model, str(tmp_path / "ckpt")),
+      attention_impl=impl,
+      attention_block_q=4,
+      attention_block_k=4,
+  )
   assert config.sliding_window == window and config.head_dim == 16
   tokens, mask, positions = _left_padded(_tokens(length=20), [5, 0, 1])
   ref = _torch_logits(model, tokens, attention_mask=mask, position_ids=positions)
@@ -110,14 +120,24 @@ def test_mistral_sliding_window_matches_transformers(tmp_path, window, impl):
   valid = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(ours)[valid], ref[valid], atol=F32_TOL, rtol=0)
   if window is not None:  # the window changes the logits of the tokens past it
-    full, _ = forward(config.replace(sliding_window=None), params, jnp.asarray(tokens),
-                      mask=jnp.asarray(mask, bool))
+    full, _ = forward(
+        config.replace(sliding_window=None),
+        params,
+        jnp.asarray(tokens),
+        mask=jnp.asarray(mask, bool),
+    )
     assert np.abs(np.asarray(full) - ref)[valid].max() > 100 * F32_TOL
 
 
 def test_llama3_rope_scaling_matches_transformers(tmp_path):
-  rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-          "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+  rope = {
+      "rope_type": "llama3",
+      "rope_theta": 500000.0,
+      "factor": 8.0,
+      "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 16,
+  }
   model = make_hf_model("llama", rope_parameters=rope, hidden_size=64, num_heads=4)
   config, params = hf.load(save_hf_model(model, str(tmp_path / "ckpt")))
   assert config.rope_scaling.rope_type == "llama3" and config.rope_theta == 500000.0
@@ -141,9 +161,11 @@ def test_left_padded_batch_matches_transformers(tmp_path):
   np.testing.assert_allclose(np.asarray(ours)[valid], ref[valid], atol=F32_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_type,family_args", [
-    ("qwen2", {}), ("llama", {}), ("qwen3", {"head_dim": 16}), ("mistral", {"sliding_window": 4})],
-    ids=["qwen2", "llama", "qwen3", "mistral-window4"])
+@pytest.mark.parametrize(
+    "model_type,family_args",
+    [("qwen2", {}), ("llama", {}), ("qwen3", {"head_dim": 16}), ("mistral", {"sliding_window": 4})],
+    ids=["qwen2", "llama", "qwen3", "mistral-window4"],
+)
 def test_bfloat16_within_stated_tolerance(tmp_path, model_type, family_args):
   model = make_hf_model(model_type, **family_args)
   path = save_hf_model(model, str(tmp_path / "ckpt"))
@@ -159,18 +181,32 @@ def test_bfloat16_within_stated_tolerance(tmp_path, model_type, family_args):
   np.testing.assert_allclose(np.asarray(ours), torch_bf16, atol=BF16_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_type,tie,shard,window", [
-    ("qwen2", False, None, None), ("llama", True, 5000, None), ("qwen3", False, None, None),
-    ("mistral", True, None, 4), ("mistral", False, None, None)])
+@pytest.mark.parametrize(
+    "model_type,tie,shard,window",
+    [
+        ("qwen2", False, None, None),
+        ("llama", True, 5000, None),
+        ("qwen3", False, None, None),
+        ("mistral", True, None, 4),
+        ("mistral", False, None, None),
+    ],
+)
 def test_save_round_trip_through_transformers(tmp_path, model_type, tie, shard, window):
-  config = tiny_config(model_type=model_type, tie_embeddings=tie, sliding_window=window,
-                       head_dim=16 if model_type == "qwen3" else 8, bos_token_id=1,
-                       eos_token_id=2)
+  config = tiny_config(
+      model_type=model_type,
+      tie_embeddings=tie,
+      sliding_window=window,
+      head_dim=16 if model_type == "qwen3" else 8,
+      bos_token_id=1,
+      eos_token_id=2,
+  )
   params = _random_params(config, 3)
   path = str(tmp_path / "saved")
   hf.save(path, config, params, **({"max_shard_bytes": shard} if shard else {}))
   if shard:
-    assert len(json.load(open(os.path.join(path, "model.safetensors.index.json")))["weight_map"]) > 0
+    assert (
+        len(json.load(open(os.path.join(path, "model.safetensors.index.json")))["weight_map"]) > 0
+    )
   model = AutoModelForCausalLM.from_pretrained(path).eval()
   assert type(model).__name__ == config.family.hf_architecture
   tokens = _tokens(vocab=config.vocab_size)
@@ -196,7 +232,7 @@ def test_kv_cache_decoding_equals_full_forward(model_type, window):
   steps = [logits]
   step = jax.jit(lambda p, t, c: forward(config, p, t, cache=c))
   for i in range(prompt, tokens.shape[1]):
-    logits, cache = step(params, tokens[:, i:i + 1], cache)
+    logits, cache = step(params, tokens[:, i : i + 1], cache)
     steps.append(logits)
   decoded = jnp.concatenate(steps, axis=1)
   valid = np.asarray(mask)
@@ -216,8 +252,10 @@ def test_remat_and_hidden_variant_agree_with_logits():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g1, g2)
 
 
-@pytest.mark.parametrize("model_type,tie", [("qwen2", False), ("llama", False), ("qwen3", False),
-                                           ("qwen3", True), ("mistral", False)])
+@pytest.mark.parametrize(
+    "model_type,tie",
+    [("qwen2", False), ("llama", False), ("qwen3", False), ("qwen3", True), ("mistral", False)],
+)
 def test_param_count_matches_transformers(model_type, tie):
   model = make_hf_model(model_type, tie=tie)
   config = hf.config_from_hf(model.config.to_dict())
@@ -244,17 +282,21 @@ class TestBadCheckpoints:
     raw = json.load(open(os.path.join(path, "config.json")))
     raw["model_type"] = "gpt_neox"
     json.dump(raw, open(os.path.join(path, "config.json"), "w"))
-    with pytest.raises(hf.CheckpointError,
-                       match=r"model_type='gpt_neox'.*\('qwen2', 'llama', 'qwen3', 'mistral'\)"):
+    with pytest.raises(
+        hf.CheckpointError, match=r"model_type='gpt_neox'.*\('qwen2', 'llama', 'qwen3', 'mistral'\)"
+    ):
       hf.load(path)
 
-  @pytest.mark.parametrize("model_type,field,value,message", [
-      ("qwen3", "use_sliding_window", True, "use_sliding_window=true"),
-      ("qwen2", "use_sliding_window", True, "use_sliding_window=true"),
-      ("qwen3", "attention_bias", True, "o_proj bias"),
-      ("llama", "attention_bias", True, "o_proj bias"),
-      ("mistral", "sliding_window", 0, "sliding_window=0; allowed: a positive int or null"),
-  ])
+  @pytest.mark.parametrize(
+      "model_type,field,value,message",
+      [
+          ("qwen3", "use_sliding_window", True, "use_sliding_window=true"),
+          ("qwen2", "use_sliding_window", True, "use_sliding_window=true"),
+          ("qwen3", "attention_bias", True, "o_proj bias"),
+          ("llama", "attention_bias", True, "o_proj bias"),
+          ("mistral", "sliding_window", 0, "sliding_window=0; allowed: a positive int or null"),
+      ],
+  )
   def test_unsupported_family_settings(self, tmp_path, model_type, field, value, message):
     path = save_hf_model(make_hf_model(model_type), str(tmp_path / "ckpt"))
     config_json = os.path.join(path, "config.json")
@@ -271,19 +313,24 @@ class TestBadCheckpoints:
     raw = json.load(open(os.path.join(path, "config.json")))
     raw["intermediate_size"] = 48
     json.dump(raw, open(os.path.join(path, "config.json"), "w"))
-    with pytest.raises(hf.CheckpointError,
-                       match=r"mlp\.(gate|up|down)_proj\.weight' has shape \((64, 32|32, 64)\), "
-                             r"expected \((48, 32|32, 48)\)"):
+    with pytest.raises(
+        hf.CheckpointError,
+        match=r"mlp\.(gate|up|down)_proj\.weight' has shape \((64, 32|32, 64)\), "
+        r"expected \((48, 32|32, 48)\)",
+    ):
       hf.load(path)
 
   def test_missing_tensor(self, tmp_path):
     from safetensors.numpy import load_file, save_file
+
     path = save_hf_model(make_hf_model("qwen2"), str(tmp_path / "ckpt"))
     file = os.path.join(path, "model.safetensors")
     tensors = load_file(file)
     del tensors["model.layers.1.self_attn.k_proj.bias"]
     save_file(tensors, file)
-    with pytest.raises(hf.CheckpointError, match="missing tensors: model.layers.1.self_attn.k_proj.bias"):
+    with pytest.raises(
+        hf.CheckpointError, match="missing tensors: model.layers.1.self_attn.k_proj.bias"
+    ):
       hf.load(path)
 
   def test_missing_weights_file(self, tmp_path):

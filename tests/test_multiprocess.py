@@ -35,7 +35,7 @@ import time
 import numpy as np
 import pytest
 
-from configs import qwen25_7b, quickstart
+from configs import quickstart, qwen25_7b
 from entropix_rl import sharding
 from entropix_rl.train import experiment
 
@@ -44,10 +44,21 @@ DEVICES = 8
 TIMEOUT_S = 300  # per invocation
 # Metrics that count discrete things (rewards, answers, tokens, groups): the same sampled tokens
 # give the same values exactly.
-EXACT = ("reward/mean", "accuracy/sampled", "accuracy/distinct_correct_per_group",
-         "response/length_mean", "response/truncated_frac", "dynamic_sampling/gen_rounds",
-         "dynamic_sampling/kept_groups", "dynamic_sampling/filled_groups", "eval/greedy_accuracy",
-         "eval/sampled_accuracy", "eval/pass@1", "eval/pass@4", "loss/n_tokens")
+EXACT = (
+    "reward/mean",
+    "accuracy/sampled",
+    "accuracy/distinct_correct_per_group",
+    "response/length_mean",
+    "response/truncated_frac",
+    "dynamic_sampling/gen_rounds",
+    "dynamic_sampling/kept_groups",
+    "dynamic_sampling/filled_groups",
+    "eval/greedy_accuracy",
+    "eval/sampled_accuracy",
+    "eval/pass@1",
+    "eval/pass@4",
+    "loss/n_tokens",
+)
 # Every other metric but time/*: |2x4 - 1x8| <= ATOL + RTOL * |1x8| (module docstring).
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -55,10 +66,17 @@ RTOL, ATOL = 1e-5, 1e-6
 def test_unset_distributed_fields_are_left_to_jax():
   for config in (quickstart.get_config(), qwen25_7b.get_config()):
     assert sharding.distributed_kwargs(experiment.typed(config).distributed) == {}
-  cfg = dataclasses.replace(experiment.typed(quickstart.get_config()).distributed,
-                            coordinator_address="127.0.0.1:4321", num_processes=2, process_id=0)
-  assert sharding.distributed_kwargs(cfg) == {"coordinator_address": "127.0.0.1:4321",
-                                              "num_processes": 2, "process_id": 0}
+  cfg = dataclasses.replace(
+      experiment.typed(quickstart.get_config()).distributed,
+      coordinator_address="127.0.0.1:4321",
+      num_processes=2,
+      process_id=0,
+  )
+  assert sharding.distributed_kwargs(cfg) == {
+      "coordinator_address": "127.0.0.1:4321",
+      "num_processes": 2,
+      "process_id": 0,
+  }
 
 
 def test_gather_host_rows_on_one_process_is_exact_float64():
@@ -78,10 +96,12 @@ def _free_port() -> int:
 def _distributed_flags(num_processes: int, process_id: int, port: int) -> list[str]:
   if num_processes == 1:
     return []
-  return ["--config.distributed.enabled=true",
-          f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-          f"--config.distributed.num_processes={num_processes}",
-          f"--config.distributed.process_id={process_id}"]
+  return [
+      "--config.distributed.enabled=true",
+      f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+      f"--config.distributed.num_processes={num_processes}",
+      f"--config.distributed.process_id={process_id}",
+  ]
 
 
 def _tail(path: str, chars: int = 3000) -> str:
@@ -98,22 +118,41 @@ def _train(workdir: str, rl_steps: int, num_processes: int, name: str, cache: st
   (stdout and stderr).
   """
   path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
-  env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // num_processes}")
+  env = dict(
+      os.environ,
+      PYTHONPATH=path,
+      JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=cache,
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // num_processes}",
+  )
   port = _free_port()
   logs = [os.path.join(os.path.dirname(workdir), f"{name}_{i}.log") for i in range(num_processes)]
   procs = []
   try:
     for i, log in enumerate(logs):
       with open(log, "w") as out:
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "experiments", "train.py"),
-             "--config=tests/multiprocess_config.py", f"--workdir={workdir}",
-             f"--config.rl.steps={rl_steps}", *_distributed_flags(num_processes, i, port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(REPO, "experiments", "train.py"),
+                    "--config=tests/multiprocess_config.py",
+                    f"--workdir={workdir}",
+                    f"--config.rl.steps={rl_steps}",
+                    *_distributed_flags(num_processes, i, port),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        )
     deadline = time.monotonic() + TIMEOUT_S
-    while (any(p.poll() is None for p in procs) and time.monotonic() < deadline
-           and not any(p.poll() for p in procs)):
+    while (
+        any(p.poll() is None for p in procs)
+        and time.monotonic() < deadline
+        and not any(p.poll() for p in procs)
+    ):
       time.sleep(0.5)
   finally:
     for p in procs:
@@ -123,7 +162,8 @@ def _train(workdir: str, rl_steps: int, num_processes: int, name: str, cache: st
   codes = [p.returncode for p in procs]
   assert codes == [0] * num_processes, (
       f"{name}: exit codes {codes} (negative: killed after a failure or {TIMEOUT_S} s)\n"
-      + "\n".join(f"--- {log}\n{_tail(log)}" for log in logs))
+      + "\n".join(f"--- {log}\n{_tail(log)}" for log in logs)
+  )
   return logs
 
 
@@ -139,8 +179,10 @@ def runs(tmp_path_factory):
   start = time.monotonic()
   cache = os.path.join(root, "jax_cache")
   _train(two, 2, 2, "2x4_first", cache)
-  first_leg = {"steps": [r["step"] for r in _read_jsonl(os.path.join(two, "metrics.jsonl"))],
-               "checkpoints": sorted(os.listdir(os.path.join(two, "checkpoints")))}
+  first_leg = {
+      "steps": [r["step"] for r in _read_jsonl(os.path.join(two, "metrics.jsonl"))],
+      "checkpoints": sorted(os.listdir(os.path.join(two, "checkpoints"))),
+  }
   os.remove(os.path.join(two, "DONE"))  # as if stopped: the next invocation resumes at step 2
   resumed_logs = _train(two, 4, 2, "2x4_resumed", cache)
   _train(one, 4, 1, "1x8", cache)

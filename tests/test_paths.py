@@ -5,11 +5,11 @@ workdir works without a mount. gs:// is simulated by redirecting epath's file op
 import functools
 import os
 
+from etils import epath
+from etils.epath import testing as epath_testing
 import jax
 import numpy as np
 import pytest
-from etils import epath
-from etils.epath import testing as epath_testing
 
 from entropix_rl import paths, plots, run_logs
 from entropix_rl.models import hf, init_params, tiny_config
@@ -26,10 +26,21 @@ def _local(root, path):
 def gcs(tmp_path):
   """Redirects epath's operations on gs://bucket/... to tmp_path/...; yields tmp_path."""
   one = lambda fn, path, *args, **kwargs: fn(_local(tmp_path, path), *args, **kwargs)
-  two = lambda fn, path, dst, *args, **kwargs: fn(_local(tmp_path, path), _local(tmp_path, dst),
-                                                  *args, **kwargs)
-  names = ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "remove", "rmtree", "stat",
-           "glob")
+  two = lambda fn, path, dst, *args, **kwargs: fn(
+      _local(tmp_path, path), _local(tmp_path, dst), *args, **kwargs
+  )
+  names = (
+      "open",
+      "exists",
+      "isdir",
+      "listdir",
+      "makedirs",
+      "mkdir",
+      "remove",
+      "rmtree",
+      "stat",
+      "glob",
+  )
   with epath_testing.mock_epath(**{n: one for n in names}, rename=two, replace=two, copy=two):
     yield tmp_path
 
@@ -61,8 +72,15 @@ def test_metrics_plots_and_run_logs_on_a_gs_workdir(gcs):
 
 
 def test_hf_checkpoint_round_trip_on_gs(gcs):
-  config = tiny_config(vocab_size=32, hidden_size=16, num_heads=2, num_kv_heads=1, head_dim=8,
-                       intermediate_size=32, max_position_embeddings=32)
+  config = tiny_config(
+      vocab_size=32,
+      hidden_size=16,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=8,
+      intermediate_size=32,
+      max_position_embeddings=32,
+  )
   params = init_params(config, jax.random.PRNGKey(0))
   hf.save(f"{BUCKET}/run/sft", config, params)
   assert sorted(os.listdir(gcs / "run" / "sft")) == ["config.json", "model.safetensors"]

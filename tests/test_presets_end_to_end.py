@@ -2,13 +2,15 @@
 finite losses and their own metrics. (Rollout-side presets run in test_rollout_interventions.py
 and test_zoo_e.py; every preset runs 100 steps x 3 seeds in the zoo sweep, docs/results.md.)"""
 
+from preset_runs import train_two_steps
 import pytest
 
 from configs import interventions as presets
-from preset_runs import train_two_steps
 
 PRESETS = {  # preset -> a metric only that intervention logs (None: the loss alone)
-    "steer": None, "lp_reg": None, "siren_acting": "loss/siren",
+    "steer": None,
+    "lp_reg": None,
+    "siren_acting": "loss/siren",
 }
 
 

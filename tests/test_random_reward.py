@@ -2,24 +2,31 @@
 
 import jax
 import numpy as np
+from preset_runs import train_two_steps
 import pytest
 
 from configs import clip_bounds
 from entropix_rl import losses
 from entropix_rl.losses import random_reward
-from preset_runs import train_two_steps
 from entropix_rl.train.rollout import Responses
 
 
 def _responses(rows):
   mask = np.ones((rows, 3), bool)
   return Responses(
-      prompt_tokens=np.full((rows, 2), 3, np.int32), prompt_lengths=np.full(rows, 2, np.int32),
-      completion_tokens=np.full((rows, 3), 4, np.int32), completion_mask=mask,
-      logp=np.zeros((rows, 3), np.float32), entropy=np.zeros((rows, 3), np.float32),
-      truncated=np.zeros(rows, bool), group_ids=np.repeat(np.arange(rows // 4), 4),
-      examples=[None] * rows, texts=["t"] * rows, rewards=np.ones(rows, np.float32),
-      correct=np.ones(rows, bool))
+      prompt_tokens=np.full((rows, 2), 3, np.int32),
+      prompt_lengths=np.full(rows, 2, np.int32),
+      completion_tokens=np.full((rows, 3), 4, np.int32),
+      completion_mask=mask,
+      logp=np.zeros((rows, 3), np.float32),
+      entropy=np.zeros((rows, 3), np.float32),
+      truncated=np.zeros(rows, bool),
+      group_ids=np.repeat(np.arange(rows // 4), 4),
+      examples=[None] * rows,
+      texts=["t"] * rows,
+      rewards=np.ones(rows, np.float32),
+      correct=np.ones(rows, bool),
+  )
 
 
 def _cfg(p):
@@ -41,8 +48,9 @@ def test_rewards_are_bernoulli_and_independent_of_correctness(p):
   other = type("Ctx", (), {"key": jax.random.PRNGKey(4)})()
   if 0 < p < 1:
     assert not np.array_equal(
-        out.rewards, random_reward.random_reward_rollout(_cfg(p), _responses(4000), other,
-                                                         None).rewards)
+        out.rewards,
+        random_reward.random_reward_rollout(_cfg(p), _responses(4000), other, None).rewards,
+    )
 
 
 def test_bad_probability_names_the_field():

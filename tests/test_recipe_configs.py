@@ -2,12 +2,12 @@
 
 import os
 
-import ml_collections
-import pytest
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
+import pytest
 
-from configs import qwen25_7b, qwen25_32b, quickstart
+from configs import quickstart, qwen25_7b, qwen25_32b
 from entropix_rl import losses, memory
 from entropix_rl.tokenizer import CharTokenizer
 from entropix_rl.train import experiment
@@ -15,12 +15,18 @@ from entropix_rl.train import experiment
 METHODS = ("grpo", "clip_higher", "clip_cov", "kl_cov")
 RECIPES = {"7b": qwen25_7b, "32b": qwen25_32b}
 # The paper's setup (lr) and KL-Cov's ratio per size (docs/interventions.md); tensor = KV heads (docs/scaling.md).
-PER_SIZE = {"7b": dict(lr=5e-7, kl_cov_ratio=2e-3, tensor=4),
-            "32b": dict(lr=1e-6, kl_cov_ratio=2e-4, tensor=8)}
+PER_SIZE = {
+    "7b": dict(lr=5e-7, kl_cov_ratio=2e-3, tensor=4),
+    "32b": dict(lr=1e-6, kl_cov_ratio=2e-4, tensor=8),
+}
 # The paper's GRPO baseline (ε 0.2), DAPO's Clip-Higher (0.2/0.28), Clip-Cov (its scripts clip
 # 1/1), KL-Cov (no clipping; the fields stay at the 0.2 default).
-CLIP = {"grpo": (0.2, 0.2), "clip_higher": (0.2, 0.28), "clip_cov": (1.0, 1.0),
-        "kl_cov": (0.2, 0.2)}
+CLIP = {
+    "grpo": (0.2, 0.2),
+    "clip_higher": (0.2, 0.28),
+    "clip_cov": (1.0, 1.0),
+    "kl_cov": (0.2, 0.2),
+}
 LOSS_NAME = {"grpo": "ppo", "clip_higher": "ppo", "clip_cov": "clip_cov", "kl_cov": "kl_cov"}
 
 
@@ -103,8 +109,17 @@ def test_informational_architecture_matches_memory_model(size):
   module = RECIPES[size]
   arch = memory.qwen25_config(module.MODEL_SIZE)
   model = module.get_config().model
-  for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-              "intermediate_size", "tie_embeddings", "qkv_bias", "rope_theta"):
+  for key in (
+      "hidden_size",
+      "num_layers",
+      "num_heads",
+      "num_kv_heads",
+      "head_dim",
+      "intermediate_size",
+      "tie_embeddings",
+      "qkv_bias",
+      "rope_theta",
+  ):
     assert model[key] == getattr(arch, key), key
   assert model.num_kv_heads == module.get_config().mesh.tensor
 
@@ -130,11 +145,16 @@ def test_tokenizer_path_follows_checkpoint(size):
 @pytest.mark.parametrize("size", sorted(RECIPES))
 def test_config_flag_argument_selects_method(size):
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"qwen25_{size}.py")
-  argv = ["prog", f"--config={path}:kl_cov", "--config.model.checkpoint=/ckpt",
-          "--config.data.path=/data/dapo.parquet"]
+  argv = [
+      "prog",
+      f"--config={path}:kl_cov",
+      "--config.model.checkpoint=/ckpt",
+      "--config.data.path=/data/dapo.parquet",
+  ]
   values = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values,
-                                           lock_config=True, sys_argv=argv)
+  holder = config_flags.DEFINE_config_file(
+      "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+  )
   values(argv)
   config = holder.value
   assert config.loss.name == "kl_cov"
@@ -146,6 +166,7 @@ def test_config_flag_argument_selects_method(size):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
   from hf_utils import make_hf_model, save_hf_model  # torch/transformers: only for this test
+
   return save_hf_model(make_hf_model("qwen2"), str(tmp_path_factory.mktemp("ckpt")))
 
 

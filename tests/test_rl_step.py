@@ -22,8 +22,15 @@ from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.sft_step import make_sft_step
 from entropix_rl.train.state import create_train_state
 
-MODEL = tiny_config(vocab_size=32, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8,
-                    intermediate_size=64, max_position_embeddings=64)
+MODEL = tiny_config(
+    vocab_size=32,
+    hidden_size=32,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 GROUPS, GROUP_SIZE, PROMPT, COMPLETION = 4, 4, 5, 9
 TOL = 2e-5
 PARAM_TOL = 1e-4
@@ -41,37 +48,59 @@ def _batch(seed=0):
   return {
       "tokens": np.concatenate([np.where(pmask, prompt, 0), completion], 1),
       "attention_mask": np.concatenate([pmask, cmask > 0], 1),
-      "completion": completion, "completion_mask": cmask,
+      "completion": completion,
+      "completion_mask": cmask,
       "rewards": rng.integers(0, 2, n).astype(np.float32),
       "group_ids": np.repeat(np.arange(GROUPS), GROUP_SIZE).astype(np.int32),
   }
 
 
 def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None):
-  loss_cfg = losses.resolve_loss_config(apply_overrides(losses.default_loss_config(),
-                                                        loss_overrides))
-  rl_cfg = RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, ppo_epochs=epochs,
-                          num_minibatches=2, token_chunk=16, measure_dynamics=dynamics,
-                          micro_batch_size=micro, logprob_micro_batch_size=chunk)
+  loss_cfg = losses.resolve_loss_config(
+      apply_overrides(losses.default_loss_config(), loss_overrides)
+  )
+  rl_cfg = RLUpdateConfig(
+      num_groups=GROUPS,
+      group_size=GROUP_SIZE,
+      ppo_epochs=epochs,
+      num_minibatches=2,
+      token_chunk=16,
+      measure_dynamics=dynamics,
+      micro_batch_size=micro,
+      logprob_micro_batch_size=chunk,
+  )
   optimizer = optax.sgd(0.2)
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
-  state = create_train_state(params, optimizer, jax.random.PRNGKey(1),
-                             interventions=losses.init_states(loss_cfg),
-                             ref_params=jax.tree.map(np.array, params))
+  state = create_train_state(
+      params,
+      optimizer,
+      jax.random.PRNGKey(1),
+      interventions=losses.init_states(loss_cfg),
+      ref_params=jax.tree.map(np.array, params),
+  )
   batch = _batch() if info is None else dict(_batch(), info=info(GROUPS * GROUP_SIZE))
   return make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(state, batch)
 
 
 def _max_diff(a, b):
-  return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), default=0.0)
+  return max(
+      (
+          float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+      ),
+      default=0.0,
+  )
 
 
 SETTINGS = {
     "ppo": {},
     "clip_higher_dual": {"clip_eps_high": 0.28, "dual_clip_c": 3.0},
-    "clip_cov": {"name": "clip_cov", "clip_cov.ratio": 0.1, "clip_cov.lb": -1e9,
-                 "clip_cov.ub": 1e9},
+    "clip_cov": {
+        "name": "clip_cov",
+        "clip_cov.ratio": 0.1,
+        "clip_cov.lb": -1e9,
+        "clip_cov.ub": 1e9,
+    },
     "kl_cov": {"name": "kl_cov", "kl_cov.ratio": 0.1},
     "high_entropy_tokens": {"name": "high_entropy_tokens"},
     "bonus_kl_ref": {"entropy_bonus.coef": 0.01, "kl_ref.coef": 0.1},
@@ -100,14 +129,18 @@ SETTINGS = {
     "siren_plain": {"siren.enabled": True, "siren.coef": 0.5, "siren.anchored": False},
 }
 # Per-row `info` that a setting's interventions read (written by their rollout side).
-INFO = {"ares": lambda n: {
-    "ares_difficulty": np.arange(n, dtype=np.int32) // GROUP_SIZE % 3,
-    "ares_hwe_count": np.arange(n, dtype=np.float32) % 5,
-    "ares_window_p95": np.linspace(0.5, 2.0, n, dtype=np.float32)}}
+INFO = {
+    "ares": lambda n: {
+        "ares_difficulty": np.arange(n, dtype=np.int32) // GROUP_SIZE % 3,
+        "ares_hwe_count": np.arange(n, dtype=np.float32) % 5,
+        "ares_window_p95": np.linspace(0.5, 2.0, n, dtype=np.float32),
+    }
+}
 
 
-CASES = ([(name, "token-mean") for name in sorted(SETTINGS)]
-         + [(name, agg) for name in ("ppo", "siren") for agg in losses.AGG_MODES[1:]])
+CASES = [(name, "token-mean") for name in sorted(SETTINGS)] + [
+    (name, agg) for name in ("ppo", "siren") for agg in losses.AGG_MODES[1:]
+]
 # Every setting is checked with 8 micro-batches of 1 row and no-grad chunks of 2; these also
 # with 2 micro-batches of 4 and unchunked no-grad passes (one selector of each kind, the
 # non-linear aggregate, and the plain loss), to keep the suite's time.
@@ -123,8 +156,15 @@ def test_micro_batches_give_the_unsplit_update(setting, agg):
   splits = ((1, 2), (4, 0)) if setting in TWO_MICRO_BATCHES else ((1, 2),)
   for micro, chunk in splits:  # mini-batch: 8 rows, so 8 and 2 micro-batches
     state, got = _update(overrides, micro=micro, chunk=chunk, dynamics=dynamics, info=info)
-    keys = ["loss/loss", "loss/pg_loss", "loss/grad_norm", "loss/clip_frac",
-            "loss/entropy_bonus", "loss/kl_ref", "entropy/sampled_nll"]
+    keys = [
+        "loss/loss",
+        "loss/pg_loss",
+        "loss/grad_norm",
+        "loss/clip_frac",
+        "loss/entropy_bonus",
+        "loss/kl_ref",
+        "entropy/sampled_nll",
+    ]
     keys += ["loss/ares_kl"] * ("loss/ares_kl" in ref)
     keys += [k for k in ("loss/siren", "siren/anchor", "siren/rollout_peak_entropy") if k in ref]
     for key in keys + ["dynamics/measured_entropy_change"] * dynamics:
@@ -155,30 +195,45 @@ def test_microbatch_scope_selects_per_chunk_as_verl():
   """selection_scope='microbatch': each chunk of `microbatch_size` rows picks on its own, so
   KL-Cov picks max(1, floor(ρ·N_chunk)) per chunk (here 8 chunks of 2 rows per epoch)."""
   _, whole = _update({"name": "kl_cov", "kl_cov.ratio": 0.1}, micro=2, chunk=0, epochs=1)
-  _, micro = _update({"name": "kl_cov", "kl_cov.ratio": 0.1, "selection_scope": "microbatch",
-                      "microbatch_size": 2}, micro=2, chunk=0, epochs=1)
+  _, micro = _update(
+      {
+          "name": "kl_cov",
+          "kl_cov.ratio": 0.1,
+          "selection_scope": "microbatch",
+          "microbatch_size": 2,
+      },
+      micro=2,
+      chunk=0,
+      epochs=1,
+  )
   assert float(micro["loss/n_selected_total"]) > float(whole["loss/n_selected_total"])
   assert float(micro["loss/n_selected_total"]) >= 8  # at least one per chunk
 
 
 def test_bad_micro_batch_sizes_name_the_field():
   with pytest.raises(ValueError, match="rl.micro_batch_size=3 must divide"):
-    RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, num_minibatches=2,
-                   micro_batch_size=3).check_shards(1)
+    RLUpdateConfig(
+        num_groups=GROUPS, group_size=GROUP_SIZE, num_minibatches=2, micro_batch_size=3
+    ).check_shards(1)
   with pytest.raises(ValueError, match="rl.logprob_micro_batch_size=-1"):
     RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, logprob_micro_batch_size=-1)
 
 
 def test_sft_micro_batches_give_the_unsplit_step():
   batch = _batch(3)
-  sft = {"tokens": batch["tokens"], "attention_mask": batch["attention_mask"],
-         "loss_mask": np.concatenate([np.zeros((16, PROMPT), np.float32),
-                                      batch["completion_mask"]], 1)}
+  sft = {
+      "tokens": batch["tokens"],
+      "attention_mask": batch["attention_mask"],
+      "loss_mask": np.concatenate(
+          [np.zeros((16, PROMPT), np.float32), batch["completion_mask"]], 1
+      ),
+  }
   optimizer = optax.sgd(0.5)
   results = []
   for micro in (0, 1, 4):
-    state = create_train_state(init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2),
-                               optimizer, jax.random.PRNGKey(1))
+    state = create_train_state(
+        init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2), optimizer, jax.random.PRNGKey(1)
+    )
     step = make_sft_step(MODEL, optimizer, token_chunk=16, micro_batch_size=micro, batch_size=16)
     results.append(step(state, sft))
   (ref_state, ref), *others = results

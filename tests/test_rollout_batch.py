@@ -23,9 +23,14 @@ def _batch(seed=0, longest=5):
   lengths = rng.integers(1, longest + 1, ROWS)
   lengths[0] = longest
   mask = np.arange(BUDGET)[None] < lengths[:, None]
-  return batching.rl_batch(prompt, np.ones((ROWS, PROMPT), bool), np.where(mask, completion, 0),
-                           mask, rng.integers(0, 2, ROWS).astype(np.float32),
-                           np.repeat(np.arange(ROWS // 4), 4).astype(np.int32))
+  return batching.rl_batch(
+      prompt,
+      np.ones((ROWS, PROMPT), bool),
+      np.where(mask, completion, 0),
+      mask,
+      rng.integers(0, 2, ROWS).astype(np.float32),
+      np.repeat(np.arange(ROWS // 4), 4).astype(np.int32),
+  )
 
 
 def _update(batch, agg="token-mean", from_rollout=False, scale=None):
@@ -33,10 +38,17 @@ def _update(batch, agg="token-mean", from_rollout=False, scale=None):
   cfg.agg = agg
   cfg.loss_scale_factor = scale
   loss_cfg = losses.resolve_loss_config(cfg)
-  rl_cfg = RLUpdateConfig(num_groups=2, group_size=4, num_minibatches=2, ppo_epochs=2,
-                          measure_dynamics=False, old_logp_from_rollout=from_rollout)
-  state = create_train_state(init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2),
-                             optax.sgd(0.1), jax.random.PRNGKey(1))
+  rl_cfg = RLUpdateConfig(
+      num_groups=2,
+      group_size=4,
+      num_minibatches=2,
+      ppo_epochs=2,
+      measure_dynamics=False,
+      old_logp_from_rollout=from_rollout,
+  )
+  state = create_train_state(
+      init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2), optax.sgd(0.1), jax.random.PRNGKey(1)
+  )
   return make_rl_update(MODEL, rl_cfg, loss_cfg, optax.sgd(0.1))(state, batch)
 
 
@@ -47,7 +59,8 @@ def test_trim_cuts_only_padding_to_the_smallest_bucket():
   assert trimmed["completion_mask"].sum() == batch["completion_mask"].sum()
   assert batching.trim_completions(batch, budget=BUDGET, buckets=1, longest=5) is batch
   assert batching.trim_completions(batch, budget=BUDGET, buckets=3, longest=7)[
-      "completion"].shape == (ROWS, 12)
+      "completion"
+  ].shape == (ROWS, 12)
 
 
 @pytest.mark.parametrize("agg", losses.AGG_MODES)
@@ -55,12 +68,14 @@ def test_trimmed_batch_gives_the_same_update(agg):
   batch = _batch(longest=5)
   scale = BUDGET if agg == "seq-mean-token-sum-norm" else None
   ref_state, ref = _update(batch, agg, scale=scale)
-  state, got = _update(batching.trim_completions(batch, budget=BUDGET, buckets=2, longest=5),
-                       agg, scale=scale)
+  state, got = _update(
+      batching.trim_completions(batch, budget=BUDGET, buckets=2, longest=5), agg, scale=scale
+  )
   for key in ("loss/loss", "loss/grad_norm", "entropy/sampled_nll"):
     assert float(got[key]) == pytest.approx(float(ref[key]), rel=1e-5, abs=1e-7), key
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params,
-               ref_state.params)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params, ref_state.params
+  )
 
 
 def test_old_logp_from_rollout_replaces_the_behaviour_pass():
@@ -68,11 +83,15 @@ def test_old_logp_from_rollout_replaces_the_behaviour_pass():
   recomputed ones only by float round-off (tests/test_sampling.py bounds it at 1e-4)."""
   batch = _batch(seed=3, longest=9)
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
-  old = passes.completion_quantities(MODEL, params, batch, temperature=1.0, token_chunk=64,
-                                     with_entropy=True)
+  old = passes.completion_quantities(
+      MODEL, params, batch, temperature=1.0, token_chunk=64, with_entropy=True
+  )
   ref_state, ref = _update(batch)
-  state, got = _update(dict(batch, old_logp=np.asarray(old["logp"]),
-                            old_entropy=np.asarray(old["entropy"])), from_rollout=True)
+  state, got = _update(
+      dict(batch, old_logp=np.asarray(old["logp"]), old_entropy=np.asarray(old["entropy"])),
+      from_rollout=True,
+  )
   assert float(got["loss/loss"]) == pytest.approx(float(ref["loss/loss"]), rel=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params,
-               ref_state.params)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params, ref_state.params
+  )

@@ -4,15 +4,14 @@ run end to end for two RL steps."""
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from preset_runs import train_two_steps
 import pytest
 
 from configs import interventions as presets
 from entropix_rl import losses, rollout_ops
 from entropix_rl.losses import aepo, cure, empo, hapo, hapo_temperature, ttrl
-from preset_runs import train_two_steps
 from entropix_rl.train.rollout import Responses
 
 
@@ -35,11 +34,16 @@ def _responses(rows=6, width=4, budget=5, seed=0):
       prompt_tokens=np.tile(np.arange(3, 3 + width, dtype=np.int32), (rows, 1)),
       prompt_lengths=np.full(rows, width, np.int32),
       completion_tokens=np.where(mask, rng.integers(3, 20, (rows, budget)), 0).astype(np.int32),
-      completion_mask=mask, logp=-rng.random((rows, budget)).astype(np.float32),
-      entropy=rng.random((rows, budget)).astype(np.float32), truncated=np.zeros(rows, bool),
+      completion_mask=mask,
+      logp=-rng.random((rows, budget)).astype(np.float32),
+      entropy=rng.random((rows, budget)).astype(np.float32),
+      truncated=np.zeros(rows, bool),
       group_ids=np.repeat(np.arange(rows // 3), 3).astype(np.int32),
-      examples=[None] * rows, texts=[f"t{i}" for i in range(rows)],
-      rewards=np.zeros(rows, np.float32), correct=np.zeros(rows, bool))
+      examples=[None] * rows,
+      texts=[f"t{i}" for i in range(rows)],
+      rewards=np.zeros(rows, np.float32),
+      correct=np.zeros(rows, bool),
+  )
 
 
 # ------------------------------------------------------------------ capabilities
@@ -57,11 +61,13 @@ def test_window_mean_covers_the_tokens_after_each_position():
 
 def test_branch_prompts_append_the_prefix_and_regenerate_the_cut_token():
   r = _responses()
-  tokens, lengths = rollout_ops.branch_prompts(r, np.array([0, 1]), np.array([2, 0]),
-                                               min_bucket=4, pad_id=0)
+  tokens, lengths = rollout_ops.branch_prompts(
+      r, np.array([0, 1]), np.array([2, 0]), min_bucket=4, pad_id=0
+  )
   assert tokens.shape[1] == 8 and list(lengths) == [6, 4]
-  np.testing.assert_array_equal(tokens[0, -6:], np.concatenate([r.prompt_tokens[0, :],
-                                                               r.completion_tokens[0, :2]]))
+  np.testing.assert_array_equal(
+      tokens[0, -6:], np.concatenate([r.prompt_tokens[0, :], r.completion_tokens[0, :2]])
+  )
   np.testing.assert_array_equal(tokens[1, -4:], r.prompt_tokens[1])
   with pytest.raises(ValueError, match="cuts"):
     rollout_ops.branch_prompts(r, np.array([0]), np.array([99]), min_bucket=4, pad_id=0)
@@ -71,8 +77,9 @@ def test_majority_labels_and_cluster_fractions():
   keys = ["a", "b", "a", None, None, "c"]
   groups = np.array([0, 0, 0, 1, 1, 1])
   assert rollout_ops.majority_labels(keys, groups) == {0: "a", 1: "c"}
-  np.testing.assert_allclose(rollout_ops.cluster_fractions(keys, groups),
-                             [2 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3])
+  np.testing.assert_allclose(
+      rollout_ops.cluster_fractions(keys, groups), [2 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3]
+  )
 
 
 # ------------------------------------------------------------------ TTRL, EMPO
@@ -82,10 +89,10 @@ def test_ttrl_rewards_agreement_with_the_vote_winner():
   votes = ["12+3", "15", "12+3", "7+8", None, None]
   values = [15, 15, 15, 15, None, None]  # every answer of group 0 is worth 15
   groups = np.array([0, 0, 0, 1, 1, 1])
-  np.testing.assert_array_equal(ttrl.pseudo_label_rewards(votes, values, groups),
-                                [1, 1, 1, 1, 0, 0])
-  np.testing.assert_array_equal(ttrl.pseudo_label_rewards(votes, votes, groups),
-                                [1, 0, 1, 1, 0, 0])
+  np.testing.assert_array_equal(
+      ttrl.pseudo_label_rewards(votes, values, groups), [1, 1, 1, 1, 0, 0]
+  )
+  np.testing.assert_array_equal(ttrl.pseudo_label_rewards(votes, votes, groups), [1, 0, 1, 1, 0, 0])
 
 
 def test_ttrl_keeps_the_first_group_size_rows():
@@ -103,10 +110,13 @@ def test_empo_rewards_are_cluster_shares():
   np.testing.assert_allclose(got, [0.5, 0.5, 0.25, 0.25])
   # Σ_i r_i = G Σ_c p_c², counting the answerless response as a singleton.
   assert got.sum() == pytest.approx(4 * (0.5**2 + 0.25**2 + 0.25**2))
-  np.testing.assert_allclose(empo.cluster_rewards(keys, groups, empty_reward="zero",
-                                                  zero_max_entropy=False), [0.5, 0.5, 0.25, 0])
-  distinct = empo.cluster_rewards(["a", "b"], np.zeros(2, int), empty_reward="singleton",
-                                  zero_max_entropy=True)
+  np.testing.assert_allclose(
+      empo.cluster_rewards(keys, groups, empty_reward="zero", zero_max_entropy=False),
+      [0.5, 0.5, 0.25, 0],
+  )
+  distinct = empo.cluster_rewards(
+      ["a", "b"], np.zeros(2, int), empty_reward="singleton", zero_max_entropy=True
+  )
   np.testing.assert_array_equal(distinct, [0, 0])
 
 
@@ -118,8 +128,7 @@ def test_cure_critical_positions_are_high_entropy_non_stop_tokens():
   mask = np.array([[True, True, True, True, False]])
   tokens = np.array([[4, 2, 5, 6, 0]])  # 2 is a stop token
   rng = np.random.default_rng(0)
-  picks = {int(cure.critical_positions(entropy, mask, tokens, (2,), 2, rng)[0])
-           for _ in range(50)}
+  picks = {int(cure.critical_positions(entropy, mask, tokens, (2,), 2, rng)[0]) for _ in range(50)}
   assert picks == {2, 3}  # position 0, the stop token and padding never
   none = cure.critical_positions(entropy, np.zeros_like(mask), tokens, (2,), 2, rng)
   assert none[0] == 0
@@ -139,9 +148,15 @@ def test_aepo_advantages_leave_marked_rows_out():
   marked = jnp.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
   groups = jnp.array([0, 0, 0, 1, 1, 1])
   mask = jnp.ones((6, 2))
-  batch = losses.TokenBatch(logp=jnp.zeros((6, 2)), old_logp=jnp.zeros((6, 2)),
-                            advantages=jnp.zeros((6, 2)), mask=mask, rewards=rewards,
-                            group_ids=groups, info={aepo.FLAG: marked})
+  batch = losses.TokenBatch(
+      logp=jnp.zeros((6, 2)),
+      old_logp=jnp.zeros((6, 2)),
+      advantages=jnp.zeros((6, 2)),
+      mask=mask,
+      rewards=rewards,
+      group_ids=groups,
+      info={aepo.FLAG: marked},
+  )
   adv = np.asarray(aepo.aepo_advantages(_cfg(), batch, None, None))[:, 0]
   assert adv[0] == 0
   np.testing.assert_allclose(adv[1:3], [-0.7071, 0.7071], atol=1e-3)  # {0, 1}, ddof 1
@@ -167,8 +182,7 @@ def test_hapo_temperature_rule_heats_high_and_cools_low_entropy_rows():
 # ------------------------------------------------------------------ end to end
 
 
-@pytest.mark.parametrize("preset", ["ttrl", "empo", "cure_two_stage", "aepo",
-                                    "hapo_temperature"])
+@pytest.mark.parametrize("preset", ["ttrl", "empo", "cure_two_stage", "aepo", "hapo_temperature"])
 def test_preset_trains_two_steps(tmp_path, preset):
   config = presets.get_config(preset)
   if preset == "cure_two_stage":

@@ -16,8 +16,7 @@ WIDE_BAND = {"clip_cov.lb": -1e6, "clip_cov.ub": 1e6}  # every valid token has c
 
 def cfg(**overrides):
   """A LossConfig from dotted overrides on the default ConfigDict."""
-  return losses.resolve_loss_config(
-      apply_overrides(losses.default_loss_config(), overrides))
+  return losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), overrides))
 
 
 def np_ppo(logp, old, adv, eps_low, eps_high):
@@ -75,22 +74,33 @@ def make_batch(seed, n_valid, rows=4, time=16, spread=0.0):
   adv = rng.normal(0.0, 1.0, (rows, time))
   entropy = rng.uniform(0.0, 3.0, (rows, time))
   f32 = lambda x: np.asarray(x, np.float32)
-  return dict(logp=f32(np.where(valid, logp, -50.0)), old_logp=f32(np.where(valid, old, -50.0)),
-              advantages=f32(np.where(valid, adv, 30.0)), mask=mask,
-              entropy=f32(np.where(valid, entropy, 100.0)))
+  return dict(
+      logp=f32(np.where(valid, logp, -50.0)),
+      old_logp=f32(np.where(valid, old, -50.0)),
+      advantages=f32(np.where(valid, adv, 30.0)),
+      mask=mask,
+      entropy=f32(np.where(valid, entropy, 100.0)),
+  )
 
 
 def loss_and_aux(config, batch, key=0, logp=None):
   logp = batch["logp"] if logp is None else logp
-  return losses.policy_loss(config, logp=logp, old_logp=batch["old_logp"],
-                            advantages=batch["advantages"], mask=batch["mask"],
-                            rng=jax.random.PRNGKey(key), entropy=batch["entropy"])
+  return losses.policy_loss(
+      config,
+      logp=logp,
+      old_logp=batch["old_logp"],
+      advantages=batch["advantages"],
+      mask=batch["mask"],
+      rng=jax.random.PRNGKey(key),
+      entropy=batch["entropy"],
+  )
 
 
 def selected_and_grad(config, batch, key=0):
   """(`selected` as NumPy bool, d loss / d logp as NumPy, loss as float)."""
   (loss, aux), grad = jax.value_and_grad(
-      lambda lp: loss_and_aux(config, batch, key, lp), has_aux=True)(batch["logp"])
+      lambda lp: loss_and_aux(config, batch, key, lp), has_aux=True
+  )(batch["logp"])
   return np.asarray(aux["selected"]), np.asarray(grad), float(loss)
 
 
@@ -113,8 +123,9 @@ def test_clip_cov_count_is_capped_by_the_eligible_set():
   cov = np_token_cov(batch["logp"], batch["advantages"], batch["mask"])
   valid = batch["mask"] > 0
   lb = np.sort(cov[valid])[-4] - 1e-3  # exactly three valid tokens have c_t > lb
-  _, aux = loss_and_aux(cfg(name="clip_cov", **{"clip_cov.ratio": 0.3, "clip_cov.lb": lb,
-                                                "clip_cov.ub": 1e6}), batch)
+  _, aux = loss_and_aux(
+      cfg(name="clip_cov", **{"clip_cov.ratio": 0.3, "clip_cov.lb": lb, "clip_cov.ub": 1e6}), batch
+  )
   np.testing.assert_array_equal(aux["selected"], valid & (cov > lb))  # min(15, |E| = 3)
 
 
@@ -128,8 +139,12 @@ def _band_config(batch, ratio, eps):
   assert min(values[i + 1] - values[i], values[j + 1] - values[j]) > 1e-4
   _, clipped, _ = np_ppo(batch["logp"], batch["old_logp"], batch["advantages"], eps, eps)
   eligible = valid & ~clipped & (cov > lb) & (cov < ub)
-  config = cfg(name="clip_cov", clip_eps_low=eps, clip_eps_high=eps,
-               **{"clip_cov.ratio": ratio, "clip_cov.lb": float(lb), "clip_cov.ub": float(ub)})
+  config = cfg(
+      name="clip_cov",
+      clip_eps_low=eps,
+      clip_eps_high=eps,
+      **{"clip_cov.ratio": ratio, "clip_cov.lb": float(lb), "clip_cov.ub": float(ub)},
+  )
   return config, eligible, clipped & valid
 
 
@@ -143,9 +158,18 @@ def test_clip_cov_picks_lie_in_the_band_unclipped_and_valid():
 
   # ratio 0.1: 5 random tokens of E per key; over many keys every eligible token shows up.
   config, eligible, _ = _band_config(batch, 0.1, 0.2)
-  pick = jax.jit(jax.vmap(lambda key: losses.policy_loss(
-      config, logp=batch["logp"], old_logp=batch["old_logp"], advantages=batch["advantages"],
-      mask=batch["mask"], rng=key)[1]["selected"]))
+  pick = jax.jit(
+      jax.vmap(
+          lambda key: losses.policy_loss(
+              config,
+              logp=batch["logp"],
+              old_logp=batch["old_logp"],
+              advantages=batch["advantages"],
+              mask=batch["mask"],
+              rng=key,
+          )[1]["selected"]
+      )
+  )
   picks = np.asarray(pick(jax.random.split(jax.random.PRNGKey(3), 64)))
   assert (picks.sum(axis=(1, 2)) == min(np_floor(0.1, 50), eligible.sum())).all()
   assert not (picks & ~eligible).any()
@@ -160,15 +184,17 @@ def test_clip_cov_gradient_is_zero_exactly_at_picked_tokens():
   m = batch["mask"]
   config = cfg(name="clip_cov", **{"clip_cov.ratio": 0.2, **WIDE_BAND})
   selected, grad, loss = selected_and_grad(config, batch)
-  ref_loss, clipped, ref_grad = np_ppo(batch["logp"], batch["old_logp"], batch["advantages"],
-                                       0.2, 0.2)
+  ref_loss, clipped, ref_grad = np_ppo(
+      batch["logp"], batch["old_logp"], batch["advantages"], 0.2, 0.2
+  )
   assert selected.sum() == 10
   assert (grad[selected] == 0.0).all()
   live = (m > 0) & ~selected & ~clipped & (batch["advantages"] != 0)
   assert live.sum() > 20 and (grad[live] != 0.0).all()
   # Picked tokens stay in the token-mean denominator N.
-  np.testing.assert_allclose(grad, np.where(selected, 0.0, ref_grad) * m / m.sum(),
-                             rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(
+      grad, np.where(selected, 0.0, ref_grad) * m / m.sum(), rtol=1e-5, atol=1e-8
+  )
   assert loss == pytest.approx((np.where(selected, 0.0, ref_loss) * m).sum() / m.sum(), rel=1e-5)
 
 
@@ -202,8 +228,9 @@ def test_kl_cov_loss_and_penalty_gradient_sign():
   assert float(loss) == pytest.approx((ref * m).sum() / m.sum(), rel=1e-5)
 
   _, grad, _ = selected_and_grad(config, batch)
-  _, grad_no_penalty, _ = selected_and_grad(cfg(name="kl_cov", **{"kl_cov.ratio": 0.2,
-                                                                  "kl_cov.coef": 0.0}), batch)
+  _, grad_no_penalty, _ = selected_and_grad(
+      cfg(name="kl_cov", **{"kl_cov.ratio": 0.2, "kl_cov.coef": 0.0}), batch
+  )
   np.testing.assert_allclose(grad_no_penalty, -adv * ratio * m / m.sum(), rtol=1e-5, atol=1e-8)
   penalty_grad = (grad - grad_no_penalty) * m.sum()
   up, down = selected & (log_ratio > 0), selected & (log_ratio < 0)
@@ -239,9 +266,12 @@ def test_masked_tokens_are_never_picked_and_carry_no_gradient(name):
   assert selected.any() and not selected[invalid].any()
   assert (grad[invalid] == 0.0).all() and (grad[~invalid] != 0.0).any()
   # Other padding values change nothing.
-  other = dict(batch, logp=np.where(invalid, 3.0, batch["logp"]).astype(np.float32),
-               advantages=np.where(invalid, -7.0, batch["advantages"]).astype(np.float32),
-               entropy=np.where(invalid, -5.0, batch["entropy"]).astype(np.float32))
+  other = dict(
+      batch,
+      logp=np.where(invalid, 3.0, batch["logp"]).astype(np.float32),
+      advantages=np.where(invalid, -7.0, batch["advantages"]).astype(np.float32),
+      entropy=np.where(invalid, -5.0, batch["entropy"]).astype(np.float32),
+  )
   selected2, grad2, loss2 = selected_and_grad(config, other)
   np.testing.assert_array_equal(selected2, selected)
   np.testing.assert_array_equal(grad2, grad)
@@ -257,10 +287,14 @@ def _chunked_batch(seed):
   lengths = [4, 3, 6, 6, 2, 1, 8, 8]
   mask = (np.arange(8)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
   valid = mask > 0
-  return dict(batch, mask=mask, logp=np.where(valid, batch["logp"], -50.0).astype(np.float32),
-              old_logp=np.where(valid, batch["old_logp"], -50.0).astype(np.float32),
-              advantages=np.where(valid, batch["advantages"], 30.0).astype(np.float32),
-              entropy=np.where(valid, batch["entropy"], 100.0).astype(np.float32))
+  return dict(
+      batch,
+      mask=mask,
+      logp=np.where(valid, batch["logp"], -50.0).astype(np.float32),
+      old_logp=np.where(valid, batch["old_logp"], -50.0).astype(np.float32),
+      advantages=np.where(valid, batch["advantages"], 30.0).astype(np.float32),
+      entropy=np.where(valid, batch["entropy"], 100.0).astype(np.float32),
+  )
 
 
 def _chunks(rows, size):
@@ -278,8 +312,9 @@ def test_microbatch_scope_counts_and_sets_kl_cov():
   for c in _chunks(8, 2):  # means, k and top-k all within the chunk
     cov = np_token_cov(batch["logp"][c], batch["advantages"][c], m[c])
     expected[c] = np_top_k(cov, m[c] > 0, max(1, np_floor(ratio, int(m[c].sum()))))
-  micro = cfg(name="kl_cov", selection_scope="microbatch", microbatch_size=2,
-              **{"kl_cov.ratio": ratio})
+  micro = cfg(
+      name="kl_cov", selection_scope="microbatch", microbatch_size=2, **{"kl_cov.ratio": ratio}
+  )
   _, aux = loss_and_aux(micro, batch)
   np.testing.assert_array_equal(aux["selected"], expected)
   assert expected.sum() == 1 + 1 + 1 + 1
@@ -295,15 +330,17 @@ def test_microbatch_scope_counts_clip_cov_and_high_entropy():
   batch = _chunked_batch(51)
   m = batch["mask"]
   micro = dict(selection_scope="microbatch", microbatch_size=2)
-  _, aux = loss_and_aux(cfg(name="clip_cov", **micro, **{"clip_cov.ratio": 0.2, **WIDE_BAND}),
-                        batch)
+  _, aux = loss_and_aux(
+      cfg(name="clip_cov", **micro, **{"clip_cov.ratio": 0.2, **WIDE_BAND}), batch
+  )
   counts = [int(np.asarray(aux["selected"])[c].sum()) for c in _chunks(8, 2)]
   assert counts == [max(1, np_floor(0.2, n)) for n in (7, 12, 3, 16)] == [1, 2, 1, 3]
   _, aux = loss_and_aux(cfg(name="clip_cov", **{"clip_cov.ratio": 0.2, **WIDE_BAND}), batch)
   assert np.asarray(aux["selected"]).sum() == np_floor(0.2, 38) == 7
 
-  _, aux = loss_and_aux(cfg(name="high_entropy_tokens", **micro,
-                            **{"high_entropy_tokens.ratio": 0.2}), batch)
+  _, aux = loss_and_aux(
+      cfg(name="high_entropy_tokens", **micro, **{"high_entropy_tokens.ratio": 0.2}), batch
+  )
   expected = np.zeros(m.shape, bool)
   for c in _chunks(8, 2):
     expected[c] = np_top_k(batch["entropy"][c], m[c] > 0, np_ceil(0.2, int(m[c].sum())))
@@ -315,12 +352,14 @@ def test_microbatch_as_large_as_the_batch_is_the_batch_scope():
   batch = _chunked_batch(52)
   base = {"clip_cov.ratio": 0.3, **WIDE_BAND}
   _, whole = loss_and_aux(cfg(name="clip_cov", **base), batch, key=5)
-  _, micro = loss_and_aux(cfg(name="clip_cov", selection_scope="microbatch", microbatch_size=8,
-                              **base), batch, key=5)
+  _, micro = loss_and_aux(
+      cfg(name="clip_cov", selection_scope="microbatch", microbatch_size=8, **base), batch, key=5
+  )
   np.testing.assert_array_equal(micro["selected"], whole["selected"])
   with pytest.raises(ValueError, match="must divide"):
-    loss_and_aux(cfg(name="clip_cov", selection_scope="microbatch", microbatch_size=3, **base),
-                 batch)
+    loss_and_aux(
+        cfg(name="clip_cov", selection_scope="microbatch", microbatch_size=3, **base), batch
+    )
 
 
 # -------------------------------------------------------------------- high-entropy 80/20 -----
@@ -334,8 +373,9 @@ def test_high_entropy_tokens_top_ratio_gets_the_gradient(n_valid):
   selected, grad, loss = selected_and_grad(config, batch)
   k = np_ceil(0.2, n_valid)  # ceil(ρ·N): 1, 1, 2, 10
   np.testing.assert_array_equal(selected, np_top_k(h, m > 0, k))
-  ref_loss, clipped, ref_grad = np_ppo(batch["logp"], batch["old_logp"], batch["advantages"],
-                                       0.2, 0.2)
+  ref_loss, clipped, ref_grad = np_ppo(
+      batch["logp"], batch["old_logp"], batch["advantages"], 0.2, 0.2
+  )
   # token-mean over the selected tokens only: denominator k, the rest carry no gradient.
   np.testing.assert_allclose(grad, ref_grad * selected / k, rtol=1e-5, atol=1e-8)
   assert (grad[~selected] == 0.0).all()

@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from entropix_rl import sharding
 from entropix_rl.models import families, init_params, tiny_config
@@ -29,10 +29,20 @@ TOL = 1e-4
 def checks():
   # The checkout this test lives in, even where another copy of the package is installed.
   path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=path)
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "multidevice_checks.py")],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  env = dict(
+      os.environ,
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=path,
+  )
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tests", "multidevice_checks.py")],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout)
 
@@ -49,8 +59,9 @@ def test_rl_step_on_mesh_matches_one_device(checks, loss_name, mesh):
     assert got["n_selected"] > 0
 
 
-@pytest.mark.parametrize("loss_name", ["ppo", "clip_cov", "kl_cov", "high_entropy_tokens",
-                                       "steer", "lp_reg", "siren"])
+@pytest.mark.parametrize(
+    "loss_name", ["ppo", "clip_cov", "kl_cov", "high_entropy_tokens", "steer", "lp_reg", "siren"]
+)
 @pytest.mark.parametrize("mesh", MESHES)
 def test_micro_batched_rl_step_on_mesh_matches_one_device(checks, loss_name, mesh):
   """Gradient accumulation over device-local micro-batches, chunked no-grad passes and picks
@@ -67,7 +78,7 @@ def test_micro_batched_rl_step_on_mesh_matches_one_device(checks, loss_name, mes
     assert got["n_selected"] > 0
 
 
-@pytest.mark.parametrize("key", [f"{l}/{m}" for l in ("clip_cov", "kl_cov") for m in MESHES])
+@pytest.mark.parametrize("key", [f"{loss}/{m}" for loss in ("clip_cov", "kl_cov") for m in MESHES])
 def test_covariance_selection_is_exact_on_every_mesh(checks, key):
   got = checks["selection"][key]
   assert got["n_selected"] > 1
@@ -75,8 +86,9 @@ def test_covariance_selection_is_exact_on_every_mesh(checks, key):
   assert got["grad"] < 1e-6
 
 
-@pytest.mark.parametrize("key", [f"{l}/{m}" for l in ("steer", "steer_linear", "lp_reg", "siren")
-                                 for m in MESHES])
+@pytest.mark.parametrize(
+    "key", [f"{loss}/{m}" for loss in ("steer", "steer_linear", "lp_reg", "siren") for m in MESHES]
+)
 def test_entropy_intervention_picks_weights_and_gradients_on_every_mesh(checks, key):
   """STEER's weights, Lp-Reg's and SIREN's picks are the same on every mesh as on one device,
   and so are the gradients in ℓ and in SIREN's top-p entropy feature."""
@@ -106,7 +118,9 @@ def test_params_are_really_distributed(checks):
   for name in ("'embed'", "'q'", "'k'", "'v'", "'o'", "'gate'", "'up'", "'down'", "'lm_head'"):
     leaf = next(v for p, v in params.items() if p.endswith(f"[{name}]"))
     assert leaf["device_bytes"] * 4 == leaf["full_bytes"], (name, leaf)  # fsdp 2 x tensor 2
-  assert "tensor" in params["['layers']['q']"]["spec"] and "fsdp" in params["['layers']['q']"]["spec"]
+  assert (
+      "tensor" in params["['layers']['q']"]["spec"] and "fsdp" in params["['layers']['q']"]["spec"]
+  )
 
 
 def test_checkpoint_saved_on_one_mesh_restores_on_another(checks):
@@ -155,8 +169,13 @@ def test_every_param_of_every_family_has_a_rule(model_type):
 
 
 def test_a_param_without_a_rule_fails_naming_it():
-  params = {"embed": np.zeros((8, 4)), "layers": {"q": np.zeros((1, 4, 2, 2)),
-                                                  "mystery_gate": np.zeros((1, 4))}}
-  with pytest.raises(ValueError, match=r"param \['layers'\]\['mystery_gate'\] has no partition "
-                                       r"rule; params with rules: \[.*'q_norm'"):
+  params = {
+      "embed": np.zeros((8, 4)),
+      "layers": {"q": np.zeros((1, 4, 2, 2)), "mystery_gate": np.zeros((1, 4))},
+  }
+  with pytest.raises(
+      ValueError,
+      match=r"param \['layers'\]\['mystery_gate'\] has no partition "
+      r"rule; params with rules: \[.*'q_norm'",
+  ):
     sharding.param_specs(params, _one_device_mesh())

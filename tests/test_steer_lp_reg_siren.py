@@ -28,8 +28,13 @@ def make_batch(seed=0, rows=6, time=10):
   lengths[0] = 0  # an all-padding row
   mask = (np.arange(time)[None, :] < lengths).astype(np.float32)
   f32 = lambda x: np.asarray(x, np.float32)
-  return dict(logp=f32(logp), old_logp=f32(old), advantages=f32(adv * mask), mask=mask,
-              old_entropy=f32(rng.uniform(0.0, 3.0, (rows, time))))
+  return dict(
+      logp=f32(logp),
+      old_logp=f32(old),
+      advantages=f32(adv * mask),
+      mask=mask,
+      old_entropy=f32(rng.uniform(0.0, 3.0, (rows, time))),
+  )
 
 
 def np_ppo(logp, old, adv, eps_low=0.2, eps_high=0.2):
@@ -46,8 +51,10 @@ def loss_and_grad(config, batch, wrt="logp", **extra):
   def f(x):
     args = dict(fields, **{wrt: x})
     logp, old, adv, mask = (args.pop(k) for k in ("logp", "old_logp", "advantages", "mask"))
-    return losses.policy_loss(config, logp=logp, old_logp=old, advantages=adv, mask=mask,
-                              rng=None, **args)
+    return losses.policy_loss(
+        config, logp=logp, old_logp=old, advantages=adv, mask=mask, rng=None, **args
+    )
+
   (loss, aux), grad = jax.value_and_grad(f, has_aux=True)(fields[wrt])
   return float(loss), jax.tree.map(np.asarray, aux), jax.tree.map(np.asarray, grad)
 
@@ -75,11 +82,20 @@ def np_steer_weights(logp, old, adv, h_old, mask, mode, lmin, lmax):
 @pytest.mark.parametrize("mode,lmin,lmax", [("exp", 0.8, 1.0), ("linear", 0.8, 1.2)])
 def test_steer_weights_loss_and_gradient_match_reference(mode, lmin, lmax):
   batch = make_batch(1)
-  config = cfg(name="steer", **{"steer.mode": mode, "steer.lambda_min": lmin,
-                                "steer.lambda_max": lmax})
+  config = cfg(
+      name="steer", **{"steer.mode": mode, "steer.lambda_min": lmin, "steer.lambda_max": lmax}
+  )
   m = batch["mask"]
-  w, mag = np_steer_weights(batch["logp"], batch["old_logp"], batch["advantages"],
-                            batch["old_entropy"], m, mode, lmin, lmax)
+  w, mag = np_steer_weights(
+      batch["logp"],
+      batch["old_logp"],
+      batch["advantages"],
+      batch["old_entropy"],
+      m,
+      mode,
+      lmin,
+      lmax,
+  )
   ppo, ppo_grad = np_ppo(batch["logp"], batch["old_logp"], batch["advantages"])
   loss, aux, grad = loss_and_grad(config, batch)
   assert mag[m > 0].max() > 0.02  # λ_min is reached in exp mode
@@ -135,10 +151,15 @@ def test_steer_statistics_follow_the_selection_scope():
   _, aux, _ = loss_and_grad(config, batch)
   ppo, _ = np_ppo(batch["logp"], batch["old_logp"], batch["advantages"])
   for rows in (slice(0, 4), slice(4, 8)):
-    w, _ = np_steer_weights(*(batch[k][rows] for k in ("logp", "old_logp", "advantages",
-                                                        "old_entropy", "mask")), "exp", 0.8, 1.0)
-    np.testing.assert_allclose(aux["per_token_loss"][rows], w * ppo[rows] * batch["mask"][rows],
-                               rtol=1e-5, atol=1e-7)
+    w, _ = np_steer_weights(
+        *(batch[k][rows] for k in ("logp", "old_logp", "advantages", "old_entropy", "mask")),
+        "exp",
+        0.8,
+        1.0,
+    )
+    np.testing.assert_allclose(
+        aux["per_token_loss"][rows], w * ppo[rows] * batch["mask"][rows], rtol=1e-5, atol=1e-7
+    )
 
 
 def test_steer_reads_the_old_entropy():
@@ -247,8 +268,9 @@ def test_lp_reg_declares_its_old_feature_with_the_configured_kappa():
   rng = np.random.default_rng(1)
   logits = rng.normal(0, 3.0, (16, 20)).astype(np.float32)
   targets = rng.integers(0, 20, 16)
-  np.testing.assert_allclose(feature.fn(logits, targets, 1.0),
-                             lp_reg.min_p_proxy_logp(logits, targets, 1.0, kappa=0.1))
+  np.testing.assert_allclose(
+      feature.fn(logits, targets, 1.0), lp_reg.min_p_proxy_logp(logits, targets, 1.0, kappa=0.1)
+  )
 
 
 # ---------------------------------------------------------------- SIREN
@@ -260,7 +282,7 @@ def np_top_p_entropy(logits, temperature, top_p, top_k):
   p /= p.sum(-1, keepdims=True)
   out = np.zeros(len(z))
   for i, row in enumerate(p):
-    top = np.sort(row)[::-1][:min(top_k, len(row))]
+    top = np.sort(row)[::-1][: min(top_k, len(row))]
     kept = top[np.cumsum(top) < top_p]
     if len(kept):
       q = kept / kept.sum()
@@ -289,8 +311,9 @@ def test_top_p_entropy_matches_reference_and_its_gradient(top_k):
     return -jnp.where(keep, q * jnp.log(jnp.where(keep, q, 1.0)), 0.0).sum(-1)
 
   weights = rng.normal(size=32).astype(np.float32)
-  g = jax.grad(lambda z: (siren.top_p_entropy(z, None, 0.8, top_p=0.8, top_k=top_k)
-                          * weights).sum())(logits)
+  g = jax.grad(
+      lambda z: (siren.top_p_entropy(z, None, 0.8, top_p=0.8, top_k=top_k) * weights).sum()
+  )(logits)
   g_ref = jax.grad(lambda z: (naive(z) * weights).sum())(logits)
   np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6)
   assert np.all(np.asarray(g)[0] == 0.0)
@@ -334,15 +357,17 @@ def test_siren_loss_metric_and_gradient(anchored):
   value = np.mean([h[i][picked[i]].mean() if counts[i] else 0.0 for i in range(len(h))])
   base, _, _ = loss_and_grad(cfg(), batch)
   states = {"siren": {"anchor": jnp.float32(0.4), "anchor_set": jnp.bool_(True)}}
-  loss, aux, grad = loss_and_grad(config, batch, wrt="features",
-                                  **({"states": states} if anchored else {}))
+  loss, aux, grad = loss_and_grad(
+      config, batch, wrt="features", **({"states": states} if anchored else {})
+  )
   assert counts[0] == 0 and counts.sum() > len(h)  # the padding row picks nothing
   assert aux["siren"] == pytest.approx(value, rel=1e-5)
   d_value = picked / np.maximum(counts, 1)[:, None] / len(h)
   if anchored:
     assert loss == pytest.approx(base + 0.3 * (value - 0.4) ** 2, rel=1e-5)
-    np.testing.assert_allclose(grad[siren.FEATURE], 0.6 * (value - 0.4) * d_value, rtol=1e-5,
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        grad[siren.FEATURE], 0.6 * (value - 0.4) * d_value, rtol=1e-5, atol=1e-8
+    )
   else:
     assert loss == pytest.approx(base - 0.3 * value, rel=1e-5)
     np.testing.assert_allclose(grad[siren.FEATURE], -0.3 * d_value, rtol=1e-5, atol=1e-8)
@@ -354,9 +379,13 @@ def test_siren_anchor_is_set_once_from_the_old_statistic():
   assert not bool(states["siren"]["anchor_set"])
   batch = siren_batch(9)
   h_old = batch["features"][siren.FEATURE]
-  rollout = losses.TokenBatch(logp=batch["logp"], old_logp=batch["old_logp"],
-                              advantages=batch["advantages"], mask=batch["mask"],
-                              old_features={siren.OLD_FEATURE: h_old})
+  rollout = losses.TokenBatch(
+      logp=batch["logp"],
+      old_logp=batch["old_logp"],
+      advantages=batch["advantages"],
+      mask=batch["mask"],
+      old_features={siren.OLD_FEATURE: h_old},
+  )
   states, metrics = losses.before_update(config, states, rollout)
   want = float(siren.peak_entropy(h_old, np_peak(h_old, batch["mask"], 0.8)))
   assert bool(states["siren"]["anchor_set"])
@@ -365,8 +394,9 @@ def test_siren_anchor_is_set_once_from_the_old_statistic():
   states, metrics = jax.jit(lambda s, r: losses.before_update(config, s, r))(states, later)
   assert float(states["siren"]["anchor"]) == pytest.approx(want)  # held
   rows_with_picks = np_peak(h_old, batch["mask"], 0.8).any(1).mean()  # the padding row counts 0
-  assert float(metrics["siren/rollout_peak_entropy"]) == pytest.approx(want + rows_with_picks,
-                                                                       rel=1e-6)
+  assert float(metrics["siren/rollout_peak_entropy"]) == pytest.approx(
+      want + rows_with_picks, rel=1e-6
+  )
   # Unset anchor (a direct policy_loss call without a state): the term is 0.
   base, _, _ = loss_and_grad(cfg(), batch)
   loss, _, _ = loss_and_grad(config, batch)
@@ -386,15 +416,18 @@ def test_siren_seam_declarations():
   assert losses.needs(plain) == {siren.FEATURE} and losses.init_states(plain)["siren"] == {}
 
 
-@pytest.mark.parametrize("overrides,match", [
-    ({"steer.mode": "cubic"}, "loss.steer.mode='cubic'"),
-    ({"steer.lambda_min": 1.2}, "loss.steer.lambda_min=1.2"),
-    ({"steer.mode": "linear", "steer.lambda_max": 0.5}, "loss.steer.lambda_max=0.5"),
-    ({"lp_reg.ratio": 0.0}, "loss.lp_reg.ratio=0.0"),
-    ({"lp_reg.kappa": 0.0}, "loss.lp_reg.kappa=0.0"),
-    ({"siren.top_k": 0}, "loss.siren.top_k=0"),
-    ({"siren.top_p": 1.5}, "loss.siren.top_p=1.5"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"steer.mode": "cubic"}, "loss.steer.mode='cubic'"),
+        ({"steer.lambda_min": 1.2}, "loss.steer.lambda_min=1.2"),
+        ({"steer.mode": "linear", "steer.lambda_max": 0.5}, "loss.steer.lambda_max=0.5"),
+        ({"lp_reg.ratio": 0.0}, "loss.lp_reg.ratio=0.0"),
+        ({"lp_reg.kappa": 0.0}, "loss.lp_reg.kappa=0.0"),
+        ({"siren.top_k": 0}, "loss.siren.top_k=0"),
+        ({"siren.top_p": 1.5}, "loss.siren.top_p=1.5"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, match):
   with pytest.raises(ValueError, match=match.replace("(", r"\(")):
     cfg(**overrides)
@@ -402,11 +435,16 @@ def test_bad_values_name_the_field(overrides, match):
 
 @pytest.mark.parametrize("preset", ["steer", "steer_linear", "lp_reg", "siren", "siren_acting"])
 def test_presets_resolve_to_the_documented_settings(preset):
-  from configs import interventions  # noqa: PLC0415
+  from configs import interventions
+
   loss = losses.resolve_loss_config(interventions.get_config(preset).loss)
-  expected = {"steer": ("steer", "exp", None), "steer_linear": ("steer", "linear", None),
-              "lp_reg": ("lp_reg", None, None), "siren": ("ppo", None, 0.005),
-              "siren_acting": ("ppo", None, 0.05)}[preset]
+  expected = {
+      "steer": ("steer", "exp", None),
+      "steer_linear": ("steer", "linear", None),
+      "lp_reg": ("lp_reg", None, None),
+      "siren": ("ppo", None, 0.005),
+      "siren_acting": ("ppo", None, 0.05),
+  }[preset]
   assert loss.name == expected[0]
   if expected[1]:
     assert loss.steer.mode == expected[1] and loss.steer.lambda_min == 0.8

@@ -56,13 +56,22 @@ def test_expand_sweep_names_and_overrides(config_path):
 
 
 def test_command_for_local_and_tpu():
-  cmd = sweep.command_for("cfg.py", "/w/run", {"loss.name": "clip_cov", "rl.remat": True},
-                          python="python", extra=["--config.rl.steps=5"])
+  cmd = sweep.command_for(
+      "cfg.py",
+      "/w/run",
+      {"loss.name": "clip_cov", "rl.remat": True},
+      python="python",
+      extra=["--config.rl.steps=5"],
+  )
   assert cmd[0] == "python" and cmd[1].endswith(os.path.join("experiments", "train.py"))
-  assert cmd[2:] == ["--config=cfg.py", "--workdir=/w/run", "--config.loss.name=clip_cov",
-                     "--config.rl.remat=true", "--config.rl.steps=5"]
-  tpu = sweep.command_for("cfg.py", "gs://b/run", {"seed": 1}, mode="tpu", tpu_name="t",
-                          zone="z")
+  assert cmd[2:] == [
+      "--config=cfg.py",
+      "--workdir=/w/run",
+      "--config.loss.name=clip_cov",
+      "--config.rl.remat=true",
+      "--config.rl.steps=5",
+  ]
+  tpu = sweep.command_for("cfg.py", "gs://b/run", {"seed": 1}, mode="tpu", tpu_name="t", zone="z")
   assert tpu[0] == "bash" and tpu[1].endswith(os.path.join("launch", "run.sh"))
   assert tpu[2:] == ["t", "z", "cfg.py", "gs://b/run", "--config.seed=1"]
   with pytest.raises(ValueError, match="tpu_name"):
@@ -81,16 +90,28 @@ def test_dry_run_cli_skips_done(config_path, tmp_path):
   (base / "name-ppo__seed-0").mkdir(parents=True)
   (base / "name-ppo__seed-0" / "DONE").touch()
   out = subprocess.run(
-      [sys.executable, SWEEP_PY, f"--config={config_path}", f"--workdir={base}", "--dry_run",
-       "--python=python", "--config.rl.steps=2"],
-      capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+      [
+          sys.executable,
+          SWEEP_PY,
+          f"--config={config_path}",
+          f"--workdir={base}",
+          "--dry_run",
+          "--python=python",
+          "--config.rl.steps=2",
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=REPO_ROOT,
+  ).stdout
   lines = out.strip().splitlines()
   assert lines[0].startswith("[1/4] name-ppo__seed-0: DONE exists")
   assert lines[1] == (
       "[2/4] name-clip_cov__clip_cov.ratio-0.02__seed-0: python experiments/train.py "
       f"--config={config_path} --workdir={base}/name-clip_cov__clip_cov.ratio-0.02__seed-0 "
       "--config.loss.name=clip_cov --config.loss.clip_cov.ratio=0.02 --config.seed=0 "
-      "--config.rl.steps=2")
+      "--config.rl.steps=2"
+  )
   assert lines[3].startswith("[4/4] custom: python experiments/train.py")
   assert lines[-1].startswith("4 runs: 1 already done")
 
@@ -105,16 +126,21 @@ def test_local_mode_runs_in_order_and_skips_done(config_path, tmp_path):
     calls.append(cmd)
     return subprocess.CompletedProcess(cmd, 1 if "seed=1" in " ".join(cmd) else 0)
 
-  results = sweep.run_sweep(config_path, str(base), python="python", runner=runner,
-                            log=lambda _: None)
+  results = sweep.run_sweep(
+      config_path, str(base), python="python", runner=runner, log=lambda _: None
+  )
   assert [r[1] for r in results] == ["ok", "ok", "failed (rc=1)", "done"]
   assert len(calls) == 3 and all(c[0] == "python" for c in calls)
   assert f"--workdir={base}/name-ppo__seed-0" in calls[0]
 
 
 def test_unknown_flag_rejected(config_path):
-  proc = subprocess.run([sys.executable, SWEEP_PY, f"--config={config_path}", "--workdir=w",
-                         "--bogus=1"], capture_output=True, text=True, cwd=REPO_ROOT)
+  proc = subprocess.run(
+      [sys.executable, SWEEP_PY, f"--config={config_path}", "--workdir=w", "--bogus=1"],
+      capture_output=True,
+      text=True,
+      cwd=REPO_ROOT,
+  )
   assert proc.returncode != 0 and "--bogus=1" in proc.stderr
 
 
@@ -132,8 +158,9 @@ def test_parallel_jobs_run_first_alone_and_log_each_run(config_path, tmp_path):
       events.append(("end", name))
     return subprocess.CompletedProcess(cmd, 0)
 
-  results = sweep.run_sweep(config_path, str(base), python="python", jobs=2, runner=runner,
-                            log=lambda _: None)
+  results = sweep.run_sweep(
+      config_path, str(base), python="python", jobs=2, runner=runner, log=lambda _: None
+  )
   names = [n for n, _ in results]
   assert [s for _, s in results] == ["ok"] * 4
   assert events[:2] == [("start", names[0]), ("end", names[0])]  # the first run goes alone
@@ -151,8 +178,14 @@ def test_parallel_jobs_stop_when_the_first_run_fails(config_path, tmp_path):
     started.append(cmd)
     return subprocess.CompletedProcess(cmd, 1)
 
-  results = sweep.run_sweep(config_path, str(tmp_path / "runs"), python="python", jobs=2,
-                            runner=runner, log=lambda _: None)
+  results = sweep.run_sweep(
+      config_path,
+      str(tmp_path / "runs"),
+      python="python",
+      jobs=2,
+      runner=runner,
+      log=lambda _: None,
+  )
   assert len(started) == 1
   assert results[0][1] == "failed (rc=1)"
   assert [s for _, s in results[1:]] == ["not run (first run failed)"] * 3
@@ -168,8 +201,16 @@ def test_a_preempted_run_is_reported_and_resumed(config_path, tmp_path):
     return subprocess.CompletedProcess(cmd, codes.get(name, [0]).pop(0))
 
   logged = []
-  results = dict(sweep.run_sweep(config_path, str(tmp_path / "runs"), python="python",
-                                 runner=runner, max_resumes=3, log=logged.append))
+  results = dict(
+      sweep.run_sweep(
+          config_path,
+          str(tmp_path / "runs"),
+          python="python",
+          runner=runner,
+          max_resumes=3,
+          log=logged.append,
+      )
+  )
   assert results["name-ppo__seed-0"] == "ok" and calls.count("name-ppo__seed-0") == 3
   assert results["custom"] == "preempted (rc=75)" and calls.count("custom") == 4
   assert any("preempted (checkpoint saved); resuming, attempt 2/3" in line for line in logged)
@@ -177,24 +218,37 @@ def test_a_preempted_run_is_reported_and_resumed(config_path, tmp_path):
 
 def test_preempted_exit_code_matches_the_trainer():
   from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
+
   assert sweep.PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE
 
 
-@pytest.mark.parametrize("codes,expected_rc,expected_calls", [("75 75 0", 0, 3),
-                                                              ("75 75 75", 75, 3),
-                                                              ("3", 3, 1)])
+@pytest.mark.parametrize(
+    "codes,expected_rc,expected_calls", [("75 75 0", 0, 3), ("75 75 75", 75, 3), ("3", 3, 1)]
+)
 def test_run_sh_resumes_a_preempted_run(tmp_path, codes, expected_rc, expected_calls):
   fake_bin = tmp_path / "bin"
   fake_bin.mkdir()
   (tmp_path / "codes").write_text(codes.replace(" ", "\n") + "\n")
   gcloud = fake_bin / "gcloud"  # pops the next exit code, logs the call
-  gcloud.write_text(f"#!/usr/bin/env bash\necho call >> {tmp_path}/calls\n"
-                    f"rc=$(head -n1 {tmp_path}/codes); sed -i 1d {tmp_path}/codes; exit $rc\n")
+  gcloud.write_text(
+      f"#!/usr/bin/env bash\necho call >> {tmp_path}/calls\n"
+      f"rc=$(head -n1 {tmp_path}/codes); sed -i 1d {tmp_path}/codes; exit $rc\n"
+  )
   gcloud.chmod(0o755)
-  proc = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "run.sh"), "tpu", "zone",
-                         "configs/quickstart.py", "gs://b/run"], capture_output=True, text=True,
-                        env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}",
-                             "MAX_RESUMES": "2"}, timeout=60)
+  proc = subprocess.run(
+      [
+          "bash",
+          os.path.join(REPO_ROOT, "launch", "run.sh"),
+          "tpu",
+          "zone",
+          "configs/quickstart.py",
+          "gs://b/run",
+      ],
+      capture_output=True,
+      text=True,
+      env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "MAX_RESUMES": "2"},
+      timeout=60,
+  )
   assert proc.returncode == expected_rc, proc.stdout + proc.stderr
   assert (tmp_path / "calls").read_text().count("call") == expected_calls
   if expected_rc == 75:

@@ -67,8 +67,18 @@ def test_malformed_completions_score_zero(task):
   rng = np.random.default_rng(1)
   for ex in _examples(task, 4, "train", 50):
     demo = task.demonstration(ex, rng)
-    for bad in ("", "   ", "hello", "???", demo + "x", demo + "=", "x" + demo, demo + demo,
-                demo + " 1", "9" + demo):
+    for bad in (
+        "",
+        "   ",
+        "hello",
+        "???",
+        demo + "x",
+        demo + "=",
+        "x" + demo,
+        demo + demo,
+        demo + " 1",
+        "9" + demo,
+    ):
       assert task.verify(ex, bad) == 0.0, (ex, bad)
 
 
@@ -106,16 +116,41 @@ def _decomposition_example(n):
 def test_decomposition_accepts_many_correct_answers():
   task = tasks.Decomposition()
   ex = _decomposition_example(865)
-  for good in ("1+864", "864+1", "432+433", "800+65", "065+800", "0001+0864", "400+465",
-               " 500+365 "):
+  for good in (
+      "1+864",
+      "864+1",
+      "432+433",
+      "800+65",
+      "065+800",
+      "0001+0864",
+      "400+465",
+      " 500+365 ",
+  ):
     assert task.verify(ex, good) == 1.0, good
 
 
 def test_decomposition_rejects_wrong_sums_and_zero_parts():
   task = tasks.Decomposition()
   ex = _decomposition_example(865)
-  for bad in ("1+863", "865+1", "0+865", "865+0", "000+865", "865+000", "0+0", "865", "+865",
-              "1+", "-1+866", "1+2+862", "1 + 864", "1+864+", "a+b", "1*865", "432.5+432.5"):
+  for bad in (
+      "1+863",
+      "865+1",
+      "0+865",
+      "865+0",
+      "000+865",
+      "865+000",
+      "0+0",
+      "865",
+      "+865",
+      "1+",
+      "-1+866",
+      "1+2+862",
+      "1 + 864",
+      "1+864+",
+      "a+b",
+      "1*865",
+      "432.5+432.5",
+  ):
     assert task.verify(ex, bad) == 0.0, bad
 
 
@@ -143,8 +178,11 @@ def test_decomposition_config_validation():
 
 
 def _countdown_example(numbers, target):
-  return Example(prompt=f"{target}:{','.join(map(str, numbers))}=", answer="",
-                 info={"numbers": tuple(numbers), "target": target})
+  return Example(
+      prompt=f"{target}:{','.join(map(str, numbers))}=",
+      answer="",
+      info={"numbers": tuple(numbers), "target": target},
+  )
 
 
 def test_countdown_verify_rules():
@@ -152,8 +190,22 @@ def test_countdown_verify_rules():
   ex = _countdown_example((3, 5, 7), 22)
   for good in ("3*5+7", "7+5*3", "(3*5)+7", "((3*5)+7)", "7+(5*3)", " 3 * 5 + 7 "):
     assert task.verify(ex, good) == 1.0, good
-  for bad in ("3*5+7+0", "3*5*7", "3*5+5", "3*7+5", "5*5+7-3", "3*5", "22", "3*5+7=22",
-              "(3*5+7", "3*5+7)", "3**5+7", "-3*5+7", "3*5+7.0", "3,5,7"):
+  for bad in (
+      "3*5+7+0",
+      "3*5*7",
+      "3*5+5",
+      "3*7+5",
+      "5*5+7-3",
+      "3*5",
+      "22",
+      "3*5+7=22",
+      "(3*5+7",
+      "3*5+7)",
+      "3**5+7",
+      "-3*5+7",
+      "3*5+7.0",
+      "3,5,7",
+  ):
     assert task.verify(ex, bad) == 0.0, bad
 
 
@@ -192,8 +244,15 @@ def test_countdown_never_executes_model_output(monkeypatch):
 
   monkeypatch.setattr(builtins, "eval", forbidden)
   monkeypatch.setattr(builtins, "exec", forbidden)
-  for hostile in ("__import__('os').system('x')", "3*5+7;__import__('os')", "(lambda: 22)()",
-                  "3*5+7 # comment", "0x16", "1e1+12", "3*5+7\n__import__('os')"):
+  for hostile in (
+      "__import__('os').system('x')",
+      "3*5+7;__import__('os')",
+      "(lambda: 22)()",
+      "3*5+7 # comment",
+      "0x16",
+      "1e1+12",
+      "3*5+7\n__import__('os')",
+  ):
     assert task.verify(ex, hostile) == 0.0, hostile
     with pytest.raises(ValueError):
       countdown_lib.evaluate(hostile)

@@ -46,13 +46,18 @@ def random_rows(cfg, rows=8, prompt=4, completion=6, seed=0):
   completion_mask = (np.arange(completion)[None, :] < lengths[:, None]).astype(np.float32)
   attention_mask = np.concatenate([np.ones((rows, prompt), bool), completion_mask > 0], axis=1)
   advantages = rng.normal(0.0, 1.0, (rows, 1)).astype(np.float32) * completion_mask
-  return {"tokens": tokens, "attention_mask": attention_mask,
-          "completion": tokens[:, prompt:], "completion_mask": completion_mask,
-          "advantages": advantages}
+  return {
+      "tokens": tokens,
+      "attention_mask": attention_mask,
+      "completion": tokens[:, prompt:],
+      "completion_mask": completion_mask,
+      "advantages": advantages,
+  }
 
 
-@pytest.mark.parametrize("optimizer,lrs", [("sgd", (1e-2, 1e-3, 1e-4)),
-                                           ("adam", (1e-3, 1e-4, 1e-5))])
+@pytest.mark.parametrize(
+    "optimizer,lrs", [("sgd", (1e-2, 1e-3, 1e-4)), ("adam", (1e-3, 1e-4, 1e-5))]
+)
 def test_first_order_prediction_converges_to_measured_change(optimizer, lrs):
   cfg = tiny_config(vocab_size=16)
   params = init_params(cfg, jax.random.PRNGKey(0), init_std=0.2)
@@ -76,15 +81,17 @@ def test_probe_with_minibatches_and_bad_arguments():
   params = init_params(cfg, jax.random.PRNGKey(0), init_std=0.2)
   batch = random_rows(cfg)
   out = theorem_probe.make_probe_update(cfg, "adam", 4, token_chunk=16)(
-      params, batch, jnp.float32(1e-4), jax.random.PRNGKey(2))
+      params, batch, jnp.float32(1e-4), jax.random.PRNGKey(2)
+  )
   assert set(out) == {"measured", "predicted", "logp", "entropy", "advantages", "mask"}
   assert all(v.shape == batch["completion"].shape for v in out.values())
   assert np.all(np.asarray(out["measured"])[batch["completion_mask"] == 0] == 0)
   with pytest.raises(ValueError, match="optimizer"):
     theorem_probe.make_probe_update(cfg, "rmsprop", 1)
   with pytest.raises(ValueError, match="divide"):
-    theorem_probe.make_probe_update(cfg, "sgd", 3)(params, batch, jnp.float32(0.1),
-                                                   jax.random.PRNGKey(0))
+    theorem_probe.make_probe_update(cfg, "sgd", 3)(
+        params, batch, jnp.float32(0.1), jax.random.PRNGKey(0)
+    )
 
 
 # ------------------------------------------------- (ii) the exact softmax bandit, no network
@@ -100,11 +107,13 @@ def test_policy_gradient_form_on_an_exact_bandit():
     # Theorem 1 (Δz = η·π·A) / Theorem 2 (Δz = η·A) through Lemma 1, against an independent
     # covariance and against the exact entropy change.
     theorem = -eta * np_policy_cov(z, direction)
-    lemma = np.asarray(dynamics.predicted_entropy_change(
-        jnp.asarray(z, jnp.float32), jnp.asarray(eta * direction, jnp.float32)))
+    lemma = np.asarray(
+        dynamics.predicted_entropy_change(
+            jnp.asarray(z, jnp.float32), jnp.asarray(eta * direction, jnp.float32)
+        )
+    )
     np.testing.assert_allclose(lemma, theorem, rtol=1e-4, atol=1e-9)
-    np.testing.assert_allclose(np_entropy(z + eta * direction) - np_entropy(z), theorem,
-                               rtol=2e-2)
+    np.testing.assert_allclose(np_entropy(z + eta * direction) - np_entropy(z), theorem, rtol=2e-2)
 
     # With sampled actions only: a_t ~ π(·|s), A_t = A(s, a_t).
     draws = 200_000
@@ -114,14 +123,21 @@ def test_policy_gradient_form_on_an_exact_bandit():
       adv_t = adv[s, actions]
       entropy_t = np.full(draws, np_entropy(z[s]))
       mask = np.ones(draws, np.float32)
-      single = np.asarray(theorem_probe.sampled_theorem_terms(
-          jnp.asarray(logp), jnp.asarray(entropy_t), jnp.asarray(adv_t), mask)[form], np.float64)
+      single = np.asarray(
+          theorem_probe.sampled_theorem_terms(
+              jnp.asarray(logp), jnp.asarray(entropy_t), jnp.asarray(adv_t), mask
+          )[form],
+          np.float64,
+      )
       exact = np_policy_cov(z[s], direction[s])
       # The single-sample term is unbiased: its mean is Cov_π within 4 standard errors.
       assert abs(single.mean() - exact) < 4 * single.std() / np.sqrt(draws), (form, s)
       # One state: the paper's token covariance over the batch estimates the same Cov_π.
-      batch = float(theorem_probe.batch_covariance_forms(
-          jnp.asarray(logp)[None], jnp.asarray(adv_t)[None], mask[None])[form])
+      batch = float(
+          theorem_probe.batch_covariance_forms(
+              jnp.asarray(logp)[None], jnp.asarray(adv_t)[None], mask[None]
+          )[form]
+      )
       f = np.exp(logp) * adv_t if form == "pg" else adv_t
       np.testing.assert_allclose(batch, np.cov(logp, f, ddof=0)[0, 1], rtol=1e-3)
       products = (logp - logp.mean()) * (f - f.mean())
@@ -146,13 +162,26 @@ def test_agreement_figures():
 @pytest.mark.slow  # about 30 s on 2 CPU cores: SFT, sampling and two probe compilations
 def test_binary_writes_the_figures(tmp_path):
   out = tmp_path / "probe"
-  cmd = [sys.executable, os.path.join(REPO, "experiments", "theorem_probe.py"),
-         f"--out={out}", "--num_rollouts=2", "--sgd_lrs=0.1,0.01", "--adam_lrs=1e-4",
-         "--multi_lrs=1e-4", "--ks=1", "--scatter_points=50",
-         "--config.model.hidden_size=32", "--config.model.num_layers=2",
-         "--config.model.head_dim=8", "--config.model.intermediate_size=64",
-         "--config.sft.steps=5", "--config.sft.batch_size=16", "--config.sft.log_every=5",
-         "--config.rl.prompts_per_step=4", "--config.rl.group_size=4"]
+  cmd = [
+      sys.executable,
+      os.path.join(REPO, "experiments", "theorem_probe.py"),
+      f"--out={out}",
+      "--num_rollouts=2",
+      "--sgd_lrs=0.1,0.01",
+      "--adam_lrs=1e-4",
+      "--multi_lrs=1e-4",
+      "--ks=1",
+      "--scatter_points=50",
+      "--config.model.hidden_size=32",
+      "--config.model.num_layers=2",
+      "--config.model.head_dim=8",
+      "--config.model.intermediate_size=64",
+      "--config.sft.steps=5",
+      "--config.sft.batch_size=16",
+      "--config.sft.log_every=5",
+      "--config.rl.prompts_per_step=4",
+      "--config.rl.group_size=4",
+  ]
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -161,14 +190,26 @@ def test_binary_writes_the_figures(tmp_path):
   assert (out / "theorem_probe.png").stat().st_size > 0
   assert (out / "sft" / "config.json").exists()
   assert [(s["optimizer"], s["lr"], s["k"]) for s in report["settings"]] == [
-      ("sgd", 0.1, 1), ("sgd", 0.01, 1), ("adam", 1e-4, 1)]  # adam 1e-4 k=1 once
+      ("sgd", 0.1, 1),
+      ("sgd", 0.01, 1),
+      ("adam", 1e-4, 1),
+  ]  # adam 1e-4 k=1 once
   assert lines == report["settings"]
   assert report["rollouts"]["count"] == 2 and report["rollouts"]["rows"] == 16
   for setting in report["settings"]:
-    assert set(setting["per_token"]) == {"lemma", "lemma_rollout_median", "pg_single_sample",
-                                         "npg_single_sample"}
-    assert set(setting["per_step"]) == {"predicted", "pg_batch", "npg_batch", "pg_token_mean",
-                                        "npg_token_mean"}
+    assert set(setting["per_token"]) == {
+        "lemma",
+        "lemma_rollout_median",
+        "pg_single_sample",
+        "npg_single_sample",
+    }
+    assert set(setting["per_step"]) == {
+        "predicted",
+        "pg_batch",
+        "npg_batch",
+        "pg_token_mean",
+        "npg_token_mean",
+    }
     lemma = setting["per_token"]["lemma"]
     assert set(lemma) == {"n", "pearson_r", "slope", "rmse", "ratio_of_means", "sign_agreement"}
     assert lemma["n"] > 0 and len(setting["measured_step_means"]) == 2

@@ -40,10 +40,10 @@ def make_inputs(seed, n, d, v, scale=1.0):
 
 
 CHUNKINGS = [
-    dict(token_chunk=4, vocab_chunk=7),      # neither divides (21 tokens, 50 columns)
+    dict(token_chunk=4, vocab_chunk=7),  # neither divides (21 tokens, 50 columns)
     dict(token_chunk=21, vocab_chunk=None),  # one token chunk, whole vocabulary
-    dict(token_chunk=5, vocab_chunk=50),     # vocab block = V
-    dict(token_chunk=100, vocab_chunk=64),   # both larger than the input
+    dict(token_chunk=5, vocab_chunk=50),  # vocab block = V
+    dict(token_chunk=100, vocab_chunk=64),  # both larger than the input
     dict(token_chunk=1, vocab_chunk=1),
 ]
 
@@ -54,8 +54,9 @@ def test_values_match_float64_reference_and_naive(chunking, temperature):
   h, w, y = make_inputs(0, 21, 16, 50, scale=4.0)
   ref_logp, ref_ent, _, _ = reference(h, w, y, temperature)
   h3, y3 = h.reshape(3, 7, 16), y.reshape(3, 7)
-  logp, ent = jax.jit(lambda a, b, c: token_stats.token_logp_entropy(
-      a, b, c, temperature=temperature, **chunking))(h3, w, y3)
+  logp, ent = jax.jit(
+      lambda a, b, c: token_stats.token_logp_entropy(a, b, c, temperature=temperature, **chunking)
+  )(h3, w, y3)
   assert logp.shape == ent.shape == (3, 7) and logp.dtype == ent.dtype == jnp.float32
   np.testing.assert_allclose(logp.reshape(-1), ref_logp, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(ent.reshape(-1), ref_ent, rtol=1e-5, atol=1e-5)
@@ -76,6 +77,7 @@ def test_gradients_match_formula_and_naive(chunking, temperature):
     def f(a, b):
       logp, ent = fn(a, b, y, temperature=temperature, **chunking)
       return (g_logp * logp).sum() + (g_ent * ent).sum()
+
     return f
 
   grads = jax.jit(jax.grad(loss(token_stats.token_logp_entropy), argnums=(0, 1)))(h, w)
@@ -101,7 +103,8 @@ def test_stopped_entropy_and_without_entropy_give_logp_gradient_only():
     return sum(x.sum() for x in token_stats.token_logp_entropy(a, b, y, **chunking))
 
   np.testing.assert_array_equal(
-      token_stats.token_logp_entropy(h, w, y, with_entropy=False, **chunking)[1], 0.0)
+      token_stats.token_logp_entropy(h, w, y, with_entropy=False, **chunking)[1], 0.0
+  )
   ref = reference_grads(h, w, y, 1.0, np.ones(10), np.zeros(10))
   for fn in (stopped, without):
     for got, want in zip(jax.grad(fn, argnums=(0, 1))(h, w), ref):
@@ -109,8 +112,9 @@ def test_stopped_entropy_and_without_entropy_give_logp_gradient_only():
   # The entropy's backward work is skipped when its cotangent is a symbolic zero.
   size = lambda fn: len(str(jax.make_jaxpr(jax.grad(fn, argnums=(0, 1)))(h, w)))
   assert size(stopped) < size(both)
-  only_entropy = jax.grad(lambda a, b: token_stats.token_logp_entropy(
-      a, b, y, **chunking)[1].sum(), argnums=(0, 1))(h, w)
+  only_entropy = jax.grad(
+      lambda a, b: token_stats.token_logp_entropy(a, b, y, **chunking)[1].sum(), argnums=(0, 1)
+  )(h, w)
   for got, want in zip(only_entropy, reference_grads(h, w, y, 1.0, np.zeros(10), np.ones(10))):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -142,8 +146,11 @@ def test_bfloat16_inputs():
 
 def test_chunked_compiles_to_less_temporary_memory():
   """The point of the module: no [tokens, V] float32 array in forward or backward."""
-  args = (jax.ShapeDtypeStruct((512, 64), jnp.float32), jax.ShapeDtypeStruct((64, 4096), jnp.float32),
-          jax.ShapeDtypeStruct((512,), jnp.int32))
+  args = (
+      jax.ShapeDtypeStruct((512, 64), jnp.float32),
+      jax.ShapeDtypeStruct((64, 4096), jnp.float32),
+      jax.ShapeDtypeStruct((512,), jnp.int32),
+  )
 
   def temp_bytes(fn, **kwargs):
     loss = lambda a, b, c: sum(x.sum() for x in fn(a, b, c, **kwargs))

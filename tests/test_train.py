@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-
 import wandb_records
+
 from configs import quickstart
 from entropix_rl import run_logs
 from entropix_rl.config_overrides import apply_overrides
@@ -42,21 +42,42 @@ def read_metrics(workdir):
 def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
   workdir = str(tmp_path / "run")
   wandb_dir = str(tmp_path / "wandb_files")
-  tracking = {"logging.samples_every": 2, "logging.num_samples": 3, "logging.tensorboard": True,
-              "logging.wandb.enabled": True, "logging.wandb.mode": "offline",
-              "logging.wandb.dir": wandb_dir}
-  experiment.run(small_config(**{"loss.name": "clip_cov", "eval.every": 2, **tracking}), workdir,
-                 log=False)
+  tracking = {
+      "logging.samples_every": 2,
+      "logging.num_samples": 3,
+      "logging.tensorboard": True,
+      "logging.wandb.enabled": True,
+      "logging.wandb.mode": "offline",
+      "logging.wandb.dir": wandb_dir,
+  }
+  experiment.run(
+      small_config(**{"loss.name": "clip_cov", "eval.every": 2, **tracking}), workdir, log=False
+  )
   records = read_metrics(workdir)
   assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
   step = records[-1]
-  for key in ("entropy/paper", "entropy/token_mean", "reward/mean", "cov/mean", "loss/clip_frac",
-              "loss/approx_kl", "loss/kl_ref", "dynamics/predicted_entropy_change",
-              "dynamics/measured_entropy_change", "time/tokens_per_s",
-              "accuracy/distinct_correct_per_group", "eval/greedy_accuracy", "eval/pass@4",
-              "optimizer/learning_rate"):
+  for key in (
+      "entropy/paper",
+      "entropy/token_mean",
+      "reward/mean",
+      "cov/mean",
+      "loss/clip_frac",
+      "loss/approx_kl",
+      "loss/kl_ref",
+      "dynamics/predicted_entropy_change",
+      "dynamics/measured_entropy_change",
+      "time/tokens_per_s",
+      "accuracy/distinct_correct_per_group",
+      "eval/greedy_accuracy",
+      "eval/pass@4",
+      "optimizer/learning_rate",
+  ):
     assert key in step and np.isfinite(step[key]), key
-  assert 0.0 < step["entropy/paper"] <= np.log(experiment.make_tokenizer(small_config()).vocab_size) + 1e-5
+  assert (
+      0.0
+      < step["entropy/paper"]
+      <= np.log(experiment.make_tokenizer(small_config()).vocab_size) + 1e-5
+  )
   assert os.path.exists(os.path.join(workdir, "DONE"))
   assert os.path.exists(os.path.join(workdir, "sft", "config.json"))
   info = json.load(open(os.path.join(workdir, "run_info.json")))
@@ -77,12 +98,16 @@ def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
   logged = wandb_records.history(first)
   assert sorted(logged) == [0, 1, 2, 3, 4]
   for s, record in zip(range(5), records):
-    assert json.loads(logged[s]["reward/mean"] if s else logged[s]["eval/greedy_accuracy"]) == \
-        pytest.approx(record["reward/mean"] if s else record["eval/greedy_accuracy"], rel=1e-6)
+    assert json.loads(
+        logged[s]["reward/mean"] if s else logged[s]["eval/greedy_accuracy"]
+    ) == pytest.approx(record["reward/mean"] if s else record["eval/greedy_accuracy"], rel=1e-6)
   assert json.loads(logged[4]["samples/nrows"]) == 3 and "samples/_type" in logged[2]
 
-  experiment.run(small_config(**{"loss.name": "clip_cov", "eval.every": 2, "rl.steps": 6,
-                                 **tracking}), workdir, log=False)  # resumes at step 4
+  experiment.run(
+      small_config(**{"loss.name": "clip_cov", "eval.every": 2, "rl.steps": 6, **tracking}),
+      workdir,
+      log=False,
+  )  # resumes at step 4
   assert [r["step"] for r in read_metrics(workdir)] == [0, 1, 2, 3, 4, 5, 6]
   tables = [json.loads(line) for line in open(os.path.join(workdir, "tables", "samples.jsonl"))]
   assert [t["step"] for t in tables] == [2, 4, 6]
@@ -115,10 +140,18 @@ def test_invalid_configs_fail_at_start_up(overrides, message):
 
 def test_train_binary_rejects_unknown_loss_before_any_work(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "experiments/train.py", "--config=configs/quickstart.py",
-       f"--workdir={tmp_path}/w", "--config.loss.name=nope"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "experiments/train.py",
+          "--config=configs/quickstart.py",
+          f"--workdir={tmp_path}/w",
+          "--config.loss.name=nope",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode != 0
   assert "loss.name='nope'" in proc.stderr
   assert not os.path.exists(os.path.join(tmp_path, "w", "checkpoints"))
-

@@ -27,7 +27,11 @@ def test_metric_writer_jsonl_and_truncate_on_resume(tmp_path):
   writer.close()
   with open(os.path.join(tmp_path, "metrics.jsonl"), "a") as f:
     f.write('{"step": 6, "a/b"')  # a torn line from a killed process
-  records = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl")) if line.endswith("}\n")]
+  records = [
+      json.loads(line)
+      for line in open(os.path.join(tmp_path, "metrics.jsonl"))
+      if line.endswith("}\n")
+  ]
   assert [r["a/b"] for r in records] == [0.5, 1.0, 1.5, 2.0, 2.5]
   assert records[0]["nan"] is None and "text" not in records[0]
   MetricWriter(str(tmp_path), tensorboard=False).truncate_after(3)
@@ -60,18 +64,30 @@ def test_progress_prints_eta(capsys):
 def test_checkpointer_keeps_last_k_and_restores_exactly(tmp_path):
   optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2))
   params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
-  state = create_train_state(params, optimizer, jax.random.PRNGKey(0),
-                             interventions={"entropy_bonus": {"coef": jnp.float32(0.1)}})
+  state = create_train_state(
+      params,
+      optimizer,
+      jax.random.PRNGKey(0),
+      interventions={"entropy_bonus": {"coef": jnp.float32(0.1)}},
+  )
   ckpt = Checkpointer(str(tmp_path / "ckpt"), save_every=2, keep=2)
   for step in range(1, 8):
     grads = jax.tree.map(jnp.ones_like, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state, rng=jax.random.split(state.rng)[0])
+    state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        rng=jax.random.split(state.rng)[0],
+    )
     ckpt.maybe_save(step, state, {"data_state": {"index": step}}, force=step == 7)
   assert ckpt.all_steps() == [6, 7]
-  template = create_train_state(jax.tree.map(jnp.zeros_like, params), optimizer,
-                                jax.random.PRNGKey(5), interventions={"entropy_bonus": {"coef": jnp.float32(0)}})
+  template = create_train_state(
+      jax.tree.map(jnp.zeros_like, params),
+      optimizer,
+      jax.random.PRNGKey(5),
+      interventions={"entropy_bonus": {"coef": jnp.float32(0)}},
+  )
   restored, extra, step = ckpt.restore(template)
   ckpt.close()
   assert step == 7 and extra == {"data_state": {"index": 7}}
@@ -148,20 +164,51 @@ def test_tensorboard_purges_the_steps_a_resume_replaces(tmp_path):
 
 def test_event_reader_reads_scalars_stored_as_tensors(tmp_path):
   from tensorboardX.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
-  events = [event_pb2.Event(step=7, summary=summary_pb2.Summary(value=[
-      summary_pb2.Summary.Value(tag="a", tensor=tensor_pb2.TensorProto(
-          dtype=1, tensor_shape=tensor_shape_pb2.TensorShapeProto(), float_val=[0.25])),
-      summary_pb2.Summary.Value(tag="b", tensor=tensor_pb2.TensorProto(
-          dtype=2, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-          tensor_content=np.float64(1.5).tobytes())),
-      summary_pb2.Summary.Value(tag="vector", tensor=tensor_pb2.TensorProto(
-          dtype=1, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-              dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=2)]), float_val=[1.0, 2.0]))]))]
+
+  events = [
+      event_pb2.Event(
+          step=7,
+          summary=summary_pb2.Summary(
+              value=[
+                  summary_pb2.Summary.Value(
+                      tag="a",
+                      tensor=tensor_pb2.TensorProto(
+                          dtype=1,
+                          tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                          float_val=[0.25],
+                      ),
+                  ),
+                  summary_pb2.Summary.Value(
+                      tag="b",
+                      tensor=tensor_pb2.TensorProto(
+                          dtype=2,
+                          tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                          tensor_content=np.float64(1.5).tobytes(),
+                      ),
+                  ),
+                  summary_pb2.Summary.Value(
+                      tag="vector",
+                      tensor=tensor_pb2.TensorProto(
+                          dtype=1,
+                          tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                              dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=2)]
+                          ),
+                          float_val=[1.0, 2.0],
+                      ),
+                  ),
+              ]
+          ),
+      )
+  ]
   path = tmp_path / "events.out.tfevents.1.host"
   with open(path, "wb") as f:
     for event in events:
       payload = event.SerializeToString()
       header = struct.pack("<Q", len(payload))
-      f.write(header + struct.pack("<I", run_logs._masked_crc32c(header)) + payload
-              + struct.pack("<I", run_logs._masked_crc32c(payload)))
+      f.write(
+          header
+          + struct.pack("<I", run_logs._masked_crc32c(header))
+          + payload
+          + struct.pack("<I", run_logs._masked_crc32c(payload))
+      )
   assert run_logs.read_event_file(str(path)) == {7: {"a": 0.25, "b": 1.5}}

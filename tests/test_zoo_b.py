@@ -32,9 +32,15 @@ def make_batch(seed=0, rows=6, time=8, spread=0.6):
   lengths = rng.integers(2, time + 1, (rows, 1))
   lengths[0] = 0
   mask = (np.arange(time)[None, :] < lengths).astype(np.float32)
-  return dict(logp=F32(logp), old_logp=F32(old), advantages=F32(adv * mask), mask=mask,
-              entropy=F32(rng.uniform(0.01, 3.0, (rows, time))),
-              rewards=F32(np.arange(rows) % 2), group_ids=np.arange(rows, dtype=np.int32) // 3)
+  return dict(
+      logp=F32(logp),
+      old_logp=F32(old),
+      advantages=F32(adv * mask),
+      mask=mask,
+      entropy=F32(rng.uniform(0.01, 3.0, (rows, time))),
+      rewards=F32(np.arange(rows) % 2),
+      group_ids=np.arange(rows, dtype=np.int32) // 3,
+  )
 
 
 def run(config, batch, logp=None, **extra):
@@ -47,7 +53,8 @@ def run(config, batch, logp=None, **extra):
 
 def loss_and_grad(config, batch):
   (loss, aux), grad = jax.value_and_grad(lambda lp: run(config, batch, lp), has_aux=True)(
-      batch["logp"])
+      batch["logp"]
+  )
   return float(loss), jax.tree.map(np.asarray, aux), np.asarray(grad)
 
 
@@ -69,11 +76,14 @@ def np_gppo(logp, old, adv, eps_low, eps_high, beta1, beta2, c=None):
   ratio = np.exp(np.clip(log_ratio, -20, 20))
   low = (adv < 0) & (ratio < 1 - eps_low)
   high = (adv > 0) & (ratio > 1 + eps_high)
-  loss = np.where(low, -beta1 * (1 - eps_low) * adv,
-                  np.where(high, -beta2 * (1 + eps_high) * adv, -ratio * adv))
-  grad = np.where(low, -beta1 * (1 - eps_low) * adv,
-                  np.where(high, -beta2 * (1 + eps_high) * adv,
-                           -ratio * adv * (np.abs(log_ratio) < 20)))
+  loss = np.where(
+      low, -beta1 * (1 - eps_low) * adv, np.where(high, -beta2 * (1 + eps_high) * adv, -ratio * adv)
+  )
+  grad = np.where(
+      low,
+      -beta1 * (1 - eps_low) * adv,
+      np.where(high, -beta2 * (1 + eps_high) * adv, -ratio * adv * (np.abs(log_ratio) < 20)),
+  )
   if c is not None:
     capped = (adv < 0) & (loss > -adv * c)
     loss = np.where(capped, -adv * c, loss)
@@ -81,8 +91,11 @@ def np_gppo(logp, old, adv, eps_low, eps_high, beta1, beta2, c=None):
   return loss, low | high, grad
 
 
-GPPO_SETTINGS = [dict(beta1=1.0, beta2=1.0), dict(beta1=0.75, beta2=1.0),
-                 dict(beta1=0.25, beta2=0.5, clip_eps_high=0.28, dual_clip_c=1.5)]
+GPPO_SETTINGS = [
+    dict(beta1=1.0, beta2=1.0),
+    dict(beta1=0.75, beta2=1.0),
+    dict(beta1=0.25, beta2=0.5, clip_eps_high=0.28, dual_clip_c=1.5),
+]
 
 
 @pytest.mark.parametrize("setting", GPPO_SETTINGS)
@@ -91,12 +104,18 @@ def test_gppo_value_and_gradient_match_reference(setting, agg):
   batch = make_batch(1)
   setting = dict(setting)
   eps_high, c = setting.pop("clip_eps_high", 0.2), setting.pop("dual_clip_c", None)
-  config = cfg(name="gppo", agg=agg, clip_eps_high=eps_high, dual_clip_c=c,
-               **{f"gppo.{k}": v for k, v in setting.items()})
+  config = cfg(
+      name="gppo",
+      agg=agg,
+      clip_eps_high=eps_high,
+      dual_clip_c=c,
+      **{f"gppo.{k}": v for k, v in setting.items()},
+  )
   loss, aux, grad = loss_and_grad(config, batch)
   m = batch["mask"]
-  ref, clipped, ref_grad = np_gppo(batch["logp"], batch["old_logp"], batch["advantages"], 0.2,
-                                   eps_high, c=c, **setting)
+  ref, clipped, ref_grad = np_gppo(
+      batch["logp"], batch["old_logp"], batch["advantages"], 0.2, eps_high, c=c, **setting
+  )
   assert 0 < clipped[m > 0].mean() < 1
   assert loss == pytest.approx(np_agg(ref, m, agg), rel=1e-5)
   np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
@@ -117,11 +136,19 @@ def test_gppo_at_beta_one_has_the_ppo_value():
 def test_gppo_gradient_on_clipped_tokens_survives_any_log_ratio(log_ratio, adv):
   """−β·(1 ± ε)·A·∇ℓ on a clipped token, also where a clamped r/sg(r) would give 0."""
   beta1, beta2, eps_low, eps_high = 0.75, 0.5, 0.2, 0.28
-  config = cfg(name="gppo", clip_eps_high=eps_high, dual_clip_c=3.0,
-               **{"gppo.beta1": beta1, "gppo.beta2": beta2})
+  config = cfg(
+      name="gppo",
+      clip_eps_high=eps_high,
+      dual_clip_c=3.0,
+      **{"gppo.beta1": beta1, "gppo.beta2": beta2},
+  )
   logp = F32([[-1.0, -2.0]])
-  batch = dict(logp=logp, old_logp=F32([[-1.0 - log_ratio, -2.0]]), advantages=F32([[adv, adv]]),
-               mask=F32([[1.0, 1.0]]))
+  batch = dict(
+      logp=logp,
+      old_logp=F32([[-1.0 - log_ratio, -2.0]]),
+      advantages=F32([[adv, adv]]),
+      mask=F32([[1.0, 1.0]]),
+  )
   _, aux, grad = loss_and_grad(config, batch)
   scale = beta2 * (1 + eps_high) if adv > 0 else beta1 * (1 - eps_low)
   assert grad[0, 0] == pytest.approx(-scale * adv / 2, rel=1e-6)
@@ -187,8 +214,11 @@ def test_gspo_token_gradient_is_the_sequence_objective_gradient():
   batch = make_batch(5, spread=0.1)
   m = batch["mask"]
   eps_low, eps_high = 0.02, 0.03
-  config = cfg(name="gspo", agg="seq-mean-token-mean",
-               **{"gspo.clip_eps_low": eps_low, "gspo.clip_eps_high": eps_high})
+  config = cfg(
+      name="gspo",
+      agg="seq-mean-token-mean",
+      **{"gspo.clip_eps_low": eps_low, "gspo.clip_eps_high": eps_high},
+  )
   loss, _, grad = loss_and_grad(config, batch)
 
   def sequence_objective(logp):
@@ -202,11 +232,15 @@ def test_gspo_token_gradient_is_the_sequence_objective_gradient():
   want, want_grad = jax.value_and_grad(sequence_objective)(batch["logp"])
   assert loss == pytest.approx(float(want), rel=1e-5)
   np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
-  _, clipped, s = np_gspo(batch["logp"], batch["old_logp"], batch["advantages"], m, eps_low,
-                          eps_high)
+  _, clipped, s = np_gspo(
+      batch["logp"], batch["old_logp"], batch["advantages"], m, eps_low, eps_high
+  )
   rows = (m.sum(1) > 0).sum()
-  expected = np.where(clipped, 0.0, -batch["advantages"] * s[:, None]) * m / (
-      np.maximum(m.sum(1, keepdims=True), 1) * rows)
+  expected = (
+      np.where(clipped, 0.0, -batch["advantages"] * s[:, None])
+      * m
+      / (np.maximum(m.sum(1, keepdims=True), 1) * rows)
+  )
   np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
   assert clipped[m > 0].any() and (grad[(m > 0) & ~clipped] != 0).all()
 
@@ -278,8 +312,18 @@ def test_hapo_score_matches_reference_over_valid_tokens(form):
 # -------------------------------------------------------------------------- HAPO surrogate
 
 
-def np_hapo(batch, score, *, eps_low=0.2, eps_high=0.2, alpha=1.0, beta=1.0, c=None,
-            adaptive_clip=True, adaptive_advantage=True):
+def np_hapo(
+    batch,
+    score,
+    *,
+    eps_low=0.2,
+    eps_high=0.2,
+    alpha=1.0,
+    beta=1.0,
+    c=None,
+    adaptive_clip=True,
+    adaptive_advantage=True,
+):
   """HAPO token loss and d loss / d ℓ from the formulas."""
   logp, old, adv = batch["logp"].astype(np.float64), batch["old_logp"], batch["advantages"]
   ratio = np.exp(logp - old)
@@ -303,9 +347,13 @@ def np_hapo(batch, score, *, eps_low=0.2, eps_high=0.2, alpha=1.0, beta=1.0, c=N
   return loss, grad
 
 
-HAPO_SETTINGS = [{}, {"hapo.score_form": "absolute"}, {"hapo.adaptive_clip": False},
-                 {"hapo.adaptive_advantage": False, "hapo.clip_alpha": 0.5},
-                 {"hapo.adv_beta": 0.5, "hapo.entropy_pivot": 0.5, "dual_clip_c": 1.5}]
+HAPO_SETTINGS = [
+    {},
+    {"hapo.score_form": "absolute"},
+    {"hapo.adaptive_clip": False},
+    {"hapo.adaptive_advantage": False, "hapo.clip_alpha": 0.5},
+    {"hapo.adv_beta": 0.5, "hapo.entropy_pivot": 0.5, "dual_clip_c": 1.5},
+]
 
 
 @pytest.mark.parametrize("setting", HAPO_SETTINGS)
@@ -316,9 +364,15 @@ def test_hapo_value_and_gradient_match_reference(setting):
   loss, aux, grad = loss_and_grad(config, batch)
   m = batch["mask"]
   score = np_score(batch["entropy"], m, c.entropy_pivot, c.score_form)
-  ref, ref_grad = np_hapo(batch, score, alpha=c.clip_alpha, beta=c.adv_beta,
-                          c=setting.get("dual_clip_c"), adaptive_clip=c.adaptive_clip,
-                          adaptive_advantage=c.adaptive_advantage)
+  ref, ref_grad = np_hapo(
+      batch,
+      score,
+      alpha=c.clip_alpha,
+      beta=c.adv_beta,
+      c=setting.get("dual_clip_c"),
+      adaptive_clip=c.adaptive_clip,
+      adaptive_advantage=c.adaptive_advantage,
+  )
   assert loss == pytest.approx(np_agg(ref, m), rel=1e-5)
   np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(grad, ref_grad * m / m.sum(), rtol=1e-5, atol=1e-7)
@@ -340,8 +394,9 @@ def test_hapo_microbatch_scope_scores_each_chunk():
   config = cfg(name="hapo", selection_scope="microbatch", microbatch_size=3)
   _, aux = run(config, batch)
   m = batch["mask"]
-  score = np.concatenate([np_score(batch["entropy"][r], m[r], 0.8) for r in (slice(0, 3),
-                                                                               slice(3, 6))])
+  score = np.concatenate(
+      [np_score(batch["entropy"][r], m[r], 0.8) for r in (slice(0, 3), slice(3, 6))]
+  )
   ref, _ = np_hapo(batch, score)
   np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
 
@@ -365,8 +420,9 @@ def np_token_advantages(rewards, group_ids, mask, threshold=5.0, eps=1e-6):
 
 def test_token_advantage_on_the_authors_example():
   """Rewards [1.0, 0.9], lengths [2, 1]: valid tokens only (the code, with padding, falls back)."""
-  got = token_adv_lib.token_group_advantages(F32([1.0, 0.9]), np.zeros(2, np.int32),
-                                             F32([[1, 1], [1, 0]]), threshold=5.0, eps=1e-6)
+  got = token_adv_lib.token_group_advantages(
+      F32([1.0, 0.9]), np.zeros(2, np.int32), F32([[1, 1], [1, 0]]), threshold=5.0, eps=1e-6
+  )
   np.testing.assert_allclose(got, [[0.7071, 0.7071], [-1.4142, 0.0]], atol=2e-4)
 
 
@@ -378,8 +434,7 @@ def test_token_advantage_falls_back_to_grpo():
   got = token_adv_lib.token_group_advantages(rewards, groups, mask, threshold=5.0, eps=1e-6)
   grpo = np.asarray(advantages_lib.grpo(rewards, groups, 1))
   np.testing.assert_allclose(got, grpo[:, None] * mask, rtol=1e-6)
-  no_fallback = token_adv_lib.token_group_advantages(rewards, groups, mask, threshold=7.0,
-                                                     eps=1e-6)
+  no_fallback = token_adv_lib.token_group_advantages(rewards, groups, mask, threshold=7.0, eps=1e-6)
   assert no_fallback[0, 0] == pytest.approx(math.sqrt(40), rel=1e-4)
 
 
@@ -393,14 +448,20 @@ def test_token_advantage_matches_reference_and_runs_on_the_rollout():
   want = np_token_advantages(rewards, groups, mask)
   got = token_adv_lib.token_group_advantages(rewards, groups, mask, threshold=5.0, eps=1e-6)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  rollout = losses.TokenBatch(logp=F32(np.zeros(mask.shape)), old_logp=F32(np.zeros(mask.shape)),
-                              advantages=F32(np.ones(mask.shape)), mask=mask,
-                              rewards=rewards, group_ids=groups)
+  rollout = losses.TokenBatch(
+      logp=F32(np.zeros(mask.shape)),
+      old_logp=F32(np.zeros(mask.shape)),
+      advantages=F32(np.ones(mask.shape)),
+      mask=mask,
+      rewards=rewards,
+      group_ids=groups,
+  )
   off = losses.rollout_advantages(cfg(), rollout, {})
   np.testing.assert_array_equal(off, rollout.advantages)
   config = cfg(**{"hapo_token_advantage.enabled": True})
-  np.testing.assert_allclose(losses.rollout_advantages(config, rollout, {}), want, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      losses.rollout_advantages(config, rollout, {}), want, rtol=1e-5, atol=1e-6
+  )
   assert losses.needs(config) == {"rewards", "group_ids"}
 
 
@@ -409,8 +470,12 @@ def test_token_advantage_matches_reference_and_runs_on_the_rollout():
 
 MASKED_SETTINGS = {
     "gppo": {"name": "gppo", "gppo.positive_nll_coef": 0.1, "dual_clip_c": 3.0},
-    "gspo": {"name": "gspo", "agg": "seq-mean-token-mean", "gspo.clip_eps_low": 0.02,
-             "gspo.clip_eps_high": 0.03},
+    "gspo": {
+        "name": "gspo",
+        "agg": "seq-mean-token-mean",
+        "gspo.clip_eps_low": 0.02,
+        "gspo.clip_eps_high": 0.03,
+    },
     "cispo": {"name": "cispo"},
     "hapo": {"name": "hapo", "dual_clip_c": 3.0},
 }
@@ -424,8 +489,13 @@ def test_masked_tokens_never_contribute_even_when_not_finite(name):
   loss, aux, grad = loss_and_grad(config, batch)
   assert np.isfinite(loss) and (grad[~invalid] != 0).any()
   for pad in (np.nan, np.inf, -np.inf, 40.0):
-    other = dict(batch, **{k: F32(np.where(invalid, pad, batch[k]))
-                           for k in ("logp", "old_logp", "advantages", "entropy")})
+    other = dict(
+        batch,
+        **{
+            k: F32(np.where(invalid, pad, batch[k]))
+            for k in ("logp", "old_logp", "advantages", "entropy")
+        },
+    )
     loss2, aux2, grad2 = loss_and_grad(config, other)
     assert loss2 == pytest.approx(loss, rel=1e-6), pad
     np.testing.assert_array_equal(grad2[invalid], 0.0)
@@ -443,16 +513,22 @@ def test_aux_keys_are_the_common_contract(name):
   assert not np.asarray(aux["selected"]).any()
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"gppo.beta1": -0.1}, r"loss.gppo.beta1=-0.1; allowed: a number in \[0.0, inf\]"),
-    ({"gppo.positive_nll_coef": -1.0}, "loss.gppo.positive_nll_coef=-1.0"),
-    ({"gspo.clip_eps_low": 1.5}, r"loss.gspo.clip_eps_low=1.5; allowed: a number in \[0.0, 1.0\]"),
-    ({"cispo.clip_eps_high": -0.2}, "loss.cispo.clip_eps_high=-0.2"),
-    ({"hapo.entropy_pivot": 1.2}, "loss.hapo.entropy_pivot=1.2"),
-    ({"hapo.score_form": "code"}, r"loss.hapo.score_form='code'; allowed: \('symmetric', "),
-    ({"hapo.adaptive_clip": 1}, "loss.hapo.adaptive_clip=1; allowed: True or False"),
-    ({"hapo_token_advantage.threshold": 0.0}, "loss.hapo_token_advantage.threshold=0.0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"gppo.beta1": -0.1}, r"loss.gppo.beta1=-0.1; allowed: a number in \[0.0, inf\]"),
+        ({"gppo.positive_nll_coef": -1.0}, "loss.gppo.positive_nll_coef=-1.0"),
+        (
+            {"gspo.clip_eps_low": 1.5},
+            r"loss.gspo.clip_eps_low=1.5; allowed: a number in \[0.0, 1.0\]",
+        ),
+        ({"cispo.clip_eps_high": -0.2}, "loss.cispo.clip_eps_high=-0.2"),
+        ({"hapo.entropy_pivot": 1.2}, "loss.hapo.entropy_pivot=1.2"),
+        ({"hapo.score_form": "code"}, r"loss.hapo.score_form='code'; allowed: \('symmetric', "),
+        ({"hapo.adaptive_clip": 1}, "loss.hapo.adaptive_clip=1; allowed: True or False"),
+        ({"hapo_token_advantage.threshold": 0.0}, "loss.hapo_token_advantage.threshold=0.0"),
+    ],
+)
 def test_bad_values_name_the_field(override, message):
   ((path, value),) = override.items()
   section, field = path.split(".")
@@ -462,10 +538,18 @@ def test_bad_values_name_the_field(override, message):
 
 EXPECTED_PRESETS = {
     "gppo": {"name": "gppo", "gppo.beta1": 1.0, "gppo.beta2": 1.0, "gppo.positive_nll_coef": 0.0},
-    "ce_gppo": {"name": "gppo", "gppo.beta1": 0.75, "gppo.beta2": 1.0,
-                "gppo.positive_nll_coef": 0.1},
-    "gspo": {"name": "gspo", "agg": "seq-mean-token-mean", "gspo.clip_eps_low": 3e-4,
-             "gspo.clip_eps_high": 4e-4},
+    "ce_gppo": {
+        "name": "gppo",
+        "gppo.beta1": 0.75,
+        "gppo.beta2": 1.0,
+        "gppo.positive_nll_coef": 0.1,
+    },
+    "gspo": {
+        "name": "gspo",
+        "agg": "seq-mean-token-mean",
+        "gspo.clip_eps_low": 3e-4,
+        "gspo.clip_eps_high": 4e-4,
+    },
     "cispo": {"name": "cispo", "cispo.clip_eps_high": 0.2},
     "hapo": {"name": "hapo", "hapo.score_form": "symmetric", "hapo_token_advantage.enabled": False},
     "hapo_token_advantage": {"name": "hapo", "hapo_token_advantage.enabled": True},

@@ -39,18 +39,28 @@ def make_rollout(seed=0, rows=6, time=10, delimiter_rate=0.25):
   ends = rng.random((rows, time)) < delimiter_rate
   steps = (np.cumsum(ends, axis=1) - ends).astype(np.int32)
   f32 = lambda x: np.asarray(x, np.float32)
-  return dict(old_logp=f32(-rng.uniform(0.05, 3.0, (rows, time))),
-              old_entropy=f32(rng.uniform(0.0, 3.0, (rows, time))),
-              advantages=f32(np.repeat(rng.normal(0, 1, (rows, 1)), time, 1) * mask), mask=mask,
-              step_ids=steps, entropy=f32(rng.uniform(0.0, 3.0, (rows, time))),
-              logp=f32(-rng.uniform(0.05, 3.0, (rows, time))))
+  return dict(
+      old_logp=f32(-rng.uniform(0.05, 3.0, (rows, time))),
+      old_entropy=f32(rng.uniform(0.0, 3.0, (rows, time))),
+      advantages=f32(np.repeat(rng.normal(0, 1, (rows, 1)), time, 1) * mask),
+      mask=mask,
+      step_ids=steps,
+      entropy=f32(rng.uniform(0.0, 3.0, (rows, time))),
+      logp=f32(-rng.uniform(0.05, 3.0, (rows, time))),
+  )
 
 
 def rollout_batch(data, **fields):
-  return TokenBatch(logp=data["old_logp"], old_logp=data["old_logp"],
-                    advantages=data["advantages"], mask=data["mask"],
-                    entropy=data["old_entropy"], old_entropy=data["old_entropy"],
-                    step_ids=data["step_ids"], **fields)
+  return TokenBatch(
+      logp=data["old_logp"],
+      old_logp=data["old_logp"],
+      advantages=data["advantages"],
+      mask=data["mask"],
+      entropy=data["old_entropy"],
+      old_entropy=data["old_entropy"],
+      step_ids=data["step_ids"],
+      **fields,
+  )
 
 
 def np_agg_token_mean(x, m):
@@ -63,8 +73,9 @@ def np_agg_token_mean(x, m):
 def test_step_ids_count_the_delimiters_before_each_token():
   plus = 7
   completion = np.array([[3, 4, plus, 5, plus, plus, 6], [plus, 3, 3, 3, 0, 0, 0]])
-  np.testing.assert_array_equal(step_ids_from_tokens(completion, plus),
-                                [[0, 0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(
+      step_ids_from_tokens(completion, plus), [[0, 0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 1, 1, 1]]
+  )
   np.testing.assert_array_equal(step_ids_from_tokens(completion, -1), np.zeros((2, 7)))
   assert step_ids_from_tokens(completion, plus).dtype == jnp.int32
 
@@ -94,12 +105,12 @@ def np_empg(adv, ent, mask, steps, k, k_future, zeta):
 @pytest.mark.parametrize("k,k_future,zeta", [(1.0, 1.0, 0.1), (3.0, 0.5, 0.4)])
 def test_empg_matches_reference(k, k_future, zeta):
   data = make_rollout(1)
-  config = cfg(**{"empg.enabled": True, "empg.k": k, "empg.k_future": k_future,
-                  "empg.zeta": zeta})
+  config = cfg(**{"empg.enabled": True, "empg.k": k, "empg.k_future": k_future, "empg.zeta": zeta})
   assert losses.needs(config) >= {"old_entropy", "step_ids"}
   got = losses.rollout_advantages(config, rollout_batch(data), losses.init_states(config))
-  want = np_empg(data["advantages"], data["old_entropy"], data["mask"], data["step_ids"],
-                 k, k_future, zeta)
+  want = np_empg(
+      data["advantages"], data["old_entropy"], data["mask"], data["step_ids"], k, k_future, zeta
+  )
   assert len(set(data["step_ids"][data["mask"] > 0].tolist())) > 2  # multi-step data
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -107,14 +118,23 @@ def test_empg_matches_reference(k, k_future, zeta):
 def test_empg_single_step_is_a_response_confidence_weight():
   data = make_rollout(2)
   data["step_ids"] = np.zeros_like(data["step_ids"])
-  got = np.asarray(empg_lib.empg_advantages(
-      data["advantages"], data["old_entropy"], data["mask"], data["step_ids"], k=1.0,
-      k_future=1.0, zeta=0.1))
+  got = np.asarray(
+      empg_lib.empg_advantages(
+          data["advantages"],
+          data["old_entropy"],
+          data["mask"],
+          data["step_ids"],
+          k=1.0,
+          k_future=1.0,
+          zeta=0.1,
+      )
+  )
   valid = data["mask"].sum(1) > 0
   a = data["advantages"][:, 0]
   scale = got[valid, 0] / a[valid]  # no future bonus: A' = g·A
-  np.testing.assert_allclose(got[valid], (scale[:, None] * data["advantages"][valid]),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      got[valid], (scale[:, None] * data["advantages"][valid]), rtol=1e-5, atol=1e-6
+  )
   assert scale.mean() == pytest.approx(1.0, rel=1e-5)  # g has batch mean 1
   seq_h = (data["old_entropy"] * data["mask"]).sum(1)[valid] / data["mask"].sum(1)[valid]
   assert np.all(np.diff(scale[np.argsort(seq_h)]) <= 1e-6)  # more entropy, less weight
@@ -122,30 +142,63 @@ def test_empg_single_step_is_a_response_confidence_weight():
 
 def test_empg_masked_tokens_never_count_and_output_is_constant():
   data = make_rollout(3)
-  base = empg_lib.empg_advantages(data["advantages"], data["old_entropy"], data["mask"],
-                                  data["step_ids"], k=1.0, k_future=1.0, zeta=0.1)
+  base = empg_lib.empg_advantages(
+      data["advantages"],
+      data["old_entropy"],
+      data["mask"],
+      data["step_ids"],
+      k=1.0,
+      k_future=1.0,
+      zeta=0.1,
+  )
   noisy = data["old_entropy"] + (1 - data["mask"]) * 50.0
-  again = empg_lib.empg_advantages(data["advantages"] + (1 - data["mask"]) * 9.0, noisy,
-                                   data["mask"], data["step_ids"], k=1.0, k_future=1.0, zeta=0.1)
+  again = empg_lib.empg_advantages(
+      data["advantages"] + (1 - data["mask"]) * 9.0,
+      noisy,
+      data["mask"],
+      data["step_ids"],
+      k=1.0,
+      k_future=1.0,
+      zeta=0.1,
+  )
   np.testing.assert_array_equal(base, again)
   assert np.all(np.asarray(base)[data["mask"] == 0] == 0)
-  grad = jax.grad(lambda h: empg_lib.empg_advantages(
-      data["advantages"], h, data["mask"], data["step_ids"], k=1.0, k_future=1.0,
-      zeta=0.1).sum())(data["old_entropy"])
+  grad = jax.grad(
+      lambda h: empg_lib.empg_advantages(
+          data["advantages"], h, data["mask"], data["step_ids"], k=1.0, k_future=1.0, zeta=0.1
+      ).sum()
+  )(data["old_entropy"])
   np.testing.assert_array_equal(grad, 0.0)
 
 
 def test_empg_renormalisation_and_equal_entropies():
   data = make_rollout(4)
   m = data["mask"] > 0
-  out = np.asarray(empg_lib.empg_advantages(
-      data["advantages"], data["old_entropy"], data["mask"], data["step_ids"], k=1.0,
-      k_future=1.0, zeta=0.1, renormalize=True))
+  out = np.asarray(
+      empg_lib.empg_advantages(
+          data["advantages"],
+          data["old_entropy"],
+          data["mask"],
+          data["step_ids"],
+          k=1.0,
+          k_future=1.0,
+          zeta=0.1,
+          renormalize=True,
+      )
+  )
   assert out[m].mean() == pytest.approx(0.0, abs=1e-5)
   assert out[m].std() == pytest.approx(1.0, rel=1e-4)
-  flat = np.asarray(empg_lib.empg_advantages(
-      data["advantages"], np.ones_like(data["old_entropy"]), data["mask"], data["step_ids"],
-      k=2.0, k_future=1.0, zeta=0.0))
+  flat = np.asarray(
+      empg_lib.empg_advantages(
+          data["advantages"],
+          np.ones_like(data["old_entropy"]),
+          data["mask"],
+          data["step_ids"],
+          k=2.0,
+          k_future=1.0,
+          zeta=0.0,
+      )
+  )
   np.testing.assert_allclose(flat, data["advantages"], rtol=1e-6)  # all Ĥ = 0: g = 1
 
 
@@ -165,8 +218,12 @@ def np_seed_scale(old_logp, mask, groups, clusters, alpha, fn, gamma, estimator,
     probs = np.array(list(p.values()))
     se = -(probs * np.log(probs)).sum() if estimator == "entropy" else -np.log(probs).mean()
     x = alpha * se / np.log(len(idx))
-    scale[idx] = {"linear": 1 - min(x, 1), "exponential": np.exp(-x),
-                  "focal": (1 - min(x, 1)) ** gamma, "inverse": 1 / (1 + x)}[fn]
+    scale[idx] = {
+        "linear": 1 - min(x, 1),
+        "exponential": np.exp(-x),
+        "focal": (1 - min(x, 1)) ** gamma,
+        "inverse": 1 / (1 + x),
+    }[fn]
   return scale
 
 
@@ -174,25 +231,43 @@ def seed_data(seed=0, groups=4, size=5, time=6):
   rng = np.random.default_rng(seed)
   n = groups * size
   mask = (np.arange(time)[None] < rng.integers(1, time + 1, n)[:, None]).astype(np.float32)
-  return dict(old_logp=np.float32(-rng.uniform(0.05, 2.0, (n, time))), mask=mask,
-              group_ids=np.repeat(np.arange(groups), size).astype(np.int32),
-              cluster_ids=rng.integers(-1, 3, n).astype(np.int32),
-              advantages=np.float32(np.repeat(rng.normal(0, 1, (n, 1)), time, 1) * mask))
+  return dict(
+      old_logp=np.float32(-rng.uniform(0.05, 2.0, (n, time))),
+      mask=mask,
+      group_ids=np.repeat(np.arange(groups), size).astype(np.int32),
+      cluster_ids=rng.integers(-1, 3, n).astype(np.int32),
+      advantages=np.float32(np.repeat(rng.normal(0, 1, (n, 1)), time, 1) * mask),
+  )
 
 
 @pytest.mark.parametrize("fn", seed_lib.SCALE_FNS)
-@pytest.mark.parametrize("estimator,mass", [("entropy", "likelihood"), ("mean_log", "count"),
-                                            ("entropy", "count")])
+@pytest.mark.parametrize(
+    "estimator,mass", [("entropy", "likelihood"), ("mean_log", "count"), ("entropy", "count")]
+)
 def test_seed_grpo_matches_reference(fn, estimator, mass):
   d = seed_data(1)
-  config = cfg(**{"seed_grpo.enabled": True, "seed_grpo.scale_fn": fn, "seed_grpo.alpha": 0.7,
-                  "seed_grpo.gamma": 1.5, "seed_grpo.estimator": estimator,
-                  "seed_grpo.mass": mass})
-  batch = TokenBatch(logp=d["old_logp"], old_logp=d["old_logp"], advantages=d["advantages"],
-                     mask=d["mask"], group_ids=d["group_ids"], cluster_ids=d["cluster_ids"])
+  config = cfg(
+      **{
+          "seed_grpo.enabled": True,
+          "seed_grpo.scale_fn": fn,
+          "seed_grpo.alpha": 0.7,
+          "seed_grpo.gamma": 1.5,
+          "seed_grpo.estimator": estimator,
+          "seed_grpo.mass": mass,
+      }
+  )
+  batch = TokenBatch(
+      logp=d["old_logp"],
+      old_logp=d["old_logp"],
+      advantages=d["advantages"],
+      mask=d["mask"],
+      group_ids=d["group_ids"],
+      cluster_ids=d["cluster_ids"],
+  )
   got = losses.rollout_advantages(config, batch, {})
-  scale = np_seed_scale(d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"], 0.7, fn,
-                        1.5, estimator, mass)
+  scale = np_seed_scale(
+      d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"], 0.7, fn, 1.5, estimator, mass
+  )
   assert len(np.unique(np.round(scale, 6))) > 2
   np.testing.assert_allclose(got, d["advantages"] * scale[:, None], rtol=1e-5, atol=1e-6)
 
@@ -211,44 +286,76 @@ def test_seed_grpo_identical_answers_give_zero_entropy_and_distinct_give_ln_g():
   for clusters in (distinct, no_answers):
     for mass in seed_lib.MASSES:
       for estimator in seed_lib.ESTIMATORS:
-        se = seed_lib.semantic_entropy(equal, d["group_ids"], clusters, estimator=estimator,
-                                       mass=mass)
+        se = seed_lib.semantic_entropy(
+            equal, d["group_ids"], clusters, estimator=estimator, mass=mass
+        )
         np.testing.assert_allclose(se, math.log(6), rtol=1e-6)
   for fn in seed_lib.SCALE_FNS:
-    scale = seed_lib.seed_grpo_scale(d["old_logp"], d["mask"], d["group_ids"], same, alpha=1.0,
-                                     scale_fn=fn, gamma=2.0, estimator="entropy",
-                                     mass="likelihood")
+    scale = seed_lib.seed_grpo_scale(
+        d["old_logp"],
+        d["mask"],
+        d["group_ids"],
+        same,
+        alpha=1.0,
+        scale_fn=fn,
+        gamma=2.0,
+        estimator="entropy",
+        mass="likelihood",
+    )
     np.testing.assert_allclose(scale, 1.0, atol=1e-6)
-  scale = seed_lib.seed_grpo_scale(np.zeros_like(d["old_logp"]), d["mask"], d["group_ids"],
-                                   distinct, alpha=1.0, scale_fn="linear", gamma=2.0,
-                                   estimator="entropy", mass="likelihood")
+  scale = seed_lib.seed_grpo_scale(
+      np.zeros_like(d["old_logp"]),
+      d["mask"],
+      d["group_ids"],
+      distinct,
+      alpha=1.0,
+      scale_fn="linear",
+      gamma=2.0,
+      estimator="entropy",
+      mass="likelihood",
+  )
   np.testing.assert_allclose(scale, 0.0, atol=1e-6)  # SE = ln G, x = α = 1
 
 
 def test_seed_grpo_masked_tokens_and_singleton_groups():
   d = seed_data(3)
-  kwargs = dict(alpha=1.0, scale_fn="exponential", gamma=2.0, estimator="entropy",
-                mass="likelihood")
-  base = seed_lib.seed_grpo_scale(d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"],
-                                  **kwargs)
+  kwargs = dict(
+      alpha=1.0, scale_fn="exponential", gamma=2.0, estimator="entropy", mass="likelihood"
+  )
+  base = seed_lib.seed_grpo_scale(
+      d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"], **kwargs
+  )
   noisy = d["old_logp"] - (1 - d["mask"]) * 40.0
-  np.testing.assert_array_equal(base, seed_lib.seed_grpo_scale(
-      noisy, d["mask"], d["group_ids"], d["cluster_ids"], **kwargs))
-  single = seed_lib.seed_grpo_scale(d["old_logp"], d["mask"], np.arange(20, dtype=np.int32),
-                                    d["cluster_ids"], **kwargs)
+  np.testing.assert_array_equal(
+      base, seed_lib.seed_grpo_scale(noisy, d["mask"], d["group_ids"], d["cluster_ids"], **kwargs)
+  )
+  single = seed_lib.seed_grpo_scale(
+      d["old_logp"], d["mask"], np.arange(20, dtype=np.int32), d["cluster_ids"], **kwargs
+  )
   np.testing.assert_array_equal(single, 1.0)  # G = 1: ln G = 0, no scaling
   with pytest.raises(ValueError, match="reads 'cluster_ids'"):
-    losses.rollout_advantages(cfg(**{"seed_grpo.enabled": True}), TokenBatch(
-        logp=d["old_logp"], old_logp=d["old_logp"], advantages=d["advantages"], mask=d["mask"],
-        group_ids=d["group_ids"]), {})
+    losses.rollout_advantages(
+        cfg(**{"seed_grpo.enabled": True}),
+        TokenBatch(
+            logp=d["old_logp"],
+            old_logp=d["old_logp"],
+            advantages=d["advantages"],
+            mask=d["mask"],
+            group_ids=d["group_ids"],
+        ),
+        {},
+    )
 
 
 # ----------------------------------------------------------------------------- EPO
 
 
 def epo_state(means, counts, updates=0):
-  return {"sum": jnp.asarray(np.multiply(means, counts), jnp.float32),
-          "count": jnp.asarray(counts, jnp.float32), "updates": jnp.int32(updates)}
+  return {
+      "sum": jnp.asarray(np.multiply(means, counts), jnp.float32),
+      "count": jnp.asarray(counts, jnp.float32),
+      "updates": jnp.int32(updates),
+  }
 
 
 def np_epo(h, m, steps, means, has, coef, smooth, r_min, r_max, weight):
@@ -262,23 +369,48 @@ def np_epo(h, m, steps, means, has, coef, smooth, r_min, r_max, weight):
 
 
 def epo_loss(config, data, state, entropy):
-  return losses.policy_loss(config, logp=data["logp"], old_logp=data["logp"],
-                            advantages=np.zeros_like(data["logp"]), mask=data["mask"], rng=None,
-                            entropy=entropy, step_ids=data["step_ids"], states={"epo": state})
+  return losses.policy_loss(
+      config,
+      logp=data["logp"],
+      old_logp=data["logp"],
+      advantages=np.zeros_like(data["logp"]),
+      mask=data["mask"],
+      rng=None,
+      entropy=entropy,
+      step_ids=data["step_ids"],
+      states={"epo": state},
+  )
 
 
 @pytest.mark.parametrize("phase", [0, 10])
 def test_epo_value_and_gradient_match_reference(phase):
   data = make_rollout(5)
-  config = cfg(**{"epo.enabled": True, "epo.coef": 0.01, "epo.smooth_coef": 2.0,
-                  "epo.max_turns": 3, "epo.phase_updates": phase})
+  config = cfg(
+      **{
+          "epo.enabled": True,
+          "epo.coef": 0.01,
+          "epo.smooth_coef": 2.0,
+          "epo.max_turns": 3,
+          "epo.phase_updates": phase,
+      }
+  )
   assert losses.grad_needs(config) == {"entropy"}
   means, counts = [1.2, 1.6, 0.9], [2, 1, 0]  # turn 2 (and later, pooled) has no history
   state = epo_state(means, counts, updates=7)
   weight = float(epo_lib.phase_weight(7, phase))
   loss, aux = epo_loss(config, data, state, data["entropy"])
-  want, metric, want_grad = np_epo(data["entropy"], data["mask"], data["step_ids"], means,
-                                   [True, True, False], 0.01, 2.0, 0.5, 1.5, weight)
+  want, metric, want_grad = np_epo(
+      data["entropy"],
+      data["mask"],
+      data["step_ids"],
+      means,
+      [True, True, False],
+      0.01,
+      2.0,
+      0.5,
+      1.5,
+      weight,
+  )
   assert float(loss) == pytest.approx(want, rel=1e-5)
   assert float(aux["epo"]) == pytest.approx(metric, rel=1e-5)
   grad = jax.grad(lambda h: epo_loss(config, data, state, h)[0])(data["entropy"])
@@ -292,21 +424,29 @@ def test_epo_without_history_is_an_entropy_bonus_and_masked_tokens_do_not_count(
   config = cfg(**{"epo.enabled": True})
   empty = losses.init_states(config)["epo"]
   loss, aux = epo_loss(config, data, empty, data["entropy"])
-  assert float(loss) == pytest.approx(-0.001 * np_agg_token_mean(data["entropy"], data["mask"]),
-                                      rel=1e-5)
+  assert float(loss) == pytest.approx(
+      -0.001 * np_agg_token_mean(data["entropy"], data["mask"]), rel=1e-5
+  )
   assert float(aux["epo"]) == 0.0
   state = epo_state([0.1], [1])
   noisy = data["entropy"] + (1 - data["mask"]) * 100.0
-  assert float(epo_loss(cfg(**{"epo.enabled": True, "epo.max_turns": 1}), data, state,
-                        noisy)[0]) == pytest.approx(float(epo_loss(
-                            cfg(**{"epo.enabled": True, "epo.max_turns": 1}), data, state,
-                            data["entropy"])[0]), rel=1e-6)
+  assert float(
+      epo_loss(cfg(**{"epo.enabled": True, "epo.max_turns": 1}), data, state, noisy)[0]
+  ) == pytest.approx(
+      float(
+          epo_loss(cfg(**{"epo.enabled": True, "epo.max_turns": 1}), data, state, data["entropy"])[
+              0
+          ]
+      ),
+      rel=1e-6,
+  )
 
 
 @pytest.mark.parametrize("includes_current", [True, False])
 def test_epo_history_averages_per_turn_means_over_updates(includes_current):
-  config = cfg(**{"epo.enabled": True, "epo.max_turns": 2,
-                  "epo.history_includes_current": includes_current})
+  config = cfg(
+      **{"epo.enabled": True, "epo.max_turns": 2, "epo.history_includes_current": includes_current}
+  )
   state = losses.init_states(config)
   per_update = []
   for seed in (7, 8, 9):
@@ -332,14 +472,20 @@ def test_epo_phase_weight_follows_the_authors_schedule():
   assert float(epo_lib.phase_weight(3, 0)) == 1.0
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"epo.max_ratio": 0.4}, r"loss.epo.max_ratio=0.4; allowed: a number >= loss.epo.min_ratio"),
-    ({"epo.max_turns": 0}, r"loss.epo.max_turns=0; allowed: an int >= 1"),
-    ({"seed_grpo.scale_fn": "cubic"}, r"loss.seed_grpo.scale_fn='cubic'; allowed"),
-    ({"seed_grpo.gamma": 0.0}, r"loss.seed_grpo.gamma=0.0; allowed"),
-    ({"empg.zeta": -1.0}, r"loss.empg.zeta=-1.0; allowed"),
-    ({"empg.k": -0.5}, r"loss.empg.k=-0.5; allowed"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            {"epo.max_ratio": 0.4},
+            r"loss.epo.max_ratio=0.4; allowed: a number >= loss.epo.min_ratio",
+        ),
+        ({"epo.max_turns": 0}, r"loss.epo.max_turns=0; allowed: an int >= 1"),
+        ({"seed_grpo.scale_fn": "cubic"}, r"loss.seed_grpo.scale_fn='cubic'; allowed"),
+        ({"seed_grpo.gamma": 0.0}, r"loss.seed_grpo.gamma=0.0; allowed"),
+        ({"empg.zeta": -1.0}, r"loss.empg.zeta=-1.0; allowed"),
+        ({"empg.k": -0.5}, r"loss.empg.k=-0.5; allowed"),
+    ],
+)
 def test_config_errors_name_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):
     cfg(**overrides)
@@ -351,8 +497,10 @@ def test_config_errors_name_the_field(overrides, message):
 def test_answer_keys_by_exact_string_and_by_value():
   dec = tasks.Decomposition()
   ex = Example(prompt="123=", answer="61+62", info={"n": 123})
-  keys = {t: (dec.answer_key(ex, t, "exact_string"), dec.answer_key(ex, t, "value"))
-          for t in (" 061+62 ", "61+62", "100+23", "100+24", "12x")}
+  keys = {
+      t: (dec.answer_key(ex, t, "exact_string"), dec.answer_key(ex, t, "value"))
+      for t in (" 061+62 ", "61+62", "100+23", "100+24", "12x")
+  }
   assert keys[" 061+62 "] == ("061+62", 123) and keys["61+62"] == ("61+62", 123)
   assert keys["100+23"][1] == 123 and keys["100+24"][1] == 124 and keys["12x"] == (None, None)
   ar = tasks.Arithmetic()
@@ -382,8 +530,7 @@ def test_math_answer_keys_use_math_verify_for_values():
 def test_answer_clusters_number_keys_within_each_group():
   keys = ["a", "b", "a", None, "b", "b", None, "c"]
   groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-  np.testing.assert_array_equal(tasks.answer_clusters(keys, groups),
-                                [0, 1, 0, -1, 0, 0, -1, 1])
+  np.testing.assert_array_equal(tasks.answer_clusters(keys, groups), [0, 1, 0, -1, 0, 0, -1, 1])
 
 
 def test_step_delimiter_resolution_names_the_field():
@@ -396,10 +543,17 @@ def test_step_delimiter_resolution_names_the_field():
     experiment.step_delimiter_id(tok, "x")
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("cluster_by", "semantic", r"rl.cluster_by='semantic'; allowed: \('exact_string', 'value'\)"),
-    ("step_delimiter", "+=", r"rl.step_delimiter='\+=' encodes to 2 tokens"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        (
+            "cluster_by",
+            "semantic",
+            r"rl.cluster_by='semantic'; allowed: \('exact_string', 'value'\)",
+        ),
+        ("step_delimiter", "+=", r"rl.step_delimiter='\+=' encodes to 2 tokens"),
+    ],
+)
 def test_resolve_checks_the_step_and_cluster_fields(field, value, message):
   config = quickstart.get_config()
   config.rl[field] = value
@@ -414,14 +568,22 @@ def test_resolve_checks_the_step_and_cluster_fields(field, value, message):
 
 def _update(loss_overrides, micro, delimiter, cluster_ids):
   loss_cfg = cfg(**loss_overrides)
-  rl_cfg = RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, ppo_epochs=2,
-                          num_minibatches=2, token_chunk=16, measure_dynamics=False,
-                          micro_batch_size=micro, logprob_micro_batch_size=2 if micro else 0,
-                          step_delimiter_id=delimiter)
+  rl_cfg = RLUpdateConfig(
+      num_groups=GROUPS,
+      group_size=GROUP_SIZE,
+      ppo_epochs=2,
+      num_minibatches=2,
+      token_chunk=16,
+      measure_dynamics=False,
+      micro_batch_size=micro,
+      logprob_micro_batch_size=2 if micro else 0,
+      step_delimiter_id=delimiter,
+  )
   optimizer = optax.sgd(0.2)
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
-  state = create_train_state(params, optimizer, jax.random.PRNGKey(1),
-                             interventions=losses.init_states(loss_cfg))
+  state = create_train_state(
+      params, optimizer, jax.random.PRNGKey(1), interventions=losses.init_states(loss_cfg)
+  )
   batch = dict(_batch(), cluster_ids=cluster_ids)
   return make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(state, batch)
 
@@ -429,16 +591,21 @@ def _update(loss_overrides, micro, delimiter, cluster_ids):
 def test_rl_update_with_steps_and_clusters_is_exact_under_micro_batches():
   """All three at once, with a delimiter that splits the random completions into steps and
   answer clusters in the batch; EPO's history is the state compared across splits."""
-  overrides = {"empg.enabled": True, "seed_grpo.enabled": True, "epo.enabled": True,
-               "epo.coef": 0.05, "epo.min_ratio": 0.95, "epo.max_ratio": 1.05}
+  overrides = {
+      "empg.enabled": True,
+      "seed_grpo.enabled": True,
+      "epo.enabled": True,
+      "epo.coef": 0.05,
+      "epo.min_ratio": 0.95,
+      "epo.max_ratio": 1.05,
+  }
   clusters = np.tile(np.array([0, 1, 0, -1], np.int32), GROUPS)
   ref_state, ref = _update(overrides, 0, 5, clusters)
   assert float(ref["loss/epo"]) > 0  # the band term is active
   assert int(jnp.sum(ref_state.interventions["epo"]["count"] > 0)) >= 2  # several turns seen
   for micro in (1, 4):
     state, got = _update(overrides, micro, 5, clusters)
-    for key in ("loss/loss", "loss/pg_loss", "loss/epo", "loss/grad_norm",
-                "advantage/mean_abs"):
+    for key in ("loss/loss", "loss/pg_loss", "loss/epo", "loss/grad_norm", "advantage/mean_abs"):
       want = float(ref[key])
       assert abs(float(got[key]) - want) < TOL * max(1.0, abs(want)), (key, micro)
     assert _max_diff(state.params, ref_state.params) < PARAM_TOL

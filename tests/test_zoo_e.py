@@ -9,6 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from preset_runs import train_two_steps
 import pytest
 
 from configs import interventions as presets
@@ -17,7 +18,6 @@ from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.losses import aepo_agentic, ares, ettrl
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.tokenizer import CharTokenizer
-from preset_runs import train_two_steps
 from entropix_rl.train import rollout as rollout_lib
 from entropix_rl.train.rollout import Responses
 
@@ -44,37 +44,56 @@ class FakeContext:
   def answer_keys(self, responses, mode):
     return list(responses.texts)
 
-  def sample(self, prompt_tokens, prompt_lengths, examples, group_ids, num_samples, key,
-             temperature=None, prefix_lengths=None):
+  def sample(
+      self,
+      prompt_tokens,
+      prompt_lengths,
+      examples,
+      group_ids,
+      num_samples,
+      key,
+      temperature=None,
+      prefix_lengths=None,
+  ):
     del key, temperature
-    prefix_lengths = np.zeros(len(prompt_lengths), np.int32) if prefix_lengths is None else \
-        np.asarray(prefix_lengths)
+    prefix_lengths = (
+        np.zeros(len(prompt_lengths), np.int32)
+        if prefix_lengths is None
+        else np.asarray(prefix_lengths)
+    )
     self.calls.append(len(prompt_lengths) * num_samples)
     width, budget = prompt_tokens.shape[1], 6
     rows = []
     for p in range(len(prompt_lengths)):
-      prefix = prompt_tokens[p, width - prefix_lengths[p]:] if prefix_lengths[p] else \
-          np.zeros(0, np.int32)
+      prefix = (
+          prompt_tokens[p, width - prefix_lengths[p] :]
+          if prefix_lengths[p]
+          else np.zeros(0, np.int32)
+      )
       for _ in range(num_samples):
         rows.append((p, prefix, list(self.script(list(prefix), self.rng))))
     n = len(rows)
     tokens = np.full((n, budget), PAD, np.int32)
     mask = np.zeros((n, budget), bool)
     for i, (_, _, completion) in enumerate(rows):
-      tokens[i, :len(completion)] = completion
-      mask[i, :len(completion)] = True
+      tokens[i, : len(completion)] = completion
+      mask[i, : len(completion)] = True
     owner = np.asarray([p for p, _, _ in rows])
     return Responses(
         prompt_tokens=np.asarray(prompt_tokens)[owner],
         prompt_lengths=np.asarray(prompt_lengths)[owner],
-        completion_tokens=tokens, completion_mask=mask,
+        completion_tokens=tokens,
+        completion_mask=mask,
         logp=np.zeros((n, budget), np.float32),
         entropy=np.where(mask, self.rng.uniform(0.1, 2.0, (n, budget)), 0).astype(np.float32),
-        truncated=np.zeros(n, bool), group_ids=np.asarray(group_ids, np.int32)[owner],
+        truncated=np.zeros(n, bool),
+        group_ids=np.asarray(group_ids, np.int32)[owner],
         examples=[examples[p] for p in owner],
         texts=[self.decode(list(pre) + c) for _, pre, c in rows],
-        rewards=np.zeros(n, np.float32), correct=np.zeros(n, bool),
-        prefix_lengths=prefix_lengths[owner].astype(np.int32))
+        rewards=np.zeros(n, np.float32),
+        correct=np.zeros(n, bool),
+        prefix_lengths=prefix_lengths[owner].astype(np.int32),
+    )
 
 
 def _questions(groups):
@@ -89,10 +108,20 @@ def test_fork_points_take_the_highest_entropy_eligible_positions_per_prompt():
   entropy = F32([[9, 5, 1, 7], [0, 6, 6, 2], [9, 1, 1, 1], [0, 8, 8, 8]])
   tokens = np.array([[4, 4, EOS, PAD], [4, 4, 4, EOS], [4, 4, EOS, PAD], [4, EOS, PAD, PAD]])
   mask = tokens != PAD
-  r = Responses(prompt_tokens=np.zeros((4, 3), np.int32), prompt_lengths=np.full(4, 3),
-                completion_tokens=tokens, completion_mask=mask, logp=entropy, entropy=entropy,
-                truncated=np.zeros(4, bool), group_ids=np.array([0, 0, 1, 1]),
-                examples=[None] * 4, texts=[""] * 4, rewards=np.zeros(4), correct=np.zeros(4, bool))
+  r = Responses(
+      prompt_tokens=np.zeros((4, 3), np.int32),
+      prompt_lengths=np.full(4, 3),
+      completion_tokens=tokens,
+      completion_mask=mask,
+      logp=entropy,
+      entropy=entropy,
+      truncated=np.zeros(4, bool),
+      group_ids=np.array([0, 0, 1, 1]),
+      examples=[None] * 4,
+      texts=[""] * 4,
+      rewards=np.zeros(4),
+      correct=np.zeros(4, bool),
+  )
   taken = np.zeros((4, 4), bool)
   taken[1, 2] = True
   eligible = ettrl.fork_candidates(r, (EOS,), taken)
@@ -109,8 +138,15 @@ def _digits(prefix, rng):
 
 
 def test_ettrl_tree_has_the_leaves_and_rewards_by_vote_over_all_of_them():
-  config = cfg(**{"ettrl.enabled": True, "ettrl.num_roots": 2, "ettrl.rounds": 2,
-                  "ettrl.forks": 2, "ettrl.branches": 2})
+  config = cfg(
+      **{
+          "ettrl.enabled": True,
+          "ettrl.num_roots": 2,
+          "ettrl.rounds": 2,
+          "ettrl.forks": 2,
+          "ettrl.branches": 2,
+      }
+  )
   ctx = FakeContext(_digits, group_size=10)
   roots = ctx.sample(*_questions(3), 2, None)
   out = ettrl.ettrl_rollout(config, roots, ctx, None)
@@ -126,7 +162,7 @@ def test_ettrl_tree_has_the_leaves_and_rewards_by_vote_over_all_of_them():
   branched = np.flatnonzero(out.prefix_lengths > 0)
   assert branched.size
   for i in branched:
-    prefix = out.prompt_tokens[i, out.prompt_tokens.shape[1] - out.prefix_lengths[i]:]
+    prefix = out.prompt_tokens[i, out.prompt_tokens.shape[1] - out.prefix_lengths[i] :]
     n = int(out.completion_mask[i].sum())
     assert out.texts[i] == ctx.decode(list(prefix) + list(out.completion_tokens[i, :n]))
 
@@ -134,8 +170,9 @@ def test_ettrl_tree_has_the_leaves_and_rewards_by_vote_over_all_of_them():
 def test_ettrl_group_size_must_equal_the_leaves():
   config = cfg(**{"ettrl.enabled": True})
   ctx = FakeContext(_digits, group_size=6)
-  with pytest.raises(ValueError, match=r"num_roots \+ rounds·forks·branches = .* = 8 .*"
-                                       r"rl.group_size=6"):
+  with pytest.raises(
+      ValueError, match=r"num_roots \+ rounds·forks·branches = .* = 8 .*" r"rl.group_size=6"
+  ):
     ettrl.ettrl_rollout(config, ctx.sample(*_questions(1), 2, None), ctx, None)
   with pytest.raises(ValueError, match="loss.ettrl.ear_max"):
     cfg(**{"ettrl.ear_min": 1.0, "ettrl.ear_max": 0.5})
@@ -144,21 +181,30 @@ def test_ettrl_group_size_must_equal_the_leaves():
 def test_ear_multiplier_and_advantages():
   mean_entropy = F32([1.0, 3.0, 0.5, 0.2, 0.2, 0.0])
   groups = np.array([0, 0, 1, 1, 2, 2], np.int32)
-  got = np.asarray(ettrl.ear_multiplier(jnp.asarray(mean_entropy), jnp.asarray(groups),
-                                        power=2.0, low=0.5, high=2.0))
+  got = np.asarray(
+      ettrl.ear_multiplier(
+          jnp.asarray(mean_entropy), jnp.asarray(groups), power=2.0, low=0.5, high=2.0
+      )
+  )
   group_mean = np.array([2.0, 2.0, 0.35, 0.35, 0.1, 0.1])
   np.testing.assert_allclose(got, np.clip((mean_entropy / group_mean) ** 2, 0.5, 2.0), rtol=1e-6)
   # EAR on: A·g with H̄ the old entropy's response mean; EAR off: A unchanged
   mask = F32([[1, 1, 0]] * 6)
   old_entropy = np.repeat(mean_entropy[:, None], 3, axis=1) * mask
   adv = np.repeat(F32([1, -1, 2, -2, 0.5, -0.5])[:, None], 3, axis=1) * mask
-  batch = losses.TokenBatch(logp=jnp.zeros((6, 3)), old_logp=jnp.zeros((6, 3)),
-                            advantages=jnp.asarray(adv), mask=jnp.asarray(mask),
-                            old_entropy=jnp.asarray(old_entropy), group_ids=jnp.asarray(groups))
+  batch = losses.TokenBatch(
+      logp=jnp.zeros((6, 3)),
+      old_logp=jnp.zeros((6, 3)),
+      advantages=jnp.asarray(adv),
+      mask=jnp.asarray(mask),
+      old_entropy=jnp.asarray(old_entropy),
+      group_ids=jnp.asarray(groups),
+  )
   on = cfg(**{"ettrl.enabled": True, "ettrl.ear": True, "ettrl.ear_power": 2.0})
   assert {"old_entropy", "group_ids"} <= losses.needs(on)
-  np.testing.assert_allclose(losses.rollout_advantages(on, batch, {}), adv * got[:, None],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.rollout_advantages(on, batch, {}), adv * got[:, None], rtol=1e-6
+  )
   off = cfg(**{"ettrl.enabled": True})
   np.testing.assert_array_equal(losses.rollout_advantages(off, batch, {}), adv)
 
@@ -172,13 +218,19 @@ def _batch(seed=0, rows=6, time=8):
   lengths = rng.integers(2, time + 1, (rows, 1))
   mask = (np.arange(time)[None] < lengths).astype(np.float32)
   adv = np.repeat(rng.normal(0, 1, (rows, 1)), time, 1) * mask
-  return dict(logp=F32(logp), old_logp=F32(logp + rng.normal(0, 0.5, (rows, time))),
-              advantages=F32(adv), mask=mask, entropy=F32(rng.uniform(0.01, 3.0, (rows, time))))
+  return dict(
+      logp=F32(logp),
+      old_logp=F32(logp + rng.normal(0, 0.5, (rows, time))),
+      advantages=F32(adv),
+      mask=mask,
+      entropy=F32(rng.uniform(0.01, 3.0, (rows, time))),
+  )
 
 
 def _loss_and_grad(config, batch):
   def f(logp):
     return losses.policy_loss(config, **dict(batch, logp=logp), rng=None)
+
   (loss, aux), grad = jax.value_and_grad(f, has_aux=True)(batch["logp"])
   return float(loss), jax.tree.map(np.asarray, aux), np.asarray(grad)
 
@@ -213,9 +265,13 @@ def test_entropy_balanced_clipping_has_ppo_values_and_keeps_the_upper_gradient()
   np.testing.assert_allclose(aux["per_token_loss"], ppo_aux["per_token_loss"], rtol=1e-6)
   # A > 0, r = e^0.5 > 1.2 | A < 0, r = e^−0.5 < 0.8 | A < 0, r = e^2 (dual-clip) | on-policy
   logp = F32([[-1.0, -1.0, -1.0, -1.0]])
-  tokens = dict(logp=logp, old_logp=F32([[-1.5, -0.5, -3.0, -1.0]]),
-                advantages=F32([[2.0, -1.0, -1.0, 1.0]]), mask=F32([[1, 1, 1, 1]]),
-                entropy=F32([[0.5] * 4]))
+  tokens = dict(
+      logp=logp,
+      old_logp=F32([[-1.5, -0.5, -3.0, -1.0]]),
+      advantages=F32([[2.0, -1.0, -1.0, 1.0]]),
+      mask=F32([[1, 1, 1, 1]]),
+      entropy=F32([[0.5] * 4]),
+  )
   _, aux, grad = _loss_and_grad(plain, tokens)
   np.testing.assert_allclose(grad[0], [-2.0 * 1.2 / 4, 0.0, 0.0, -1.0 / 4], rtol=1e-6)
   np.testing.assert_allclose(aux["per_token_loss"][0], [-2.0 * 1.2, 0.8, 3.0, -1.0], rtol=1e-6)
@@ -226,8 +282,15 @@ def test_entropy_balanced_clipping_has_ppo_values_and_keeps_the_upper_gradient()
 
 def test_branch_probability_falls_with_consecutive_branches():
   u = np.random.default_rng(0).random(20000)
-  rates = [np.mean([aepo_agentic.branch_probability(x, 0.3, 0.3, c, weight=0.2, penalty=0.05)
-                    >= 0.5 for x in u]) for c in (0, 4, 8, 10)]
+  rates = [
+      np.mean(
+          [
+              aepo_agentic.branch_probability(x, 0.3, 0.3, c, weight=0.2, penalty=0.05) >= 0.5
+              for x in u
+          ]
+      )
+      for c in (0, 4, 8, 10)
+  ]
   np.testing.assert_allclose(rates, [0.5, 1 - 0.5 / 0.8, 1 - 0.5 / 0.6, 0.0], atol=0.015)
   assert aepo_agentic.branch_probability(0.9, 2.0, 0.0, 0, weight=0.2, penalty=0.05) == 1.0
   assert aepo_agentic.branch_probability(0.1, 0.0, 2.0, 0, weight=0.2, penalty=0.05) == 0.0
@@ -240,8 +303,9 @@ def test_trajectory_segments_end_at_delimiters():
   late = aepo_agentic._Trajectory(1, 2, np.array([4, DELIM, PAD]), 2, DELIM)
   assert late.segment(2) is None and late.segment(3) == (0, 2)
   assert not late.goes_on(3)  # the delimiter is its last token: truncated, not a tool call
-  assert aepo_agentic.segment_entropy(np.arange(30.0), 2, 30, 20) == pytest.approx(np.mean(
-      np.arange(2, 22)))
+  assert aepo_agentic.segment_entropy(np.arange(30.0), 2, 30, 20) == pytest.approx(
+      np.mean(np.arange(2, 22))
+  )
 
 
 def _one_step(prefix, rng):
@@ -260,12 +324,12 @@ def test_aepo_agentic_rollout_branches_after_delimiters_and_fills_each_group(see
   branched = out.prefix_lengths == 3
   assert branched.any() and (~branched).sum() > 12  # fresh roots fill the rest
   width = out.prompt_tokens.shape[1]
-  np.testing.assert_array_equal(out.prompt_tokens[branched, width - 3:],
-                                np.tile([4, 5, DELIM], (branched.sum(), 1)))
+  np.testing.assert_array_equal(
+      out.prompt_tokens[branched, width - 3 :], np.tile([4, 5, DELIM], (branched.sum(), 1))
+  )
   assert all(out.texts[i] == ctx.decode([4, 5, DELIM, 6, 7]) for i in range(out.rows))
   ctx = FakeContext(_one_step, group_size=8, delimiter=DELIM, seed=seed)
-  again = aepo_agentic.aepo_agentic_rollout(config, ctx.sample(*_questions(4), 3, None), ctx,
-                                            None)
+  again = aepo_agentic.aepo_agentic_rollout(config, ctx.sample(*_questions(4), 3, None), ctx, None)
   np.testing.assert_array_equal(again.prefix_lengths, out.prefix_lengths)  # nothing carried over
 
 
@@ -275,8 +339,9 @@ def test_aepo_agentic_rollout_needs_a_delimiter_and_enough_slots():
   with pytest.raises(ValueError, match="rl.step_delimiter"):
     aepo_agentic.aepo_agentic_rollout(config, first, FakeContext(_one_step, 8), None)
   with pytest.raises(ValueError, match="initial_rollouts=4 must be <= rl.group_size=2"):
-    aepo_agentic.aepo_agentic_rollout(config, first,
-                                      FakeContext(_one_step, 2, delimiter=DELIM), None)
+    aepo_agentic.aepo_agentic_rollout(
+        config, first, FakeContext(_one_step, 2, delimiter=DELIM), None
+    )
   with pytest.raises(ValueError, match="loss.aepo_agentic.branch_probability"):
     cfg(**{"aepo_agentic.branch_probability": 1.5})
 
@@ -284,8 +349,9 @@ def test_aepo_agentic_rollout_needs_a_delimiter_and_enough_slots():
 def test_sample_in_buckets_pads_to_a_power_of_two_and_returns_the_given_prompts():
   ctx = FakeContext(_digits, 4)
   tokens, lengths, examples, groups = _questions(5)
-  out = rollout_ops.sample_in_buckets(ctx.sample, tokens, lengths, examples, groups, 2, None,
-                                      prefix_lengths=np.zeros(5, np.int32))
+  out = rollout_ops.sample_in_buckets(
+      ctx.sample, tokens, lengths, examples, groups, 2, None, prefix_lengths=np.zeros(5, np.int32)
+  )
   assert ctx.calls == [16] and out.rows == 10
   np.testing.assert_array_equal(out.group_ids, np.repeat(np.arange(5), 2))
 
@@ -295,22 +361,37 @@ def test_sampler_scores_a_branch_on_its_prefix_and_continuation():
   seen = []
 
   class Task:
+
     def verify(self, example, text):
       seen.append(text)
       return 1.0
 
-  model = tiny_config(vocab_size=tokenizer.vocab_size, hidden_size=16, num_heads=2,
-                      num_kv_heads=1, head_dim=8, intermediate_size=32,
-                      max_position_embeddings=32)
-  sampler_cfg = sampling.SamplerConfig(max_new_tokens=4, stop_ids=tokenizer.stop_ids,
-                                       min_prompt_bucket=8)
+  model = tiny_config(
+      vocab_size=tokenizer.vocab_size,
+      hidden_size=16,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=8,
+      intermediate_size=32,
+      max_position_embeddings=32,
+  )
+  sampler_cfg = sampling.SamplerConfig(
+      max_new_tokens=4, stop_ids=tokenizer.stop_ids, min_prompt_bucket=8
+  )
   sampler = rollout_lib.Sampler(model, sampler_cfg, Task(), tokenizer, None)
   prompts = np.zeros((2, 8), np.int32)
   prompts[0, -4:] = tokenizer.encode("12=3")
   prompts[1, -4:] = tokenizer.encode("12=3")
-  out = sampler(init_params(model, jax.random.PRNGKey(0)), prompts, np.array([4, 4]),
-                [None, None], np.array([0, 1]), 2, jax.random.PRNGKey(1),
-                prefix_lengths=np.array([0, 1]))
+  out = sampler(
+      init_params(model, jax.random.PRNGKey(0)),
+      prompts,
+      np.array([4, 4]),
+      [None, None],
+      np.array([0, 1]),
+      2,
+      jax.random.PRNGKey(1),
+      prefix_lengths=np.array([0, 1]),
+  )
   np.testing.assert_array_equal(out.prefix_lengths, [0, 0, 1, 1])
   for i in range(4):
     prefix = "3" if i >= 2 else ""
@@ -324,19 +405,20 @@ def test_sampler_scores_a_branch_on_its_prefix_and_continuation():
 def test_entropy_reward_table_on_hand_made_cases():
   sig = lambda x, t: 1 / (1 + math.exp(-x / t))
   cases = [  # (acc, difficulty, n, T, α) -> s
-      ((1, 0, 5, 2, 0.5), -(1.0 / 3 * 0.5)),        # easy ✓: m 1, over 2, hub 1, /(1+2)
-      ((1, 0, 2, 2, 0.5), 0.0),                      # easy ✓ on target
-      ((1, 0, 40, 0, 0.5), -0.5),                    # easy ✓: the cap
-      ((0, 0, 0, 3, 0.5), 0.5 * 0.5 * 0.6),          # easy ✗: sig(0) · cap · 0.6
-      ((1, 1, 0, 8, 1.0), -0.9),                     # medium ✓: m 2, |Δ|−m 6, hub 4.5, /5
-      ((0, 1, 10, 4, 1.0), sig(5, 2.5) * 0.8),       # medium ✗: m 1, over 5
-      ((1, 2, 6, 5, 0.5), sig(2.75, 3.0) * 0.6),     # hard ✓, Δ ≥ −m: m 1.75, cap 0.6
-      ((1, 2, 0, 10, 1.0), -0.36),                   # hard ✓, Δ < −m: 0.5 · 4.5 / 7.5 · 1.2
-      ((0, 2, 3, 0, 2.0), sig(2, 3.0) * 2.4),        # hard ✗: m 1, over 2, cap 2.4
+      ((1, 0, 5, 2, 0.5), -(1.0 / 3 * 0.5)),  # easy ✓: m 1, over 2, hub 1, /(1+2)
+      ((1, 0, 2, 2, 0.5), 0.0),  # easy ✓ on target
+      ((1, 0, 40, 0, 0.5), -0.5),  # easy ✓: the cap
+      ((0, 0, 0, 3, 0.5), 0.5 * 0.5 * 0.6),  # easy ✗: sig(0) · cap · 0.6
+      ((1, 1, 0, 8, 1.0), -0.9),  # medium ✓: m 2, |Δ|−m 6, hub 4.5, /5
+      ((0, 1, 10, 4, 1.0), sig(5, 2.5) * 0.8),  # medium ✗: m 1, over 5
+      ((1, 2, 6, 5, 0.5), sig(2.75, 3.0) * 0.6),  # hard ✓, Δ ≥ −m: m 1.75, cap 0.6
+      ((1, 2, 0, 10, 1.0), -0.36),  # hard ✓, Δ < −m: 0.5 · 4.5 / 7.5 · 1.2
+      ((0, 2, 3, 0, 2.0), sig(2, 3.0) * 2.4),  # hard ✗: m 1, over 2, cap 2.4
   ]
   args = [np.asarray(x) for x in zip(*(c for c, _ in cases))]
-  np.testing.assert_allclose(ares.entropy_reward(*args), [s for _, s in cases], rtol=1e-9,
-                             atol=1e-12)
+  np.testing.assert_allclose(
+      ares.entropy_reward(*args), [s for _, s in cases], rtol=1e-9, atol=1e-12
+  )
 
 
 def test_hwe_counts_windows_and_percentiles():
@@ -358,8 +440,9 @@ def test_trigger_mask_matches_normalised_token_strings():
   decode = lambda ids: "".join(names[i] for i in ids)
   tokens = np.array([[3, 4, 5, 6]])
   mask = np.array([[1, 1, 1, 0]], bool)
-  np.testing.assert_array_equal(ares.trigger_mask(tokens, mask, ("wait", "BUT"), decode),
-                                [[1, 1, 0, 0]])
+  np.testing.assert_array_equal(
+      ares.trigger_mask(tokens, mask, ("wait", "BUT"), decode), [[1, 1, 0, 0]]
+  )
   np.testing.assert_array_equal(ares.trigger_mask(tokens, mask, (), None), mask)
   with pytest.raises(ValueError, match="loss.ares.triggers"):
     ares.ARESConfig(triggers=("wait", 3)).validate("loss.ares")
@@ -373,14 +456,20 @@ def test_difficulty_and_alpha_controller():
   counts = jnp.asarray(F32([0, 2, 4, 8, 8, 8, 1, 1, 1]))
   difficulty = jnp.asarray(np.repeat([0, 1, 2], 3))
   config = cfg().ares
-  alpha, targets, mean = ares.alpha_update(config, jnp.full((3,), 0.5), counts, difficulty,
-                                           jnp.asarray(groups))
+  alpha, targets, mean = ares.alpha_update(
+      config, jnp.full((3,), 0.5), counts, difficulty, jnp.asarray(groups)
+  )
   np.testing.assert_allclose(mean, [2.0, 8.0, 1.0])
   np.testing.assert_allclose(targets, [2.0, 4.0, 5.0])  # ⌊0 + (.35, .5, .65)·8⌋
   np.testing.assert_allclose(alpha, [0.5, 0.5 + 0.05 * 4, 0.5 + 0.05 * 4], rtol=1e-6)
   released = dataclasses.replace(config, target_rule="bucket_mean")
-  alpha, targets, _ = ares.alpha_update(released, jnp.full((3,), 0.5), counts,
-                                        jnp.asarray(np.repeat([0, 0, 2], 3)), jnp.asarray(groups))
+  alpha, targets, _ = ares.alpha_update(
+      released,
+      jnp.full((3,), 0.5),
+      counts,
+      jnp.asarray(np.repeat([0, 0, 2], 3)),
+      jnp.asarray(groups),
+  )
   np.testing.assert_allclose(targets, [5.0, 0.0, 1.0])  # round(5), absent, round(1)
   np.testing.assert_allclose(alpha, [0.5, 0.5, 0.5])  # δ = 0, medium absent: unchanged
 
@@ -388,12 +477,18 @@ def test_difficulty_and_alpha_controller():
 def _ares_rollout_batch(rewards, counts, difficulty, p95):
   n = len(rewards)
   return losses.TokenBatch(
-      logp=jnp.zeros((n, 2)), old_logp=jnp.zeros((n, 2)), advantages=jnp.zeros((n, 2)),
-      mask=jnp.ones((n, 2)), group_ids=jnp.repeat(jnp.arange(n // 2), 2),
+      logp=jnp.zeros((n, 2)),
+      old_logp=jnp.zeros((n, 2)),
+      advantages=jnp.zeros((n, 2)),
+      mask=jnp.ones((n, 2)),
+      group_ids=jnp.repeat(jnp.arange(n // 2), 2),
       rewards=jnp.asarray(F32(rewards)),
-      info={ares.HWE_COUNT: jnp.asarray(F32(counts)),
-            ares.DIFFICULTY: jnp.asarray(np.asarray(difficulty, np.int32)),
-            ares.WINDOW_PERCENTILE: jnp.asarray(F32(p95))})
+      info={
+          ares.HWE_COUNT: jnp.asarray(F32(counts)),
+          ares.DIFFICULTY: jnp.asarray(np.asarray(difficulty, np.int32)),
+          ares.WINDOW_PERCENTILE: jnp.asarray(F32(p95)),
+      },
+  )
 
 
 def test_threshold_is_seeded_by_the_first_batch_then_an_ema():
@@ -405,8 +500,13 @@ def test_threshold_is_seeded_by_the_first_batch_then_an_ema():
   assert float(state["threshold"]) == pytest.approx(2.5)  # the median
   state, _ = ares._before_update(config, state, batch)
   assert float(state["threshold"]) == pytest.approx(2.5)
-  state, _ = ares._before_update(config, state, dataclasses.replace(
-      batch, info=dict(batch.info, **{ares.WINDOW_PERCENTILE: jnp.full((4,), 4.5)})))
+  state, _ = ares._before_update(
+      config,
+      state,
+      dataclasses.replace(
+          batch, info=dict(batch.info, **{ares.WINDOW_PERCENTILE: jnp.full((4,), 4.5)})
+      ),
+  )
   assert float(state["threshold"]) == pytest.approx(0.99 * 2.5 + 0.01 * 4.5)
   assert "alpha_hard" in metrics
 
@@ -414,30 +514,47 @@ def test_threshold_is_seeded_by_the_first_batch_then_an_ema():
 def test_ares_rollout_shapes_rewards_with_the_updated_controller():
   def script(prefix, rng):
     return list(rng.integers(4, 6, rng.integers(2, 5))) + [EOS]
+
   ctx = FakeContext(script, 4)
   r = ctx.sample(*_questions(3), 4, None)
   r = dataclasses.replace(r, rewards=F32([1, 1, 1, 0, 1, 0, 0, 1, 0, 0, 0, 0]))
   config = cfg(**{"ares.enabled": True, "ares.window": 2, "ares.triggers": ("e",)})
-  state = {"threshold": jnp.float32(0.5), "seeded": jnp.bool_(True),
-           "alpha": jnp.asarray(F32([0.5, 1.0, 1.5]))}
+  state = {
+      "threshold": jnp.float32(0.5),
+      "seeded": jnp.bool_(True),
+      "alpha": jnp.asarray(F32([0.5, 1.0, 1.5])),
+  }
   out = ares.ares_rollout(config, dataclasses.replace(r, info={}), ctx, state)
   trig = r.completion_tokens == 4  # decode(4) = "e"
   counts = ares.hwe_counts(r.entropy, r.completion_mask, trig & r.completion_mask, 2, 0.5)
   difficulty = np.repeat([0, 1, 2], 4)
-  alpha, targets, _ = ares.alpha_update(config.ares, state["alpha"], jnp.asarray(counts),
-                                        jnp.asarray(difficulty), jnp.asarray(r.group_ids))
+  alpha, targets, _ = ares.alpha_update(
+      config.ares,
+      state["alpha"],
+      jnp.asarray(counts),
+      jnp.asarray(difficulty),
+      jnp.asarray(r.group_ids),
+  )
   alpha, targets = np.asarray(alpha), np.asarray(targets)
-  want = r.rewards + ares.entropy_reward(r.rewards, difficulty, counts, targets[difficulty],
-                                         alpha[difficulty])
+  want = r.rewards + ares.entropy_reward(
+      r.rewards, difficulty, counts, targets[difficulty], alpha[difficulty]
+  )
   np.testing.assert_allclose(out.rewards, want, rtol=1e-6)
   np.testing.assert_array_equal(out.info[ares.DIFFICULTY], difficulty)
   np.testing.assert_array_equal(out.info[ares.HWE_COUNT], counts)
   assert out.info[ares.WINDOW_PERCENTILE].shape == (12,)
-  released = cfg(**{"ares.enabled": True, "ares.window": 2, "ares.triggers": ("e",),
-                    "ares.score_as_released": True})
+  released = cfg(
+      **{
+          "ares.enabled": True,
+          "ares.window": 2,
+          "ares.triggers": ("e",),
+          "ares.score_as_released": True,
+      }
+  )
   out = ares.ares_rollout(released, dataclasses.replace(r, info={}), ctx, state)
-  want = r.rewards + ares.entropy_reward(r.rewards, np.zeros(12), counts, np.zeros(12),
-                                         np.full(12, 0.5))
+  want = r.rewards + ares.entropy_reward(
+      r.rewards, np.zeros(12), counts, np.zeros(12), np.full(12, 0.5)
+  )
   np.testing.assert_allclose(out.rewards, want, rtol=1e-6)
 
 
@@ -463,8 +580,15 @@ def test_dynamic_kl_term():
   config = cfg(**{"ares.enabled": True, "ares.kl_coef": 0.5})
   states = losses.init_states(config)
   states["ares_kl"] = dict(states["ares_kl"], beta=jnp.asarray(F32([1.0, 2.0, 4.0])))
-  args = dict(logp=logp, old_logp=logp, advantages=np.zeros_like(logp), mask=mask, rng=None,
-              states=states, info={ares.DIFFICULTY: difficulty})
+  args = dict(
+      logp=logp,
+      old_logp=logp,
+      advantages=np.zeros_like(logp),
+      mask=mask,
+      rng=None,
+      states=states,
+      info={ares.DIFFICULTY: difficulty},
+  )
   _, aux = losses.policy_loss(config, ref_logp=ref, **args)
   delta = ref.astype(np.float64) - logp
   k3 = np.exp(delta) - delta - 1
@@ -477,8 +601,9 @@ def test_dynamic_kl_term():
 # ============================================================================ end to end
 
 
-@pytest.mark.parametrize("preset", ["ettrl", "ettrl_ear", "aepo_agentic", "aepo_agentic_loss",
-                                    "ares"])
+@pytest.mark.parametrize(
+    "preset", ["ettrl", "ettrl_ear", "aepo_agentic", "aepo_agentic_loss", "ares"]
+)
 def test_preset_trains_two_steps(tmp_path, preset):
   config = presets.get_config(preset)
   history = train_two_steps(config, str(tmp_path))

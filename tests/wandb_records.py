@@ -21,8 +21,8 @@ def records(path):
     if room < _HEADER:  # a block's tail too short for a record header is padding
       offset += room
       continue
-    _, length, kind = struct.unpack("<IHB", data[offset:offset + _HEADER])
-    parts.append(data[offset + _HEADER:offset + _HEADER + length])
+    _, length, kind = struct.unpack("<IHB", data[offset : offset + _HEADER])
+    parts.append(data[offset + _HEADER : offset + _HEADER + length])
     offset += _HEADER + length
     if kind in (_FULL, _LAST):
       record = wandb_internal_pb2.Record()
@@ -36,7 +36,8 @@ def history(path):
   rows = {}
   for record in records(path):
     if record.WhichOneof("record_type") == "history":
-      items = {item.key or "/".join(item.nested_key): item.value_json
-               for item in record.history.item}
+      items = {
+          item.key or "/".join(item.nested_key): item.value_json for item in record.history.item
+      }
       rows[int(items.pop("_step"))] = items
   return rows

@@ -84,22 +84,34 @@ def aepo_rollout(cfg: LossConfig, responses, ctx, state):
   quarter = max(1, groups // 4)
   first = responses.take(np.flatnonzero(responses.group_ids < quarter))
   starts = np.flatnonzero(np.diff(first.group_ids, prepend=-1))
-  extra = ctx.sample(first.prompt_tokens[starts], first.prompt_lengths[starts],
-                     [first.examples[i] for i in starts], np.arange(quarter), ctx.group_size,
-                     jax.random.fold_in(ctx.key, 23), temperature=aepo_temperature(cfg, state))
-  adv = np.asarray(advantages_lib.compute_advantages(
-      "grpo", jnp.asarray(extra.rewards), jnp.asarray(extra.group_ids), quarter))
+  extra = ctx.sample(
+      first.prompt_tokens[starts],
+      first.prompt_lengths[starts],
+      [first.examples[i] for i in starts],
+      np.arange(quarter),
+      ctx.group_size,
+      jax.random.fold_in(ctx.key, 23),
+      temperature=aepo_temperature(cfg, state),
+  )
+  adv = np.asarray(
+      advantages_lib.compute_advantages(
+          "grpo", jnp.asarray(extra.rewards), jnp.asarray(extra.group_ids), quarter
+      )
+  )
   kept = np.flatnonzero(adv > c.min_advantage)
   limit = c.num_reinforce if float(state["entropy"]) <= c.target else c.num_reinforce // 2
-  kept = kept[:min(limit, responses.rows)]
+  kept = kept[: min(limit, responses.rows)]
   flag = np.zeros(responses.rows, bool)
   if kept.size:
     chosen = extra.take(kept)
-    swapped = dataclasses.replace(chosen, group_ids=responses.group_ids[:kept.size],
-                                  info={k: v[:kept.size] for k, v in responses.info.items()})
+    swapped = dataclasses.replace(
+        chosen,
+        group_ids=responses.group_ids[: kept.size],
+        info={k: v[: kept.size] for k, v in responses.info.items()},
+    )
     rest = responses.take(np.arange(kept.size, responses.rows))
     responses = type(responses).concat([swapped, rest], ctx.pad_id)
-    flag[:kept.size] = True
+    flag[: kept.size] = True
   responses.info[FLAG] = flag
   return responses
 
@@ -114,15 +126,17 @@ def aepo_advantages(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict
   num = int(batch.group_ids.shape[0])
   count = jax.ops.segment_sum(ones, groups, num_segments=num)
   mean = jax.ops.segment_sum(rewards * ones, groups, num_segments=num) / jnp.maximum(count, 1)
-  var = jax.ops.segment_sum(jnp.square(rewards - mean[groups]) * ones, groups,
-                            num_segments=num) / jnp.maximum(count - 1, 1)
+  var = jax.ops.segment_sum(
+      jnp.square(rewards - mean[groups]) * ones, groups, num_segments=num
+  ) / jnp.maximum(count - 1, 1)
   std = jnp.where(count > 1, jnp.sqrt(var), 1.0)
   seq = jnp.where(marked, 0.0, (rewards - mean[groups]) / (std[groups] + 1e-6))
   return seq[:, None] * batch.mask
 
 
-def aepo_reinforce(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict,
-                   agg: Aggregator) -> RegulariserOutput:
+def aepo_reinforce(
+    cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggregator
+) -> RegulariserOutput:
   """`α · Agg(−ℓ, m ⊙ marked)`; metric: the marked rows' mean −ℓ."""
   del stats, state
   marked = (batch.require(FLAG, "aepo") > 0).astype(jnp.float32)[:, None] * batch.mask
@@ -132,17 +146,35 @@ def aepo_reinforce(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict,
 
 def _after_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[dict, dict]:
   entropy = masked_mean(-rollout.old_logp, rollout.mask)
-  return {"entropy": entropy}, {"sampled_nll": entropy,
-                               "next_temperature": aepo_temperature(cfg, {"entropy": entropy})}
+  return {"entropy": entropy}, {
+      "sampled_nll": entropy,
+      "next_temperature": aepo_temperature(cfg, {"entropy": entropy}),
+  }
 
 
-_active = lambda cfg: cfg.aepo.enabled  # noqa: E731
+_active = lambda cfg: cfg.aepo.enabled
 
 ROLLOUT = Intervention(
-    name="aepo", kind="rollout", apply=None, config=AEPOConfig, active=_active,
-    init_state=lambda cfg: {"entropy": jnp.float32(0.0)}, after_update=_after_update,
-    rollout=aepo_rollout)
-ADVANTAGE = Intervention(name="aepo_advantage", kind="advantage", apply=aepo_advantages,
-                         active=_active, needs=lambda cfg: frozenset({FLAG, "rewards"}))
-REGULARISER = Intervention(name="aepo_reinforce", kind="regulariser", apply=aepo_reinforce,
-                           active=_active, needs=lambda cfg: frozenset({FLAG}))
+    name="aepo",
+    kind="rollout",
+    apply=None,
+    config=AEPOConfig,
+    active=_active,
+    init_state=lambda cfg: {"entropy": jnp.float32(0.0)},
+    after_update=_after_update,
+    rollout=aepo_rollout,
+)
+ADVANTAGE = Intervention(
+    name="aepo_advantage",
+    kind="advantage",
+    apply=aepo_advantages,
+    active=_active,
+    needs=lambda cfg: frozenset({FLAG, "rewards"}),
+)
+REGULARISER = Intervention(
+    name="aepo_reinforce",
+    kind="regulariser",
+    apply=aepo_reinforce,
+    active=_active,
+    needs=lambda cfg: frozenset({FLAG}),
+)

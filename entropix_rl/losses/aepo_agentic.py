@@ -109,8 +109,9 @@ def entropy_statistics(entropy: jax.Array, mask: jax.Array) -> dict[str, jax.Arr
   return {"mean": jnp.full((rows,), mean), "std": jnp.full((rows,), std)}
 
 
-def entropy_aware_advantages(advantages: jax.Array, entropy: jax.Array, mean: jax.Array,
-                             std: jax.Array, coef: float) -> jax.Array:
+def entropy_aware_advantages(
+    advantages: jax.Array, entropy: jax.Array, mean: jax.Array, std: jax.Array, coef: float
+) -> jax.Array:
   """`Ã = A · (1 + c · sg((H − μ) / σ))`.
 
   Args:
@@ -124,23 +125,32 @@ def entropy_aware_advantages(advantages: jax.Array, entropy: jax.Array, mean: ja
   return advantages * (1.0 + coef * score)
 
 
-def _advantage_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
-                     ) -> dict[str, jax.Array]:
+def _advantage_stats(
+    cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+) -> dict[str, jax.Array]:
   del cfg, state, key
   return entropy_statistics(batch.require("entropy", "aepo_agentic_advantage"), batch.mask)
 
 
-def _shape_advantages(cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array],
-                      state: None) -> jax.Array:
+def _shape_advantages(
+    cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array], state: None
+) -> jax.Array:
   del state
-  shaped = entropy_aware_advantages(batch.advantages, batch.entropy, stats["mean"],
-                                    stats["std"], cfg.aepo_agentic.advantage_coef)
+  shaped = entropy_aware_advantages(
+      batch.advantages, batch.entropy, stats["mean"], stats["std"], cfg.aepo_agentic.advantage_coef
+  )
   return jnp.where(batch.mask > 0, shaped, 0.0)
 
 
-def entropy_balanced_clip_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
-                               clip_eps_low: float, clip_eps_high: float,
-                               dual_clip_c: float | None = None) -> tuple[jax.Array, jax.Array]:
+def entropy_balanced_clip_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    *,
+    clip_eps_low: float,
+    clip_eps_high: float,
+    dual_clip_c: float | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """The entropy-balanced clipped token loss (module docstring).
 
   Args:
@@ -154,26 +164,38 @@ def entropy_balanced_clip_loss(logp: jax.Array, old_logp: jax.Array, advantages:
     `(loss [B, T], clipped [B, T] bool)`: `clipped` marks PPO's active clip bounds, the
     gradient-preserving upper side included.
   """
-  terms = ppo_terms(logp, old_logp, advantages, clip_eps_low=clip_eps_low,
-                    clip_eps_high=clip_eps_high, dual_clip_c=dual_clip_c)
+  terms = ppo_terms(
+      logp,
+      old_logp,
+      advantages,
+      clip_eps_low=clip_eps_low,
+      clip_eps_high=clip_eps_high,
+      dual_clip_c=dual_clip_c,
+  )
   advantages = jax.lax.stop_gradient(advantages)
   upper = (advantages > 0) & (terms.ratio > 1.0 + clip_eps_high)
-  loss = jnp.where(upper, -(1.0 + clip_eps_high) * preserving_factor(logp) * advantages,
-                   terms.loss)
+  loss = jnp.where(upper, -(1.0 + clip_eps_high) * preserving_factor(logp) * advantages, terms.loss)
   return loss, terms.clipped | upper
 
 
-def aepo_agentic(cfg: LossConfig, batch: TokenBatch, stats: None, state: None
-                 ) -> SurrogateOutput:
+def aepo_agentic(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> SurrogateOutput:
   """The entropy-balanced clipping surrogate over all valid tokens; picks nothing."""
   del stats, state
   valid = batch.mask > 0
   loss, clipped = entropy_balanced_clip_loss(
-      jnp.where(valid, batch.logp, 0.0), jnp.where(valid, batch.old_logp, 0.0),
-      jnp.where(valid, batch.advantages, 0.0), clip_eps_low=cfg.clip_eps_low,
-      clip_eps_high=cfg.clip_eps_high, dual_clip_c=cfg.dual_clip_c)
-  return SurrogateOutput(per_token_loss=loss, loss_mask=batch.mask,
-                         selected=jnp.zeros(batch.mask.shape, bool), clipped=clipped & valid)
+      jnp.where(valid, batch.logp, 0.0),
+      jnp.where(valid, batch.old_logp, 0.0),
+      jnp.where(valid, batch.advantages, 0.0),
+      clip_eps_low=cfg.clip_eps_low,
+      clip_eps_high=cfg.clip_eps_high,
+      dual_clip_c=cfg.dual_clip_c,
+  )
+  return SurrogateOutput(
+      per_token_loss=loss,
+      loss_mask=batch.mask,
+      selected=jnp.zeros(batch.mask.shape, bool),
+      clipped=clipped & valid,
+  )
 
 
 # ---------------------------------------------------------------------------- rollout side
@@ -181,12 +203,19 @@ def aepo_agentic(cfg: LossConfig, batch: TokenBatch, stats: None, state: None
 
 def segment_entropy(entropy: np.ndarray, start: int, end: int, tokens: int) -> float:
   """Ĥ_seg: the mean of `entropy[start:end]` over its first ≤ `tokens` entries (0 if empty)."""
-  values = entropy[start:min(end, start + tokens)]
+  values = entropy[start : min(end, start + tokens)]
   return float(values.mean()) if values.size else 0.0
 
 
-def branch_probability(uniform: float, entropy_now: float, entropy_init: float,
-                       consecutive: int, *, weight: float, penalty: float) -> float:
+def branch_probability(
+    uniform: float,
+    entropy_now: float,
+    entropy_init: float,
+    consecutive: int,
+    *,
+    weight: float,
+    penalty: float,
+) -> float:
   """`clip((u + w · (Ĥ_now − Ĥ_init)) · max(0, 1 − penalty · c_q), 0, 1)`."""
   p = (uniform + weight * (entropy_now - entropy_init)) * max(0.0, 1.0 - penalty * consecutive)
   return min(1.0, max(0.0, p))
@@ -211,9 +240,11 @@ class _Trajectory:
   def goes_on(self, round_: int) -> bool:
     """Whether its round-`round_` segment ends at a delimiter with more tokens after it."""
     step = round_ - self.born
-    return (1 <= step <= self.delimiters.size
-            and int(self.delimiters[step - 1]) + 1 < self.length
-            and (step == 1 or self.goes_on(round_ - 1)))
+    return (
+        1 <= step <= self.delimiters.size
+        and int(self.delimiters[step - 1]) + 1 < self.length
+        and (step == 1 or self.goes_on(round_ - 1))
+    )
 
 
 def aepo_agentic_rollout(cfg: LossConfig, responses, ctx, state):
@@ -223,20 +254,27 @@ def aepo_agentic_rollout(cfg: LossConfig, responses, ctx, state):
   c = cfg.aepo_agentic
   k = ctx.group_size
   if c.initial_rollouts > k:
-    raise ValueError(f"loss.aepo_agentic.initial_rollouts={c.initial_rollouts} must be <= "
-                     f"rl.group_size={k}")
+    raise ValueError(
+        f"loss.aepo_agentic.initial_rollouts={c.initial_rollouts} must be <= " f"rl.group_size={k}"
+    )
   if jax.process_count() > 1:
-    raise ValueError("loss.aepo_agentic.branching=True samples a data-dependent number of rows "
-                     "per round; it runs on one process only")
+    raise ValueError(
+        "loss.aepo_agentic.branching=True samples a data-dependent number of rows "
+        "per round; it runs on one process only"
+    )
   if ctx.step_delimiter_id < 0:
-    raise ValueError("loss.aepo_agentic.branching=True needs a step boundary: set "
-                     "rl.step_delimiter to a one-token string (e.g. '+')")
+    raise ValueError(
+        "loss.aepo_agentic.branching=True needs a step boundary: set "
+        "rl.step_delimiter to a one-token string (e.g. '+')"
+    )
   rng = np.random.default_rng(np.asarray(jax.random.key_data(ctx.key)).ravel().tolist())
   pool = responses
   groups = list(dict.fromkeys(pool.group_ids.tolist()))
   lengths = pool.completion_mask.sum(axis=1)
-  paths = [_Trajectory(i, 0, pool.completion_tokens[i], int(lengths[i]), ctx.step_delimiter_id)
-           for i in range(pool.rows)]
+  paths = [
+      _Trajectory(i, 0, pool.completion_tokens[i], int(lengths[i]), ctx.step_delimiter_id)
+      for i in range(pool.rows)
+  ]
   count = {q: int((pool.group_ids == q).sum()) for q in groups}
   streak = {q: 0 for q in groups}
   initial: dict[int, float] = {}
@@ -262,8 +300,14 @@ def aepo_agentic_rollout(cfg: LossConfig, responses, ctx, state):
       created = 0
       for path in mine:
         for _ in range(min(c.beam_size - 1, free - created)):
-          p = branch_probability(rng.random(), now[path.row], initial[path.row], streak[q],
-                                 weight=c.entropy_weight, penalty=c.branch_penalty)
+          p = branch_probability(
+              rng.random(),
+              now[path.row],
+              initial[path.row],
+              streak[q],
+              weight=c.entropy_weight,
+              penalty=c.branch_penalty,
+          )
           if p >= c.branch_probability:
             sources.append(path.row)
             cuts.append(int(path.delimiters[round_ - path.born - 1]) + 1)
@@ -277,30 +321,49 @@ def aepo_agentic_rollout(cfg: LossConfig, responses, ctx, state):
       streak[q] = streak[q] + 1 if q in origins else 0
       count[q] += sum(int(pool.group_ids[r]) == q for r in sources)
     rows, cuts = np.asarray(sources, np.int64), np.asarray(cuts, np.int64)
-    prompts, prompt_lengths = branch_prompts(pool, rows, cuts, min_bucket=ctx.min_prompt_bucket,
-                                             pad_id=ctx.pad_id)
-    new = sample_in_buckets(ctx.sample, prompts, prompt_lengths,
-                            [pool.examples[i] for i in rows], pool.group_ids[rows], 1,
-                            jax.random.fold_in(ctx.key, 1000 + round_),
-                            prefix_lengths=pool.prefix_lengths[rows] + cuts)
+    prompts, prompt_lengths = branch_prompts(
+        pool, rows, cuts, min_bucket=ctx.min_prompt_bucket, pad_id=ctx.pad_id
+    )
+    new = sample_in_buckets(
+        ctx.sample,
+        prompts,
+        prompt_lengths,
+        [pool.examples[i] for i in rows],
+        pool.group_ids[rows],
+        1,
+        jax.random.fold_in(ctx.key, 1000 + round_),
+        prefix_lengths=pool.prefix_lengths[rows] + cuts,
+    )
     start = pool.rows
     pool = type(pool).concat([pool, new], ctx.pad_id)
     new_lengths = new.completion_mask.sum(axis=1)
-    paths += [_Trajectory(start + i, round_, new.completion_tokens[i], int(new_lengths[i]),
-                          ctx.step_delimiter_id) for i in range(new.rows)]
+    paths += [
+        _Trajectory(
+            start + i, round_, new.completion_tokens[i], int(new_lengths[i]), ctx.step_delimiter_id
+        )
+        for i in range(new.rows)
+    ]
   return pool.grouped()
 
 
-_loss_active = lambda cfg: cfg.name == "aepo_agentic"  # noqa: E731
+_loss_active = lambda cfg: cfg.name == "aepo_agentic"
 
-SURROGATE = Intervention(name="aepo_agentic", kind="surrogate", apply=aepo_agentic,
-                         config=AEPOAgenticConfig)
+SURROGATE = Intervention(
+    name="aepo_agentic", kind="surrogate", apply=aepo_agentic, config=AEPOAgenticConfig
+)
 ADVANTAGE = Intervention(
-    name="aepo_agentic_advantage", kind="advantage_shaper", apply=_shape_advantages,
+    name="aepo_agentic_advantage",
+    kind="advantage_shaper",
+    apply=_shape_advantages,
     active=lambda cfg: _loss_active(cfg) and cfg.aepo_agentic.entropy_advantage,
-    needs=lambda cfg: frozenset({"entropy"}), scope_stats=_advantage_stats)
+    needs=lambda cfg: frozenset({"entropy"}),
+    scope_stats=_advantage_stats,
+)
 ROLLOUT = Intervention(
-    name="aepo_agentic_rollout", kind="rollout", apply=None,
+    name="aepo_agentic_rollout",
+    kind="rollout",
+    apply=None,
     active=lambda cfg: cfg.aepo_agentic.branching,
     samples_per_prompt=lambda cfg, group_size, state: cfg.aepo_agentic.initial_rollouts,
-    rollout=aepo_agentic_rollout)
+    rollout=aepo_agentic_rollout,
+)

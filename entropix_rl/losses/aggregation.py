@@ -39,12 +39,20 @@ _ALL_MODES = AGG_MODES + ("sum",)
 
 def _normalisers(weights: jax.Array) -> dict[str, jax.Array]:
   rows_with_tokens = (weights.sum(axis=-1) > 0).sum().astype(jnp.float32)
-  return {"total": weights.sum(), "rows_with_tokens": rows_with_tokens,
-          "rows": jnp.float32(weights.shape[0])}
+  return {
+      "total": weights.sum(),
+      "rows_with_tokens": rows_with_tokens,
+      "rows": jnp.float32(weights.shape[0]),
+  }
 
 
-def _weighted_sum(per_token: jax.Array, weights: jax.Array, mode: str,
-                  norm: dict[str, jax.Array], length: int | None = None) -> jax.Array:
+def _weighted_sum(
+    per_token: jax.Array,
+    weights: jax.Array,
+    mode: str,
+    norm: dict[str, jax.Array],
+    length: int | None = None,
+) -> jax.Array:
   """`Σ w·L` over the given rows, with the mini-batch normalisers `norm` (and the constant
   sequence length `length` of `seq-mean-token-sum-norm`, default the padded length)."""
   weighted = jnp.where(weights > 0, per_token, 0.0) * weights
@@ -61,8 +69,9 @@ def _weighted_sum(per_token: jax.Array, weights: jax.Array, mode: str,
   raise ValueError(f"loss.agg={mode!r}; allowed: {AGG_MODES}")
 
 
-def aggregate(per_token: jax.Array, weights: jax.Array, mode: str,
-              length: int | None = None) -> jax.Array:
+def aggregate(
+    per_token: jax.Array, weights: jax.Array, mode: str, length: int | None = None
+) -> jax.Array:
   """Aggregates `per_token [B, T]` with mask/weights `[B, T]` by `mode` (a float32 scalar)."""
   per_token = jnp.asarray(per_token, jnp.float32)
   weights = jnp.asarray(weights, jnp.float32)
@@ -90,8 +99,13 @@ class Aggregator:
     records: one dict per call: the normalisers and, in `whole` mode, the value.
   """
 
-  def __init__(self, default: str, mode: str = "whole", records: list[dict] | None = None,
-               length: int | None = None):
+  def __init__(
+      self,
+      default: str,
+      mode: str = "whole",
+      records: list[dict] | None = None,
+      length: int | None = None,
+  ):
     if mode not in ("whole", "share", "replay"):
       raise ValueError(f"Aggregator mode={mode!r}; allowed: whole, share, replay")
     if mode != "whole" and records is None:
@@ -100,8 +114,9 @@ class Aggregator:
     self.records = [] if records is None else records
     self._next = 0
 
-  def __call__(self, per_token: jax.Array, weights: jax.Array, mode: str | None = None
-               ) -> jax.Array:
+  def __call__(
+      self, per_token: jax.Array, weights: jax.Array, mode: str | None = None
+  ) -> jax.Array:
     mode = self.default if mode is None else mode
     if mode not in _ALL_MODES:
       raise ValueError(f"loss.agg={mode!r}; allowed: {AGG_MODES}")
@@ -120,7 +135,6 @@ class Aggregator:
     if self.mode == "share":
       return share
     return record["value"] + share - jax.lax.stop_gradient(share)
-
 
 
 def aggregator(cfg, mode: str = "whole", records: list[dict] | None = None) -> Aggregator:

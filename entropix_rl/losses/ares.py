@@ -125,16 +125,22 @@ class ARESConfig:
   def validate(self, path: str) -> None:
     check_bool(f"{path}.enabled", self.enabled)
     if not isinstance(self.triggers, tuple) or not all(isinstance(t, str) for t in self.triggers):
-      raise ValueError(f"{path}.triggers={self.triggers!r}; allowed: a tuple of token strings, "
-                       "or () for every position")
+      raise ValueError(
+          f"{path}.triggers={self.triggers!r}; allowed: a tuple of token strings, "
+          "or () for every position"
+      )
     check_number(f"{path}.window", self.window, low=1)
     check_number(f"{path}.percentile", self.percentile, low=0.0, high=100.0)
     check_number(f"{path}.threshold_init", self.threshold_init)
     for name in ("threshold_ema", "kl_ema"):
       check_number(f"{path}.{name}", getattr(self, name), low=0.0, high=1.0)
     check_number(f"{path}.alpha_min", self.alpha_min)
-    check_number(f"{path}.alpha_max", self.alpha_max, low=self.alpha_min,
-                 allowed=f"a number >= {path}.alpha_min ({self.alpha_min})")
+    check_number(
+        f"{path}.alpha_max",
+        self.alpha_max,
+        low=self.alpha_min,
+        allowed=f"a number >= {path}.alpha_min ({self.alpha_min})",
+    )
     check_number(f"{path}.alpha_init", self.alpha_init, low=self.alpha_min, high=self.alpha_max)
     check_number(f"{path}.alpha_lr", self.alpha_lr, low=0.0)
     check_choice(f"{path}.target_rule", self.target_rule, TARGET_RULES)
@@ -142,10 +148,15 @@ class ARESConfig:
     check_number(f"{path}.kl_coef", self.kl_coef, low=0.0)
     for name in ("kl_target", "kl_beta_min"):
       check_number(f"{path}.{name}", getattr(self, name), low=0.0, low_open=True)
-    check_number(f"{path}.kl_beta_max", self.kl_beta_max, low=self.kl_beta_min,
-                 allowed=f"a number >= {path}.kl_beta_min ({self.kl_beta_min})")
-    check_number(f"{path}.kl_beta_init", self.kl_beta_init, low=self.kl_beta_min,
-                 high=self.kl_beta_max)
+    check_number(
+        f"{path}.kl_beta_max",
+        self.kl_beta_max,
+        low=self.kl_beta_min,
+        allowed=f"a number >= {path}.kl_beta_min ({self.kl_beta_min})",
+    )
+    check_number(
+        f"{path}.kl_beta_init", self.kl_beta_init, low=self.kl_beta_min, high=self.kl_beta_max
+    )
     for name in ("kl_lr", "kl_clip", "kl_deadzone"):
       check_number(f"{path}.{name}", getattr(self, name), low=0.0)
     check_number(f"{path}.kl_update_every", self.kl_update_every, low=1)
@@ -164,8 +175,13 @@ def _saturate(x: np.ndarray, temperature: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x / temperature))
 
 
-def entropy_reward(accuracy: np.ndarray, difficulty: np.ndarray, count: np.ndarray,
-                   target: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def entropy_reward(
+    accuracy: np.ndarray,
+    difficulty: np.ndarray,
+    count: np.ndarray,
+    target: np.ndarray,
+    alpha: np.ndarray,
+) -> np.ndarray:
   """The hierarchical entropy reward s (module docstring), elementwise.
 
   Args:
@@ -188,8 +204,10 @@ def entropy_reward(accuracy: np.ndarray, difficulty: np.ndarray, count: np.ndarr
   penalty = -np.minimum(cap, _huber(deviation, kappa) / (margin + kappa) * cap)
   gain = _saturate(over, temperature) * cap * np.take(WRONG_SCALE, d)
   hard_correct = np.where(
-      delta >= -margin, _saturate(delta + margin, temperature) * cap,
-      -np.minimum(cap, 0.5 * _huber(-delta - margin, kappa) / (margin + kappa) * cap))
+      delta >= -margin,
+      _saturate(delta + margin, temperature) * cap,
+      -np.minimum(cap, 0.5 * _huber(-delta - margin, kappa) / (margin + kappa) * cap),
+  )
   return np.where(correct, np.where(d == HARD, hard_correct, penalty), gain)
 
 
@@ -211,29 +229,34 @@ def normalize_token(text: str) -> str:
   return re.sub(r"^[▁Ġ]+", "", text).strip().lower()
 
 
-def trigger_mask(tokens: np.ndarray, mask: np.ndarray, triggers: tuple[str, ...],
-                 decode) -> np.ndarray:
+def trigger_mask(
+    tokens: np.ndarray, mask: np.ndarray, triggers: tuple[str, ...], decode
+) -> np.ndarray:
   """`[N, C]` bool: valid positions whose token is a trigger (every valid one for `()`)."""
   if not triggers:
     return np.asarray(mask, bool).copy()
   if decode is None:
-    raise ValueError("loss.ares.triggers needs a tokenizer to read token strings; none was "
-                     "given to the rollout (RolloutContext.decode)")
+    raise ValueError(
+        "loss.ares.triggers needs a tokenizer to read token strings; none was "
+        "given to the rollout (RolloutContext.decode)"
+    )
   wanted = {normalize_token(t) for t in triggers}
   hits = {int(t) for t in np.unique(tokens) if normalize_token(decode([int(t)])) in wanted}
   return np.isin(tokens, list(hits)) & np.asarray(mask, bool)
 
 
-def hwe_counts(entropy: np.ndarray, mask: np.ndarray, triggers: np.ndarray, window: int,
-               threshold: float) -> np.ndarray:
+def hwe_counts(
+    entropy: np.ndarray, mask: np.ndarray, triggers: np.ndarray, window: int, threshold: float
+) -> np.ndarray:
   """`[N]` n_i: trigger positions whose complete window mean after them is ≥ `threshold`."""
   means = window_mean(entropy, mask, window)
   with np.errstate(invalid="ignore"):
     return (triggers & (means >= threshold)).sum(axis=1).astype(np.float32)
 
 
-def window_percentiles(entropy: np.ndarray, mask: np.ndarray, window: int,
-                       percentile: float) -> np.ndarray:
+def window_percentiles(
+    entropy: np.ndarray, mask: np.ndarray, window: int, percentile: float
+) -> np.ndarray:
   """`[N]` the `percentile` of each response's window means; positions without a complete
   window count as the mean of the complete ones (as the token's own entropy when there is
   none, i.e. H_0), as the reference; 0 for an empty response."""
@@ -253,8 +276,9 @@ def window_percentiles(entropy: np.ndarray, mask: np.ndarray, window: int,
 # ------------------------------------------------------------------------- the controllers
 
 
-def bucket_statistics(counts: jax.Array, difficulty: jax.Array, group_ids: jax.Array
-                      ) -> tuple[jax.Array, jax.Array]:
+def bucket_statistics(
+    counts: jax.Array, difficulty: jax.Array, group_ids: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """`(mean, present)`, `[3]` each: per bucket, the mean over its prompts of the prompts'
   mean HWE count, and whether the bucket has a prompt.
 
@@ -265,10 +289,10 @@ def bucket_statistics(counts: jax.Array, difficulty: jax.Array, group_ids: jax.A
   num = counts.shape[0]
   ones = jnp.ones_like(counts, jnp.float32)
   rows = jax.ops.segment_sum(ones, group_ids, num_segments=num)
-  prompt_mean = jax.ops.segment_sum(counts.astype(jnp.float32), group_ids,
-                                    num_segments=num) / jnp.maximum(rows, 1.0)
-  prompt_bucket = jax.ops.segment_max(difficulty.astype(jnp.int32), group_ids,
-                                      num_segments=num)
+  prompt_mean = jax.ops.segment_sum(
+      counts.astype(jnp.float32), group_ids, num_segments=num
+  ) / jnp.maximum(rows, 1.0)
+  prompt_bucket = jax.ops.segment_max(difficulty.astype(jnp.int32), group_ids, num_segments=num)
   member = (rows > 0)[:, None] & (prompt_bucket[:, None] == jnp.arange(3)[None, :])
   prompts = member.sum(axis=0)
   total = jnp.where(member, prompt_mean[:, None], 0.0).sum(axis=0)
@@ -284,8 +308,9 @@ def hwe_targets(counts: jax.Array, bucket_mean: jax.Array, rule: str) -> jax.Arr
   return jnp.round(bucket_mean)
 
 
-def alpha_update(cfg, alpha: jax.Array, counts: jax.Array, difficulty: jax.Array,
-                 group_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def alpha_update(
+    cfg, alpha: jax.Array, counts: jax.Array, difficulty: jax.Array, group_ids: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`(α', T, bucket mean)`, `[3]` each: `α_d ← clip(α_d + lr·δ_d, α_min, α_max)` on the
   buckets present in the batch (module docstring; `cfg` is the `ARESConfig`)."""
   mean, present = bucket_statistics(counts, difficulty, group_ids)
@@ -304,41 +329,65 @@ def ares_rollout(cfg: LossConfig, responses, ctx, state: dict):
   accuracy = np.asarray(responses.rewards, np.float64)
   difficulty = difficulty_of(accuracy, responses.group_ids)
   if c.score_as_released:
-    shaping = entropy_reward(accuracy, np.zeros_like(difficulty), counts,
-                             np.zeros_like(counts), np.full(counts.shape, c.alpha_init))
+    shaping = entropy_reward(
+        accuracy,
+        np.zeros_like(difficulty),
+        counts,
+        np.zeros_like(counts),
+        np.full(counts.shape, c.alpha_init),
+    )
   else:
-    alpha, targets, _ = jax.device_get(alpha_update(
-        c, jnp.asarray(state["alpha"]), jnp.asarray(counts), jnp.asarray(difficulty),
-        jnp.asarray(responses.group_ids)))
-    shaping = entropy_reward(accuracy, difficulty, counts, targets[difficulty],
-                             alpha[difficulty])
-  info = dict(responses.info, **{
-      DIFFICULTY: difficulty, HWE_COUNT: counts,
-      WINDOW_PERCENTILE: window_percentiles(responses.entropy, mask, c.window, c.percentile)})
-  return dataclasses.replace(responses, rewards=(accuracy + shaping).astype(np.float32),
-                             info=info)
+    alpha, targets, _ = jax.device_get(
+        alpha_update(
+            c,
+            jnp.asarray(state["alpha"]),
+            jnp.asarray(counts),
+            jnp.asarray(difficulty),
+            jnp.asarray(responses.group_ids),
+        )
+    )
+    shaping = entropy_reward(accuracy, difficulty, counts, targets[difficulty], alpha[difficulty])
+  info = dict(
+      responses.info,
+      **{
+          DIFFICULTY: difficulty,
+          HWE_COUNT: counts,
+          WINDOW_PERCENTILE: window_percentiles(responses.entropy, mask, c.window, c.percentile),
+      },
+  )
+  return dataclasses.replace(responses, rewards=(accuracy + shaping).astype(np.float32), info=info)
 
 
 def _init_state(cfg: LossConfig) -> dict:
   c = cfg.ares
-  return {"threshold": jnp.float32(c.threshold_init), "seeded": jnp.bool_(False),
-          "alpha": jnp.full((3,), c.alpha_init, jnp.float32)}
+  return {
+      "threshold": jnp.float32(c.threshold_init),
+      "seeded": jnp.bool_(False),
+      "alpha": jnp.full((3,), c.alpha_init, jnp.float32),
+  }
 
 
 def _before_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[dict, dict]:
   c = cfg.ares
   counts = rollout.require(HWE_COUNT, "ares")
   difficulty = rollout.require(DIFFICULTY, "ares")
-  alpha, targets, mean = alpha_update(c, state["alpha"], counts, difficulty,
-                                      rollout.require("group_ids", "ares"))
+  alpha, targets, mean = alpha_update(
+      c, state["alpha"], counts, difficulty, rollout.require("group_ids", "ares")
+  )
   median = jnp.median(rollout.require(WINDOW_PERCENTILE, "ares"))
-  threshold = jnp.where(state["seeded"],
-                        c.threshold_ema * state["threshold"] + (1 - c.threshold_ema) * median,
-                        median)
+  threshold = jnp.where(
+      state["seeded"], c.threshold_ema * state["threshold"] + (1 - c.threshold_ema) * median, median
+  )
   metrics = {"hwe_count": counts.mean(), "threshold": threshold}
   for d, name in enumerate(DIFFICULTIES):
-    metrics.update({f"alpha_{name}": alpha[d], f"target_{name}": targets[d],
-                    f"hwe_mean_{name}": mean[d], f"prompts_{name}": (difficulty == d).mean()})
+    metrics.update(
+        {
+            f"alpha_{name}": alpha[d],
+            f"target_{name}": targets[d],
+            f"hwe_mean_{name}": mean[d],
+            f"prompts_{name}": (difficulty == d).mean(),
+        }
+    )
   return {"threshold": threshold, "seeded": jnp.bool_(True), "alpha": alpha}, metrics
 
 
@@ -347,8 +396,13 @@ def _before_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[d
 
 def _kl_init_state(cfg: LossConfig) -> dict:
   c = cfg.ares
-  return {"beta": jnp.full((3,), c.kl_beta_init, jnp.float32), "kl": jnp.zeros((3,)),
-          "seen": jnp.zeros((3,), bool), "error": jnp.zeros((3,)), "calls": jnp.int32(0)}
+  return {
+      "beta": jnp.full((3,), c.kl_beta_init, jnp.float32),
+      "kl": jnp.zeros((3,)),
+      "seen": jnp.zeros((3,), bool),
+      "error": jnp.zeros((3,)),
+      "calls": jnp.int32(0),
+  }
 
 
 def beta_update(cfg, state: dict, sequence_kl: jax.Array, difficulty: jax.Array) -> dict:
@@ -368,19 +422,28 @@ def beta_update(cfg, state: dict, sequence_kl: jax.Array, difficulty: jax.Array)
   kl = jnp.where(present, (1 - cfg.kl_ema) * current + cfg.kl_ema * last, state["kl"])
   error = kl / cfg.kl_target - 1.0
   step = present & (jnp.abs(error) >= cfg.kl_deadzone) & (calls % cfg.kl_update_every == 0)
-  smoothed = jnp.where(step, (1 - cfg.kl_ema) * error + cfg.kl_ema * state["error"],
-                       state["error"])
+  smoothed = jnp.where(step, (1 - cfg.kl_ema) * error + cfg.kl_ema * state["error"], state["error"])
   log_beta = jnp.log(jnp.clip(state["beta"], cfg.kl_beta_min, cfg.kl_beta_max))
-  log_beta = jnp.clip(log_beta + cfg.kl_lr * jnp.clip(smoothed, -cfg.kl_clip, cfg.kl_clip),
-                      jnp.log(cfg.kl_beta_min), jnp.log(cfg.kl_beta_max))
-  return {"beta": jnp.where(step, jnp.exp(log_beta), state["beta"]), "kl": kl,
-          "seen": state["seen"] | present, "error": smoothed, "calls": calls}
+  log_beta = jnp.clip(
+      log_beta + cfg.kl_lr * jnp.clip(smoothed, -cfg.kl_clip, cfg.kl_clip),
+      jnp.log(cfg.kl_beta_min),
+      jnp.log(cfg.kl_beta_max),
+  )
+  return {
+      "beta": jnp.where(step, jnp.exp(log_beta), state["beta"]),
+      "kl": kl,
+      "seen": state["seen"] | present,
+      "error": smoothed,
+      "calls": calls,
+  }
 
 
 def _reference_logp(cfg: LossConfig, batch: TokenBatch) -> jax.Array:
   if batch.ref_logp is None:
-    raise ValueError(f"loss.ares.kl_coef={cfg.ares.kl_coef} needs reference log-probs: set "
-                     "rl.use_reference=True (or loss.ares.kl_coef=0)")
+    raise ValueError(
+        f"loss.ares.kl_coef={cfg.ares.kl_coef} needs reference log-probs: set "
+        "rl.use_reference=True (or loss.ares.kl_coef=0)"
+    )
   return batch.ref_logp
 
 
@@ -392,22 +455,33 @@ def _kl_before_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tupl
   return state, {f"beta_{name}": state["beta"][d] for d, name in enumerate(DIFFICULTIES)}
 
 
-def ares_kl(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggregator
-            ) -> RegulariserOutput:
+def ares_kl(
+    cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggregator
+) -> RegulariserOutput:
   """`κ_KL · Agg(β_{d(i)} · k3(ℓ, ℓʳᵉᶠ))`; metric: `Agg(β_{d(i)} · k3)`."""
   del stats
   beta = state["beta"][batch.require(DIFFICULTY, "ares_kl").astype(jnp.int32)]
-  kl = agg(beta[:, None] * kl_estimate(batch.logp, _reference_logp(cfg, batch), "k3"),
-           batch.mask)
+  kl = agg(beta[:, None] * kl_estimate(batch.logp, _reference_logp(cfg, batch), "k3"), batch.mask)
   return RegulariserOutput(loss=cfg.ares.kl_coef * kl, metric=jax.lax.stop_gradient(kl))
 
 
 ROLLOUT = Intervention(
-    name="ares", kind="rollout", apply=None, config=ARESConfig,
-    active=lambda cfg: cfg.ares.enabled, needs=lambda cfg: frozenset({"group_ids"}),
-    init_state=_init_state, before_update=_before_update, rollout=ares_rollout)
+    name="ares",
+    kind="rollout",
+    apply=None,
+    config=ARESConfig,
+    active=lambda cfg: cfg.ares.enabled,
+    needs=lambda cfg: frozenset({"group_ids"}),
+    init_state=_init_state,
+    before_update=_before_update,
+    rollout=ares_rollout,
+)
 KL = Intervention(
-    name="ares_kl", kind="regulariser", apply=ares_kl,
+    name="ares_kl",
+    kind="regulariser",
+    apply=ares_kl,
     active=lambda cfg: cfg.ares.enabled and cfg.ares.kl_coef > 0,
     needs=lambda cfg: frozenset({"ref_logp", DIFFICULTY}),
-    init_state=_kl_init_state, before_update=_kl_before_update)
+    init_state=_kl_init_state,
+    before_update=_kl_before_update,
+)

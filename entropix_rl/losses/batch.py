@@ -16,8 +16,16 @@ import jax
 import jax.numpy as jnp
 
 # Names an intervention may list in `needs` besides its own logit features.
-FIELDS = ("entropy", "old_entropy", "ref_logp", "group_ids", "response_ids", "step_ids",
-          "rewards", "cluster_ids")
+FIELDS = (
+    "entropy",
+    "old_entropy",
+    "ref_logp",
+    "group_ids",
+    "response_ids",
+    "step_ids",
+    "rewards",
+    "cluster_ids",
+)
 
 
 @flax.struct.dataclass
@@ -71,11 +79,16 @@ class TokenBatch:
 
   def require(self, name: str, who: str) -> jax.Array:
     """The field or feature `name`, or a ValueError naming the intervention that needs it."""
-    value = getattr(self, name, None) if name in FIELDS else self.features.get(
-        name, self.old_features.get(name, self.info.get(name)))
+    value = (
+        getattr(self, name, None)
+        if name in FIELDS
+        else self.features.get(name, self.old_features.get(name, self.info.get(name)))
+    )
     if value is None:
-      raise ValueError(f"{who} reads {name!r}, which this TokenBatch does not hold; declare it in "
-                       f"the intervention's `needs` (the trainer fills only declared fields)")
+      raise ValueError(
+          f"{who} reads {name!r}, which this TokenBatch does not hold; declare it in "
+          f"the intervention's `needs` (the trainer fills only declared fields)"
+      )
     return value
 
 
@@ -104,6 +117,7 @@ def step_ids_from_tokens(completion: jax.Array, delimiter_id: int) -> jax.Array:
 def stop_gradient_except(batch: TokenBatch, keep: frozenset[str]) -> TokenBatch:
   """`batch` with the gradient stopped everywhere but `logp` and the fields/features in `keep`
   (casts every float array to float32)."""
+
   def fix(name, x, constant):
     if x is None:
       return None
@@ -111,8 +125,10 @@ def stop_gradient_except(batch: TokenBatch, keep: frozenset[str]) -> TokenBatch:
     x = x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
     return jax.lax.stop_gradient(x) if constant and name not in keep else x
 
-  fields: dict[str, Any] = {name: fix(name, getattr(batch, name), True) for name in
-                            ("old_logp", "advantages", "mask") + FIELDS}
+  fields: dict[str, Any] = {
+      name: fix(name, getattr(batch, name), True)
+      for name in ("old_logp", "advantages", "mask") + FIELDS
+  }
   fields["logp"] = fix("logp", batch.logp, False)
   fields["features"] = {k: fix(k, v, True) for k, v in batch.features.items()}
   fields["old_features"] = {k: fix(k, v, True) for k, v in batch.old_features.items()}

@@ -44,8 +44,14 @@ class CISPOConfig:
     check_number(f"{path}.clip_eps_high", self.clip_eps_high, low=0.0)
 
 
-def cispo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
-               clip_eps_low: float, clip_eps_high: float) -> tuple[jax.Array, jax.Array]:
+def cispo_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    *,
+    clip_eps_low: float,
+    clip_eps_high: float,
+) -> tuple[jax.Array, jax.Array]:
   """`−sg(clip(r, 1 − ε_l, 1 + ε_h)) · A · ℓ` per token.
 
   Args:
@@ -70,12 +76,19 @@ def cispo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> Surro
   del stats, state
   c = cfg.cispo
   valid = batch.mask > 0
-  loss, clipped = cispo_loss(jnp.where(valid, batch.logp, 0.0),
-                             jnp.where(valid, batch.old_logp, 0.0),
-                             jnp.where(valid, batch.advantages, 0.0),
-                             clip_eps_low=c.clip_eps_low, clip_eps_high=c.clip_eps_high)
-  return SurrogateOutput(per_token_loss=loss, loss_mask=batch.mask,
-                         selected=jnp.zeros(batch.mask.shape, bool), clipped=clipped)
+  loss, clipped = cispo_loss(
+      jnp.where(valid, batch.logp, 0.0),
+      jnp.where(valid, batch.old_logp, 0.0),
+      jnp.where(valid, batch.advantages, 0.0),
+      clip_eps_low=c.clip_eps_low,
+      clip_eps_high=c.clip_eps_high,
+  )
+  return SurrogateOutput(
+      per_token_loss=loss,
+      loss_mask=batch.mask,
+      selected=jnp.zeros(batch.mask.shape, bool),
+      clipped=clipped,
+  )
 
 
 INTERVENTION = Intervention(name="cispo", kind="surrogate", apply=cispo, config=CISPOConfig)

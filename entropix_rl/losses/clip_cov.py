@@ -45,12 +45,22 @@ class ClipCovConfig:
   def validate(self, path: str) -> None:
     check_ratio(f"{path}.ratio", self.ratio)
     check_number(f"{path}.lb", self.lb)
-    check_number(f"{path}.ub", self.ub, low=self.lb, low_open=True,
-                 allowed=f"a number > {path}.lb={self.lb}")
+    check_number(
+        f"{path}.ub", self.ub, low=self.lb, low_open=True, allowed=f"a number > {path}.lb={self.lb}"
+    )
 
 
-def clip_cov_pick(logp: jax.Array, advantages: jax.Array, mask: jax.Array, clipped: jax.Array,
-                  key: jax.Array, *, ratio: float, lb: float, ub: float) -> jax.Array:
+def clip_cov_pick(
+    logp: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    clipped: jax.Array,
+    key: jax.Array,
+    *,
+    ratio: float,
+    lb: float,
+    ub: float,
+) -> jax.Array:
   """The Clip-Cov pick within one scope chunk.
 
   Args:
@@ -73,26 +83,38 @@ def clip_cov_pick(logp: jax.Array, advantages: jax.Array, mask: jax.Array, clipp
   return selection.top_k_mask(uniform.ravel(), eligible.ravel(), k, k_max).reshape(mask.shape)
 
 
-def clip_cov_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
-                   ) -> jax.Array:
+def clip_cov_stats(
+    cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+) -> jax.Array:
   """The scope's pick I_clip (`[rows, T]` bool), from the current ℓ without gradient."""
   del state
   if key is None:
     raise ValueError("loss.name='clip_cov' picks tokens at random: pass rng= to policy_loss")
   c = cfg.clip_cov
   clipped = ppo_terms_from_config(cfg, batch).clipped
-  return clip_cov_pick(batch.logp, batch.advantages, batch.mask, clipped, key, ratio=c.ratio,
-                       lb=c.lb, ub=c.ub)
+  return clip_cov_pick(
+      batch.logp, batch.advantages, batch.mask, clipped, key, ratio=c.ratio, lb=c.lb, ub=c.ub
+  )
 
 
-def clip_cov(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
-             ) -> SurrogateOutput:
+def clip_cov(
+    cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
+) -> SurrogateOutput:
   """Clip-Cov surrogate (module docstring); `selected` is the detached set I_clip."""
   del state
   terms = ppo_terms_from_config(cfg, batch)
-  return SurrogateOutput(per_token_loss=jnp.where(selected, 0.0, terms.loss),
-                         loss_mask=batch.mask, selected=selected, clipped=terms.clipped)
+  return SurrogateOutput(
+      per_token_loss=jnp.where(selected, 0.0, terms.loss),
+      loss_mask=batch.mask,
+      selected=selected,
+      clipped=terms.clipped,
+  )
 
 
-INTERVENTION = Intervention(name="clip_cov", kind="surrogate", apply=clip_cov,
-                            config=ClipCovConfig, scope_stats=clip_cov_stats)
+INTERVENTION = Intervention(
+    name="clip_cov",
+    kind="surrogate",
+    apply=clip_cov,
+    config=ClipCovConfig,
+    scope_stats=clip_cov_stats,
+)

@@ -16,8 +16,8 @@ mini-batch is split into micro-batches.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
+import zlib
 
 import chex
 import jax
@@ -33,8 +33,9 @@ from entropix_rl.losses.selection import per_scope
 LOSS_KINDS = ("advantage_shaper", "surrogate", "regulariser")
 
 
-def active(cfg: LossConfig, kinds: tuple[str, ...] = registry.KINDS
-           ) -> tuple[registry.Intervention, ...]:
+def active(
+    cfg: LossConfig, kinds: tuple[str, ...] = registry.KINDS
+) -> tuple[registry.Intervention, ...]:
   """The active interventions of `kinds`, kind by kind in `kinds` order, each in registry order."""
   return tuple(e for kind in kinds for e in registry.entries(kind) if e.is_active(cfg))
 
@@ -86,8 +87,9 @@ def init_states(loss_config: Any) -> dict[str, Any]:
   return {e.name: e.init_state(cfg) for e in active(cfg) if e.init_state is not None}
 
 
-def _run_hook(hook: str, cfg: LossConfig, states: dict[str, Any], rollout: TokenBatch
-              ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+def _run_hook(
+    hook: str, cfg: LossConfig, states: dict[str, Any], rollout: TokenBatch
+) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   states, metrics = dict(states), {}
   for entry in active(cfg):
     fn = getattr(entry, hook)
@@ -97,21 +99,22 @@ def _run_hook(hook: str, cfg: LossConfig, states: dict[str, Any], rollout: Token
   return states, metrics
 
 
-def before_update(loss_config: Any, states: dict[str, Any], rollout: TokenBatch
-                  ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+def before_update(
+    loss_config: Any, states: dict[str, Any], rollout: TokenBatch
+) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """Runs the `before_update` hook of every intervention with a state in `states` (from
   `init_states`) on the whole rollout (behaviour-policy values)."""
   return _run_hook("before_update", resolve_loss_config(loss_config), states, rollout)
 
 
-def after_update(loss_config: Any, states: dict[str, Any], rollout: TokenBatch
-                 ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+def after_update(
+    loss_config: Any, states: dict[str, Any], rollout: TokenBatch
+) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """Runs the `after_update` hooks, as `before_update` does."""
   return _run_hook("after_update", resolve_loss_config(loss_config), states, rollout)
 
 
-def rollout_advantages(loss_config: Any, rollout: TokenBatch, states: dict[str, Any]
-                       ) -> jax.Array:
+def rollout_advantages(loss_config: Any, rollout: TokenBatch, states: dict[str, Any]) -> jax.Array:
   """Applies the `advantage` interventions, in order, to the whole rollout's advantages."""
   cfg = resolve_loss_config(loss_config)
   rollout = jax.lax.stop_gradient(rollout)
@@ -124,9 +127,15 @@ def _key(rng: jax.Array | None, name: str) -> jax.Array | None:
   return None if rng is None else jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def compute_loss(cfg: LossConfig, batch: TokenBatch, *, states: dict[str, Any],
-                 rng: jax.Array | None, agg: Aggregator, stats: dict[str, Any] | None = None
-                 ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+def compute_loss(
+    cfg: LossConfig,
+    batch: TokenBatch,
+    *,
+    states: dict[str, Any],
+    rng: jax.Array | None,
+    agg: Aggregator,
+    stats: dict[str, Any] | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
   """The loss of one batch and its aux metrics (module docstring).
 
   Args:
@@ -149,9 +158,14 @@ def compute_loss(cfg: LossConfig, batch: TokenBatch, *, states: dict[str, Any],
 
   def stats_of(entry: registry.Intervention) -> Any:
     if plan and entry.scope_stats is not None:
-      stats[entry.name] = jax.lax.stop_gradient(per_scope(
-          cfg, lambda b, key: entry.scope_stats(cfg, b, states.get(entry.name), key),
-          jax.lax.stop_gradient(batch), _key(rng, entry.name)))
+      stats[entry.name] = jax.lax.stop_gradient(
+          per_scope(
+              cfg,
+              lambda b, key: entry.scope_stats(cfg, b, states.get(entry.name), key),
+              jax.lax.stop_gradient(batch),
+              _key(rng, entry.name),
+          )
+      )
     return stats.get(entry.name)
 
   for entry in active(cfg, ("advantage_shaper",)):
@@ -172,8 +186,7 @@ def compute_loss(cfg: LossConfig, batch: TokenBatch, *, states: dict[str, Any],
       "per_token_loss": jnp.where(out.loss_mask > 0, out.per_token_loss, 0.0),
       "selected": selected,
       "clip_frac": sg(agg(out.clipped, out.loss_mask, "token-mean")),
-      "approx_kl": sg(agg(kl_estimate(batch.logp, batch.old_logp, "k3"), batch.mask,
-                          "token-mean")),
+      "approx_kl": sg(agg(kl_estimate(batch.logp, batch.old_logp, "k3"), batch.mask, "token-mean")),
       "n_selected": sg(agg(selected, batch.mask, "sum")),
       "n_tokens": sg(agg(batch.mask, batch.mask, "sum")),
       "pg_loss": pg_loss,
@@ -182,11 +195,19 @@ def compute_loss(cfg: LossConfig, batch: TokenBatch, *, states: dict[str, Any],
   return loss, aux, stats
 
 
-def policy_loss(loss_config: Any, *, logp: jax.Array, old_logp: jax.Array,
-                advantages: jax.Array, mask: jax.Array, rng: jax.Array | None,
-                ref_logp: jax.Array | None = None, entropy: jax.Array | None = None,
-                states: dict[str, Any] | None = None, **fields: Any
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def policy_loss(
+    loss_config: Any,
+    *,
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    rng: jax.Array | None,
+    ref_logp: jax.Array | None = None,
+    entropy: jax.Array | None = None,
+    states: dict[str, Any] | None = None,
+    **fields: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The policy loss of one batch, as configured (the single entry point for direct use).
 
   Args:
@@ -219,10 +240,19 @@ def policy_loss(loss_config: Any, *, logp: jax.Array, old_logp: jax.Array,
   arrays = [logp, old_logp, advantages, mask] + [x for x in (ref_logp, entropy) if x is not None]
   chex.assert_equal_shape(arrays)
   if entropy is None and loss_needs_entropy(cfg):
-    raise ValueError(f"loss.name={cfg.name!r} with these loss settings reads the per-token "
-                     "entropy: pass entropy= to policy_loss")
-  batch = TokenBatch(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask,
-                     entropy=entropy, ref_logp=ref_logp, **fields)
+    raise ValueError(
+        f"loss.name={cfg.name!r} with these loss settings reads the per-token "
+        "entropy: pass entropy= to policy_loss"
+    )
+  batch = TokenBatch(
+      logp=logp,
+      old_logp=old_logp,
+      advantages=advantages,
+      mask=mask,
+      entropy=entropy,
+      ref_logp=ref_logp,
+      **fields,
+  )
   states = init_states(cfg) if states is None else states
   loss, aux, _ = compute_loss(cfg, batch, states=states, rng=rng, agg=aggregator(cfg))
   return loss, aux

@@ -8,9 +8,9 @@ configure the surrogate; every registered intervention with constants owns one s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import numbers
-from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -18,6 +18,7 @@ from ml_collections import config_dict
 
 from entropix_rl.losses import registry
 from entropix_rl.losses.aggregation import AGG_MODES
+
 SELECTION_SCOPES = ("batch", "microbatch")
 
 
@@ -27,8 +28,16 @@ def check_choice(path: str, value: Any, allowed: tuple) -> None:
     raise ValueError(f"{path}={value!r}; allowed: {allowed}")
 
 
-def check_number(path: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False, allowed: str = "") -> None:
+def check_number(
+    path: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allowed: str = "",
+) -> None:
   """Raises ValueError unless `value` is a real number in the stated interval."""
   bad = isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value
   if not bad and low is not None:
@@ -39,15 +48,23 @@ def check_number(path: str, value: Any, *, low: float | None = None, high: float
     if not allowed:
       left = "(" if low_open else "["
       right = ")" if high_open else "]"
-      allowed = f"a number in {left}{'-inf' if low is None else low}, " \
-                f"{'inf' if high is None else high}{right}"
+      allowed = (
+          f"a number in {left}{'-inf' if low is None else low}, "
+          f"{'inf' if high is None else high}{right}"
+      )
     raise ValueError(f"{path}={value!r}; allowed: {allowed}")
 
 
 def check_ratio(path: str, value: Any) -> None:
   """A selection ratio: a fraction in (0, 1] (0.002, not 0.2 "percent")."""
-  check_number(path, value, low=0.0, high=1.0, low_open=True,
-               allowed="a fraction in (0, 1] (0.002 means 0.2%)")
+  check_number(
+      path,
+      value,
+      low=0.0,
+      high=1.0,
+      low_open=True,
+      allowed="a fraction in (0, 1] (0.002 means 0.2%)",
+  )
 
 
 def check_bool(path: str, value: Any) -> None:
@@ -90,8 +107,9 @@ class LossConfig:
     given = dict(self.sections)
     unknown = sorted(set(given) - set(known))
     if unknown:
-      raise ValueError(f"unknown loss sections {['loss.' + k for k in unknown]}; "
-                       f"allowed: {tuple(known)}")
+      raise ValueError(
+          f"unknown loss sections {['loss.' + k for k in unknown]}; " f"allowed: {tuple(known)}"
+      )
     for key, cls in known.items():
       if not isinstance(given.setdefault(key, cls()), cls):
         raise ValueError(f"loss.{key} must be a {cls.__name__}, got {type(given[key]).__name__}")
@@ -104,22 +122,37 @@ class LossConfig:
     check_number("loss.clip_eps_low", self.clip_eps_low, low=0.0, high=1.0)
     check_number("loss.clip_eps_high", self.clip_eps_high, low=0.0)
     if self.dual_clip_c is not None:
-      check_number("loss.dual_clip_c", self.dual_clip_c, low=1.0, low_open=True,
-                   allowed="None (off) or a number > 1")
+      check_number(
+          "loss.dual_clip_c",
+          self.dual_clip_c,
+          low=1.0,
+          low_open=True,
+          allowed="None (off) or a number > 1",
+      )
     check_choice("loss.selection_scope", self.selection_scope, SELECTION_SCOPES)
     if self.microbatch_size is not None and (
-        isinstance(self.microbatch_size, bool) or not isinstance(self.microbatch_size, int)
-        or self.microbatch_size < 1):
-      raise ValueError(f"loss.microbatch_size={self.microbatch_size!r}; allowed: None or an "
-                       "int >= 1 (sequences per micro-batch)")
+        isinstance(self.microbatch_size, bool)
+        or not isinstance(self.microbatch_size, int)
+        or self.microbatch_size < 1
+    ):
+      raise ValueError(
+          f"loss.microbatch_size={self.microbatch_size!r}; allowed: None or an "
+          "int >= 1 (sequences per micro-batch)"
+      )
     if self.loss_scale_factor is not None and (
-        isinstance(self.loss_scale_factor, bool) or not isinstance(self.loss_scale_factor, int)
-        or self.loss_scale_factor < 1):
-      raise ValueError(f"loss.loss_scale_factor={self.loss_scale_factor!r}; allowed: None or an "
-                       "int >= 1 (tokens)")
+        isinstance(self.loss_scale_factor, bool)
+        or not isinstance(self.loss_scale_factor, int)
+        or self.loss_scale_factor < 1
+    ):
+      raise ValueError(
+          f"loss.loss_scale_factor={self.loss_scale_factor!r}; allowed: None or an "
+          "int >= 1 (tokens)"
+      )
     if self.selection_scope == "microbatch" and self.microbatch_size is None:
-      raise ValueError("loss.selection_scope='microbatch' needs loss.microbatch_size (sequences "
-                       "per micro-batch); allowed: an int >= 1")
+      raise ValueError(
+          "loss.selection_scope='microbatch' needs loss.microbatch_size (sequences "
+          "per micro-batch); allowed: an int >= 1"
+      )
     for key, section in self.sections:
       section.validate(f"loss.{key}")
 
@@ -168,8 +201,10 @@ def resolve_loss_config(cfg: Any) -> LossConfig:
   known_sections = registry.sections()
   unknown = sorted(set(values) - set(_TOP_LEVEL) - set(known_sections))
   if unknown:
-    raise ValueError(f"unknown loss fields {['loss.' + k for k in unknown]}; allowed: "
-                     f"{_TOP_LEVEL + tuple(known_sections)}")
+    raise ValueError(
+        f"unknown loss fields {['loss.' + k for k in unknown]}; allowed: "
+        f"{_TOP_LEVEL + tuple(known_sections)}"
+    )
   sections = []
   for key, cls in known_sections.items():
     if key not in values:

@@ -60,9 +60,14 @@ class CUREConfig:
     check_number(f"{path}.stage1_steps", self.stage1_steps, low=0)
 
 
-def critical_positions(entropy: np.ndarray, mask: np.ndarray, tokens: np.ndarray,
-                       stop_ids: tuple[int, ...], top_k: int, rng: np.random.Generator
-                       ) -> np.ndarray:
+def critical_positions(
+    entropy: np.ndarray,
+    mask: np.ndarray,
+    tokens: np.ndarray,
+    stop_ids: tuple[int, ...],
+    top_k: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
   """`[N]` critical positions: uniform among each row's `top_k` highest-entropy candidates
   (valid, not position 0, not a stop token); 0 for a row without candidates."""
   cuts = np.zeros(len(entropy), np.int64)
@@ -86,25 +91,45 @@ def cure_rollout(cfg: LossConfig, responses, ctx, state):
   if not _in_stage1(cfg, state):
     return responses
   if c.n1 + c.n1 * c.n2 != ctx.group_size:
-    raise ValueError(f"loss.cure: n1 + n1·n2 = {c.n1 + c.n1 * c.n2} must equal "
-                     f"rl.group_size={ctx.group_size}")
+    raise ValueError(
+        f"loss.cure: n1 + n1·n2 = {c.n1 + c.n1 * c.n2} must equal "
+        f"rl.group_size={ctx.group_size}"
+    )
   rng = np.random.default_rng(np.asarray(jax.random.key_data(ctx.key)).ravel().tolist())
-  cuts = critical_positions(responses.entropy, responses.completion_mask,
-                            responses.completion_tokens, ctx.stop_ids, c.top_k, rng)
+  cuts = critical_positions(
+      responses.entropy,
+      responses.completion_mask,
+      responses.completion_tokens,
+      ctx.stop_ids,
+      c.top_k,
+      rng,
+  )
   rows = np.arange(responses.rows)
-  prompts, lengths = branch_prompts(responses, rows, cuts, min_bucket=ctx.min_prompt_bucket,
-                                    pad_id=ctx.pad_id)
-  branches = ctx.sample(prompts, lengths, responses.examples, responses.group_ids, c.n2,
-                        jax.random.fold_in(ctx.key, 11),
-                        prefix_lengths=responses.prefix_lengths + cuts)
+  prompts, lengths = branch_prompts(
+      responses, rows, cuts, min_bucket=ctx.min_prompt_bucket, pad_id=ctx.pad_id
+  )
+  branches = ctx.sample(
+      prompts,
+      lengths,
+      responses.examples,
+      responses.group_ids,
+      c.n2,
+      jax.random.fold_in(ctx.key, 11),
+      prefix_lengths=responses.prefix_lengths + cuts,
+  )
   return type(responses).concat([responses, branches], ctx.pad_id).grouped()
 
 
 INTERVENTION = Intervention(
-    name="cure", kind="rollout", apply=None, config=CUREConfig,
+    name="cure",
+    kind="rollout",
+    apply=None,
+    config=CUREConfig,
     active=lambda cfg: cfg.cure.enabled,
     init_state=lambda cfg: {"step": jnp.int32(0)},
     after_update=lambda cfg, state, rollout: ({"step": state["step"] + 1}, {}),
     samples_per_prompt=lambda cfg, group_size, state: (
-        cfg.cure.n1 if _in_stage1(cfg, state) else group_size),
-    rollout=cure_rollout)
+        cfg.cure.n1 if _in_stage1(cfg, state) else group_size
+    ),
+    rollout=cure_rollout,
+)

@@ -59,8 +59,9 @@ class EMPGConfig:
     check_bool(f"{path}.renormalize", self.renormalize)
 
 
-def step_mean_entropy(entropy: jax.Array, mask: jax.Array, step_ids: jax.Array
-                      ) -> tuple[jax.Array, jax.Array]:
+def step_mean_entropy(
+    entropy: jax.Array, mask: jax.Array, step_ids: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Mean entropy of each step, `H_{i,j} = Σ_{t∈j} m·H / Σ_{t∈j} m`.
 
   Args:
@@ -91,9 +92,17 @@ def min_max_normalise(values: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.where(valid, (values - low) / (high - low + NORM_EPS), 0.0)
 
 
-def empg_advantages(advantages: jax.Array, entropy: jax.Array, mask: jax.Array,
-                    step_ids: jax.Array, *, k: float, k_future: float, zeta: float,
-                    renormalize: bool = False) -> jax.Array:
+def empg_advantages(
+    advantages: jax.Array,
+    entropy: jax.Array,
+    mask: jax.Array,
+    step_ids: jax.Array,
+    *,
+    k: float,
+    k_future: float,
+    zeta: float,
+    renormalize: bool = False,
+) -> jax.Array:
   """`A' = g·A + ζ·f` per step (module docstring), without gradient.
 
   Args:
@@ -131,11 +140,23 @@ def empg(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> jax.Ar
   """The rollout's EMPG advantages (applied only when `loss.empg.enabled`)."""
   del stats, state
   c = cfg.empg
-  return empg_advantages(batch.advantages, batch.require("old_entropy", "empg"), batch.mask,
-                         batch.require("step_ids", "empg"), k=c.k, k_future=c.k_future,
-                         zeta=c.zeta, renormalize=c.renormalize)
+  return empg_advantages(
+      batch.advantages,
+      batch.require("old_entropy", "empg"),
+      batch.mask,
+      batch.require("step_ids", "empg"),
+      k=c.k,
+      k_future=c.k_future,
+      zeta=c.zeta,
+      renormalize=c.renormalize,
+  )
 
 
-INTERVENTION = Intervention(name="empg", kind="advantage", apply=empg, config=EMPGConfig,
-                            active=lambda cfg: cfg.empg.enabled,
-                            needs=lambda cfg: frozenset({"old_entropy", "step_ids"}))
+INTERVENTION = Intervention(
+    name="empg",
+    kind="advantage",
+    apply=empg,
+    config=EMPGConfig,
+    active=lambda cfg: cfg.empg.enabled,
+    needs=lambda cfg: frozenset({"old_entropy", "step_ids"}),
+)

@@ -51,8 +51,9 @@ class EMPOConfig:
     check_bool(f"{path}.zero_max_entropy", self.zero_max_entropy)
 
 
-def cluster_rewards(keys: list, group_ids: np.ndarray, *, empty_reward: str,
-                    zero_max_entropy: bool) -> np.ndarray:
+def cluster_rewards(
+    keys: list, group_ids: np.ndarray, *, empty_reward: str, zero_max_entropy: bool
+) -> np.ndarray:
   """`[N]` float32 EMPO rewards (module docstring)."""
   group_ids = np.asarray(group_ids)
   rewards = cluster_fractions(keys, group_ids)
@@ -63,8 +64,11 @@ def cluster_rewards(keys: list, group_ids: np.ndarray, *, empty_reward: str,
     for group in np.unique(group_ids):
       rows = group_ids == group
       size = rows.sum()
-      if size > 1 and np.all(np.isclose(cluster_fractions(
-          [keys[i] for i in np.flatnonzero(rows)], np.zeros(size)), 1.0 / size)):
+      if size > 1 and np.all(
+          np.isclose(
+              cluster_fractions([keys[i] for i in np.flatnonzero(rows)], np.zeros(size)), 1.0 / size
+          )
+      ):
         rewards[rows] = 0.0
   return rewards
 
@@ -72,10 +76,20 @@ def cluster_rewards(keys: list, group_ids: np.ndarray, *, empty_reward: str,
 def empo_rollout(cfg: LossConfig, responses, ctx, state):
   del state
   c = cfg.empo
-  rewards = cluster_rewards(ctx.answer_keys(responses, c.cluster_by), responses.group_ids,
-                            empty_reward=c.empty_reward, zero_max_entropy=c.zero_max_entropy)
+  rewards = cluster_rewards(
+      ctx.answer_keys(responses, c.cluster_by),
+      responses.group_ids,
+      empty_reward=c.empty_reward,
+      zero_max_entropy=c.zero_max_entropy,
+  )
   return dataclasses.replace(responses, rewards=rewards)
 
 
-INTERVENTION = Intervention(name="empo", kind="rollout", apply=None, config=EMPOConfig,
-                            active=lambda cfg: cfg.empo.enabled, rollout=empo_rollout)
+INTERVENTION = Intervention(
+    name="empo",
+    kind="rollout",
+    apply=None,
+    config=EMPOConfig,
+    active=lambda cfg: cfg.empo.enabled,
+    rollout=empo_rollout,
+)

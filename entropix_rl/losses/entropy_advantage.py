@@ -37,12 +37,14 @@ class EntropyAdvantageConfig:
   def validate(self, path: str) -> None:
     check_bool(f"{path}.enabled", self.enabled)
     check_number(f"{path}.alpha", self.alpha, low=0.0)
-    check_number(f"{path}.kappa", self.kappa, low=1.0,
-                 allowed="a number >= 1 (κ > 1 keeps the sign of A)")
+    check_number(
+        f"{path}.kappa", self.kappa, low=1.0, allowed="a number >= 1 (κ > 1 keeps the sign of A)"
+    )
 
 
-def shape_advantages(advantages: jax.Array, entropy: jax.Array, mask: jax.Array, *,
-                     alpha: float, kappa: float) -> jax.Array:
+def shape_advantages(
+    advantages: jax.Array, entropy: jax.Array, mask: jax.Array, *, alpha: float, kappa: float
+) -> jax.Array:
   """`A + m · min(α·sg(H), |A|/κ)`, all `[B, T]`."""
   bonus = jnp.minimum(alpha * jax.lax.stop_gradient(entropy), jnp.abs(advantages) / kappa)
   return advantages + bonus * mask
@@ -56,10 +58,20 @@ def entropy_advantage(cfg: LossConfig, batch: TokenBatch, stats: None, state: No
   """The shaped advantages (applied only when `loss.entropy_advantage.enabled`)."""
   del stats, state
   c = cfg.entropy_advantage
-  return shape_advantages(batch.advantages, batch.require("entropy", "entropy_advantage"),
-                          batch.mask, alpha=c.alpha, kappa=c.kappa)
+  return shape_advantages(
+      batch.advantages,
+      batch.require("entropy", "entropy_advantage"),
+      batch.mask,
+      alpha=c.alpha,
+      kappa=c.kappa,
+  )
 
 
-INTERVENTION = Intervention(name="entropy_advantage", kind="advantage_shaper",
-                            apply=entropy_advantage, config=EntropyAdvantageConfig,
-                            active=_enabled, needs=lambda cfg: frozenset({"entropy"}))
+INTERVENTION = Intervention(
+    name="entropy_advantage",
+    kind="advantage_shaper",
+    apply=entropy_advantage,
+    config=EntropyAdvantageConfig,
+    active=_enabled,
+    needs=lambda cfg: frozenset({"entropy"}),
+)

@@ -58,8 +58,12 @@ class EntropyBonusConfig:
     check_number(f"{path}.target", self.target, low=0.0)
     check_number(f"{path}.delta", self.delta, low=0.0, low_open=True)
     check_number(f"{path}.min_coef", self.min_coef, low=0.0)
-    check_number(f"{path}.max_coef", self.max_coef, low=self.min_coef,
-                 allowed=f"a number >= {path}.min_coef={self.min_coef}")
+    check_number(
+        f"{path}.max_coef",
+        self.max_coef,
+        low=self.min_coef,
+        allowed=f"a number >= {path}.min_coef={self.min_coef}",
+    )
 
   @property
   def active(self) -> bool:
@@ -90,8 +94,7 @@ def update_entropy_controller(loss_config: Any, state: dict, measured_entropy: j
     return state
   below = jnp.asarray(measured_entropy, jnp.float32) < cfg.target
   coef = state["coef"] + jnp.where(below, cfg.delta, -cfg.delta)
-  return {"coef": jnp.clip(coef, cfg.min_coef, cfg.max_coef).astype(jnp.float32),
-          "enabled": below}
+  return {"coef": jnp.clip(coef, cfg.min_coef, cfg.max_coef).astype(jnp.float32), "enabled": below}
 
 
 def entropy_coefficient(loss_config: Any, state: dict | None) -> jax.Array:
@@ -107,8 +110,9 @@ def _needs(cfg: LossConfig) -> frozenset:
   return frozenset({"entropy"}) if cfg.entropy_bonus.active else frozenset()
 
 
-def entropy_bonus(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict | None,
-                  agg: Aggregator) -> RegulariserOutput:
+def entropy_bonus(
+    cfg: LossConfig, batch: TokenBatch, stats: None, state: dict | None, agg: Aggregator
+) -> RegulariserOutput:
   """`−c · Agg(H)` with c = `entropy_coefficient(cfg, state)`; 0 when the bonus is off."""
   del stats
   if not cfg.entropy_bonus.active:
@@ -128,6 +132,12 @@ def _after_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[di
 
 
 INTERVENTION = Intervention(
-    name="entropy_bonus", kind="regulariser", apply=entropy_bonus, config=EntropyBonusConfig,
-    needs=_needs, grad_needs=_needs, init_state=init_entropy_controller,
-    after_update=_after_update)
+    name="entropy_bonus",
+    kind="regulariser",
+    apply=entropy_bonus,
+    config=EntropyBonusConfig,
+    needs=_needs,
+    grad_needs=_needs,
+    init_state=init_entropy_controller,
+    after_update=_after_update,
+)

@@ -83,8 +83,12 @@ class EPOConfig:
     check_number(f"{path}.coef", self.coef, low=0.0)
     check_number(f"{path}.smooth_coef", self.smooth_coef, low=0.0)
     check_number(f"{path}.min_ratio", self.min_ratio, low=0.0)
-    check_number(f"{path}.max_ratio", self.max_ratio, low=self.min_ratio,
-                 allowed=f"a number >= {path}.min_ratio={self.min_ratio}")
+    check_number(
+        f"{path}.max_ratio",
+        self.max_ratio,
+        low=self.min_ratio,
+        allowed=f"a number >= {path}.min_ratio={self.min_ratio}",
+    )
     _check_int(f"{path}.max_turns", self.max_turns, 1)
     check_bool(f"{path}.history_includes_current", self.history_includes_current)
     _check_int(f"{path}.phase_updates", self.phase_updates, 0)
@@ -93,8 +97,11 @@ class EPOConfig:
 def init_history(cfg: LossConfig) -> dict:
   """The empty history: `{"sum", "count"}` `[max_turns]` float32 and `"updates"` int32."""
   turns = cfg.epo.max_turns
-  return {"sum": jnp.zeros(turns, jnp.float32), "count": jnp.zeros(turns, jnp.float32),
-          "updates": jnp.zeros((), jnp.int32)}
+  return {
+      "sum": jnp.zeros(turns, jnp.float32),
+      "count": jnp.zeros(turns, jnp.float32),
+      "updates": jnp.zeros((), jnp.int32),
+  }
 
 
 def turn_index(step_ids: jax.Array, max_turns: int) -> jax.Array:
@@ -102,8 +109,9 @@ def turn_index(step_ids: jax.Array, max_turns: int) -> jax.Array:
   return jnp.clip(step_ids, 0, max_turns - 1)
 
 
-def turn_mean_entropy(entropy: jax.Array, mask: jax.Array, step_ids: jax.Array, max_turns: int
-                      ) -> tuple[jax.Array, jax.Array]:
+def turn_mean_entropy(
+    entropy: jax.Array, mask: jax.Array, step_ids: jax.Array, max_turns: int
+) -> tuple[jax.Array, jax.Array]:
   """Token-mean entropy of each turn slot over the batch.
 
   Args:
@@ -117,8 +125,9 @@ def turn_mean_entropy(entropy: jax.Array, mask: jax.Array, step_ids: jax.Array, 
   chex.assert_equal_shape([entropy, mask, step_ids])
   mask = jnp.asarray(mask, jnp.float32)
   slot = turn_index(step_ids, max_turns).ravel()
-  total = jax.ops.segment_sum((jnp.where(mask > 0, entropy, 0.0) * mask).ravel(), slot,
-                              num_segments=max_turns)
+  total = jax.ops.segment_sum(
+      (jnp.where(mask > 0, entropy, 0.0) * mask).ravel(), slot, num_segments=max_turns
+  )
   count = jax.ops.segment_sum(mask.ravel(), slot, num_segments=max_turns)
   return total / jnp.maximum(count, 1.0), count > 0
 
@@ -128,8 +137,9 @@ def historical_mean(state: dict) -> tuple[jax.Array, jax.Array]:
   return state["sum"] / jnp.maximum(state["count"], 1.0), state["count"] > 0
 
 
-def band_penalty(entropy: jax.Array, reference: jax.Array, *, min_ratio: float,
-                 max_ratio: float) -> jax.Array:
+def band_penalty(
+    entropy: jax.Array, reference: jax.Array, *, min_ratio: float, max_ratio: float
+) -> jax.Array:
   """`relu(r_min·H̄ − H) + relu(H − r_max·H̄)`, differentiable in H (H̄ is constant)."""
   reference = jax.lax.stop_gradient(reference)
   return jax.nn.relu(min_ratio * reference - entropy) + jax.nn.relu(entropy - max_ratio * reference)
@@ -146,16 +156,19 @@ def phase_weight(updates: jax.Array, horizon: int) -> jax.Array:
   return jnp.where(u <= half, first, second).astype(jnp.float32)
 
 
-def epo(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggregator
-        ) -> RegulariserOutput:
+def epo(
+    cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggregator
+) -> RegulariserOutput:
   """`−c_H·Agg(H) + c_H·c_smooth·w·Agg(P)`; metric Agg(P) (module docstring)."""
   del stats
   c = cfg.epo
   entropy = batch.require("entropy", "epo")
   slot = turn_index(batch.require("step_ids", "epo"), c.max_turns)
   reference, has_history = historical_mean(state)
-  penalty = band_penalty(entropy, reference[slot], min_ratio=c.min_ratio,
-                         max_ratio=c.max_ratio) * has_history[slot]
+  penalty = (
+      band_penalty(entropy, reference[slot], min_ratio=c.min_ratio, max_ratio=c.max_ratio)
+      * has_history[slot]
+  )
   smooth = agg(penalty, batch.mask)
   weight = phase_weight(state["updates"], c.phase_updates)
   loss = -c.coef * agg(entropy, batch.mask) + c.coef * c.smooth_coef * weight * smooth
@@ -164,13 +177,17 @@ def epo(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggre
 
 def _record(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[dict, dict]:
   """Adds this rollout's per-turn old-entropy means to the history."""
-  mean, present = turn_mean_entropy(rollout.require("old_entropy", "epo"), rollout.mask,
-                                    rollout.require("step_ids", "epo"), cfg.epo.max_turns)
-  state = dict(state, sum=state["sum"] + jnp.where(present, mean, 0.0),
-               count=state["count"] + present)
+  mean, present = turn_mean_entropy(
+      rollout.require("old_entropy", "epo"),
+      rollout.mask,
+      rollout.require("step_ids", "epo"),
+      cfg.epo.max_turns,
+  )
+  state = dict(
+      state, sum=state["sum"] + jnp.where(present, mean, 0.0), count=state["count"] + present
+  )
   reference, has_history = historical_mean(state)
-  return state, {"history_turn0": reference[0],
-                 "history_mean": masked_mean(reference, has_history)}
+  return state, {"history_turn0": reference[0], "history_mean": masked_mean(reference, has_history)}
 
 
 def _before_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[dict, dict]:
@@ -190,7 +207,14 @@ def _after_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[di
 _NEEDS = frozenset({"entropy", "old_entropy", "step_ids"})
 
 INTERVENTION = Intervention(
-    name="epo", kind="regulariser", apply=epo, config=EPOConfig,
-    active=lambda cfg: cfg.epo.enabled, needs=lambda cfg: _NEEDS,
-    grad_needs=lambda cfg: frozenset({"entropy"}), init_state=init_history,
-    before_update=_before_update, after_update=_after_update)
+    name="epo",
+    kind="regulariser",
+    apply=epo,
+    config=EPOConfig,
+    active=lambda cfg: cfg.epo.enabled,
+    needs=lambda cfg: _NEEDS,
+    grad_needs=lambda cfg: frozenset({"entropy"}),
+    init_state=init_history,
+    before_update=_before_update,
+    after_update=_after_update,
+)

@@ -83,8 +83,12 @@ class ETTRLConfig:
     check_bool(f"{path}.ear", self.ear)
     check_number(f"{path}.ear_power", self.ear_power)
     check_number(f"{path}.ear_min", self.ear_min, low=0.0)
-    check_number(f"{path}.ear_max", self.ear_max, low=self.ear_min,
-                 allowed=f"a number >= {path}.ear_min ({self.ear_min})")
+    check_number(
+        f"{path}.ear_max",
+        self.ear_max,
+        low=self.ear_min,
+        allowed=f"a number >= {path}.ear_min ({self.ear_min})",
+    )
 
   @property
   def leaves(self) -> int:
@@ -92,8 +96,9 @@ class ETTRLConfig:
     return self.num_roots + self.rounds * self.forks * self.branches
 
 
-def fork_points(entropy: np.ndarray, eligible: np.ndarray, group_ids: np.ndarray,
-                forks: int) -> tuple[np.ndarray, np.ndarray]:
+def fork_points(
+    entropy: np.ndarray, eligible: np.ndarray, group_ids: np.ndarray, forks: int
+) -> tuple[np.ndarray, np.ndarray]:
   """The `forks` highest-entropy eligible positions of each group's rows.
 
   Ties go to the earlier row, then the earlier position. A group with fewer eligible
@@ -132,30 +137,42 @@ def ettrl_rollout(cfg: LossConfig, responses, ctx, state):
   del state
   c = cfg.ettrl
   if c.leaves != ctx.group_size:
-    raise ValueError(f"loss.ettrl: num_roots + rounds·forks·branches = {c.num_roots} + "
-                     f"{c.rounds}·{c.forks}·{c.branches} = {c.leaves} leaves per prompt must "
-                     f"equal rl.group_size={ctx.group_size}")
+    raise ValueError(
+        f"loss.ettrl: num_roots + rounds·forks·branches = {c.num_roots} + "
+        f"{c.rounds}·{c.forks}·{c.branches} = {c.leaves} leaves per prompt must "
+        f"equal rl.group_size={ctx.group_size}"
+    )
   tree = responses
   taken = np.zeros(tree.completion_mask.shape, bool)
   for level in range(c.rounds):
-    rows, cuts = fork_points(tree.entropy, fork_candidates(tree, ctx.stop_ids, taken),
-                             tree.group_ids, c.forks)
+    rows, cuts = fork_points(
+        tree.entropy, fork_candidates(tree, ctx.stop_ids, taken), tree.group_ids, c.forks
+    )
     taken[rows[cuts > 0], cuts[cuts > 0]] = True
-    prompts, lengths = branch_prompts(tree, rows, cuts, min_bucket=ctx.min_prompt_bucket,
-                                      pad_id=ctx.pad_id)
-    leaves = ctx.sample(prompts, lengths, [tree.examples[i] for i in rows], tree.group_ids[rows],
-                        c.branches, jax.random.fold_in(ctx.key, 31 + level),
-                        prefix_lengths=tree.prefix_lengths[rows] + cuts)
+    prompts, lengths = branch_prompts(
+        tree, rows, cuts, min_bucket=ctx.min_prompt_bucket, pad_id=ctx.pad_id
+    )
+    leaves = ctx.sample(
+        prompts,
+        lengths,
+        [tree.examples[i] for i in rows],
+        tree.group_ids[rows],
+        c.branches,
+        jax.random.fold_in(ctx.key, 31 + level),
+        prefix_lengths=tree.prefix_lengths[rows] + cuts,
+    )
     tree = type(tree).concat([tree, leaves], ctx.pad_id)
     taken = np.concatenate([taken, np.zeros(leaves.completion_mask.shape, bool)])
   tree = tree.grouped()
-  rewards = pseudo_label_rewards(ctx.answer_keys(tree, c.vote_by),
-                                 ctx.answer_keys(tree, c.reward_by), tree.group_ids)
+  rewards = pseudo_label_rewards(
+      ctx.answer_keys(tree, c.vote_by), ctx.answer_keys(tree, c.reward_by), tree.group_ids
+  )
   return dataclasses.replace(tree, rewards=rewards)
 
 
-def ear_multiplier(mean_entropy: jax.Array, group_ids: jax.Array, *, power: float,
-                   low: float, high: float) -> jax.Array:
+def ear_multiplier(
+    mean_entropy: jax.Array, group_ids: jax.Array, *, power: float, low: float, high: float
+) -> jax.Array:
   """EAR's response-level multiplier `g(H̄_i / mean_group H̄) = clip((·)^γ, g_min, g_max)`.
 
   Args:
@@ -171,8 +188,7 @@ def ear_multiplier(mean_entropy: jax.Array, group_ids: jax.Array, *, power: floa
   total = jax.ops.segment_sum(mean_entropy, group_ids, num_segments=num)
   count = jax.ops.segment_sum(jnp.ones_like(mean_entropy), group_ids, num_segments=num)
   group_mean = (total / jnp.maximum(count, 1.0))[group_ids]
-  ratio = jnp.where(group_mean > 0, mean_entropy / jnp.where(group_mean > 0, group_mean, 1.0),
-                    1.0)
+  ratio = jnp.where(group_mean > 0, mean_entropy / jnp.where(group_mean > 0, group_mean, 1.0), 1.0)
   return jnp.clip(jnp.power(ratio, power), low, high)
 
 
@@ -183,17 +199,29 @@ def ear_advantages(cfg: LossConfig, batch: TokenBatch, stats: None, state: None)
   entropy = batch.require("old_entropy", "ettrl_ear")
   mask = batch.mask
   mean_entropy = (entropy * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
-  scale = ear_multiplier(mean_entropy, batch.require("group_ids", "ettrl_ear"),
-                         power=c.ear_power, low=c.ear_min, high=c.ear_max)
+  scale = ear_multiplier(
+      mean_entropy,
+      batch.require("group_ids", "ettrl_ear"),
+      power=c.ear_power,
+      low=c.ear_min,
+      high=c.ear_max,
+  )
   return batch.advantages * scale[:, None]
 
 
 ROLLOUT = Intervention(
-    name="ettrl", kind="rollout", apply=None, config=ETTRLConfig,
+    name="ettrl",
+    kind="rollout",
+    apply=None,
+    config=ETTRLConfig,
     active=lambda cfg: cfg.ettrl.enabled,
     samples_per_prompt=lambda cfg, group_size, state: cfg.ettrl.num_roots,
-    rollout=ettrl_rollout)
+    rollout=ettrl_rollout,
+)
 EAR = Intervention(
-    name="ettrl_ear", kind="advantage", apply=ear_advantages,
+    name="ettrl_ear",
+    kind="advantage",
+    apply=ear_advantages,
     active=lambda cfg: cfg.ettrl.enabled and cfg.ettrl.ear,
-    needs=lambda cfg: frozenset({"old_entropy", "group_ids"}))
+    needs=lambda cfg: frozenset({"old_entropy", "group_ids"}),
+)

@@ -69,9 +69,17 @@ def preserving_factor(logp: jax.Array) -> jax.Array:
   return jnp.exp(logp - jax.lax.stop_gradient(logp))
 
 
-def gppo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
-              clip_eps_low: float, clip_eps_high: float, beta1: float, beta2: float,
-              dual_clip_c: float | None = None) -> tuple[jax.Array, jax.Array]:
+def gppo_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    *,
+    clip_eps_low: float,
+    clip_eps_high: float,
+    beta1: float,
+    beta2: float,
+    dual_clip_c: float | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """The gradient-preserving clipped token loss (module docstring).
 
   Args:
@@ -93,9 +101,11 @@ def gppo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
   preserve = preserving_factor(logp)
   low = (advantages < 0) & (ratio < 1.0 - clip_eps_low)
   high = (advantages > 0) & (ratio > 1.0 + clip_eps_high)
-  loss = jnp.where(low, -beta1 * (1.0 - clip_eps_low) * preserve * advantages,
-                   jnp.where(high, -beta2 * (1.0 + clip_eps_high) * preserve * advantages,
-                             -ratio * advantages))
+  loss = jnp.where(
+      low,
+      -beta1 * (1.0 - clip_eps_low) * preserve * advantages,
+      jnp.where(high, -beta2 * (1.0 + clip_eps_high) * preserve * advantages, -ratio * advantages),
+  )
   if dual_clip_c is not None:
     loss = jnp.where(advantages < 0, jnp.minimum(loss, -advantages * dual_clip_c), loss)
   return loss, low | high
@@ -109,20 +119,31 @@ def gppo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> Surrog
   """GPPO / CE-GPPO surrogate over all valid tokens; picks nothing."""
   del stats, state
   c = cfg.gppo
-  loss, clipped = gppo_loss(_valid(batch, batch.logp), _valid(batch, batch.old_logp),
-                            _valid(batch, batch.advantages), clip_eps_low=cfg.clip_eps_low,
-                            clip_eps_high=cfg.clip_eps_high, beta1=c.beta1, beta2=c.beta2,
-                            dual_clip_c=cfg.dual_clip_c)
-  return SurrogateOutput(per_token_loss=loss, loss_mask=batch.mask,
-                         selected=jnp.zeros(batch.mask.shape, bool), clipped=clipped)
+  loss, clipped = gppo_loss(
+      _valid(batch, batch.logp),
+      _valid(batch, batch.old_logp),
+      _valid(batch, batch.advantages),
+      clip_eps_low=cfg.clip_eps_low,
+      clip_eps_high=cfg.clip_eps_high,
+      beta1=c.beta1,
+      beta2=c.beta2,
+      dual_clip_c=cfg.dual_clip_c,
+  )
+  return SurrogateOutput(
+      per_token_loss=loss,
+      loss_mask=batch.mask,
+      selected=jnp.zeros(batch.mask.shape, bool),
+      clipped=clipped,
+  )
 
 
 def _nll_active(cfg: LossConfig) -> bool:
   return cfg.name == "gppo" and cfg.gppo.positive_nll_coef > 0
 
 
-def positive_nll(cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
-                 ) -> RegulariserOutput:
+def positive_nll(
+    cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
+) -> RegulariserOutput:
   """`coef · Agg(−ℓ, m ⊙ 1[reward = 1])`; metric `Agg(−ℓ)` over those tokens, 0 when off."""
   del stats, state
   if not _nll_active(cfg):
@@ -130,11 +151,13 @@ def positive_nll(cfg: LossConfig, batch: TokenBatch, stats: None, state: None, a
   rewards = batch.require("rewards", "positive_nll")
   weights = batch.mask * (rewards == POSITIVE_REWARD)[:, None].astype(jnp.float32)
   nll = agg(jnp.where(weights > 0, -batch.logp, 0.0), weights)
-  return RegulariserOutput(loss=cfg.gppo.positive_nll_coef * nll,
-                           metric=jax.lax.stop_gradient(nll))
+  return RegulariserOutput(loss=cfg.gppo.positive_nll_coef * nll, metric=jax.lax.stop_gradient(nll))
 
 
 INTERVENTION = Intervention(name="gppo", kind="surrogate", apply=gppo, config=GPPOConfig)
 POSITIVE_NLL = Intervention(
-    name="positive_nll", kind="regulariser", apply=positive_nll,
-    needs=lambda cfg: frozenset({"rewards"}) if _nll_active(cfg) else frozenset())
+    name="positive_nll",
+    kind="regulariser",
+    apply=positive_nll,
+    needs=lambda cfg: frozenset({"rewards"}) if _nll_active(cfg) else frozenset(),
+)

@@ -61,9 +61,15 @@ def sequence_log_ratio(logp: jax.Array, old_logp: jax.Array, mask: jax.Array) ->
   return log_ratio.sum(axis=-1) / jnp.maximum(valid.sum(axis=-1), 1).astype(jnp.float32)
 
 
-def gspo_token_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
-                    mask: jax.Array, *, clip_eps_low: float, clip_eps_high: float
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def gspo_token_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    clip_eps_low: float,
+    clip_eps_high: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The GSPO-token loss (module docstring).
 
   Args:
@@ -82,9 +88,13 @@ def gspo_token_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
   valid = mask > 0
   logp = jnp.where(valid, logp, 0.0)
   advantages = jax.lax.stop_gradient(jnp.where(valid, advantages, 0.0))
-  seq_ratio = jnp.exp(jnp.clip(
-      jax.lax.stop_gradient(sequence_log_ratio(logp, old_logp, mask)),
-      -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+  seq_ratio = jnp.exp(
+      jnp.clip(
+          jax.lax.stop_gradient(sequence_log_ratio(logp, old_logp, mask)),
+          -LOG_RATIO_CLAMP,
+          LOG_RATIO_CLAMP,
+      )
+  )
   token_ratio = seq_ratio[:, None] * jnp.exp(logp - jax.lax.stop_gradient(logp))
   l1 = -advantages * token_ratio
   l2 = -advantages * jnp.clip(token_ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
@@ -95,10 +105,20 @@ def gspo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> Surrog
   """GSPO-token surrogate over all valid tokens; picks nothing."""
   del stats, state
   c = cfg.gspo
-  loss, clipped, _ = gspo_token_loss(batch.logp, batch.old_logp, batch.advantages, batch.mask,
-                                     clip_eps_low=c.clip_eps_low, clip_eps_high=c.clip_eps_high)
-  return SurrogateOutput(per_token_loss=loss, loss_mask=batch.mask,
-                         selected=jnp.zeros(batch.mask.shape, bool), clipped=clipped)
+  loss, clipped, _ = gspo_token_loss(
+      batch.logp,
+      batch.old_logp,
+      batch.advantages,
+      batch.mask,
+      clip_eps_low=c.clip_eps_low,
+      clip_eps_high=c.clip_eps_high,
+  )
+  return SurrogateOutput(
+      per_token_loss=loss,
+      loss_mask=batch.mask,
+      selected=jnp.zeros(batch.mask.shape, bool),
+      clipped=clipped,
+  )
 
 
 INTERVENTION = Intervention(name="gspo", kind="surrogate", apply=gspo, config=GSPOConfig)

@@ -87,8 +87,7 @@ def nearest_rank(quantile: float, n: jax.Array) -> jax.Array:
   return floor + up.astype(floor.dtype)
 
 
-def score_statistics(entropy: jax.Array, mask: jax.Array, *, pivot: float
-                     ) -> dict[str, jax.Array]:
+def score_statistics(entropy: jax.Array, mask: jax.Array, *, pivot: float) -> dict[str, jax.Array]:
   """The scope statistics of ĥ: centre `med`, scale `σ` and the positive and negative extremes
   of h, from the valid tokens of `entropy` (no gradient; module docstring)."""
   valid = mask > 0
@@ -99,13 +98,17 @@ def score_statistics(entropy: jax.Array, mask: jax.Array, *, pivot: float
   h = jnp.where(valid, u - centre, 0.0)
   scale = jnp.sqrt(jnp.maximum(jnp.square(h).sum() / jnp.maximum(n, 1), SCORE_EPS))
   h = h / scale
-  return {"centre": centre, "scale": scale,
-          "top": jnp.maximum(jnp.where(valid & (h > 0), h, 0.0).max(), SCORE_EPS),
-          "bottom": jnp.maximum(-jnp.where(valid & (h < 0), h, 0.0).min(), SCORE_EPS)}
+  return {
+      "centre": centre,
+      "scale": scale,
+      "top": jnp.maximum(jnp.where(valid & (h > 0), h, 0.0).max(), SCORE_EPS),
+      "bottom": jnp.maximum(-jnp.where(valid & (h < 0), h, 0.0).min(), SCORE_EPS),
+  }
 
 
-def score_from_statistics(entropy: jax.Array, stats: dict[str, jax.Array],
-                          form: str = "symmetric") -> jax.Array:
+def score_from_statistics(
+    entropy: jax.Array, stats: dict[str, jax.Array], form: str = "symmetric"
+) -> jax.Array:
   """ĥ of entropies under given statistics (`score_statistics`), same shape as `entropy`."""
   check_choice("loss.hapo.score_form", form, SCORE_FORMS)
   h = (jnp.log(jnp.maximum(entropy, SCORE_EPS)) - stats["centre"]) / stats["scale"]
@@ -113,8 +116,9 @@ def score_from_statistics(entropy: jax.Array, stats: dict[str, jax.Array],
   return jnp.where(h > 0, h / stats["top"], negative / stats["bottom"])
 
 
-def entropy_score(entropy: jax.Array, mask: jax.Array, *, pivot: float,
-                  form: str = "symmetric") -> jax.Array:
+def entropy_score(
+    entropy: jax.Array, mask: jax.Array, *, pivot: float, form: str = "symmetric"
+) -> jax.Array:
   """HAPO's normalised entropy score ĥ over one scope (module docstring).
 
   Args:
@@ -132,17 +136,24 @@ def entropy_score(entropy: jax.Array, mask: jax.Array, *, pivot: float,
   return jnp.where(mask > 0, score, 0.0)
 
 
-def adaptive_clip_range(score: jax.Array, *, clip_eps_low: float, clip_eps_high: float,
-                        alpha: float) -> tuple[jax.Array, jax.Array]:
+def adaptive_clip_range(
+    score: jax.Array, *, clip_eps_low: float, clip_eps_high: float, alpha: float
+) -> tuple[jax.Array, jax.Array]:
   """Per-token `(ε_l', ε_h')`: ε_h(1 + αĥ) where ĥ > 0, ε_l(1 − αĥ) where ĥ ≤ 0, `[B, T]`."""
   eps_low = jnp.where(score <= 0, clip_eps_low * (1.0 - alpha * score), clip_eps_low)
   eps_high = jnp.where(score > 0, clip_eps_high * (1.0 + alpha * score), clip_eps_high)
   return eps_low, eps_high
 
 
-def redistribute_advantages(advantages: jax.Array, score: jax.Array, ratio: jax.Array,
-                            eps_low: jax.Array, eps_high: jax.Array, *, beta: float
-                            ) -> jax.Array:
+def redistribute_advantages(
+    advantages: jax.Array,
+    score: jax.Array,
+    ratio: jax.Array,
+    eps_low: jax.Array,
+    eps_high: jax.Array,
+    *,
+    beta: float,
+) -> jax.Array:
   """HAPO's differential advantage redistribution (module docstring), all `[B, T]`.
 
   `ratio` is the current importance ratio r (its gradient is stopped here).
@@ -150,17 +161,18 @@ def redistribute_advantages(advantages: jax.Array, score: jax.Array, ratio: jax.
   ratio = jax.lax.stop_gradient(ratio)
   scaled = advantages * (1.0 + beta * score)
   inside = (ratio > 1.0 - eps_low / 2) & (ratio < 1.0 + eps_high / 2)
-  return jnp.where(score > 0, jnp.where(inside, advantages, scaled),
-                   jnp.where(inside, scaled, advantages))
+  return jnp.where(
+      score > 0, jnp.where(inside, advantages, scaled), jnp.where(inside, scaled, advantages)
+  )
 
 
-def hapo_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
-               ) -> jax.Array:
+def hapo_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None) -> jax.Array:
   """The scope's ĥ (`[rows, T]`), from the current entropy without gradient."""
   del state, key
   c = cfg.hapo
-  return entropy_score(batch.require("entropy", "hapo"), batch.mask, pivot=c.entropy_pivot,
-                       form=c.score_form)
+  return entropy_score(
+      batch.require("entropy", "hapo"), batch.mask, pivot=c.entropy_pivot, form=c.score_form
+  )
 
 
 def hapo(cfg: LossConfig, batch: TokenBatch, score: jax.Array, state: None) -> SurrogateOutput:
@@ -174,18 +186,39 @@ def hapo(cfg: LossConfig, batch: TokenBatch, score: jax.Array, state: None) -> S
   score = jnp.where(valid, jax.lax.stop_gradient(score), 0.0)
   eps_low, eps_high = cfg.clip_eps_low, cfg.clip_eps_high
   if c.adaptive_clip:
-    eps_low, eps_high = adaptive_clip_range(score, clip_eps_low=eps_low, clip_eps_high=eps_high,
-                                            alpha=c.clip_alpha)
+    eps_low, eps_high = adaptive_clip_range(
+        score, clip_eps_low=eps_low, clip_eps_high=eps_high, alpha=c.clip_alpha
+    )
   if c.adaptive_advantage:
     advantages = redistribute_advantages(
-        advantages, score, importance_ratio(logp, old_logp),
-        jnp.broadcast_to(eps_low, score.shape), jnp.broadcast_to(eps_high, score.shape),
-        beta=c.adv_beta)
-  terms = ppo_terms(logp, old_logp, advantages, clip_eps_low=eps_low, clip_eps_high=eps_high,
-                    dual_clip_c=cfg.dual_clip_c)
-  return SurrogateOutput(per_token_loss=terms.loss, loss_mask=batch.mask,
-                         selected=jnp.zeros(batch.mask.shape, bool), clipped=terms.clipped)
+        advantages,
+        score,
+        importance_ratio(logp, old_logp),
+        jnp.broadcast_to(eps_low, score.shape),
+        jnp.broadcast_to(eps_high, score.shape),
+        beta=c.adv_beta,
+    )
+  terms = ppo_terms(
+      logp,
+      old_logp,
+      advantages,
+      clip_eps_low=eps_low,
+      clip_eps_high=eps_high,
+      dual_clip_c=cfg.dual_clip_c,
+  )
+  return SurrogateOutput(
+      per_token_loss=terms.loss,
+      loss_mask=batch.mask,
+      selected=jnp.zeros(batch.mask.shape, bool),
+      clipped=terms.clipped,
+  )
 
 
-INTERVENTION = Intervention(name="hapo", kind="surrogate", apply=hapo, config=HAPOConfig,
-                            needs=lambda cfg: frozenset({"entropy"}), scope_stats=hapo_stats)
+INTERVENTION = Intervention(
+    name="hapo",
+    kind="surrogate",
+    apply=hapo,
+    config=HAPOConfig,
+    needs=lambda cfg: frozenset({"entropy"}),
+    scope_stats=hapo_stats,
+)

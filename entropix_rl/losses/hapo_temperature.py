@@ -58,8 +58,13 @@ def temperature_rule(cfg: LossConfig):
 
 
 def _init_state(cfg: LossConfig) -> dict:
-  return {"centre": jnp.float32(0), "scale": jnp.float32(1), "top": jnp.float32(1),
-          "bottom": jnp.float32(1), "ready": jnp.bool_(False)}
+  return {
+      "centre": jnp.float32(0),
+      "scale": jnp.float32(1),
+      "top": jnp.float32(1),
+      "bottom": jnp.float32(1),
+      "ready": jnp.bool_(False),
+  }
 
 
 def _after_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[dict, dict]:
@@ -70,7 +75,13 @@ def _after_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[di
 
 
 INTERVENTION = Intervention(
-    name="hapo_temperature", kind="rollout", apply=None, config=HAPOTemperatureConfig,
+    name="hapo_temperature",
+    kind="rollout",
+    apply=None,
+    config=HAPOTemperatureConfig,
     active=lambda cfg: cfg.hapo_temperature.enabled,
-    needs=lambda cfg: frozenset({"old_entropy"}), init_state=_init_state,
-    after_update=_after_update, temperature_rule=temperature_rule)
+    needs=lambda cfg: frozenset({"old_entropy"}),
+    init_state=_init_state,
+    after_update=_after_update,
+    temperature_rule=temperature_rule,
+)

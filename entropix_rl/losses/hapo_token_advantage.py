@@ -52,8 +52,9 @@ class HAPOTokenAdvantageConfig:
     check_number(f"{path}.eps", self.eps, low=0.0, low_open=True)
 
 
-def token_group_advantages(rewards: jax.Array, group_ids: jax.Array, mask: jax.Array, *,
-                           threshold: float, eps: float) -> jax.Array:
+def token_group_advantages(
+    rewards: jax.Array, group_ids: jax.Array, mask: jax.Array, *, threshold: float, eps: float
+) -> jax.Array:
   """The token-level group advantage with the GRPO fallback (module docstring).
 
   Args:
@@ -86,17 +87,27 @@ def _enabled(cfg: LossConfig) -> bool:
   return cfg.hapo_token_advantage.enabled
 
 
-def hapo_token_advantage(cfg: LossConfig, rollout: TokenBatch, stats: None, state: None
-                         ) -> jax.Array:
+def hapo_token_advantage(
+    cfg: LossConfig, rollout: TokenBatch, stats: None, state: None
+) -> jax.Array:
   """The rollout's advantages `[N, T]` (only when `loss.hapo_token_advantage.enabled`)."""
   del stats, state
   c = cfg.hapo_token_advantage
   who = "hapo_token_advantage"
-  return token_group_advantages(rollout.require("rewards", who), rollout.require("group_ids", who),
-                                rollout.mask, threshold=c.threshold, eps=c.eps)
+  return token_group_advantages(
+      rollout.require("rewards", who),
+      rollout.require("group_ids", who),
+      rollout.mask,
+      threshold=c.threshold,
+      eps=c.eps,
+  )
 
 
-INTERVENTION = Intervention(name="hapo_token_advantage", kind="advantage",
-                            apply=hapo_token_advantage, config=HAPOTokenAdvantageConfig,
-                            active=_enabled,
-                            needs=lambda cfg: frozenset({"rewards", "group_ids"}))
+INTERVENTION = Intervention(
+    name="hapo_token_advantage",
+    kind="advantage",
+    apply=hapo_token_advantage,
+    config=HAPOTokenAdvantageConfig,
+    active=_enabled,
+    needs=lambda cfg: frozenset({"rewards", "group_ids"}),
+)

@@ -47,25 +47,37 @@ def high_entropy_pick(entropy: jax.Array, mask: jax.Array, *, ratio: float) -> j
   return selection.top_k_mask(score.ravel(), valid.ravel(), k, k_max).reshape(mask.shape)
 
 
-def high_entropy_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
-                       ) -> jax.Array:
+def high_entropy_stats(
+    cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+) -> jax.Array:
   """The scope's kept set s (`[rows, T]` bool), by the current entropy."""
   del state, key
-  return high_entropy_pick(batch.require("entropy", "high_entropy_tokens"), batch.mask,
-                           ratio=cfg.high_entropy_tokens.ratio)
+  return high_entropy_pick(
+      batch.require("entropy", "high_entropy_tokens"),
+      batch.mask,
+      ratio=cfg.high_entropy_tokens.ratio,
+  )
 
 
-def high_entropy_tokens(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
-                        ) -> SurrogateOutput:
+def high_entropy_tokens(
+    cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
+) -> SurrogateOutput:
   """80/20 surrogate (module docstring); `selected` is the kept set s."""
   del state
   terms = ppo_terms_from_config(cfg, batch)
-  return SurrogateOutput(per_token_loss=terms.loss,
-                         loss_mask=batch.mask * selected.astype(jnp.float32),
-                         selected=selected, clipped=terms.clipped)
+  return SurrogateOutput(
+      per_token_loss=terms.loss,
+      loss_mask=batch.mask * selected.astype(jnp.float32),
+      selected=selected,
+      clipped=terms.clipped,
+  )
 
 
-INTERVENTION = Intervention(name="high_entropy_tokens", kind="surrogate",
-                            apply=high_entropy_tokens, config=HighEntropyTokensConfig,
-                            needs=lambda cfg: frozenset({"entropy"}),
-                            scope_stats=high_entropy_stats)
+INTERVENTION = Intervention(
+    name="high_entropy_tokens",
+    kind="surrogate",
+    apply=high_entropy_tokens,
+    config=HighEntropyTokensConfig,
+    needs=lambda cfg: frozenset({"entropy"}),
+    scope_stats=high_entropy_stats,
+)

@@ -53,8 +53,9 @@ class KLCovConfig:
     check_number(f"{path}.coef", self.coef, low=0.0)
 
 
-def kl_cov_pick(logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
-                ratio: float) -> jax.Array:
+def kl_cov_pick(
+    logp: jax.Array, advantages: jax.Array, mask: jax.Array, *, ratio: float
+) -> jax.Array:
   """The top-k covariance pick within one scope chunk (`[rows, T]` in, bool `[rows, T]` out)."""
   valid = mask > 0
   cov = dynamics.token_covariance(logp, advantages, mask)
@@ -63,25 +64,28 @@ def kl_cov_pick(logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
   return selection.top_k_mask(cov.ravel(), valid.ravel(), k, k_max).reshape(mask.shape)
 
 
-def kl_cov_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
-                 ) -> jax.Array:
+def kl_cov_stats(
+    cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+) -> jax.Array:
   """The scope's pick I_KL (`[rows, T]` bool), from the current ℓ without gradient."""
   del state, key
   return kl_cov_pick(batch.logp, batch.advantages, batch.mask, ratio=cfg.kl_cov.ratio)
 
 
-def kl_cov(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
-           ) -> SurrogateOutput:
+def kl_cov(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None) -> SurrogateOutput:
   """KL-Cov surrogate (module docstring); `selected` is the penalised set I_KL."""
   del state
   pg = -batch.advantages * importance_ratio(batch.logp, batch.old_logp)
   log_ratio = batch.logp - batch.old_logp
-  penalty = cfg.kl_cov.coef * jnp.where(jnp.abs(log_ratio) > ON_POLICY_TOL, jnp.abs(log_ratio),
-                                        0.0)
-  return SurrogateOutput(per_token_loss=pg + jnp.where(selected, penalty, 0.0),
-                         loss_mask=batch.mask, selected=selected,
-                         clipped=jnp.zeros(batch.mask.shape, bool))
+  penalty = cfg.kl_cov.coef * jnp.where(jnp.abs(log_ratio) > ON_POLICY_TOL, jnp.abs(log_ratio), 0.0)
+  return SurrogateOutput(
+      per_token_loss=pg + jnp.where(selected, penalty, 0.0),
+      loss_mask=batch.mask,
+      selected=selected,
+      clipped=jnp.zeros(batch.mask.shape, bool),
+  )
 
 
-INTERVENTION = Intervention(name="kl_cov", kind="surrogate", apply=kl_cov, config=KLCovConfig,
-                            scope_stats=kl_cov_stats)
+INTERVENTION = Intervention(
+    name="kl_cov", kind="surrogate", apply=kl_cov, config=KLCovConfig, scope_stats=kl_cov_stats
+)

@@ -60,8 +60,9 @@ class KLRefConfig:
     check_choice(f"{path}.estimator", self.estimator, KL_ESTIMATORS)
 
 
-def kl_ref(cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
-           ) -> RegulariserOutput:
+def kl_ref(
+    cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
+) -> RegulariserOutput:
   """`β_ref · Agg(k(ℓ, ℓ^ref))`; metric `Agg(k)`, 0 without `ref_logp`."""
   del stats, state
   c = cfg.kl_ref
@@ -76,5 +77,9 @@ def kl_ref(cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Ag
 
 
 INTERVENTION = Intervention(
-    name="kl_ref", kind="regulariser", apply=kl_ref, config=KLRefConfig,
-    needs=lambda cfg: frozenset({"ref_logp"}) if cfg.kl_ref.coef > 0 else frozenset())
+    name="kl_ref",
+    kind="regulariser",
+    apply=kl_ref,
+    config=KLRefConfig,
+    needs=lambda cfg: frozenset({"ref_logp"}) if cfg.kl_ref.coef > 0 else frozenset(),
+)

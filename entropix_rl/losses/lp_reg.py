@@ -80,8 +80,9 @@ class LpRegConfig:
     check_number(f"{path}.coef", self.coef, low=0.0)
 
 
-def min_p_proxy_logp(logits: jax.Array, targets: jax.Array, temperature: float, *,
-                     kappa: float) -> jax.Array:
+def min_p_proxy_logp(
+    logits: jax.Array, targets: jax.Array, temperature: float, *, kappa: float
+) -> jax.Array:
   """ℓᵖʳᵒˣʸ of `targets` (module docstring) from temperature-1 `logits [n, V]` → `[n]`."""
   logits = jnp.asarray(logits, jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
@@ -93,12 +94,14 @@ def min_p_proxy_logp(logits: jax.Array, targets: jax.Array, temperature: float, 
 
 def _features(cfg: LossConfig) -> tuple[TokenFeature, ...]:
   kappa = cfg.lp_reg.kappa
-  return (TokenFeature(PROXY, lambda z, y, t: min_p_proxy_logp(z, y, t, kappa=kappa),
-                       policy="old"),)
+  return (
+      TokenFeature(PROXY, lambda z, y, t: min_p_proxy_logp(z, y, t, kappa=kappa), policy="old"),
+  )
 
 
-def lp_reg_pick(logp: jax.Array, proxy_logp: jax.Array, advantages: jax.Array,
-                mask: jax.Array, *, ratio: float) -> jax.Array:
+def lp_reg_pick(
+    logp: jax.Array, proxy_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *, ratio: float
+) -> jax.Array:
   """The Lp-Reg pick within one scope chunk (`[rows, T]` in, bool `[rows, T]` out)."""
   logp = jax.lax.stop_gradient(logp)
   negative = (mask > 0) & (advantages < 0)
@@ -108,27 +111,42 @@ def lp_reg_pick(logp: jax.Array, proxy_logp: jax.Array, advantages: jax.Array,
   return lowest & (k > 1) & (logp < proxy_logp)
 
 
-def lp_reg_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
-                 ) -> jax.Array:
+def lp_reg_stats(
+    cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+) -> jax.Array:
   """The scope's pick (`[rows, T]` bool), from the current ℓ without gradient."""
   del state, key
-  return lp_reg_pick(batch.logp, batch.require(PROXY, "lp_reg"), batch.advantages, batch.mask,
-                     ratio=cfg.lp_reg.ratio)
+  return lp_reg_pick(
+      batch.logp,
+      batch.require(PROXY, "lp_reg"),
+      batch.advantages,
+      batch.mask,
+      ratio=cfg.lp_reg.ratio,
+  )
 
 
-def lp_reg(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
-           ) -> SurrogateOutput:
+def lp_reg(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None) -> SurrogateOutput:
   """Lp-Reg surrogate (module docstring); `selected` is the regularised set."""
   del state
   terms = ppo_terms_from_config(cfg, batch)
   proxy = batch.require(PROXY, "lp_reg")
-  regularised = (-batch.advantages * importance_ratio(batch.logp, batch.old_logp)
-                 + cfg.lp_reg.coef * kl_estimate(batch.logp, proxy, "k3"))
-  return SurrogateOutput(per_token_loss=jnp.where(selected, regularised, terms.loss),
-                         loss_mask=batch.mask, selected=selected,
-                         clipped=terms.clipped & ~selected)
+  regularised = -batch.advantages * importance_ratio(
+      batch.logp, batch.old_logp
+  ) + cfg.lp_reg.coef * kl_estimate(batch.logp, proxy, "k3")
+  return SurrogateOutput(
+      per_token_loss=jnp.where(selected, regularised, terms.loss),
+      loss_mask=batch.mask,
+      selected=selected,
+      clipped=terms.clipped & ~selected,
+  )
 
 
-INTERVENTION = Intervention(name="lp_reg", kind="surrogate", apply=lp_reg, config=LpRegConfig,
-                            needs=lambda cfg: frozenset({PROXY}), features=_features,
-                            scope_stats=lp_reg_stats)
+INTERVENTION = Intervention(
+    name="lp_reg",
+    kind="surrogate",
+    apply=lp_reg,
+    config=LpRegConfig,
+    needs=lambda cfg: frozenset({PROXY}),
+    features=_features,
+    scope_stats=lp_reg_stats,
+)

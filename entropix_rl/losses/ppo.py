@@ -44,9 +44,15 @@ def importance_ratio(logp: jax.Array, old_logp: jax.Array) -> jax.Array:
   return jnp.exp(jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
-def ppo_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
-              clip_eps_low: float | jax.Array, clip_eps_high: float | jax.Array,
-              dual_clip_c: float | None = None) -> PPOTerms:
+def ppo_terms(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    *,
+    clip_eps_low: float | jax.Array,
+    clip_eps_high: float | jax.Array,
+    dual_clip_c: float | None = None,
+) -> PPOTerms:
   """Clipped PPO token loss `max(−A·r, −A·clip(r, 1−ε_l, 1+ε_h))`, dual-clipped if `c` is set.
 
   Args:
@@ -73,17 +79,26 @@ def ppo_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
 
 def ppo_terms_from_config(cfg: LossConfig, batch: TokenBatch) -> PPOTerms:
   """`ppo_terms` with the clip settings of `cfg`."""
-  return ppo_terms(batch.logp, batch.old_logp, batch.advantages,
-                   clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
-                   dual_clip_c=cfg.dual_clip_c)
+  return ppo_terms(
+      batch.logp,
+      batch.old_logp,
+      batch.advantages,
+      clip_eps_low=cfg.clip_eps_low,
+      clip_eps_high=cfg.clip_eps_high,
+      dual_clip_c=cfg.dual_clip_c,
+  )
 
 
 def ppo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> SurrogateOutput:
   """Vanilla PPO/GRPO surrogate over all valid tokens; picks nothing."""
   del stats, state
   terms = ppo_terms_from_config(cfg, batch)
-  return SurrogateOutput(per_token_loss=terms.loss, loss_mask=batch.mask,
-                         selected=jnp.zeros(batch.mask.shape, bool), clipped=terms.clipped)
+  return SurrogateOutput(
+      per_token_loss=terms.loss,
+      loss_mask=batch.mask,
+      selected=jnp.zeros(batch.mask.shape, bool),
+      clipped=terms.clipped,
+  )
 
 
 INTERVENTION = Intervention(name="ppo", kind="surrogate", apply=ppo)

@@ -51,11 +51,15 @@ def bernoulli_rewards(key: jax.Array, rows: int, p: float) -> np.ndarray:
 def random_reward_rollout(cfg: LossConfig, responses, ctx, state):
   """Replaces `responses.rewards` by independent Bernoulli(p) draws."""
   del state
-  rewards = bernoulli_rewards(jax.random.fold_in(ctx.key, 41), responses.rows,
-                              cfg.random_reward.p)
+  rewards = bernoulli_rewards(jax.random.fold_in(ctx.key, 41), responses.rows, cfg.random_reward.p)
   return dataclasses.replace(responses, rewards=rewards)
 
 
 INTERVENTION = Intervention(
-    name="random_reward", kind="rollout", apply=None, config=RandomRewardConfig,
-    active=lambda cfg: cfg.random_reward.enabled, rollout=random_reward_rollout)
+    name="random_reward",
+    kind="rollout",
+    apply=None,
+    config=RandomRewardConfig,
+    active=lambda cfg: cfg.random_reward.enabled,
+    rollout=random_reward_rollout,
+)

@@ -48,8 +48,8 @@ Rollout-side hooks, run on the host by `train/rollout.py` (any kind may have the
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -151,8 +151,9 @@ class Intervention:
     if self.kind not in KINDS:
       raise ValueError(f"intervention {self.name!r}: kind={self.kind!r}; allowed: {KINDS}")
     if self.active is None:
-      default = (lambda cfg: cfg.name == self.name) if self.kind == "surrogate" else (
-          lambda cfg: True)
+      default = (
+          (lambda cfg: cfg.name == self.name) if self.kind == "surrogate" else (lambda cfg: True)
+      )
       object.__setattr__(self, "active", default)
 
   def is_active(self, cfg) -> bool:

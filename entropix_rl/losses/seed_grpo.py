@@ -71,8 +71,9 @@ class SeedGRPOConfig:
     check_choice(f"{path}.mass", self.mass, MASSES)
 
 
-def semantic_entropy(seq_logp: jax.Array, group_ids: jax.Array, cluster_ids: jax.Array, *,
-                     estimator: str, mass: str) -> jax.Array:
+def semantic_entropy(
+    seq_logp: jax.Array, group_ids: jax.Array, cluster_ids: jax.Array, *, estimator: str, mass: str
+) -> jax.Array:
   """The semantic entropy SE of each response's group (module docstring).
 
   Args:
@@ -120,9 +121,18 @@ def uncertainty_scale(x: jax.Array, scale_fn: str, gamma: float) -> jax.Array:
   raise ValueError(f"loss.seed_grpo.scale_fn={scale_fn!r}; allowed: {SCALE_FNS}")
 
 
-def seed_grpo_scale(old_logp: jax.Array, mask: jax.Array, group_ids: jax.Array,
-                    cluster_ids: jax.Array, *, alpha: float, scale_fn: str, gamma: float,
-                    estimator: str, mass: str) -> jax.Array:
+def seed_grpo_scale(
+    old_logp: jax.Array,
+    mask: jax.Array,
+    group_ids: jax.Array,
+    cluster_ids: jax.Array,
+    *,
+    alpha: float,
+    scale_fn: str,
+    gamma: float,
+    estimator: str,
+    mass: str,
+) -> jax.Array:
   """The per-response advantage scale f(α·SE/ln G).
 
   Args:
@@ -149,13 +159,25 @@ def seed_grpo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> j
   """`A · f(α·SE/ln G)` per group, 0 on masked tokens (only when `loss.seed_grpo.enabled`)."""
   del stats, state
   c = cfg.seed_grpo
-  scale = seed_grpo_scale(batch.old_logp, batch.mask, batch.require("group_ids", "seed_grpo"),
-                          batch.require("cluster_ids", "seed_grpo"), alpha=c.alpha,
-                          scale_fn=c.scale_fn, gamma=c.gamma, estimator=c.estimator,
-                          mass=c.mass)
+  scale = seed_grpo_scale(
+      batch.old_logp,
+      batch.mask,
+      batch.require("group_ids", "seed_grpo"),
+      batch.require("cluster_ids", "seed_grpo"),
+      alpha=c.alpha,
+      scale_fn=c.scale_fn,
+      gamma=c.gamma,
+      estimator=c.estimator,
+      mass=c.mass,
+  )
   return batch.advantages * scale[:, None] * batch.mask
 
 
-INTERVENTION = Intervention(name="seed_grpo", kind="advantage", apply=seed_grpo,
-                            config=SeedGRPOConfig, active=lambda cfg: cfg.seed_grpo.enabled,
-                            needs=lambda cfg: frozenset({"cluster_ids", "group_ids"}))
+INTERVENTION = Intervention(
+    name="seed_grpo",
+    kind="advantage",
+    apply=seed_grpo,
+    config=SeedGRPOConfig,
+    active=lambda cfg: cfg.seed_grpo.enabled,
+    needs=lambda cfg: frozenset({"cluster_ids", "group_ids"}),
+)

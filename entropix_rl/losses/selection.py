@@ -19,8 +19,8 @@ the batch-scope pick (random picks included: chunk c draws with `fold_in(rng, c)
 
 from __future__ import annotations
 
-import fractions
 from collections.abc import Callable
+import fractions
 from typing import Any
 
 import jax
@@ -75,13 +75,19 @@ def chunk_rows(cfg: LossConfig, batch_rows: int) -> int:
     return batch_rows
   rows = min(cfg.microbatch_size, batch_rows)
   if batch_rows % rows:
-    raise ValueError(f"loss.microbatch_size={cfg.microbatch_size} must divide the batch of "
-                     f"{batch_rows} sequences passed to policy_loss")
+    raise ValueError(
+        f"loss.microbatch_size={cfg.microbatch_size} must divide the batch of "
+        f"{batch_rows} sequences passed to policy_loss"
+    )
   return rows
 
 
-def per_scope(cfg: LossConfig, fn: Callable[[TokenBatch, jax.Array | None], Any],
-              batch: TokenBatch, rng: jax.Array | None) -> Any:
+def per_scope(
+    cfg: LossConfig,
+    fn: Callable[[TokenBatch, jax.Array | None], Any],
+    batch: TokenBatch,
+    rng: jax.Array | None,
+) -> Any:
   """Runs `fn(chunk, key)` on each scope chunk of `batch` and reassembles the rows.
 
   Args:
@@ -98,7 +104,6 @@ def per_scope(cfg: LossConfig, fn: Callable[[TokenBatch, jax.Array | None], Any]
   rows = chunk_rows(cfg, batch_rows)
   chunks = batch_rows // rows
   split = jax.tree.map(lambda a: a.reshape((chunks, rows) + a.shape[1:]), batch)
-  keys = None if rng is None else jax.vmap(lambda c: jax.random.fold_in(rng, c))(
-      jnp.arange(chunks))
+  keys = None if rng is None else jax.vmap(lambda c: jax.random.fold_in(rng, c))(jnp.arange(chunks))
   out = jax.vmap(fn)(split, keys)
   return jax.tree.map(lambda a: a.reshape((batch_rows,) + a.shape[2:]), out)

@@ -89,8 +89,9 @@ class SirenConfig:
     check_bool(f"{path}.anchored", self.anchored)
 
 
-def top_p_entropy(logits: jax.Array, targets: jax.Array, temperature: float, *, top_p: float,
-                  top_k: int) -> jax.Array:
+def top_p_entropy(
+    logits: jax.Array, targets: jax.Array, temperature: float, *, top_p: float, top_k: int
+) -> jax.Array:
   """Hᵗᵒᵖᵖ (module docstring) of temperature-1 `logits [n, V]` at `temperature` → `[n]`.
 
   Differentiable in `logits`; `targets` is unused (the signature of a `TokenFeature`).
@@ -144,15 +145,15 @@ def _needs(cfg: LossConfig) -> frozenset:
   return frozenset({FEATURE, OLD_FEATURE}) if cfg.siren.anchored else frozenset({FEATURE})
 
 
-def siren_stats(cfg: LossConfig, batch: TokenBatch, state: Any, key: jax.Array | None
-                ) -> jax.Array:
+def siren_stats(cfg: LossConfig, batch: TokenBatch, state: Any, key: jax.Array | None) -> jax.Array:
   """The peak mask s (`[rows, T]` bool) from the current top-p entropy, without gradient."""
   del state, key
   return peak_mask(batch.require(FEATURE, "siren"), batch.mask, mask_ratio=cfg.siren.mask_ratio)
 
 
-def siren(cfg: LossConfig, batch: TokenBatch, picked: jax.Array, state: dict | None,
-          agg: Aggregator) -> RegulariserOutput:
+def siren(
+    cfg: LossConfig, batch: TokenBatch, picked: jax.Array, state: dict | None, agg: Aggregator
+) -> RegulariserOutput:
   """`c·(Ĥ − H₀)²` (anchored) or `−c·Ĥ` (plain); metric Ĥ."""
   c = cfg.siren
   entropy = batch.require(FEATURE, "siren")
@@ -162,8 +163,9 @@ def siren(cfg: LossConfig, batch: TokenBatch, picked: jax.Array, state: dict | N
   anchor = jax.lax.stop_gradient(value)
   if state:
     anchor = jnp.where(state["anchor_set"], state["anchor"], anchor)
-  return RegulariserOutput(loss=c.coef * jnp.square(value - anchor),
-                           metric=jax.lax.stop_gradient(value))
+  return RegulariserOutput(
+      loss=c.coef * jnp.square(value - anchor), metric=jax.lax.stop_gradient(value)
+  )
 
 
 def init_siren_state(cfg: LossConfig) -> dict:
@@ -178,15 +180,25 @@ def _before_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tuple[d
   if not cfg.siren.anchored:
     return state, {}
   entropy = rollout.require(OLD_FEATURE, "siren")
-  value = peak_entropy(entropy, peak_mask(entropy, rollout.mask,
-                                          mask_ratio=cfg.siren.mask_ratio))
+  value = peak_entropy(entropy, peak_mask(entropy, rollout.mask, mask_ratio=cfg.siren.mask_ratio))
   anchor = jnp.where(state["anchor_set"], state["anchor"], value).astype(jnp.float32)
-  return ({"anchor": anchor, "anchor_set": jnp.bool_(True)},
-          {"rollout_peak_entropy": value, "anchor": anchor})
+  return (
+      {"anchor": anchor, "anchor_set": jnp.bool_(True)},
+      {"rollout_peak_entropy": value, "anchor": anchor},
+  )
 
 
 INTERVENTION = Intervention(
-    name="siren", kind="regulariser", apply=siren, config=SirenConfig, active=_active,
-    needs=_needs, grad_needs=lambda cfg: frozenset({FEATURE}), features=_features,
-    scope_stats=siren_stats, init_state=init_siren_state, before_update=_before_update,
-    linear=False)
+    name="siren",
+    kind="regulariser",
+    apply=siren,
+    config=SirenConfig,
+    active=_active,
+    needs=_needs,
+    grad_needs=lambda cfg: frozenset({FEATURE}),
+    features=_features,
+    scope_stats=siren_stats,
+    init_state=init_siren_state,
+    before_update=_before_update,
+    linear=False,
+)

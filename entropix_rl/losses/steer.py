@@ -61,14 +61,24 @@ class SteerConfig:
 
   def validate(self, path: str) -> None:
     check_choice(f"{path}.mode", self.mode, MODES)
-    check_number(f"{path}.lambda_min", self.lambda_min, low=0.0, low_open=True,
-                 high=1.0 if self.mode == "exp" else None)
-    check_number(f"{path}.lambda_max", self.lambda_max, low=self.lambda_min,
-                 allowed=f"a number >= {path}.lambda_min={self.lambda_min}")
+    check_number(
+        f"{path}.lambda_min",
+        self.lambda_min,
+        low=0.0,
+        low_open=True,
+        high=1.0 if self.mode == "exp" else None,
+    )
+    check_number(
+        f"{path}.lambda_max",
+        self.lambda_max,
+        low=self.lambda_min,
+        allowed=f"a number >= {path}.lambda_min={self.lambda_min}",
+    )
 
 
-def entropy_change_magnitude(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
-                             old_entropy: jax.Array) -> jax.Array:
+def entropy_change_magnitude(
+    logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, old_entropy: jax.Array
+) -> jax.Array:
   """m_t = |Ω_t| (module docstring), float32 `[B, T]`, without gradient."""
   sg = jax.lax.stop_gradient
   f32 = lambda x: sg(jnp.asarray(x, jnp.float32))
@@ -88,9 +98,16 @@ def magnitude_range(magnitude: jax.Array, mask: jax.Array) -> tuple[jax.Array, j
   return m_min, m_max
 
 
-def weights_from_magnitude(magnitude: jax.Array, mask: jax.Array, m_min: jax.Array,
-                           m_max: jax.Array, *, mode: str, lambda_min: float,
-                           lambda_max: float) -> jax.Array:
+def weights_from_magnitude(
+    magnitude: jax.Array,
+    mask: jax.Array,
+    m_min: jax.Array,
+    m_max: jax.Array,
+    *,
+    mode: str,
+    lambda_min: float,
+    lambda_max: float,
+) -> jax.Array:
   """λ_t from m_t and the scope's (m_min, m_max) (module docstring); 0 where `mask` is 0."""
   if mode == "exp":
     k = -jnp.log(jnp.float32(lambda_min)) / jnp.maximum(m_max, EXP_SCALE_FLOOR)
@@ -98,19 +115,22 @@ def weights_from_magnitude(magnitude: jax.Array, mask: jax.Array, m_min: jax.Arr
   else:
     spread = m_max - m_min
     scale = (lambda_max - lambda_min) / jnp.where(spread > 0, spread, 1.0)
-    weights = jnp.where(spread > 0, lambda_max - (magnitude - m_min) * scale,
-                        0.5 * (lambda_min + lambda_max))
+    weights = jnp.where(
+        spread > 0, lambda_max - (magnitude - m_min) * scale, 0.5 * (lambda_min + lambda_max)
+    )
     weights = jnp.clip(weights, lambda_min, lambda_max)
   return jnp.where(mask > 0, weights, 0.0).astype(jnp.float32)
 
 
 def _magnitude(batch: TokenBatch) -> jax.Array:
-  return entropy_change_magnitude(batch.logp, batch.old_logp, batch.advantages,
-                                  batch.require("old_entropy", "steer"))
+  return entropy_change_magnitude(
+      batch.logp, batch.old_logp, batch.advantages, batch.require("old_entropy", "steer")
+  )
 
 
-def steer_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
-                ) -> dict[str, jax.Array]:
+def steer_stats(
+    cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
+) -> dict[str, jax.Array]:
   """The scope's `{"m_min", "m_max"}`, each broadcast to `[rows]`."""
   del cfg, state, key
   m_min, m_max = magnitude_range(_magnitude(batch), batch.mask)
@@ -123,21 +143,38 @@ def steer_weights(cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array
   c = cfg.steer
   # Every row of a scope holds the same statistics; rows are sliced per micro-batch.
   m_min, m_max = stats["m_min"][:, None], stats["m_max"][:, None]
-  return jax.lax.stop_gradient(weights_from_magnitude(
-      _magnitude(batch), batch.mask, m_min, m_max, mode=c.mode, lambda_min=c.lambda_min,
-      lambda_max=c.lambda_max))
+  return jax.lax.stop_gradient(
+      weights_from_magnitude(
+          _magnitude(batch),
+          batch.mask,
+          m_min,
+          m_max,
+          mode=c.mode,
+          lambda_min=c.lambda_min,
+          lambda_max=c.lambda_max,
+      )
+  )
 
 
-def steer(cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array], state: None
-          ) -> SurrogateOutput:
+def steer(
+    cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array], state: None
+) -> SurrogateOutput:
   """STEER surrogate (module docstring): `λ · Lᵖᵖᵒ`; picks nothing."""
   del state
   terms = ppo_terms_from_config(cfg, batch)
-  return SurrogateOutput(per_token_loss=steer_weights(cfg, batch, stats) * terms.loss,
-                         loss_mask=batch.mask, selected=jnp.zeros(batch.mask.shape, bool),
-                         clipped=terms.clipped)
+  return SurrogateOutput(
+      per_token_loss=steer_weights(cfg, batch, stats) * terms.loss,
+      loss_mask=batch.mask,
+      selected=jnp.zeros(batch.mask.shape, bool),
+      clipped=terms.clipped,
+  )
 
 
-INTERVENTION = Intervention(name="steer", kind="surrogate", apply=steer, config=SteerConfig,
-                            needs=lambda cfg: frozenset({"old_entropy"}),
-                            scope_stats=steer_stats)
+INTERVENTION = Intervention(
+    name="steer",
+    kind="surrogate",
+    apply=steer,
+    config=SteerConfig,
+    needs=lambda cfg: frozenset({"old_entropy"}),
+    scope_stats=steer_stats,
+)

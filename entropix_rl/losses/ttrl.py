@@ -76,15 +76,26 @@ def ttrl_rollout(cfg: LossConfig, responses, ctx, state):
   c = cfg.ttrl
   if c.n_vote < ctx.group_size:
     raise ValueError(f"loss.ttrl.n_vote={c.n_vote} must be >= rl.group_size={ctx.group_size}")
-  rewards = pseudo_label_rewards(ctx.answer_keys(responses, c.vote_by),
-                                 ctx.answer_keys(responses, c.reward_by), responses.group_ids)
-  keep = np.concatenate([np.flatnonzero(responses.group_ids == g)[:ctx.group_size]
-                         for g in np.unique(responses.group_ids)])
+  rewards = pseudo_label_rewards(
+      ctx.answer_keys(responses, c.vote_by),
+      ctx.answer_keys(responses, c.reward_by),
+      responses.group_ids,
+  )
+  keep = np.concatenate(
+      [
+          np.flatnonzero(responses.group_ids == g)[: ctx.group_size]
+          for g in np.unique(responses.group_ids)
+      ]
+  )
   return dataclasses.replace(responses, rewards=rewards).take(keep)
 
 
 INTERVENTION = Intervention(
-    name="ttrl", kind="rollout", apply=None, config=TTRLConfig,
+    name="ttrl",
+    kind="rollout",
+    apply=None,
+    config=TTRLConfig,
     active=lambda cfg: cfg.ttrl.enabled,
     samples_per_prompt=lambda cfg, group_size, state: cfg.ttrl.n_vote,
-    rollout=ttrl_rollout)
+    rollout=ttrl_rollout,
+)

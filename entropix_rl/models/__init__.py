@@ -15,6 +15,16 @@ from entropix_rl.models.decoder import (
 )
 
 __all__ = [
-    "ATTENTION_IMPLS", "KVCache", "ModelConfig", "RopeScaling", "forward", "forward_hidden",
-    "init_cache", "init_params", "logits_from_hidden", "prefill", "tiny_config", "unembedding",
+    "ATTENTION_IMPLS",
+    "KVCache",
+    "ModelConfig",
+    "RopeScaling",
+    "forward",
+    "forward_hidden",
+    "init_cache",
+    "init_params",
+    "logits_from_hidden",
+    "prefill",
+    "tiny_config",
+    "unembedding",
 ]

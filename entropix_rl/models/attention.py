@@ -58,17 +58,29 @@ def resolve_impl(impl: str, compute_dtype: jnp.dtype) -> str:
       return "cudnn" if jnp.dtype(compute_dtype).itemsize == 2 else "blockwise"
     return "dense"
   if impl == "splash" and backend != "tpu":
-    raise ValueError(f"model.attention_impl='splash' needs a TPU; this backend is {backend!r}. "
-                     "Use 'blockwise' (any backend), 'dense', or 'auto'.")
+    raise ValueError(
+        f"model.attention_impl='splash' needs a TPU; this backend is {backend!r}. "
+        "Use 'blockwise' (any backend), 'dense', or 'auto'."
+    )
   if impl == "cudnn" and backend != "gpu":
-    raise ValueError(f"model.attention_impl='cudnn' needs an NVIDIA GPU; this backend is "
-                     f"{backend!r}. Use 'blockwise' (any backend), 'dense', or 'auto'.")
+    raise ValueError(
+        f"model.attention_impl='cudnn' needs an NVIDIA GPU; this backend is "
+        f"{backend!r}. Use 'blockwise' (any backend), 'dense', or 'auto'."
+    )
   return impl
 
 
-def self_attention(impl: str, q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                   window: int | None = None, block_q: int = 512, block_k: int = 512
-                   ) -> jax.Array:
+def self_attention(
+    impl: str,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array,
+    *,
+    window: int | None = None,
+    block_q: int = 512,
+    block_k: int = 512,
+) -> jax.Array:
   """Causal self-attention with key padding (module docstring).
 
   Args:
@@ -106,21 +118,25 @@ def causal_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.A
   return allowed
 
 
-def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                    window: int | None = None) -> jax.Array:
+def dense_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *, window: int | None = None
+) -> jax.Array:
   """The reference: `[B, K, G, T, T]` float32 scores. Shapes as `self_attention`."""
   b, t, h, dh = q.shape
   s = k.shape[1]
   allowed = valid[:, None, :] & causal_mask(jnp.arange(t), jnp.arange(s), window)[None]
-  scores = jnp.einsum("btkgd,bskd->bkgts", _group(q, k.shape[2]), k,
-                      preferred_element_type=jnp.float32) * dh ** -0.5
+  scores = (
+      jnp.einsum("btkgd,bskd->bkgts", _group(q, k.shape[2]), k, preferred_element_type=jnp.float32)
+      * dh**-0.5
+  )
   scores = jnp.where(allowed[:, None, None], scores, _MASKED)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
 
 
-def _tiles(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, bq: int, bk: int
-           ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _tiles(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, bq: int, bk: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Pads T to a multiple of both tile sizes (padded keys are invalid)."""
   t = q.shape[1]
   step = math.lcm(bq, bk)
@@ -132,9 +148,16 @@ def _tiles(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, bq: int, 
   return q, k, v, valid
 
 
-def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                        window: int | None = None, block_q: int = 512, block_k: int = 512
-                        ) -> jax.Array:
+def blockwise_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array,
+    *,
+    window: int | None = None,
+    block_q: int = 512,
+    block_k: int = 512,
+) -> jax.Array:
   """Flash-style attention in pure JAX (module docstring). Shapes as `self_attention`.
 
   Forward temporaries per query tile: `[B, K, G, block_q, block_k]` float32 scores and a
@@ -159,32 +182,35 @@ def _blockwise_forward(q, k, v, valid, bq, bk, window):
   """q `[B, T, K, G, D]`, k/v `[B, T, K, D]` (T a multiple of bq and bk) → out, lse."""
   b, t, kh, g, d = q.shape
   nq = t // bq
-  scale = d ** -0.5
+  scale = d**-0.5
 
   def query_tile(i):
     qi = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=1)
     q_pos = i * bq + jnp.arange(bq)
 
     def key_tile(j, carry):
-      m, l, acc = carry
-      kj, vj, valid_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
-                         for x in (k, v, valid))
+      m, denom, acc = carry
+      kj, vj, valid_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1) for x in (k, v, valid))
       s, _ = _tile_scores(qi, kj, q_pos, j * bk + jnp.arange(bk), valid_j, scale, window)
       m_new = jnp.maximum(m, s.max(axis=-1))
       p = jnp.exp(s - m_new[..., None])
       correction = jnp.exp(m - m_new)
-      l = l * correction + p.sum(axis=-1)
+      denom = denom * correction + p.sum(axis=-1)
       acc = acc * correction[..., None] + jnp.einsum(
-          "bkgqs,bskd->bkgqd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
-      return m_new, l, acc
+          "bkgqs,bskd->bkgqd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32
+      )
+      return m_new, denom, acc
 
-    init = (jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32),
-            jnp.zeros((b, kh, g, bq), jnp.float32), jnp.zeros((b, kh, g, bq, d), jnp.float32))
+    init = (
+        jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32),
+        jnp.zeros((b, kh, g, bq), jnp.float32),
+        jnp.zeros((b, kh, g, bq, d), jnp.float32),
+    )
     # Key tiles at or below the causal diagonal, and not wholly before the window.
     first = 0 if window is None else jnp.maximum(i * bq - window + 1, 0) // bk
     last = ((i + 1) * bq - 1) // bk + 1
-    m, l, acc = jax.lax.fori_loop(first, last, key_tile, init)
-    return (acc / l[..., None]).astype(v.dtype), m + jnp.log(l)
+    m, denom, acc = jax.lax.fori_loop(first, last, key_tile, init)
+    return (acc / denom[..., None]).astype(v.dtype), m + jnp.log(denom)
 
   out, lse = jax.lax.map(query_tile, jnp.arange(nq))  # [nq, B, K, G, bq, D], [nq, B, K, G, bq]
   out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, t, kh, g, d)
@@ -204,22 +230,20 @@ def _blockwise_fwd(q, k, v, valid, bq, bk, window):
 
 def _blockwise_bwd(bq, bk, window, residuals, d_out):
   q, k, v, valid, out, lse = residuals
-  b, t, kh, g, d = q.shape
+  b, t, kh, _, d = q.shape
   nq, nk = t // bq, t // bk
-  scale = d ** -0.5
+  scale = d**-0.5
   d_out = d_out.astype(jnp.float32)
   row_dot = jnp.einsum("btkgd,btkgd->bkgt", d_out, out.astype(jnp.float32))
 
   def key_tile(d_q, j):
-    kj, vj, valid_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
-                       for x in (k, v, valid))
+    kj, vj, valid_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1) for x in (k, v, valid))
     k_pos = j * bk + jnp.arange(bk)
 
     def query_tile(i, carry):
       d_q, d_k, d_v = carry
       qi, doi = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1) for x in (q, d_out))
-      lse_i, dot_i = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3)
-                      for x in (lse, row_dot))
+      lse_i, dot_i = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3) for x in (lse, row_dot))
       s, allowed = _tile_scores(qi, kj, i * bq + jnp.arange(bq), k_pos, valid_j, scale, window)
       p = jnp.where(allowed, jnp.exp(s - lse_i[..., None]), 0.0)
       d_v = d_v + jnp.einsum("bkgqs,bqkgd->bskd", p, doi)
@@ -227,7 +251,8 @@ def _blockwise_bwd(bq, bk, window, residuals, d_out):
       ds = p * (dp - dot_i[..., None]) * scale
       dq_i = jnp.einsum("bkgqs,bskd->bqkgd", ds, kj.astype(jnp.float32))
       d_q = jax.lax.dynamic_update_slice_in_dim(
-          d_q, jax.lax.dynamic_slice_in_dim(d_q, i * bq, bq, axis=1) + dq_i, i * bq, axis=1)
+          d_q, jax.lax.dynamic_slice_in_dim(d_q, i * bq, bq, axis=1) + dq_i, i * bq, axis=1
+      )
       d_k = d_k + jnp.einsum("bkgqs,bqkgd->bskd", ds, qi.astype(jnp.float32))
       return d_q, d_k, d_v
 
@@ -246,26 +271,43 @@ def _blockwise_bwd(bq, bk, window, residuals, d_out):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
-def _splash_kernel(heads: int, t: int, block_q: int, block_k: int, interpret: bool,
-                   window: int | None):
-  from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: PLC0415 (TPU only)
-      splash_attention_kernel as kernel_lib, splash_attention_mask as mask_lib)
+def _splash_kernel(
+    heads: int, t: int, block_q: int, block_k: int, interpret: bool, window: int | None
+):
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+
   if window is None:
     causal = mask_lib.CausalMask((t, t))
   else:  # keys s in (t - W, t]
     causal = mask_lib.LocalMask((t, t), window_size=(window - 1, 0), offset=0)
   mask = mask_lib.MultiHeadMask([causal] * heads)
-  sizes = kernel_lib.BlockSizes(block_q=block_q, block_kv=block_k, block_kv_compute=block_k,
-                                block_q_dkv=block_q, block_kv_dkv=block_k,
-                                block_kv_dkv_compute=block_k, block_q_dq=block_q,
-                                block_kv_dq=block_k)
-  return kernel_lib, kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
-                                                q_seq_shards=1, interpret=interpret)
+  sizes = kernel_lib.BlockSizes(
+      block_q=block_q,
+      block_kv=block_k,
+      block_kv_compute=block_k,
+      block_q_dkv=block_q,
+      block_kv_dkv=block_k,
+      block_kv_dkv_compute=block_k,
+      block_q_dq=block_q,
+      block_kv_dq=block_k,
+  )
+  return kernel_lib, kernel_lib.make_splash_mha(
+      mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+  )
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                     window: int | None = None, block_q: int = 512, block_k: int = 512,
-                     interpret: bool = False) -> jax.Array:
+def splash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array,
+    *,
+    window: int | None = None,
+    block_q: int = 512,
+    block_k: int = 512,
+    interpret: bool = False,
+) -> jax.Array:
   """The TPU splash-attention kernel; padding tokens are segment 0, real tokens segment 1.
 
   A padding query attends only to padding keys at or before it (itself at least), so its row
@@ -274,7 +316,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
   heads over `tensor` when it divides the KV heads. Shapes as `self_attention`;
   `interpret=True` runs the kernel in the Pallas interpreter (any backend, for tests).
   """
-  b, t, h, dh = q.shape
+  _, t, _, dh = q.shape
   bq, bk = block_q, block_k
   qp, kp, vp, validp = _tiles(q, k, v, valid, bq, bk)
   tp = qp.shape[1]
@@ -283,8 +325,11 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
     kernel_lib, kernel = _splash_kernel(qp.shape[2], tp, bq, bk, interpret, window)
     segments = validp.astype(jnp.int32)
     per_row = lambda qr, kr, vr, sr: kernel(
-        (qr * dh ** -0.5).swapaxes(0, 1), kr.swapaxes(0, 1), vr.swapaxes(0, 1),
-        segment_ids=kernel_lib.SegmentIds(q=sr, kv=sr)).swapaxes(0, 1)
+        (qr * dh**-0.5).swapaxes(0, 1),
+        kr.swapaxes(0, 1),
+        vr.swapaxes(0, 1),
+        segment_ids=kernel_lib.SegmentIds(q=sr, kv=sr),
+    ).swapaxes(0, 1)
     return jax.vmap(per_row)(qp, kp, vp, segments)
 
   mesh = jax.sharding.get_abstract_mesh()
@@ -292,14 +337,21 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
     heads = "tensor" if k.shape[2] % mesh.shape["tensor"] == 0 else None
     rows = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
     spec = P(rows, None, heads, None)
-    run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec, P(rows, None)),
-                        out_specs=spec, check_vma=False)
+    run = jax.shard_map(
+        run, mesh=mesh, in_specs=(spec, spec, spec, P(rows, None)), out_specs=spec, check_vma=False
+    )
   return run(qp, kp, vp, validp)[:, :t].astype(v.dtype)
 
 
-def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
-                    window: int | None = None, implementation: str | None = "cudnn"
-                    ) -> jax.Array:
+def cudnn_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array,
+    *,
+    window: int | None = None,
+    implementation: str | None = "cudnn",
+) -> jax.Array:
   """`jax.nn.dot_product_attention` with `is_causal`, per-row key lengths and the window as
   `local_window_size=(W - 1, 0)`.
 
@@ -314,9 +366,15 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, 
   start = jnp.argmax(valid, axis=1).astype(jnp.int32)
   lengths = valid.sum(axis=1, dtype=jnp.int32)
   rotate = lambda x, shift: jnp.take_along_axis(
-      x, ((jnp.arange(t)[None, :] + shift[:, None]) % t)[:, :, None, None], axis=1)
-  out = jax.nn.dot_product_attention(rotate(q, start), rotate(k, start), rotate(v, start),
-                                     is_causal=True, key_value_seq_lengths=lengths,
-                                     local_window_size=None if window is None else (window - 1, 0),
-                                     implementation=implementation)
+      x, ((jnp.arange(t)[None, :] + shift[:, None]) % t)[:, :, None, None], axis=1
+  )
+  out = jax.nn.dot_product_attention(
+      rotate(q, start),
+      rotate(k, start),
+      rotate(v, start),
+      is_causal=True,
+      key_value_seq_lengths=lengths,
+      local_window_size=None if window is None else (window - 1, 0),
+      implementation=implementation,
+  )
   return rotate(out, -start).astype(v.dtype)

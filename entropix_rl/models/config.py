@@ -92,14 +92,17 @@ class ModelConfig:
 
   def __post_init__(self):
     flags = families.get(self.model_type).resolve_flags(
-        {flag: getattr(self, flag) for flag in families.FLAGS})
+        {flag: getattr(self, flag) for flag in families.FLAGS}
+    )
     for flag, value in flags.items():
       object.__setattr__(self, flag, value)
     window = self.sliding_window
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                               or window < 1):
-      raise ValueError(f"model.sliding_window={window!r}; allowed: an int >= 1 or None (full "
-                       "attention)")
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 1
+    ):
+      raise ValueError(
+          f"model.sliding_window={window!r}; allowed: an int >= 1 or None (full " "attention)"
+      )
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention_impl={self.attention_impl!r}; allowed: {ATTENTION_IMPLS}")
     for name in ("attention_block_q", "attention_block_k"):
@@ -108,18 +111,28 @@ class ModelConfig:
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in SUPPORTED_DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {SUPPORTED_DTYPES}")
-    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                 "head_dim", "intermediate_size"):
+    for name in (
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "intermediate_size",
+    ):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name}={getattr(self, name)} must be positive")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
-                       f"num_kv_heads={self.num_kv_heads}")
+      raise ValueError(
+          f"num_heads={self.num_heads} must be a multiple of " f"num_kv_heads={self.num_kv_heads}"
+      )
     if self.head_dim % 2:
       raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
     if self.rope_scaling is not None and self.rope_scaling.rope_type not in SUPPORTED_ROPE_TYPES:
-      raise ValueError(f"rope_scaling.rope_type={self.rope_scaling.rope_type!r}; "
-                       f"supported: {SUPPORTED_ROPE_TYPES}")
+      raise ValueError(
+          f"rope_scaling.rope_type={self.rope_scaling.rope_type!r}; "
+          f"supported: {SUPPORTED_ROPE_TYPES}"
+      )
 
   @property
   def param_jnp_dtype(self) -> jnp.dtype:
@@ -129,7 +142,7 @@ class ModelConfig:
   def compute_jnp_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.compute_dtype)
 
-  def replace(self, **changes) -> "ModelConfig":
+  def replace(self, **changes) -> ModelConfig:
     return dataclasses.replace(self, **changes)
 
   @property
@@ -153,8 +166,16 @@ class ModelConfig:
 
 def tiny_config(**overrides) -> ModelConfig:
   """A tiny random-init config for tests and the CPU quickstart."""
-  base = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-              head_dim=8, intermediate_size=64, max_position_embeddings=256)
+  base = dict(
+      vocab_size=64,
+      hidden_size=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      intermediate_size=64,
+      max_position_embeddings=256,
+  )
   base.update(overrides)
   return ModelConfig(**base)
 
@@ -172,8 +193,9 @@ def rope_inverse_frequencies(config: ModelConfig) -> jnp.ndarray:
   high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
   wavelen = 2 * math.pi / inv
   scaled = jnp.where(wavelen > low_wavelen, inv / scaling.factor, inv)
-  smooth = ((scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor)
-            / (scaling.high_freq_factor - scaling.low_freq_factor))
+  smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+      scaling.high_freq_factor - scaling.low_freq_factor
+  )
   smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
   is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
   return jnp.where(is_medium, smoothed, scaled)

@@ -66,16 +66,29 @@ def init_params(config: ModelConfig, rng: jax.Array, init_std: float = 0.02) -> 
   `down [L, F, D]`; with `qkv_bias`, `q_bias [L, H, Dh]` and `k_bias, v_bias [L, K, Dh]`; with
   `qk_norm`, `q_norm, k_norm [L, Dh]`.
   """
-  d, h, k, dh, f, n = (config.hidden_size, config.num_heads, config.num_kv_heads,
-                       config.head_dim, config.intermediate_size, config.num_layers)
+  d, h, k, dh, f, n = (
+      config.hidden_size,
+      config.num_heads,
+      config.num_kv_heads,
+      config.head_dim,
+      config.intermediate_size,
+      config.num_layers,
+  )
   shapes = {
-      "q": (n, d, h, dh), "k": (n, d, k, dh), "v": (n, d, k, dh), "o": (n, h, dh, d),
-      "gate": (n, d, f), "up": (n, d, f), "down": (n, f, d),
+      "q": (n, d, h, dh),
+      "k": (n, d, k, dh),
+      "v": (n, d, k, dh),
+      "o": (n, h, dh, d),
+      "gate": (n, d, f),
+      "up": (n, d, f),
+      "down": (n, f, d),
   }
   keys = jax.random.split(rng, len(shapes) + 2)
   dtype = config.param_jnp_dtype
-  layers = {name: (init_std * jax.random.normal(key, shape)).astype(dtype)
-            for key, (name, shape) in zip(keys, shapes.items())}
+  layers = {
+      name: (init_std * jax.random.normal(key, shape)).astype(dtype)
+      for key, (name, shape) in zip(keys, shapes.items())
+  }
   layers["attn_norm"] = jnp.ones((n, d), dtype)
   layers["mlp_norm"] = jnp.ones((n, d), dtype)
   if config.qkv_bias:
@@ -91,7 +104,9 @@ def init_params(config: ModelConfig, rng: jax.Array, init_std: float = 0.02) -> 
       "final_norm": jnp.ones((d,), dtype),
   }
   if not config.tie_embeddings:
-    params["lm_head"] = (init_std * jax.random.normal(keys[-1], (d, config.vocab_size))).astype(dtype)
+    params["lm_head"] = (init_std * jax.random.normal(keys[-1], (d, config.vocab_size))).astype(
+        dtype
+    )
   return params
 
 
@@ -118,8 +133,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def _qkv(config: ModelConfig, x: jax.Array, layer: Params, positions: jax.Array,
-         inv_freq: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _qkv(
+    config: ModelConfig, x: jax.Array, layer: Params, positions: jax.Array, inv_freq: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Normed input → q `[B,T,H,Dh]`, k, v `[B,T,K,Dh]` (q/k norms, then RoPE on q and k)."""
   w = lambda name: layer[name].astype(config.compute_jnp_dtype)
   h = rms_norm(x, layer["attn_norm"], config.rms_norm_eps)
@@ -143,9 +159,17 @@ def _output_and_mlp(config: ModelConfig, x: jax.Array, attn: jax.Array, layer: P
   return x + jnp.einsum("btf,fd->btd", mlp, w("down"))
 
 
-def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cache_valid: jax.Array,
-                      k_new: jax.Array, v_new: jax.Array, new_valid: jax.Array, index: jax.Array,
-                      window: int | None) -> jax.Array:
+def _cached_attention(
+    q: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    cache_valid: jax.Array,
+    k_new: jax.Array,
+    v_new: jax.Array,
+    new_valid: jax.Array,
+    index: jax.Array,
+    window: int | None,
+) -> jax.Array:
   """Attention of T new queries over the cache's valid slots and, causally, the new tokens.
 
   q: `[B, T, H, Dh]`; k_cache, v_cache: one layer's `[B, K, S, Dh]`; k_new, v_new:
@@ -158,7 +182,7 @@ def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cach
   b, t, h, dh = q.shape
   kh = k_cache.shape[1]
   qg = q.reshape(b, t, kh, h // kh, dh)
-  scale = dh ** -0.5
+  scale = dh**-0.5
   if t == 1:  # a decode step: a multiply-reduce over Dh beats B·K matmuls of one row each
     q32 = qg[:, 0].astype(jnp.float32)[:, :, :, None, :]  # [B, K, G, 1, Dh]
     old = jnp.sum(k_cache.astype(jnp.float32)[:, :, None] * q32, axis=-1)[:, :, :, None] * scale
@@ -174,8 +198,10 @@ def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cach
   new = jnp.where(new_allowed[:, None, None], new, masked)
   probs = jax.nn.softmax(jnp.concatenate([old, new], axis=-1), axis=-1).astype(v_new.dtype)
   if t == 1:
-    from_cache = jnp.sum(probs[:, :, :, 0, :s, None].astype(jnp.float32)
-                         * v_cache.astype(jnp.float32)[:, :, None], axis=-2)  # [B, K, G, Dh]
+    from_cache = jnp.sum(
+        probs[:, :, :, 0, :s, None].astype(jnp.float32) * v_cache.astype(jnp.float32)[:, :, None],
+        axis=-2,
+    )  # [B, K, G, Dh]
     from_cache = from_cache[:, None].astype(v_new.dtype)
   else:
     from_cache = jnp.einsum("bkgts,bksd->btkgd", probs[..., :s], v_cache)
@@ -192,9 +218,15 @@ def _embed(config: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
   return params["embed"].astype(config.compute_jnp_dtype)[tokens]
 
 
-def _self_attention_stack(config: ModelConfig, params: Params, tokens: jax.Array,
-                          positions: jax.Array, mask: jax.Array, remat: bool, keep_kv: bool
-                          ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+def _self_attention_stack(
+    config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    remat: bool,
+    keep_kv: bool,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
   """All layers over T tokens with `config.attention_impl`; optionally the stacked k, v."""
   impl = attention.resolve_impl(config.attention_impl, config.compute_jnp_dtype)
   inv_freq = rope_inverse_frequencies(config)
@@ -202,9 +234,16 @@ def _self_attention_stack(config: ModelConfig, params: Params, tokens: jax.Array
   def body(x, layer):
     x = constrain_rows(x)
     q, k, v = _qkv(config, x, layer, positions, inv_freq)
-    attn = attention.self_attention(impl, q, k, v, mask, window=config.sliding_window,
-                                    block_q=config.attention_block_q,
-                                    block_k=config.attention_block_k)
+    attn = attention.self_attention(
+        impl,
+        q,
+        k,
+        v,
+        mask,
+        window=config.sliding_window,
+        block_q=config.attention_block_q,
+        block_k=config.attention_block_k,
+    )
     return constrain_rows(_output_and_mlp(config, x, attn, layer)), (k, v) if keep_kv else None
 
   if remat:
@@ -213,10 +252,15 @@ def _self_attention_stack(config: ModelConfig, params: Params, tokens: jax.Array
   return rms_norm(x, params["final_norm"], config.rms_norm_eps), kv
 
 
-def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array,
-                   positions: jax.Array | None = None, cache: KVCache | None = None,
-                   mask: jax.Array | None = None,
-                   remat: bool = False) -> tuple[jax.Array, KVCache | None]:
+def forward_hidden(
+    config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    cache: KVCache | None = None,
+    mask: jax.Array | None = None,
+    remat: bool = False,
+) -> tuple[jax.Array, KVCache | None]:
   """Runs the decoder and returns the final (normed) hidden states.
 
   Args:
@@ -238,7 +282,9 @@ def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array,
   b, t = tokens.shape
   mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
   if cache is None:
-    positions = _default_positions(mask, jnp.zeros((b,), jnp.int32)) if positions is None else positions
+    positions = (
+        _default_positions(mask, jnp.zeros((b,), jnp.int32)) if positions is None else positions
+    )
     return _self_attention_stack(config, params, tokens, positions, mask, remat, False)[0], None
   positions = _default_positions(mask, cache.lengths) if positions is None else positions
   inv_freq = rope_inverse_frequencies(config)
@@ -246,26 +292,33 @@ def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array,
   def body(x, scanned):
     layer, k_cache, v_cache = scanned
     q, k, v = _qkv(config, x, layer, positions, inv_freq)
-    attn = _cached_attention(q, k_cache, v_cache, cache.valid, k, v, mask, cache.index,
-                             config.sliding_window)
+    attn = _cached_attention(
+        q, k_cache, v_cache, cache.valid, k, v, mask, cache.index, config.sliding_window
+    )
     return _output_and_mlp(config, x, attn, layer), (k, v)
 
   if remat:
     body = jax.checkpoint(body)
-  x, (k_new, v_new) = jax.lax.scan(body, _embed(config, params, tokens),
-                                   (params["layers"], cache.k, cache.v))
+  x, (k_new, v_new) = jax.lax.scan(
+      body, _embed(config, params, tokens), (params["layers"], cache.k, cache.v)
+  )
   hidden = rms_norm(x, params["final_norm"], config.rms_norm_eps)
   write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
-      buf, jnp.swapaxes(new, 2, 3), cache.index, axis=3)  # [L,B,T,K,Dh] into [L,B,K,S,Dh]
-  new_cache = KVCache(k=write(cache.k, k_new), v=write(cache.v, v_new),
-                      valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.index, 1),
-                      lengths=cache.lengths + mask.sum(axis=1, dtype=jnp.int32),
-                      index=cache.index + t)
+      buf, jnp.swapaxes(new, 2, 3), cache.index, axis=3
+  )  # [L,B,T,K,Dh] into [L,B,K,S,Dh]
+  new_cache = KVCache(
+      k=write(cache.k, k_new),
+      v=write(cache.v, v_new),
+      valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.index, 1),
+      lengths=cache.lengths + mask.sum(axis=1, dtype=jnp.int32),
+      index=cache.index + t,
+  )
   return hidden, new_cache
 
 
-def prefill(config: ModelConfig, params: Params, tokens: jax.Array, mask: jax.Array,
-            max_length: int) -> tuple[jax.Array, KVCache]:
+def prefill(
+    config: ModelConfig, params: Params, tokens: jax.Array, mask: jax.Array, max_length: int
+) -> tuple[jax.Array, KVCache]:
   """Runs left-padded prompts through the decoder into a new cache of `max_length` slots.
 
   Attention uses `config.attention_impl` (as training does), and the prompt's keys/values
@@ -286,9 +339,13 @@ def prefill(config: ModelConfig, params: Params, tokens: jax.Array, mask: jax.Ar
   hidden, (k, v) = _self_attention_stack(config, params, tokens, positions, mask, False, True)
   pad = ((0, 0), (0, 0), (0, 0), (0, max_length - t), (0, 0))
   to_cache = lambda x: jnp.pad(jnp.swapaxes(x, 2, 3), pad)  # [L,B,T,K,Dh] -> [L,B,K,S,Dh]
-  cache = KVCache(k=to_cache(k), v=to_cache(v),
-                  valid=jnp.pad(mask, ((0, 0), (0, max_length - t))),
-                  lengths=mask.sum(axis=1, dtype=jnp.int32), index=jnp.int32(t))
+  cache = KVCache(
+      k=to_cache(k),
+      v=to_cache(v),
+      valid=jnp.pad(mask, ((0, 0), (0, max_length - t))),
+      lengths=mask.sum(axis=1, dtype=jnp.int32),
+      index=jnp.int32(t),
+  )
   return hidden, cache
 
 
@@ -298,9 +355,14 @@ def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -
   return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
 
 
-def forward(config: ModelConfig, params: Params, tokens: jax.Array,
-            positions: jax.Array | None = None, cache: KVCache | None = None,
-            mask: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+def forward(
+    config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    cache: KVCache | None = None,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, KVCache | None]:
   """Full forward pass: `[B, T, V]` float32 logits and the updated cache.
 
   Same arguments as `forward_hidden`. Materialises all logits: use `forward_hidden` with

@@ -10,16 +10,16 @@ loads.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
 from typing import Any
 
+from etils import epath
 import jax
 import ml_dtypes
 import numpy as np
-from etils import epath
 from safetensors import numpy as safetensors_numpy
 from safetensors import safe_open
 
@@ -30,8 +30,15 @@ from entropix_rl.models.decoder import init_params
 from entropix_rl.models.families.base import CheckpointError, top_tensors
 from entropix_rl.models.hf_layout import Tensor
 
-__all__ = ["CheckpointError", "check_model_config", "config_from_hf", "config_to_hf", "load",
-           "read_config", "save"]
+__all__ = [
+    "CheckpointError",
+    "check_model_config",
+    "config_from_hf",
+    "config_to_hf",
+    "load",
+    "read_config",
+    "save",
+]
 
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
@@ -48,16 +55,20 @@ def _rope_scaling_from_hf(raw: dict[str, Any]) -> tuple[float, RopeScaling | Non
   rope_type = merged.get("rope_type", merged.get("type", "default"))
   if rope_type == "default":
     return theta, None
-  fields = {f: merged[f] for f in ("factor", "low_freq_factor", "high_freq_factor",
-                                   "original_max_position_embeddings") if f in merged}
+  fields = {
+      f: merged[f]
+      for f in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+      if f in merged
+  }
   try:
     return theta, RopeScaling(rope_type=rope_type, **fields)
   except (TypeError, ValueError) as e:
     raise CheckpointError(f"unsupported rope scaling {merged}: {e}") from e
 
 
-def config_from_hf(raw: dict[str, Any], *, param_dtype: str | None = None,
-                   compute_dtype: str | None = None) -> ModelConfig:
+def config_from_hf(
+    raw: dict[str, Any], *, param_dtype: str | None = None, compute_dtype: str | None = None
+) -> ModelConfig:
   """Builds a ModelConfig from a parsed Hugging Face `config.json`.
 
   Raises:
@@ -72,8 +83,9 @@ def config_from_hf(raw: dict[str, Any], *, param_dtype: str | None = None,
   if raw.get("mlp_bias"):
     raise CheckpointError("config.json sets mlp_bias=true; MLP biases are not supported")
   if raw.get("hidden_act", "silu") != "silu":
-    raise CheckpointError(f"config.json has hidden_act={raw['hidden_act']!r}; only 'silu' (SwiGLU) "
-                          "is supported")
+    raise CheckpointError(
+        f"config.json has hidden_act={raw['hidden_act']!r}; only 'silu' (SwiGLU) " "is supported"
+    )
   heads = int(raw["num_attention_heads"])
   theta, scaling = _rope_scaling_from_hf(raw)
   stored = str(raw.get("dtype") or raw.get("torch_dtype") or "float32")
@@ -108,8 +120,11 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     s = config.rope_scaling
     rope.update(rope_type=s.rope_type, factor=s.factor)
     if s.rope_type == "llama3":
-      rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
-                  original_max_position_embeddings=s.original_max_position_embeddings)
+      rope.update(
+          low_freq_factor=s.low_freq_factor,
+          high_freq_factor=s.high_freq_factor,
+          original_max_position_embeddings=s.original_max_position_embeddings,
+      )
   family = config.family
   return {
       "architectures": [family.hf_architecture],
@@ -144,8 +159,10 @@ def _shard_files(path: str) -> list[str]:
   elif os.path.exists(os.path.join(path, "model.safetensors")):
     files = ["model.safetensors"]
   else:
-    raise CheckpointError(f"{path!r} has neither model.safetensors nor "
-                          "model.safetensors.index.json (PyTorch .bin checkpoints are not supported)")
+    raise CheckpointError(
+        f"{path!r} has neither model.safetensors nor "
+        "model.safetensors.index.json (PyTorch .bin checkpoints are not supported)"
+    )
   missing = [f for f in files if not os.path.exists(os.path.join(path, f))]
   if missing:
     raise CheckpointError(f"shards listed in the index are missing from {path!r}: {missing}")
@@ -195,15 +212,18 @@ def _tensor_index(path: str, config: ModelConfig) -> _Index:
           tensor, layer = layer_table[layer_match.group(2)], int(layer_match.group(1))
         else:
           flags = ", ".join(f"{flag}={getattr(config, flag)}" for flag in families.FLAGS)
-          raise CheckpointError(f"unexpected tensor {name!r} in {path!r} for a "
-                                f"{config.model_type} model ({flags}, "
-                                f"tied={config.tie_embeddings})")
+          raise CheckpointError(
+              f"unexpected tensor {name!r} in {path!r} for a "
+              f"{config.model_type} model ({flags}, "
+              f"tied={config.tie_embeddings})"
+          )
         if layer is not None and layer >= n:
           raise CheckpointError(f"tensor {name!r} is beyond num_hidden_layers={n}")
         stored = tuple(f.get_slice(name).get_shape())
         if stored != tensor.shape:
-          raise CheckpointError(f"tensor {name!r} has shape {stored}, expected {tensor.shape} "
-                                "from config.json")
+          raise CheckpointError(
+              f"tensor {name!r} has shape {stored}, expected {tensor.shape} " "from config.json"
+          )
         index[name] = (file, tensor, layer)
   missing = sorted(expected - set(index))
   if missing:
@@ -212,13 +232,20 @@ def _tensor_index(path: str, config: ModelConfig) -> _Index:
   return index
 
 
-def _sharded_leaf(index: _Index, names: str | list[str], shape: tuple[int, ...], dtype: Any,
-                  sharding_: Any, head_dim: int) -> jax.Array:
+def _sharded_leaf(
+    index: _Index,
+    names: str | list[str],
+    shape: tuple[int, ...],
+    dtype: Any,
+    sharding_: Any,
+    head_dim: int,
+) -> jax.Array:
   """One param as a global array; each device's block is read from the files by itself.
 
   Args:
     names: the HF tensor of a top-level param, or one per layer of a stacked layer param.
   """
+
   def read(name: str, box: tuple[slice, ...]) -> np.ndarray:
     file, tensor, _ = index[name]
     with safe_open(file, framework="numpy") as f:
@@ -237,15 +264,22 @@ def check_model_config(path: str, stored: ModelConfig, expected: ModelConfig) ->
   """Raises ValueError if a param of the checkpoint at `path` (config `stored`) has another
   shape, or is missing, in a model built from `expected`."""
   shapes = lambda cfg: param_shapes.shapes_by_name(
-      jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
-  param_shapes.check_same_shapes(f"checkpoint {path}", shapes(stored), shapes(expected),
-                                 same_names=True)
+      jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+  )
+  param_shapes.check_same_shapes(
+      f"checkpoint {path}", shapes(stored), shapes(expected), same_names=True
+  )
 
 
-def load(path: epath.PathLike, *, param_dtype: str | None = None,
-         compute_dtype: str | None = None, shardings: Any = None,
-         expected: ModelConfig | None = None,
-         **config_overrides: Any) -> tuple[ModelConfig, dict]:
+def load(
+    path: epath.PathLike,
+    *,
+    param_dtype: str | None = None,
+    compute_dtype: str | None = None,
+    shardings: Any = None,
+    expected: ModelConfig | None = None,
+    **config_overrides: Any,
+) -> tuple[ModelConfig, dict]:
   """Loads a Hugging Face checkpoint directory of a supported model family
   (`models.families`; local, or `gs://` through a temporary local copy).
 
@@ -278,13 +312,25 @@ def load(path: epath.PathLike, *, param_dtype: str | None = None,
     ValueError: params whose shapes differ from `expected`'s.
   """
   with paths.local_directory(path) as local:
-    return _load_local(local, param_dtype=param_dtype, compute_dtype=compute_dtype,
-                       shardings=shardings, expected=expected, **config_overrides)
+    return _load_local(
+        local,
+        param_dtype=param_dtype,
+        compute_dtype=compute_dtype,
+        shardings=shardings,
+        expected=expected,
+        **config_overrides,
+    )
 
 
-def _load_local(path: str, *, param_dtype: str | None, compute_dtype: str | None,
-                shardings: Any, expected: ModelConfig | None,
-                **config_overrides: Any) -> tuple[ModelConfig, dict]:
+def _load_local(
+    path: str,
+    *,
+    param_dtype: str | None,
+    compute_dtype: str | None,
+    shardings: Any,
+    expected: ModelConfig | None,
+    **config_overrides: Any,
+) -> tuple[ModelConfig, dict]:
   config = read_config(path, param_dtype=param_dtype, compute_dtype=compute_dtype)
   if expected is not None:
     check_model_config(path, config, expected)
@@ -301,12 +347,16 @@ def _load_local(path: str, *, param_dtype: str | None, compute_dtype: str | None
       else:
         by_layer.setdefault(tensor.param, [""] * config.num_layers)[layer] = name
     abstract = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
-    leaf = lambda names, spec, sh: _sharded_leaf(index, names, spec.shape, dtype, sh,
-                                                 config.head_dim)
-    params = {key: leaf(top[key], abstract[key], shardings[key])
-              for key in abstract if key != "layers"}
-    params["layers"] = {key: leaf(by_layer[key], abstract["layers"][key], shardings["layers"][key])
-                        for key in abstract["layers"]}
+    leaf = lambda names, spec, sh: _sharded_leaf(
+        index, names, spec.shape, dtype, sh, config.head_dim
+    )
+    params = {
+        key: leaf(top[key], abstract[key], shardings[key]) for key in abstract if key != "layers"
+    }
+    params["layers"] = {
+        key: leaf(by_layer[key], abstract["layers"][key], shardings["layers"][key])
+        for key in abstract["layers"]
+    }
     return config, params
   n = config.num_layers
   params: dict[str, Any] = {"layers": {}}
@@ -330,13 +380,20 @@ def _hf_tensors(config: ModelConfig, params: dict) -> Iterator[tuple[str, np.nda
   layer_table = config.family.layer_tensors(config)
   for i in range(config.num_layers):
     for suffix, tensor in layer_table.items():
-      yield (f"model.layers.{i}.{suffix}",
-             hf_layout.to_hf(tensor.layout, np.asarray(params["layers"][tensor.param][i])))
+      yield (
+          f"model.layers.{i}.{suffix}",
+          hf_layout.to_hf(tensor.layout, np.asarray(params["layers"][tensor.param][i])),
+      )
 
 
-def save(path: epath.PathLike, config: ModelConfig, params: dict, *,
-         max_shard_bytes: int = 2 * 1024**3,
-         progress: Callable[[str], None] | None = None) -> None:
+def save(
+    path: epath.PathLike,
+    config: ModelConfig,
+    params: dict,
+    *,
+    max_shard_bytes: int = 2 * 1024**3,
+    progress: Callable[[str], None] | None = None,
+) -> None:
   """Writes `config.json` and safetensors shards (with an index when more than one).
 
   Tensors are written in the param dtype. The directory (local or `gs://`) is created if
@@ -347,15 +404,18 @@ def save(path: epath.PathLike, config: ModelConfig, params: dict, *,
   path.mkdir(parents=True, exist_ok=True)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
-  for name, tensor in _hf_tensors(config, params):
-    tensor = np.ascontiguousarray(tensor)
+  for name, stored in _hf_tensors(config, params):
+    tensor = np.ascontiguousarray(stored)
     if shards[-1] and size + tensor.nbytes > max_shard_bytes:
       shards.append({})
       size = 0
     shards[-1][name] = tensor
     size += tensor.nbytes
-  names = (["model.safetensors"] if len(shards) == 1 else
-           [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+  names = (
+      ["model.safetensors"]
+      if len(shards) == 1
+      else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  )
   written = []
   for name, shard in zip(names, shards):
     (path / (name + ".tmp")).write_bytes(safetensors_numpy.save(shard, metadata={"format": "pt"}))
@@ -365,8 +425,9 @@ def save(path: epath.PathLike, config: ModelConfig, params: dict, *,
   if len(shards) > 1:
     weight_map = {t: n for n, shard in zip(names, shards) for t in shard}
     total = sum(t.nbytes for shard in shards for t in shard.values())
-    (path / "model.safetensors.index.json.tmp").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (path / "model.safetensors.index.json.tmp").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     written.append("model.safetensors.index.json")
   (path / "config.json.tmp").write_text(json.dumps(config_to_hf(config), indent=2))
   written.append("config.json")

@@ -86,15 +86,15 @@ def read_block(stored: Any, layout: Layout, box: tuple[slice, ...], head_dim: in
   dh = head_dim
   if layout is Layout.HEADS_IN:  # ours [D, heads, Dh] = hf[heads·Dh, D].T
     d_sl, h_sl, e_sl = box
-    block = stored[h_sl.start * dh:h_sl.stop * dh, d_sl].T
+    block = stored[h_sl.start * dh : h_sl.stop * dh, d_sl].T
     return block.reshape(d_sl.stop - d_sl.start, h_sl.stop - h_sl.start, dh)[:, :, e_sl]
   if layout is Layout.HEADS_OUT:  # ours [H, Dh, D] = hf[D, H·Dh].T
     h_sl, e_sl, d_sl = box
-    block = stored[d_sl, h_sl.start * dh:h_sl.stop * dh].T
+    block = stored[d_sl, h_sl.start * dh : h_sl.stop * dh].T
     return block.reshape(h_sl.stop - h_sl.start, dh, d_sl.stop - d_sl.start)[:, e_sl, :]
   if layout is Layout.PER_HEAD:  # ours [heads, Dh] = hf[heads·Dh]
     h_sl, e_sl = box
-    return stored[h_sl.start * dh:h_sl.stop * dh].reshape(-1, dh)[:, e_sl]
+    return stored[h_sl.start * dh : h_sl.stop * dh].reshape(-1, dh)[:, e_sl]
   if layout is Layout.TRANSPOSED:  # ours = hf.T
     return stored[box[1], box[0]].T
   return stored[box]

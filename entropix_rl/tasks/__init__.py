@@ -12,8 +12,12 @@ from entropix_rl.tasks.countdown import Countdown
 from entropix_rl.tasks.decomposition import Decomposition
 from entropix_rl.tasks.math_reward import MathTask, last_boxed
 
-TASKS = {"arithmetic": Arithmetic, "countdown": Countdown, "decomposition": Decomposition,
-         "math": MathTask}
+TASKS = {
+    "arithmetic": Arithmetic,
+    "countdown": Countdown,
+    "decomposition": Decomposition,
+    "math": MathTask,
+}
 
 
 def get_task(name: str, **kwargs) -> Task:
@@ -26,8 +30,9 @@ def get_task(name: str, **kwargs) -> Task:
     raise ValueError(f"task.kwargs {sorted(kwargs)} do not fit task {name!r}: {err}") from None
 
 
-def distinct_correct_counts(texts: Sequence[str], rewards: np.ndarray,
-                            group_ids: np.ndarray) -> np.ndarray:
+def distinct_correct_counts(
+    texts: Sequence[str], rewards: np.ndarray, group_ids: np.ndarray
+) -> np.ndarray:
   """`[groups]` int64: distinct correct completions (stripped text) of each group, in order of
   the groups' first appearance."""
   groups: dict[int, set[str]] = {int(g): set() for g in np.asarray(group_ids)}
@@ -37,8 +42,9 @@ def distinct_correct_counts(texts: Sequence[str], rewards: np.ndarray,
   return np.asarray([len(s) for s in groups.values()], np.int64)
 
 
-def distinct_correct_per_group(texts: Sequence[str], rewards: np.ndarray,
-                               group_ids: np.ndarray) -> float:
+def distinct_correct_per_group(
+    texts: Sequence[str], rewards: np.ndarray, group_ids: np.ndarray
+) -> float:
   """Mean over groups of the number of distinct correct completions (stripped text)."""
   counts = distinct_correct_counts(texts, rewards, group_ids)
   return float(np.mean(counts)) if counts.size else 0.0
@@ -64,6 +70,19 @@ def answer_clusters(keys: Sequence[Hashable | None], group_ids: np.ndarray) -> n
   return ids
 
 
-__all__ = ["ANSWER_KEY_MODES", "Arithmetic", "Countdown", "Decomposition", "Example",
-           "GeneratedTask", "MathTask", "TASKS", "Task", "answer_clusters",
-           "distinct_correct_counts", "distinct_correct_per_group", "get_task", "last_boxed"]
+__all__ = [
+    "ANSWER_KEY_MODES",
+    "TASKS",
+    "Arithmetic",
+    "Countdown",
+    "Decomposition",
+    "Example",
+    "GeneratedTask",
+    "MathTask",
+    "Task",
+    "answer_clusters",
+    "distinct_correct_counts",
+    "distinct_correct_per_group",
+    "get_task",
+    "last_boxed",
+]

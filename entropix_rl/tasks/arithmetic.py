@@ -34,15 +34,16 @@ class Arithmetic(GeneratedTask):
     if self.digits < 1:
       raise ValueError(f"arithmetic: digits={self.digits} must be >= 1")
     if not self.ops or set(self.ops) - set(_OPS):
-      raise ValueError(f"arithmetic: ops={self.ops!r}; allowed: a non-empty subset of "
-                       f"{''.join(_OPS)!r}")
+      raise ValueError(
+          f"arithmetic: ops={self.ops!r}; allowed: a non-empty subset of " f"{''.join(_OPS)!r}"
+      )
 
   @property
   def alphabet(self) -> str:
     return "0123456789+-*="
 
   def _draw(self, rng: np.random.Generator) -> Example:
-    low, high = 10 ** (self.digits - 1) if self.digits > 1 else 0, 10 ** self.digits
+    low, high = 10 ** (self.digits - 1) if self.digits > 1 else 0, 10**self.digits
     a, b = (int(x) for x in rng.integers(low, high, size=2))
     op = self.ops[int(rng.integers(len(self.ops)))]
     return Example(prompt=f"{a}{op}{b}=", answer=str(_OPS[op](a, b)))

@@ -21,9 +21,9 @@ assigned to one split by a seed-independent hash of its canonical key.
 from __future__ import annotations
 
 import abc
+from collections.abc import Hashable, Mapping
 import dataclasses
 import hashlib
-from collections.abc import Hashable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -60,13 +60,17 @@ class Task(Protocol):
   name: str
 
   @property
-  def alphabet(self) -> str: ...
+  def alphabet(self) -> str:
+    ...
 
-  def verify(self, example: Example, completion: str) -> float: ...
+  def verify(self, example: Example, completion: str) -> float:
+    ...
 
-  def answer_key(self, example: Example, completion: str, mode: str) -> Hashable | None: ...
+  def answer_key(self, example: Example, completion: str, mode: str) -> Hashable | None:
+    ...
 
-  def demonstration(self, example: Example, rng: np.random.Generator) -> str: ...
+  def demonstration(self, example: Example, rng: np.random.Generator) -> str:
+    ...
 
 
 def check_split(split: str) -> None:
@@ -137,8 +141,11 @@ class GeneratedTask(abc.ABC):
     """A correct completion (a random one where the task has many)."""
 
   def split_of(self, example: Example) -> str:
-    return "eval" if in_eval_split(f"{self.name}:{self.split_key(example)}",
-                                   self.eval_fraction) else "train"
+    return (
+        "eval"
+        if in_eval_split(f"{self.name}:{self.split_key(example)}", self.eval_fraction)
+        else "train"
+    )
 
   def example(self, seed: int, split: str, index: int) -> Example:
     """Example `index` of `split`: a pure function of `(seed, split, index)`.
@@ -155,5 +162,7 @@ class GeneratedTask(abc.ABC):
       ex = self._draw(rng)
       if self.split_of(ex) == split:
         return dataclasses.replace(ex, index=index)
-    raise ValueError(f"{self.name}: no {split!r} problem found in {self.max_draws} draws; the "
-                     f"problem space is too small for eval_fraction={self.eval_fraction} ({self})")
+    raise ValueError(
+        f"{self.name}: no {split!r} problem found in {self.max_draws} draws; the "
+        f"problem space is too small for eval_fraction={self.eval_fraction} ({self})"
+    )

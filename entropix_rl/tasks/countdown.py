@@ -9,18 +9,22 @@ the size of every number; digits are ASCII (a fullwidth `３*５+７` is malform
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 import functools
 import itertools
 import re
-from fractions import Fraction
 
 import numpy as np
 
 from entropix_rl.tasks.base import Example, GeneratedTask, check_answer_key_mode
 
 _TOKEN = re.compile(r"\s*(\d+|[-+*/()])", re.ASCII)  # ASCII digits only, as the alphabet
-_BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-           "/": lambda a, b: a / b if b != 0 else None}
+_BINARY = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b if b != 0 else None,
+}
 
 
 class _Parser:
@@ -92,6 +96,7 @@ def evaluate(expression: str) -> tuple[Fraction, list[int]]:
 @functools.lru_cache(maxsize=4096)
 def solutions(numbers: tuple[int, ...], target: int) -> tuple[str, ...]:
   """Every expression (up to parenthesisation of each binary tree) using all numbers once."""
+
   def build(items: tuple[tuple[Fraction, str], ...]):
     if len(items) == 1:
       yield items[0]
@@ -144,8 +149,10 @@ class Countdown(GeneratedTask):
     if not 2 <= self.num_numbers <= 4:
       raise ValueError(f"countdown: num_numbers={self.num_numbers}; allowed: 2, 3 or 4")
     if self.max_number < 2 or self.max_target < 1:
-      raise ValueError(f"countdown: max_number={self.max_number} must be >= 2 and "
-                       f"max_target={self.max_target} >= 1")
+      raise ValueError(
+          f"countdown: max_number={self.max_number} must be >= 2 and "
+          f"max_target={self.max_target} >= 1"
+      )
 
   @property
   def alphabet(self) -> str:
@@ -175,8 +182,9 @@ class Countdown(GeneratedTask):
     if parsed is None:
       return 0.0
     value, used = parsed
-    return float(sorted(used) == sorted(example.info["numbers"])
-                 and value == example.info["target"])
+    return float(
+        sorted(used) == sorted(example.info["numbers"]) and value == example.info["target"]
+    )
 
   def answer_key(self, example: Example, completion: str, mode: str) -> str | Fraction | None:
     """The stripped expression (exact_string) or its exact value (whatever numbers it uses);

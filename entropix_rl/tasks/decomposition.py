@@ -34,8 +34,9 @@ class Decomposition(GeneratedTask):
   def __post_init__(self):
     super().__post_init__()
     if not 2 <= self.min_n <= self.max_n:
-      raise ValueError(f"decomposition: need 2 <= min_n <= max_n; got min_n={self.min_n}, "
-                       f"max_n={self.max_n}")
+      raise ValueError(
+          f"decomposition: need 2 <= min_n <= max_n; got min_n={self.min_n}, " f"max_n={self.max_n}"
+      )
 
   @property
   def alphabet(self) -> str:

@@ -74,9 +74,9 @@ def _group(text: str, i: int, step: int) -> str:
   while 0 <= j < len(text):
     depth += (text[j] in _OPENERS) - (text[j] in _CLOSERS)
     if depth == 0:
-      return text[min(i, j) + 1:max(i, j)]
+      return text[min(i, j) + 1 : max(i, j)]
     j += step
-  return text[i + 1:] if step > 0 else text[:i]
+  return text[i + 1 :] if step > 0 else text[:i]
 
 
 def _small(operand: str) -> bool:
@@ -126,7 +126,7 @@ def _factorials_small(text: str) -> bool:
       k = j
       while k >= 0 and (text[k].isdigit() or text[k] == "!"):
         k -= 1
-      operand = text[k + 1:j + 1]
+      operand = text[k + 1 : j + 1]
     if not _small(operand):
       return False
   return True
@@ -136,8 +136,11 @@ def within_budget(answer: str) -> bool:
   """Whether a boxed answer is safe to hand to math-verify (the module docstring's budget)."""
   if len(answer) > MAX_ANSWER_CHARS or _nesting(answer) > MAX_NESTING:
     return False
-  if any(unicodedata.category(ch) in _BAD_CATEGORIES and not ch.isspace()
-         or ch.isdecimal() and not ch.isascii() for ch in answer):
+  if any(
+      (unicodedata.category(ch) in _BAD_CATEGORIES and not ch.isspace())
+      or (ch.isdecimal() and not ch.isascii())
+      for ch in answer
+  ):
     return False
   if _EAGER_FUNCTIONS.search(answer) and not _small(answer):
     return False
@@ -163,8 +166,9 @@ class MathTask:
 
   @property
   def alphabet(self) -> str:
-    raise ValueError("task 'math' needs a real tokenizer: set tokenizer.kind='hf' and "
-                     "tokenizer.path")
+    raise ValueError(
+        "task 'math' needs a real tokenizer: set tokenizer.kind='hf' and " "tokenizer.path"
+    )
 
   def _answer(self, completion: str) -> str | None:
     """The last boxed answer if it is within budget (`within_budget`), else None."""
@@ -195,8 +199,7 @@ class MathTask:
       return answer or None
     import math_verify  # heavy import (sympy), only when used
 
-    parsed = math_verify.parse(f"\\boxed{{{answer}}}",
-                               parsing_timeout=_timeout(self.timeout_s))
+    parsed = math_verify.parse(f"\\boxed{{{answer}}}", parsing_timeout=_timeout(self.timeout_s))
     if not parsed:
       return None
     try:

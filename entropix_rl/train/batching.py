@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(
+    rows: Sequence[Sequence[int]], length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Left-pads token lists to `length`: returns `tokens [B, length]` int32 and `mask` bool."""
   tokens = np.full((len(rows), length), pad_id, np.int32)
   mask = np.zeros((len(rows), length), bool)
@@ -15,13 +17,14 @@ def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[n
     if len(row) > length:
       raise ValueError(f"sequence {i} has {len(row)} tokens, more than the padded length {length}")
     if len(row):
-      tokens[i, length - len(row):] = row
-      mask[i, length - len(row):] = True
+      tokens[i, length - len(row) :] = row
+      mask[i, length - len(row) :] = True
   return tokens, mask
 
 
-def sft_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-              length: int, pad_id: int) -> dict[str, np.ndarray]:
+def sft_batch(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], length: int, pad_id: int
+) -> dict[str, np.ndarray]:
   """Demonstrations as one left-padded sequence each, with the completion tokens marked.
 
   Returns `tokens [B, length]`, `attention_mask [B, length]` and `loss_mask [B, length]`
@@ -32,13 +35,18 @@ def sft_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[i
   loss_mask = np.zeros((len(rows), length), np.float32)
   for i, c in enumerate(completions):
     if len(c):
-      loss_mask[i, length - len(c):] = 1.0
+      loss_mask[i, length - len(c) :] = 1.0
   return {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask}
 
 
-def rl_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completion: np.ndarray,
-             completion_mask: np.ndarray, rewards: np.ndarray, group_ids: np.ndarray
-             ) -> dict[str, np.ndarray]:
+def rl_batch(
+    prompt_tokens: np.ndarray,
+    prompt_mask: np.ndarray,
+    completion: np.ndarray,
+    completion_mask: np.ndarray,
+    rewards: np.ndarray,
+    group_ids: np.ndarray,
+) -> dict[str, np.ndarray]:
   """The `rl_update` batch: prompt and completion side by side (docs in `make_rl_update`).
 
   Args:
@@ -60,8 +68,9 @@ def rl_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completion: np.
 COMPLETION_FIELDS = ("completion", "completion_mask", "old_logp", "old_entropy")
 
 
-def trim_completions(batch: dict[str, np.ndarray], *, budget: int, buckets: int,
-                     longest: int) -> dict[str, np.ndarray]:
+def trim_completions(
+    batch: dict[str, np.ndarray], *, budget: int, buckets: int, longest: int
+) -> dict[str, np.ndarray]:
   """Cuts an `rl_batch`'s completion axis to the smallest bucket that holds `longest` tokens.
 
   The buckets are the budget and its halves, `ceil(budget / 2^k)` for `k < buckets`, so a run

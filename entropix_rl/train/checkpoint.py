@@ -19,12 +19,12 @@ import signal
 import threading
 from typing import Any
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+import jax
 from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
 
 from entropix_rl import param_shapes
 
@@ -48,12 +48,17 @@ class Checkpointer:
     self.directory = epath.Path(directory)
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=True,
+        max_to_keep=keep,
+        create=True,
+        enable_async_checkpointing=True,
         cleanup_tmp_directories=True,
-        save_decision_policy=policies.AnySavePolicy([
-            policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]))
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "extra"))
+        save_decision_policy=policies.AnySavePolicy(
+            [policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]
+        ),
+    )
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "extra")
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -73,11 +78,18 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return False
     try:
-      return self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)), force=force)
-    except Exception as err:  # noqa: BLE001 (Orbax re-raises background errors as they came)
-      raise CheckpointError(f"saving checkpoint step {step} under {self.directory} failed: "
-                            f"{type(err).__name__}: {err}") from err
+      return self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)
+          ),
+          force=force,
+      )
+    except Exception as err:
+      raise CheckpointError(
+          f"saving checkpoint step {step} under {self.directory} failed: "
+          f"{type(err).__name__}: {err}"
+      ) from err
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
     """Restores `step` (default: latest) into the structure/shardings of `abstract_state`.
@@ -93,8 +105,12 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint under {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     _check_stored_shapes(self.directory, step, abstract)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()
+        ),
+    )
     return restored["state"], dict(restored["extra"]), step
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
@@ -105,14 +121,21 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}")
     if step not in self.all_steps():
-      raise FileNotFoundError(f"no checkpoint step {step} under {self.directory}; steps: "
-                              f"{self.all_steps()}")
+      raise FileNotFoundError(
+          f"no checkpoint step {step} under {self.directory}; steps: " f"{self.all_steps()}"
+      )
     _check_stored_shapes(self.directory, step, {"params": abstract_params})
     abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)}
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-            partial_restore=True)))
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True,
+            )
+        ),
+    )
     return restored["state"]["params"], step
 
   def wait(self) -> None:
@@ -120,9 +143,10 @@ class Checkpointer:
     failed."""
     try:
       self._manager.wait_until_finished()
-    except Exception as err:  # noqa: BLE001
-      raise CheckpointError(f"writing a checkpoint under {self.directory} failed: "
-                            f"{type(err).__name__}: {err}") from err
+    except Exception as err:
+      raise CheckpointError(
+          f"writing a checkpoint under {self.directory} failed: " f"{type(err).__name__}: {err}"
+      ) from err
 
   def close(self) -> None:
     try:
@@ -136,9 +160,12 @@ def _check_stored_shapes(directory: str, step: int, abstract: Any) -> None:
   (a fresh manager cannot read item metadata before its first restore, so the handler reads it)."""
   step_dir = ocp.step.standard_name_format().find_step(epath.Path(directory), step).path
   stored = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
-  param_shapes.check_same_shapes(f"checkpoint {directory} step {step}",
-                                 param_shapes.shapes_by_name(getattr(stored, "tree", stored)),
-                                 param_shapes.shapes_by_name(abstract), same_names=False)
+  param_shapes.check_same_shapes(
+      f"checkpoint {directory} step {step}",
+      param_shapes.shapes_by_name(getattr(stored, "tree", stored)),
+      param_shapes.shapes_by_name(abstract),
+      same_names=False,
+  )
 
 
 class PreemptionGuard:

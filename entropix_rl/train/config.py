@@ -14,11 +14,11 @@ reaches every shipped config at once:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import dataclasses
 import numbers
 import types
 import typing
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -97,8 +97,10 @@ class ModelSection:
   def __post_init__(self):
     check_choice("model.init", self.init, MODEL_INITS)
     if self.init == "checkpoint" and not self.checkpoint:
-      raise ValueError("model.checkpoint must name a Hugging Face checkpoint directory when "
-                       "model.init='checkpoint'")
+      raise ValueError(
+          "model.checkpoint must name a Hugging Face checkpoint directory when "
+          "model.init='checkpoint'"
+      )
     check_choice("model.param_dtype", self.param_dtype, DTYPES)
     check_choice("model.compute_dtype", self.compute_dtype, DTYPES)
     check_choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)
@@ -108,8 +110,10 @@ class ModelSection:
   @property
   def runtime(self) -> dict[str, Any]:
     """The fields that no checkpoint's config.json holds (how to run, not what to run)."""
-    return {name: getattr(self, name)
-            for name in ("attention_impl", "attention_block_q", "attention_block_k")}
+    return {
+        name: getattr(self, name)
+        for name in ("attention_impl", "attention_block_q", "attention_block_k")
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,11 +161,23 @@ class RLConfig:
 
   def __post_init__(self):
     _positive("rl.steps", self.steps, 0)
-    for name in ("prompts_per_step", "group_size", "ppo_epochs", "num_minibatches",
-                 "max_gen_batches", "token_chunk", "feature_chunk", "max_skipped_updates"):
+    for name in (
+        "prompts_per_step",
+        "group_size",
+        "ppo_epochs",
+        "num_minibatches",
+        "max_gen_batches",
+        "token_chunk",
+        "feature_chunk",
+        "max_skipped_updates",
+    ):
       _positive(f"rl.{name}", getattr(self, name))
-    _positive("rl.completion_buckets", self.completion_buckets, 1,
-              " (1 = always the full sampler.max_new_tokens)")
+    _positive(
+        "rl.completion_buckets",
+        self.completion_buckets,
+        1,
+        " (1 = always the full sampler.max_new_tokens)",
+    )
     check_choice("rl.advantage", self.advantage, tuple(advantages.ESTIMATORS))
     check_choice("rl.cluster_by", self.cluster_by, tasks.ANSWER_KEY_MODES)
 
@@ -214,11 +230,15 @@ class MeshConfig:
   def __post_init__(self):
     for name in ("data", "fsdp", "tensor"):
       if getattr(self, name) == 0 or getattr(self, name) < -1:
-        raise ValueError(f"mesh.{name}={getattr(self, name)}; allowed: an int >= 1, or -1 (the "
-                         "rest of the devices)")
+        raise ValueError(
+            f"mesh.{name}={getattr(self, name)}; allowed: an int >= 1, or -1 (the "
+            "rest of the devices)"
+        )
     if [self.data, self.fsdp, self.tensor].count(-1) > 1:
-      raise ValueError(f"mesh: at most one of data, fsdp, tensor may be -1; got data={self.data}, "
-                       f"fsdp={self.fsdp}, tensor={self.tensor}")
+      raise ValueError(
+          f"mesh: at most one of data, fsdp, tensor may be -1; got data={self.data}, "
+          f"fsdp={self.fsdp}, tensor={self.tensor}"
+      )
 
   def as_dict(self) -> dict[str, int]:
     return dataclasses.asdict(self)
@@ -261,16 +281,19 @@ class ExperimentConfig:
   source: str = dataclasses.field(default="{}", compare=False)  # the config as JSON
 
   @classmethod
-  def from_config_dict(cls, config: ml_collections.ConfigDict) -> "ExperimentConfig":
+  def from_config_dict(cls, config: ml_collections.ConfigDict) -> ExperimentConfig:
     """Validates `config` (module docstring); errors name the field and the allowed values."""
     values = _as_dict(config, "config")
     _check_keys("", values, _SECTIONS, required=_SECTIONS)
     _check_type("seed", values["seed"], int)
     _check_type("method", values["method"], str)
     sections = {name: build(values[name]) for name, build in _BUILDERS.items()}
-    return cls(seed=values["seed"], method=values["method"], **sections,
-               source=config.to_json_best_effort() if hasattr(config, "to_json_best_effort")
-               else "{}")
+    return cls(
+        seed=values["seed"],
+        method=values["method"],
+        **sections,
+        source=config.to_json_best_effort() if hasattr(config, "to_json_best_effort") else "{}",
+    )
 
 
 def section(value: Any) -> ml_collections.ConfigDict:
@@ -297,17 +320,22 @@ def _as_dict(value: Any, path: str) -> dict[str, Any]:
   raise ValueError(f"{path or 'config'} must be a section (ConfigDict), got {value!r}")
 
 
-def _check_keys(path: str, values: Mapping[str, Any], known: tuple[str, ...],
-                required: tuple[str, ...]) -> None:
+def _check_keys(
+    path: str, values: Mapping[str, Any], known: tuple[str, ...], required: tuple[str, ...]
+) -> None:
   prefix = f"{path}." if path else ""
   unknown = sorted(set(values) - set(known))
   if unknown:
-    raise ValueError(f"unknown key(s) {[prefix + k for k in unknown]}; known keys of "
-                     f"{path or 'the config'}: {sorted(known)}")
+    raise ValueError(
+        f"unknown key(s) {[prefix + k for k in unknown]}; known keys of "
+        f"{path or 'the config'}: {sorted(known)}"
+    )
   missing = [k for k in required if k not in values]
   if missing:
-    raise ValueError(f"the config lacks {[prefix + k for k in missing]}; every config must "
-                     f"define them (build sections with entropix_rl.train.config.section)")
+    raise ValueError(
+        f"the config lacks {[prefix + k for k in missing]}; every config must "
+        f"define them (build sections with entropix_rl.train.config.section)"
+    )
 
 
 def _base_type(hint: Any) -> type:
@@ -337,7 +365,8 @@ def _check_type(path: str, value: Any, hint: Any) -> None:
       raise ValueError(f"{path}={value!r}; allowed: a string")
   elif origin is tuple:
     if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value):
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
       raise ValueError(f"{path}={value!r}; allowed: a tuple of ints")
   elif origin in (Mapping, dict) or base is Mapping:
     if not isinstance(value, Mapping):
@@ -372,12 +401,15 @@ def _builder(cls: type, path: str, **nested: Callable[[Any], Any]) -> Callable[[
 def _optimizer(path: str) -> Any:
   """Builds an `OptimizerConfig` section; its own errors say "optimizer.", so they are renamed
   to `path`."""
+
   def build(value: Any) -> OptimizerConfig:
     try:
       return _typed(OptimizerConfig, path, value)
     except ValueError as err:
-      raise ValueError(str(err).replace("optimizer.", f"{path}.") if path != "optimizer"
-                       else str(err)) from None
+      raise ValueError(
+          str(err).replace("optimizer.", f"{path}.") if path != "optimizer" else str(err)
+      ) from None
+
   return build
 
 
@@ -394,14 +426,25 @@ def _model(value: Any) -> ModelSection:
     architecture[key] = values[key]
   if "model_type" in architecture:
     check_choice("model.model_type", architecture["model_type"], families.MODEL_TYPES)
-  return _typed(ModelSection, "model", {**{k: values[k] for k in own},
-                                        "architecture": architecture}, architecture=dict)
+  return _typed(
+      ModelSection,
+      "model",
+      {**{k: values[k] for k in own}, "architecture": architecture},
+      architecture=dict,
+  )
 
 
 def _sampler(value: Any) -> sampling.SamplerConfig:
   values = _as_dict(value, "sampler")
-  configured = ("temperature", "top_p", "top_k", "max_new_tokens", "greedy", "max_decode_rows",
-                "decode_segment")
+  configured = (
+      "temperature",
+      "top_p",
+      "top_k",
+      "max_new_tokens",
+      "greedy",
+      "max_decode_rows",
+      "decode_segment",
+  )
   _check_keys("sampler", values, configured, required=configured)
   hints = typing.get_type_hints(sampling.SamplerConfig)
   for key, item in values.items():
@@ -421,8 +464,7 @@ _BUILDERS = {
     "loss": losses.resolve_loss_config,
     "eval": _builder(EvalConfig, "eval"),
     "checkpoint": _builder(CheckpointConfig, "checkpoint"),
-    "logging": _builder(LoggingConfig, "logging",
-                        wandb=_builder(WandbConfig, "logging.wandb")),
+    "logging": _builder(LoggingConfig, "logging", wandb=_builder(WandbConfig, "logging.wandb")),
     "mesh": _builder(MeshConfig, "mesh"),
     "distributed": _builder(DistributedConfig, "distributed"),
 }

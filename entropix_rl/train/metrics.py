@@ -7,17 +7,17 @@ the same names and steps go to every sink, one JSONL object per step (docs/desig
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
 
-import numpy as np
 from etils import epath
+import numpy as np
 
 from entropix_rl import paths
 from entropix_rl.train.wandb_sink import WandbConfig, WandbSink
@@ -49,8 +49,11 @@ class Table:
 
   def markdown(self) -> str:
     """The table as Markdown (TensorBoard's text plugin renders it); `|` and newlines escaped."""
-    cell = lambda v: (f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "\\|").replace(
-        "\n", "⏎")
+    cell = (
+        lambda v: (f"{v:.4g}" if isinstance(v, float) else str(v))
+        .replace("|", "\\|")
+        .replace("\n", "⏎")
+    )
     lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
     return "\n".join(lines)
@@ -59,14 +62,17 @@ class Table:
 class MetricSink(Protocol):
   """Where metrics go. Every sink gets the same scalar names and the same steps."""
 
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None: ...
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    ...
 
-  def write_table(self, step: int, name: str, table: Table) -> None: ...
+  def write_table(self, step: int, name: str, table: Table) -> None:
+    ...
 
   def truncate_after(self, step: int) -> None:
     """Forgets what was logged after `step` (a resume from the checkpoint at `step`)."""
 
-  def close(self) -> None: ...
+  def close(self) -> None:
+    ...
 
 
 def _keep_records_until(path: epath.Path, step: int) -> None:
@@ -96,14 +102,18 @@ class JsonlSink:
     self._tables = workdir / "tables"
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    record = {"step": int(step), **{k: (v if math.isfinite(v) else None)
-                                    for k, v in scalars.items()}}
+    record = {
+        "step": int(step),
+        **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()},
+    }
     paths.append_text(self.path, json.dumps(record) + "\n")
 
   def write_table(self, step: int, name: str, table: Table) -> None:
     self._tables.mkdir(parents=True, exist_ok=True)
-    paths.append_text(self._tables / f"{name}.jsonl",
-                      json.dumps({"step": int(step), "rows": table.records()}) + "\n")
+    paths.append_text(
+        self._tables / f"{name}.jsonl",
+        json.dumps({"step": int(step), "rows": table.records()}) + "\n",
+    )
 
   def truncate_after(self, step: int) -> None:
     _keep_records_until(self.path, step)
@@ -140,6 +150,7 @@ class TensorBoardSink:
 
 def _summary_writer(logdir: str, purge_step: int | None = None):
   from tensorboardX import SummaryWriter  # imported only when TensorBoard is on
+
   return SummaryWriter(logdir, flush_secs=30, purge_step=purge_step)
 
 
@@ -152,8 +163,15 @@ class MetricWriter:
   forget what was logged after the restored checkpoint, so a resumed run shows each step once.
   """
 
-  def __init__(self, workdir: epath.PathLike, *, enabled: bool = True, tensorboard: bool = True,
-               wandb: WandbConfig | None = None, run_config: Mapping[str, Any] | None = None):
+  def __init__(
+      self,
+      workdir: epath.PathLike,
+      *,
+      enabled: bool = True,
+      tensorboard: bool = True,
+      wandb: WandbConfig | None = None,
+      run_config: Mapping[str, Any] | None = None,
+  ):
     self.enabled = enabled
     workdir = epath.Path(workdir)
     self.path = workdir / "metrics.jsonl"
@@ -201,9 +219,17 @@ def _duration(seconds: float) -> str:
 class Progress:
   """One console line every `every` steps: step, step time, ETA and a few chosen metrics."""
 
-  def __init__(self, total_steps: int, *, start_step: int = 0, every: int = 10,
-               keys: tuple[str, ...] = (), label: str = "", stream: TextIO | None = None,
-               enabled: bool = True):
+  def __init__(
+      self,
+      total_steps: int,
+      *,
+      start_step: int = 0,
+      every: int = 10,
+      keys: tuple[str, ...] = (),
+      label: str = "",
+      stream: TextIO | None = None,
+      enabled: bool = True,
+  ):
     self.total, self.start, self.every, self.keys = total_steps, start_step, max(1, every), keys
     self.label, self.stream, self.enabled = label, stream, enabled
     self._t0 = time.perf_counter()
@@ -215,9 +241,15 @@ class Progress:
     done = step - self.start
     elapsed = time.perf_counter() - self._t0
     rate = elapsed / max(done, 1)
-    shown = " ".join(f"{k.split('/')[-1] if k.count('/') else k}={metrics[k]:.4g}"
-                     for k in self.keys if k in metrics)
+    shown = " ".join(
+        f"{k.split('/')[-1] if k.count('/') else k}={metrics[k]:.4g}"
+        for k in self.keys
+        if k in metrics
+    )
     prefix = f"[{self.label}] " if self.label else ""
-    print(f"{prefix}step {step}/{self.total} | {rate:.2f}s/step | elapsed {_duration(elapsed)} | "
-          f"ETA {_duration(rate * (self.total - step))} | {shown}", file=self.stream or sys.stdout,
-          flush=True)
+    print(
+        f"{prefix}step {step}/{self.total} | {rate:.2f}s/step | elapsed {_duration(elapsed)} | "
+        f"ETA {_duration(rate * (self.total - step))} | {shown}",
+        file=self.stream or sys.stdout,
+        flush=True,
+    )

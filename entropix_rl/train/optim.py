@@ -59,8 +59,9 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
   """Clip by global norm, then AdamW under the schedule."""
-  adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay)
+  adamw = optax.adamw(
+      learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay
+  )
   if cfg.grad_clip_norm is None:
     return adamw
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adamw)

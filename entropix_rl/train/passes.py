@@ -13,15 +13,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from entropix_rl import sharding, token_stats
 from entropix_rl.losses.registry import TokenFeature
 from entropix_rl.models import ModelConfig, forward_hidden, unembedding
 
 
-def completion_hidden(model_cfg: ModelConfig, params: Any, rows: dict, *, remat: bool = False
-                      ) -> jax.Array:
+def completion_hidden(
+    model_cfg: ModelConfig, params: Any, rows: dict, *, remat: bool = False
+) -> jax.Array:
   """`[R, C, D]` hidden states that predict each completion token.
 
   Args:
@@ -29,15 +31,24 @@ def completion_hidden(model_cfg: ModelConfig, params: Any, rows: dict, *, remat:
       `completion [R, C]`.
   """
   prompt_len = rows["tokens"].shape[1] - rows["completion"].shape[1]
-  hidden, _ = forward_hidden(model_cfg, params, rows["tokens"], mask=rows["attention_mask"],
-                             remat=remat)
-  return hidden[:, prompt_len - 1:-1]
+  hidden, _ = forward_hidden(
+      model_cfg, params, rows["tokens"], mask=rows["attention_mask"], remat=remat
+  )
+  return hidden[:, prompt_len - 1 : -1]
 
 
-def completion_quantities(model_cfg: ModelConfig, params: Any, rows: dict, *, temperature: float,
-                          token_chunk: int, with_entropy: bool,
-                          features: tuple[TokenFeature, ...] = (), feature_chunk: int = 256,
-                          remat: bool = False) -> dict[str, Any]:
+def completion_quantities(
+    model_cfg: ModelConfig,
+    params: Any,
+    rows: dict,
+    *,
+    temperature: float,
+    token_chunk: int,
+    with_entropy: bool,
+    features: tuple[TokenFeature, ...] = (),
+    feature_chunk: int = 256,
+    remat: bool = False,
+) -> dict[str, Any]:
   """Log-probs, entropies and logit features of the completion tokens under `params`.
 
   Returns:
@@ -47,13 +58,26 @@ def completion_quantities(model_cfg: ModelConfig, params: Any, rows: dict, *, te
   hidden = completion_hidden(model_cfg, params, rows, remat=remat)
   unembed = unembedding(model_cfg, params)
   logp, entropy = token_stats.token_logp_entropy(
-      hidden, unembed, rows["completion"], temperature=temperature, token_chunk=token_chunk,
-      with_entropy=with_entropy)
-  values = token_stats.logit_features(hidden, unembed, rows["completion"],
-                                      tuple(f.fn for f in features), temperature=temperature,
-                                      token_chunk=feature_chunk)
-  return {"logp": logp, "entropy": entropy if with_entropy else None,
-          "features": {f.name: v for f, v in zip(features, values)}}
+      hidden,
+      unembed,
+      rows["completion"],
+      temperature=temperature,
+      token_chunk=token_chunk,
+      with_entropy=with_entropy,
+  )
+  values = token_stats.logit_features(
+      hidden,
+      unembed,
+      rows["completion"],
+      tuple(f.fn for f in features),
+      temperature=temperature,
+      token_chunk=feature_chunk,
+  )
+  return {
+      "logp": logp,
+      "entropy": entropy if with_entropy else None,
+      "features": {f.name: v for f, v in zip(features, values)},
+  }
 
 
 def split_rows(tree: Any, pieces: int, shards: int) -> Any:
@@ -62,6 +86,7 @@ def split_rows(tree: Any, pieces: int, shards: int) -> Any:
   The N rows are laid out as `shards` contiguous blocks (one per data shard); piece j holds
   rows `[j·r, (j+1)·r)` of each block, with `r = N / (shards · pieces)`.
   """
+
   def split(x):
     n = x.shape[0]
     r = n // (shards * pieces)
@@ -73,6 +98,7 @@ def split_rows(tree: Any, pieces: int, shards: int) -> Any:
 
 def merge_rows(tree: Any, shards: int) -> Any:
   """The inverse of `split_rows`: `[pieces, M, ...]` → `[pieces · M, ...]`."""
+
   def merge(x):
     pieces, m = x.shape[:2]
     x = x.reshape((pieces, shards, m // shards) + x.shape[2:])
@@ -93,8 +119,9 @@ def constrain_rows(tree: Any, mesh: Mesh | None, axis: int = 0) -> Any:
   return jax.tree.map(constrain, tree)
 
 
-def map_row_chunks(fn: Callable[[Any], Any], tree: Any, *, chunk_rows: int, shards: int,
-                   mesh: Mesh | None = None) -> Any:
+def map_row_chunks(
+    fn: Callable[[Any], Any], tree: Any, *, chunk_rows: int, shards: int, mesh: Mesh | None = None
+) -> Any:
   """`fn` over chunks of `chunk_rows` rows per data shard, reassembled in row order.
 
   Args:

@@ -24,14 +24,14 @@ pass runs. Gradients accumulate in float32 whatever the param dtype.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
+import optax
 
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import dynamics, losses, sharding
@@ -92,16 +92,22 @@ class RLUpdateConfig:
     if self.advantage not in ADVANTAGE_ESTIMATORS:
       raise ValueError(f"rl.advantage={self.advantage!r}; allowed: {ADVANTAGE_ESTIMATORS}")
     if self.group_size < 1 or self.num_groups < 1:
-      raise ValueError(f"rl.group_size={self.group_size} and rl.prompts_per_step={self.num_groups} "
-                       "must be >= 1")
+      raise ValueError(
+          f"rl.group_size={self.group_size} and rl.prompts_per_step={self.num_groups} "
+          "must be >= 1"
+      )
     if self.advantage in ("grpo", "rloo") and self.group_size == 1:
-      raise ValueError(f"rl.group_size=1 with rl.advantage={self.advantage!r}: group statistics "
-                       "need at least 2 samples per prompt; use group_size >= 2")
+      raise ValueError(
+          f"rl.group_size=1 with rl.advantage={self.advantage!r}: group statistics "
+          "need at least 2 samples per prompt; use group_size >= 2"
+      )
     if self.ppo_epochs < 1:
       raise ValueError(f"rl.ppo_epochs={self.ppo_epochs} must be >= 1")
     if self.num_minibatches < 1 or self.batch_size % self.num_minibatches:
-      raise ValueError(f"rl.num_minibatches={self.num_minibatches} must divide the batch of "
-                       f"{self.batch_size} responses")
+      raise ValueError(
+          f"rl.num_minibatches={self.num_minibatches} must divide the batch of "
+          f"{self.batch_size} responses"
+      )
     if self.temperature <= 0:
       raise ValueError(f"sampler.temperature={self.temperature} must be > 0 for RL")
     for name in ("micro_batch_size", "logprob_micro_batch_size"):
@@ -110,8 +116,10 @@ class RLUpdateConfig:
     if self.feature_chunk < 1:
       raise ValueError(f"rl.feature_chunk={self.feature_chunk} must be >= 1")
     if self.step_delimiter_id < -1:
-      raise ValueError(f"step_delimiter_id={self.step_delimiter_id}; allowed: a token id >= 0, "
-                       "or -1 (no delimiter)")
+      raise ValueError(
+          f"step_delimiter_id={self.step_delimiter_id}; allowed: a token id >= 0, "
+          "or -1 (no delimiter)"
+      )
 
   @property
   def batch_size(self) -> int:
@@ -125,25 +133,40 @@ class RLUpdateConfig:
     """Raises ValueError unless the batch, mini-batch and chunks split evenly over `shards`."""
     rows = self.minibatch_size
     if rows % shards:
-      raise ValueError(f"the mini-batch of {rows} responses (rl.prompts_per_step x rl.group_size "
-                       f"/ rl.num_minibatches) must divide by the mesh's data x fsdp = {shards}")
-    for name, size, total in (("micro_batch_size", self.micro_batch_size, rows),
-                              ("logprob_micro_batch_size", self.logprob_micro_batch_size, rows)):
+      raise ValueError(
+          f"the mini-batch of {rows} responses (rl.prompts_per_step x rl.group_size "
+          f"/ rl.num_minibatches) must divide by the mesh's data x fsdp = {shards}"
+      )
+    for name, size, total in (
+        ("micro_batch_size", self.micro_batch_size, rows),
+        ("logprob_micro_batch_size", self.logprob_micro_batch_size, rows),
+    ):
       if size and (total // shards) % size:
-        raise ValueError(f"rl.{name}={size} must divide the {total // shards} responses per data "
-                         f"shard of a mini-batch ({total} over {shards} shards)")
+        raise ValueError(
+            f"rl.{name}={size} must divide the {total // shards} responses per data "
+            f"shard of a mini-batch ({total} over {shards} shards)"
+        )
 
 
 def _token_batch(rows: dict, current: dict) -> losses.TokenBatch:
   """The loss inputs of some rows: current values from `current`, the rest from the rollout."""
   return losses.TokenBatch(
-      logp=current["logp"], old_logp=rows["old_logp"], advantages=rows["advantages"],
-      mask=rows["completion_mask"], entropy=current.get("entropy"),
-      old_entropy=rows.get("old_entropy"), ref_logp=rows.get("ref_logp"),
-      group_ids=rows["group_ids"], response_ids=rows["response_ids"], rewards=rows["rewards"],
-      step_ids=rows.get("step_ids"), cluster_ids=rows.get("cluster_ids"),
-      features=current.get("features", {}), old_features=rows.get("old_features", {}),
-      info=rows.get("info", {}))
+      logp=current["logp"],
+      old_logp=rows["old_logp"],
+      advantages=rows["advantages"],
+      mask=rows["completion_mask"],
+      entropy=current.get("entropy"),
+      old_entropy=rows.get("old_entropy"),
+      ref_logp=rows.get("ref_logp"),
+      group_ids=rows["group_ids"],
+      response_ids=rows["response_ids"],
+      rewards=rows["rewards"],
+      step_ids=rows.get("step_ids"),
+      cluster_ids=rows.get("cluster_ids"),
+      features=current.get("features", {}),
+      old_features=rows.get("old_features", {}),
+      info=rows.get("info", {}),
+  )
 
 
 def _keep_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
@@ -151,10 +174,15 @@ def _keep_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
 
-def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any,
-                   optimizer: optax.GradientTransformation, *, mesh: Mesh | None = None,
-                   state_sharding: Any = None
-                   ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_rl_update(
+    model_cfg: ModelConfig,
+    rl_cfg: RLUpdateConfig,
+    loss_cfg: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh | None = None,
+    state_sharding: Any = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds the jitted `rl_update(state, batch) -> (state, metrics)` (module docstring).
 
   `batch` holds, for N = rl_cfg.batch_size responses with prompt length P and completion
@@ -181,12 +209,23 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
 
   def quantities(params, rows, *, entropy, features, remat=False):
     return passes.completion_quantities(
-        model_cfg, params, rows, temperature=rl_cfg.temperature, token_chunk=rl_cfg.token_chunk,
-        with_entropy=entropy, features=features, feature_chunk=rl_cfg.feature_chunk, remat=remat)
+        model_cfg,
+        params,
+        rows,
+        temperature=rl_cfg.temperature,
+        token_chunk=rl_cfg.token_chunk,
+        with_entropy=entropy,
+        features=features,
+        feature_chunk=rl_cfg.feature_chunk,
+        remat=remat,
+    )
 
   def no_grad_chunks(fn, rows):
-    return jax.lax.stop_gradient(passes.map_row_chunks(
-        fn, rows, chunk_rows=rl_cfg.logprob_micro_batch_size, shards=shards, mesh=mesh))
+    return jax.lax.stop_gradient(
+        passes.map_row_chunks(
+            fn, rows, chunk_rows=rl_cfg.logprob_micro_batch_size, shards=shards, mesh=mesh
+        )
+    )
 
   def behaviour_pass(state: TrainState, batch: dict) -> dict:
     """Old log-probs (+ old entropy, old features, reference log-probs) of every row; with
@@ -197,8 +236,12 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     def rows_fn(rows):
       out = {}
       if recompute:
-        old = quantities(state.params, rows, features=old_features, entropy=not from_rollout and (
-            "old_entropy" in needs or rl_cfg.measure_dynamics))
+        old = quantities(
+            state.params,
+            rows,
+            features=old_features,
+            entropy=not from_rollout and ("old_entropy" in needs or rl_cfg.measure_dynamics),
+        )
         out["old_features"] = old["features"]
         if not from_rollout:
           out.update(old_logp=old["logp"], old_entropy=old["entropy"])
@@ -212,13 +255,19 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     return out
 
   def current(params, rows, remat):
-    return quantities(params, rows, entropy="entropy" in needs, features=current_features,
-                      remat=remat)
+    return quantities(
+        params, rows, entropy="entropy" in needs, features=current_features, remat=remat
+    )
 
   def loss_on(params, rows, key, states, agg, stats=None):
     loss, aux, stats = losses.compute_loss(
-        loss_cfg, _token_batch(rows, current(params, rows, rl_cfg.remat)), states=states,
-        rng=key, agg=agg, stats=stats)
+        loss_cfg,
+        _token_batch(rows, current(params, rows, rl_cfg.remat)),
+        states=states,
+        rng=key,
+        agg=agg,
+        stats=stats,
+    )
     return loss, (aux, stats)
 
   def minibatch_gradient(params, rows, key, states):
@@ -226,16 +275,20 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     if pieces == 1:
       agg = aggregator(loss_cfg)
       (loss, (aux, _)), grads = jax.value_and_grad(loss_on, has_aux=True)(
-          params, rows, key, states, agg)
+          params, rows, key, states, agg
+      )
       return loss, {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}, grads
     agg = aggregator(loss_cfg)
     if planning:  # current values of the whole mini-batch, without gradient: picks and values
       now = no_grad_chunks(lambda r: current(params, r, False), rows)
-      loss, aux, stats = losses.compute_loss(loss_cfg, _token_batch(rows, now), states=states,
-                                             rng=key, agg=agg)
+      loss, aux, stats = losses.compute_loss(
+          loss_cfg, _token_batch(rows, now), states=states, rng=key, agg=agg
+      )
     else:  # normalisers from the masks (values stand in for the current ones)
-      stand_in = {"logp": rows["old_logp"], "features": {
-          f.name: jnp.zeros_like(rows["old_logp"]) for f in current_features}}
+      stand_in = {
+          "logp": rows["old_logp"],
+          "features": {f.name: jnp.zeros_like(rows["old_logp"]) for f in current_features},
+      }
       if "entropy" in needs:
         stand_in["entropy"] = jnp.zeros_like(rows["old_logp"])
       losses.compute_loss(loss_cfg, _token_batch(rows, stand_in), states=states, rng=key, agg=agg)
@@ -247,7 +300,8 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
       micro_rows, micro_stats = xs
       micro_agg = aggregator(loss_cfg, mode, agg.records)
       (loss, (aux, _)), g = jax.value_and_grad(loss_on, has_aux=True)(
-          params, passes.constrain_rows(micro_rows, mesh), key, states, micro_agg, micro_stats)
+          params, passes.constrain_rows(micro_rows, mesh), key, states, micro_agg, micro_stats
+      )
       scalars = {k: v for k, v in aux.items() if k not in ("per_token_loss", "selected")}
       grads = jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), grads, g)
       return (grads, total + loss), scalars
@@ -267,8 +321,9 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     data = dict(batch, response_ids=jnp.arange(n, dtype=jnp.int32), **behaviour_pass(state, batch))
     if "step_ids" in needs and "step_ids" not in batch:
       data["step_ids"] = step_ids_from_tokens(batch["completion"], rl_cfg.step_delimiter_id)
-    seq_adv = advantages_lib.compute_advantages(rl_cfg.advantage, batch["rewards"],
-                                                batch["group_ids"], rl_cfg.num_groups)
+    seq_adv = advantages_lib.compute_advantages(
+        rl_cfg.advantage, batch["rewards"], batch["group_ids"], rl_cfg.num_groups
+    )
     data["advantages"] = seq_adv[:, None] * mask
     rollout = _token_batch(data, {"logp": data["old_logp"], "entropy": data["old_entropy"]})
     states, metrics = losses.before_update(loss_cfg, state.interventions, rollout)
@@ -276,7 +331,8 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     rollout = rollout.replace(advantages=data["advantages"])
 
     perms = jax.vmap(lambda k: jax.random.permutation(k, n))(
-        jax.random.split(shuffle_key, rl_cfg.ppo_epochs))
+        jax.random.split(shuffle_key, rl_cfg.ppo_epochs)
+    )
     order = perms.reshape(rl_cfg.ppo_epochs * rl_cfg.num_minibatches, rl_cfg.minibatch_size)
     loss_keys = jax.random.split(loss_key, order.shape[0])
 
@@ -290,7 +346,8 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
       return (params, opt_state), dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
 
     (params, opt_state), per_mb = jax.lax.scan(
-        minibatch_step, (state.params, state.opt_state), (order, loss_keys))
+        minibatch_step, (state.params, state.opt_state), (order, loss_keys)
+    )
     finite = jnp.isfinite(per_mb["loss"]).all() & jnp.isfinite(per_mb["grad_norm"]).all()
     params, opt_state = _keep_if_not(finite, (params, opt_state), (state.params, state.opt_state))
     metrics["update/skipped"] = 1.0 - finite.astype(jnp.float32)
@@ -299,7 +356,8 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     metrics["advantage/mean_abs"] = masked_mean(jnp.abs(data["advantages"]), mask)
     metrics.update(dynamics.covariance_metrics(data["old_logp"], data["advantages"], mask))
     _, metrics["cov/response_mean"] = dynamics.response_covariance(
-        data["old_logp"], data["advantages"], mask, batch["group_ids"], rl_cfg.num_groups)
+        data["old_logp"], data["advantages"], mask, batch["group_ids"], rl_cfg.num_groups
+    )
     if rl_cfg.measure_dynamics:
       metrics.update(entropy_change(state.params, params, batch, mask))
       metrics["entropy/recomputed_token_mean"] = masked_mean(data["old_entropy"], mask)
@@ -307,27 +365,41 @@ def make_rl_update(model_cfg: ModelConfig, rl_cfg: RLUpdateConfig, loss_cfg: Any
     states, after = losses.after_update(loss_cfg, states, rollout)
     states = _keep_if_not(finite, states, state.interventions)
     metrics.update(after)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
-                              interventions=states)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, rng=rng, interventions=states
+    )
     return new_state, metrics
 
   def entropy_change(old_params, new_params, batch, mask):
     """Predicted (first order) and measured entropy change per token, in row chunks."""
+
     def rows_fn(rows):
       before = passes.completion_hidden(model_cfg, old_params, rows)
       after = passes.completion_hidden(model_cfg, new_params, rows)
       predicted, measured = dynamics.entropy_change_from_hidden(
-          before, unembedding(model_cfg, old_params), after, unembedding(model_cfg, new_params),
-          temperature=rl_cfg.temperature, token_chunk=rl_cfg.token_chunk)
+          before,
+          unembedding(model_cfg, old_params),
+          after,
+          unembedding(model_cfg, new_params),
+          temperature=rl_cfg.temperature,
+          token_chunk=rl_cfg.token_chunk,
+      )
       return {"predicted": predicted, "measured": measured}
+
     change = no_grad_chunks(rows_fn, batch)
-    return {"dynamics/predicted_entropy_change": masked_mean(change["predicted"], mask),
-            "dynamics/measured_entropy_change": masked_mean(change["measured"], mask)}
+    return {
+        "dynamics/predicted_entropy_change": masked_mean(change["predicted"], mask),
+        "dynamics/measured_entropy_change": masked_mean(change["measured"], mask),
+    }
 
   if mesh is None:
     return jax.jit(update, donate_argnums=0)
   if state_sharding is None:
     raise ValueError("make_rl_update(mesh=...) needs state_sharding= (sharding.state_shardings)")
-  return sharding.jit_on_mesh(update, mesh, donate_argnums=0,
-                              in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                              out_shardings=(state_sharding, sharding.replicated(mesh)))
+  return sharding.jit_on_mesh(
+      update,
+      mesh,
+      donate_argnums=0,
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+  )

@@ -49,8 +49,10 @@ def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> float:
   """Unbiased pass@k (Chen et al. 2021): mean over prompts of 1 - C(n-c, k) / C(n, k)."""
   if k > num_samples:
     raise ValueError(f"eval.pass_k={k} exceeds eval.num_samples={num_samples}")
-  values = [1.0 - (math.comb(num_samples - int(c), k) / math.comb(num_samples, k))
-            for c in np.asarray(num_correct)]
+  values = [
+      1.0 - (math.comb(num_samples - int(c), k) / math.comb(num_samples, k))
+      for c in np.asarray(num_correct)
+  ]
   return float(np.mean(values)) if values else 0.0
 
 

@@ -34,16 +34,33 @@ class TrainState:
   ref_params: Any = None
 
 
-def create_train_state(params: Any, optimizer: optax.GradientTransformation, rng: jax.Array, *,
-                       interventions: Any = None, ref_params: Any = None) -> TrainState:
-  return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                    opt_state=optimizer.init(params), rng=rng, interventions=interventions or {},
-                    ref_params=ref_params)
+def create_train_state(
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    rng: jax.Array,
+    *,
+    interventions: Any = None,
+    ref_params: Any = None,
+) -> TrainState:
+  return TrainState(
+      step=jax.numpy.zeros((), jax.numpy.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      rng=rng,
+      interventions=interventions or {},
+      ref_params=ref_params,
+  )
 
 
-def create_train_state_on_mesh(params: Any, optimizer: optax.GradientTransformation,
-                               rng: jax.Array, mesh: Any, *, interventions: Any = None,
-                               with_reference: bool = False) -> tuple[TrainState, Any]:
+def create_train_state_on_mesh(
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    rng: jax.Array,
+    mesh: Any,
+    *,
+    interventions: Any = None,
+    with_reference: bool = False,
+) -> tuple[TrainState, Any]:
   """`create_train_state` under jit, its output placed by `sharding.state_shardings`.
 
   The optimizer state and the reference copy are created on the devices in their shardings
@@ -53,12 +70,13 @@ def create_train_state_on_mesh(params: Any, optimizer: optax.GradientTransformat
   Returns:
     (state, state shardings).
   """
+
   def build(params):
     ref = jax.tree.map(jax.numpy.copy, params) if with_reference else None
-    return create_train_state(params, optimizer, rng, interventions=interventions,
-                              ref_params=ref)
+    return create_train_state(params, optimizer, rng, interventions=interventions, ref_params=ref)
 
   state_sharding = sharding.state_shardings(jax.eval_shape(build, params), optimizer, mesh)
-  fn = jax.jit(build, in_shardings=(state_sharding.params,), out_shardings=state_sharding,
-               donate_argnums=0)
+  fn = jax.jit(
+      build, in_shardings=(state_sharding.params,), out_shardings=state_sharding, donate_argnums=0
+  )
   return fn(params), state_sharding

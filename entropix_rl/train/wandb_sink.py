@@ -9,11 +9,11 @@ under `{dir}/wandb/offline-run-*` and uploaded later with `wandb sync`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import os
 import secrets
 import tempfile
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from absl import logging
@@ -56,16 +56,18 @@ class WandbConfig:
   def __post_init__(self):
     check_choice("logging.wandb.mode", self.mode, WANDB_MODES)
     if self.enabled and not self.project:
-      raise ValueError("logging.wandb.project must name a W&B project when "
-                       "logging.wandb.enabled=True")
+      raise ValueError(
+          "logging.wandb.project must name a W&B project when " "logging.wandb.enabled=True"
+      )
 
 
 def _import_wandb() -> Any:
   try:
-    import wandb  # noqa: PLC0415 (optional dependency, imported only when enabled)
+    import wandb
   except ImportError as err:
-    raise ImportError("logging.wandb.enabled=True needs the wandb package: "
-                      "pip install 'entropix_rl[wandb]'") from err
+    raise ImportError(
+        "logging.wandb.enabled=True needs the wandb package: " "pip install 'entropix_rl[wandb]'"
+    ) from err
   return wandb
 
 
@@ -98,14 +100,21 @@ class WandbSink:
       directory = self._local_dir()
       os.makedirs(directory, exist_ok=True)
       self._run = self._wandb.init(
-          project=self.cfg.project, entity=self.cfg.entity or None,
-          name=self.cfg.name or self._workdir.name, group=self.cfg.group or None,
-          mode=self.cfg.mode, dir=directory, id=self._run_id(), resume="allow",
-          config=self._run_config)
+          project=self.cfg.project,
+          entity=self.cfg.entity or None,
+          name=self.cfg.name or self._workdir.name,
+          group=self.cfg.group or None,
+          mode=self.cfg.mode,
+          dir=directory,
+          id=self._run_id(),
+          resume="allow",
+          config=self._run_config,
+      )
       logging.info("W&B run %s (%s) in %s", self._run.id, self.cfg.mode, directory)
       if self._resumed_at is not None:
-        logging.info("W&B: resumed at step %d; steps W&B already holds are not sent again",
-                     self._resumed_at)
+        logging.info(
+            "W&B: resumed at step %d; steps W&B already holds are not sent again", self._resumed_at
+        )
     return self._run
 
   def _log(self, step: int, values: Mapping[str, Any]) -> None:
@@ -118,8 +127,14 @@ class WandbSink:
     self._log(step, scalars)
 
   def write_table(self, step: int, name: str, table: Table) -> None:
-    self._log(step, {name: self._wandb.Table(columns=list(table.columns),
-                                             data=[list(row) for row in table.rows])})
+    self._log(
+        step,
+        {
+            name: self._wandb.Table(
+                columns=list(table.columns), data=[list(row) for row in table.rows]
+            )
+        },
+    )
 
   def truncate_after(self, step: int) -> None:
     self._resumed_at = step

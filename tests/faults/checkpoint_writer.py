@@ -24,8 +24,11 @@ from entropix_rl.train.checkpoint import Checkpointer
 
 def state_for(step: int) -> dict:
   rng = np.random.default_rng(step)
-  return {"w": rng.standard_normal((2048, 2048), np.float32),
-          "b": rng.standard_normal((4096,), np.float32), "step": np.int32(step)}
+  return {
+      "w": rng.standard_normal((2048, 2048), np.float32),
+      "b": rng.standard_normal((4096,), np.float32),
+      "step": np.int32(step),
+  }
 
 
 def die() -> None:
@@ -35,22 +38,28 @@ def die() -> None:
 def arm(point: str) -> float:
   """Installs the kill point; returns the delay (s) for `after:F`, else 0."""
   if point == "json_start":
+
     async def save_fn(self, x, directory):
       die()
+
     ocp.JsonCheckpointHandler._save_fn = save_fn
   elif point == "json_half":
+
     async def save_fn(self, x, directory):
       text = repr(x)
       with open(directory / self._filename, "w") as f:
-        f.write(text[:len(text) // 2])
+        f.write(text[: len(text) // 2])
         f.flush()
         os.fsync(f.fileno())
       die()
+
     ocp.JsonCheckpointHandler._save_fn = save_fn
   elif point == "finalize":
+
     async def finalize(self):
       await asyncio.sleep(0)
       die()
+
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
   elif not point.startswith("after:"):
     raise ValueError(f"unknown kill point {point!r}")

@@ -17,8 +17,14 @@ from tests.faults import checkpoint_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Deterministic points: the step-2 save can never complete. Timed points: somewhere inside it.
-KILL_POINTS = [("json_start", 1), ("json_half", 1), ("finalize", 1),
-               ("after:0.1", None), ("after:0.4", None), ("after:0.7", None)]
+KILL_POINTS = [
+    ("json_start", 1),
+    ("json_half", 1),
+    ("finalize", 1),
+    ("after:0.1", None),
+    ("after:0.4", None),
+    ("after:0.7", None),
+]
 
 
 def _restore(directory):
@@ -33,9 +39,14 @@ def _restore(directory):
 @pytest.mark.parametrize("point,expected_step", KILL_POINTS)
 def test_kill9_during_a_save_restores_the_last_complete_checkpoint(tmp_path, point, expected_step):
   directory = str(tmp_path / "ckpt")
-  proc = subprocess.run([sys.executable, "tests/faults/checkpoint_writer.py", directory, point],
-                        cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, "tests/faults/checkpoint_writer.py", directory, point],
+      cwd=REPO,
+      env={**os.environ, "PYTHONPATH": REPO},
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
   steps, (state, extra, step) = _restore(directory)
   assert step == max(steps)
@@ -77,8 +88,9 @@ def test_saves_are_asynchronous_and_follow_the_cadence(tmp_path, monkeypatch):
   monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", held)
   ckpt = Checkpointer(str(tmp_path / "ckpt"), save_every=3, keep=5)
   try:
-    saved = [ckpt.maybe_save(step, checkpoint_writer.state_for(step), {"i": step})
-             for step in (1, 2, 3)]
+    saved = [
+        ckpt.maybe_save(step, checkpoint_writer.state_for(step), {"i": step}) for step in (1, 2, 3)
+    ]
     assert saved == [False, False, True]  # the cadence comes from the manager's save policy
     # maybe_save returned while the write is held: step 3 is not on disk yet.
     assert not (tmp_path / "ckpt" / "3").exists()

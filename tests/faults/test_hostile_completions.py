@@ -55,7 +55,7 @@ def _hostile(wrap, correct: str, wrong: str, marker: str) -> dict[str, str]:
       "lone_surrogates": wrap("\ud800" + wrong + "\udfff"),
       "python_code": wrap(code),
       "python_code_plain": code,
-      "python_eval": wrap(f"eval(\"{code}\")"),
+      "python_eval": wrap(f'eval("{code}")'),
       "empty": "",
       "whitespace": " \n\t " * 1000,
   }
@@ -110,9 +110,11 @@ def test_hostile_completions_score_zero_fast_and_never_run(tmp_path):
         longest[name] = (max(times), kind)
   assert not marker.exists()
   kinds = len(next(iter(cases))[4])
-  print(f"\n{kinds} hostile completions x {len(cases)} tasks x (verify + "
-        f"{len(ANSWER_KEY_MODES)} answer_key modes) = {calls} calls; longest per task: "
-        + ", ".join(f"{name} {s * 1e3:.2f} ms ({kind})" for name, (s, kind) in longest.items()))
+  print(
+      f"\n{kinds} hostile completions x {len(cases)} tasks x (verify + "
+      f"{len(ANSWER_KEY_MODES)} answer_key modes) = {calls} calls; longest per task: "
+      + ", ".join(f"{name} {s * 1e3:.2f} ms ({kind})" for name, (s, kind) in longest.items())
+  )
 
 
 def test_math_verifier_works_off_the_main_thread():
@@ -120,8 +122,12 @@ def test_math_verifier_works_off_the_main_thread():
   budget must still bound hostile answers there."""
   task = tasks.MathTask()
   example = Example(prompt="half of one?", answer="\\frac{1}{2}")
-  completions = ["so \\boxed{0.5}", "\\boxed{9^{9^{9^{9}}}}", "\\boxed{(10^{9})!}",
-                 "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}"]
+  completions = [
+      "so \\boxed{0.5}",
+      "\\boxed{9^{9^{9^{9}}}}",
+      "\\boxed{(10^{9})!}",
+      "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}",
+  ]
   results = {}
 
   def score():
@@ -140,25 +146,65 @@ def test_math_verifier_works_off_the_main_thread():
   assert results["key"] == "1/2"
 
 
-@pytest.mark.parametrize("answer", [
-    "\\frac{1}{2}", "2^{10}", "\\sqrt{3}", "x^2+y^2", "1,\\!000", "5!", "\\binom{10}{3}",
-    "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "(-\\infty, 3]", "90^\\circ", "10^{-3}",
-    "\\pi", "e^{i\\pi}", "(n+1)!", "2^{100 \\cdot 100}"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "\\frac{1}{2}",
+        "2^{10}",
+        "\\sqrt{3}",
+        "x^2+y^2",
+        "1,\\!000",
+        "5!",
+        "\\binom{10}{3}",
+        "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+        "(-\\infty, 3]",
+        "90^\\circ",
+        "10^{-3}",
+        "\\pi",
+        "e^{i\\pi}",
+        "(n+1)!",
+        "2^{100 \\cdot 100}",
+    ],
+)
 def test_budget_accepts_ordinary_answers(answer):
   assert math_reward.within_budget(answer)
 
 
-@pytest.mark.parametrize("answer", [
-    "9^{9^{9}}", "9**9**9", "2^{10001}", "2^{100 \\cdot 101}", "10^{10000}!", "10001!", "9!!",
-    "(10^{9})!", "2^-9^9", "2^{-(9^{9})}", "\\binom{10^{9}}{3}", "\\Gamma(100000)",
-    "1" * 257, "(" * 13 + "1" + ")" * 13, "1\u200d2", "\u202e12", "１２", "1\x002", "\ud800"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "9^{9^{9}}",
+        "9**9**9",
+        "2^{10001}",
+        "2^{100 \\cdot 101}",
+        "10^{10000}!",
+        "10001!",
+        "9!!",
+        "(10^{9})!",
+        "2^-9^9",
+        "2^{-(9^{9})}",
+        "\\binom{10^{9}}{3}",
+        "\\Gamma(100000)",
+        "1" * 257,
+        "(" * 13 + "1" + ")" * 13,
+        "1\u200d2",
+        "\u202e12",
+        "１２",
+        "1\x002",
+        "\ud800",
+    ],
+)
 def test_budget_refuses_hostile_answers(answer):
   assert not math_reward.within_budget(answer)
 
 
 def test_correct_math_answers_still_score():
   task = tasks.MathTask()
-  for answer, boxed in [("0.5", "\\frac{1}{2}"), ("1024", "2^{10}"), ("120", "5!"),
-                        ("120", "\\binom{10}{3}")]:
+  for answer, boxed in [
+      ("0.5", "\\frac{1}{2}"),
+      ("1024", "2^{10}"),
+      ("120", "5!"),
+      ("120", "\\binom{10}{3}"),
+  ]:
     assert task.verify(Example(prompt="", answer=answer), f"\\boxed{{{boxed}}}") == 1.0, boxed
   assert task.verify(Example(prompt="", answer="13"), "\\boxed{12}") == 0.0

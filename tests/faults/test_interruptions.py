@@ -23,8 +23,13 @@ from tests.test_train import read_metrics, small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 6
-OVERRIDES = {"loss.name": "kl_cov", "rl.steps": STEPS, "rl.ppo_epochs": 2,
-             "checkpoint.save_every": 4, "eval.every": 3}
+OVERRIDES = {
+    "loss.name": "kl_cov",
+    "rl.steps": STEPS,
+    "rl.ppo_epochs": 2,
+    "checkpoint.save_every": 4,
+    "eval.every": 3,
+}
 
 # The train binary's own main(), on the small config, with SIGTERM sent to the process from
 # inside step 3's rollout (after steps 1 and 2 are done): a signal in the middle of a step.
@@ -53,9 +58,14 @@ def test_sigterm_mid_step_saves_exits_with_the_preemption_code_and_resumes_exact
   experiment.run(config, full_dir, log=False)
 
   child = _PREEMPTED_CHILD.format(repo=REPO, workdir=cut_dir)
-  proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, "SMALL_CONFIG_OVERRIDES": json.dumps(OVERRIDES)},
-                        timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-c", child],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env={**os.environ, "SMALL_CONFIG_OVERRIDES": json.dumps(OVERRIDES)},
+      timeout=600,
+  )
   assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-3000:]
   assert "preempted: checkpoint saved at RL step 3" in proc.stdout
   # Off the cadence (save_every=4): the step-3 checkpoint is the preemption's.
@@ -70,19 +80,29 @@ def test_sigterm_mid_step_saves_exits_with_the_preemption_code_and_resumes_exact
     for key, value in a.items():
       if key.startswith("time/") or value is None:
         continue
-      np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-6,
-                                 err_msg=f"{key} step {a['step']}")
+      np.testing.assert_allclose(
+          b[key], value, rtol=1e-5, atol=1e-6, err_msg=f"{key} step {a['step']}"
+      )
 
 
 def _adaptive_bonus_update():
   """A state (Adam moments, an adaptive entropy coefficient) and its jitted RL update."""
-  loss_cfg = losses.resolve_loss_config(apply_overrides(
-      losses.default_loss_config(), {"entropy_bonus.adaptive": True, "entropy_bonus.coef": 0.003}))
-  rl_cfg = RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, ppo_epochs=1,
-                          num_minibatches=2, token_chunk=16)
+  loss_cfg = losses.resolve_loss_config(
+      apply_overrides(
+          losses.default_loss_config(),
+          {"entropy_bonus.adaptive": True, "entropy_bonus.coef": 0.003},
+      )
+  )
+  rl_cfg = RLUpdateConfig(
+      num_groups=GROUPS, group_size=GROUP_SIZE, ppo_epochs=1, num_minibatches=2, token_chunk=16
+  )
   optimizer = optax.adam(1e-3)
-  state = create_train_state(init_params(MODEL, jax.random.PRNGKey(0)), optimizer,
-                             jax.random.PRNGKey(1), interventions=losses.init_states(loss_cfg))
+  state = create_train_state(
+      init_params(MODEL, jax.random.PRNGKey(0)),
+      optimizer,
+      jax.random.PRNGKey(1),
+      interventions=losses.init_states(loss_cfg),
+  )
   return state, make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)
 
 
@@ -106,11 +126,20 @@ def test_a_non_finite_update_is_skipped_and_leaves_the_state_unchanged():
 def test_consecutive_non_finite_updates_stop_the_run_with_a_clear_message(tmp_path, monkeypatch):
   task_cls = type(experiment.tasks.get_task("decomposition", min_n=100, max_n=999))
   monkeypatch.setattr(task_cls, "verify", lambda self, example, completion: float("nan"))
-  config = small_config(**{"rl.steps": 8, "rl.max_skipped_updates": 2, "eval.every": 0,
-                           "sft.steps": 0, "checkpoint.save_every": 1})
-  with pytest.raises(experiment.UpdatesNotFinite,
-                     match=r"RL steps 1\.\.2: 2 updates in a row had a non-finite loss.*"
-                           r"rl.max_skipped_updates=2.*last checkpoint is step 1"):
+  config = small_config(
+      **{
+          "rl.steps": 8,
+          "rl.max_skipped_updates": 2,
+          "eval.every": 0,
+          "sft.steps": 0,
+          "checkpoint.save_every": 1,
+      }
+  )
+  with pytest.raises(
+      experiment.UpdatesNotFinite,
+      match=r"RL steps 1\.\.2: 2 updates in a row had a non-finite loss.*"
+      r"rl.max_skipped_updates=2.*last checkpoint is step 1",
+  ):
     experiment.run(config, str(tmp_path / "run"), log=False)
   records = read_metrics(str(tmp_path / "run"))
   assert [r["update/skipped"] for r in records] == [1.0, 1.0]

@@ -15,8 +15,10 @@ from entropix_rl.models.families.base import COMMON_RULES, FLAGS, CheckpointErro
 
 __all__ = ["FLAGS", "MODEL_TYPES", "PARTITION_RULES", "CheckpointError", "Family", "get"]
 
-_FAMILIES = {family.model_type: family
-             for family in (qwen2.FAMILY, llama.FAMILY, qwen3.FAMILY, mistral.FAMILY)}
+_FAMILIES = {
+    family.model_type: family
+    for family in (qwen2.FAMILY, llama.FAMILY, qwen3.FAMILY, mistral.FAMILY)
+}
 MODEL_TYPES = tuple(_FAMILIES)
 
 
@@ -38,8 +40,10 @@ def _partition_rules() -> dict[str, P]:
   for family in _FAMILIES.values():
     for name, spec in family.partition_rules.items():
       if rules.setdefault(name, spec) != spec:
-        raise ValueError(f"family {family.model_type!r} gives param {name!r} the rule {spec}; "
-                         f"it already has {rules[name]}")
+        raise ValueError(
+            f"family {family.model_type!r} gives param {name!r} the rule {spec}; "
+            f"it already has {rules[name]}"
+        )
   return rules
 
 

@@ -15,9 +15,9 @@ rules of the params it adds. Shared here: the tensors every family has
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from jax.sharding import PartitionSpec as P
@@ -33,18 +33,18 @@ EMBEDDINGS = ("embed", "lm_head")
 # Mesh axes (`sharding.AXES`): fsdp shards the hidden axis D, tensor the heads, the MLP hidden
 # units and the vocabulary. Stacked layer params lead with the unsharded [L] axis.
 COMMON_RULES: dict[str, P] = {
-    "embed": P("tensor", "fsdp"),                 # [V, D]
-    "lm_head": P("fsdp", "tensor"),               # [D, V]
-    "final_norm": P(),                            # [D]
-    "attn_norm": P(),                             # [L, D]
-    "mlp_norm": P(),                              # [L, D]
-    "q": P(None, "fsdp", "tensor", None),         # [L, D, H, Dh]
-    "k": P(None, "fsdp", "tensor", None),         # [L, D, K, Dh]
-    "v": P(None, "fsdp", "tensor", None),         # [L, D, K, Dh]
-    "o": P(None, "tensor", None, "fsdp"),         # [L, H, Dh, D]
-    "gate": P(None, "fsdp", "tensor"),            # [L, D, F]
-    "up": P(None, "fsdp", "tensor"),              # [L, D, F]
-    "down": P(None, "tensor", "fsdp"),            # [L, F, D]
+    "embed": P("tensor", "fsdp"),  # [V, D]
+    "lm_head": P("fsdp", "tensor"),  # [D, V]
+    "final_norm": P(),  # [D]
+    "attn_norm": P(),  # [L, D]
+    "mlp_norm": P(),  # [L, D]
+    "q": P(None, "fsdp", "tensor", None),  # [L, D, H, Dh]
+    "k": P(None, "fsdp", "tensor", None),  # [L, D, K, Dh]
+    "v": P(None, "fsdp", "tensor", None),  # [L, D, K, Dh]
+    "o": P(None, "tensor", None, "fsdp"),  # [L, H, Dh, D]
+    "gate": P(None, "fsdp", "tensor"),  # [L, D, F]
+    "up": P(None, "fsdp", "tensor"),  # [L, D, F]
+    "down": P(None, "tensor", "fsdp"),  # [L, F, D]
 }
 
 
@@ -55,8 +55,10 @@ class CheckpointError(ValueError):
 def top_tensors(config: ModelConfig) -> dict[str, Tensor]:
   """Hugging Face name -> tensor, for the params outside the layers."""
   v, d = config.vocab_size, config.hidden_size
-  table = {"model.embed_tokens.weight": Tensor("embed", (v, d)),
-           "model.norm.weight": Tensor("final_norm", (d,))}
+  table = {
+      "model.embed_tokens.weight": Tensor("embed", (v, d)),
+      "model.norm.weight": Tensor("final_norm", (d,)),
+  }
   if not config.tie_embeddings:
     table["lm_head.weight"] = Tensor("lm_head", (v, d), Layout.TRANSPOSED)
   return table
@@ -64,8 +66,13 @@ def top_tensors(config: ModelConfig) -> dict[str, Tensor]:
 
 def common_layer_tensors(config: ModelConfig) -> dict[str, Tensor]:
   """Suffix after `model.layers.{i}.` -> tensor, for the layer params of every family."""
-  d, h, k, dh, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
-                    config.intermediate_size)
+  d, h, k, dh, f = (
+      config.hidden_size,
+      config.num_heads,
+      config.num_kv_heads,
+      config.head_dim,
+      config.intermediate_size,
+  )
   return {
       "input_layernorm.weight": Tensor("attn_norm", (d,)),
       "post_attention_layernorm.weight": Tensor("mlp_norm", (d,)),
@@ -83,8 +90,10 @@ def reject_o_proj_bias(raw: Mapping[str, Any], model_type: str) -> None:
   """Raises CheckpointError if `attention_bias` is set: in Llama-style checkpoints it puts a
   bias on o_proj too, which the decoder does not have."""
   if raw.get("attention_bias"):
-    raise CheckpointError(f"config.json sets attention_bias=true: a {model_type} checkpoint then "
-                          "has an o_proj bias, which is not supported")
+    raise CheckpointError(
+        f"config.json sets attention_bias=true: a {model_type} checkpoint then "
+        "has an o_proj bias, which is not supported"
+    )
 
 
 def _none(_: Any) -> dict[str, Any]:
@@ -121,8 +130,10 @@ class Family:
   def __post_init__(self):
     fixed, chosen = set(self.fixed_flags), set(self.default_flags)
     if fixed & chosen or fixed | chosen != set(FLAGS):
-      raise ValueError(f"family {self.model_type!r}: fixed_flags {sorted(fixed)} and "
-                       f"default_flags {sorted(chosen)} must split the decoder flags {FLAGS}")
+      raise ValueError(
+          f"family {self.model_type!r}: fixed_flags {sorted(fixed)} and "
+          f"default_flags {sorted(chosen)} must split the decoder flags {FLAGS}"
+      )
 
   def resolve_flags(self, values: Mapping[str, Any]) -> dict[str, Any]:
     """Every decoder flag's value for a config that sets `values` (None: unset).
@@ -136,8 +147,10 @@ class Family:
       if flag in self.fixed_flags:
         fixed = self.fixed_flags[flag]
         if value is not None and value != fixed:
-          raise ValueError(f"model.{flag}={value!r} does not fit model_type={self.model_type!r}: "
-                           f"its checkpoints have {flag}={fixed!r}")
+          raise ValueError(
+              f"model.{flag}={value!r} does not fit model_type={self.model_type!r}: "
+              f"its checkpoints have {flag}={fixed!r}"
+          )
         resolved[flag] = fixed
       else:
         resolved[flag] = self.default_flags[flag] if value is None else value
@@ -151,6 +164,9 @@ class Family:
     """Parameters of `config` (the sizes of its Hugging Face tensors). Without embeddings:
     neither the embedding nor an untied lm_head."""
     layer = sum(math.prod(t.shape) for t in self.layer_tensors(config).values())
-    top = sum(math.prod(t.shape) for t in top_tensors(config).values()
-              if include_embeddings or t.param not in EMBEDDINGS)
+    top = sum(
+        math.prod(t.shape)
+        for t in top_tensors(config).values()
+        if include_embeddings or t.param not in EMBEDDINGS
+    )
     return config.num_layers * layer + top

@@ -17,10 +17,11 @@ HF_DEFAULT_WINDOW = 4096  # `MistralConfig.sliding_window` when config.json has 
 
 def _flags_from_hf(raw: Mapping[str, Any]) -> dict[str, Any]:
   window = raw.get("sliding_window", HF_DEFAULT_WINDOW)
-  if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                             or window < 1):
-    raise CheckpointError(f"config.json has sliding_window={window!r}; allowed: a positive int "
-                          "or null (full attention)")
+  if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+    raise CheckpointError(
+        f"config.json has sliding_window={window!r}; allowed: a positive int "
+        "or null (full attention)"
+    )
   return {"sliding_window": window}
 
 

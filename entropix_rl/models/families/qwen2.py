@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 def reject_sliding_layers(raw: Mapping[str, Any], model_type: str) -> None:
   """Raises CheckpointError if a Qwen-style `config.json` makes some layers sliding-window."""
   if raw.get("use_sliding_window"):
-    raise CheckpointError(f"config.json sets use_sliding_window=true (sliding-window attention "
-                          f"on some layers); {model_type} is supported with full attention only")
+    raise CheckpointError(
+        f"config.json sets use_sliding_window=true (sliding-window attention "
+        f"on some layers); {model_type} is supported with full attention only"
+    )
 
 
 def _flags_from_hf(raw: Mapping[str, Any]) -> dict[str, Any]:

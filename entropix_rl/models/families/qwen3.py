@@ -28,8 +28,10 @@ def _flags_from_hf(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _qk_norm_tensors(config: ModelConfig) -> dict[str, Tensor]:
-  return {"self_attn.q_norm.weight": Tensor("q_norm", (config.head_dim,)),
-          "self_attn.k_norm.weight": Tensor("k_norm", (config.head_dim,))}
+  return {
+      "self_attn.q_norm.weight": Tensor("q_norm", (config.head_dim,)),
+      "self_attn.k_norm.weight": Tensor("k_norm", (config.head_dim,)),
+  }
 
 
 FAMILY = Family(
@@ -37,8 +39,11 @@ FAMILY = Family(
     hf_architecture="Qwen3ForCausalLM",
     fixed_flags={"qkv_bias": False, "qk_norm": True, "sliding_window": None},
     flags_from_hf=_flags_from_hf,
-    hf_fields=lambda config: {"attention_bias": False, "use_sliding_window": False,
-                              "sliding_window": None},
+    hf_fields=lambda config: {
+        "attention_bias": False,
+        "use_sliding_window": False,
+        "sliding_window": None,
+    },
     added_layer_tensors=_qk_norm_tensors,
     partition_rules={"q_norm": P(), "k_norm": P()},  # [L, Dh], replicated like the other norms
 )
