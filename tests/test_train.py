@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-import wandb_records
 
 from configs import quickstart
 from entropix_rl import run_logs
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
+from tests import wandb_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
