@@ -54,10 +54,11 @@ def test_tables_are_trimmed_on_resume_and_rendered_for_tensorboard(tmp_path):
     Table(("prompt", "reward"), (("only one",),))
 
 
-def test_progress_prints_eta(capsys):
+def test_progress_logs_eta(caplog):
   progress = Progress(10, every=5, keys=("entropy/paper",), label="grpo")
-  progress.update(5, {"entropy/paper": 0.25})
-  out = capsys.readouterr().out
+  with caplog.at_level("INFO"):
+    progress.update(5, {"entropy/paper": 0.25})
+  out = caplog.text
   assert "[grpo] step 5/10" in out and "ETA" in out and "paper=0.25" in out
 
 

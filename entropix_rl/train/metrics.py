@@ -12,10 +12,10 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
+from absl import logging
 from etils import epath
 import numpy as np
 
@@ -217,7 +217,7 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """One console line every `every` steps: step, step time, ETA and a few chosen metrics."""
+  """One INFO log line every `every` steps: step, step time, ETA and a few chosen metrics."""
 
   def __init__(
       self,
@@ -227,11 +227,10 @@ class Progress:
       every: int = 10,
       keys: tuple[str, ...] = (),
       label: str = "",
-      stream: TextIO | None = None,
       enabled: bool = True,
   ):
     self.total, self.start, self.every, self.keys = total_steps, start_step, max(1, every), keys
-    self.label, self.stream, self.enabled = label, stream, enabled
+    self.label, self.enabled = label, enabled
     self._t0 = time.perf_counter()
 
   def update(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -247,9 +246,13 @@ class Progress:
         if k in metrics
     )
     prefix = f"[{self.label}] " if self.label else ""
-    print(
-        f"{prefix}step {step}/{self.total} | {rate:.2f}s/step | elapsed {_duration(elapsed)} | "
-        f"ETA {_duration(rate * (self.total - step))} | {shown}",
-        file=self.stream or sys.stdout,
-        flush=True,
+    logging.info(
+        "%sstep %d/%d | %.2fs/step | elapsed %s | ETA %s | %s",
+        prefix,
+        step,
+        self.total,
+        rate,
+        _duration(elapsed),
+        _duration(rate * (self.total - step)),
+        shown,
     )
