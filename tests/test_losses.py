@@ -19,6 +19,8 @@ AUX_KEYS = {
     "kl_ref",
     "n_selected",
     "n_tokens",
+    "abs_log_ratio_sum",
+    "selected_abs_log_ratio_sum",
     "entropy_bonus",
     "pg_loss",
     "positive_nll",
@@ -122,6 +124,9 @@ def test_ppo_matches_reference(clip, agg):
       np_k3(batch["logp"], batch["old_logp"])[m > 0].mean(), rel=1e-5
   )
   assert aux["n_tokens"] == m.sum() and aux["n_selected"] == 0 and not aux["selected"].any()
+  drift = np.abs(batch["logp"] - batch["old_logp"])
+  assert aux["abs_log_ratio_sum"] == pytest.approx((drift * m).sum(), rel=1e-5)
+  assert aux["selected_abs_log_ratio_sum"] == 0
 
 
 @pytest.mark.parametrize("clip", CLIP_SETTINGS)

@@ -164,6 +164,8 @@ def test_micro_batches_give_the_unsplit_update(setting, agg):
         "loss/entropy_bonus",
         "loss/kl_ref",
         "entropy/sampled_nll",
+        "loss/off_policy_abs_log_ratio",
+        "loss/selected_abs_log_ratio",
     ]
     keys += ["loss/ares_kl"] * ("loss/ares_kl" in ref)
     keys += [k for k in ("loss/siren", "siren/anchor", "siren/rollout_peak_entropy") if k in ref]
@@ -176,6 +178,10 @@ def test_micro_batches_give_the_unsplit_update(setting, agg):
   assert _max_diff(ref_state.params, init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)) > 1e-2
   if setting in ("clip_cov", "kl_cov", "high_entropy_tokens", "lp_reg"):
     assert float(ref["loss/n_selected_total"]) > 0
+  if setting == "kl_cov":  # the later mini-batches have moved off the rollout's policy
+    assert (
+        0 < float(ref["loss/off_policy_abs_log_ratio"]) < float(ref["loss/selected_abs_log_ratio"])
+    )
   if setting == "siren":  # the anchor is set from the first rollout and the term acts
     assert bool(ref_state.interventions["siren"]["anchor_set"])
     assert float(ref["siren/anchor"]) == pytest.approx(float(ref["siren/rollout_peak_entropy"]))

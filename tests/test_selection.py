@@ -226,6 +226,10 @@ def test_kl_cov_loss_and_penalty_gradient_sign():
   ref = -adv * ratio + coef * np.abs(log_ratio) * selected
   np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
   assert float(loss) == pytest.approx((ref * m).sum() / m.sum(), rel=1e-5)
+  # The drift the penalty acts on: Σ |ℓ − ℓ^old| over the picked tokens.
+  assert aux["selected_abs_log_ratio_sum"] == pytest.approx(
+      (np.abs(log_ratio) * selected).sum(), rel=1e-5
+  )
 
   _, grad, _ = selected_and_grad(config, batch)
   _, grad_no_penalty, _ = selected_and_grad(

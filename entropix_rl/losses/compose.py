@@ -149,7 +149,8 @@ def compute_loss(
 
   Returns:
     `(loss, aux, stats)`; `aux` holds `per_token_loss` and `selected` `[B, T]`, the scalars
-    `pg_loss`, `clip_frac`, `approx_kl`, `n_selected`, `n_tokens`, and each regulariser's
+    `pg_loss`, `clip_frac`, `approx_kl`, `n_selected`, `n_tokens`, `abs_log_ratio_sum`,
+    `selected_abs_log_ratio_sum`, and each regulariser's
     metric under its name.
   """
   batch = stop_gradient_except(batch, grad_needs(cfg))
@@ -182,12 +183,17 @@ def compute_loss(
 
   sg = jax.lax.stop_gradient
   selected = out.selected & (batch.mask > 0)
+  abs_log_ratio = jnp.abs(batch.logp - batch.old_logp)
   aux = {
       "per_token_loss": jnp.where(out.loss_mask > 0, out.per_token_loss, 0.0),
       "selected": selected,
       "clip_frac": sg(agg(out.clipped, out.loss_mask, "token-mean")),
       "approx_kl": sg(agg(kl_estimate(batch.logp, batch.old_logp, "k3"), batch.mask, "token-mean")),
       "n_selected": sg(agg(selected, batch.mask, "sum")),
+      "abs_log_ratio_sum": sg(agg(abs_log_ratio, batch.mask, "sum")),
+      "selected_abs_log_ratio_sum": sg(
+          agg(jnp.where(selected, abs_log_ratio, 0.0), batch.mask, "sum")
+      ),
       "n_tokens": sg(agg(batch.mask, batch.mask, "sum")),
       "pg_loss": pg_loss,
       **regularisers,
@@ -230,7 +236,9 @@ def policy_loss(
     interventions: `per_token_loss` `[B, T]` (the aggregated per-token PG loss, 0 where it does
     not count), `selected` `[B, T]` bool (the intervention's pick; all False if none),
     `clip_frac` (fraction of counted tokens whose clip bound is active), `approx_kl` (token
-    mean of k3(ℓ, ℓᵒˡᵈ)), `n_selected`, `n_tokens` (Σ mask), `pg_loss` (the aggregated
+    mean of k3(ℓ, ℓᵒˡᵈ)), `n_selected`, `n_tokens` (Σ mask), `abs_log_ratio_sum` and
+    `selected_abs_log_ratio_sum` (Σ |ℓ − ℓᵒˡᵈ| over the counted and over the picked tokens: the
+    off-policy drift, and the part of it a pick such as KL-Cov's acts on), `pg_loss` (the aggregated
     surrogate) and one metric per active regulariser (`kl_ref`: Agg of the KL estimate, 0
     without `ref_logp`; `entropy_bonus`: `c · Agg(H)`, 0 when off; `siren`: Ĥ, present only
     with `loss.siren.enabled`).

@@ -169,6 +169,29 @@ def _token_batch(rows: dict, current: dict) -> losses.TokenBatch:
   )
 
 
+def _off_policy_drift(
+    drift: jax.Array, selected_drift: jax.Array, n_tokens: jax.Array, n_selected: jax.Array
+) -> dict[str, jax.Array]:
+  """Mean |ℓ − ℓᵒˡᵈ| over the mini-batches after the first (which is exactly on-policy).
+
+  Args:
+    drift, selected_drift: `[M]` per-mini-batch sums of |ℓ − ℓᵒˡᵈ| over the counted tokens and
+      over the intervention's picked tokens.
+    n_tokens, n_selected: `[M]` the matching token counts.
+
+  Returns:
+    `loss/off_policy_abs_log_ratio` and `loss/selected_abs_log_ratio` (0 with one mini-batch or
+    no pick): how far the policy has moved from the rollout's when the later mini-batches are
+    taken, over all tokens and over the ones a penalty such as KL-Cov's acts on.
+  """
+  later = slice(1, None)
+  return {
+      "loss/off_policy_abs_log_ratio": drift[later].sum() / jnp.maximum(n_tokens[later].sum(), 1),
+      "loss/selected_abs_log_ratio": selected_drift[later].sum()
+      / jnp.maximum(n_selected[later].sum(), 1),
+  }
+
+
 def _keep_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
   """`new` when `finite`, else `old`, leaf by leaf (a skipped update leaves the state as it was)."""
   return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -351,8 +374,14 @@ def make_rl_update(
     finite = jnp.isfinite(per_mb["loss"]).all() & jnp.isfinite(per_mb["grad_norm"]).all()
     params, opt_state = _keep_if_not(finite, (params, opt_state), (state.params, state.opt_state))
     metrics["update/skipped"] = 1.0 - finite.astype(jnp.float32)
+    drift, selected_drift = per_mb.pop("abs_log_ratio_sum"), per_mb.pop(
+        "selected_abs_log_ratio_sum"
+    )
     metrics.update({f"loss/{k}": v.mean() for k, v in per_mb.items()})
     metrics["loss/n_selected_total"] = per_mb["n_selected"].sum()
+    metrics.update(
+        _off_policy_drift(drift, selected_drift, per_mb["n_tokens"], per_mb["n_selected"])
+    )
     metrics["advantage/mean_abs"] = masked_mean(jnp.abs(data["advantages"]), mask)
     metrics.update(dynamics.covariance_metrics(data["old_logp"], data["advantages"], mask))
     _, metrics["cov/response_mean"] = dynamics.response_covariance(
