@@ -357,6 +357,88 @@ def size_fit(param_counts: ArrayLike, a_values: ArrayLike, b_values: ArrayLike) 
   )
 
 
+# Two-sided 95% quantiles of Student's t for 1-10 degrees of freedom (scipy.stats.t.ppf(0.975)).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def _t975(dof: int) -> float:
+  return _T975[dof - 1] if dof <= len(_T975) else 1.96
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeHoldout:
+  """One coefficient (a or b) of a held-out model size, predicted from the other sizes' line.
+
+  Attributes:
+    n_params: the held-out size's non-embedding parameter count.
+    predicted: the line's value at ln(n_params).
+    interval: half-width of the line's 95% prediction interval there,
+      t·s·sqrt(1 + 1/m + (x₀ − x̄)²/Sxx) with s² = RSS/(m − 2) over the m fitted sizes
+      (NaN for m = 2: a line through two points has no residual to estimate s from).
+    measured: the held-out size's own fitted coefficient.
+    measured_stderr: its standard error.
+    within: whether `measured` lies in predicted ± interval.
+  """
+
+  n_params: float
+  predicted: float
+  interval: float
+  measured: float
+  measured_stderr: float
+
+  @property
+  def within(self) -> bool:
+    return bool(abs(self.measured - self.predicted) <= self.interval)
+
+  def to_dict(self) -> dict[str, float | bool | None]:
+    out = {f.name: _finite_or_none(getattr(self, f.name)) for f in dataclasses.fields(self)}
+    return {**out, "within": self.within}
+
+
+def size_holdout(
+    param_counts: ArrayLike,
+    values: ArrayLike,
+    held_out_params: float,
+    held_out_value: float,
+    held_out_stderr: float,
+) -> SizeHoldout:
+  """Predicts a held-out size's a (or b) from a line in ln N through the other sizes.
+
+  Args:
+    param_counts: `[m]` non-embedding parameter counts of the fitted sizes, m >= 2 distinct.
+    values: `[m]` their fitted coefficient (a or b).
+    held_out_params: the held-out size's parameter count.
+    held_out_value, held_out_stderr: its own fitted coefficient and standard error.
+
+  Returns:
+    The prediction, its 95% prediction interval and the measured value.
+  """
+  n, y = _vector("param_counts", param_counts), _vector("values", values)
+  if n.shape != y.shape or np.unique(n).size < 2 or np.any(n <= 0):
+    raise ValueError(
+        f"size_holdout needs matching positive param_counts and values over at least 2 "
+        f"distinct sizes, got {n.tolist()} and {y.tolist()}"
+    )
+  if not held_out_params > 0:
+    raise ValueError(f"held_out_params must be positive, got {held_out_params}")
+  x, x0 = np.log(n), math.log(held_out_params)
+  slope, intercept, _ = _line(x, y)
+  m = int(n.size)
+  if m > 2:
+    s2 = float(np.sum((y - slope * x - intercept) ** 2)) / (m - 2)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    interval = _t975(m - 2) * math.sqrt(s2 * (1.0 + 1.0 / m + (x0 - x.mean()) ** 2 / sxx))
+  else:
+    interval = math.nan
+  return SizeHoldout(
+      n_params=float(held_out_params),
+      predicted=slope * x0 + intercept,
+      interval=interval,
+      measured=float(held_out_value),
+      measured_stderr=float(held_out_stderr),
+  )
+
+
 def _save(fig, out_png: str) -> str:
   fig.tight_layout()
   plots.save_figure(fig, out_png)

@@ -17,6 +17,7 @@ table. Takes a second or two; no accelerator needed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
@@ -199,6 +200,7 @@ def analyze(
       results["joint_error"] = str(e)
     else:
       results["joint"] = joint.to_dict()
+      results["joint"]["per_method"] = method_residuals(joint, entries)
       law.plot_fit(
           {_describe(label, e["method"]): _points(e) for label, e in entries.items()},
           joint.fit,
@@ -235,13 +237,55 @@ def analyze(
           [s["a"] for s in fitted],
           [s["b"] for s in fitted],
       ).to_dict()
+    if len(fitted) >= 3:
+      results["size_holdout"] = size_holdouts(fitted)
   with open(os.path.join(out, "law_fit.json"), "w") as f:
     json.dump(results, f, indent=2, allow_nan=False)
   return results
 
 
+def method_residuals(joint: law.JointFit, entries: dict[str, dict]) -> dict[str, dict]:
+  """Each method's points around the joint curve, pooled over its runs: n, RMSE and bias."""
+  by_method: dict[str, list[str]] = {}
+  for label, e in entries.items():
+    by_method.setdefault(e["method"] or label, []).append(label)
+  out = {}
+  for method, labels in by_method.items():
+    n = sum(joint.per_run_n[x] for x in labels)
+    out[method] = {
+        "runs": len(labels),
+        "n": n,
+        "rmse": math.sqrt(sum(joint.per_run_n[x] * joint.per_run_rmse[x] ** 2 for x in labels) / n),
+        "bias": sum(joint.per_run_n[x] * joint.per_run_bias[x] for x in labels) / n,
+    }
+  return out
+
+
+def size_holdouts(sizes: list[dict]) -> list[dict]:
+  """Leave-one-size-out: each size's a and b predicted from the line through the others."""
+  out = []
+  for i, held in enumerate(sizes):
+    rest = sizes[:i] + sizes[i + 1 :]
+    counts = [s["non_embedding_params"] for s in rest]
+    entry = {"non_embedding_params": held["non_embedding_params"]}
+    for coef in ("a", "b"):
+      entry[coef] = law.size_holdout(
+          counts,
+          [s[coef] for s in rest],
+          held["non_embedding_params"],
+          held[coef],
+          held[f"{coef}_stderr"],
+      ).to_dict()
+    out.append(entry)
+  return out
+
+
 def _pm(value: float, err: float | None) -> str:
   return f"{value:.4g} ± {err:.2g}" if err is not None else f"{value:.4g}"
+
+
+def _r2(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.3f}"
 
 
 def format_table(results: dict) -> str:
@@ -271,12 +315,25 @@ def format_table(results: dict) -> str:
   if "joint" in results:
     joint = results["joint"]
     lines.append(row("(all runs, joint)", "", joint["fit"]["n"], joint["fit"], None))
+    for method, m in joint["per_method"].items():
+      lines.append(
+          f"  {method:<26} {m['runs']} run(s), {m['n']} points around the joint curve: "
+          f"bias {m['bias']:+.4f}, RMSE {m['rmse']:.4f}"
+      )
   if "size_fit" in results:
     s = results["size_fit"]
     lines.append(
         f"size fit (ln N): a = {s['a_slope']:.4g}·ln N + {s['a_intercept']:.4g}, "
-        f"b = {s['b_slope']:.4g}·ln N + {s['b_intercept']:.4g} over {s['n']} sizes"
+        f"b = {s['b_slope']:.4g}·ln N + {s['b_intercept']:.4g} over {s['n']} sizes "
+        f"(R² {_r2(s['a_r2'])}, {_r2(s['b_r2'])})"
     )
+  for held in results.get("size_holdout", []):
+    cells = [
+        f"{c} predicted {held[c]['predicted']:.3f} ± {_r2(held[c]['interval'])}, "
+        f"measured {held[c]['measured']:.3f} ({'within' if held[c]['within'] else 'outside'})"
+        for c in ("a", "b")
+    ]
+    lines.append(f"held out N={held['non_embedding_params']}: " + "; ".join(cells))
   for label, e in results["runs"].items():
     for field in ("fit_error", "early_stage_error"):
       if field in e:

@@ -240,6 +240,27 @@ def test_size_fit_rejects_bad_inputs(n_params, a, b, match):
     law.size_fit(n_params, a, b)
 
 
+def test_size_holdout_interval_catches_a_value_on_the_line_and_rejects_one_off_it():
+  n_params = np.array([1e5, 2e5, 4e5, 8e5])
+  rng = np.random.default_rng(1)
+  a = 0.05 * np.log(n_params) - 0.3 + 0.005 * rng.standard_normal(4)
+  truth = 0.05 * math.log(3.2e6) - 0.3
+  held = law.size_holdout(n_params, a, 3.2e6, truth, 0.01)
+  assert held.predicted == pytest.approx(truth, abs=0.03)
+  # The t-based interval over 2 residual dof: wider than the noise, narrower than 1.
+  assert 0.005 < held.interval < 1.0 and held.within
+  far = law.size_holdout(n_params, a, 3.2e6, truth + 10 * held.interval, 0.01)
+  assert not far.within and far.to_dict()["within"] is False
+  # Two sizes: a line with no residual, so no interval.
+  two = law.size_holdout([1e5, 2e5], [0.1, 0.2], 4e5, 0.3, 0.01)
+  assert two.predicted == pytest.approx(0.3) and math.isnan(two.interval) and not two.within
+  assert two.to_dict()["interval"] is None
+  with pytest.raises(ValueError, match="2 distinct sizes"):
+    law.size_holdout([1e5, 1e5], [0.1, 0.2], 4e5, 0.3, 0.01)
+  with pytest.raises(ValueError, match="held_out_params"):
+    law.size_holdout([1e5, 2e5], [0.1, 0.2], 0.0, 0.3, 0.01)
+
+
 def test_plots_write_pngs(tmp_path):
   steps, h, r = _run_curve(n_steps=30)
   fitted = law.fit(h, r)
@@ -476,6 +497,7 @@ def test_fit_law_end_to_end(tmp_path):
       "grpo": (0.3, 0.9, 1_000_000),
       "clip_cov": (0.3, 0.9, 1_000_000),
       "big": (0.25, 0.95, 4_000_000),
+      "bigger": (0.2, 1.0, 16_000_000),
   }
   for seed, (name, (a, b, n_params)) in enumerate(truth.items()):
     _write_synthetic_run(str(sweep / name), a=a, b=b, n_params=n_params, method=name, seed=seed)
@@ -504,13 +526,21 @@ def test_fit_law_end_to_end(tmp_path):
       png = out / f"{prefix}_{name}.png"
       assert png.exists() and png.stat().st_size > 0, png
   assert (out / "law_joint.png").stat().st_size > 0
-  assert summary["joint"]["fit"]["n"] == 3 * 41
+  assert summary["joint"]["fit"]["n"] == 4 * 41
   assert set(summary["joint"]["per_run"]) == set(truth)
-  assert [s["non_embedding_params"] for s in summary["sizes"]] == [1_000_000, 4_000_000]
-  assert summary["size_fit"]["n"] == 2
-  assert summary["size_fit"]["a_slope"] == pytest.approx(
-      (summary["sizes"][1]["a"] - summary["sizes"][0]["a"]) / math.log(4), rel=1e-6
-  )
+  per_method = summary["joint"]["per_method"]
+  assert set(per_method) == set(truth) and all(m["runs"] == 1 for m in per_method.values())
+  for name, m in per_method.items():
+    assert m["bias"] == pytest.approx(summary["joint"]["per_run"][name]["bias"])
+  sizes = [1_000_000, 4_000_000, 16_000_000]
+  assert [s["non_embedding_params"] for s in summary["sizes"]] == sizes
+  assert summary["size_fit"]["n"] == 3
+  # a falls by 0.05 per factor 4 of N in the synthetic truth: a line in ln N.
+  assert summary["size_fit"]["a_slope"] == pytest.approx(-0.05 / math.log(4), rel=0.2)
+  held = {h["non_embedding_params"]: h for h in summary["size_holdout"]}
+  assert set(held) == set(sizes)
+  assert held[16_000_000]["a"]["predicted"] == pytest.approx(0.2, abs=0.02)
+  assert "held out N=16000000" in proc.stdout
   for name in truth:
     assert name in proc.stdout  # the table
 
