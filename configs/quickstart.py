@@ -18,8 +18,8 @@ The three-method comparison (the README's first command):
 
 Ratios are scaled to the batch: a rollout holds ~1.5k completion tokens, so the paper's
 2e-4 / 2e-3 would select 0-3 tokens (the max(1, .) floor makes them no-ops here). Clip-Cov uses
-0.02 with the paper's bounds [1, 5]; KL-Cov uses 0.2 with coef 1 (see docs/results.md for the
-sweep over ratio and coefficient).
+0.02 with the paper's bounds [1, 5]; KL-Cov uses 0.2 with coef 1 (configs/law.py sweeps KL-Cov's
+ratio, coefficient and mini-batches; docs/results.md has the measurements).
 """
 
 import ml_collections
@@ -152,57 +152,3 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
     config.checkpoint.save_every = 2
     config.logging.console_every = 1
   return config
-
-
-def get_sweep() -> list[dict]:
-  """Interventions x seeds on the embedded task (docs/results.md; fitted by fit_law.py).
-
-  Run it with one shared SFT warm start and evals every 25 steps (points for the law fit):
-
-    python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/entropix_sweep \
-        --mode=local --config.sft.shared_dir=/tmp/entropix_sweep --config.eval.every=25
-  """
-  settings = [
-      {"_name": "grpo", "loss.name": "ppo"},
-      {"_name": "clip_cov_r0.02", "loss.name": "clip_cov", "loss.clip_cov.ratio": 0.02},
-      {
-          "_name": "kl_cov_r0.2_c1",
-          "loss.name": "kl_cov",
-          "loss.kl_cov.ratio": 0.2,
-          "loss.kl_cov.coef": 1.0,
-      },
-      {
-          "_name": "kl_cov_r0.02_c5",
-          "loss.name": "kl_cov",
-          "loss.kl_cov.ratio": 0.02,
-          "loss.kl_cov.coef": 5.0,
-      },
-      {
-          "_name": "kl_cov_r0.2_c5",
-          "loss.name": "kl_cov",
-          "loss.kl_cov.ratio": 0.2,
-          "loss.kl_cov.coef": 5.0,
-      },
-  ]
-  return [dict(s, seed=seed, _name=f"{s['_name']}_seed{seed}") for seed in (0, 1) for s in settings]
-
-
-def get_size_sweep() -> list[dict]:
-  """GRPO at three widths (about 0.15M, 0.6M and 1.3M parameters), each with its own SFT warm
-  start, for fitting the law's a and b against model size:
-
-    python launch/sweep.py --config=configs/quickstart.py --sweep=get_size_sweep \
-        --workdir=/tmp/entropix_sizes --mode=local --config.eval.every=25
-  """
-  return [
-      {
-          "_name": f"grpo_hidden{width}",
-          "loss.name": "ppo",
-          "model.hidden_size": width,
-          "model.num_heads": width // 32,
-          "model.num_kv_heads": max(1, width // 64),
-          "model.intermediate_size": 3 * width,
-          "sft.shared_dir": "",
-      }
-      for width in (64, 128, 192)
-  ]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import ml_collections
 import pytest
 
-from configs import clip_bounds, interventions, quickstart, qwen25_7b, qwen25_32b
+from configs import clip_bounds, interventions, law, quickstart, qwen25_7b, qwen25_32b
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.train import experiment
 from entropix_rl.train.config import ExperimentConfig
@@ -31,6 +31,17 @@ def shipped_configs() -> dict[str, ml_collections.ConfigDict]:
           for s in clip_bounds.get_sweep()
       }
   )
+  configs["law"] = law.get_config()
+  for sweep in (law.get_sweep, law.get_size_lr_sweep, law.get_size_sweep, law.get_kl_cov_sweep):
+    configs.update(
+        {
+            f"law:{s['_name']}": apply_overrides(
+                law.get_config(), {k: v for k, v in s.items() if k != "_name"}
+            )
+            for s in sweep()
+            if s["seed"] == 0  # the seeds differ in `seed` and `sft.shared_dir` only
+        }
+    )
   for module in (qwen25_7b, qwen25_32b):
     configs.update({f"{module.__name__}:{m}": module.get_config(m) for m in module.METHODS})
   return configs
