@@ -1,10 +1,19 @@
 r"""Copies the metrics the notebooks read from a sweep's run directories into notebooks/data/.
 
-  python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/entropix_sweep \
-      --mode=local --config.sft.shared_dir=/tmp/entropix_sweep --config.eval.every=25
-  python notebooks/export_logs.py --sweep=/tmp/entropix_sweep --out=notebooks/data
+The three sweeps of configs/law.py (docs/results.md gives their run times), exported one
+directory each:
 
-Each run keeps `metrics.jsonl` (only the keys in `KEYS`) and a trimmed `run_info.json`.
+  python launch/sweep.py --config=configs/law.py --workdir=/tmp/law --mode=local --jobs=2
+  python launch/sweep.py --config=configs/law.py --sweep=get_size_sweep \
+      --workdir=/tmp/law_sizes --mode=local --jobs=2
+  python launch/sweep.py --config=configs/law.py --sweep=get_kl_cov_sweep \
+      --workdir=/tmp/law_kl_cov --mode=local --jobs=2
+  python notebooks/export_logs.py --sweep=/tmp/law --out=notebooks/data/law
+  python notebooks/export_logs.py --sweep=/tmp/law_sizes --out=notebooks/data/size_law
+  python notebooks/export_logs.py --sweep=/tmp/law_kl_cov --out=notebooks/data/kl_cov
+
+Each run keeps `metrics.jsonl` (only the keys in `KEYS`, 4 significant digits) and a trimmed
+`run_info.json`.
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ from entropix_rl import run_logs
 
 KEYS = ("entropy/paper", "entropy/token_mean", "accuracy/sampled",
         "accuracy/distinct_correct_per_group", "reward/mean", "eval/sampled_accuracy",
-        "eval/greedy_accuracy", "eval/pass@8", "cov/mean", "cov/frac_positive",
-        "cov/response_mean", "dynamics/predicted_entropy_change",
-        "dynamics/measured_entropy_change", "loss/n_selected_total", "loss/clip_frac")
+        "eval/greedy_accuracy", "eval/pass@8", "eval/entropy_paper", "cov/mean",
+        "cov/frac_positive", "cov/response_mean", "dynamics/predicted_entropy_change",
+        "dynamics/measured_entropy_change", "loss/n_selected_total", "loss/clip_frac",
+        "loss/approx_kl", "loss/off_policy_abs_log_ratio", "loss/selected_abs_log_ratio",
+        "optimizer/learning_rate")
 
 
 def export(run_dir: str, out_dir: str) -> int:
@@ -34,8 +45,10 @@ def export(run_dir: str, out_dir: str) -> int:
       if record:
         f.write(json.dumps({"step": int(step), **record}) + "\n")
   info = {k: run.info[k] for k in ("method", "non_embedding_params", "params") if k in run.info}
-  info["seed"] = run.info.get("config", {}).get("seed")
-  info["loss"] = run.info.get("config", {}).get("loss", {}).get("name")
+  config = run.info.get("config", {})
+  info["seed"] = config.get("seed")
+  info["loss"] = config.get("loss", {}).get("name")
+  info["learning_rate"] = config.get("optimizer", {}).get("learning_rate")
   with open(os.path.join(out_dir, "run_info.json"), "w") as f:
     json.dump(info, f, indent=2)
   return len(run.steps)

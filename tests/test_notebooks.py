@@ -1,4 +1,4 @@
-"""Both notebooks execute top to bottom (nbclient) from the logs committed in notebooks/data/."""
+"""The notebooks execute top to bottom (nbclient) from the logs committed in notebooks/data/."""
 
 import os
 
@@ -9,7 +9,9 @@ import pytest
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 
 
-@pytest.mark.parametrize("name", ["entropy_performance_law.ipynb", "covariance_dynamics.ipynb"])
+@pytest.mark.parametrize(
+    "name", ["entropy_performance_law.ipynb", "covariance_dynamics.ipynb", "size_law.ipynb"]
+)
 def test_notebook_runs(name):
   book = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
   NotebookClient(book, timeout=120, kernel_name="python3",
