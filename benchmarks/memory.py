@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from entropix_rl import losses, memory, sampling, sharding  # noqa: E402
 from entropix_rl.models import decoder, init_params  # noqa: E402
+from entropix_rl.train import batching  # noqa: E402
 from entropix_rl.train.experiment import resolve  # noqa: E402
 from entropix_rl.train.optim import make_optimizer  # noqa: E402
 from entropix_rl.train.rl_step import make_rl_update  # noqa: E402
@@ -261,14 +262,7 @@ def main(argv):
       shape, dtype, sharding=sharding.batch_sharding(mesh)
   )
   if "rl_update" in _FUNCTIONS.value:
-    batch = {
-        "tokens": rows((n, prompt + completion), jnp.int32),
-        "attention_mask": rows((n, prompt + completion), bool),
-        "completion": rows((n, completion), jnp.int32),
-        "completion_mask": rows((n, completion), jnp.float32),
-        "rewards": rows((n,), jnp.float32),
-        "group_ids": rows((n,), jnp.int32),
-    }
+    batch = batching.abstract_rl_batch(n, prompt, completion, sharding.batch_sharding(mesh))
     update = make_rl_update(
         model_cfg,
         exp.rl,

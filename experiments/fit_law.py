@@ -284,7 +284,7 @@ def _pm(value: float, err: float | None) -> str:
   return f"{value:.4g} ± {err:.2g}" if err is not None else f"{value:.4g}"
 
 
-def _r2(value: float | None) -> str:
+def _three_places(value: float | None) -> str:
   return "n/a" if value is None else f"{value:.3f}"
 
 
@@ -325,11 +325,11 @@ def format_table(results: dict) -> str:
     lines.append(
         f"size fit (ln N): a = {s['a_slope']:.4g}·ln N + {s['a_intercept']:.4g}, "
         f"b = {s['b_slope']:.4g}·ln N + {s['b_intercept']:.4g} over {s['n']} sizes "
-        f"(R² {_r2(s['a_r2'])}, {_r2(s['b_r2'])})"
+        f"(R² {_three_places(s['a_r2'])}, {_three_places(s['b_r2'])})"
     )
   for held in results.get("size_holdout", []):
     cells = [
-        f"{c} predicted {held[c]['predicted']:.3f} ± {_r2(held[c]['interval'])}, "
+        f"{c} predicted {held[c]['predicted']:.3f} ± {_three_places(held[c]['interval'])}, "
         f"measured {held[c]['measured']:.3f} ({'within' if held[c]['within'] else 'outside'})"
         for c in ("a", "b")
     ]

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from entropix_rl import losses, sharding
 from entropix_rl.models import forward_hidden, init_params, tiny_config
+from entropix_rl.train import batching
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.state import create_train_state
@@ -81,17 +82,7 @@ def rl_update_temp(groups: int, micro: int, logprob_micro: int) -> int:
   state = jax.eval_shape(build, params)
   state = _abstract(state, sharding.state_shardings(state, optimizer, MESH))
   n, prompt, completion = groups * 8, 64, 448
-  rows = lambda shape, dtype: jax.ShapeDtypeStruct(
-      shape, dtype, sharding=sharding.batch_sharding(MESH)
-  )
-  batch = {
-      "tokens": rows((n, prompt + completion), jnp.int32),
-      "attention_mask": rows((n, prompt + completion), bool),
-      "completion": rows((n, completion), jnp.int32),
-      "completion_mask": rows((n, completion), jnp.float32),
-      "rewards": rows((n,), jnp.float32),
-      "group_ids": rows((n,), jnp.int32),
-  }
+  batch = batching.abstract_rl_batch(n, prompt, completion, sharding.batch_sharding(MESH))
   update = make_rl_update(
       model,
       rl_cfg,

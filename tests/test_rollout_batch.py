@@ -52,6 +52,23 @@ def _update(batch, agg="token-mean", from_rollout=False, scale=None):
   return make_rl_update(MODEL, rl_cfg, loss_cfg, optax.sgd(0.1))(state, batch)
 
 
+def test_abstract_rl_batch_has_the_layout_of_rl_batch_and_lowers_the_update():
+  real = _batch()
+  abstract = batching.abstract_rl_batch(ROWS, PROMPT, BUDGET)
+  assert set(abstract) == set(real)
+  for key, value in real.items():
+    assert (abstract[key].shape, abstract[key].dtype) == (value.shape, value.dtype), key
+  assert batching.abstract_rl_batch(3, 2, 5)["tokens"].shape == (3, 7)
+  rl_cfg = RLUpdateConfig(num_groups=2, group_size=4, num_minibatches=2, measure_dynamics=False)
+  state = create_train_state(
+      init_params(MODEL, jax.random.PRNGKey(0)), optax.sgd(0.1), jax.random.PRNGKey(1)
+  )
+  update = make_rl_update(
+      MODEL, rl_cfg, losses.resolve_loss_config(losses.default_loss_config()), optax.sgd(0.1)
+  )
+  update.lower(state, abstract)  # the abstract batch is what rl_update accepts
+
+
 def test_trim_cuts_only_padding_to_the_smallest_bucket():
   batch = _batch(longest=5)
   trimmed = batching.trim_completions(batch, budget=BUDGET, buckets=3, longest=5)  # 12, 6, 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 
@@ -62,6 +63,27 @@ def rl_batch(
       "completion_mask": completion_mask,
       "rewards": np.asarray(rewards, np.float32),
       "group_ids": np.asarray(group_ids, np.int32),
+  }
+
+
+def abstract_rl_batch(
+    n: int, prompt_len: int, completion_len: int, sharding: jax.sharding.Sharding | None = None
+) -> dict[str, jax.ShapeDtypeStruct]:
+  """The `rl_batch` layout for `n` rows as abstract arrays, to lower `rl_update` without data.
+
+  The fields, shapes and dtypes come from `rl_batch` itself on one row of zeros, so they cannot
+  drift from what the trainer feeds the update.
+  """
+  one = rl_batch(
+      np.zeros((1, prompt_len), np.int32),
+      np.ones((1, prompt_len), bool),
+      np.zeros((1, completion_len), np.int32),
+      np.ones((1, completion_len), np.float32),
+      np.zeros((1,), np.float32),
+      np.zeros((1,), np.int32),
+  )
+  return {
+      k: jax.ShapeDtypeStruct((n, *v.shape[1:]), v.dtype, sharding=sharding) for k, v in one.items()
   }
 
 

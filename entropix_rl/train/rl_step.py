@@ -374,9 +374,8 @@ def make_rl_update(
     finite = jnp.isfinite(per_mb["loss"]).all() & jnp.isfinite(per_mb["grad_norm"]).all()
     params, opt_state = _keep_if_not(finite, (params, opt_state), (state.params, state.opt_state))
     metrics["update/skipped"] = 1.0 - finite.astype(jnp.float32)
-    drift, selected_drift = per_mb.pop("abs_log_ratio_sum"), per_mb.pop(
-        "selected_abs_log_ratio_sum"
-    )
+    drift = per_mb.pop("abs_log_ratio_sum")
+    selected_drift = per_mb.pop("selected_abs_log_ratio_sum")
     metrics.update({f"loss/{k}": v.mean() for k, v in per_mb.items()})
     metrics["loss/n_selected_total"] = per_mb["n_selected"].sum()
     metrics.update(
