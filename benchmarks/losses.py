@@ -1,6 +1,6 @@
 r"""Step time of the Clip-Cov and KL-Cov policy losses relative to plain PPO.
 
-  python benchmarks/losses.py [--batch 32 --time 512 --hidden 256 --vocab 4096]
+  python benchmarks/interventions.py [--batch 32 --time 512 --hidden 256 --vocab 4096]
 
 Two steps per loss name (`ppo`, `clip_cov`, `kl_cov`; `default_loss_config()` with `.name`
 set, resolved once to a static `LossConfig`), each `jax.jit(jax.value_and_grad(...))`:
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from entropix_rl import losses, token_stats
+from entropix_rl import interventions, token_stats
 
 NAMES = ("ppo", "clip_cov", "kl_cov")
 
@@ -57,10 +57,10 @@ def emit(**record) -> None:
   print(json.dumps(record), flush=True)
 
 
-def loss_config(name: str) -> losses.LossConfig:
-  cfg = losses.default_loss_config()
+def loss_config(name: str) -> interventions.LossConfig:
+  cfg = interventions.default_loss_config()
   cfg.name = name
-  return losses.resolve_loss_config(cfg)
+  return interventions.resolve_loss_config(cfg)
 
 
 def make_inputs(args: argparse.Namespace) -> dict[str, jax.Array]:
@@ -89,11 +89,11 @@ def make_inputs(args: argparse.Namespace) -> dict[str, jax.Array]:
   return {k: jnp.asarray(v) for k, v in arrays.items()}
 
 
-def loss_step(cfg: losses.LossConfig):
+def loss_step(cfg: interventions.LossConfig):
   """jit(value_and_grad) of `policy_loss` w.r.t. `logp`."""
 
   def fn(logp, old_logp, advantages, mask, rng):
-    loss, _ = losses.policy_loss(
+    loss, _ = interventions.policy_loss(
         cfg, logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, rng=rng
     )
     return loss
@@ -101,10 +101,10 @@ def loss_step(cfg: losses.LossConfig):
   return jax.jit(jax.value_and_grad(fn))
 
 
-def full_step(cfg: losses.LossConfig, token_chunk: int):
+def full_step(cfg: interventions.LossConfig, token_chunk: int):
   """jit(value_and_grad) of token stats from hidden states + `policy_loss`, as `rl_step`."""
-  needs_entropy = losses.loss_needs_entropy(cfg)
-  needs_entropy_grad = losses.loss_needs_entropy_grad(cfg)
+  needs_entropy = interventions.loss_needs_entropy(cfg)
+  needs_entropy_grad = interventions.loss_needs_entropy_grad(cfg)
 
   def fn(hidden, unembed, targets, old_logp, advantages, mask, rng):
     logp, entropy = token_stats.token_logp_entropy(
@@ -112,7 +112,7 @@ def full_step(cfg: losses.LossConfig, token_chunk: int):
     )
     if not needs_entropy_grad:
       entropy = jax.lax.stop_gradient(entropy)
-    loss, _ = losses.policy_loss(
+    loss, _ = interventions.policy_loss(
         cfg,
         logp=logp,
         old_logp=old_logp,

@@ -55,7 +55,7 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from entropix_rl import losses, memory, sampling, sharding  # noqa: E402
+from entropix_rl import interventions, memory, sampling, sharding  # noqa: E402
 from entropix_rl.models import decoder, init_params  # noqa: E402
 from entropix_rl.train import batching  # noqa: E402
 from entropix_rl.train.experiment import resolve  # noqa: E402
@@ -251,7 +251,7 @@ def main(argv):
         p,
         opt,
         jax.random.PRNGKey(0),
-        interventions=losses.init_states(exp.loss),
+        interventions=interventions.init_states(exp.loss),
         ref_params=p if with_reference else None,
     )
     abstract = jax.eval_shape(build, params)

@@ -25,7 +25,7 @@ ratio, coefficient and mini-batches; docs/results.md has the measurements).
 import ml_collections
 
 from entropix_rl.data import DataConfig
-from entropix_rl.losses import default_loss_config
+from entropix_rl.interventions import default_loss_config
 from entropix_rl.train.config import (
     CheckpointConfig,
     DistributedConfig,

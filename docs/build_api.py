@@ -3,7 +3,7 @@
     pip install -e ".[test]"   # pdoc is a test dependency
     python docs/build_api.py --out=/tmp/entropix_rl_api   # ~10 s; open index.html
 
-Every module is listed explicitly, so subpackages whose `__init__` sets `__all__` (losses,
+Every module is listed explicitly, so subpackages whose `__init__` sets `__all__` (interventions,
 models, tasks) still get a page per module. The test suite builds it (tests/test_code_quality.py).
 """
 

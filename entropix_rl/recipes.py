@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from entropix_rl.data import DataConfig
-from entropix_rl.losses import default_loss_config
+from entropix_rl.interventions import default_loss_config
 from entropix_rl.train.config import (
     CheckpointConfig,
     DistributedConfig,

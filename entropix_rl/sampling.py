@@ -53,6 +53,7 @@ import numpy as np
 from entropix_rl import sharding
 from entropix_rl.models import decoder
 from entropix_rl.models.config import ModelConfig
+from entropix_rl.padding import prompt_bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,12 +162,6 @@ class DecodeState:
   row_keys: jax.Array
   row_ids: jax.Array
   step: jax.Array
-
-
-def prompt_bucket(width: int, minimum: int) -> int:
-  """The smallest power of two >= max(width, minimum)."""
-  size = max(int(width), int(minimum), 1)
-  return 1 << (size - 1).bit_length()
 
 
 def _filtered_logits(scaled: jax.Array, top_k: int, top_p: float) -> jax.Array:

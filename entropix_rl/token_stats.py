@@ -318,7 +318,7 @@ def logit_features(
 
   Args:
     hidden: `[..., D]` hidden states; unembed: `[D, V]`; targets: `[...]` int token ids.
-    fns: feature functions (see `losses.registry.TokenFeature`).
+    fns: feature functions (see `interventions.registry.TokenFeature`).
     temperature: the rollout temperature, passed to each function.
     token_chunk: tokens per chunk.
 

@@ -15,7 +15,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from entropix_rl import losses, sharding
+from entropix_rl import interventions, sharding
 from entropix_rl.models import forward_hidden, init_params, tiny_config
 from entropix_rl.train import batching
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
@@ -72,12 +72,12 @@ def rl_update_temp(groups: int, micro: int, logprob_micro: int) -> int:
       micro_batch_size=micro,
       logprob_micro_batch_size=logprob_micro,
   )
-  loss_cfg = losses.default_loss_config()
+  loss_cfg = interventions.default_loss_config()
   loss_cfg.name = "clip_cov"
   optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3))
   params = _params(model)
   build = lambda p: create_train_state(
-      p, optimizer, jax.random.PRNGKey(0), interventions=losses.init_states(loss_cfg)
+      p, optimizer, jax.random.PRNGKey(0), interventions=interventions.init_states(loss_cfg)
   )
   state = jax.eval_shape(build, params)
   state = _abstract(state, sharding.state_shardings(state, optimizer, MESH))

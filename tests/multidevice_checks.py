@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import optax
 
-from entropix_rl import losses, sampling, sharding, tasks
+from entropix_rl import interventions, sampling, sharding, tasks
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.train.checkpoint import Checkpointer
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
@@ -97,7 +97,7 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
   passes the same way) while the single-device reference runs unsplit mini-batches; it uses
   SGD, since Adam's per-coordinate normalisation turns round-off in near-zero gradients into
   lr-sized steps."""
-  loss_cfg = losses.default_loss_config()
+  loss_cfg = interventions.default_loss_config()
   loss_cfg.name = loss_name
   loss_cfg.clip_cov.ratio = 0.1
   loss_cfg.kl_cov.ratio = 0.1
@@ -123,7 +123,7 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
         optimizer,
         jax.random.PRNGKey(1),
         ref_params=jax.tree.map(np.array, params),
-        interventions=losses.init_states(loss_cfg),
+        interventions=interventions.init_states(loss_cfg),
     )
 
   batch = _batch(groups=groups)
@@ -166,15 +166,15 @@ def selection_equivalence():
   inputs["old_logp"] = inputs["logp"] + rng.normal(0, 0.1, (n, t)).astype(np.float32)
   out = {}
   for loss_name in ("clip_cov", "kl_cov"):
-    cfg = losses.default_loss_config()
+    cfg = interventions.default_loss_config()
     cfg.name = loss_name
     cfg.clip_cov.ratio = 0.05
     cfg.kl_cov.ratio = 0.05
-    cfg = losses.resolve_loss_config(cfg)
+    cfg = interventions.resolve_loss_config(cfg)
 
     def fn(x, m, cfg=cfg):
       grad_fn = jax.grad(
-          lambda lp: losses.policy_loss(
+          lambda lp: interventions.policy_loss(
               cfg,
               logp=lp,
               old_logp=x["old_logp"],
@@ -183,7 +183,7 @@ def selection_equivalence():
               rng=jax.random.PRNGKey(7),
           )[0]
       )
-      _, aux = losses.policy_loss(
+      _, aux = interventions.policy_loss(
           cfg,
           logp=x["logp"],
           old_logp=x["old_logp"],
@@ -211,7 +211,7 @@ def selection_equivalence():
 def entropy_intervention_equivalence(inputs, mask, rng):
   """STEER weights, Lp-Reg picks and SIREN picks on row-sharded inputs vs one device, with
   the gradients of the loss in ℓ and (SIREN) in its top-p entropy feature."""
-  from entropix_rl.losses import lp_reg, siren, steer
+  from entropix_rl.interventions import lp_reg, siren, steer
 
   n, t = mask.shape
   inputs = dict(
@@ -229,13 +229,13 @@ def entropy_intervention_equivalence(inputs, mask, rng):
   states = {"siren": {"anchor": np.float32(0.3), "anchor_set": np.bool_(True)}}
   out = {}
   for label, overrides in settings.items():
-    cfg = losses.default_loss_config()
+    cfg = interventions.default_loss_config()
     cfg.update(overrides)
-    cfg = losses.resolve_loss_config(cfg)
+    cfg = interventions.resolve_loss_config(cfg)
 
     def fn(x, m, cfg=cfg, label=label):
       def loss_fn(logp, feature):
-        batch = losses.TokenBatch(
+        batch = interventions.TokenBatch(
             logp=logp,
             old_logp=x["old_logp"],
             advantages=x["advantages"],
@@ -244,8 +244,8 @@ def entropy_intervention_equivalence(inputs, mask, rng):
             features={siren.FEATURE: feature},
             old_features={lp_reg.PROXY: x["proxy"]},
         )
-        loss, aux, stats = losses.compute_loss(
-            cfg, batch, states=states, rng=None, agg=losses.Aggregator(cfg.agg)
+        loss, aux, stats = interventions.compute_loss(
+            cfg, batch, states=states, rng=None, agg=interventions.Aggregator(cfg.agg)
         )
         if label.startswith("steer"):
           picks = steer.steer_weights(cfg, batch, stats["steer"])

@@ -48,5 +48,5 @@ def test_api_reference_documents_every_module_without_warnings(tmp_path):
   ]
   missing = [m for m in modules if not (tmp_path / (m.replace(".", "/") + ".html")).exists()]
   assert not missing, missing
-  page = (tmp_path / "entropix_rl" / "losses" / "clip_cov.html").read_text()
+  page = (tmp_path / "entropix_rl" / "interventions" / "clip_cov.html").read_text()
   assert "Clip-Cov" in page and "Args" in page  # the docstrings, rendered in Google style

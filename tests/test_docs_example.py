@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from entropix_rl import losses
-from entropix_rl.losses import registry
+from entropix_rl import interventions
+from entropix_rl.interventions import registry
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.state import create_train_state
@@ -35,17 +35,17 @@ def example():
 
 
 def _config(**overrides):
-  cfg = losses.default_loss_config()
+  cfg = interventions.default_loss_config()
   for key, value in overrides.items():
     cfg.entropy_floor[key] = value
-  return losses.resolve_loss_config(cfg)
+  return interventions.resolve_loss_config(cfg)
 
 
 def test_example_validates_and_computes_its_loss(example):
   with pytest.raises(ValueError, match=re.escape("loss.entropy_floor.decay=1.0; allowed")):
     _config(decay=1.0)
   cfg = _config(coef=0.5, fraction=0.5)
-  assert losses.needs(cfg) >= {"entropy", "old_entropy"}
+  assert interventions.needs(cfg) >= {"entropy", "old_entropy"}
   rng = np.random.default_rng(0)
   mask = (rng.random((3, 6)) < 0.8).astype(np.float32)
   entropy = jnp.asarray(rng.uniform(0, 2, (3, 6)), jnp.float32)
@@ -59,10 +59,10 @@ def test_example_validates_and_computes_its_loss(example):
       states=states,
       old_entropy=entropy,
   )
-  _, aux = losses.policy_loss(cfg, entropy=entropy, **args)
+  _, aux = interventions.policy_loss(cfg, entropy=entropy, **args)
   want = (np.maximum(1.0 - np.asarray(entropy), 0) * mask).sum() / mask.sum()
   assert float(aux["entropy_floor"]) == pytest.approx(want, rel=1e-5)
-  grad = jax.grad(lambda h: losses.policy_loss(cfg, entropy=h, **args)[0])(entropy)
+  grad = jax.grad(lambda h: interventions.policy_loss(cfg, entropy=h, **args)[0])(entropy)
   np.testing.assert_allclose(
       grad, -0.5 * (np.asarray(entropy) < 1.0) * mask / mask.sum(), rtol=1e-5, atol=1e-8
   )
@@ -77,7 +77,7 @@ def test_example_state_is_kept_and_updated_by_the_trainer(example):
       init_params(model, jax.random.PRNGKey(0)),
       optimizer,
       jax.random.PRNGKey(1),
-      interventions=losses.init_states(cfg),
+      interventions=interventions.init_states(cfg),
   )
   rng = np.random.default_rng(1)
   batch = {

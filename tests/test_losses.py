@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from entropix_rl import losses
+from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
 
 AUX_KEYS = {
@@ -50,7 +50,9 @@ def make_batch(seed=0, rows=4, time=8, spread=0.6):
 
 def cfg(**overrides):
   """A LossConfig from dotted overrides on the default ConfigDict."""
-  return losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), overrides))
+  return interventions.resolve_loss_config(
+      apply_overrides(interventions.default_loss_config(), overrides)
+  )
 
 
 def run(config, batch, **kwargs):
@@ -62,7 +64,7 @@ def run(config, batch, **kwargs):
       rng=jax.random.PRNGKey(0),
   )
   args.update(kwargs)
-  loss, aux = losses.policy_loss(config, **args)
+  loss, aux = interventions.policy_loss(config, **args)
   return float(loss), jax.tree.map(np.asarray, aux)
 
 
@@ -101,7 +103,7 @@ CLIP_SETTINGS = [
 
 
 @pytest.mark.parametrize("clip", CLIP_SETTINGS)
-@pytest.mark.parametrize("agg", losses.AGG_MODES)
+@pytest.mark.parametrize("agg", interventions.AGG_MODES)
 def test_ppo_matches_reference(clip, agg):
   batch = make_batch(1)
   config = cfg(agg=agg, **clip)
@@ -134,7 +136,7 @@ def test_ppo_gradient_matches_reference(clip):
   batch = make_batch(2)
   config = cfg(**clip)
   grad_fn = jax.grad(
-      lambda lp: losses.policy_loss(
+      lambda lp: interventions.policy_loss(
           config,
           logp=lp,
           old_logp=batch["old_logp"],
@@ -169,31 +171,35 @@ def test_log_ratio_is_clamped_before_exp():
 def test_aggregate_modes_on_a_hand_example():
   loss = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, np.inf], [7.0, 8.0, 9.0]], np.float32)
   mask = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]], np.float32)
-  assert float(losses.aggregate(loss, mask, "token-mean")) == pytest.approx(10 / 4)
-  assert float(losses.aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx((2 + 4) / 2)
-  assert float(losses.aggregate(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx(10 / 9)
-  for mode in losses.AGG_MODES:
-    assert float(losses.aggregate(loss, np.zeros_like(mask), mode)) == 0.0
+  assert float(interventions.aggregate(loss, mask, "token-mean")) == pytest.approx(10 / 4)
+  assert float(interventions.aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx(
+      (2 + 4) / 2
+  )
+  assert float(interventions.aggregate(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx(
+      10 / 9
+  )
+  for mode in interventions.AGG_MODES:
+    assert float(interventions.aggregate(loss, np.zeros_like(mask), mode)) == 0.0
 
 
-@pytest.mark.parametrize("estimator", losses.KL_ESTIMATORS)
+@pytest.mark.parametrize("estimator", interventions.KL_ESTIMATORS)
 def test_kl_estimators_match_reference(estimator):
   logp = np.array([-1.0, -2.0, -0.5, -30.0, -0.1], np.float32)
   ref = np.array([-1.5, -1.0, -0.5, -0.1, -200.0], np.float32)
   delta = logp.astype(np.float64) - ref
   expected = {"k1": delta, "k2": 0.5 * delta**2, "k3": np_k3(logp, ref), "abs": np.abs(delta)}
   np.testing.assert_allclose(
-      losses.kl_estimate(logp, ref, estimator), expected[estimator], rtol=1e-5, atol=1e-6
+      interventions.kl_estimate(logp, ref, estimator), expected[estimator], rtol=1e-5, atol=1e-6
   )
   if estimator == "k3":  # the +10 clamp is active; the ±20 log-ratio clamp keeps exp finite
     np.testing.assert_array_equal(expected["k3"][3:], 10.0)
 
 
-@pytest.mark.parametrize("estimator", losses.KL_ESTIMATORS)
+@pytest.mark.parametrize("estimator", interventions.KL_ESTIMATORS)
 def test_kl_ref_regulariser(estimator):
   batch = make_batch(3)
   m = batch["mask"]
-  kl = losses.kl_estimate(batch["logp"], batch["ref_logp"], estimator)
+  kl = interventions.kl_estimate(batch["logp"], batch["ref_logp"], estimator)
   expected_kl = np_agg(np.asarray(kl, np.float64), m, "token-mean")
   base, _ = run(cfg(), batch)
   logged_only, aux = run(cfg(**{"kl_ref.estimator": estimator}), batch, ref_logp=batch["ref_logp"])
@@ -209,7 +215,7 @@ def test_kl_ref_regulariser(estimator):
     run(cfg(**{"kl_ref.coef": 0.3}), batch)
 
 
-@pytest.mark.parametrize("agg", losses.AGG_MODES)
+@pytest.mark.parametrize("agg", interventions.AGG_MODES)
 def test_fixed_entropy_bonus_value_gradient_and_override(agg):
   batch = make_batch(4)
   m, h = batch["mask"], batch["entropy"]
@@ -227,7 +233,7 @@ def test_fixed_entropy_bonus_value_gradient_and_override(agg):
   assert loss == pytest.approx(base - 0.05 * np_agg(h, m, agg), rel=1e-5, abs=1e-7)
   if agg == "token-mean":
     grad = jax.grad(
-        lambda e: losses.policy_loss(
+        lambda e: interventions.policy_loss(
             config,
             logp=batch["logp"],
             old_logp=batch["old_logp"],
@@ -249,29 +255,29 @@ def test_adaptive_entropy_controller_follows_skywork_rule():
           "entropy_bonus.max_coef": 0.0025,
       }
   )
-  state = losses.init_entropy_controller(config)
-  assert float(losses.entropy_coefficient(config, state)) == pytest.approx(0.0002)
+  state = interventions.init_entropy_controller(config)
+  assert float(interventions.entropy_coefficient(config, state)) == pytest.approx(0.0002)
   coef, expected = 0.0002, []
   measured = [0.1, 0.1, 0.1, 0.1, 0.3, 0.1, 0.2]  # target 0.2
   for h in measured:
-    state = losses.update_entropy_controller(config, state, jnp.float32(h))
+    state = interventions.update_entropy_controller(config, state, jnp.float32(h))
     coef = min(max(coef + (0.001 if h < 0.2 else -0.001), 0.0), 0.0025)
     expected.append((coef, coef if h < 0.2 else 0.0))
     assert float(state["coef"]) == pytest.approx(coef, abs=1e-8)
-    assert float(losses.entropy_coefficient(config, state)) == pytest.approx(
+    assert float(interventions.entropy_coefficient(config, state)) == pytest.approx(
         expected[-1][1], abs=1e-8
     )
   assert [c for c, _ in expected][:4] == pytest.approx([0.0012, 0.0022, 0.0025, 0.0025])
   # Under jit, with the state as a traced pytree.
-  step = jax.jit(lambda s, h: losses.update_entropy_controller(config, s, h))
+  step = jax.jit(lambda s, h: interventions.update_entropy_controller(config, s, h))
   assert float(step(state, jnp.float32(0.5))["coef"]) == pytest.approx(coef - 0.001, abs=1e-8)
 
 
 def test_fixed_bonus_controller_is_empty_and_passes_through():
   config = cfg(**{"entropy_bonus.coef": 0.003})
-  state = losses.init_entropy_controller(config)
-  assert state == {} and losses.update_entropy_controller(config, state, 0.1) == {}
-  assert float(losses.entropy_coefficient(config, state)) == pytest.approx(0.003)
+  state = interventions.init_entropy_controller(config)
+  assert state == {} and interventions.update_entropy_controller(config, state, 0.1) == {}
+  assert float(interventions.entropy_coefficient(config, state)) == pytest.approx(0.003)
 
 
 def test_entropy_advantage_shaping_matches_reference():
@@ -284,7 +290,7 @@ def test_entropy_advantage_shaping_matches_reference():
   ref_loss, _, _ = np_ppo(batch["logp"], batch["old_logp"], shaped, 0.2, 0.2)
   assert loss == pytest.approx(np_agg(ref_loss, m, "token-mean"), rel=1e-5)
   grad_h = jax.grad(
-      lambda e: losses.policy_loss(
+      lambda e: interventions.policy_loss(
           config,
           logp=batch["logp"],
           old_logp=batch["old_logp"],
@@ -310,25 +316,29 @@ def test_aux_has_a_fixed_key_set_and_shapes(name):
 
 
 def test_loss_needs_entropy_and_its_gradient():
-  assert not losses.loss_needs_entropy(cfg()) and not losses.loss_needs_entropy_grad(cfg())
+  assert not interventions.loss_needs_entropy(cfg()) and not interventions.loss_needs_entropy_grad(
+      cfg()
+  )
   for name in ("clip_cov", "kl_cov"):
-    assert not losses.loss_needs_entropy(cfg(name=name))
-  assert losses.loss_needs_entropy(cfg(name="high_entropy_tokens"))
-  assert not losses.loss_needs_entropy_grad(cfg(name="high_entropy_tokens"))
-  assert losses.loss_needs_entropy(cfg(**{"entropy_advantage.enabled": True}))
-  assert not losses.loss_needs_entropy_grad(cfg(**{"entropy_advantage.enabled": True}))
+    assert not interventions.loss_needs_entropy(cfg(name=name))
+  assert interventions.loss_needs_entropy(cfg(name="high_entropy_tokens"))
+  assert not interventions.loss_needs_entropy_grad(cfg(name="high_entropy_tokens"))
+  assert interventions.loss_needs_entropy(cfg(**{"entropy_advantage.enabled": True}))
+  assert not interventions.loss_needs_entropy_grad(cfg(**{"entropy_advantage.enabled": True}))
   for bonus in ({"entropy_bonus.coef": 0.001}, {"entropy_bonus.adaptive": True}):
-    assert losses.loss_needs_entropy(cfg(**bonus)) and losses.loss_needs_entropy_grad(cfg(**bonus))
+    assert interventions.loss_needs_entropy(cfg(**bonus)) and interventions.loss_needs_entropy_grad(
+        cfg(**bonus)
+    )
   with pytest.raises(ValueError, match="pass entropy="):
     run(cfg(name="high_entropy_tokens"), make_batch())
 
 
 def test_config_dict_and_jit_static_config_agree():
   batch = make_batch(7)
-  config_dict = losses.default_loss_config()
+  config_dict = interventions.default_loss_config()
   config_dict.clip_eps_high = 0.28
-  resolved = losses.resolve_loss_config(config_dict)
+  resolved = interventions.resolve_loss_config(config_dict)
   eager, _ = run(config_dict, batch)
-  fn = jax.jit(lambda c, b: losses.policy_loss(c, rng=None, **b)[0], static_argnums=0)
+  fn = jax.jit(lambda c, b: interventions.policy_loss(c, rng=None, **b)[0], static_argnums=0)
   jitted = fn(resolved, {k: batch[k] for k in ("logp", "old_logp", "advantages", "mask")})
   assert float(jitted) == pytest.approx(eager, rel=1e-6)

@@ -6,8 +6,8 @@ from preset_runs import train_two_steps
 import pytest
 
 from configs import clip_bounds
-from entropix_rl import losses
-from entropix_rl.losses import random_reward
+from entropix_rl import interventions
+from entropix_rl.interventions import random_reward
 from entropix_rl.train.rollout import Responses
 
 
@@ -30,10 +30,10 @@ def _responses(rows):
 
 
 def _cfg(p):
-  cfg = losses.default_loss_config()
+  cfg = interventions.default_loss_config()
   cfg.random_reward.enabled = True
   cfg.random_reward.p = p
-  return losses.resolve_loss_config(cfg)
+  return interventions.resolve_loss_config(cfg)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])

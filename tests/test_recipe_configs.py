@@ -8,7 +8,7 @@ from ml_collections import config_flags
 import pytest
 
 from configs import quickstart, qwen25_7b, qwen25_32b
-from entropix_rl import losses, memory
+from entropix_rl import interventions, memory
 from entropix_rl.tokenizer import CharTokenizer
 from entropix_rl.train import experiment
 
@@ -52,7 +52,7 @@ def _missing_keys(reference, config, path=""):
 def test_recipe_matches_interventions(size, method):
   config = RECIPES[size].get_config(method)
   assert isinstance(config, ml_collections.ConfigDict)
-  cfg = losses.resolve_loss_config(config.loss)
+  cfg = interventions.resolve_loss_config(config.loss)
 
   # The paper's shared setup.
   assert config.rl.prompts_per_step == 256

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from entropix_rl import losses
+from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
@@ -56,8 +56,8 @@ def _batch(seed=0):
 
 
 def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None):
-  loss_cfg = losses.resolve_loss_config(
-      apply_overrides(losses.default_loss_config(), loss_overrides)
+  loss_cfg = interventions.resolve_loss_config(
+      apply_overrides(interventions.default_loss_config(), loss_overrides)
   )
   rl_cfg = RLUpdateConfig(
       num_groups=GROUPS,
@@ -75,7 +75,7 @@ def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None):
       params,
       optimizer,
       jax.random.PRNGKey(1),
-      interventions=losses.init_states(loss_cfg),
+      interventions=interventions.init_states(loss_cfg),
       ref_params=jax.tree.map(np.array, params),
   )
   batch = _batch() if info is None else dict(_batch(), info=info(GROUPS * GROUP_SIZE))
@@ -139,7 +139,7 @@ INFO = {
 
 
 CASES = [(name, "token-mean") for name in sorted(SETTINGS)] + [
-    (name, agg) for name in ("ppo", "siren") for agg in losses.AGG_MODES[1:]
+    (name, agg) for name in ("ppo", "siren") for agg in interventions.AGG_MODES[1:]
 ]
 # Every setting is checked with 8 micro-batches of 1 row and no-grad chunks of 2; these also
 # with 2 micro-batches of 4 and unchunked no-grad passes (one selector of each kind, the
@@ -189,12 +189,14 @@ def test_micro_batches_give_the_unsplit_update(setting, agg):
 
 
 def test_planning_pass_runs_only_when_an_intervention_needs_it():
-  cfg = lambda **o: losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), o))
-  assert not losses.needs_planning_pass(cfg())
-  assert not losses.needs_planning_pass(cfg(**{"entropy_bonus.coef": 0.01}))
+  cfg = lambda **o: interventions.resolve_loss_config(
+      apply_overrides(interventions.default_loss_config(), o)
+  )
+  assert not interventions.needs_planning_pass(cfg())
+  assert not interventions.needs_planning_pass(cfg(**{"entropy_bonus.coef": 0.01}))
   for name in ("clip_cov", "kl_cov", "high_entropy_tokens", "steer", "lp_reg"):
-    assert losses.needs_planning_pass(cfg(name=name))
-  assert losses.needs_planning_pass(cfg(**{"siren.enabled": True}))
+    assert interventions.needs_planning_pass(cfg(name=name))
+  assert interventions.needs_planning_pass(cfg(**{"siren.enabled": True}))
 
 
 def test_microbatch_scope_selects_per_chunk_as_verl():

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from entropix_rl import losses
+from entropix_rl import interventions
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.train import batching, passes
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
@@ -34,10 +34,10 @@ def _batch(seed=0, longest=5):
 
 
 def _update(batch, agg="token-mean", from_rollout=False, scale=None):
-  cfg = losses.default_loss_config()
+  cfg = interventions.default_loss_config()
   cfg.agg = agg
   cfg.loss_scale_factor = scale
-  loss_cfg = losses.resolve_loss_config(cfg)
+  loss_cfg = interventions.resolve_loss_config(cfg)
   rl_cfg = RLUpdateConfig(
       num_groups=2,
       group_size=4,
@@ -64,7 +64,10 @@ def test_abstract_rl_batch_has_the_layout_of_rl_batch_and_lowers_the_update():
       init_params(MODEL, jax.random.PRNGKey(0)), optax.sgd(0.1), jax.random.PRNGKey(1)
   )
   update = make_rl_update(
-      MODEL, rl_cfg, losses.resolve_loss_config(losses.default_loss_config()), optax.sgd(0.1)
+      MODEL,
+      rl_cfg,
+      interventions.resolve_loss_config(interventions.default_loss_config()),
+      optax.sgd(0.1),
   )
   update.lower(state, abstract)  # the abstract batch is what rl_update accepts
 
@@ -80,7 +83,7 @@ def test_trim_cuts_only_padding_to_the_smallest_bucket():
   ].shape == (ROWS, 12)
 
 
-@pytest.mark.parametrize("agg", losses.AGG_MODES)
+@pytest.mark.parametrize("agg", interventions.AGG_MODES)
 def test_trimmed_batch_gives_the_same_update(agg):
   batch = _batch(longest=5)
   scale = BUDGET if agg == "seq-mean-token-sum-norm" else None

@@ -10,20 +10,20 @@ from preset_runs import train_two_steps
 import pytest
 
 from configs import interventions as presets
-from entropix_rl import losses, rollout_ops
-from entropix_rl.losses import aepo, cure, empo, hapo, hapo_temperature, ttrl
+from entropix_rl import interventions
+from entropix_rl.interventions import aepo, cure, empo, hapo, hapo_temperature, rollout_ops, ttrl
 from entropix_rl.train.rollout import Responses
 
 
 def _cfg(**overrides):
-  cfg = losses.default_loss_config()
+  cfg = interventions.default_loss_config()
   for key, value in overrides.items():
     node = cfg
     *parents, leaf = key.split(".")
     for part in parents:
       node = node[part]
     node[leaf] = value
-  return losses.resolve_loss_config(cfg)
+  return interventions.resolve_loss_config(cfg)
 
 
 def _responses(rows=6, width=4, budget=5, seed=0):
@@ -148,7 +148,7 @@ def test_aepo_advantages_leave_marked_rows_out():
   marked = jnp.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
   groups = jnp.array([0, 0, 0, 1, 1, 1])
   mask = jnp.ones((6, 2))
-  batch = losses.TokenBatch(
+  batch = interventions.TokenBatch(
       logp=jnp.zeros((6, 2)),
       old_logp=jnp.zeros((6, 2)),
       advantages=jnp.zeros((6, 2)),

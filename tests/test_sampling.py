@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 import torch
 
-from entropix_rl import sampling
+from entropix_rl import padding, sampling
 from entropix_rl.models import forward, hf, init_params, tiny_config
 
 
@@ -186,7 +186,7 @@ def test_repeated_calls_do_not_recompile():
         cfg, params, _left_padded(lengths, 16), lengths, jax.random.PRNGKey(1), sampler_cfg
     )
   assert programs() == before
-  assert sampling.prompt_bucket(17, 16) == 32 and sampling.prompt_bucket(3, 16) == 16
+  assert padding.prompt_bucket(17, 16) == 32 and padding.prompt_bucket(3, 16) == 16
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from entropix_rl import losses
+from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
 
 WIDE_BAND = {"clip_cov.lb": -1e6, "clip_cov.ub": 1e6}  # every valid token has cov in the band
@@ -16,7 +16,9 @@ WIDE_BAND = {"clip_cov.lb": -1e6, "clip_cov.ub": 1e6}  # every valid token has c
 
 def cfg(**overrides):
   """A LossConfig from dotted overrides on the default ConfigDict."""
-  return losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), overrides))
+  return interventions.resolve_loss_config(
+      apply_overrides(interventions.default_loss_config(), overrides)
+  )
 
 
 def np_ppo(logp, old, adv, eps_low, eps_high):
@@ -85,7 +87,7 @@ def make_batch(seed, n_valid, rows=4, time=16, spread=0.0):
 
 def loss_and_aux(config, batch, key=0, logp=None):
   logp = batch["logp"] if logp is None else logp
-  return losses.policy_loss(
+  return interventions.policy_loss(
       config,
       logp=logp,
       old_logp=batch["old_logp"],
@@ -160,7 +162,7 @@ def test_clip_cov_picks_lie_in_the_band_unclipped_and_valid():
   config, eligible, _ = _band_config(batch, 0.1, 0.2)
   pick = jax.jit(
       jax.vmap(
-          lambda key: losses.policy_loss(
+          lambda key: interventions.policy_loss(
               config,
               logp=batch["logp"],
               old_logp=batch["old_logp"],

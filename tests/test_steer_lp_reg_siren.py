@@ -10,13 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from entropix_rl import losses
+from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.losses import lp_reg, siren, steer
+from entropix_rl.interventions import lp_reg, siren, steer
 
 
 def cfg(**overrides):
-  return losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), overrides))
+  return interventions.resolve_loss_config(
+      apply_overrides(interventions.default_loss_config(), overrides)
+  )
 
 
 def make_batch(seed=0, rows=6, time=10):
@@ -51,7 +53,7 @@ def loss_and_grad(config, batch, wrt="logp", **extra):
   def f(x):
     args = dict(fields, **{wrt: x})
     logp, old, adv, mask = (args.pop(k) for k in ("logp", "old_logp", "advantages", "mask"))
-    return losses.policy_loss(
+    return interventions.policy_loss(
         config, logp=logp, old_logp=old, advantages=adv, mask=mask, rng=None, **args
     )
 
@@ -118,8 +120,8 @@ def test_steer_exp_weights_stay_above_lambda_min_below_the_floor():
   batch = make_batch(2)
   batch["advantages"] = batch["advantages"] * 1e-3
   config = cfg(name="steer")
-  stats = steer.steer_stats(config, losses.TokenBatch(**batch), None, None)
-  w = np.asarray(steer.steer_weights(config, losses.TokenBatch(**batch), stats))
+  stats = steer.steer_stats(config, interventions.TokenBatch(**batch), None, None)
+  w = np.asarray(steer.steer_weights(config, interventions.TokenBatch(**batch), stats))
   m = batch["mask"] > 0
   assert float(stats["m_max"][0]) < 0.02
   assert w[m].min() > 0.8 + 1e-3 and w[m].max() <= 1.0 and np.all(w[~m] == 0)
@@ -129,7 +131,7 @@ def test_steer_linear_weights_when_every_magnitude_is_equal():
   batch = make_batch(3)
   batch["advantages"] = np.zeros_like(batch["advantages"])  # Ω = 0 everywhere
   config = cfg(name="steer", **{"steer.mode": "linear", "steer.lambda_max": 1.2})
-  tb = losses.TokenBatch(**batch)
+  tb = interventions.TokenBatch(**batch)
   w = np.asarray(steer.steer_weights(config, tb, steer.steer_stats(config, tb, None, None)))
   np.testing.assert_allclose(w[batch["mask"] > 0], 1.0)
 
@@ -163,8 +165,8 @@ def test_steer_statistics_follow_the_selection_scope():
 
 
 def test_steer_reads_the_old_entropy():
-  assert losses.needs(cfg(name="steer")) == {"old_entropy"}
-  assert not losses.loss_needs_entropy(cfg(name="steer"))
+  assert interventions.needs(cfg(name="steer")) == {"old_entropy"}
+  assert not interventions.loss_needs_entropy(cfg(name="steer"))
   batch = make_batch(6)
   del batch["old_entropy"]
   with pytest.raises(ValueError, match="steer reads 'old_entropy'"):
@@ -262,9 +264,9 @@ def test_lp_reg_picks_nothing_when_the_count_is_one():
 
 def test_lp_reg_declares_its_old_feature_with_the_configured_kappa():
   config = cfg(name="lp_reg", **{"lp_reg.kappa": 0.1})
-  assert losses.needs(config) == {lp_reg.PROXY}
-  (feature,) = losses.features(config, "old")
-  assert feature.name == lp_reg.PROXY and losses.features(config, "current") == ()
+  assert interventions.needs(config) == {lp_reg.PROXY}
+  (feature,) = interventions.features(config, "old")
+  assert feature.name == lp_reg.PROXY and interventions.features(config, "current") == ()
   rng = np.random.default_rng(1)
   logits = rng.normal(0, 3.0, (16, 20)).astype(np.float32)
   targets = rng.integers(0, 20, 16)
@@ -375,23 +377,23 @@ def test_siren_loss_metric_and_gradient(anchored):
 
 def test_siren_anchor_is_set_once_from_the_old_statistic():
   config = cfg(**{"siren.enabled": True})
-  states = losses.init_states(config)
+  states = interventions.init_states(config)
   assert not bool(states["siren"]["anchor_set"])
   batch = siren_batch(9)
   h_old = batch["features"][siren.FEATURE]
-  rollout = losses.TokenBatch(
+  rollout = interventions.TokenBatch(
       logp=batch["logp"],
       old_logp=batch["old_logp"],
       advantages=batch["advantages"],
       mask=batch["mask"],
       old_features={siren.OLD_FEATURE: h_old},
   )
-  states, metrics = losses.before_update(config, states, rollout)
+  states, metrics = interventions.before_update(config, states, rollout)
   want = float(siren.peak_entropy(h_old, np_peak(h_old, batch["mask"], 0.8)))
   assert bool(states["siren"]["anchor_set"])
   assert float(states["siren"]["anchor"]) == pytest.approx(want)
   later = rollout.replace(old_features={siren.OLD_FEATURE: h_old + 1.0})
-  states, metrics = jax.jit(lambda s, r: losses.before_update(config, s, r))(states, later)
+  states, metrics = jax.jit(lambda s, r: interventions.before_update(config, s, r))(states, later)
   assert float(states["siren"]["anchor"]) == pytest.approx(want)  # held
   rows_with_picks = np_peak(h_old, batch["mask"], 0.8).any(1).mean()  # the padding row counts 0
   assert float(metrics["siren/rollout_peak_entropy"]) == pytest.approx(
@@ -405,15 +407,20 @@ def test_siren_anchor_is_set_once_from_the_old_statistic():
 
 def test_siren_seam_declarations():
   off = cfg()
-  assert "siren" not in losses.init_states(off) and not losses.features(off, "current")
+  assert "siren" not in interventions.init_states(off) and not interventions.features(
+      off, "current"
+  )
   on = cfg(**{"siren.enabled": True})
-  assert losses.needs(on) == {siren.FEATURE, siren.OLD_FEATURE}
-  assert losses.grad_needs(on) == {siren.FEATURE}
-  assert [f.name for f in losses.features(on, "current")] == [siren.FEATURE]
-  assert [f.name for f in losses.features(on, "old")] == [siren.OLD_FEATURE]
-  assert losses.needs_planning_pass(on)
+  assert interventions.needs(on) == {siren.FEATURE, siren.OLD_FEATURE}
+  assert interventions.grad_needs(on) == {siren.FEATURE}
+  assert [f.name for f in interventions.features(on, "current")] == [siren.FEATURE]
+  assert [f.name for f in interventions.features(on, "old")] == [siren.OLD_FEATURE]
+  assert interventions.needs_planning_pass(on)
   plain = cfg(**{"siren.enabled": True, "siren.anchored": False})
-  assert losses.needs(plain) == {siren.FEATURE} and losses.init_states(plain)["siren"] == {}
+  assert (
+      interventions.needs(plain) == {siren.FEATURE}
+      and interventions.init_states(plain)["siren"] == {}
+  )
 
 
 @pytest.mark.parametrize(
@@ -437,7 +444,7 @@ def test_bad_values_name_the_field(overrides, match):
 def test_presets_resolve_to_the_documented_settings(preset):
   from configs import interventions
 
-  loss = losses.resolve_loss_config(interventions.get_config(preset).loss)
+  loss = interventions.resolve_loss_config(interventions.get_config(preset).loss)
   expected = {
       "steer": ("steer", "exp", None),
       "steer_linear": ("steer", "linear", None),

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from entropix_rl import run_logs
+from entropix_rl import padding, run_logs
 from entropix_rl.train import batching, rollout_metrics
 from entropix_rl.train.checkpoint import Checkpointer
 from entropix_rl.train.metrics import MetricWriter, Progress, Table
@@ -112,11 +112,11 @@ def test_optimizer_config_and_schedule():
 
 
 def test_left_pad_and_batches():
-  tokens, mask = batching.left_pad([[5, 6], [7], []], 3, pad_id=0)
+  tokens, mask = padding.left_pad([[5, 6], [7], []], 3, pad_id=0)
   np.testing.assert_array_equal(tokens, [[0, 5, 6], [0, 0, 7], [0, 0, 0]])
   np.testing.assert_array_equal(mask, [[0, 1, 1], [0, 0, 1], [0, 0, 0]])
   with pytest.raises(ValueError, match="sequence 0 has 4 tokens"):
-    batching.left_pad([[1, 2, 3, 4]], 3, 0)
+    padding.left_pad([[1, 2, 3, 4]], 3, 0)
   sft = batching.sft_batch([[1, 4]], [[5, 2]], 5, 0)
   np.testing.assert_array_equal(sft["tokens"], [[0, 1, 4, 5, 2]])
   np.testing.assert_array_equal(sft["loss_mask"], [[0, 0, 0, 1, 1]])

@@ -11,16 +11,18 @@ import pytest
 
 from configs import interventions as presets
 from entropix_rl import advantages as advantages_lib
-from entropix_rl import losses
+from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.losses import hapo as hapo_lib
-from entropix_rl.losses import hapo_token_advantage as token_adv_lib
+from entropix_rl.interventions import hapo as hapo_lib
+from entropix_rl.interventions import hapo_token_advantage as token_adv_lib
 
 F32 = lambda x: np.asarray(x, np.float32)
 
 
 def cfg(**overrides):
-  return losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), overrides))
+  return interventions.resolve_loss_config(
+      apply_overrides(interventions.default_loss_config(), overrides)
+  )
 
 
 def make_batch(seed=0, rows=6, time=8, spread=0.6):
@@ -48,7 +50,7 @@ def run(config, batch, logp=None, **extra):
   args = dict(batch, rng=jax.random.PRNGKey(0), **extra)
   if logp is not None:
     args["logp"] = logp
-  return losses.policy_loss(config, **args)
+  return interventions.policy_loss(config, **args)
 
 
 def loss_and_grad(config, batch):
@@ -158,14 +160,14 @@ def test_gppo_gradient_on_clipped_tokens_survives_any_log_ratio(log_ratio, adv):
   assert ppo_grad[0, 0] == 0.0
 
 
-@pytest.mark.parametrize("agg", losses.AGG_MODES)
+@pytest.mark.parametrize("agg", interventions.AGG_MODES)
 def test_ce_gppo_positive_nll_term(agg):
   batch = make_batch(3)
   m, positive = batch["mask"], batch["rewards"][:, None] == 1.0
   weights = m * positive
   base = cfg(name="gppo", agg=agg)
   config = cfg(name="gppo", agg=agg, **{"gppo.positive_nll_coef": 0.1})
-  assert losses.needs(config) == {"rewards"} and losses.needs(base) == frozenset()
+  assert interventions.needs(config) == {"rewards"} and interventions.needs(base) == frozenset()
   base_loss, base_aux, base_grad = loss_and_grad(base, batch)
   loss, aux, grad = loss_and_grad(config, batch)
   nll = np_agg(-batch["logp"].astype(np.float64), weights, agg)
@@ -176,7 +178,7 @@ def test_ce_gppo_positive_nll_term(agg):
     np.testing.assert_allclose(grad - base_grad, -0.1 * weights / weights.sum(), atol=1e-7)
   # Only with the gppo surrogate.
   other = cfg(agg=agg, **{"gppo.positive_nll_coef": 0.1})
-  assert run(other, batch)[1]["positive_nll"] == 0.0 and losses.needs(other) == frozenset()
+  assert run(other, batch)[1]["positive_nll"] == 0.0 and interventions.needs(other) == frozenset()
   no_rewards = {k: v for k, v in batch.items() if k != "rewards"}
   with pytest.raises(ValueError, match="positive_nll reads 'rewards'"):
     run(config, no_rewards)
@@ -195,7 +197,7 @@ def np_gspo(logp, old, adv, mask, eps_low, eps_high):
   return np.maximum(l1, l2), l2 > l1, s[:, 0]
 
 
-@pytest.mark.parametrize("agg", losses.AGG_MODES)
+@pytest.mark.parametrize("agg", interventions.AGG_MODES)
 def test_gspo_value_matches_reference(agg):
   batch = make_batch(4, spread=0.1)
   config = cfg(name="gspo", agg=agg, **{"gspo.clip_eps_low": 0.02, "gspo.clip_eps_high": 0.03})
@@ -382,8 +384,10 @@ def test_hapo_value_and_gradient_match_reference(setting):
 def test_hapo_differs_from_ppo_and_never_differentiates_the_entropy():
   batch = make_batch(9, spread=0.3)
   config = cfg(name="hapo")
-  assert losses.needs(config) == {"entropy"} and not losses.loss_needs_entropy_grad(config)
-  assert losses.needs_planning_pass(config)
+  assert interventions.needs(config) == {"entropy"} and not interventions.loss_needs_entropy_grad(
+      config
+  )
+  assert interventions.needs_planning_pass(config)
   assert float(run(config, batch)[0]) != pytest.approx(float(run(cfg(), batch)[0]), rel=1e-3)
   grad_h = jax.grad(lambda h: run(config, batch, entropy=h)[0])(batch["entropy"])
   np.testing.assert_array_equal(grad_h, 0.0)
@@ -448,7 +452,7 @@ def test_token_advantage_matches_reference_and_runs_on_the_rollout():
   want = np_token_advantages(rewards, groups, mask)
   got = token_adv_lib.token_group_advantages(rewards, groups, mask, threshold=5.0, eps=1e-6)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  rollout = losses.TokenBatch(
+  rollout = interventions.TokenBatch(
       logp=F32(np.zeros(mask.shape)),
       old_logp=F32(np.zeros(mask.shape)),
       advantages=F32(np.ones(mask.shape)),
@@ -456,13 +460,13 @@ def test_token_advantage_matches_reference_and_runs_on_the_rollout():
       rewards=rewards,
       group_ids=groups,
   )
-  off = losses.rollout_advantages(cfg(), rollout, {})
+  off = interventions.rollout_advantages(cfg(), rollout, {})
   np.testing.assert_array_equal(off, rollout.advantages)
   config = cfg(**{"hapo_token_advantage.enabled": True})
   np.testing.assert_allclose(
-      losses.rollout_advantages(config, rollout, {}), want, rtol=1e-5, atol=1e-6
+      interventions.rollout_advantages(config, rollout, {}), want, rtol=1e-5, atol=1e-6
   )
-  assert losses.needs(config) == {"rewards", "group_ids"}
+  assert interventions.needs(config) == {"rewards", "group_ids"}
 
 
 # --------------------------------------------------------------------------- every method
@@ -533,7 +537,7 @@ def test_bad_values_name_the_field(override, message):
   ((path, value),) = override.items()
   section, field = path.split(".")
   with pytest.raises(ValueError, match=message):
-    losses.resolve_loss_config({section: {field: value}})
+    interventions.resolve_loss_config({section: {field: value}})
 
 
 EXPECTED_PRESETS = {
@@ -558,7 +562,7 @@ EXPECTED_PRESETS = {
 
 @pytest.mark.parametrize("preset", sorted(EXPECTED_PRESETS))
 def test_presets_resolve_to_the_recipes(preset):
-  config = losses.resolve_loss_config(presets.get_config(preset).loss)
+  config = interventions.resolve_loss_config(presets.get_config(preset).loss)
   for path, want in EXPECTED_PRESETS[preset].items():
     value = config
     for part in path.split("."):

@@ -10,12 +10,12 @@ import optax
 import pytest
 
 from configs import quickstart
-from entropix_rl import losses, tasks
+from entropix_rl import interventions, tasks
 from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.losses import empg as empg_lib
-from entropix_rl.losses import epo as epo_lib
-from entropix_rl.losses import seed_grpo as seed_lib
-from entropix_rl.losses.batch import TokenBatch, step_ids_from_tokens
+from entropix_rl.interventions import empg as empg_lib
+from entropix_rl.interventions import epo as epo_lib
+from entropix_rl.interventions import seed_grpo as seed_lib
+from entropix_rl.interventions.batch import TokenBatch, step_ids_from_tokens
 from entropix_rl.models import init_params
 from entropix_rl.tasks.base import Example
 from entropix_rl.tokenizer import CharTokenizer
@@ -27,7 +27,9 @@ from tests.test_rl_step import GROUP_SIZE, GROUPS, MODEL, PARAM_TOL, TOL, _batch
 
 def cfg(**overrides):
   """A LossConfig from dotted overrides on the default ConfigDict."""
-  return losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), overrides))
+  return interventions.resolve_loss_config(
+      apply_overrides(interventions.default_loss_config(), overrides)
+  )
 
 
 def make_rollout(seed=0, rows=6, time=10, delimiter_rate=0.25):
@@ -106,8 +108,10 @@ def np_empg(adv, ent, mask, steps, k, k_future, zeta):
 def test_empg_matches_reference(k, k_future, zeta):
   data = make_rollout(1)
   config = cfg(**{"empg.enabled": True, "empg.k": k, "empg.k_future": k_future, "empg.zeta": zeta})
-  assert losses.needs(config) >= {"old_entropy", "step_ids"}
-  got = losses.rollout_advantages(config, rollout_batch(data), losses.init_states(config))
+  assert interventions.needs(config) >= {"old_entropy", "step_ids"}
+  got = interventions.rollout_advantages(
+      config, rollout_batch(data), interventions.init_states(config)
+  )
   want = np_empg(
       data["advantages"], data["old_entropy"], data["mask"], data["step_ids"], k, k_future, zeta
   )
@@ -264,7 +268,7 @@ def test_seed_grpo_matches_reference(fn, estimator, mass):
       group_ids=d["group_ids"],
       cluster_ids=d["cluster_ids"],
   )
-  got = losses.rollout_advantages(config, batch, {})
+  got = interventions.rollout_advantages(config, batch, {})
   scale = np_seed_scale(
       d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"], 0.7, fn, 1.5, estimator, mass
   )
@@ -334,7 +338,7 @@ def test_seed_grpo_masked_tokens_and_singleton_groups():
   )
   np.testing.assert_array_equal(single, 1.0)  # G = 1: ln G = 0, no scaling
   with pytest.raises(ValueError, match="reads 'cluster_ids'"):
-    losses.rollout_advantages(
+    interventions.rollout_advantages(
         cfg(**{"seed_grpo.enabled": True}),
         TokenBatch(
             logp=d["old_logp"],
@@ -369,7 +373,7 @@ def np_epo(h, m, steps, means, has, coef, smooth, r_min, r_max, weight):
 
 
 def epo_loss(config, data, state, entropy):
-  return losses.policy_loss(
+  return interventions.policy_loss(
       config,
       logp=data["logp"],
       old_logp=data["logp"],
@@ -394,7 +398,7 @@ def test_epo_value_and_gradient_match_reference(phase):
           "epo.phase_updates": phase,
       }
   )
-  assert losses.grad_needs(config) == {"entropy"}
+  assert interventions.grad_needs(config) == {"entropy"}
   means, counts = [1.2, 1.6, 0.9], [2, 1, 0]  # turn 2 (and later, pooled) has no history
   state = epo_state(means, counts, updates=7)
   weight = float(epo_lib.phase_weight(7, phase))
@@ -422,7 +426,7 @@ def test_epo_value_and_gradient_match_reference(phase):
 def test_epo_without_history_is_an_entropy_bonus_and_masked_tokens_do_not_count():
   data = make_rollout(6)
   config = cfg(**{"epo.enabled": True})
-  empty = losses.init_states(config)["epo"]
+  empty = interventions.init_states(config)["epo"]
   loss, aux = epo_loss(config, data, empty, data["entropy"])
   assert float(loss) == pytest.approx(
       -0.001 * np_agg_token_mean(data["entropy"], data["mask"]), rel=1e-5
@@ -447,14 +451,14 @@ def test_epo_history_averages_per_turn_means_over_updates(includes_current):
   config = cfg(
       **{"epo.enabled": True, "epo.max_turns": 2, "epo.history_includes_current": includes_current}
   )
-  state = losses.init_states(config)
+  state = interventions.init_states(config)
   per_update = []
   for seed in (7, 8, 9):
     data = make_rollout(seed)
     rollout = rollout_batch(data)
-    state, before = losses.before_update(config, state, rollout)
+    state, before = interventions.before_update(config, state, rollout)
     assert bool(before) == includes_current
-    state, after = losses.after_update(config, state, rollout)
+    state, after = interventions.after_update(config, state, rollout)
     slot = np.clip(data["step_ids"], 0, 1)
     m = data["mask"] > 0
     per_update.append([data["old_entropy"][m & (slot == j)].mean() for j in (0, 1)])
@@ -582,7 +586,7 @@ def _update(loss_overrides, micro, delimiter, cluster_ids):
   optimizer = optax.sgd(0.2)
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
   state = create_train_state(
-      params, optimizer, jax.random.PRNGKey(1), interventions=losses.init_states(loss_cfg)
+      params, optimizer, jax.random.PRNGKey(1), interventions=interventions.init_states(loss_cfg)
   )
   batch = dict(_batch(), cluster_ids=cluster_ids)
   return make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(state, batch)

@@ -13,9 +13,9 @@ from preset_runs import train_two_steps
 import pytest
 
 from configs import interventions as presets
-from entropix_rl import losses, rollout_ops, sampling
+from entropix_rl import interventions, sampling
 from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.losses import aepo_agentic, ares, ettrl
+from entropix_rl.interventions import aepo_agentic, ares, ettrl, rollout_ops
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.tokenizer import CharTokenizer
 from entropix_rl.train import rollout as rollout_lib
@@ -26,7 +26,9 @@ EOS, PAD, DELIM = 2, 0, 9
 
 
 def cfg(**overrides):
-  return losses.resolve_loss_config(apply_overrides(losses.default_loss_config(), overrides))
+  return interventions.resolve_loss_config(
+      apply_overrides(interventions.default_loss_config(), overrides)
+  )
 
 
 class FakeContext:
@@ -192,7 +194,7 @@ def test_ear_multiplier_and_advantages():
   mask = F32([[1, 1, 0]] * 6)
   old_entropy = np.repeat(mean_entropy[:, None], 3, axis=1) * mask
   adv = np.repeat(F32([1, -1, 2, -2, 0.5, -0.5])[:, None], 3, axis=1) * mask
-  batch = losses.TokenBatch(
+  batch = interventions.TokenBatch(
       logp=jnp.zeros((6, 3)),
       old_logp=jnp.zeros((6, 3)),
       advantages=jnp.asarray(adv),
@@ -201,12 +203,12 @@ def test_ear_multiplier_and_advantages():
       group_ids=jnp.asarray(groups),
   )
   on = cfg(**{"ettrl.enabled": True, "ettrl.ear": True, "ettrl.ear_power": 2.0})
-  assert {"old_entropy", "group_ids"} <= losses.needs(on)
+  assert {"old_entropy", "group_ids"} <= interventions.needs(on)
   np.testing.assert_allclose(
-      losses.rollout_advantages(on, batch, {}), adv * got[:, None], rtol=1e-6
+      interventions.rollout_advantages(on, batch, {}), adv * got[:, None], rtol=1e-6
   )
   off = cfg(**{"ettrl.enabled": True})
-  np.testing.assert_array_equal(losses.rollout_advantages(off, batch, {}), adv)
+  np.testing.assert_array_equal(interventions.rollout_advantages(off, batch, {}), adv)
 
 
 # =========================================================================== AEPO-agentic
@@ -229,7 +231,7 @@ def _batch(seed=0, rows=6, time=8):
 
 def _loss_and_grad(config, batch):
   def f(logp):
-    return losses.policy_loss(config, **dict(batch, logp=logp), rng=None)
+    return interventions.policy_loss(config, **dict(batch, logp=logp), rng=None)
 
   (loss, aux), grad = jax.value_and_grad(f, has_aux=True)(batch["logp"])
   return float(loss), jax.tree.map(np.asarray, aux), np.asarray(grad)
@@ -245,8 +247,8 @@ def test_entropy_aware_advantage_standardises_over_the_valid_tokens():
   _, aux, _ = _loss_and_grad(cfg(name="aepo_agentic"), batch)
   _, ref, _ = _loss_and_grad(plain, dict(batch, advantages=F32(shaped)))
   np.testing.assert_allclose(aux["per_token_loss"], ref["per_token_loss"], rtol=1e-5, atol=1e-6)
-  assert "entropy" in losses.needs(cfg(name="aepo_agentic"))
-  assert "entropy" not in losses.needs(plain)
+  assert "entropy" in interventions.needs(cfg(name="aepo_agentic"))
+  assert "entropy" not in interventions.needs(plain)
   # equal entropies: σ = 0 → 1, Ĥ = 0, Ã = A
   stats = aepo_agentic.entropy_statistics(jnp.full((6, 8), 0.7), jnp.asarray(m))
   assert float(stats["std"][0]) == 1.0
@@ -476,7 +478,7 @@ def test_difficulty_and_alpha_controller():
 
 def _ares_rollout_batch(rewards, counts, difficulty, p95):
   n = len(rewards)
-  return losses.TokenBatch(
+  return interventions.TokenBatch(
       logp=jnp.zeros((n, 2)),
       old_logp=jnp.zeros((n, 2)),
       advantages=jnp.zeros((n, 2)),
@@ -493,7 +495,7 @@ def _ares_rollout_batch(rewards, counts, difficulty, p95):
 
 def test_threshold_is_seeded_by_the_first_batch_then_an_ema():
   config = cfg(**{"ares.enabled": True})
-  state = losses.init_states(config)["ares"]
+  state = interventions.init_states(config)["ares"]
   assert float(state["threshold"]) == 1.5
   batch = _ares_rollout_batch([1, 0, 0, 0], [1, 2, 3, 4], [1, 1, 2, 2], [1.0, 2.0, 3.0, 10.0])
   state, metrics = ares._before_update(config, state, batch)
@@ -578,7 +580,7 @@ def test_dynamic_kl_term():
   mask = F32([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
   difficulty = np.array([0, 1, 2, 2], np.int32)
   config = cfg(**{"ares.enabled": True, "ares.kl_coef": 0.5})
-  states = losses.init_states(config)
+  states = interventions.init_states(config)
   states["ares_kl"] = dict(states["ares_kl"], beta=jnp.asarray(F32([1.0, 2.0, 4.0])))
   args = dict(
       logp=logp,
@@ -589,13 +591,13 @@ def test_dynamic_kl_term():
       states=states,
       info={ares.DIFFICULTY: difficulty},
   )
-  _, aux = losses.policy_loss(config, ref_logp=ref, **args)
+  _, aux = interventions.policy_loss(config, ref_logp=ref, **args)
   delta = ref.astype(np.float64) - logp
   k3 = np.exp(delta) - delta - 1
   want = (np.array([1.0, 2.0, 4.0, 4.0])[:, None] * k3 * mask).sum() / mask.sum()
   assert float(aux["ares_kl"]) == pytest.approx(want, rel=1e-5)
   with pytest.raises(ValueError, match="rl.use_reference=True"):
-    losses.policy_loss(config, **args)
+    interventions.policy_loss(config, **args)
 
 
 # ============================================================================ end to end

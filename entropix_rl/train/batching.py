@@ -7,20 +7,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-
-def left_pad(
-    rows: Sequence[Sequence[int]], length: int, pad_id: int
-) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pads token lists to `length`: returns `tokens [B, length]` int32 and `mask` bool."""
-  tokens = np.full((len(rows), length), pad_id, np.int32)
-  mask = np.zeros((len(rows), length), bool)
-  for i, row in enumerate(rows):
-    if len(row) > length:
-      raise ValueError(f"sequence {i} has {len(row)} tokens, more than the padded length {length}")
-    if len(row):
-      tokens[i, length - len(row) :] = row
-      mask[i, length - len(row) :] = True
-  return tokens, mask
+from entropix_rl.padding import left_pad
 
 
 def sft_batch(

@@ -24,8 +24,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from entropix_rl import advantages, data, losses, sampling, tasks
-from entropix_rl.losses.config import check_bool, check_choice, check_number
+from entropix_rl import advantages, data, interventions, sampling, tasks
+from entropix_rl.checks import check_bool, check_choice, check_int, check_number
 from entropix_rl.models import ModelConfig, families
 from entropix_rl.models.attention import ATTENTION_IMPLS
 from entropix_rl.train.evaluation import EvalConfig
@@ -35,11 +35,6 @@ from entropix_rl.train.wandb_sink import WandbConfig
 MODEL_INITS = ("random", "checkpoint")
 TOKENIZER_KINDS = ("char", "hf")
 DTYPES = ("float32", "bfloat16")
-
-
-def _positive(path: str, value: int, minimum: int = 1, note: str = "") -> None:
-  if value < minimum:
-    raise ValueError(f"{path}={value!r}; allowed: an int >= {minimum}{note}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +99,8 @@ class ModelSection:
     check_choice("model.param_dtype", self.param_dtype, DTYPES)
     check_choice("model.compute_dtype", self.compute_dtype, DTYPES)
     check_choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)
-    _positive("model.attention_block_q", self.attention_block_q)
-    _positive("model.attention_block_k", self.attention_block_k)
+    check_int("model.attention_block_q", self.attention_block_q)
+    check_int("model.attention_block_k", self.attention_block_k)
 
   @property
   def runtime(self) -> dict[str, Any]:
@@ -128,10 +123,10 @@ class SFTConfig:
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
   def __post_init__(self):
-    _positive("sft.steps", self.steps, 0)
-    _positive("sft.batch_size", self.batch_size)
-    _positive("sft.log_every", self.log_every)
-    _positive("sft.micro_batch_size", self.micro_batch_size, 0, " (0 = no splitting)")
+    check_int("sft.steps", self.steps, 0)
+    check_int("sft.batch_size", self.batch_size)
+    check_int("sft.log_every", self.log_every)
+    check_int("sft.micro_batch_size", self.micro_batch_size, 0, " (0 = no splitting)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +155,7 @@ class RLConfig:
   cluster_by: str = "exact_string"
 
   def __post_init__(self):
-    _positive("rl.steps", self.steps, 0)
+    check_int("rl.steps", self.steps, 0)
     for name in (
         "prompts_per_step",
         "group_size",
@@ -171,8 +166,8 @@ class RLConfig:
         "feature_chunk",
         "max_skipped_updates",
     ):
-      _positive(f"rl.{name}", getattr(self, name))
-    _positive(
+      check_int(f"rl.{name}", getattr(self, name))
+    check_int(
         "rl.completion_buckets",
         self.completion_buckets,
         1,
@@ -190,8 +185,8 @@ class CheckpointConfig:
   keep: int = 2
 
   def __post_init__(self):
-    _positive("checkpoint.save_every", self.save_every)
-    _positive("checkpoint.keep", self.keep)
+    check_int("checkpoint.save_every", self.save_every)
+    check_int("checkpoint.keep", self.keep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,9 +209,9 @@ class LoggingConfig:
   wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
   def __post_init__(self):
-    _positive("logging.console_every", self.console_every)
-    _positive("logging.samples_every", self.samples_every, minimum=0, note=" (0 = never)")
-    _positive("logging.num_samples", self.num_samples)
+    check_int("logging.console_every", self.console_every)
+    check_int("logging.samples_every", self.samples_every, minimum=0, note=" (0 = never)")
+    check_int("logging.num_samples", self.num_samples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,8 +249,8 @@ class DistributedConfig:
   process_id: int = -1
 
   def __post_init__(self):
-    _positive("distributed.num_processes", self.num_processes, 0, " (0 = discovered)")
-    _positive("distributed.process_id", self.process_id, -1, " (-1 = discovered)")
+    check_int("distributed.num_processes", self.num_processes, 0, " (0 = discovered)")
+    check_int("distributed.process_id", self.process_id, -1, " (-1 = discovered)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +267,7 @@ class ExperimentConfig:
   sft: SFTConfig
   rl: RLConfig
   optimizer: OptimizerConfig
-  loss: Any  # losses.LossConfig
+  loss: Any  # interventions.LossConfig
   eval: EvalConfig
   checkpoint: CheckpointConfig
   logging: LoggingConfig
@@ -461,7 +456,7 @@ _BUILDERS = {
     "sft": _builder(SFTConfig, "sft", optimizer=_optimizer("sft.optimizer")),
     "rl": _builder(RLConfig, "rl"),
     "optimizer": _optimizer("optimizer"),
-    "loss": losses.resolve_loss_config,
+    "loss": interventions.resolve_loss_config,
     "eval": _builder(EvalConfig, "eval"),
     "checkpoint": _builder(CheckpointConfig, "checkpoint"),
     "logging": _builder(LoggingConfig, "logging", wandb=_builder(WandbConfig, "logging.wandb")),

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from entropix_rl import data as data_lib
-from entropix_rl import losses, paths, sampling, sharding, tasks
+from entropix_rl import interventions, paths, sampling, sharding, tasks
 from entropix_rl.models import ModelConfig, hf, init_params
 from entropix_rl.tokenizer import CharTokenizer, HFTokenizer
 from entropix_rl.train import batching, rollout_metrics
@@ -472,7 +472,7 @@ class RLRun:
         optimizer,
         jax.random.fold_in(rng, 2),
         mesh,
-        interventions=losses.init_states(exp.loss),
+        interventions=interventions.init_states(exp.loss),
         with_reference=self.cfg.rl.use_reference,
     )
     self.update = make_rl_update(
@@ -486,7 +486,7 @@ class RLRun:
         tokenizer,
         self.mesh,
     )
-    self.with_clusters = "cluster_ids" in losses.needs(exp.loss)
+    self.with_clusters = "cluster_ids" in interventions.needs(exp.loss)
     if exp.rl.num_groups % jax.process_count():
       raise ValueError(
           f"rl.prompts_per_step={exp.rl.num_groups} must divide by the number of "

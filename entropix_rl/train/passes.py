@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from entropix_rl import sharding, token_stats
-from entropix_rl.losses.registry import TokenFeature
+from entropix_rl.interventions.registry import TokenFeature
 from entropix_rl.models import ModelConfig, forward_hidden, unembedding
 
 

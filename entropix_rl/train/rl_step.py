@@ -13,7 +13,7 @@
                      (`update/skipped` = 1; the trainer stops after `rl.max_skipped_updates`
                      skipped steps in a row)
 
-Gradient accumulation is exact (`losses.aggregation`): every aggregate keeps the
+Gradient accumulation is exact (`interventions.aggregation`): every aggregate keeps the
 normalisation of the whole mini-batch. When an active intervention picks tokens from current
 values (Clip-Cov, KL-Cov, 80/20, ...) or is non-linear in an aggregate, a no-grad pass over the
 mini-batch (in `rl.logprob_micro_batch_size` chunks) computes those picks and the aggregates
@@ -34,9 +34,9 @@ from jax.sharding import Mesh
 import optax
 
 from entropix_rl import advantages as advantages_lib
-from entropix_rl import dynamics, losses, sharding
-from entropix_rl.losses.aggregation import aggregator, masked_mean
-from entropix_rl.losses.batch import step_ids_from_tokens
+from entropix_rl import dynamics, interventions, sharding
+from entropix_rl.interventions.aggregation import aggregator, masked_mean
+from entropix_rl.interventions.batch import step_ids_from_tokens
 from entropix_rl.models import ModelConfig, unembedding
 from entropix_rl.train import passes
 from entropix_rl.train.state import TrainState
@@ -148,9 +148,9 @@ class RLUpdateConfig:
         )
 
 
-def _token_batch(rows: dict, current: dict) -> losses.TokenBatch:
+def _token_batch(rows: dict, current: dict) -> interventions.TokenBatch:
   """The loss inputs of some rows: current values from `current`, the rest from the rollout."""
-  return losses.TokenBatch(
+  return interventions.TokenBatch(
       logp=current["logp"],
       old_logp=rows["old_logp"],
       advantages=rows["advantages"],
@@ -220,15 +220,15 @@ def make_rl_update(
   On a `mesh`, the function is jitted with `state_sharding` for the state and rows over
   data x fsdp for the batch, and every chunk keeps its rows on their devices.
   """
-  loss_cfg = losses.resolve_loss_config(loss_cfg)
+  loss_cfg = interventions.resolve_loss_config(loss_cfg)
   shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   rl_cfg.check_shards(shards)
-  needs = losses.needs(loss_cfg)
-  old_features = losses.features(loss_cfg, "old")
-  current_features = losses.features(loss_cfg, "current")
+  needs = interventions.needs(loss_cfg)
+  old_features = interventions.features(loss_cfg, "old")
+  current_features = interventions.features(loss_cfg, "current")
   micro = rl_cfg.micro_batch_size
   pieces = rl_cfg.minibatch_size // (shards * micro) if micro else 1
-  planning = pieces > 1 and losses.needs_planning_pass(loss_cfg)
+  planning = pieces > 1 and interventions.needs_planning_pass(loss_cfg)
 
   def quantities(params, rows, *, entropy, features, remat=False):
     return passes.completion_quantities(
@@ -283,7 +283,7 @@ def make_rl_update(
     )
 
   def loss_on(params, rows, key, states, agg, stats=None):
-    loss, aux, stats = losses.compute_loss(
+    loss, aux, stats = interventions.compute_loss(
         loss_cfg,
         _token_batch(rows, current(params, rows, rl_cfg.remat)),
         states=states,
@@ -304,7 +304,7 @@ def make_rl_update(
     agg = aggregator(loss_cfg)
     if planning:  # current values of the whole mini-batch, without gradient: picks and values
       now = no_grad_chunks(lambda r: current(params, r, False), rows)
-      loss, aux, stats = losses.compute_loss(
+      loss, aux, stats = interventions.compute_loss(
           loss_cfg, _token_batch(rows, now), states=states, rng=key, agg=agg
       )
     else:  # normalisers from the masks (values stand in for the current ones)
@@ -314,7 +314,9 @@ def make_rl_update(
       }
       if "entropy" in needs:
         stand_in["entropy"] = jnp.zeros_like(rows["old_logp"])
-      losses.compute_loss(loss_cfg, _token_batch(rows, stand_in), states=states, rng=key, agg=agg)
+      interventions.compute_loss(
+          loss_cfg, _token_batch(rows, stand_in), states=states, rng=key, agg=agg
+      )
       stats = {}
     mode = "replay" if planning else "share"
 
@@ -349,8 +351,8 @@ def make_rl_update(
     )
     data["advantages"] = seq_adv[:, None] * mask
     rollout = _token_batch(data, {"logp": data["old_logp"], "entropy": data["old_entropy"]})
-    states, metrics = losses.before_update(loss_cfg, state.interventions, rollout)
-    data["advantages"] = losses.rollout_advantages(loss_cfg, rollout, states) * mask
+    states, metrics = interventions.before_update(loss_cfg, state.interventions, rollout)
+    data["advantages"] = interventions.rollout_advantages(loss_cfg, rollout, states) * mask
     rollout = rollout.replace(advantages=data["advantages"])
 
     perms = jax.vmap(lambda k: jax.random.permutation(k, n))(
@@ -390,7 +392,7 @@ def make_rl_update(
       metrics.update(entropy_change(state.params, params, batch, mask))
       metrics["entropy/recomputed_token_mean"] = masked_mean(data["old_entropy"], mask)
     metrics["entropy/sampled_nll"] = masked_mean(-data["old_logp"], mask)
-    states, after = losses.after_update(loss_cfg, states, rollout)
+    states, after = interventions.after_update(loss_cfg, states, rollout)
     states = _keep_if_not(finite, states, state.interventions)
     metrics.update(after)
     new_state = state.replace(

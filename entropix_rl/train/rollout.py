@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from entropix_rl import losses, sampling
+from entropix_rl import interventions, sampling
 
 ROW_FIELDS = (
     "prompt_lengths",
@@ -228,11 +228,11 @@ class Sampler:
     return [self.task.answer_key(ex, t, mode) for ex, t in zip(responses.examples, responses.texts)]
 
 
-def rollout_interventions(loss_cfg) -> tuple[losses.Intervention, ...]:
+def rollout_interventions(loss_cfg) -> tuple[interventions.Intervention, ...]:
   """The active interventions with a rollout side, in registry order."""
   return tuple(
       e
-      for e in losses.compose.active(loss_cfg)
+      for e in interventions.compose.active(loss_cfg)
       if e.rollout is not None
       or e.samples_per_prompt is not None
       or e.sampling_temperature is not None

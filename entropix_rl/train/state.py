@@ -21,7 +21,7 @@ class TrainState:
     params: the policy's param tree.
     opt_state: the optax state of `params`.
     rng: a PRNG key, split once per step.
-    interventions: each stateful intervention's state by name (`losses.init_states`; e.g. the
+    interventions: each stateful intervention's state by name (`interventions.init_states`; e.g. the
       adaptive entropy coefficient); an empty dict when none is active.
     ref_params: the frozen reference policy (for KL-to-reference losses and metrics), or None.
   """

@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from entropix_rl import paths
-from entropix_rl.losses.config import check_choice
+from entropix_rl.checks import check_choice
 
 if TYPE_CHECKING:
   from entropix_rl.train.metrics import Table

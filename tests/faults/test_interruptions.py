@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from entropix_rl import losses
+from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.models import init_params
 from entropix_rl.train import experiment
@@ -87,9 +87,9 @@ def test_sigterm_mid_step_saves_exits_with_the_preemption_code_and_resumes_exact
 
 def _adaptive_bonus_update():
   """A state (Adam moments, an adaptive entropy coefficient) and its jitted RL update."""
-  loss_cfg = losses.resolve_loss_config(
+  loss_cfg = interventions.resolve_loss_config(
       apply_overrides(
-          losses.default_loss_config(),
+          interventions.default_loss_config(),
           {"entropy_bonus.adaptive": True, "entropy_bonus.coef": 0.003},
       )
   )
@@ -101,7 +101,7 @@ def _adaptive_bonus_update():
       init_params(MODEL, jax.random.PRNGKey(0)),
       optimizer,
       jax.random.PRNGKey(1),
-      interventions=losses.init_states(loss_cfg),
+      interventions=interventions.init_states(loss_cfg),
   )
   return state, make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)
 
