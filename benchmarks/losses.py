@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from entropix_rl import interventions, token_stats
+from entropix_rl.interventions import compose
 
 NAMES = ("ppo", "clip_cov", "kl_cov")
 
@@ -103,8 +104,8 @@ def loss_step(cfg: interventions.LossConfig):
 
 def full_step(cfg: interventions.LossConfig, token_chunk: int):
   """jit(value_and_grad) of token stats from hidden states + `policy_loss`, as `rl_step`."""
-  needs_entropy = interventions.loss_needs_entropy(cfg)
-  needs_entropy_grad = interventions.loss_needs_entropy_grad(cfg)
+  needs_entropy = "entropy" in interventions.needs(cfg)
+  needs_entropy_grad = "entropy" in compose.grad_needs(cfg)
 
   def fn(hidden, unembed, targets, old_logp, advantages, mask, rng):
     logp, entropy = token_stats.token_logp_entropy(

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from entropix_rl import interventions, sampling, sharding, tasks
+from entropix_rl.interventions import aggregation
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.train.checkpoint import Checkpointer
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
@@ -245,7 +246,7 @@ def entropy_intervention_equivalence(inputs, mask, rng):
             old_features={lp_reg.PROXY: x["proxy"]},
         )
         loss, aux, stats = interventions.compute_loss(
-            cfg, batch, states=states, rng=None, agg=interventions.Aggregator(cfg.agg)
+            cfg, batch, states=states, rng=None, agg=aggregation.Aggregator(cfg.agg)
         )
         if label.startswith("steer"):
           picks = steer.steer_weights(cfg, batch, stats["steer"])

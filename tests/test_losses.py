@@ -10,20 +10,18 @@ import pytest
 
 from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
+from entropix_rl.interventions import aggregation, compose, entropy_bonus, kl_ref
 
 AUX_KEYS = {
     "per_token_loss",
     "selected",
     "clip_frac",
     "approx_kl",
-    "kl_ref",
     "n_selected",
     "n_tokens",
     "abs_log_ratio_sum",
     "selected_abs_log_ratio_sum",
-    "entropy_bonus",
     "pg_loss",
-    "positive_nll",
 }
 
 
@@ -103,7 +101,7 @@ CLIP_SETTINGS = [
 
 
 @pytest.mark.parametrize("clip", CLIP_SETTINGS)
-@pytest.mark.parametrize("agg", interventions.AGG_MODES)
+@pytest.mark.parametrize("agg", aggregation.AGG_MODES)
 def test_ppo_matches_reference(clip, agg):
   batch = make_batch(1)
   config = cfg(agg=agg, **clip)
@@ -171,35 +169,35 @@ def test_log_ratio_is_clamped_before_exp():
 def test_aggregate_modes_on_a_hand_example():
   loss = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, np.inf], [7.0, 8.0, 9.0]], np.float32)
   mask = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]], np.float32)
-  assert float(interventions.aggregate(loss, mask, "token-mean")) == pytest.approx(10 / 4)
-  assert float(interventions.aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx(
+  assert float(aggregation.aggregate(loss, mask, "token-mean")) == pytest.approx(10 / 4)
+  assert float(aggregation.aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx(
       (2 + 4) / 2
   )
-  assert float(interventions.aggregate(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx(
+  assert float(aggregation.aggregate(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx(
       10 / 9
   )
-  for mode in interventions.AGG_MODES:
-    assert float(interventions.aggregate(loss, np.zeros_like(mask), mode)) == 0.0
+  for mode in aggregation.AGG_MODES:
+    assert float(aggregation.aggregate(loss, np.zeros_like(mask), mode)) == 0.0
 
 
-@pytest.mark.parametrize("estimator", interventions.KL_ESTIMATORS)
+@pytest.mark.parametrize("estimator", kl_ref.KL_ESTIMATORS)
 def test_kl_estimators_match_reference(estimator):
   logp = np.array([-1.0, -2.0, -0.5, -30.0, -0.1], np.float32)
   ref = np.array([-1.5, -1.0, -0.5, -0.1, -200.0], np.float32)
   delta = logp.astype(np.float64) - ref
   expected = {"k1": delta, "k2": 0.5 * delta**2, "k3": np_k3(logp, ref), "abs": np.abs(delta)}
   np.testing.assert_allclose(
-      interventions.kl_estimate(logp, ref, estimator), expected[estimator], rtol=1e-5, atol=1e-6
+      kl_ref.kl_estimate(logp, ref, estimator), expected[estimator], rtol=1e-5, atol=1e-6
   )
   if estimator == "k3":  # the +10 clamp is active; the ±20 log-ratio clamp keeps exp finite
     np.testing.assert_array_equal(expected["k3"][3:], 10.0)
 
 
-@pytest.mark.parametrize("estimator", interventions.KL_ESTIMATORS)
+@pytest.mark.parametrize("estimator", kl_ref.KL_ESTIMATORS)
 def test_kl_ref_regulariser(estimator):
   batch = make_batch(3)
   m = batch["mask"]
-  kl = interventions.kl_estimate(batch["logp"], batch["ref_logp"], estimator)
+  kl = kl_ref.kl_estimate(batch["logp"], batch["ref_logp"], estimator)
   expected_kl = np_agg(np.asarray(kl, np.float64), m, "token-mean")
   base, _ = run(cfg(), batch)
   logged_only, aux = run(cfg(**{"kl_ref.estimator": estimator}), batch, ref_logp=batch["ref_logp"])
@@ -210,12 +208,12 @@ def test_kl_ref_regulariser(estimator):
       cfg(**{"kl_ref.coef": 0.3, "kl_ref.estimator": estimator}), batch, ref_logp=batch["ref_logp"]
   )
   assert loss == pytest.approx(base + 0.3 * expected_kl, rel=1e-5)
-  assert run(cfg(), batch)[1]["kl_ref"] == 0.0
+  assert "kl_ref" not in run(cfg(), batch)[1]  # no reference, no KL to it
   with pytest.raises(ValueError, match="loss.kl_ref.coef=0.3 needs ref_logp"):
     run(cfg(**{"kl_ref.coef": 0.3}), batch)
 
 
-@pytest.mark.parametrize("agg", interventions.AGG_MODES)
+@pytest.mark.parametrize("agg", aggregation.AGG_MODES)
 def test_fixed_entropy_bonus_value_gradient_and_override(agg):
   batch = make_batch(4)
   m, h = batch["mask"], batch["entropy"]
@@ -255,29 +253,29 @@ def test_adaptive_entropy_controller_follows_skywork_rule():
           "entropy_bonus.max_coef": 0.0025,
       }
   )
-  state = interventions.init_entropy_controller(config)
-  assert float(interventions.entropy_coefficient(config, state)) == pytest.approx(0.0002)
+  state = entropy_bonus.init_entropy_controller(config)
+  assert float(entropy_bonus.entropy_coefficient(config, state)) == pytest.approx(0.0002)
   coef, expected = 0.0002, []
   measured = [0.1, 0.1, 0.1, 0.1, 0.3, 0.1, 0.2]  # target 0.2
   for h in measured:
-    state = interventions.update_entropy_controller(config, state, jnp.float32(h))
+    state = entropy_bonus.update_entropy_controller(config, state, jnp.float32(h))
     coef = min(max(coef + (0.001 if h < 0.2 else -0.001), 0.0), 0.0025)
     expected.append((coef, coef if h < 0.2 else 0.0))
     assert float(state["coef"]) == pytest.approx(coef, abs=1e-8)
-    assert float(interventions.entropy_coefficient(config, state)) == pytest.approx(
+    assert float(entropy_bonus.entropy_coefficient(config, state)) == pytest.approx(
         expected[-1][1], abs=1e-8
     )
   assert [c for c, _ in expected][:4] == pytest.approx([0.0012, 0.0022, 0.0025, 0.0025])
   # Under jit, with the state as a traced pytree.
-  step = jax.jit(lambda s, h: interventions.update_entropy_controller(config, s, h))
+  step = jax.jit(lambda s, h: entropy_bonus.update_entropy_controller(config, s, h))
   assert float(step(state, jnp.float32(0.5))["coef"]) == pytest.approx(coef - 0.001, abs=1e-8)
 
 
 def test_fixed_bonus_controller_is_empty_and_passes_through():
   config = cfg(**{"entropy_bonus.coef": 0.003})
-  state = interventions.init_entropy_controller(config)
-  assert state == {} and interventions.update_entropy_controller(config, state, 0.1) == {}
-  assert float(interventions.entropy_coefficient(config, state)) == pytest.approx(0.003)
+  state = entropy_bonus.init_entropy_controller(config)
+  assert state == {} and entropy_bonus.update_entropy_controller(config, state, 0.1) == {}
+  assert float(entropy_bonus.entropy_coefficient(config, state)) == pytest.approx(0.003)
 
 
 def test_entropy_advantage_shaping_matches_reference():
@@ -304,10 +302,17 @@ def test_entropy_advantage_shaping_matches_reference():
 
 
 @pytest.mark.parametrize("name", ["ppo", "clip_cov", "kl_cov", "high_entropy_tokens"])
-def test_aux_has_a_fixed_key_set_and_shapes(name):
+def test_aux_holds_the_diagnostics_and_only_the_active_regularisers(name):
   batch = make_batch(6)
   _, aux = run(cfg(name=name), batch, entropy=batch["entropy"])
-  assert set(aux) == AUX_KEYS
+  assert set(aux) == AUX_KEYS  # regularisers that are off are not composed
+  _, with_extras = run(
+      cfg(name=name, **{"entropy_bonus.coef": 0.01}),
+      batch,
+      entropy=batch["entropy"],
+      ref_logp=batch["ref_logp"],
+  )
+  assert set(with_extras) == AUX_KEYS | {"kl_ref", "entropy_bonus"}
   assert aux["per_token_loss"].shape == aux["selected"].shape == batch["mask"].shape
   assert aux["selected"].dtype == bool
   for key in AUX_KEYS - {"per_token_loss", "selected"}:
@@ -316,29 +321,31 @@ def test_aux_has_a_fixed_key_set_and_shapes(name):
 
 
 def test_loss_needs_entropy_and_its_gradient():
-  assert not interventions.loss_needs_entropy(cfg()) and not interventions.loss_needs_entropy_grad(
+  assert "entropy" not in interventions.needs(cfg()) and "entropy" not in compose.grad_needs(
       cfg()
   )
   for name in ("clip_cov", "kl_cov"):
-    assert not interventions.loss_needs_entropy(cfg(name=name))
-  assert interventions.loss_needs_entropy(cfg(name="high_entropy_tokens"))
-  assert not interventions.loss_needs_entropy_grad(cfg(name="high_entropy_tokens"))
-  assert interventions.loss_needs_entropy(cfg(**{"entropy_advantage.enabled": True}))
-  assert not interventions.loss_needs_entropy_grad(cfg(**{"entropy_advantage.enabled": True}))
+    assert "entropy" not in interventions.needs(cfg(name=name))
+  assert "entropy" in interventions.needs(cfg(name="high_entropy_tokens"))
+  assert "entropy" not in compose.grad_needs(cfg(name="high_entropy_tokens"))
+  assert "entropy" in interventions.needs(cfg(**{"entropy_advantage.enabled": True}))
+  assert "entropy" not in compose.grad_needs(cfg(**{"entropy_advantage.enabled": True}))
   for bonus in ({"entropy_bonus.coef": 0.001}, {"entropy_bonus.adaptive": True}):
-    assert interventions.loss_needs_entropy(cfg(**bonus)) and interventions.loss_needs_entropy_grad(
+    assert "entropy" in interventions.needs(cfg(**bonus)) and "entropy" in compose.grad_needs(
         cfg(**bonus)
     )
   with pytest.raises(ValueError, match="pass entropy="):
     run(cfg(name="high_entropy_tokens"), make_batch())
 
 
-def test_config_dict_and_jit_static_config_agree():
+def test_policy_loss_takes_the_typed_config_and_agrees_under_jit():
   batch = make_batch(7)
   config_dict = interventions.default_loss_config()
   config_dict.clip_eps_high = 0.28
+  with pytest.raises(TypeError, match="resolve_loss_config"):
+    run(config_dict, batch)
   resolved = interventions.resolve_loss_config(config_dict)
-  eager, _ = run(config_dict, batch)
+  eager, _ = run(resolved, batch)
   fn = jax.jit(lambda c, b: interventions.policy_loss(c, rng=None, **b)[0], static_argnums=0)
   jitted = fn(resolved, {k: batch[k] for k in ("logp", "old_logp", "advantages", "mask")})
   assert float(jitted) == pytest.approx(eager, rel=1e-6)

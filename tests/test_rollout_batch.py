@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from entropix_rl import interventions
+from entropix_rl.interventions import aggregation
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.train import batching, passes
 from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
@@ -83,7 +84,7 @@ def test_trim_cuts_only_padding_to_the_smallest_bucket():
   ].shape == (ROWS, 12)
 
 
-@pytest.mark.parametrize("agg", interventions.AGG_MODES)
+@pytest.mark.parametrize("agg", aggregation.AGG_MODES)
 def test_trimmed_batch_gives_the_same_update(agg):
   batch = _batch(longest=5)
   scale = BUDGET if agg == "seq-mean-token-sum-norm" else None

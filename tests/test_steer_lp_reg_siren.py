@@ -12,7 +12,7 @@ import pytest
 
 from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.interventions import lp_reg, siren, steer
+from entropix_rl.interventions import compose, lp_reg, siren, steer
 
 
 def cfg(**overrides):
@@ -166,7 +166,7 @@ def test_steer_statistics_follow_the_selection_scope():
 
 def test_steer_reads_the_old_entropy():
   assert interventions.needs(cfg(name="steer")) == {"old_entropy"}
-  assert not interventions.loss_needs_entropy(cfg(name="steer"))
+  assert "entropy" not in interventions.needs(cfg(name="steer"))
   batch = make_batch(6)
   del batch["old_entropy"]
   with pytest.raises(ValueError, match="steer reads 'old_entropy'"):
@@ -412,7 +412,7 @@ def test_siren_seam_declarations():
   )
   on = cfg(**{"siren.enabled": True})
   assert interventions.needs(on) == {siren.FEATURE, siren.OLD_FEATURE}
-  assert interventions.grad_needs(on) == {siren.FEATURE}
+  assert compose.grad_needs(on) == {siren.FEATURE}
   assert [f.name for f in interventions.features(on, "current")] == [siren.FEATURE]
   assert [f.name for f in interventions.features(on, "old")] == [siren.OLD_FEATURE]
   assert interventions.needs_planning_pass(on)
@@ -442,9 +442,9 @@ def test_bad_values_name_the_field(overrides, match):
 
 @pytest.mark.parametrize("preset", ["steer", "steer_linear", "lp_reg", "siren", "siren_acting"])
 def test_presets_resolve_to_the_documented_settings(preset):
-  from configs import interventions
+  from configs import interventions as presets
 
-  loss = interventions.resolve_loss_config(interventions.get_config(preset).loss)
+  loss = interventions.resolve_loss_config(presets.get_config(preset).loss)
   expected = {
       "steer": ("steer", "exp", None),
       "steer_linear": ("steer", "linear", None),

@@ -13,6 +13,7 @@ from configs import interventions as presets
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import interventions
 from entropix_rl.config_overrides import apply_overrides
+from entropix_rl.interventions import aggregation, compose
 from entropix_rl.interventions import hapo as hapo_lib
 from entropix_rl.interventions import hapo_token_advantage as token_adv_lib
 
@@ -160,7 +161,7 @@ def test_gppo_gradient_on_clipped_tokens_survives_any_log_ratio(log_ratio, adv):
   assert ppo_grad[0, 0] == 0.0
 
 
-@pytest.mark.parametrize("agg", interventions.AGG_MODES)
+@pytest.mark.parametrize("agg", aggregation.AGG_MODES)
 def test_ce_gppo_positive_nll_term(agg):
   batch = make_batch(3)
   m, positive = batch["mask"], batch["rewards"][:, None] == 1.0
@@ -171,14 +172,14 @@ def test_ce_gppo_positive_nll_term(agg):
   base_loss, base_aux, base_grad = loss_and_grad(base, batch)
   loss, aux, grad = loss_and_grad(config, batch)
   nll = np_agg(-batch["logp"].astype(np.float64), weights, agg)
-  assert base_aux["positive_nll"] == 0.0
+  assert "positive_nll" not in base_aux  # off: not composed
   assert aux["positive_nll"] == pytest.approx(nll, rel=1e-5)
   assert loss == pytest.approx(base_loss + 0.1 * nll, rel=1e-5)
   if agg == "token-mean":
     np.testing.assert_allclose(grad - base_grad, -0.1 * weights / weights.sum(), atol=1e-7)
   # Only with the gppo surrogate.
   other = cfg(agg=agg, **{"gppo.positive_nll_coef": 0.1})
-  assert run(other, batch)[1]["positive_nll"] == 0.0 and interventions.needs(other) == frozenset()
+  assert "positive_nll" not in run(other, batch)[1] and interventions.needs(other) == frozenset()
   no_rewards = {k: v for k, v in batch.items() if k != "rewards"}
   with pytest.raises(ValueError, match="positive_nll reads 'rewards'"):
     run(config, no_rewards)
@@ -197,7 +198,7 @@ def np_gspo(logp, old, adv, mask, eps_low, eps_high):
   return np.maximum(l1, l2), l2 > l1, s[:, 0]
 
 
-@pytest.mark.parametrize("agg", interventions.AGG_MODES)
+@pytest.mark.parametrize("agg", aggregation.AGG_MODES)
 def test_gspo_value_matches_reference(agg):
   batch = make_batch(4, spread=0.1)
   config = cfg(name="gspo", agg=agg, **{"gspo.clip_eps_low": 0.02, "gspo.clip_eps_high": 0.03})
@@ -384,7 +385,7 @@ def test_hapo_value_and_gradient_match_reference(setting):
 def test_hapo_differs_from_ppo_and_never_differentiates_the_entropy():
   batch = make_batch(9, spread=0.3)
   config = cfg(name="hapo")
-  assert interventions.needs(config) == {"entropy"} and not interventions.loss_needs_entropy_grad(
+  assert interventions.needs(config) == {"entropy"} and "entropy" not in compose.grad_needs(
       config
   )
   assert interventions.needs_planning_pass(config)
@@ -508,10 +509,12 @@ def test_masked_tokens_never_contribute_even_when_not_finite(name):
 
 
 @pytest.mark.parametrize("name", sorted(MASKED_SETTINGS))
-def test_aux_keys_are_the_common_contract(name):
-  _, aux = run(cfg(**MASKED_SETTINGS[name]), make_batch(13))
+def test_aux_keys_are_the_common_diagnostics_plus_active_regularisers(name):
+  config = cfg(**MASKED_SETTINGS[name])
+  _, aux = run(config, make_batch(13))
   common = set(run(cfg(), make_batch(13))[1])
-  assert set(aux) == common and "positive_nll" in common
+  regularisers = {"positive_nll"} if config.gppo.positive_nll_coef and name == "gppo" else set()
+  assert set(aux) == common | regularisers
   for key in common - {"per_token_loss", "selected"}:
     assert aux[key].shape == () and np.isfinite(aux[key]), key
   assert not np.asarray(aux["selected"]).any()

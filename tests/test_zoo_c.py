@@ -12,6 +12,7 @@ import pytest
 from configs import quickstart
 from entropix_rl import interventions, tasks
 from entropix_rl.config_overrides import apply_overrides
+from entropix_rl.interventions import compose
 from entropix_rl.interventions import empg as empg_lib
 from entropix_rl.interventions import epo as epo_lib
 from entropix_rl.interventions import seed_grpo as seed_lib
@@ -398,7 +399,7 @@ def test_epo_value_and_gradient_match_reference(phase):
           "epo.phase_updates": phase,
       }
   )
-  assert interventions.grad_needs(config) == {"entropy"}
+  assert compose.grad_needs(config) == {"entropy"}
   means, counts = [1.2, 1.6, 0.9], [2, 1, 0]  # turn 2 (and later, pooled) has no history
   state = epo_state(means, counts, updates=7)
   weight = float(epo_lib.phase_weight(7, phase))

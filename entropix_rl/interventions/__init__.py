@@ -81,65 +81,40 @@ for _entry in INTERVENTIONS:
   registry.register(_entry)
 
 # pylint: disable=wrong-import-position
-from entropix_rl.interventions.aggregation import AGG_MODES, Aggregator, aggregate, masked_mean  # noqa: E402
 from entropix_rl.interventions.batch import TokenBatch  # noqa: E402
 from entropix_rl.interventions.compose import (  # noqa: E402
     after_update,
     before_update,
     compute_loss,
     features,
-    grad_needs,
     init_states,
-    loss_needs_entropy,
-    loss_needs_entropy_grad,
     needs,
     needs_planning_pass,
     policy_loss,
     rollout_advantages,
 )
 from entropix_rl.interventions.config import (  # noqa: E402
-    SELECTION_SCOPES,
     LossConfig,
     default_loss_config,
     resolve_loss_config,
 )
-from entropix_rl.interventions.entropy_bonus import (  # noqa: E402
-    entropy_coefficient,
-    init_entropy_controller,
-    update_entropy_controller,
-)
-from entropix_rl.interventions.kl_ref import KL_ESTIMATORS, kl_estimate  # noqa: E402
-from entropix_rl.interventions.registry import Intervention, TokenFeature, register  # noqa: E402
+from entropix_rl.interventions.registry import Intervention, register  # noqa: E402
 
 __all__ = [
-    "AGG_MODES",
     "INTERVENTIONS",
-    "KL_ESTIMATORS",
-    "SELECTION_SCOPES",
-    "Aggregator",
     "Intervention",
     "LossConfig",
     "TokenBatch",
-    "TokenFeature",
     "after_update",
-    "aggregate",
     "before_update",
     "compute_loss",
     "default_loss_config",
-    "entropy_coefficient",
     "features",
-    "grad_needs",
-    "init_entropy_controller",
     "init_states",
-    "kl_estimate",
-    "loss_needs_entropy",
-    "loss_needs_entropy_grad",
-    "masked_mean",
     "needs",
     "needs_planning_pass",
     "policy_loss",
     "register",
     "resolve_loss_config",
     "rollout_advantages",
-    "update_entropy_controller",
 ]

@@ -26,11 +26,12 @@ import jax.numpy as jnp
 from entropix_rl.interventions import registry
 from entropix_rl.interventions.aggregation import Aggregator, aggregator
 from entropix_rl.interventions.batch import TokenBatch, stop_gradient_except
-from entropix_rl.interventions.config import LossConfig, resolve_loss_config
+from entropix_rl.interventions.config import LossConfig
 from entropix_rl.interventions.kl_ref import kl_estimate
 from entropix_rl.interventions.selection import per_scope
 
 LOSS_KINDS = ("advantage_shaper", "surrogate", "regulariser")
+TOKEN_AUX = ("per_token_loss", "selected")  # the `[B, T]` entries of `compute_loss`'s aux
 
 
 def active(
@@ -40,21 +41,18 @@ def active(
   return tuple(e for kind in kinds for e in registry.entries(kind) if e.is_active(cfg))
 
 
-def needs(loss_config: Any) -> frozenset[str]:
+def needs(cfg: LossConfig) -> frozenset[str]:
   """TokenBatch fields and logit features the active interventions read."""
-  cfg = resolve_loss_config(loss_config)
   return frozenset().union(*(e.needs(cfg) for e in active(cfg)))
 
 
-def grad_needs(loss_config: Any) -> frozenset[str]:
+def grad_needs(cfg: LossConfig) -> frozenset[str]:
   """Fields and features the loss is differentiated through (besides `logp`)."""
-  cfg = resolve_loss_config(loss_config)
   return frozenset().union(*(e.grad_needs(cfg) for e in active(cfg)))
 
 
-def features(loss_config: Any, policy: str) -> tuple[registry.TokenFeature, ...]:
+def features(cfg: LossConfig, policy: str) -> tuple[registry.TokenFeature, ...]:
   """The logit features of `policy` ("old" or "current") that active interventions need."""
-  cfg = resolve_loss_config(loss_config)
   wanted = needs(cfg)
   seen: dict[str, registry.TokenFeature] = {}
   for entry in active(cfg):
@@ -64,26 +62,14 @@ def features(loss_config: Any, policy: str) -> tuple[registry.TokenFeature, ...]
   return tuple(seen.values())
 
 
-def needs_planning_pass(loss_config: Any) -> bool:
+def needs_planning_pass(cfg: LossConfig) -> bool:
   """Whether micro-batched updates need a no-grad pass over the whole mini-batch first: some
   active loss-time intervention has scope statistics or is non-linear in its aggregates."""
-  cfg = resolve_loss_config(loss_config)
   return any(e.scope_stats is not None or not e.linear for e in active(cfg, LOSS_KINDS))
 
 
-def loss_needs_entropy(loss_config: Any) -> bool:
-  """Whether the loss reads the current entropy (else the trainer skips computing it)."""
-  return "entropy" in needs(loss_config)
-
-
-def loss_needs_entropy_grad(loss_config: Any) -> bool:
-  """Whether the loss is differentiated through the entropy (else its gradient is stopped)."""
-  return "entropy" in grad_needs(loss_config)
-
-
-def init_states(loss_config: Any) -> dict[str, Any]:
+def init_states(cfg: LossConfig) -> dict[str, Any]:
   """The initial state of every active stateful intervention, by name."""
-  cfg = resolve_loss_config(loss_config)
   return {e.name: e.init_state(cfg) for e in active(cfg) if e.init_state is not None}
 
 
@@ -100,23 +86,22 @@ def _run_hook(
 
 
 def before_update(
-    loss_config: Any, states: dict[str, Any], rollout: TokenBatch
+    cfg: LossConfig, states: dict[str, Any], rollout: TokenBatch
 ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """Runs the `before_update` hook of every intervention with a state in `states` (from
   `init_states`) on the whole rollout (behaviour-policy values)."""
-  return _run_hook("before_update", resolve_loss_config(loss_config), states, rollout)
+  return _run_hook("before_update", cfg, states, rollout)
 
 
 def after_update(
-    loss_config: Any, states: dict[str, Any], rollout: TokenBatch
+    cfg: LossConfig, states: dict[str, Any], rollout: TokenBatch
 ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """Runs the `after_update` hooks, as `before_update` does."""
-  return _run_hook("after_update", resolve_loss_config(loss_config), states, rollout)
+  return _run_hook("after_update", cfg, states, rollout)
 
 
-def rollout_advantages(loss_config: Any, rollout: TokenBatch, states: dict[str, Any]) -> jax.Array:
+def rollout_advantages(cfg: LossConfig, rollout: TokenBatch, states: dict[str, Any]) -> jax.Array:
   """Applies the `advantage` interventions, in order, to the whole rollout's advantages."""
-  cfg = resolve_loss_config(loss_config)
   rollout = jax.lax.stop_gradient(rollout)
   for entry in active(cfg, ("advantage",)):
     rollout = rollout.replace(advantages=entry.apply(cfg, rollout, None, states.get(entry.name)))
@@ -148,10 +133,10 @@ def compute_loss(
     stats: scope statistics by intervention name, from a planning pass; None computes them.
 
   Returns:
-    `(loss, aux, stats)`; `aux` holds `per_token_loss` and `selected` `[B, T]`, the scalars
-    `pg_loss`, `clip_frac`, `approx_kl`, `n_selected`, `n_tokens`, `abs_log_ratio_sum`,
-    `selected_abs_log_ratio_sum`, and each regulariser's
-    metric under its name.
+    `(loss, aux, stats)`; `aux` holds the scalars `pg_loss`, `clip_frac`, `approx_kl`,
+    `n_selected`, `n_tokens`, `abs_log_ratio_sum`, `selected_abs_log_ratio_sum`, `kl_ref` (when
+    `batch.ref_logp` is given) and each active regulariser's metric under its name, and the
+    `[B, T]` arrays `per_token_loss` and `selected` (`TOKEN_AUX`).
   """
   batch = stop_gradient_except(batch, grad_needs(cfg))
   plan = stats is None
@@ -196,13 +181,15 @@ def compute_loss(
       ),
       "n_tokens": sg(agg(batch.mask, batch.mask, "sum")),
       "pg_loss": pg_loss,
-      **regularisers,
   }
+  if batch.ref_logp is not None:  # logged with loss.kl_ref.coef = 0 too
+    aux["kl_ref"] = sg(agg(kl_estimate(batch.logp, batch.ref_logp, cfg.kl_ref.estimator), batch.mask))
+  aux.update(regularisers)
   return loss, aux, stats
 
 
 def policy_loss(
-    loss_config: Any,
+    cfg: LossConfig,
     *,
     logp: jax.Array,
     old_logp: jax.Array,
@@ -217,8 +204,7 @@ def policy_loss(
   """The policy loss of one batch, as configured (the single entry point for direct use).
 
   Args:
-    loss_config: a `config.loss` ConfigDict or a resolved `LossConfig` (use the latter under
-      jit as a static argument; a ConfigDict is validated on every call).
+    cfg: the loss config (a static argument under jit).
     logp: `[B, T]` current log-probs ℓ of the sampled tokens (differentiable).
     old_logp: `[B, T]` behaviour log-probs ℓᵒˡᵈ (no gradient).
     advantages: `[B, T]` per-token advantages (no gradient).
@@ -226,28 +212,34 @@ def policy_loss(
     rng: PRNG key (Clip-Cov's random pick); may be None for deterministic losses.
     ref_logp: `[B, T]` reference-policy log-probs, or None.
     entropy: `[B, T]` full-vocabulary entropy of the temperature-scaled logits; required when
-      `loss_needs_entropy(loss_config)`, differentiable when an entropy bonus is active.
-    states: intervention states by name (default `init_states(loss_config)`).
+      `"entropy" in needs(cfg)`, differentiable when an entropy bonus is active.
+    states: intervention states by name (default `init_states(cfg)`).
     **fields: other `TokenBatch` fields (`old_entropy`, `group_ids`, `rewards`, `features`,
       ...) that the configured interventions read.
 
   Returns:
-    `(loss, aux)`; `aux` has the same keys for every configuration of the built-in
-    interventions: `per_token_loss` `[B, T]` (the aggregated per-token PG loss, 0 where it does
-    not count), `selected` `[B, T]` bool (the intervention's pick; all False if none),
-    `clip_frac` (fraction of counted tokens whose clip bound is active), `approx_kl` (token
-    mean of k3(ℓ, ℓᵒˡᵈ)), `n_selected`, `n_tokens` (Σ mask), `abs_log_ratio_sum` and
+    `(loss, aux)`; `aux` holds `per_token_loss` `[B, T]` (the aggregated per-token PG loss, 0
+    where it does not count), `selected` `[B, T]` bool (the intervention's pick; all False if
+    none), `clip_frac` (fraction of counted tokens whose clip bound is active), `approx_kl`
+    (token mean of k3(ℓ, ℓᵒˡᵈ)), `n_selected`, `n_tokens` (Σ mask), `abs_log_ratio_sum` and
     `selected_abs_log_ratio_sum` (Σ |ℓ − ℓᵒˡᵈ| over the counted and over the picked tokens: the
-    off-policy drift, and the part of it a pick such as KL-Cov's acts on), `pg_loss` (the aggregated
-    surrogate) and one metric per active regulariser (`kl_ref`: Agg of the KL estimate, 0
-    without `ref_logp`; `entropy_bonus`: `c · Agg(H)`, 0 when off; `siren`: Ĥ, present only
-    with `loss.siren.enabled`).
+    off-policy drift, and the part of it a pick such as KL-Cov's acts on), `pg_loss` (the
+    aggregated surrogate), `kl_ref` (Agg of the KL estimate to the reference, when `ref_logp`
+    is given) and one metric per active regulariser (`entropy_bonus`: `c · Agg(H)`; `siren`:
+    Ĥ; ...); a regulariser that is off is not composed and has no key.
+
+  Raises:
+    TypeError: for a `config.loss` ConfigDict (convert it once with `resolve_loss_config`).
   """
-  cfg = resolve_loss_config(loss_config)
+  if not isinstance(cfg, LossConfig):
+    raise TypeError(
+        f"policy_loss takes a LossConfig, got {type(cfg).__name__}; convert a config.loss "
+        "ConfigDict once with interventions.resolve_loss_config"
+    )
   chex.assert_rank(logp, 2)
   arrays = [logp, old_logp, advantages, mask] + [x for x in (ref_logp, entropy) if x is not None]
   chex.assert_equal_shape(arrays)
-  if entropy is None and loss_needs_entropy(cfg):
+  if entropy is None and "entropy" in needs(cfg):
     raise ValueError(
         f"loss.name={cfg.name!r} with these loss settings reads the per-token "
         "entropy: pass entropy= to policy_loss"

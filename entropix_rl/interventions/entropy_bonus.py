@@ -20,7 +20,6 @@ bounds [0, 0.005], initial 0.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 from entropix_rl.checks import check_bool, check_number
 from entropix_rl.interventions.aggregation import Aggregator, masked_mean
 from entropix_rl.interventions.batch import TokenBatch
-from entropix_rl.interventions.config import LossConfig, resolve_loss_config
+from entropix_rl.interventions.config import LossConfig
 from entropix_rl.interventions.registry import Intervention, RegulariserOutput
 
 
@@ -71,26 +70,28 @@ class EntropyBonusConfig:
     return self.adaptive or self.coef != 0
 
 
-def init_entropy_controller(loss_config: Any) -> dict:
+def init_entropy_controller(loss_cfg: LossConfig) -> dict:
   """Initial controller state: `{"coef": f32, "enabled": bool}` if adaptive, else `{}`."""
-  cfg = resolve_loss_config(loss_config).entropy_bonus
+  cfg = loss_cfg.entropy_bonus
   if not cfg.adaptive:
     return {}
   return {"coef": jnp.float32(cfg.coef), "enabled": jnp.bool_(True)}
 
 
-def update_entropy_controller(loss_config: Any, state: dict, measured_entropy: jax.Array) -> dict:
+def update_entropy_controller(
+    loss_cfg: LossConfig, state: dict, measured_entropy: jax.Array
+) -> dict:
   """One Skywork-OR1 controller step (module docstring); `{}` passes through when not adaptive.
 
   Args:
-    loss_config: the loss config.
+    loss_cfg: the loss config.
     state: the controller state from `init_entropy_controller` or a previous update.
     measured_entropy: scalar Ĥ, the rollout's mean sampled-token NLL `−mean(ℓ^old)` (nats).
 
   Returns:
     The new state.
   """
-  cfg = resolve_loss_config(loss_config).entropy_bonus
+  cfg = loss_cfg.entropy_bonus
   if not cfg.adaptive:
     return state
   below = jnp.asarray(measured_entropy, jnp.float32) < cfg.target
@@ -98,26 +99,20 @@ def update_entropy_controller(loss_config: Any, state: dict, measured_entropy: j
   return {"coef": jnp.clip(coef, cfg.min_coef, cfg.max_coef).astype(jnp.float32), "enabled": below}
 
 
-def entropy_coefficient(loss_config: Any, state: dict | None) -> jax.Array:
+def entropy_coefficient(loss_cfg: LossConfig, state: dict | None) -> jax.Array:
   """The bonus coefficient for this step: `coef · enabled` from a controller state, else the
   fixed `loss.entropy_bonus.coef`."""
-  cfg = resolve_loss_config(loss_config).entropy_bonus
+  cfg = loss_cfg.entropy_bonus
   if not state:
     return jnp.float32(cfg.coef)
   return jnp.where(state["enabled"], state["coef"], 0.0).astype(jnp.float32)
 
 
-def _needs(cfg: LossConfig) -> frozenset:
-  return frozenset({"entropy"}) if cfg.entropy_bonus.active else frozenset()
-
-
 def entropy_bonus(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: dict | None, agg: Aggregator
 ) -> RegulariserOutput:
-  """`−c · Agg(H)` with c = `entropy_coefficient(cfg, state)`; 0 when the bonus is off."""
+  """`−c · Agg(H)` with c = `entropy_coefficient(cfg, state)`."""
   del stats
-  if not cfg.entropy_bonus.active:
-    return RegulariserOutput(loss=jnp.float32(0.0), metric=jnp.float32(0.0))
   coef = entropy_coefficient(cfg, state)
   term = coef * agg(batch.require("entropy", "entropy_bonus"), batch.mask)
   return RegulariserOutput(loss=-term, metric=term)
@@ -137,8 +132,9 @@ INTERVENTION = Intervention(
     kind="regulariser",
     apply=entropy_bonus,
     config=EntropyBonusConfig,
-    needs=_needs,
-    grad_needs=_needs,
+    active=lambda cfg: cfg.entropy_bonus.active,
+    needs=lambda cfg: frozenset({"entropy"}),
+    grad_needs=lambda cfg: frozenset({"entropy"}),
     init_state=init_entropy_controller,
     after_update=_after_update,
 )

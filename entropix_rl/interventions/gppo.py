@@ -145,10 +145,8 @@ def _nll_active(cfg: LossConfig) -> bool:
 def positive_nll(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
 ) -> RegulariserOutput:
-  """`coef · Agg(−ℓ, m ⊙ 1[reward = 1])`; metric `Agg(−ℓ)` over those tokens, 0 when off."""
+  """`coef · Agg(−ℓ, m ⊙ 1[reward = 1])`; metric `Agg(−ℓ)` over those tokens."""
   del stats, state
-  if not _nll_active(cfg):
-    return RegulariserOutput(loss=jnp.float32(0.0), metric=jnp.float32(0.0))
   rewards = batch.require("rewards", "positive_nll")
   weights = batch.mask * (rewards == POSITIVE_REWARD)[:, None].astype(jnp.float32)
   nll = agg(jnp.where(weights > 0, -batch.logp, 0.0), weights)
@@ -160,5 +158,6 @@ POSITIVE_NLL = Intervention(
     name="positive_nll",
     kind="regulariser",
     apply=positive_nll,
-    needs=lambda cfg: frozenset({"rewards"}) if _nll_active(cfg) else frozenset(),
+    active=_nll_active,
+    needs=lambda cfg: frozenset({"rewards"}),
 )

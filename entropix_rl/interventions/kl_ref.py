@@ -9,8 +9,9 @@ Per-token estimators of KL(π_θ ‖ π_ref) at the sampled token, `δ = ℓ −
     abs = |δ|
 
 Regulariser: `L += β_ref · Agg(k(ℓ, ℓ^ref))` with the loss's aggregation mode (verl's
-`use_kl_loss`). `aux["kl_ref"]` is `Agg(k)` whenever `ref_logp` is given (0 otherwise), so the
-KL is logged even with `coef = 0`.
+`use_kl_loss`), composed only with `coef > 0`. `aux["kl_ref"]` is `Agg(k)` whenever `ref_logp`
+is given (`compose.compute_loss` logs it as a diagnostic), so the KL is logged with `coef = 0`
+too.
 """
 
 from __future__ import annotations
@@ -64,16 +65,15 @@ class KLRefConfig:
 def kl_ref(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
 ) -> RegulariserOutput:
-  """`β_ref · Agg(k(ℓ, ℓ^ref))`; metric `Agg(k)`, 0 without `ref_logp`."""
+  """`β_ref · Agg(k(ℓ, ℓ^ref))`; metric `Agg(k)`."""
   del stats, state
   c = cfg.kl_ref
   if batch.ref_logp is None:
-    if c.coef > 0:
-      raise ValueError(f"loss.kl_ref.coef={c.coef} needs ref_logp= in policy_loss")
-    return RegulariserOutput(loss=jnp.float32(0.0), metric=jnp.float32(0.0))
+    raise ValueError(
+        f"loss.kl_ref.coef={c.coef} needs ref_logp= in policy_loss (rl.use_reference=True in "
+        "training)"
+    )
   kl = agg(kl_estimate(batch.logp, batch.ref_logp, c.estimator), batch.mask)
-  if c.coef == 0:
-    return RegulariserOutput(loss=jnp.float32(0.0), metric=jax.lax.stop_gradient(kl))
   return RegulariserOutput(loss=c.coef * kl, metric=kl)
 
 
@@ -82,5 +82,6 @@ INTERVENTION = Intervention(
     kind="regulariser",
     apply=kl_ref,
     config=KLRefConfig,
-    needs=lambda cfg: frozenset({"ref_logp"}) if cfg.kl_ref.coef > 0 else frozenset(),
+    active=lambda cfg: cfg.kl_ref.coef > 0,
+    needs=lambda cfg: frozenset({"ref_logp"}),
 )

@@ -100,10 +100,6 @@ class RegulariserOutput(NamedTuple):
   metric: jax.Array
 
 
-def _never(cfg) -> bool:
-  return False
-
-
 def _nothing(cfg) -> frozenset:
   return frozenset()
 
