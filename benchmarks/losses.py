@@ -9,7 +9,7 @@ set, resolved once to a static `LossConfig`), each `jax.jit(jax.value_and_grad(.
     `--time` tokens (16384 by default) with a random response mask (each row a random-length
     prefix), group-style per-sequence advantages and `old_logp = logp + noise` (a later
     mini-batch, so KL-Cov's penalty is active).
-  * `full_loss_step`: the loss step of training, as `train/rl_step.py` builds it: per-token
+  * `full_loss_step`: the loss step of training, as `train/update.py` builds it: per-token
     log-prob (and entropy when the loss reads it) from `[batch, time, --hidden]` hidden states
     and a `[--hidden, --vocab]` unembedding with the chunked `token_stats.token_logp_entropy`,
     then `policy_loss`; differentiated w.r.t. hidden states and unembedding.

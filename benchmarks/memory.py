@@ -57,12 +57,13 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from entropix_rl import interventions, memory, sampling, sharding  # noqa: E402
 from entropix_rl.models import decoder, init_params  # noqa: E402
-from entropix_rl.train import batching  # noqa: E402
-from entropix_rl.train.experiment import resolve  # noqa: E402
+from entropix_rl.train import config_dict  # noqa: E402
+from entropix_rl.train.config import resolve  # noqa: E402
 from entropix_rl.train.optim import make_optimizer  # noqa: E402
-from entropix_rl.train.rl_step import make_rl_update  # noqa: E402
-from entropix_rl.train.sft_step import make_sft_step  # noqa: E402
+from entropix_rl.train.rollout import abstract_rl_batch  # noqa: E402
+from entropix_rl.train.sft import jit_sft_step  # noqa: E402
 from entropix_rl.train.state import create_train_state  # noqa: E402
+from entropix_rl.train.update import UpdateSpec, jit_rl_update  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (e.g. a recipe).")
 _ARCH = flags.DEFINE_enum(
@@ -209,6 +210,7 @@ def main(argv):
   if _MESH.value:
     data, fsdp, tensor = (int(x) for x in _MESH.value.split(","))
     config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
+  config = config_dict.typed(config)
   model_cfg = memory.qwen25_config(_ARCH.value.split("-", 1)[1].upper()).replace(
       attention_impl=_ATTENTION.value,
       attention_block_q=config.model.attention_block_q,
@@ -220,11 +222,12 @@ def main(argv):
       stop_ids=(151643,), pad_id=151643, vocab_size=model_cfg.vocab_size
   )
   exp = resolve(config, tokenizer=stand_in, model=model_cfg)
-  mesh = sharding.make_mesh(config.mesh)
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  rl = exp.config.rl
+  mesh = sharding.make_mesh(exp.config.mesh)
+  shards = sharding.batch_shards(mesh)
   hbm = memory.device_hbm_bytes(_CHIP.value)
   prompt, completion = config.data.max_prompt_len, exp.sampler.max_new_tokens
-  n = exp.rl.batch_size
+  n = rl.batch_size
   context = dict(
       arch=_ARCH.value,
       config=sys.argv[1] if len(sys.argv) > 1 else "",
@@ -236,15 +239,15 @@ def main(argv):
       rollouts=n,
       prompt_len=prompt,
       response_len=completion,
-      micro_batch_size=exp.rl.micro_batch_size,
-      logprob_micro_batch_size=exp.rl.logprob_micro_batch_size,
+      micro_batch_size=rl.micro_batch_size,
+      logprob_micro_batch_size=rl.logprob_micro_batch_size,
       max_decode_rows=exp.sampler.max_decode_rows,
   )
   params = jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0)))
   params = _abstract(params, sharding.param_shardings(model_cfg, mesh))
   estimate = memory.estimate_for_experiment(model_cfg, exp, dict(mesh.shape))
 
-  optimizer = make_optimizer(exp.rl_optimizer)
+  optimizer = make_optimizer(exp.config.optimizer)
 
   def train_state(opt, with_reference):
     build = lambda p: create_train_state(
@@ -257,16 +260,14 @@ def main(argv):
     abstract = jax.eval_shape(build, params)
     return _abstract(abstract, sharding.state_shardings(abstract, opt, mesh))
 
-  state = train_state(optimizer, config.rl.use_reference)
+  state = train_state(optimizer, rl.use_reference)
   rows = lambda shape, dtype: jax.ShapeDtypeStruct(
       shape, dtype, sharding=sharding.batch_sharding(mesh)
   )
   if "rl_update" in _FUNCTIONS.value:
-    batch = batching.abstract_rl_batch(n, prompt, completion, sharding.batch_sharding(mesh))
-    update = make_rl_update(
-        model_cfg,
-        exp.rl,
-        exp.loss,
+    batch = abstract_rl_batch(n, prompt, completion, sharding.batch_sharding(mesh))
+    update = jit_rl_update(
+        UpdateSpec.of(exp),
         optimizer,
         mesh=mesh,
         state_sharding=jax.tree.map(lambda x: x.sharding, state),
@@ -281,8 +282,8 @@ def main(argv):
         context=context,
     )
 
-  sampler_cfg = dataclasses.replace(exp.sampler, num_samples=exp.rl.group_size)
-  per_pass = sampler_cfg.prompts_per_pass or exp.rl.num_groups
+  sampler_cfg = dataclasses.replace(exp.sampler, num_samples=rl.group_size)
+  per_pass = sampler_cfg.prompts_per_pass or rl.prompts_per_step
   per_pass = -(-per_pass // shards) * shards
   pass_rows = per_pass * sampler_cfg.num_samples
   resident = _device_bytes(state) - _device_bytes(state.params)
@@ -334,16 +335,15 @@ def main(argv):
         context=context,
     )
   if "sft_step" in _FUNCTIONS.value:
-    sft_optimizer = make_optimizer(exp.sft_optimizer)
+    sft_optimizer = make_optimizer(exp.config.sft.optimizer)
     sft_state = train_state(sft_optimizer, False)
-    b = config.sft.batch_size
-    step = make_sft_step(
+    b = exp.config.sft.batch_size
+    step = jit_sft_step(
         model_cfg,
         sft_optimizer,
-        token_chunk=exp.rl.token_chunk,
-        remat=exp.rl.remat,
-        micro_batch_size=config.sft.micro_batch_size,
-        batch_size=b,
+        exp.config.sft,
+        token_chunk=rl.token_chunk,
+        remat=rl.remat,
         mesh=mesh,
         state_sharding=jax.tree.map(lambda x: x.sharding, sft_state),
     )

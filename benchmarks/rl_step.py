@@ -53,7 +53,8 @@ from configs import quickstart
 from entropix_rl import sharding, tasks
 from entropix_rl.models import forward, hf, init_params
 from entropix_rl.tokenizer import CharTokenizer
-from entropix_rl.train import experiment
+from entropix_rl.train import config_dict, loop
+from entropix_rl.train.config import Experiment, ExperimentConfig, resolve
 
 _STEPS = flags.DEFINE_integer("steps", 3, "Measured steps per side (after one warm-up step).")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads (match the cores JAX uses).")
@@ -72,8 +73,9 @@ def emit(**record) -> None:
   print(json.dumps(record), flush=True)
 
 
-def bench_config():
+def bench_config(old_logp_from_rollout: bool = False) -> ExperimentConfig:
   config = quickstart.get_config()
+  config.rl.old_logp_from_rollout = old_logp_from_rollout
   config.sft.steps = 0
   config.eval.every = 0
   config.rl.use_reference = False
@@ -81,7 +83,7 @@ def bench_config():
   config.logging.tensorboard = False
   config.logging.console_every = 10**6
   config.checkpoint.save_every = 10**6
-  return config
+  return config_dict.typed(config)
 
 
 def one_rollout_work(config) -> dict[str, int]:
@@ -99,29 +101,22 @@ def one_rollout_work(config) -> dict[str, int]:
   }
 
 
-def ours(config, workdir: str) -> dict[str, Any]:
-  """Times `_collect` (rollout, decode, score) and `update` (old log-probs + mini-batch
+def ours(config: ExperimentConfig, workdir: str) -> dict[str, Any]:
+  """Times `collect` (rollout, decode, score) and `update` (old log-probs + mini-batch
   updates, one jitted call) of the trainer; the first step includes compilation."""
-  tokenizer = experiment.make_tokenizer(config)
-  exp = experiment.resolve(config, tokenizer=tokenizer)
-  task = tasks.get_task(config.task.name, **config.task.kwargs)
+  exp = resolve(config)
   params = init_params(exp.model, jax.random.PRNGKey(0))
-  run = experiment.RLRun(
-      exp, workdir, tokenizer, task, exp.model, params, sharding.make_mesh(config.mesh), log=False
-  )
+  run = loop.RLRun(exp, workdir, params, sharding.make_mesh(config.mesh))
   collect_s, update_s, lengths = [], [], []
   for _ in range(_STEPS.value + 1):
     t0 = time.perf_counter()
-    rng, key = jax.random.split(run.state.rng)
-    run.state = run.state.replace(rng=rng)
-    batch, metrics, _ = run._collect(key)
+    batch, responses, _ = run.collect(run.next_key())
     t1 = time.perf_counter()
-    run.state, _ = run.update(run.state, batch)
-    jax.block_until_ready(run.state.params)
+    run.update(batch)  # returns the metrics, so the update has finished
     collect_s.append(t1 - t0)
     update_s.append(time.perf_counter() - t1)
-    lengths.append(metrics["response/length_mean"])
-  run.checkpointer.close()
+    lengths.append(float(responses.completion_mask.sum(axis=1).mean()))
+  run.close()
   times = [c + u for c, u in zip(collect_s, update_s)]
   return {
       "steps_s": times[1:],
@@ -129,7 +124,7 @@ def ours(config, workdir: str) -> dict[str, Any]:
       "mean_completion_len": float(np.mean(lengths)),
       "work": one_rollout_work(config),
       "split_median_s": {
-          "source": "wall clock around RLRun._collect and RLRun.update",
+          "source": "wall clock around RLRun.collect and RLRun.update",
           "rollout": statistics.median(collect_s[1:]),
           "old_logprobs_and_updates": statistics.median(update_s[1:]),
       },
@@ -267,7 +262,7 @@ def tunix_python(venv: str) -> str:
   return python
 
 
-def tunix_spec(exp: experiment.Experiment, params: dict, model_dir: str, tmp: str) -> str:
+def tunix_spec(exp: Experiment, params: dict, model_dir: str, tmp: str) -> str:
   """Writes the spec `tunix_grpo.py` reads (and our logits for its check); returns its path."""
   config, model = exp.config, exp.model
   task = tasks.get_task(config.task.name, **config.task.kwargs)
@@ -337,7 +332,7 @@ def tunix_spec(exp: experiment.Experiment, params: dict, model_dir: str, tmp: st
   return path
 
 
-def tunix(exp: experiment.Experiment, params: dict, model_dir: str, tmp: str) -> dict[str, Any]:
+def tunix(exp: Experiment, params: dict, model_dir: str, tmp: str) -> dict[str, Any]:
   """Runs `tunix_grpo.py` in the tunix environment; returns its record or {"error": why}."""
   try:
     python = tunix_python(_TUNIX_VENV.value)
@@ -358,9 +353,8 @@ def tunix(exp: experiment.Experiment, params: dict, model_dir: str, tmp: str) ->
 def main(argv):
   del argv
   config = bench_config()
-  exp = experiment.resolve(config)
-  reuse = bench_config()
-  reuse.rl.old_logp_from_rollout = True
+  exp = resolve(config)
+  reuse = bench_config(old_logp_from_rollout=True)
   with tempfile.TemporaryDirectory() as tmp:
     our = ours(config, os.path.join(tmp, "ours"))
     our_reuse = ours(reuse, os.path.join(tmp, "ours_reuse"))

@@ -21,7 +21,7 @@ import ml_collections
 # Binaries load config files by path, so make the sibling quickstart importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import quickstart
-from entropix_rl.config_overrides import apply_overrides
+from entropix_rl.train.config_dict import apply_overrides
 
 # name -> dotted overrides of the quickstart config.
 PRESETS: dict[str, dict] = {

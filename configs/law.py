@@ -65,7 +65,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sft.shared_dir = "/tmp/law/sft_seed0"
 
   config.rl.steps = 120
-  config.optimizer.learning_rate = 3e-4
   config.optimizer.warmup_steps = 5
   config.optimizer.schedule = "cosine"
   # Optimizer updates: 4 mini-batches per step, so the decay spans the run's 480 updates.
@@ -74,8 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval.every = 4
   config.eval.num_prompts = 256
-  config.eval.num_samples = 8
-  config.eval.pass_k = (1, 8)
   config.checkpoint.save_every = 60
   config.logging.console_every = 20
   return config

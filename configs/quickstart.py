@@ -24,121 +24,38 @@ ratio, coefficient and mini-batches; docs/results.md has the measurements).
 
 import ml_collections
 
-from entropix_rl.data import DataConfig
-from entropix_rl.interventions import default_loss_config
-from entropix_rl.train.config import (
-    CheckpointConfig,
-    DistributedConfig,
-    LoggingConfig,
-    MeshConfig,
-    SFTConfig,
-    section,
-)
-from entropix_rl.train.optim import OptimizerConfig
+from entropix_rl.train.config_dict import default_config
 
 
 def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.method = ""  # label in plots/tables; empty = derived from the loss name
+  """The quickstart (module docstring); `:runlocal` is a seconds-long smoke run."""
+  config = default_config()  # every field at its default; set here is only what differs
+  config.task.kwargs = {"min_n": 100, "max_n": 999}
 
-  config.task = ml_collections.ConfigDict(
-      {"name": "decomposition", "kwargs": {"min_n": 100, "max_n": 999}}
-  )
-  config.tokenizer = ml_collections.ConfigDict({"kind": "char", "path": ""})
-  config.data = section(DataConfig(source="task", max_prompt_len=8, bad_records="fail"))
+  config.model.hidden_size = 128
+  config.model.num_layers = 3
+  config.model.num_heads = 4
+  config.model.num_kv_heads = 2
+  config.model.head_dim = 32
+  config.model.intermediate_size = 384
+  config.model.max_position_embeddings = 64
+  config.model.tie_embeddings = True
 
-  config.model = ml_collections.ConfigDict(
-      {
-          "init": "random",
-          "checkpoint": "",
-          "model_type": "qwen2",
-          "hidden_size": 128,
-          "num_layers": 3,
-          "num_heads": 4,
-          "num_kv_heads": 2,
-          "head_dim": 32,
-          "intermediate_size": 384,
-          "max_position_embeddings": 64,
-          "tie_embeddings": True,
-          "qkv_bias": True,
-          "rope_theta": 10000.0,
-          "param_dtype": "float32",
-          "compute_dtype": "float32",
-          "attention_impl": "auto",
-          "attention_block_q": 512,
-          "attention_block_k": 512,
-      }
-  )
+  config.sampler.max_new_tokens = 10
+  config.sampler.decode_segment = 64
 
-  config.sampler = ml_collections.ConfigDict(
-      {
-          "temperature": 1.0,
-          "top_p": 1.0,
-          "top_k": 0,
-          "max_new_tokens": 10,
-          "greedy": False,
-          "max_decode_rows": 0,
-          "decode_segment": 64,
-      }
-  )
+  config.sft.steps = 350
+  config.sft.optimizer.learning_rate = 1e-3
+  config.sft.optimizer.warmup_steps = 20
 
-  config.sft = section(
-      SFTConfig(
-          steps=350,
-          batch_size=256,
-          log_every=50,
-          shared_dir="",
-          micro_batch_size=0,
-          optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=20, grad_clip_norm=1.0),
-      )
-  )
-
-  config.rl = ml_collections.ConfigDict(
-      {
-          "steps": 300,
-          "prompts_per_step": 32,
-          "group_size": 8,
-          "ppo_epochs": 1,
-          "num_minibatches": 4,
-          "advantage": "grpo",
-          "dynamic_sampling": False,
-          "max_gen_batches": 10,
-          "use_reference": True,
-          "measure_dynamics": True,
-          "token_chunk": 4096,
-          "remat": False,
-          "micro_batch_size": 0,
-          "logprob_micro_batch_size": 0,
-          "feature_chunk": 256,
-          "completion_buckets": 1,
-          "old_logp_from_rollout": False,
-          # Stop after this many updates in a row with a non-finite loss or gradient (each skipped).
-          "max_skipped_updates": 3,
-          # Steps within a response (EMPG, EPO): "" = one step; "+" splits "a+b" into "a+" and "b".
-          "step_delimiter": "",
-          # Answer clusters (SEED-GRPO): "exact_string" or "value" (every correct a+b has value n).
-          "cluster_by": "exact_string",
-      }
-  )
   # No warm-up, as in the paper's recipes; docs/results.md shows the first update's drop.
-  config.optimizer = section(
-      OptimizerConfig(learning_rate=3e-4, warmup_steps=0, grad_clip_norm=1.0)
-  )
+  config.optimizer.learning_rate = 3e-4
 
-  config.loss = default_loss_config()
   config.loss.clip_cov.ratio = 0.02
   config.loss.kl_cov.ratio = 0.2
 
-  config.eval = ml_collections.ConfigDict(
-      {"every": 50, "num_prompts": 128, "num_samples": 8, "pass_k": (1, 8)}
-  )
-  config.checkpoint = section(CheckpointConfig(save_every=100, keep=2))
-  config.logging = section(LoggingConfig(console_every=25, tensorboard=True))
-  config.mesh = section(MeshConfig(data=-1, fsdp=1, tensor=1))
-  # Unset ("", 0, -1) = discovered by JAX; set all three for processes on one machine
-  # (docs/reliability.md, "Multi-process runs").
-  config.distributed = section(DistributedConfig(enabled=False))
+  config.eval.every = 50
+  config.eval.pass_k = (1, 8)
 
   if runlocal:
     config.sft.steps = 20

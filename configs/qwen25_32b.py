@@ -32,21 +32,6 @@ LEARNING_RATE = 1e-6  # the paper's setup: 32B
 KL_COV_RATIO = 2e-4  # KL-Cov: Qwen2.5-32B
 MESH_TENSOR = 8  # Qwen2.5-32B has 8 KV heads (docs/scaling.md)
 CHECKPOINT_PLACEHOLDER = "/path/to/Qwen2.5-32B"
-# Informational only: with model.init="checkpoint" the architecture is read from the
-# checkpoint's config.json (values as entropix_rl.memory.qwen25_config("32B")).
-ARCHITECTURE = dict(
-    hidden_size=5120,
-    num_layers=64,
-    num_heads=40,
-    num_kv_heads=8,
-    head_dim=128,
-    intermediate_size=27648,
-    max_position_embeddings=32768,
-    tie_embeddings=False,
-    qkv_bias=True,
-    rope_theta=1e6,
-)
-
 SIZE = recipes.RecipeSize(
     config_file="configs/qwen25_32b.py",
     learning_rate=LEARNING_RATE,
@@ -56,7 +41,6 @@ SIZE = recipes.RecipeSize(
     logprob_micro_batch_size=2,
     max_decode_rows=512,
     checkpoint_placeholder=CHECKPOINT_PLACEHOLDER,
-    architecture=ARCHITECTURE,
 )
 
 

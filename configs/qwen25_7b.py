@@ -66,21 +66,6 @@ LEARNING_RATE = 5e-7  # the paper's setup: 7B, original repo (verl recipes: 1e-6
 KL_COV_RATIO = 2e-3  # KL-Cov: Qwen2.5-7B
 MESH_TENSOR = 4  # Qwen2.5-7B has 4 KV heads (docs/scaling.md)
 CHECKPOINT_PLACEHOLDER = "/path/to/Qwen2.5-7B"
-# Informational only: with model.init="checkpoint" the architecture is read from the
-# checkpoint's config.json (values as entropix_rl.memory.qwen25_config("7B")).
-ARCHITECTURE = dict(
-    hidden_size=3584,
-    num_layers=28,
-    num_heads=28,
-    num_kv_heads=4,
-    head_dim=128,
-    intermediate_size=18944,
-    max_position_embeddings=32768,
-    tie_embeddings=False,
-    qkv_bias=True,
-    rope_theta=1e6,
-)
-
 SIZE = recipes.RecipeSize(
     config_file="configs/qwen25_7b.py",
     learning_rate=LEARNING_RATE,
@@ -90,7 +75,6 @@ SIZE = recipes.RecipeSize(
     logprob_micro_batch_size=4,
     max_decode_rows=1024,
     checkpoint_placeholder=CHECKPOINT_PLACEHOLDER,
-    architecture=ARCHITECTURE,
 )
 
 

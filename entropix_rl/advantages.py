@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -67,6 +68,9 @@ def grpo(
   Returns:
     `[N]` float32 advantages. Singleton groups use mean 0 and std 1, as verl.
   """
+  chex.assert_rank([rewards, group_ids], 1)
+  chex.assert_equal_shape([rewards, group_ids])
+  chex.assert_type(group_ids, int)
   rewards = jnp.asarray(rewards, jnp.float32)
   count, mean, std = _group_stats(rewards, group_ids, num_groups)
   singleton = count < 2
@@ -82,6 +86,8 @@ def dr_grpo(rewards: jax.Array, group_ids: jax.Array, num_groups: int) -> jax.Ar
 
   Shapes as `grpo`; singleton groups use mean 0.
   """
+  chex.assert_rank([rewards, group_ids], 1)
+  chex.assert_equal_shape([rewards, group_ids])
   return grpo(rewards, group_ids, num_groups, std_normalize=False)
 
 
@@ -90,6 +96,9 @@ def rloo(rewards: jax.Array, group_ids: jax.Array, num_groups: int) -> jax.Array
 
   Equal to `n/(n−1) · (r_i − mean_g)`. Shapes as `grpo`; a singleton group gets 0.
   """
+  chex.assert_rank([rewards, group_ids], 1)
+  chex.assert_equal_shape([rewards, group_ids])
+  chex.assert_type(group_ids, int)
   rewards = jnp.asarray(rewards, jnp.float32)
   count, mean, _ = _group_stats(rewards, group_ids, num_groups)
   scale = jnp.where(count > 1, count / jnp.maximum(count - 1.0, 1.0), 0.0)
@@ -121,6 +130,9 @@ def reinforce_pp_baseline(
   Returns:
     `[N]` float32 advantages.
   """
+  chex.assert_rank([rewards, group_ids], 1)
+  chex.assert_equal_shape([rewards, group_ids] + ([] if lengths is None else [lengths]))
+  chex.assert_type(group_ids, int)
   rewards = jnp.asarray(rewards, jnp.float32)
   count, mean, _ = _group_stats(rewards, group_ids, num_groups)
   centred = rewards - jnp.where(count < 2, 0.0, mean)
@@ -133,6 +145,8 @@ def reinforce_pp_baseline(
 
 def token_advantages(advantages: jax.Array, mask: jax.Array) -> jax.Array:
   """Broadcasts `[N]` sequence advantages over the response tokens: `[N, T] = A[:, None] · m`."""
+  chex.assert_rank([advantages, mask], [1, 2])
+  chex.assert_equal_shape_prefix([advantages, mask], 1)
   return advantages[:, None].astype(jnp.float32) * mask.astype(jnp.float32)
 
 

@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 from entropix_rl import data, sampling
+from entropix_rl.console import Progress
 from entropix_rl.models import ModelConfig
 from entropix_rl.tasks.base import Example
-from entropix_rl.train.metrics import Progress
 from entropix_rl.train.rollout_metrics import pass_at_k
 
 

@@ -14,14 +14,13 @@ from typing import Any
 from absl import logging
 from etils import epath
 import jax
-import ml_collections
 
 from entropix_rl import paths
 from entropix_rl.models import ModelConfig, hf, init_params
-from entropix_rl.models.config import RopeScaling
-from entropix_rl.train import experiment
+from entropix_rl.models.architecture import RopeScaling
+from entropix_rl.train import config_dict
 from entropix_rl.train.checkpoint import Checkpointer
-from entropix_rl.train.config import ExperimentConfig
+from entropix_rl.train.config import ExperimentConfig, make_tokenizer
 
 
 def run_model_config(info: dict[str, Any]) -> ModelConfig:
@@ -67,7 +66,7 @@ def load_run_policy(workdir: epath.PathLike, step: int | None = None) -> RunPoli
   if not info_path.exists():
     raise FileNotFoundError(f"{info_path} does not exist: --workdir must be a training run")
   info = json.loads(info_path.read_text())
-  config = ExperimentConfig.from_config_dict(ml_collections.ConfigDict(info["config"]))
+  config = config_dict.typed(info["config"])
   model_cfg = run_model_config(info)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(
@@ -93,7 +92,7 @@ def export_run(
   """
   policy = load_run_policy(workdir, step)
   config = policy.config
-  tokenizer = experiment.make_tokenizer(config)
+  tokenizer = make_tokenizer(config)
   model_cfg = policy.model.replace(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
   target = paths.as_path(out)
   hf.save(target, model_cfg, jax.device_get(policy.params))

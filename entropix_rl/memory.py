@@ -389,10 +389,10 @@ def max_rollout_batch(
 def estimate_for_experiment(
     model_cfg: ModelConfig, exp, mesh_shape: Mapping[str, int]
 ) -> MemoryEstimate:
-  """`estimate_memory` with the shapes of a resolved experiment (`train.experiment.resolve`)."""
+  """`estimate_memory` with the shapes of a resolved experiment (`train.config.resolve`)."""
   mesh = validate_mesh(mesh_shape)
   shards = mesh["data"] * mesh["fsdp"]
-  rl = exp.rl
+  rl = exp.config.rl
   return estimate_memory(
       model_cfg,
       mesh_shape=mesh,
@@ -405,5 +405,5 @@ def estimate_for_experiment(
       group_size=rl.group_size,
       micro_batching=bool(rl.micro_batch_size),
       token_chunk=rl.token_chunk,
-      with_reference=exp.config.rl.use_reference,
+      with_reference=rl.use_reference,
   )

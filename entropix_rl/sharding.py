@@ -27,27 +27,65 @@ random token selection (Clip-Cov, KL-Cov) pick the same tokens on every mesh as 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+import dataclasses
 import functools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
+from entropix_rl.checks import check_bool, check_int
 from entropix_rl.models import families, init_params
 from entropix_rl.models.config import ModelConfig
 
-if TYPE_CHECKING:
-  from entropix_rl.train.config import DistributedConfig
-
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """`config.mesh`: device mesh sizes over (data, fsdp, tensor); one may be -1 ("the rest")."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+  def __post_init__(self):
+    for name in AXES:
+      if getattr(self, name) == 0 or getattr(self, name) < -1:
+        raise ValueError(
+            f"mesh.{name}={getattr(self, name)}; allowed: an int >= 1, or -1 (the "
+            "rest of the devices)"
+        )
+    if [self.data, self.fsdp, self.tensor].count(-1) > 1:
+      raise ValueError(
+          f"mesh: at most one of data, fsdp, tensor may be -1; got data={self.data}, "
+          f"fsdp={self.fsdp}, tensor={self.tensor}"
+      )
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """`config.distributed`: `jax.distributed.initialize` arguments; unset ("", 0, -1) ones are
+  discovered by JAX (TPU)."""
+
+  enabled: bool = False
+  coordinator_address: str = ""
+  num_processes: int = 0
+  process_id: int = -1
+
+  def __post_init__(self):
+    check_bool("distributed.enabled", self.enabled)
+    check_int("distributed.num_processes", self.num_processes, 0, " (0 = discovered)")
+    check_int("distributed.process_id", self.process_id, -1, " (-1 = discovered)")
 
 
 def distributed_kwargs(cfg: DistributedConfig) -> dict[str, Any]:
@@ -85,8 +123,10 @@ def initialize_distributed(cfg: DistributedConfig) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def mesh_shape(cfg: Mapping[str, int], num_devices: int) -> dict[str, int]:
+def mesh_shape(cfg: MeshConfig | Mapping[str, int], num_devices: int) -> dict[str, int]:
   """Resolves `{data, fsdp, tensor}` sizes; one of them may be -1 ("the rest of the devices")."""
+  if isinstance(cfg, MeshConfig):
+    cfg = dataclasses.asdict(cfg)
   unknown = sorted(set(cfg) - set(AXES))
   if unknown:
     raise ValueError(f"mesh: unknown axis {unknown}; allowed: {AXES}")
@@ -110,7 +150,7 @@ def mesh_shape(cfg: Mapping[str, int], num_devices: int) -> dict[str, int]:
   return sizes
 
 
-def make_mesh(cfg: Mapping[str, int], devices: list | None = None) -> Mesh:
+def make_mesh(cfg: MeshConfig | Mapping[str, int], devices: list | None = None) -> Mesh:
   """A `Mesh` with axes (data, fsdp, tensor) over `devices` (default: all devices)."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = mesh_shape(cfg, len(devices))
@@ -149,6 +189,11 @@ def param_shardings(model_cfg: ModelConfig, mesh: Mesh) -> Any:
   """`NamedSharding`s of the model's param tree (from its shapes; nothing is allocated)."""
   abstract = jax.eval_shape(functools.partial(init_params, model_cfg), jax.random.PRNGKey(0))
   return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(abstract, mesh))
+
+
+def batch_shards(mesh: Mesh | None) -> int:
+  """The data x fsdp shards that split a batch's rows (1 without a mesh)."""
+  return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -211,8 +256,28 @@ class jit_on_mesh:
     return self.jitted._cache_size()
 
 
+def jit_train_step(step, mesh: Mesh | None, state_sharding: Any = None):
+  """`jax.jit` of a training step `(state, batch) -> (state, metrics)` that donates the state.
+
+  On a mesh the state keeps `state_sharding` (`state_shardings`), the batch's rows split over
+  data x fsdp and the metrics come back replicated.
+  """
+  if mesh is None:
+    return jax.jit(step, donate_argnums=0)
+  if state_sharding is None:
+    raise ValueError("a training step on a mesh needs state_sharding= (sharding.state_shardings)")
+  return jit_on_mesh(
+      step,
+      mesh,
+      donate_argnums=0,
+      in_shardings=(state_sharding, batch_sharding(mesh)),
+      out_shardings=(state_sharding, replicated(mesh)),
+  )
+
+
 def check_batch_divisible(rows: int, mesh: Mesh, what: str) -> None:
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  """Raises ValueError naming `what` unless `rows` split evenly over the mesh's data shards."""
+  shards = batch_shards(mesh)
   if rows % shards:
     raise ValueError(f"{what}={rows} rows must divide by mesh data x fsdp = {shards}")
 
@@ -266,3 +331,65 @@ def gather_host_rows(tree: Any) -> Any:
     return np.ascontiguousarray(words).view(np.float64)
 
   return jax.tree.map(gather, tree)
+
+
+def split_rows(tree: Any, pieces: int, shards: int) -> Any:
+  """`[N, ...]` leaves → `[pieces, N / pieces, ...]`, piece j taking slice j of every shard.
+
+  The N rows are laid out as `shards` contiguous blocks (one per data shard); piece j holds
+  rows `[j·r, (j+1)·r)` of each block, with `r = N / (shards · pieces)`. So a micro-batch or a
+  no-grad chunk never moves rows between devices.
+  """
+
+  def split(x):
+    n = x.shape[0]
+    r = n // (shards * pieces)
+    x = x.reshape((shards, pieces, r) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape((pieces, shards * r) + x.shape[3:])
+
+  return jax.tree.map(split, tree)
+
+
+def merge_rows(tree: Any, shards: int) -> Any:
+  """The inverse of `split_rows`: `[pieces, M, ...]` → `[pieces · M, ...]`."""
+
+  def merge(x):
+    pieces, m = x.shape[:2]
+    x = x.reshape((pieces, shards, m // shards) + x.shape[2:])
+    return jnp.swapaxes(x, 0, 1).reshape((pieces * m,) + x.shape[3:])
+
+  return jax.tree.map(merge, tree)
+
+
+def constrain_rows(tree: Any, mesh: Mesh | None, axis: int = 0) -> Any:
+  """Rows (axis `axis`) over data x fsdp on `mesh`; a no-op without a mesh."""
+  if mesh is None:
+    return tree
+
+  def constrain(x):
+    spec = P(*([None] * axis), BATCH_AXES, *([None] * (x.ndim - axis - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+  return jax.tree.map(constrain, tree)
+
+
+def map_row_chunks(
+    fn: Callable[[Any], Any], tree: Any, *, chunk_rows: int, mesh: Mesh | None = None
+) -> Any:
+  """`fn` over chunks of `chunk_rows` rows per data shard, reassembled in row order (`lax.map`),
+  so the peak memory of a no-grad pass follows the chunk, not the batch.
+
+  Args:
+    fn: maps a pytree of `[M, ...]` row arrays to a pytree of `[M, ...]` arrays.
+    tree: `[N, ...]` row arrays, N a multiple of `batch_shards(mesh) · chunk_rows`;
+      `chunk_rows = 0` processes all rows at once.
+    mesh: the mesh, to keep each chunk's rows on their devices.
+  """
+  shards = batch_shards(mesh)
+  n = jax.tree.leaves(tree)[0].shape[0]
+  pieces = 1 if not chunk_rows else n // (shards * chunk_rows)
+  if pieces <= 1:
+    return fn(tree)
+  chunks = constrain_rows(split_rows(tree, pieces, shards), mesh, axis=1)
+  out = jax.lax.map(lambda rows: fn(constrain_rows(rows, mesh)), chunks)
+  return constrain_rows(merge_rows(out, shards), mesh)

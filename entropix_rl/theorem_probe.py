@@ -44,7 +44,7 @@ import optax
 
 from entropix_rl import dynamics
 from entropix_rl.models import ModelConfig, unembedding
-from entropix_rl.train import passes
+from entropix_rl.train import update
 
 OPTIMIZERS: dict[str, Callable[[jax.Array], optax.GradientTransformation]] = {
     "sgd": optax.sgd,
@@ -65,7 +65,7 @@ def pg_loss(
   Returns:
     float32 scalar.
   """
-  logp = passes.completion_quantities(
+  logp = update.completion_quantities(
       model_cfg, params, rows, temperature=temperature, token_chunk=token_chunk, with_entropy=False
   )["logp"]
   mask = rows["completion_mask"].astype(jnp.float32)
@@ -118,7 +118,7 @@ def make_probe_update(
     n = batch["completion"].shape[0]
     if n % num_minibatches:
       raise ValueError(f"num_minibatches={num_minibatches} must divide the {n} rows")
-    before = passes.completion_quantities(
+    before = update.completion_quantities(
         model_cfg,
         params,
         batch,
@@ -137,9 +137,9 @@ def make_probe_update(
 
     (new_params, _), _ = jax.lax.scan(step, (params, opt.init(params)), order)
     predicted, measured = dynamics.entropy_change_from_hidden(
-        passes.completion_hidden(model_cfg, params, batch),
+        update.completion_hidden(model_cfg, params, batch),
         unembedding(model_cfg, params),
-        passes.completion_hidden(model_cfg, new_params, batch),
+        update.completion_hidden(model_cfg, new_params, batch),
         unembedding(model_cfg, new_params),
         temperature=temperature,
         token_chunk=token_chunk,

@@ -25,7 +25,7 @@ from absl import app, flags
 from entropix_rl import benchmark_eval, console, data, export, paths, plots, sampling, tasks
 from entropix_rl.models import hf
 from entropix_rl.tokenizer import HFTokenizer
-from entropix_rl.train import experiment
+from entropix_rl.train.config import make_tokenizer
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A Hugging Face model directory.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: --checkpoint).")
@@ -89,7 +89,7 @@ def main(argv):
   else:
     policy = export.load_run_policy(_WORKDIR.value, _STEP.value)
     model_cfg, params, config = policy.model, policy.params, policy.config
-    tokenizer = experiment.make_tokenizer(config)
+    tokenizer = make_tokenizer(config)
     task = tasks.get_task(config.task.name, **config.task.kwargs)
   max_new = _MAX_NEW_TOKENS.value or (config.sampler.max_new_tokens if config else 4096)
   max_prompt = _MAX_PROMPT_LEN.value or (config.data.max_prompt_len if config else 1024)

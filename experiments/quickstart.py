@@ -18,9 +18,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from entropix_rl import console, plots, run_logs
-from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.train import experiment
+from entropix_rl.train import loop
 from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
+from entropix_rl.train.config_dict import apply_overrides, typed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/quickstart.py", "Base config shared by every method."
@@ -77,8 +77,8 @@ def main(argv):
       continue
     print(f"=== {method} ===", flush=True)
     try:
-      experiment.run(config, run_dir)
-    except experiment.Preempted as stop:
+      loop.run(typed(config), run_dir)
+    except loop.Preempted as stop:
       print(f"{method}: {stop}", flush=True)
       sys.exit(PREEMPTED_EXIT_CODE)
   rows = summarize(workdir, _METHODS.value)

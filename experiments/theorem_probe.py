@@ -2,7 +2,7 @@ r"""The entropy-dynamics theorem inside training (issue 15, point 3): single upd
 
   python experiments/theorem_probe.py --out=/tmp/theorem_probe
 
-Warm-starts the quickstart policy with the trainer's SFT (`experiment.run_sft`; reused from
+Warm-starts the quickstart policy with the trainer's SFT (`train.sft.warm_start`; reused from
 `--sft_dir/sft` when it exists), samples `--num_rollouts` real rollouts (quickstart prompts x
 group size, scored by the task verifier, GRPO advantages), then for every optimizer and
 learning rate of the grids takes ONE plain policy-gradient update from the warm start on each
@@ -41,10 +41,11 @@ import numpy as np
 
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import data as data_lib
-from entropix_rl import paths, tasks, theorem_probe
+from entropix_rl import sharding, theorem_probe
 from entropix_rl.plots import save_figure
-from entropix_rl.train import batching, experiment
+from entropix_rl.train import config_dict, sft
 from entropix_rl.train import rollout as rollout_lib
+from entropix_rl.train.config import Experiment, resolve
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -72,15 +73,18 @@ _NUM_ROLLOUTS = flags.DEFINE_integer("num_rollouts", 12, "Rollouts (steps) per s
 _SCATTER_POINTS = flags.DEFINE_integer("scatter_points", 3000, "Tokens drawn per panel of the PNG.")
 
 
-def collect_rollouts(
-    exp: experiment.Experiment, model_cfg, params, tokenizer, task, num_rollouts: int
-) -> list[dict[str, np.ndarray]]:
+def collect_rollouts(exp: Experiment, params, num_rollouts: int) -> list[dict[str, np.ndarray]]:
   """`num_rollouts` scored rollouts of `rl.prompts_per_step` prompts x `rl.group_size` samples
-  from the train split, as `batching.rl_batch` arrays plus per-token GRPO `advantages [N, C]`."""
-  groups, size = exp.rl.num_groups, exp.rl.group_size
-  sampler = rollout_lib.Sampler(model_cfg, exp.sampler, task, tokenizer, mesh=None)
+  from the train split, as `Responses.rl_batch` arrays plus per-token GRPO `advantages [N, C]`."""
+  rl = exp.config.rl
+  sampler = rollout_lib.Sampler(exp.model, exp.sampler, exp.task, exp.tokenizer)
   pipeline = data_lib.make_prompt_pipeline(
-      exp.config.data, tokenizer, batch_size=groups, seed=exp.config.seed, split="train", task=task
+      exp.config.data,
+      exp.tokenizer,
+      batch_size=rl.prompts_per_step,
+      seed=exp.config.seed,
+      split="train",
+      task=exp.task,
   )
   key = jax.random.PRNGKey(exp.config.seed + 17)
   batches = []
@@ -91,22 +95,13 @@ def collect_rollouts(
         prompts["prompt_tokens"],
         prompts["prompt_lengths"],
         prompts["examples"],
-        np.arange(groups),
-        size,
+        np.arange(rl.prompts_per_step),
+        rl.group_size,
         jax.random.fold_in(key, i),
     )
-    width = rows.prompt_tokens.shape[1]
-    prompt_mask = np.arange(width)[None, :] >= (width - rows.prompt_lengths)[:, None]
-    batch = batching.rl_batch(
-        rows.prompt_tokens,
-        prompt_mask,
-        rows.completion_tokens,
-        rows.completion_mask,
-        rows.rewards,
-        rows.group_ids,
-    )
+    batch = rows.rl_batch(rl.group_size)
     seq_adv = advantages_lib.compute_advantages(
-        exp.rl.advantage, batch["rewards"], batch["group_ids"], groups
+        rl.advantage, batch["rewards"], batch["group_ids"], rl.prompts_per_step
     )
     batch["advantages"] = np.asarray(seq_adv)[:, None] * batch["completion_mask"]
     batches.append(batch)
@@ -201,13 +196,11 @@ def run(config, out: str, sft_dir: str) -> dict:
   """The whole probe (module docstring); returns what it writes to `theorem_probe.json`."""
   t0 = time.perf_counter()
   os.makedirs(out, exist_ok=True)
-  spec = experiment.typed(config)
-  tokenizer = experiment.make_tokenizer(spec)
-  exp = experiment.resolve(spec, tokenizer=tokenizer)
-  task = tasks.get_task(spec.task.name, **spec.task.kwargs)
-  model_cfg, params = experiment.run_sft(exp, paths.as_path(sft_dir or out), tokenizer, task)
+  exp = resolve(config_dict.typed(config))
+  mesh = sharding.make_mesh(exp.config.mesh)
+  model_cfg, params = sft.warm_start(exp, sft_dir or out, mesh)
   t_sft = time.perf_counter() - t0
-  batches = collect_rollouts(exp, model_cfg, params, tokenizer, task, _NUM_ROLLOUTS.value)
+  batches = collect_rollouts(exp, params, _NUM_ROLLOUTS.value)
   rollouts = {
       "count": len(batches),
       "rows": int(batches[0]["completion"].shape[0]),
@@ -222,9 +215,13 @@ def run(config, out: str, sft_dir: str) -> dict:
   for optimizer, lr, k in settings():
     if (optimizer, k) not in probes:
       probes[optimizer, k] = theorem_probe.make_probe_update(
-          model_cfg, optimizer, k, temperature=exp.rl.temperature, token_chunk=exp.rl.token_chunk
+          model_cfg,
+          optimizer,
+          k,
+          temperature=exp.sampler.temperature,
+          token_chunk=exp.config.rl.token_chunk,
       )
-    figures, tokens = probe_setting(probes[optimizer, k], params, batches, lr, spec.seed)
+    figures, tokens = probe_setting(probes[optimizer, k], params, batches, lr, exp.config.seed)
     row = {"optimizer": optimizer, "lr": lr, "k": k, **figures}
     print(json.dumps(row), flush=True)
     results.append(row)

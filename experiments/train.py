@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from entropix_rl import console, sharding
-from entropix_rl.train import experiment
+from entropix_rl.train import config_dict, loop
 from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,11 +30,11 @@ def main(argv):
   console.configure()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = experiment.typed(_CONFIG.value)  # the one validation of the whole config
+  config = config_dict.typed(_CONFIG.value)  # the one validation of the whole config
   sharding.initialize_distributed(config.distributed)
   try:
-    experiment.run(config, _WORKDIR.value)
-  except experiment.Preempted as stop:
+    loop.run(config, _WORKDIR.value)
+  except loop.Preempted as stop:
     logging.warning("%s", stop)
     print(stop, flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)

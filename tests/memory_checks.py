@@ -17,10 +17,11 @@ import jax.numpy as jnp
 
 from entropix_rl import interventions, sharding
 from entropix_rl.models import forward_hidden, init_params, tiny_config
-from entropix_rl.train import batching
+from entropix_rl.train.config import RLConfig
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
-from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
+from entropix_rl.train.rollout import abstract_rl_batch
 from entropix_rl.train.state import create_train_state
+from entropix_rl.train.update import UpdateSpec, jit_rl_update
 
 MODEL = tiny_config(
     vocab_size=512,
@@ -62,8 +63,8 @@ def rl_update_temp(groups: int, micro: int, logprob_micro: int) -> int:
   """Temp bytes of `rl_update` for `groups x 8` rollouts in mini-batches of 32 sequences
   (8 per data shard), with `micro` / `logprob_micro` sequences per shard per chunk."""
   model = MODEL.replace(attention_impl="blockwise", attention_block_q=128, attention_block_k=128)
-  rl_cfg = RLUpdateConfig(
-      num_groups=groups,
+  rl_cfg = RLConfig(
+      prompts_per_step=groups,
       group_size=8,
       num_minibatches=groups // 4,
       token_chunk=256,
@@ -74,6 +75,7 @@ def rl_update_temp(groups: int, micro: int, logprob_micro: int) -> int:
   )
   loss_cfg = interventions.default_loss_config()
   loss_cfg.name = "clip_cov"
+  loss_cfg = interventions.resolve_loss_config(loss_cfg)
   optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3))
   params = _params(model)
   build = lambda p: create_train_state(
@@ -82,11 +84,9 @@ def rl_update_temp(groups: int, micro: int, logprob_micro: int) -> int:
   state = jax.eval_shape(build, params)
   state = _abstract(state, sharding.state_shardings(state, optimizer, MESH))
   n, prompt, completion = groups * 8, 64, 448
-  batch = batching.abstract_rl_batch(n, prompt, completion, sharding.batch_sharding(MESH))
-  update = make_rl_update(
-      model,
-      rl_cfg,
-      loss_cfg,
+  batch = abstract_rl_batch(n, prompt, completion, sharding.batch_sharding(MESH))
+  update = jit_rl_update(
+      UpdateSpec(model=model, rl=rl_cfg, loss=loss_cfg),
       optimizer,
       mesh=MESH,
       state_sharding=jax.tree.map(lambda x: x.sharding, state),

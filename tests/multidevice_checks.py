@@ -19,13 +19,15 @@ import jax
 import numpy as np
 import optax
 
-from entropix_rl import interventions, sampling, sharding, tasks
+from entropix_rl import interventions, sampling, sharding
 from entropix_rl.interventions import aggregation
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.train.checkpoint import Checkpointer
+from entropix_rl.train.config import RLConfig
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
-from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.state import create_train_state
+from entropix_rl.train.update import UpdateSpec, jit_rl_update
+from tests.synthetic import max_abs_diff, rl_rows
 
 MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
 MODEL = tiny_config(
@@ -57,30 +59,7 @@ def _mesh(shape):
 
 
 def _batch(seed=0, groups=GROUPS):
-  rng = np.random.default_rng(seed)
-  n = groups * GROUP_SIZE
-  prompt = rng.integers(3, MODEL.vocab_size, (n, PROMPT)).astype(np.int32)
-  completion = rng.integers(3, MODEL.vocab_size, (n, COMPLETION)).astype(np.int32)
-  lengths = rng.integers(3, COMPLETION + 1, n)
-  cmask = (np.arange(COMPLETION)[None] < lengths[:, None]).astype(np.float32)
-  return {
-      "tokens": np.concatenate([prompt, completion], 1),
-      "attention_mask": np.concatenate([np.ones((n, PROMPT), bool), cmask > 0], 1),
-      "completion": completion,
-      "completion_mask": cmask,
-      "rewards": rng.integers(0, 2, n).astype(np.float32),
-      "group_ids": np.repeat(np.arange(groups), GROUP_SIZE).astype(np.int32),
-  }
-
-
-def _max_diff(a, b):
-  return max(
-      (
-          float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-      ),
-      default=0.0,
-  )
+  return rl_rows(MODEL.vocab_size, groups, GROUP_SIZE, PROMPT, COMPLETION, seed=seed, min_length=3)
 
 
 # Settings of the loss-side entropy interventions on top of `loss.name` (the tiny model's flat
@@ -103,18 +82,22 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
   loss_cfg.clip_cov.ratio = 0.1
   loss_cfg.kl_cov.ratio = 0.1
   loss_cfg.update(EXTRA.get(loss_name, {}))
-  rl_cfg = RLUpdateConfig(
-      num_groups=groups,
+  loss_cfg = interventions.resolve_loss_config(loss_cfg)
+  rl_cfg = RLConfig(
+      prompts_per_step=groups,
       group_size=GROUP_SIZE,
       ppo_epochs=2,
       num_minibatches=2,
       advantage="grpo",
-      temperature=1.0,
       token_chunk=64,
       remat=False,
       measure_dynamics=True,
   )
-  mesh_cfg = dataclasses.replace(rl_cfg, micro_batch_size=micro, logprob_micro_batch_size=micro)
+  spec = UpdateSpec(model=MODEL, rl=rl_cfg, loss=loss_cfg)
+  mesh_spec = dataclasses.replace(
+      spec,
+      rl=dataclasses.replace(rl_cfg, micro_batch_size=micro, logprob_micro_batch_size=micro),
+  )
   optimizer = optax.sgd(0.5) if micro else make_optimizer(OptimizerConfig(learning_rate=1e-2))
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
 
@@ -128,29 +111,25 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
     )
 
   batch = _batch(groups=groups)
-  single_state, single_metrics = make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(
-      fresh_state(), batch
-  )
+  single_state, single_metrics = jit_rl_update(spec, optimizer)(fresh_state(), batch)
   out = {}
   for name, shape in MESHES.items():
     mesh = _mesh(shape)
     state = fresh_state()
     shardings = sharding.state_shardings(state, optimizer, mesh)
-    update = make_rl_update(
-        MODEL, mesh_cfg, loss_cfg, optimizer, mesh=mesh, state_sharding=shardings
-    )
+    update = jit_rl_update(mesh_spec, optimizer, mesh=mesh, state_sharding=shardings)
     new_state, metrics = update(jax.device_put(state, shardings), sharding.to_global(batch, mesh))
     out[name] = {
-        "params": _max_diff(new_state.params, single_state.params),
-        "opt_state": _max_diff(new_state.opt_state, single_state.opt_state),
+        "params": max_abs_diff(new_state.params, single_state.params),
+        "opt_state": max_abs_diff(new_state.opt_state, single_state.opt_state),
         "loss": abs(float(metrics["loss/loss"]) - float(single_metrics["loss/loss"])),
         "grad_norm": abs(
             float(metrics["loss/grad_norm"]) - float(single_metrics["loss/grad_norm"])
         ),
         "n_selected": float(metrics["loss/n_selected_total"]),
         "n_selected_single": float(single_metrics["loss/n_selected_total"]),
-        "param_delta": _max_diff(single_state.params, params),
-        "interventions": _max_diff(new_state.interventions, single_state.interventions),
+        "param_delta": max_abs_diff(single_state.params, params),
+        "interventions": max_abs_diff(new_state.interventions, single_state.interventions),
     }
   return out
 
@@ -203,7 +182,7 @@ def selection_equivalence():
       out[f"{loss_name}/{name}"] = {
           "same_tokens": bool(np.array_equal(np.asarray(sel), np.asarray(ref_sel))),
           "n_selected": int(np.asarray(ref_sel).sum()),
-          "grad": _max_diff(grad, ref_grad),
+          "grad": max_abs_diff(grad, ref_grad),
       }
   out.update(entropy_intervention_equivalence(inputs, mask, rng))
   return out
@@ -265,11 +244,11 @@ def entropy_intervention_equivalence(inputs, mask, rng):
       )
       out[f"{label}/{name}"] = {
           "same_picks": bool(np.array_equal(np.asarray(picks), np.asarray(ref_picks))),
-          "weights": _max_diff(picks, ref_picks),
+          "weights": max_abs_diff(picks, ref_picks),
           "n_selected": int((np.asarray(ref_picks) > 0).sum()),
           "n_distinct": len(np.unique(np.asarray(ref_picks)[mask > 0])),
-          "grad": _max_diff(grad, ref_grad),
-          "feature_grad": _max_diff(feature_grad, ref_feature_grad),
+          "grad": max_abs_diff(grad, ref_grad),
+          "feature_grad": max_abs_diff(feature_grad, ref_feature_grad),
           "feature_grad_max": float(np.abs(np.asarray(ref_feature_grad)).max()),
       }
   return out
@@ -293,7 +272,7 @@ def sampler_equivalence():
         "same_tokens": bool(
             np.array_equal(np.asarray(got.completion_tokens), np.asarray(ref.completion_tokens))
         ),
-        "logp": _max_diff(got.logp, ref.logp),
+        "logp": max_abs_diff(got.logp, ref.logp),
     }
   return out
 
@@ -336,7 +315,7 @@ def checkpoint_across_meshes():
       a.sharding == b for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(target_sh))
   )
   return {
-      "max_diff": _max_diff(restored, state),
+      "max_diff": max_abs_diff(restored, state),
       "step": step,
       "extra": extra,
       "on_target_mesh": specs_match,
@@ -399,7 +378,7 @@ def sharded_load(model):
       int(np.prod(x.shape[1:] if x.ndim == 4 else x.shape)) for x in jax.tree.leaves(params)
   )
   return {
-      "max_diff": _max_diff(placed, ref),
+      "max_diff": max_abs_diff(placed, ref),
       "files": files,
       "whole_reads": len(whole_reads),
       "largest_read": max(reads),
@@ -420,7 +399,9 @@ def rollout_equivalence():
   """A step's rollout with prefix branching (CURE) and group-level rewards (TTRL) collected on
   each mesh vs one device: the same rows, tokens, masks and rewards (greedy decoding)."""
   from configs import interventions as presets
-  from entropix_rl.train import experiment
+  from entropix_rl.train import loop
+  from entropix_rl.train.config import resolve
+  from entropix_rl.train.config_dict import typed
 
   out = {}
   for preset in ("cure", "ttrl"):
@@ -430,9 +411,7 @@ def rollout_equivalence():
     config.rl.num_minibatches = 2
     config.sft.steps = 0
     config.logging.tensorboard = False
-    tokenizer = experiment.make_tokenizer(config)
-    exp = experiment.resolve(config, tokenizer=tokenizer)
-    task = tasks.get_task(config.task.name, **config.task.kwargs)
+    exp = resolve(typed(config))
     batches = {}
     for name, devices in [("single", jax.devices()[:1])] + [(m, None) for m in MESHES]:
       mesh = (
@@ -442,9 +421,9 @@ def rollout_equivalence():
       )
       params = init_params(exp.model, jax.random.PRNGKey(4), init_std=0.3)
       with tempfile.TemporaryDirectory() as tmp:
-        run = experiment.RLRun(exp, tmp, tokenizer, task, exp.model, params, mesh, log=False)
-        batch, _, _ = run._collect(jax.random.PRNGKey(5))
-        run.checkpointer.close()
+        run = loop.RLRun(exp, tmp, params, mesh)
+        batch, _, _ = run.collect(jax.random.PRNGKey(5))
+        run.close()
       batches[name] = batch
     ref = batches.pop("single")
     out[preset] = {

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from entropix_rl.train import experiment
+from entropix_rl.train import loop
+from entropix_rl.train.config_dict import typed
 
 
 def train_two_steps(config, workdir: str, shared_dir: str = "") -> list[dict]:
@@ -14,6 +15,6 @@ def train_two_steps(config, workdir: str, shared_dir: str = "") -> list[dict]:
   config.rl.num_minibatches = 2
   config.eval.every = 0
   config.logging.tensorboard = False
-  history = experiment.run(config, workdir, log=False)
+  history = loop.run(typed(config), workdir, log=False)
   assert len(history) == 2 and all(np.isfinite(h["loss/loss"]) for h in history)
   return history

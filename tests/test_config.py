@@ -2,6 +2,7 @@
 the command line; unknown keys, missing keys and invalid values (alone or in combination) fail
 at start-up with an error naming the field, never inside jit."""
 
+import ast
 import dataclasses
 import os
 import subprocess
@@ -13,9 +14,9 @@ import ml_collections
 import pytest
 
 from configs import clip_bounds, interventions, law, quickstart, qwen25_7b, qwen25_32b
-from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.train import experiment
-from entropix_rl.train.config import ExperimentConfig
+from entropix_rl import sharding
+from entropix_rl.train.config import ExperimentConfig, check_layout, resolve
+from entropix_rl.train.config_dict import apply_overrides, as_config_dict, default_config, typed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,12 +62,13 @@ def leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, obj
 @pytest.mark.parametrize("name", sorted(shipped_configs()))
 def test_every_shipped_config_is_complete_and_valid(name):
   config = shipped_configs()[name]
-  typed = ExperimentConfig.from_config_dict(config)
+  spec = typed(config)
   for section in ("data", "checkpoint", "logging", "mesh", "distributed", "optimizer", "rl"):
-    fields = {f.name for f in dataclasses.fields(getattr(typed, section))}
+    fields = {f.name for f in dataclasses.fields(getattr(spec, section))}
     assert set(config[section].keys()) == fields, section
-  if typed.model.init == "random":  # the recipes need their checkpoint (test_recipe_configs)
-    experiment.resolve(config)
+  assert typed(as_config_dict(spec)) == spec  # the typed config is the whole config
+  if spec.model.init == "random":  # the recipes need their checkpoint (test_recipe_configs)
+    resolve(spec)
   locked = config.copy_and_resolve_references()
   locked.lock()
   for path, value in leaves(locked).items():  # every field can be set (config_flags sets them so)
@@ -131,7 +133,7 @@ def test_unknown_and_missing_keys_are_named_with_the_known_ones(mutate, message)
   with config.unlocked():
     mutate(config)
   with pytest.raises(ValueError, match=message):
-    ExperimentConfig.from_config_dict(config)
+    typed(config)
 
 
 # Values of the wrong type, per annotated type; each is invalid for every field of that type.
@@ -226,15 +228,42 @@ COMBINATIONS = [
     ({"rl.prompts_per_step": 3, "rl.group_size": 3, "rl.num_minibatches": 2}, "rl.num_minibatches"),
     ({"eval.num_samples": 2, "eval.pass_k": (1, 4)}, "eval.pass_k"),
     ({"model.init": "checkpoint", "model.checkpoint": ""}, "model.checkpoint"),
-    ({"model.model_type": "llama"}, "model.qkv_bias"),  # quickstart's qkv_bias=True is Qwen2's
+    ({"model.model_type": "llama", "model.qkv_bias": True}, "model.qkv_bias"),  # Qwen2's flag
     ({"tokenizer.kind": "hf", "tokenizer.path": ""}, "tokenizer.path"),
     ({"data.source": "file", "data.path": ""}, "data.path"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),
 ]
-# None turns clipping off; a decoder flag left None takes the model family's value.
-OPTIONAL = {"optimizer.grad_clip_norm", "sft.optimizer.grad_clip_norm", "model.qkv_bias"}
+# None turns clipping off; an architecture field left None takes ModelConfig's default (a
+# decoder flag: the model family's value; the vocabulary: the character tokenizer's).
+OPTIONAL = {"optimizer.grad_clip_norm", "sft.optimizer.grad_clip_norm"} | {
+    f"model.{name}"
+    for name in (
+        "qkv_bias",
+        "qk_norm",
+        "sliding_window",
+        "bos_token_id",
+        "eos_token_id",
+        "vocab_size",
+        "model_type",
+        "rope_theta",
+        "rms_norm_eps",
+        "tie_embeddings",
+        "max_position_embeddings",
+    )
+}
 _BASE = quickstart.get_config()
-_TYPES = {path: type(value) for path, value in leaves(_BASE).items()}
+
+
+def _leaf_type(path: str) -> type:
+  """A leaf's type; an unset placeholder's is its declared one."""
+  *parents, leaf = path.split(".")
+  node = _BASE
+  for part in parents:
+    node = node[part]
+  return node.get_ref(leaf).get_type()
+
+
+_TYPES = {path: _leaf_type(path) for path in leaves(_BASE)}
 
 
 def _invalid_values():
@@ -259,7 +288,8 @@ def _start_up_error(overrides: dict) -> str:
         node = node[part]
       node._fields[leaf] = value
   try:
-    experiment.check_layout(experiment.resolve(config))
+    exp = resolve(typed(config))
+    check_layout(exp.config, sharding.make_mesh(exp.config.mesh))
   except ValueError as err:
     return str(err)
   return ""
@@ -304,7 +334,7 @@ def test_model_section_takes_every_family_and_its_decoder_flags(model_type, flag
     config.model.model_type = model_type
     del config.model["qkv_bias"]
     config.model.update(flags)
-  model = experiment.resolve(config).model
+  model = resolve(typed(config)).model
   assert model.family.model_type == model_type
   assert model.qk_norm == (model_type == "qwen3") and not model.qkv_bias
   assert model.sliding_window == flags.get("sliding_window")
@@ -319,3 +349,46 @@ def test_every_field_has_an_invalid_case():
   tested = {path for path, _ in _invalid_values()}
   untested = {p for p in _TYPES if not p.startswith("loss.")} - tested - {"task.kwargs", "method"}
   assert not untested, untested
+
+
+def test_default_config_holds_every_field_at_the_dataclass_defaults():
+  assert typed(default_config()) == ExperimentConfig()
+  config = default_config()
+  config.rl.steps = 7
+  config.loss.clip_cov.ratio = 0.01
+  spec = typed(config)
+  assert spec.rl.steps == 7 and spec.loss.clip_cov.ratio == 0.01
+  assert spec == dataclasses.replace(
+      ExperimentConfig(),
+      rl=dataclasses.replace(ExperimentConfig().rl, steps=7),
+      loss=spec.loss,
+  )
+
+
+def _assignments(path: str) -> list[tuple[int, str, object]]:
+  """`(line, dotted key, value)` of every `config.<key> = <literal>` statement in a file."""
+  out = []
+  for node in ast.walk(ast.parse(open(os.path.join(REPO, path)).read())):
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+      target = ast.unparse(node.targets[0])
+      if target.startswith("config."):
+        try:
+          out.append((node.lineno, target.removeprefix("config."), ast.literal_eval(node.value)))
+        except ValueError:
+          continue  # not a literal (a size constant, a field reference)
+  return out
+
+
+@pytest.mark.parametrize("path", ["configs/quickstart.py", "entropix_rl/recipes.py"])
+def test_config_files_state_only_what_differs_from_the_defaults(path):
+  """A config built on `default_config()` sets a field only to a value other than its default
+  (outside the `runlocal` smoke settings, which override the file's own values)."""
+  defaults = leaves(default_config())
+  source = open(os.path.join(REPO, path)).read().splitlines()
+  smoke = next((i for i, line in enumerate(source, 1) if "if runlocal:" in line), len(source) + 1)
+  restated = [
+      (line, key, value)
+      for line, key, value in _assignments(path)
+      if line < smoke and key in defaults and defaults[key] == value
+  ]
+  assert not restated, restated

@@ -14,8 +14,9 @@ import pytest
 from entropix_rl import interventions
 from entropix_rl.interventions import registry
 from entropix_rl.models import init_params, tiny_config
-from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
 from entropix_rl.train.state import create_train_state
+from entropix_rl.train.update import jit_rl_update
+from tests.test_update import update_spec
 
 DOC = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "interventions.md"
@@ -71,7 +72,7 @@ def test_example_validates_and_computes_its_loss(example):
 def test_example_state_is_kept_and_updated_by_the_trainer(example):
   cfg = _config(coef=0.1)
   model = tiny_config(vocab_size=32)
-  rl_cfg = RLUpdateConfig(num_groups=2, group_size=2, measure_dynamics=False)
+  spec = update_spec(cfg, model, groups=2, group_size=2, measure_dynamics=False)
   optimizer = optax.sgd(0.1)
   state = create_train_state(
       init_params(model, jax.random.PRNGKey(0)),
@@ -88,7 +89,7 @@ def test_example_state_is_kept_and_updated_by_the_trainer(example):
       "rewards": np.array([1, 0, 1, 0], np.float32),
       "group_ids": np.array([0, 0, 1, 1], np.int32),
   }
-  update = make_rl_update(model, rl_cfg, cfg, optimizer)
+  update = jit_rl_update(spec, optimizer)
   means = []
   for _ in range(2):
     state, metrics = update(state, batch)

@@ -13,7 +13,9 @@ import torch
 from entropix_rl import export
 from entropix_rl.models import forward
 from entropix_rl.tokenizer import HFTokenizer
-from entropix_rl.train import experiment
+from entropix_rl.train import loop
+from entropix_rl.train.config import resolve
+from entropix_rl.train.config_dict import typed
 from tests.test_train import small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +33,7 @@ def test_export_of_a_trained_run_loads_in_transformers_with_our_logits(tmp_path)
           "sampler.top_k": 5,
       }
   )
-  experiment.run(config, run, log=False)
+  loop.run(typed(config), run, log=False)
   out = str(tmp_path / "hf")
   proc = subprocess.run(
       [sys.executable, "experiments/export_hf.py", f"--workdir={run}", f"--out={out}", "--step=1"],
@@ -46,8 +48,8 @@ def test_export_of_a_trained_run_loads_in_transformers_with_our_logits(tmp_path)
   assert summary["step"] == 1 and not summary["tokenizer_files"]
   assert {"config.json", "model.safetensors", "generation_config.json"} <= set(summary["files"])
 
-  exp = experiment.resolve(config)
-  tokenizer = experiment.make_tokenizer(config)
+  exp = resolve(typed(config))
+  tokenizer = exp.tokenizer
   generation = json.load(open(os.path.join(out, "generation_config.json")))
   assert generation["eos_token_id"] == list(tokenizer.stop_ids)
   assert generation["top_k"] == 5 and generation["max_new_tokens"] == exp.sampler.max_new_tokens

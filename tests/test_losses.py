@@ -1,16 +1,27 @@
 """PPO surrogate, aggregation, KL, entropy bonus/controller and advantage shaping against NumPy
-references written from the formulas in docs/interventions.md; the fixed `aux` contract."""
+references written from the formulas in docs/interventions.md (the formulas with and without
+jit, chex variants); the fixed `aux` contract; every surrogate checks its shapes."""
 
 import math
 
+from absl.testing import parameterized
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from entropix_rl import interventions
-from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.interventions import aggregation, compose, entropy_bonus, kl_ref
+from entropix_rl.interventions import (
+    aggregation,
+    compose,
+    entropy_bonus,
+    kl_ref,
+    lp_reg,
+    registry,
+    siren,
+)
+from entropix_rl.train.config_dict import apply_overrides
 
 AUX_KEYS = {
     "per_token_loss",
@@ -53,7 +64,8 @@ def cfg(**overrides):
   )
 
 
-def run(config, batch, **kwargs):
+def run(config, batch, variant=lambda fn: fn, **kwargs):
+  """`policy_loss` on `batch`, wrapped by `variant` (a chex variant: jit or not)."""
   args = dict(
       logp=batch["logp"],
       old_logp=batch["old_logp"],
@@ -62,7 +74,7 @@ def run(config, batch, **kwargs):
       rng=jax.random.PRNGKey(0),
   )
   args.update(kwargs)
-  loss, aux = interventions.policy_loss(config, **args)
+  loss, aux = variant(lambda a: interventions.policy_loss(config, **a))(args)
   return float(loss), jax.tree.map(np.asarray, aux)
 
 
@@ -100,97 +112,139 @@ CLIP_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("clip", CLIP_SETTINGS)
-@pytest.mark.parametrize("agg", aggregation.AGG_MODES)
-def test_ppo_matches_reference(clip, agg):
-  batch = make_batch(1)
-  config = cfg(agg=agg, **clip)
-  loss, aux = run(config, batch)
-  m = batch["mask"]
-  ref_loss, clipped, _ = np_ppo(
-      batch["logp"],
-      batch["old_logp"],
-      batch["advantages"],
-      clip["clip_eps_low"],
-      clip["clip_eps_high"],
-      clip.get("dual_clip_c"),
-  )
-  assert 0 < clipped[m > 0].mean() < 1  # the data exercises both branches
-  assert loss == pytest.approx(np_agg(ref_loss, m, agg), rel=1e-5, abs=1e-6)
-  assert aux["pg_loss"] == pytest.approx(loss, rel=1e-6)
-  np.testing.assert_allclose(aux["per_token_loss"], ref_loss * m, rtol=1e-5, atol=1e-6)
-  assert aux["clip_frac"] == pytest.approx(clipped[m > 0].mean(), rel=1e-6)
-  assert aux["approx_kl"] == pytest.approx(
-      np_k3(batch["logp"], batch["old_logp"])[m > 0].mean(), rel=1e-5
-  )
-  assert aux["n_tokens"] == m.sum() and aux["n_selected"] == 0 and not aux["selected"].any()
-  drift = np.abs(batch["logp"] - batch["old_logp"])
-  assert aux["abs_log_ratio_sum"] == pytest.approx((drift * m).sum(), rel=1e-5)
-  assert aux["selected_abs_log_ratio_sum"] == 0
+class FormulaTest(chex.TestCase):
+  """The formulas, each with and without jit."""
 
-
-@pytest.mark.parametrize("clip", CLIP_SETTINGS)
-def test_ppo_gradient_matches_reference(clip):
-  batch = make_batch(2)
-  config = cfg(**clip)
-  grad_fn = jax.grad(
-      lambda lp: interventions.policy_loss(
-          config,
-          logp=lp,
-          old_logp=batch["old_logp"],
-          advantages=batch["advantages"],
-          mask=batch["mask"],
-          rng=None,
-      )[0]
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      (f"{agg.replace('-', '_')}_clip{i}", clip, agg)
+      for agg in aggregation.AGG_MODES
+      for i, clip in enumerate(CLIP_SETTINGS)
   )
-  _, _, ref_grad = np_ppo(
-      batch["logp"],
-      batch["old_logp"],
-      batch["advantages"],
-      clip["clip_eps_low"],
-      clip["clip_eps_high"],
-      clip.get("dual_clip_c"),
-  )
-  m = batch["mask"]
-  np.testing.assert_allclose(grad_fn(batch["logp"]), ref_grad * m / m.sum(), rtol=1e-5, atol=1e-7)
+  def test_ppo_matches_reference(self, clip, agg):
+    batch = make_batch(1)
+    config = cfg(agg=agg, **clip)
+    loss, aux = run(config, batch, variant=self.variant)
+    m = batch["mask"]
+    ref_loss, clipped, _ = np_ppo(
+        batch["logp"],
+        batch["old_logp"],
+        batch["advantages"],
+        clip["clip_eps_low"],
+        clip["clip_eps_high"],
+        clip.get("dual_clip_c"),
+    )
+    assert 0 < clipped[m > 0].mean() < 1  # the data exercises both branches
+    assert loss == pytest.approx(np_agg(ref_loss, m, agg), rel=1e-5, abs=1e-6)
+    assert aux["pg_loss"] == pytest.approx(loss, rel=1e-6)
+    np.testing.assert_allclose(aux["per_token_loss"], ref_loss * m, rtol=1e-5, atol=1e-6)
+    assert aux["clip_frac"] == pytest.approx(clipped[m > 0].mean(), rel=1e-6)
+    assert aux["approx_kl"] == pytest.approx(
+        np_k3(batch["logp"], batch["old_logp"])[m > 0].mean(), rel=1e-5
+    )
+    assert aux["n_tokens"] == m.sum() and aux["n_selected"] == 0 and not aux["selected"].any()
+    drift = np.abs(batch["logp"] - batch["old_logp"])
+    assert aux["abs_log_ratio_sum"] == pytest.approx((drift * m).sum(), rel=1e-5)
+    assert aux["selected_abs_log_ratio_sum"] == 0
 
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters((f"clip{i}", clip) for i, clip in enumerate(CLIP_SETTINGS))
+  def test_ppo_gradient_matches_reference(self, clip):
+    batch = make_batch(2)
+    config = cfg(**clip)
+    grad_fn = self.variant(
+        jax.grad(
+            lambda lp, b: interventions.policy_loss(
+                config,
+                logp=lp,
+                old_logp=b["old_logp"],
+                advantages=b["advantages"],
+                mask=b["mask"],
+                rng=None,
+            )[0]
+        )
+    )
+    _, _, ref_grad = np_ppo(
+        batch["logp"],
+        batch["old_logp"],
+        batch["advantages"],
+        clip["clip_eps_low"],
+        clip["clip_eps_high"],
+        clip.get("dual_clip_c"),
+    )
+    m = batch["mask"]
+    np.testing.assert_allclose(
+        grad_fn(batch["logp"], batch), ref_grad * m / m.sum(), rtol=1e-5, atol=1e-7
+    )
 
-def test_log_ratio_is_clamped_before_exp():
-  shape = (1, 2)
-  logp = np.array([[0.0, 0.0]], np.float32)
-  old = np.array([[-30.0, 0.0]], np.float32)  # log-ratio 30 on token 0
-  adv = np.full(shape, -1.0, np.float32)
-  _, aux = run(
-      cfg(), dict(logp=logp, old_logp=old, advantages=adv, mask=np.ones(shape, np.float32))
-  )
-  np.testing.assert_allclose(aux["per_token_loss"][0], [math.exp(20.0), 1.0], rtol=1e-5)
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_log_ratio_is_clamped_before_exp(self):
+    shape = (1, 2)
+    logp = np.array([[0.0, 0.0]], np.float32)
+    old = np.array([[-30.0, 0.0]], np.float32)  # log-ratio 30 on token 0
+    adv = np.full(shape, -1.0, np.float32)
+    batch = dict(logp=logp, old_logp=old, advantages=adv, mask=np.ones(shape, np.float32))
+    _, aux = run(cfg(), batch, variant=self.variant)
+    np.testing.assert_allclose(aux["per_token_loss"][0], [math.exp(20.0), 1.0], rtol=1e-5)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_aggregate_modes_on_a_hand_example(self):
+    aggregate = self.variant(aggregation.aggregate, static_argnums=2)
+    loss = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, np.inf], [7.0, 8.0, 9.0]], np.float32)
+    mask = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]], np.float32)
+    assert float(aggregate(loss, mask, "token-mean")) == pytest.approx(10 / 4)
+    assert float(aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx((2 + 4) / 2)
+    assert float(aggregate(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx(10 / 9)
+    for mode in aggregation.AGG_MODES:
+      assert float(aggregate(loss, np.zeros_like(mask), mode)) == 0.0
 
-def test_aggregate_modes_on_a_hand_example():
-  loss = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, np.inf], [7.0, 8.0, 9.0]], np.float32)
-  mask = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]], np.float32)
-  assert float(aggregation.aggregate(loss, mask, "token-mean")) == pytest.approx(10 / 4)
-  assert float(aggregation.aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx(
-      (2 + 4) / 2
-  )
-  assert float(aggregation.aggregate(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx(
-      10 / 9
-  )
-  for mode in aggregation.AGG_MODES:
-    assert float(aggregation.aggregate(loss, np.zeros_like(mask), mode)) == 0.0
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters((e, e) for e in kl_ref.KL_ESTIMATORS)
+  def test_kl_estimators_match_reference(self, estimator):
+    logp = np.array([-1.0, -2.0, -0.5, -30.0, -0.1], np.float32)
+    ref = np.array([-1.5, -1.0, -0.5, -0.1, -200.0], np.float32)
+    delta = logp.astype(np.float64) - ref
+    expected = {"k1": delta, "k2": 0.5 * delta**2, "k3": np_k3(logp, ref), "abs": np.abs(delta)}
+    kl = self.variant(kl_ref.kl_estimate, static_argnums=2)(logp, ref, estimator)
+    np.testing.assert_allclose(kl, expected[estimator], rtol=1e-5, atol=1e-6)
+    if estimator == "k3":  # the +10 clamp is active; the ±20 log-ratio clamp keeps exp finite
+      np.testing.assert_array_equal(expected["k3"][3:], 10.0)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_adaptive_entropy_controller_follows_skywork_rule(self):
+    config = cfg(
+        **{
+            "entropy_bonus.adaptive": True,
+            "entropy_bonus.coef": 0.0002,
+            "entropy_bonus.delta": 0.001,
+            "entropy_bonus.max_coef": 0.0025,
+        }
+    )
+    update = self.variant(lambda s, h: entropy_bonus.update_entropy_controller(config, s, h))
+    coefficient = self.variant(lambda s: entropy_bonus.entropy_coefficient(config, s))
+    state = entropy_bonus.init_entropy_controller(config)
+    assert float(coefficient(state)) == pytest.approx(0.0002)
+    coef, expected = 0.0002, []
+    measured = [0.1, 0.1, 0.1, 0.1, 0.3, 0.1, 0.2]  # target 0.2
+    for h in measured:
+      state = update(state, jnp.float32(h))
+      coef = min(max(coef + (0.001 if h < 0.2 else -0.001), 0.0), 0.0025)
+      expected.append((coef, coef if h < 0.2 else 0.0))
+      assert float(state["coef"]) == pytest.approx(coef, abs=1e-8)
+      assert float(coefficient(state)) == pytest.approx(expected[-1][1], abs=1e-8)
+    assert [c for c, _ in expected][:4] == pytest.approx([0.0012, 0.0022, 0.0025, 0.0025])
+    # Under jit, with the state as a traced pytree.
+    step = jax.jit(lambda s, h: entropy_bonus.update_entropy_controller(config, s, h))
+    assert float(step(state, jnp.float32(0.5))["coef"]) == pytest.approx(coef - 0.001, abs=1e-8)
 
-@pytest.mark.parametrize("estimator", kl_ref.KL_ESTIMATORS)
-def test_kl_estimators_match_reference(estimator):
-  logp = np.array([-1.0, -2.0, -0.5, -30.0, -0.1], np.float32)
-  ref = np.array([-1.5, -1.0, -0.5, -0.1, -200.0], np.float32)
-  delta = logp.astype(np.float64) - ref
-  expected = {"k1": delta, "k2": 0.5 * delta**2, "k3": np_k3(logp, ref), "abs": np.abs(delta)}
-  np.testing.assert_allclose(
-      kl_ref.kl_estimate(logp, ref, estimator), expected[estimator], rtol=1e-5, atol=1e-6
-  )
-  if estimator == "k3":  # the +10 clamp is active; the ±20 log-ratio clamp keeps exp finite
-    np.testing.assert_array_equal(expected["k3"][3:], 10.0)
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_fixed_bonus_controller_is_empty_and_passes_through(self):
+    config = cfg(**{"entropy_bonus.coef": 0.003})
+    state = entropy_bonus.init_entropy_controller(config)
+    update = self.variant(lambda s, h: entropy_bonus.update_entropy_controller(config, s, h))
+    coefficient = self.variant(lambda s: entropy_bonus.entropy_coefficient(config, s))
+    assert state == {} and update(state, 0.1) == {}
+    assert float(coefficient(state)) == pytest.approx(0.003)
 
 
 @pytest.mark.parametrize("estimator", kl_ref.KL_ESTIMATORS)
@@ -244,40 +298,6 @@ def test_fixed_entropy_bonus_value_gradient_and_override(agg):
     np.testing.assert_allclose(grad, -0.01 * m / m.sum(), rtol=1e-5, atol=1e-9)
 
 
-def test_adaptive_entropy_controller_follows_skywork_rule():
-  config = cfg(
-      **{
-          "entropy_bonus.adaptive": True,
-          "entropy_bonus.coef": 0.0002,
-          "entropy_bonus.delta": 0.001,
-          "entropy_bonus.max_coef": 0.0025,
-      }
-  )
-  state = entropy_bonus.init_entropy_controller(config)
-  assert float(entropy_bonus.entropy_coefficient(config, state)) == pytest.approx(0.0002)
-  coef, expected = 0.0002, []
-  measured = [0.1, 0.1, 0.1, 0.1, 0.3, 0.1, 0.2]  # target 0.2
-  for h in measured:
-    state = entropy_bonus.update_entropy_controller(config, state, jnp.float32(h))
-    coef = min(max(coef + (0.001 if h < 0.2 else -0.001), 0.0), 0.0025)
-    expected.append((coef, coef if h < 0.2 else 0.0))
-    assert float(state["coef"]) == pytest.approx(coef, abs=1e-8)
-    assert float(entropy_bonus.entropy_coefficient(config, state)) == pytest.approx(
-        expected[-1][1], abs=1e-8
-    )
-  assert [c for c, _ in expected][:4] == pytest.approx([0.0012, 0.0022, 0.0025, 0.0025])
-  # Under jit, with the state as a traced pytree.
-  step = jax.jit(lambda s, h: entropy_bonus.update_entropy_controller(config, s, h))
-  assert float(step(state, jnp.float32(0.5))["coef"]) == pytest.approx(coef - 0.001, abs=1e-8)
-
-
-def test_fixed_bonus_controller_is_empty_and_passes_through():
-  config = cfg(**{"entropy_bonus.coef": 0.003})
-  state = entropy_bonus.init_entropy_controller(config)
-  assert state == {} and entropy_bonus.update_entropy_controller(config, state, 0.1) == {}
-  assert float(entropy_bonus.entropy_coefficient(config, state)) == pytest.approx(0.003)
-
-
 def test_entropy_advantage_shaping_matches_reference():
   batch = make_batch(5)
   m, a, h = batch["mask"], batch["advantages"], batch["entropy"]
@@ -321,9 +341,7 @@ def test_aux_holds_the_diagnostics_and_only_the_active_regularisers(name):
 
 
 def test_loss_needs_entropy_and_its_gradient():
-  assert "entropy" not in interventions.needs(cfg()) and "entropy" not in compose.grad_needs(
-      cfg()
-  )
+  assert "entropy" not in interventions.needs(cfg()) and "entropy" not in compose.grad_needs(cfg())
   for name in ("clip_cov", "kl_cov"):
     assert "entropy" not in interventions.needs(cfg(name=name))
   assert "entropy" in interventions.needs(cfg(name="high_entropy_tokens"))
@@ -349,3 +367,37 @@ def test_policy_loss_takes_the_typed_config_and_agrees_under_jit():
   fn = jax.jit(lambda c, b: interventions.policy_loss(c, rng=None, **b)[0], static_argnums=0)
   jitted = fn(resolved, {k: batch[k] for k in ("logp", "old_logp", "advantages", "mask")})
   assert float(jitted) == pytest.approx(eager, rel=1e-6)
+
+
+# ------------------------------------------------------------- every surrogate checks shapes
+
+
+def _mismatched_batch(field):
+  """A `TokenBatch` with every field a surrogate may read, `[4, 8]` but `field` `[4, 7]`."""
+  data = make_batch(8)
+  arrays = {k: data[k] for k in ("logp", "old_logp", "advantages", "mask", "entropy")}
+  arrays[field] = arrays[field][:, :-1]
+  return interventions.TokenBatch(
+      **arrays,
+      old_entropy=data["entropy"],
+      ref_logp=data["ref_logp"],
+      features={siren.FEATURE: data["entropy"]},
+      old_features={lp_reg.PROXY: data["ref_logp"]},
+  )
+
+
+@pytest.mark.parametrize("field", ["old_logp", "advantages", "mask"])
+@pytest.mark.parametrize("name", registry.names("surrogate"))
+def test_every_surrogate_asserts_its_shapes(name, field):
+  """`apply` checks its `[B, T]` fields with chex at entry, before reading its statistics."""
+  with pytest.raises(AssertionError, match=r"\[Chex\]"):
+    registry.get(name).apply(cfg(name=name), _mismatched_batch(field), None, None)
+
+
+@pytest.mark.parametrize(
+    "name", [e.name for e in registry.entries("surrogate") if e.scope_stats is not None]
+)
+def test_every_surrogate_statistic_asserts_its_shapes(name):
+  entry = registry.get(name)
+  with pytest.raises(AssertionError, match=r"\[Chex\]"):
+    entry.scope_stats(cfg(name=name), _mismatched_batch("mask"), None, jax.random.PRNGKey(0))

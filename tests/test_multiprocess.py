@@ -37,7 +37,7 @@ import pytest
 
 from configs import quickstart, qwen25_7b
 from entropix_rl import sharding
-from entropix_rl.train import experiment
+from entropix_rl.train.config_dict import typed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8
@@ -65,9 +65,9 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def test_unset_distributed_fields_are_left_to_jax():
   for config in (quickstart.get_config(), qwen25_7b.get_config()):
-    assert sharding.distributed_kwargs(experiment.typed(config).distributed) == {}
+    assert sharding.distributed_kwargs(typed(config).distributed) == {}
   cfg = dataclasses.replace(
-      experiment.typed(quickstart.get_config()).distributed,
+      typed(quickstart.get_config()).distributed,
       coordinator_address="127.0.0.1:4321",
       num_processes=2,
       process_id=0,

@@ -1,5 +1,8 @@
-"""The random-reward control (`loss.random_reward`) and its clip-bounds config."""
+"""The random-reward control (`loss.random_reward`): the Bernoulli draw (with and without jit,
+chex variants), the rollout hook, and its clip-bounds config."""
 
+from absl.testing import parameterized
+import chex
 import jax
 import numpy as np
 from preset_runs import train_two_steps
@@ -34,6 +37,26 @@ def _cfg(p):
   cfg.random_reward.enabled = True
   cfg.random_reward.p = p
   return interventions.resolve_loss_config(cfg)
+
+
+class BernoulliRewardsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(("never", 0.0), ("quarter", 0.25), ("half", 0.5), ("always", 1.0))
+  def test_bernoulli_rewards_are_a_function_of_the_key(self, p):
+    draw = self.variant(random_reward.bernoulli_rewards, static_argnums=1)
+    key = jax.random.PRNGKey(3)
+    rewards = np.asarray(draw(key, 4000, p))
+    assert rewards.shape == (4000,) and rewards.dtype == np.float32
+    assert set(np.unique(rewards)) <= {0.0, 1.0}
+    assert abs(rewards.mean() - p) < 0.03
+    np.testing.assert_array_equal(rewards, np.asarray(draw(key, 4000, p)))
+    other = np.asarray(draw(jax.random.PRNGKey(4), 4000, p))
+    assert np.array_equal(rewards, other) == (p in (0.0, 1.0))
+    # the rollout draws them from its key
+    ctx = type("Ctx", (), {"key": key})()
+    out = random_reward.random_reward_rollout(_cfg(p), _responses(4000), ctx, None)
+    np.testing.assert_array_equal(out.rewards, draw(jax.random.fold_in(key, 41), 4000, p))
 
 
 @pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])

@@ -1,9 +1,12 @@
 """Rollout- and reward-side interventions (TTRL, EMPO, CURE, AEPO, HAPO's temperature) and the
-rollout capabilities they use, against references written from their formulas; and each preset
-run end to end for two RL steps."""
+rollout capabilities they use, against references written from their formulas (the jnp formulas
+with and without jit, chex variants; the host-side NumPy ones as they are); and each preset run
+end to end for two RL steps."""
 
 import dataclasses
+import functools
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 from preset_runs import train_two_steps
@@ -137,46 +140,56 @@ def test_cure_critical_positions_are_high_entropy_non_stop_tokens():
 # ------------------------------------------------------------------ AEPO
 
 
-def test_aepo_temperature_switches_at_the_target():
-  cfg = _cfg(**{"aepo.enabled": True, "aepo.target": 0.5})
-  assert float(aepo.aepo_temperature(cfg, {"entropy": jnp.float32(0.2)})) == pytest.approx(1.2)
-  assert float(aepo.aepo_temperature(cfg, {"entropy": jnp.float32(0.7)})) == pytest.approx(0.8)
+class AEPOTest(chex.TestCase):
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_aepo_temperature_switches_at_the_target(self):
+    cfg = _cfg(**{"aepo.enabled": True, "aepo.target": 0.5})
+    temperature = self.variant(lambda state: aepo.aepo_temperature(cfg, state))
+    assert float(temperature({"entropy": jnp.float32(0.2)})) == pytest.approx(1.2)
+    assert float(temperature({"entropy": jnp.float32(0.7)})) == pytest.approx(0.8)
 
-def test_aepo_advantages_leave_marked_rows_out():
-  rewards = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
-  marked = jnp.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-  groups = jnp.array([0, 0, 0, 1, 1, 1])
-  mask = jnp.ones((6, 2))
-  batch = interventions.TokenBatch(
-      logp=jnp.zeros((6, 2)),
-      old_logp=jnp.zeros((6, 2)),
-      advantages=jnp.zeros((6, 2)),
-      mask=mask,
-      rewards=rewards,
-      group_ids=groups,
-      info={aepo.FLAG: marked},
-  )
-  adv = np.asarray(aepo.aepo_advantages(_cfg(), batch, None, None))[:, 0]
-  assert adv[0] == 0
-  np.testing.assert_allclose(adv[1:3], [-0.7071, 0.7071], atol=1e-3)  # {0, 1}, ddof 1
-  np.testing.assert_allclose(adv[3:], [1.1547, -0.5774, -0.5774], atol=1e-3)
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_aepo_advantages_leave_marked_rows_out(self):
+    rewards = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    marked = jnp.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    groups = jnp.array([0, 0, 0, 1, 1, 1])
+    mask = jnp.ones((6, 2))
+    batch = interventions.TokenBatch(
+        logp=jnp.zeros((6, 2)),
+        old_logp=jnp.zeros((6, 2)),
+        advantages=jnp.zeros((6, 2)),
+        mask=mask,
+        rewards=rewards,
+        group_ids=groups,
+        info={aepo.FLAG: marked},
+    )
+    config = _cfg()
+    advantages = self.variant(lambda b: aepo.aepo_advantages(config, b, None, None))
+    adv = np.asarray(advantages(batch))[:, 0]
+    assert adv[0] == 0
+    np.testing.assert_allclose(adv[1:3], [-0.7071, 0.7071], atol=1e-3)  # {0, 1}, ddof 1
+    np.testing.assert_allclose(adv[3:], [1.1547, -0.5774, -0.5774], atol=1e-3)
 
 
 # ------------------------------------------------------------------ HAPO temperature
 
 
-def test_hapo_temperature_rule_heats_high_and_cools_low_entropy_rows():
-  cfg = _cfg(**{"hapo_temperature.enabled": True, "hapo_temperature.tau": 0.5})
-  rule = hapo_temperature.temperature_rule(cfg)
-  # uniform (highest entropy), in between, near one-hot (lowest)
-  logits = jnp.stack([jnp.zeros(16), jnp.arange(16.0) * 0.3, jnp.arange(16.0) * 5.0])
-  state = dict(hapo_temperature._init_state(cfg))
-  np.testing.assert_allclose(rule(logits, jnp.float32(1.0), state), [1.0] * 3)  # not ready
-  entropy = hapo_temperature.live_entropy(logits, 1.0)
-  stats = hapo.score_statistics(entropy[None], jnp.ones((1, 3)), pivot=0.5)  # centre: the middle
-  temps = np.asarray(rule(logits, jnp.float32(1.0), dict(stats, ready=jnp.bool_(True))))
-  np.testing.assert_allclose(temps, [1.5, 1.0, 0.5], rtol=1e-5)
+class HAPOTemperatureTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_hapo_temperature_rule_heats_high_and_cools_low_entropy_rows(self):
+    cfg = _cfg(**{"hapo_temperature.enabled": True, "hapo_temperature.tau": 0.5})
+    rule = self.variant(hapo_temperature.temperature_rule(cfg))
+    # uniform (highest entropy), in between, near one-hot (lowest)
+    logits = jnp.stack([jnp.zeros(16), jnp.arange(16.0) * 0.3, jnp.arange(16.0) * 5.0])
+    state = dict(hapo_temperature._init_state(cfg))
+    np.testing.assert_allclose(rule(logits, jnp.float32(1.0), state), [1.0] * 3)  # not ready
+    entropy = self.variant(hapo_temperature.live_entropy)(logits, 1.0)
+    statistics = self.variant(functools.partial(hapo.score_statistics, pivot=0.5))
+    stats = statistics(entropy[None], jnp.ones((1, 3)))  # centre: the middle
+    temps = np.asarray(rule(logits, jnp.float32(1.0), dict(stats, ready=jnp.bool_(True))))
+    np.testing.assert_allclose(temps, [1.5, 1.0, 0.5], rtol=1e-5)
 
 
 # ------------------------------------------------------------------ end to end

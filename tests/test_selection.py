@@ -1,15 +1,18 @@
 """Clip-Cov, KL-Cov, the 80/20 selector and the selection scope against NumPy references
-written from the formulas in docs/interventions.md (Clip-Cov, KL-Cov, 80/20, selection scope)."""
+written from the formulas in docs/interventions.md (Clip-Cov, KL-Cov, 80/20, selection scope);
+representative ones with and without jit (chex variants)."""
 
 import fractions
 import math
 
+from absl.testing import parameterized
+import chex
 import jax
 import numpy as np
 import pytest
 
 from entropix_rl import interventions
-from entropix_rl.config_overrides import apply_overrides
+from entropix_rl.train.config_dict import apply_overrides
 
 WIDE_BAND = {"clip_cov.lb": -1e6, "clip_cov.ub": 1e6}  # every valid token has cov in the band
 
@@ -85,24 +88,29 @@ def make_batch(seed, n_valid, rows=4, time=16, spread=0.0):
   )
 
 
-def loss_and_aux(config, batch, key=0, logp=None):
+def loss_and_aux(config, batch, key=0, logp=None, variant=lambda fn: fn):
+  """`policy_loss` on `batch`, wrapped by `variant` (a chex variant: jit or not)."""
   logp = batch["logp"] if logp is None else logp
-  return interventions.policy_loss(
-      config,
-      logp=logp,
-      old_logp=batch["old_logp"],
-      advantages=batch["advantages"],
-      mask=batch["mask"],
-      rng=jax.random.PRNGKey(key),
-      entropy=batch["entropy"],
-  )
+
+  def loss(logp, batch, rng):
+    return interventions.policy_loss(
+        config,
+        logp=logp,
+        old_logp=batch["old_logp"],
+        advantages=batch["advantages"],
+        mask=batch["mask"],
+        rng=rng,
+        entropy=batch["entropy"],
+    )
+
+  return variant(loss)(logp, batch, jax.random.PRNGKey(key))
 
 
-def selected_and_grad(config, batch, key=0):
-  """(`selected` as NumPy bool, d loss / d logp as NumPy, loss as float)."""
-  (loss, aux), grad = jax.value_and_grad(
-      lambda lp: loss_and_aux(config, batch, key, lp), has_aux=True
-  )(batch["logp"])
+def selected_and_grad(config, batch, key=0, variant=lambda fn: fn):
+  """(`selected` as NumPy bool, d loss / d logp as NumPy, loss as float); the gradient function
+  wrapped by `variant`."""
+  value_and_grad = jax.value_and_grad(lambda lp, b: loss_and_aux(config, b, key, lp), has_aux=True)
+  (loss, aux), grad = variant(value_and_grad)(batch["logp"], batch)
   return np.asarray(aux["selected"]), np.asarray(grad), float(loss)
 
 
@@ -181,23 +189,26 @@ def test_clip_cov_picks_lie_in_the_band_unclipped_and_valid():
   np.testing.assert_array_equal(again, picks)  # reproducible for a fixed key
 
 
-def test_clip_cov_gradient_is_zero_exactly_at_picked_tokens():
-  batch = make_batch(13, 50, spread=0.3)
-  m = batch["mask"]
-  config = cfg(name="clip_cov", **{"clip_cov.ratio": 0.2, **WIDE_BAND})
-  selected, grad, loss = selected_and_grad(config, batch)
-  ref_loss, clipped, ref_grad = np_ppo(
-      batch["logp"], batch["old_logp"], batch["advantages"], 0.2, 0.2
-  )
-  assert selected.sum() == 10
-  assert (grad[selected] == 0.0).all()
-  live = (m > 0) & ~selected & ~clipped & (batch["advantages"] != 0)
-  assert live.sum() > 20 and (grad[live] != 0.0).all()
-  # Picked tokens stay in the token-mean denominator N.
-  np.testing.assert_allclose(
-      grad, np.where(selected, 0.0, ref_grad) * m / m.sum(), rtol=1e-5, atol=1e-8
-  )
-  assert loss == pytest.approx((np.where(selected, 0.0, ref_loss) * m).sum() / m.sum(), rel=1e-5)
+class ClipCovTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_clip_cov_gradient_is_zero_exactly_at_picked_tokens(self):
+    batch = make_batch(13, 50, spread=0.3)
+    m = batch["mask"]
+    config = cfg(name="clip_cov", **{"clip_cov.ratio": 0.2, **WIDE_BAND})
+    selected, grad, loss = selected_and_grad(config, batch, variant=self.variant)
+    ref_loss, clipped, ref_grad = np_ppo(
+        batch["logp"], batch["old_logp"], batch["advantages"], 0.2, 0.2
+    )
+    assert selected.sum() == 10
+    assert (grad[selected] == 0.0).all()
+    live = (m > 0) & ~selected & ~clipped & (batch["advantages"] != 0)
+    assert live.sum() > 20 and (grad[live] != 0.0).all()
+    # Picked tokens stay in the token-mean denominator N.
+    np.testing.assert_allclose(
+        grad, np.where(selected, 0.0, ref_grad) * m / m.sum(), rtol=1e-5, atol=1e-8
+    )
+    assert loss == pytest.approx((np.where(selected, 0.0, ref_loss) * m).sum() / m.sum(), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ KL-Cov -----
@@ -213,36 +224,39 @@ def test_kl_cov_picks_the_top_k_covariance_tokens(n_valid, ratio):
   np.testing.assert_array_equal(aux["selected"], np_top_k(cov, batch["mask"] > 0, k))
 
 
-def test_kl_cov_loss_and_penalty_gradient_sign():
-  batch = make_batch(30, 50, spread=0.5)
-  m, adv = batch["mask"], batch["advantages"]
-  log_ratio = batch["logp"].astype(np.float64) - batch["old_logp"]
-  assert np.abs(log_ratio[m > 0]).min() > 1e-4  # away from |x|'s kink
-  coef = 0.7
-  config = cfg(name="kl_cov", **{"kl_cov.ratio": 0.2, "kl_cov.coef": coef})
-  loss, aux = loss_and_aux(config, batch)
-  selected = np.asarray(aux["selected"])
-  assert selected.sum() == 10
-  ratio = np.exp(log_ratio)
-  # L_t = −A_t r_t + β |ℓ_t − ℓ^old_t| 1[t ∈ I_KL], no clipping; token-mean.
-  ref = -adv * ratio + coef * np.abs(log_ratio) * selected
-  np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
-  assert float(loss) == pytest.approx((ref * m).sum() / m.sum(), rel=1e-5)
-  # The drift the penalty acts on: Σ |ℓ − ℓ^old| over the picked tokens.
-  assert aux["selected_abs_log_ratio_sum"] == pytest.approx(
-      (np.abs(log_ratio) * selected).sum(), rel=1e-5
-  )
+class KLCovTest(chex.TestCase):
 
-  _, grad, _ = selected_and_grad(config, batch)
-  _, grad_no_penalty, _ = selected_and_grad(
-      cfg(name="kl_cov", **{"kl_cov.ratio": 0.2, "kl_cov.coef": 0.0}), batch
-  )
-  np.testing.assert_allclose(grad_no_penalty, -adv * ratio * m / m.sum(), rtol=1e-5, atol=1e-8)
-  penalty_grad = (grad - grad_no_penalty) * m.sum()
-  up, down = selected & (log_ratio > 0), selected & (log_ratio < 0)
-  assert up.any() and down.any()
-  assert (penalty_grad[up] > 0).all() and (penalty_grad[down] < 0).all()  # back toward ℓ^old
-  np.testing.assert_allclose(penalty_grad, coef * np.sign(log_ratio) * selected, atol=1e-5)
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_kl_cov_loss_and_penalty_gradient_sign(self):
+    batch = make_batch(30, 50, spread=0.5)
+    m, adv = batch["mask"], batch["advantages"]
+    log_ratio = batch["logp"].astype(np.float64) - batch["old_logp"]
+    assert np.abs(log_ratio[m > 0]).min() > 1e-4  # away from |x|'s kink
+    coef = 0.7
+    config = cfg(name="kl_cov", **{"kl_cov.ratio": 0.2, "kl_cov.coef": coef})
+    loss, aux = loss_and_aux(config, batch, variant=self.variant)
+    selected = np.asarray(aux["selected"])
+    assert selected.sum() == 10
+    ratio = np.exp(log_ratio)
+    # L_t = −A_t r_t + β |ℓ_t − ℓ^old_t| 1[t ∈ I_KL], no clipping; token-mean.
+    ref = -adv * ratio + coef * np.abs(log_ratio) * selected
+    np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
+    assert float(loss) == pytest.approx((ref * m).sum() / m.sum(), rel=1e-5)
+    # The drift the penalty acts on: Σ |ℓ − ℓ^old| over the picked tokens.
+    assert aux["selected_abs_log_ratio_sum"] == pytest.approx(
+        (np.abs(log_ratio) * selected).sum(), rel=1e-5
+    )
+
+    _, grad, _ = selected_and_grad(config, batch, variant=self.variant)
+    _, grad_no_penalty, _ = selected_and_grad(
+        cfg(name="kl_cov", **{"kl_cov.ratio": 0.2, "kl_cov.coef": 0.0}), batch, variant=self.variant
+    )
+    np.testing.assert_allclose(grad_no_penalty, -adv * ratio * m / m.sum(), rtol=1e-5, atol=1e-8)
+    penalty_grad = (grad - grad_no_penalty) * m.sum()
+    up, down = selected & (log_ratio > 0), selected & (log_ratio < 0)
+    assert up.any() and down.any()
+    assert (penalty_grad[up] > 0).all() and (penalty_grad[down] < 0).all()  # back toward ℓ^old
+    np.testing.assert_allclose(penalty_grad, coef * np.sign(log_ratio) * selected, atol=1e-5)
 
 
 def test_kl_cov_is_plain_reinforce_on_policy():
@@ -307,29 +321,32 @@ def _chunks(rows, size):
   return [slice(start, start + size) for start in range(0, rows, size)]
 
 
-def test_microbatch_scope_counts_and_sets_kl_cov():
-  batch = _chunked_batch(50)
-  m = batch["mask"]
-  ratio = 0.1
-  per_chunk = [int(m[c].sum()) for c in _chunks(8, 2)]
-  assert per_chunk == [7, 12, 3, 16]
+class SelectionScopeTest(chex.TestCase):
 
-  expected = np.zeros(m.shape, bool)
-  for c in _chunks(8, 2):  # means, k and top-k all within the chunk
-    cov = np_token_cov(batch["logp"][c], batch["advantages"][c], m[c])
-    expected[c] = np_top_k(cov, m[c] > 0, max(1, np_floor(ratio, int(m[c].sum()))))
-  micro = cfg(
-      name="kl_cov", selection_scope="microbatch", microbatch_size=2, **{"kl_cov.ratio": ratio}
-  )
-  _, aux = loss_and_aux(micro, batch)
-  np.testing.assert_array_equal(aux["selected"], expected)
-  assert expected.sum() == 1 + 1 + 1 + 1
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_microbatch_scope_counts_and_sets_kl_cov(self):
+    batch = _chunked_batch(50)
+    m = batch["mask"]
+    ratio = 0.1
+    per_chunk = [int(m[c].sum()) for c in _chunks(8, 2)]
+    assert per_chunk == [7, 12, 3, 16]
 
-  cov = np_token_cov(batch["logp"], batch["advantages"], m)
-  whole = cfg(name="kl_cov", **{"kl_cov.ratio": ratio})
-  _, aux = loss_and_aux(whole, batch)
-  np.testing.assert_array_equal(aux["selected"], np_top_k(cov, m > 0, np_floor(ratio, 38)))
-  assert aux["selected"].sum() == 3
+    expected = np.zeros(m.shape, bool)
+    for c in _chunks(8, 2):  # means, k and top-k all within the chunk
+      cov = np_token_cov(batch["logp"][c], batch["advantages"][c], m[c])
+      expected[c] = np_top_k(cov, m[c] > 0, max(1, np_floor(ratio, int(m[c].sum()))))
+    micro = cfg(
+        name="kl_cov", selection_scope="microbatch", microbatch_size=2, **{"kl_cov.ratio": ratio}
+    )
+    _, aux = loss_and_aux(micro, batch, variant=self.variant)
+    np.testing.assert_array_equal(aux["selected"], expected)
+    assert expected.sum() == 1 + 1 + 1 + 1
+
+    cov = np_token_cov(batch["logp"], batch["advantages"], m)
+    whole = cfg(name="kl_cov", **{"kl_cov.ratio": ratio})
+    _, aux = loss_and_aux(whole, batch, variant=self.variant)
+    np.testing.assert_array_equal(aux["selected"], np_top_k(cov, m > 0, np_floor(ratio, 38)))
+    assert aux["selected"].sum() == 3
 
 
 def test_microbatch_scope_counts_clip_cov_and_high_entropy():
@@ -371,20 +388,23 @@ def test_microbatch_as_large_as_the_batch_is_the_batch_scope():
 # -------------------------------------------------------------------- high-entropy 80/20 -----
 
 
-@pytest.mark.parametrize("n_valid", [3, 5, 7, 50])
-def test_high_entropy_tokens_top_ratio_gets_the_gradient(n_valid):
-  batch = make_batch(60 + n_valid, n_valid, spread=0.3)
-  m, h = batch["mask"], batch["entropy"]
-  config = cfg(name="high_entropy_tokens", **{"high_entropy_tokens.ratio": 0.2})
-  selected, grad, loss = selected_and_grad(config, batch)
-  k = np_ceil(0.2, n_valid)  # ceil(ρ·N): 1, 1, 2, 10
-  np.testing.assert_array_equal(selected, np_top_k(h, m > 0, k))
-  ref_loss, clipped, ref_grad = np_ppo(
-      batch["logp"], batch["old_logp"], batch["advantages"], 0.2, 0.2
-  )
-  # token-mean over the selected tokens only: denominator k, the rest carry no gradient.
-  np.testing.assert_allclose(grad, ref_grad * selected / k, rtol=1e-5, atol=1e-8)
-  assert (grad[~selected] == 0.0).all()
-  live = selected & ~clipped
-  assert (grad[live] != 0.0).all()
-  assert loss == pytest.approx((ref_loss * selected).sum() / k, rel=1e-5)
+class HighEntropyTokensTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters((f"n{n}", n) for n in (3, 5, 7, 50))
+  def test_high_entropy_tokens_top_ratio_gets_the_gradient(self, n_valid):
+    batch = make_batch(60 + n_valid, n_valid, spread=0.3)
+    m, h = batch["mask"], batch["entropy"]
+    config = cfg(name="high_entropy_tokens", **{"high_entropy_tokens.ratio": 0.2})
+    selected, grad, loss = selected_and_grad(config, batch, variant=self.variant)
+    k = np_ceil(0.2, n_valid)  # ceil(ρ·N): 1, 1, 2, 10
+    np.testing.assert_array_equal(selected, np_top_k(h, m > 0, k))
+    ref_loss, clipped, ref_grad = np_ppo(
+        batch["logp"], batch["old_logp"], batch["advantages"], 0.2, 0.2
+    )
+    # token-mean over the selected tokens only: denominator k, the rest carry no gradient.
+    np.testing.assert_allclose(grad, ref_grad * selected / k, rtol=1e-5, atol=1e-8)
+    assert (grad[~selected] == 0.0).all()
+    live = selected & ~clipped
+    assert (grad[live] != 0.0).all()
+    assert loss == pytest.approx((ref_loss * selected).sum() / k, rel=1e-5)

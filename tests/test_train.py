@@ -12,8 +12,10 @@ import pytest
 
 from configs import quickstart
 from entropix_rl import run_logs
-from entropix_rl.config_overrides import apply_overrides
-from entropix_rl.train import experiment
+from entropix_rl.train import loop
+from entropix_rl.train.config import make_tokenizer, resolve
+from entropix_rl.train.config_dict import apply_overrides, typed
+from entropix_rl.train.rollout_metrics import SAMPLE_COLUMNS
 from tests import wandb_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,8 +52,10 @@ def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
       "logging.wandb.mode": "offline",
       "logging.wandb.dir": wandb_dir,
   }
-  experiment.run(
-      small_config(**{"loss.name": "clip_cov", "eval.every": 2, **tracking}), workdir, log=False
+  loop.run(
+      typed(small_config(**{"loss.name": "clip_cov", "eval.every": 2, **tracking})),
+      workdir,
+      log=False,
   )
   records = read_metrics(workdir)
   assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
@@ -74,9 +78,7 @@ def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
   ):
     assert key in step and np.isfinite(step[key]), key
   assert (
-      0.0
-      < step["entropy/paper"]
-      <= np.log(experiment.make_tokenizer(small_config()).vocab_size) + 1e-5
+      0.0 < step["entropy/paper"] <= np.log(make_tokenizer(typed(small_config())).vocab_size) + 1e-5
   )
   assert os.path.exists(os.path.join(workdir, "DONE"))
   assert os.path.exists(os.path.join(workdir, "sft", "config.json"))
@@ -87,7 +89,7 @@ def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
   tables = [json.loads(line) for line in open(os.path.join(workdir, "tables", "samples.jsonl"))]
   assert [t["step"] for t in tables] == [2, 4]
   rows = tables[-1]["rows"]
-  assert len(rows) == 3 and list(rows[0]) == list(experiment.SAMPLE_COLUMNS)
+  assert len(rows) == 3 and list(rows[0]) == list(SAMPLE_COLUMNS)
   assert all(r["prompt"] and r["length"] >= 1 and r["entropy"] > 0 for r in rows)
   assert {r["reward"] for r in rows} <= {0.0, 1.0} and rows[0]["group"] == 0
   events = b"".join(open(f, "rb").read() for f in run_logs.event_files(workdir))
@@ -103,8 +105,8 @@ def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
     ) == pytest.approx(record["reward/mean"] if s else record["eval/greedy_accuracy"], rel=1e-6)
   assert json.loads(logged[4]["samples/nrows"]) == 3 and "samples/_type" in logged[2]
 
-  experiment.run(
-      small_config(**{"loss.name": "clip_cov", "eval.every": 2, "rl.steps": 6, **tracking}),
+  loop.run(
+      typed(small_config(**{"loss.name": "clip_cov", "eval.every": 2, "rl.steps": 6, **tracking})),
       workdir,
       log=False,
   )  # resumes at step 4
@@ -135,7 +137,7 @@ def test_invalid_configs_fail_at_start_up(overrides, message):
   with config.unlocked():
     apply_overrides(config, overrides)
   with pytest.raises(ValueError, match=message):
-    experiment.resolve(config)
+    resolve(typed(config))
 
 
 def test_train_binary_rejects_unknown_loss_before_any_work(tmp_path):

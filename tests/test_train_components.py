@@ -12,10 +12,10 @@ import numpy as np
 import optax
 import pytest
 
-from entropix_rl import padding, run_logs
-from entropix_rl.train import batching, rollout_metrics
+from entropix_rl import console, padding, run_logs
+from entropix_rl.train import rollout, rollout_metrics, sft
 from entropix_rl.train.checkpoint import Checkpointer
-from entropix_rl.train.metrics import MetricWriter, Progress, Table
+from entropix_rl.train.metrics import MetricWriter, Table
 from entropix_rl.train.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from entropix_rl.train.state import create_train_state
 
@@ -55,7 +55,7 @@ def test_tables_are_trimmed_on_resume_and_rendered_for_tensorboard(tmp_path):
 
 
 def test_progress_logs_eta(caplog):
-  progress = Progress(10, every=5, keys=("entropy/paper",), label="grpo")
+  progress = console.Progress(10, every=5, keys=("entropy/paper",), label="grpo")
   with caplog.at_level("INFO"):
     progress.update(5, {"entropy/paper": 0.25})
   out = caplog.text
@@ -117,9 +117,9 @@ def test_left_pad_and_batches():
   np.testing.assert_array_equal(mask, [[0, 1, 1], [0, 0, 1], [0, 0, 0]])
   with pytest.raises(ValueError, match="sequence 0 has 4 tokens"):
     padding.left_pad([[1, 2, 3, 4]], 3, 0)
-  sft = batching.sft_batch([[1, 4]], [[5, 2]], 5, 0)
-  np.testing.assert_array_equal(sft["tokens"], [[0, 1, 4, 5, 2]])
-  np.testing.assert_array_equal(sft["loss_mask"], [[0, 0, 0, 1, 1]])
+  demos = sft.sft_batch([[1, 4]], [[5, 2]], 5, 0)
+  np.testing.assert_array_equal(demos["tokens"], [[0, 1, 4, 5, 2]])
+  np.testing.assert_array_equal(demos["loss_mask"], [[0, 0, 0, 1, 1]])
 
 
 def test_entropy_metrics_paper_vs_token_mean():
@@ -137,9 +137,9 @@ def test_pass_at_k_unbiased_estimator():
     rollout_metrics.pass_at_k(4, np.array([1]), 5)
 
 
-def test_group_filter_keeps_mixed_groups():
+def test_dynamic_sampling_keeps_groups_whose_rewards_differ():
   rewards = np.array([1, 1, 0, 1, 0, 0], float)
-  np.testing.assert_array_equal(rollout_metrics.group_filter(rewards, 2), [False, True, False])
+  np.testing.assert_array_equal(rollout.informative_groups(rewards, 2), [False, True, False])
 
 
 def test_tensorboard_purges_the_steps_a_resume_replaces(tmp_path):

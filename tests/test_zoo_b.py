@@ -1,9 +1,12 @@
 """GPPO / CE-GPPO, GSPO, CISPO and HAPO (loss side and token-level advantage) against NumPy
-references written from the formulas in docs/interventions.md; gradients on clipped tokens;
-masked tokens never contribute."""
+references written from the formulas in docs/interventions.md (the formulas with and without
+jit, chex variants); gradients on clipped tokens; masked tokens never contribute."""
 
+import functools
 import math
 
+from absl.testing import parameterized
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +15,10 @@ import pytest
 from configs import interventions as presets
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import interventions
-from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.interventions import aggregation, compose
 from entropix_rl.interventions import hapo as hapo_lib
 from entropix_rl.interventions import hapo_token_advantage as token_adv_lib
+from entropix_rl.train.config_dict import apply_overrides
 
 F32 = lambda x: np.asarray(x, np.float32)
 
@@ -54,10 +57,10 @@ def run(config, batch, logp=None, **extra):
   return interventions.policy_loss(config, **args)
 
 
-def loss_and_grad(config, batch):
-  (loss, aux), grad = jax.value_and_grad(lambda lp: run(config, batch, lp), has_aux=True)(
-      batch["logp"]
-  )
+def loss_and_grad(config, batch, variant=lambda fn: fn):
+  """`(loss, aux, d loss / d logp)`, the gradient function wrapped by `variant` (chex)."""
+  value_and_grad = jax.value_and_grad(lambda lp, b: run(config, b, lp), has_aux=True)
+  (loss, aux), grad = variant(value_and_grad)(batch["logp"], batch)
   return float(loss), jax.tree.map(np.asarray, aux), np.asarray(grad)
 
 
@@ -210,81 +213,70 @@ def test_gspo_value_matches_reference(agg):
   np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
 
 
-def test_gspo_token_gradient_is_the_sequence_objective_gradient():
-  """With seq-mean-token-mean and sequence advantages, GSPO-token has the value and gradient of
-  (1/G) Σ_i max(−A_i s_i, −A_i clip(s_i)) with s_i differentiable; token gradient −A s_i/(G|y_i|)
-  on unclipped responses, 0 on clipped ones."""
-  batch = make_batch(5, spread=0.1)
-  m = batch["mask"]
-  eps_low, eps_high = 0.02, 0.03
-  config = cfg(
-      name="gspo",
-      agg="seq-mean-token-mean",
-      **{"gspo.clip_eps_low": eps_low, "gspo.clip_eps_high": eps_high},
-  )
-  loss, _, grad = loss_and_grad(config, batch)
+class GSPOTest(chex.TestCase):
 
-  def sequence_objective(logp):
-    n = jnp.maximum(m.sum(1), 1)
-    s = jnp.exp((m * (logp - batch["old_logp"])).sum(1) / n)
-    a = batch["advantages"].sum(1) / n  # the row's advantage
-    per_seq = jnp.maximum(-a * s, -a * jnp.clip(s, 1 - eps_low, 1 + eps_high))
-    rows = m.sum(1) > 0
-    return (per_seq * rows).sum() / rows.sum()
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gspo_token_gradient_is_the_sequence_objective_gradient(self):
+    """With seq-mean-token-mean and sequence advantages, GSPO-token has the value and gradient of
+    (1/G) Σ_i max(−A_i s_i, −A_i clip(s_i)) with s_i differentiable; token gradient −A s_i/(G|y_i|)
+    on unclipped responses, 0 on clipped ones."""
+    batch = make_batch(5, spread=0.1)
+    m = batch["mask"]
+    eps_low, eps_high = 0.02, 0.03
+    config = cfg(
+        name="gspo",
+        agg="seq-mean-token-mean",
+        **{"gspo.clip_eps_low": eps_low, "gspo.clip_eps_high": eps_high},
+    )
+    loss, _, grad = loss_and_grad(config, batch, self.variant)
 
-  want, want_grad = jax.value_and_grad(sequence_objective)(batch["logp"])
-  assert loss == pytest.approx(float(want), rel=1e-5)
-  np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
-  _, clipped, s = np_gspo(
-      batch["logp"], batch["old_logp"], batch["advantages"], m, eps_low, eps_high
-  )
-  rows = (m.sum(1) > 0).sum()
-  expected = (
-      np.where(clipped, 0.0, -batch["advantages"] * s[:, None])
-      * m
-      / (np.maximum(m.sum(1, keepdims=True), 1) * rows)
-  )
-  np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
-  assert clipped[m > 0].any() and (grad[(m > 0) & ~clipped] != 0).all()
+    def sequence_objective(logp):
+      n = jnp.maximum(m.sum(1), 1)
+      s = jnp.exp((m * (logp - batch["old_logp"])).sum(1) / n)
+      a = batch["advantages"].sum(1) / n  # the row's advantage
+      per_seq = jnp.maximum(-a * s, -a * jnp.clip(s, 1 - eps_low, 1 + eps_high))
+      rows = m.sum(1) > 0
+      return (per_seq * rows).sum() / rows.sum()
+
+    want, want_grad = jax.value_and_grad(sequence_objective)(batch["logp"])
+    assert loss == pytest.approx(float(want), rel=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+    _, clipped, s = np_gspo(
+        batch["logp"], batch["old_logp"], batch["advantages"], m, eps_low, eps_high
+    )
+    rows = (m.sum(1) > 0).sum()
+    expected = (
+        np.where(clipped, 0.0, -batch["advantages"] * s[:, None])
+        * m
+        / (np.maximum(m.sum(1, keepdims=True), 1) * rows)
+    )
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+    assert clipped[m > 0].any() and (grad[(m > 0) & ~clipped] != 0).all()
 
 
 # ----------------------------------------------------------------------------------- CISPO
 
 
-@pytest.mark.parametrize("eps", [(1.0, 0.2), (0.1, 0.05)])
-def test_cispo_value_and_gradient_keep_every_token(eps):
-  batch = make_batch(6)
-  config = cfg(name="cispo", **{"cispo.clip_eps_low": eps[0], "cispo.clip_eps_high": eps[1]})
-  loss, aux, grad = loss_and_grad(config, batch)
-  m, a = batch["mask"], batch["advantages"]
-  ratio = np.exp(batch["logp"].astype(np.float64) - batch["old_logp"])
-  weight = np.clip(ratio, 1 - eps[0], 1 + eps[1])
-  clipped = weight != ratio
-  assert 0 < clipped[m > 0].mean() < 1
-  assert loss == pytest.approx(np_agg(-weight * a * batch["logp"], m), rel=1e-5)
-  assert aux["clip_frac"] == pytest.approx(clipped[m > 0].mean(), rel=1e-6)
-  np.testing.assert_allclose(grad, -weight * a * m / m.sum(), rtol=1e-5, atol=1e-8)
-  assert (grad[(m > 0) & (a != 0)] != 0).all()  # no token is dropped
+class CISPOTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(("no_lower_bound", (1.0, 0.2)), ("tight", (0.1, 0.05)))
+  def test_cispo_value_and_gradient_keep_every_token(self, eps):
+    batch = make_batch(6)
+    config = cfg(name="cispo", **{"cispo.clip_eps_low": eps[0], "cispo.clip_eps_high": eps[1]})
+    loss, aux, grad = loss_and_grad(config, batch, self.variant)
+    m, a = batch["mask"], batch["advantages"]
+    ratio = np.exp(batch["logp"].astype(np.float64) - batch["old_logp"])
+    weight = np.clip(ratio, 1 - eps[0], 1 + eps[1])
+    clipped = weight != ratio
+    assert 0 < clipped[m > 0].mean() < 1
+    assert loss == pytest.approx(np_agg(-weight * a * batch["logp"], m), rel=1e-5)
+    assert aux["clip_frac"] == pytest.approx(clipped[m > 0].mean(), rel=1e-6)
+    np.testing.assert_allclose(grad, -weight * a * m / m.sum(), rtol=1e-5, atol=1e-8)
+    assert (grad[(m > 0) & (a != 0)] != 0).all()  # no token is dropped
 
 
 # ------------------------------------------------------------------------------ HAPO score
-
-
-def test_hapo_score_on_the_authors_example():
-  """H = exp([−2, −1, 0, 1, 2]), pivot 0.8: the paper's ĥ and the authors' code's |ĥ|."""
-  entropy = F32(np.exp([[-2.0, -1.0, 0.0, 1.0, 2.0]]))
-  mask = np.ones_like(entropy)
-  symmetric = hapo_lib.entropy_score(entropy, mask, pivot=0.8)
-  absolute = hapo_lib.entropy_score(entropy, mask, pivot=0.8, form="absolute")
-  np.testing.assert_allclose(symmetric, [[-1, -2 / 3, -1 / 3, 0, 1]], atol=1e-6)
-  np.testing.assert_allclose(absolute, [[1, 2 / 3, 1 / 3, 0, 1]], atol=1e-6)
-
-
-@pytest.mark.parametrize("pivot", [0.0, 0.1, 0.25, 0.5, 0.8, 0.875, 1.0])
-def test_nearest_rank_is_round_half_even(pivot):
-  for n in range(0, 40):
-    want = round(pivot * (n - 1)) if n else 0
-    assert int(hapo_lib.nearest_rank(pivot, jnp.int32(n))) == want, (pivot, n)
 
 
 def np_score(entropy, mask, pivot, form="symmetric"):
@@ -300,16 +292,39 @@ def np_score(entropy, mask, pivot, form="symmetric"):
   return np.where(valid, np.where(h > 0, h / top, neg / bottom), 0.0)
 
 
-@pytest.mark.parametrize("form", hapo_lib.SCORE_FORMS)
-def test_hapo_score_matches_reference_over_valid_tokens(form):
-  batch = make_batch(7)
-  m = batch["mask"]
-  entropy = np.where(m > 0, batch["entropy"], 1e4).astype(np.float32)  # padding never counts
-  got = np.asarray(hapo_lib.entropy_score(entropy, m, pivot=0.8, form=form))
-  want = np_score(entropy, m, 0.8, form)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  assert got[m > 0].max() == pytest.approx(1.0)
-  assert got[m > 0].min() == pytest.approx(-1.0 if form == "symmetric" else 0.0, abs=1e-6)
+class HAPOScoreTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_hapo_score_on_the_authors_example(self):
+    """H = exp([−2, −1, 0, 1, 2]), pivot 0.8: the paper's ĥ and the authors' code's |ĥ|."""
+    entropy = F32(np.exp([[-2.0, -1.0, 0.0, 1.0, 2.0]]))
+    mask = np.ones_like(entropy)
+    score = functools.partial(hapo_lib.entropy_score, pivot=0.8)
+    symmetric = self.variant(score)(entropy, mask)
+    absolute = self.variant(functools.partial(score, form="absolute"))(entropy, mask)
+    np.testing.assert_allclose(symmetric, [[-1, -2 / 3, -1 / 3, 0, 1]], atol=1e-6)
+    np.testing.assert_allclose(absolute, [[1, 2 / 3, 1 / 3, 0, 1]], atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters((str(p), p) for p in (0.0, 0.1, 0.25, 0.5, 0.8, 0.875, 1.0))
+  def test_nearest_rank_is_round_half_even(self, pivot):
+    rank = self.variant(hapo_lib.nearest_rank, static_argnums=0)
+    for n in range(0, 40):
+      want = round(pivot * (n - 1)) if n else 0
+      assert int(rank(pivot, jnp.int32(n))) == want, (pivot, n)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters((form, form) for form in hapo_lib.SCORE_FORMS)
+  def test_hapo_score_matches_reference_over_valid_tokens(self, form):
+    batch = make_batch(7)
+    m = batch["mask"]
+    entropy = np.where(m > 0, batch["entropy"], 1e4).astype(np.float32)  # padding never counts
+    score = self.variant(functools.partial(hapo_lib.entropy_score, pivot=0.8, form=form))
+    got = np.asarray(score(entropy, m))
+    want = np_score(entropy, m, 0.8, form)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert got[m > 0].max() == pytest.approx(1.0)
+    assert got[m > 0].min() == pytest.approx(-1.0 if form == "symmetric" else 0.0, abs=1e-6)
 
 
 # -------------------------------------------------------------------------- HAPO surrogate
@@ -359,35 +374,36 @@ HAPO_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("setting", HAPO_SETTINGS)
-def test_hapo_value_and_gradient_match_reference(setting):
-  batch = make_batch(8, spread=0.3)
-  config = cfg(name="hapo", **setting)
-  c = config.hapo
-  loss, aux, grad = loss_and_grad(config, batch)
-  m = batch["mask"]
-  score = np_score(batch["entropy"], m, c.entropy_pivot, c.score_form)
-  ref, ref_grad = np_hapo(
-      batch,
-      score,
-      alpha=c.clip_alpha,
-      beta=c.adv_beta,
-      c=setting.get("dual_clip_c"),
-      adaptive_clip=c.adaptive_clip,
-      adaptive_advantage=c.adaptive_advantage,
-  )
-  assert loss == pytest.approx(np_agg(ref, m), rel=1e-5)
-  np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(grad, ref_grad * m / m.sum(), rtol=1e-5, atol=1e-7)
-  assert 0 < aux["clip_frac"] < 1
+class HAPOSurrogateTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters((f"setting{i}", s) for i, s in enumerate(HAPO_SETTINGS))
+  def test_hapo_value_and_gradient_match_reference(self, setting):
+    batch = make_batch(8, spread=0.3)
+    config = cfg(name="hapo", **setting)
+    c = config.hapo
+    loss, aux, grad = loss_and_grad(config, batch, self.variant)
+    m = batch["mask"]
+    score = np_score(batch["entropy"], m, c.entropy_pivot, c.score_form)
+    ref, ref_grad = np_hapo(
+        batch,
+        score,
+        alpha=c.clip_alpha,
+        beta=c.adv_beta,
+        c=setting.get("dual_clip_c"),
+        adaptive_clip=c.adaptive_clip,
+        adaptive_advantage=c.adaptive_advantage,
+    )
+    assert loss == pytest.approx(np_agg(ref, m), rel=1e-5)
+    np.testing.assert_allclose(aux["per_token_loss"], ref * m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad * m / m.sum(), rtol=1e-5, atol=1e-7)
+    assert 0 < aux["clip_frac"] < 1
 
 
 def test_hapo_differs_from_ppo_and_never_differentiates_the_entropy():
   batch = make_batch(9, spread=0.3)
   config = cfg(name="hapo")
-  assert interventions.needs(config) == {"entropy"} and "entropy" not in compose.grad_needs(
-      config
-  )
+  assert interventions.needs(config) == {"entropy"} and "entropy" not in compose.grad_needs(config)
   assert interventions.needs_planning_pass(config)
   assert float(run(config, batch)[0]) != pytest.approx(float(run(cfg(), batch)[0]), rel=1e-3)
   grad_h = jax.grad(lambda h: run(config, batch, entropy=h)[0])(batch["entropy"])
@@ -423,51 +439,59 @@ def np_token_advantages(rewards, group_ids, mask, threshold=5.0, eps=1e-6):
   return out
 
 
-def test_token_advantage_on_the_authors_example():
-  """Rewards [1.0, 0.9], lengths [2, 1]: valid tokens only (the code, with padding, falls back)."""
-  got = token_adv_lib.token_group_advantages(
-      F32([1.0, 0.9]), np.zeros(2, np.int32), F32([[1, 1], [1, 0]]), threshold=5.0, eps=1e-6
-  )
-  np.testing.assert_allclose(got, [[0.7071, 0.7071], [-1.4142, 0.0]], atol=2e-4)
+class TokenAdvantageTest(chex.TestCase):
 
+  def token_advantages(self):
+    """`token_group_advantages` as the current variant (the threshold and ε traced)."""
+    return self.variant(token_adv_lib.token_group_advantages)
 
-def test_token_advantage_falls_back_to_grpo():
-  """One 1-token success among 40 tokens of failures: |z| = sqrt(40) ≥ 5, so GRPO."""
-  mask = np.zeros((3, 20), np.float32)
-  mask[0, 0], mask[1:] = 1.0, 1.0
-  rewards, groups = F32([1.0, 0.0, 0.0]), np.zeros(3, np.int32)
-  got = token_adv_lib.token_group_advantages(rewards, groups, mask, threshold=5.0, eps=1e-6)
-  grpo = np.asarray(advantages_lib.grpo(rewards, groups, 1))
-  np.testing.assert_allclose(got, grpo[:, None] * mask, rtol=1e-6)
-  no_fallback = token_adv_lib.token_group_advantages(rewards, groups, mask, threshold=7.0, eps=1e-6)
-  assert no_fallback[0, 0] == pytest.approx(math.sqrt(40), rel=1e-4)
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_token_advantage_on_the_authors_example(self):
+    """Rewards [1.0, 0.9], lengths [2, 1]: valid tokens only (the code, with padding, falls back)."""
+    got = self.token_advantages()(
+        F32([1.0, 0.9]), np.zeros(2, np.int32), F32([[1, 1], [1, 0]]), threshold=5.0, eps=1e-6
+    )
+    np.testing.assert_allclose(got, [[0.7071, 0.7071], [-1.4142, 0.0]], atol=2e-4)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_token_advantage_falls_back_to_grpo(self):
+    """One 1-token success among 40 tokens of failures: |z| = sqrt(40) ≥ 5, so GRPO."""
+    mask = np.zeros((3, 20), np.float32)
+    mask[0, 0], mask[1:] = 1.0, 1.0
+    rewards, groups = F32([1.0, 0.0, 0.0]), np.zeros(3, np.int32)
+    advantages = self.token_advantages()
+    got = advantages(rewards, groups, mask, threshold=5.0, eps=1e-6)
+    grpo = np.asarray(advantages_lib.grpo(rewards, groups, 1))
+    np.testing.assert_allclose(got, grpo[:, None] * mask, rtol=1e-6)
+    no_fallback = advantages(rewards, groups, mask, threshold=7.0, eps=1e-6)
+    assert no_fallback[0, 0] == pytest.approx(math.sqrt(40), rel=1e-4)
 
-def test_token_advantage_matches_reference_and_runs_on_the_rollout():
-  rng = np.random.default_rng(11)
-  rows, time = 12, 7
-  lengths = rng.integers(0, time + 1, rows)
-  mask = (np.arange(time)[None] < lengths[:, None]).astype(np.float32)
-  rewards = F32(rng.integers(0, 3, rows) / 2)
-  groups = np.repeat(np.arange(3), 4).astype(np.int32)
-  want = np_token_advantages(rewards, groups, mask)
-  got = token_adv_lib.token_group_advantages(rewards, groups, mask, threshold=5.0, eps=1e-6)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  rollout = interventions.TokenBatch(
-      logp=F32(np.zeros(mask.shape)),
-      old_logp=F32(np.zeros(mask.shape)),
-      advantages=F32(np.ones(mask.shape)),
-      mask=mask,
-      rewards=rewards,
-      group_ids=groups,
-  )
-  off = interventions.rollout_advantages(cfg(), rollout, {})
-  np.testing.assert_array_equal(off, rollout.advantages)
-  config = cfg(**{"hapo_token_advantage.enabled": True})
-  np.testing.assert_allclose(
-      interventions.rollout_advantages(config, rollout, {}), want, rtol=1e-5, atol=1e-6
-  )
-  assert interventions.needs(config) == {"rewards", "group_ids"}
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_token_advantage_matches_reference_and_runs_on_the_rollout(self):
+    rng = np.random.default_rng(11)
+    rows, time = 12, 7
+    lengths = rng.integers(0, time + 1, rows)
+    mask = (np.arange(time)[None] < lengths[:, None]).astype(np.float32)
+    rewards = F32(rng.integers(0, 3, rows) / 2)
+    groups = np.repeat(np.arange(3), 4).astype(np.int32)
+    want = np_token_advantages(rewards, groups, mask)
+    got = self.token_advantages()(rewards, groups, mask, threshold=5.0, eps=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    rollout = interventions.TokenBatch(
+        logp=F32(np.zeros(mask.shape)),
+        old_logp=F32(np.zeros(mask.shape)),
+        advantages=F32(np.ones(mask.shape)),
+        mask=mask,
+        rewards=rewards,
+        group_ids=groups,
+    )
+    off = interventions.rollout_advantages(cfg(), rollout, {})
+    np.testing.assert_array_equal(off, rollout.advantages)
+    config = cfg(**{"hapo_token_advantage.enabled": True})
+    np.testing.assert_allclose(
+        interventions.rollout_advantages(config, rollout, {}), want, rtol=1e-5, atol=1e-6
+    )
+    assert interventions.needs(config) == {"rewards", "group_ids"}
 
 
 # --------------------------------------------------------------------------- every method

@@ -1,8 +1,13 @@
-"""EMPG, EPO and SEED-GRPO against NumPy references written from their formulas, and the
-shared infrastructure they read: step ids from a delimiter token, answer keys and clusters."""
+"""EMPG, EPO and SEED-GRPO against NumPy references written from their formulas (with and
+without jit, chex variants), and the shared infrastructure they read: step ids from a delimiter
+token, answer keys and clusters."""
 
+import dataclasses
+import functools
 import math
 
+from absl.testing import parameterized
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +16,6 @@ import pytest
 
 from configs import quickstart
 from entropix_rl import interventions, tasks
-from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.interventions import compose
 from entropix_rl.interventions import empg as empg_lib
 from entropix_rl.interventions import epo as epo_lib
@@ -20,10 +24,12 @@ from entropix_rl.interventions.batch import TokenBatch, step_ids_from_tokens
 from entropix_rl.models import init_params
 from entropix_rl.tasks.base import Example
 from entropix_rl.tokenizer import CharTokenizer
-from entropix_rl.train import experiment
-from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
+from entropix_rl.train.config import resolve, step_delimiter_id
+from entropix_rl.train.config_dict import apply_overrides, typed
 from entropix_rl.train.state import create_train_state
-from tests.test_rl_step import GROUP_SIZE, GROUPS, MODEL, PARAM_TOL, TOL, _batch, _max_diff
+from entropix_rl.train.update import jit_rl_update
+from tests.synthetic import max_abs_diff
+from tests.test_update import GROUPS, MODEL, PARAM_TOL, TOL, _batch, update_spec
 
 
 def cfg(**overrides):
@@ -70,19 +76,6 @@ def np_agg_token_mean(x, m):
   return (x * m).sum() / m.sum()
 
 
-# ----------------------------------------------------------------------------- step ids
-
-
-def test_step_ids_count_the_delimiters_before_each_token():
-  plus = 7
-  completion = np.array([[3, 4, plus, 5, plus, plus, 6], [plus, 3, 3, 3, 0, 0, 0]])
-  np.testing.assert_array_equal(
-      step_ids_from_tokens(completion, plus), [[0, 0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 1, 1, 1]]
-  )
-  np.testing.assert_array_equal(step_ids_from_tokens(completion, -1), np.zeros((2, 7)))
-  assert step_ids_from_tokens(completion, plus).dtype == jnp.int32
-
-
 # ----------------------------------------------------------------------------- EMPG
 
 
@@ -103,108 +96,6 @@ def np_empg(adv, ent, mask, steps, k, k_future, zeta):
     f = np.exp(-k_future * norm[(i, j + 1)]) if (i, j + 1) in norm else 0.0
     out[i, t] = g * adv[i, t] + zeta * f
   return out
-
-
-@pytest.mark.parametrize("k,k_future,zeta", [(1.0, 1.0, 0.1), (3.0, 0.5, 0.4)])
-def test_empg_matches_reference(k, k_future, zeta):
-  data = make_rollout(1)
-  config = cfg(**{"empg.enabled": True, "empg.k": k, "empg.k_future": k_future, "empg.zeta": zeta})
-  assert interventions.needs(config) >= {"old_entropy", "step_ids"}
-  got = interventions.rollout_advantages(
-      config, rollout_batch(data), interventions.init_states(config)
-  )
-  want = np_empg(
-      data["advantages"], data["old_entropy"], data["mask"], data["step_ids"], k, k_future, zeta
-  )
-  assert len(set(data["step_ids"][data["mask"] > 0].tolist())) > 2  # multi-step data
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-def test_empg_single_step_is_a_response_confidence_weight():
-  data = make_rollout(2)
-  data["step_ids"] = np.zeros_like(data["step_ids"])
-  got = np.asarray(
-      empg_lib.empg_advantages(
-          data["advantages"],
-          data["old_entropy"],
-          data["mask"],
-          data["step_ids"],
-          k=1.0,
-          k_future=1.0,
-          zeta=0.1,
-      )
-  )
-  valid = data["mask"].sum(1) > 0
-  a = data["advantages"][:, 0]
-  scale = got[valid, 0] / a[valid]  # no future bonus: A' = g·A
-  np.testing.assert_allclose(
-      got[valid], (scale[:, None] * data["advantages"][valid]), rtol=1e-5, atol=1e-6
-  )
-  assert scale.mean() == pytest.approx(1.0, rel=1e-5)  # g has batch mean 1
-  seq_h = (data["old_entropy"] * data["mask"]).sum(1)[valid] / data["mask"].sum(1)[valid]
-  assert np.all(np.diff(scale[np.argsort(seq_h)]) <= 1e-6)  # more entropy, less weight
-
-
-def test_empg_masked_tokens_never_count_and_output_is_constant():
-  data = make_rollout(3)
-  base = empg_lib.empg_advantages(
-      data["advantages"],
-      data["old_entropy"],
-      data["mask"],
-      data["step_ids"],
-      k=1.0,
-      k_future=1.0,
-      zeta=0.1,
-  )
-  noisy = data["old_entropy"] + (1 - data["mask"]) * 50.0
-  again = empg_lib.empg_advantages(
-      data["advantages"] + (1 - data["mask"]) * 9.0,
-      noisy,
-      data["mask"],
-      data["step_ids"],
-      k=1.0,
-      k_future=1.0,
-      zeta=0.1,
-  )
-  np.testing.assert_array_equal(base, again)
-  assert np.all(np.asarray(base)[data["mask"] == 0] == 0)
-  grad = jax.grad(
-      lambda h: empg_lib.empg_advantages(
-          data["advantages"], h, data["mask"], data["step_ids"], k=1.0, k_future=1.0, zeta=0.1
-      ).sum()
-  )(data["old_entropy"])
-  np.testing.assert_array_equal(grad, 0.0)
-
-
-def test_empg_renormalisation_and_equal_entropies():
-  data = make_rollout(4)
-  m = data["mask"] > 0
-  out = np.asarray(
-      empg_lib.empg_advantages(
-          data["advantages"],
-          data["old_entropy"],
-          data["mask"],
-          data["step_ids"],
-          k=1.0,
-          k_future=1.0,
-          zeta=0.1,
-          renormalize=True,
-      )
-  )
-  assert out[m].mean() == pytest.approx(0.0, abs=1e-5)
-  assert out[m].std() == pytest.approx(1.0, rel=1e-4)
-  flat = np.asarray(
-      empg_lib.empg_advantages(
-          data["advantages"],
-          np.ones_like(data["old_entropy"]),
-          data["mask"],
-          data["step_ids"],
-          k=2.0,
-          k_future=1.0,
-          zeta=0.0,
-      )
-  )
-  np.testing.assert_allclose(flat, data["advantages"], rtol=1e-6)  # all Ĥ = 0: g = 1
 
 
 # ----------------------------------------------------------------------------- SEED-GRPO
@@ -245,113 +136,6 @@ def seed_data(seed=0, groups=4, size=5, time=6):
   )
 
 
-@pytest.mark.parametrize("fn", seed_lib.SCALE_FNS)
-@pytest.mark.parametrize(
-    "estimator,mass", [("entropy", "likelihood"), ("mean_log", "count"), ("entropy", "count")]
-)
-def test_seed_grpo_matches_reference(fn, estimator, mass):
-  d = seed_data(1)
-  config = cfg(
-      **{
-          "seed_grpo.enabled": True,
-          "seed_grpo.scale_fn": fn,
-          "seed_grpo.alpha": 0.7,
-          "seed_grpo.gamma": 1.5,
-          "seed_grpo.estimator": estimator,
-          "seed_grpo.mass": mass,
-      }
-  )
-  batch = TokenBatch(
-      logp=d["old_logp"],
-      old_logp=d["old_logp"],
-      advantages=d["advantages"],
-      mask=d["mask"],
-      group_ids=d["group_ids"],
-      cluster_ids=d["cluster_ids"],
-  )
-  got = interventions.rollout_advantages(config, batch, {})
-  scale = np_seed_scale(
-      d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"], 0.7, fn, 1.5, estimator, mass
-  )
-  assert len(np.unique(np.round(scale, 6))) > 2
-  np.testing.assert_allclose(got, d["advantages"] * scale[:, None], rtol=1e-5, atol=1e-6)
-
-
-def test_seed_grpo_identical_answers_give_zero_entropy_and_distinct_give_ln_g():
-  d = seed_data(2, groups=2, size=6)
-  seq = jnp.asarray(-np.random.default_rng(0).uniform(0.1, 2.0, 12), jnp.float32)
-  same = np.zeros(12, np.int32)
-  distinct = np.tile(np.arange(6), 2).astype(np.int32)
-  no_answers = np.full(12, -1, np.int32)
-  for mass in seed_lib.MASSES:
-    for estimator in seed_lib.ESTIMATORS:
-      se = seed_lib.semantic_entropy(seq, d["group_ids"], same, estimator=estimator, mass=mass)
-      np.testing.assert_allclose(se, 0.0, atol=1e-6)
-  equal = jnp.full(12, -0.7, jnp.float32)  # equal masses: the likelihood mass is the count
-  for clusters in (distinct, no_answers):
-    for mass in seed_lib.MASSES:
-      for estimator in seed_lib.ESTIMATORS:
-        se = seed_lib.semantic_entropy(
-            equal, d["group_ids"], clusters, estimator=estimator, mass=mass
-        )
-        np.testing.assert_allclose(se, math.log(6), rtol=1e-6)
-  for fn in seed_lib.SCALE_FNS:
-    scale = seed_lib.seed_grpo_scale(
-        d["old_logp"],
-        d["mask"],
-        d["group_ids"],
-        same,
-        alpha=1.0,
-        scale_fn=fn,
-        gamma=2.0,
-        estimator="entropy",
-        mass="likelihood",
-    )
-    np.testing.assert_allclose(scale, 1.0, atol=1e-6)
-  scale = seed_lib.seed_grpo_scale(
-      np.zeros_like(d["old_logp"]),
-      d["mask"],
-      d["group_ids"],
-      distinct,
-      alpha=1.0,
-      scale_fn="linear",
-      gamma=2.0,
-      estimator="entropy",
-      mass="likelihood",
-  )
-  np.testing.assert_allclose(scale, 0.0, atol=1e-6)  # SE = ln G, x = α = 1
-
-
-def test_seed_grpo_masked_tokens_and_singleton_groups():
-  d = seed_data(3)
-  kwargs = dict(
-      alpha=1.0, scale_fn="exponential", gamma=2.0, estimator="entropy", mass="likelihood"
-  )
-  base = seed_lib.seed_grpo_scale(
-      d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"], **kwargs
-  )
-  noisy = d["old_logp"] - (1 - d["mask"]) * 40.0
-  np.testing.assert_array_equal(
-      base, seed_lib.seed_grpo_scale(noisy, d["mask"], d["group_ids"], d["cluster_ids"], **kwargs)
-  )
-  single = seed_lib.seed_grpo_scale(
-      d["old_logp"], d["mask"], np.arange(20, dtype=np.int32), d["cluster_ids"], **kwargs
-  )
-  np.testing.assert_array_equal(single, 1.0)  # G = 1: ln G = 0, no scaling
-  with pytest.raises(ValueError, match="reads 'cluster_ids'"):
-    interventions.rollout_advantages(
-        cfg(**{"seed_grpo.enabled": True}),
-        TokenBatch(
-            logp=d["old_logp"],
-            old_logp=d["old_logp"],
-            advantages=d["advantages"],
-            mask=d["mask"],
-            group_ids=d["group_ids"],
-        ),
-        {},
-    )
-
-
 # ----------------------------------------------------------------------------- EPO
 
 
@@ -387,41 +171,45 @@ def epo_loss(config, data, state, entropy):
   )
 
 
-@pytest.mark.parametrize("phase", [0, 10])
-def test_epo_value_and_gradient_match_reference(phase):
-  data = make_rollout(5)
-  config = cfg(
-      **{
-          "epo.enabled": True,
-          "epo.coef": 0.01,
-          "epo.smooth_coef": 2.0,
-          "epo.max_turns": 3,
-          "epo.phase_updates": phase,
-      }
-  )
-  assert compose.grad_needs(config) == {"entropy"}
-  means, counts = [1.2, 1.6, 0.9], [2, 1, 0]  # turn 2 (and later, pooled) has no history
-  state = epo_state(means, counts, updates=7)
-  weight = float(epo_lib.phase_weight(7, phase))
-  loss, aux = epo_loss(config, data, state, data["entropy"])
-  want, metric, want_grad = np_epo(
-      data["entropy"],
-      data["mask"],
-      data["step_ids"],
-      means,
-      [True, True, False],
-      0.01,
-      2.0,
-      0.5,
-      1.5,
-      weight,
-  )
-  assert float(loss) == pytest.approx(want, rel=1e-5)
-  assert float(aux["epo"]) == pytest.approx(metric, rel=1e-5)
-  grad = jax.grad(lambda h: epo_loss(config, data, state, h)[0])(data["entropy"])
-  np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-9)
-  assert np.any(np.abs(want_grad) > 0.011 / data["mask"].sum())  # the band term acts
-  assert np.all(np.asarray(grad)[data["mask"] == 0] == 0)  # masked tokens carry no gradient
+class EPOTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(("no_phase", 0), ("phase", 10))
+  def test_epo_value_and_gradient_match_reference(self, phase):
+    data = make_rollout(5)
+    config = cfg(
+        **{
+            "epo.enabled": True,
+            "epo.coef": 0.01,
+            "epo.smooth_coef": 2.0,
+            "epo.max_turns": 3,
+            "epo.phase_updates": phase,
+        }
+    )
+    assert compose.grad_needs(config) == {"entropy"}
+    means, counts = [1.2, 1.6, 0.9], [2, 1, 0]  # turn 2 (and later, pooled) has no history
+    state = epo_state(means, counts, updates=7)
+    weight = float(epo_lib.phase_weight(7, phase))
+    loss_fn = self.variant(lambda s, h: epo_loss(config, data, s, h))
+    loss, aux = loss_fn(state, data["entropy"])
+    want, metric, want_grad = np_epo(
+        data["entropy"],
+        data["mask"],
+        data["step_ids"],
+        means,
+        [True, True, False],
+        0.01,
+        2.0,
+        0.5,
+        1.5,
+        weight,
+    )
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert float(aux["epo"]) == pytest.approx(metric, rel=1e-5)
+    grad = jax.grad(lambda h: loss_fn(state, h)[0])(data["entropy"])
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-9)
+    assert np.any(np.abs(want_grad) > 0.011 / data["mask"].sum())  # the band term acts
+    assert np.all(np.asarray(grad)[data["mask"] == 0] == 0)  # masked tokens carry no gradient
 
 
 def test_epo_without_history_is_an_entropy_bonus_and_masked_tokens_do_not_count():
@@ -469,14 +257,6 @@ def test_epo_history_averages_per_turn_means_over_updates(includes_current):
   assert bool(has.all()) and int(state["epo"]["updates"]) == 3
 
 
-def test_epo_phase_weight_follows_the_authors_schedule():
-  assert float(epo_lib.phase_weight(0, 150)) == pytest.approx(1.0)
-  assert float(epo_lib.phase_weight(75, 150)) == pytest.approx(1 - 0.2 * (1 - math.exp(-2)))
-  assert float(epo_lib.phase_weight(76, 150)) == pytest.approx(0.8 * math.exp(-3 / 75), rel=1e-6)
-  assert float(epo_lib.phase_weight(500, 150)) == pytest.approx(0.8 * math.exp(-3), rel=1e-6)
-  assert float(epo_lib.phase_weight(3, 0)) == 1.0
-
-
 @pytest.mark.parametrize(
     "overrides,message",
     [
@@ -494,6 +274,226 @@ def test_epo_phase_weight_follows_the_authors_schedule():
 def test_config_errors_name_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):
     cfg(**overrides)
+
+
+# ------------------------------------------------------- the formulas, with and without jit
+
+
+def empg_fn(variant, **constants):
+  """`empg_advantages` with its constants, wrapped by a chex variant."""
+  return variant(functools.partial(empg_lib.empg_advantages, **constants))
+
+
+class FormulaTest(chex.TestCase):
+  """Step ids, EMPG, SEED-GRPO and EPO's phase weight, each with and without jit."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_step_ids_count_the_delimiters_before_each_token(self):
+    plus = 7
+    step_ids = self.variant(step_ids_from_tokens, static_argnums=1)
+    completion = np.array([[3, 4, plus, 5, plus, plus, 6], [plus, 3, 3, 3, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        step_ids(completion, plus), [[0, 0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 1, 1, 1]]
+    )
+    np.testing.assert_array_equal(step_ids(completion, -1), np.zeros((2, 7)))
+    assert step_ids(completion, plus).dtype == jnp.int32
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(("paper", 1.0, 1.0, 0.1), ("sharp", 3.0, 0.5, 0.4))
+  def test_empg_matches_reference(self, k, k_future, zeta):
+    data = make_rollout(1)
+    config = cfg(
+        **{"empg.enabled": True, "empg.k": k, "empg.k_future": k_future, "empg.zeta": zeta}
+    )
+    assert interventions.needs(config) >= {"old_entropy", "step_ids"}
+    got = self.variant(lambda b, s: interventions.rollout_advantages(config, b, s))(
+        rollout_batch(data), interventions.init_states(config)
+    )
+    want = np_empg(
+        data["advantages"], data["old_entropy"], data["mask"], data["step_ids"], k, k_future, zeta
+    )
+    assert len(set(data["step_ids"][data["mask"] > 0].tolist())) > 2  # multi-step data
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_empg_single_step_is_a_response_confidence_weight(self):
+    data = make_rollout(2)
+    data["step_ids"] = np.zeros_like(data["step_ids"])
+    empg = empg_fn(self.variant, k=1.0, k_future=1.0, zeta=0.1)
+    got = np.asarray(empg(data["advantages"], data["old_entropy"], data["mask"], data["step_ids"]))
+    valid = data["mask"].sum(1) > 0
+    a = data["advantages"][:, 0]
+    scale = got[valid, 0] / a[valid]  # no future bonus: A' = g·A
+    np.testing.assert_allclose(
+        got[valid], (scale[:, None] * data["advantages"][valid]), rtol=1e-5, atol=1e-6
+    )
+    assert scale.mean() == pytest.approx(1.0, rel=1e-5)  # g has batch mean 1
+    seq_h = (data["old_entropy"] * data["mask"]).sum(1)[valid] / data["mask"].sum(1)[valid]
+    assert np.all(np.diff(scale[np.argsort(seq_h)]) <= 1e-6)  # more entropy, less weight
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_empg_masked_tokens_never_count_and_output_is_constant(self):
+    data = make_rollout(3)
+    empg = empg_fn(self.variant, k=1.0, k_future=1.0, zeta=0.1)
+    base = empg(data["advantages"], data["old_entropy"], data["mask"], data["step_ids"])
+    noisy = data["old_entropy"] + (1 - data["mask"]) * 50.0
+    again = empg(
+        data["advantages"] + (1 - data["mask"]) * 9.0, noisy, data["mask"], data["step_ids"]
+    )
+    np.testing.assert_array_equal(base, again)
+    assert np.all(np.asarray(base)[data["mask"] == 0] == 0)
+    grad = jax.grad(lambda h: empg(data["advantages"], h, data["mask"], data["step_ids"]).sum())(
+        data["old_entropy"]
+    )
+    np.testing.assert_array_equal(grad, 0.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_empg_renormalisation_and_equal_entropies(self):
+    data = make_rollout(4)
+    m = data["mask"] > 0
+    renormalised = empg_fn(self.variant, k=1.0, k_future=1.0, zeta=0.1, renormalize=True)
+    out = np.asarray(
+        renormalised(data["advantages"], data["old_entropy"], data["mask"], data["step_ids"])
+    )
+    assert out[m].mean() == pytest.approx(0.0, abs=1e-5)
+    assert out[m].std() == pytest.approx(1.0, rel=1e-4)
+    flat = np.asarray(
+        empg_fn(self.variant, k=2.0, k_future=1.0, zeta=0.0)(
+            data["advantages"],
+            np.ones_like(data["old_entropy"]),
+            data["mask"],
+            data["step_ids"],
+        )
+    )
+    np.testing.assert_allclose(flat, data["advantages"], rtol=1e-6)  # all Ĥ = 0: g = 1
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      (f"{fn}_{estimator}_{mass}", fn, estimator, mass)
+      for fn in seed_lib.SCALE_FNS
+      for estimator, mass in [
+          ("entropy", "likelihood"),
+          ("mean_log", "count"),
+          ("entropy", "count"),
+      ]
+  )
+  def test_seed_grpo_matches_reference(self, fn, estimator, mass):
+    d = seed_data(1)
+    config = cfg(
+        **{
+            "seed_grpo.enabled": True,
+            "seed_grpo.scale_fn": fn,
+            "seed_grpo.alpha": 0.7,
+            "seed_grpo.gamma": 1.5,
+            "seed_grpo.estimator": estimator,
+            "seed_grpo.mass": mass,
+        }
+    )
+    batch = TokenBatch(
+        logp=d["old_logp"],
+        old_logp=d["old_logp"],
+        advantages=d["advantages"],
+        mask=d["mask"],
+        group_ids=d["group_ids"],
+        cluster_ids=d["cluster_ids"],
+    )
+    got = self.variant(lambda b: interventions.rollout_advantages(config, b, {}))(batch)
+    scale = np_seed_scale(
+        d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"], 0.7, fn, 1.5, estimator, mass
+    )
+    assert len(np.unique(np.round(scale, 6))) > 2
+    np.testing.assert_allclose(got, d["advantages"] * scale[:, None], rtol=1e-5, atol=1e-6)
+
+  def seed_fns(self):
+    """(`semantic_entropy`, `seed_grpo_scale`) as the current variant, constants static."""
+    entropy = self.variant(seed_lib.semantic_entropy, static_argnames=("estimator", "mass"))
+    scale = self.variant(
+        seed_lib.seed_grpo_scale,
+        static_argnames=("alpha", "scale_fn", "gamma", "estimator", "mass"),
+    )
+    return entropy, scale
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_seed_grpo_identical_answers_give_zero_entropy_and_distinct_give_ln_g(self):
+    semantic_entropy, seed_grpo_scale = self.seed_fns()
+    d = seed_data(2, groups=2, size=6)
+    seq = jnp.asarray(-np.random.default_rng(0).uniform(0.1, 2.0, 12), jnp.float32)
+    same = np.zeros(12, np.int32)
+    distinct = np.tile(np.arange(6), 2).astype(np.int32)
+    no_answers = np.full(12, -1, np.int32)
+    for mass in seed_lib.MASSES:
+      for estimator in seed_lib.ESTIMATORS:
+        se = semantic_entropy(seq, d["group_ids"], same, estimator=estimator, mass=mass)
+        np.testing.assert_allclose(se, 0.0, atol=1e-6)
+    equal = jnp.full(12, -0.7, jnp.float32)  # equal masses: the likelihood mass is the count
+    for clusters in (distinct, no_answers):
+      for mass in seed_lib.MASSES:
+        for estimator in seed_lib.ESTIMATORS:
+          se = semantic_entropy(equal, d["group_ids"], clusters, estimator=estimator, mass=mass)
+          np.testing.assert_allclose(se, math.log(6), rtol=1e-6)
+    for fn in seed_lib.SCALE_FNS:
+      scale = seed_grpo_scale(
+          d["old_logp"],
+          d["mask"],
+          d["group_ids"],
+          same,
+          alpha=1.0,
+          scale_fn=fn,
+          gamma=2.0,
+          estimator="entropy",
+          mass="likelihood",
+      )
+      np.testing.assert_allclose(scale, 1.0, atol=1e-6)
+    scale = seed_grpo_scale(
+        np.zeros_like(d["old_logp"]),
+        d["mask"],
+        d["group_ids"],
+        distinct,
+        alpha=1.0,
+        scale_fn="linear",
+        gamma=2.0,
+        estimator="entropy",
+        mass="likelihood",
+    )
+    np.testing.assert_allclose(scale, 0.0, atol=1e-6)  # SE = ln G, x = α = 1
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_seed_grpo_masked_tokens_and_singleton_groups(self):
+    _, seed_grpo_scale = self.seed_fns()
+    d = seed_data(3)
+    kwargs = dict(
+        alpha=1.0, scale_fn="exponential", gamma=2.0, estimator="entropy", mass="likelihood"
+    )
+    base = seed_grpo_scale(d["old_logp"], d["mask"], d["group_ids"], d["cluster_ids"], **kwargs)
+    noisy = d["old_logp"] - (1 - d["mask"]) * 40.0
+    np.testing.assert_array_equal(
+        base, seed_grpo_scale(noisy, d["mask"], d["group_ids"], d["cluster_ids"], **kwargs)
+    )
+    single = seed_grpo_scale(
+        d["old_logp"], d["mask"], np.arange(20, dtype=np.int32), d["cluster_ids"], **kwargs
+    )
+    np.testing.assert_array_equal(single, 1.0)  # G = 1: ln G = 0, no scaling
+    with pytest.raises(ValueError, match="reads 'cluster_ids'"):
+      interventions.rollout_advantages(
+          cfg(**{"seed_grpo.enabled": True}),
+          TokenBatch(
+              logp=d["old_logp"],
+              old_logp=d["old_logp"],
+              advantages=d["advantages"],
+              mask=d["mask"],
+              group_ids=d["group_ids"],
+          ),
+          {},
+      )
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_epo_phase_weight_follows_the_authors_schedule(self):
+    weight = self.variant(epo_lib.phase_weight, static_argnums=1)
+    assert float(weight(0, 150)) == pytest.approx(1.0)
+    assert float(weight(75, 150)) == pytest.approx(1 - 0.2 * (1 - math.exp(-2)))
+    assert float(weight(76, 150)) == pytest.approx(0.8 * math.exp(-3 / 75), rel=1e-6)
+    assert float(weight(500, 150)) == pytest.approx(0.8 * math.exp(-3), rel=1e-6)
+    assert float(weight(3, 0)) == 1.0
 
 
 # ----------------------------------------------------------------------------- answer keys
@@ -540,12 +540,12 @@ def test_answer_clusters_number_keys_within_each_group():
 
 def test_step_delimiter_resolution_names_the_field():
   tok = CharTokenizer("0123456789+=")
-  assert experiment.step_delimiter_id(tok, "") == -1
-  assert experiment.step_delimiter_id(tok, "+") == tok.encode("+")[0]
+  assert step_delimiter_id(tok, "") == -1
+  assert step_delimiter_id(tok, "+") == tok.encode("+")[0]
   with pytest.raises(ValueError, match=r"rl.step_delimiter='\+\+' encodes to 2 tokens"):
-    experiment.step_delimiter_id(tok, "++")
+    step_delimiter_id(tok, "++")
   with pytest.raises(ValueError, match=r"rl.step_delimiter='x' cannot be encoded"):
-    experiment.step_delimiter_id(tok, "x")
+    step_delimiter_id(tok, "x")
 
 
 @pytest.mark.parametrize(
@@ -563,9 +563,9 @@ def test_resolve_checks_the_step_and_cluster_fields(field, value, message):
   config = quickstart.get_config()
   config.rl[field] = value
   with pytest.raises(ValueError, match=message):
-    experiment.resolve(config)
+    resolve(typed(config))
   config.rl.step_delimiter, config.rl.cluster_by = "+", "value"
-  assert experiment.resolve(config).rl.step_delimiter_id == 3 + "0123456789+=".index("+")
+  assert resolve(typed(config)).step_delimiter_id == 3 + "0123456789+=".index("+")
 
 
 # ----------------------------------------------------------------------------- the RL update
@@ -573,15 +573,15 @@ def test_resolve_checks_the_step_and_cluster_fields(field, value, message):
 
 def _update(loss_overrides, micro, delimiter, cluster_ids):
   loss_cfg = cfg(**loss_overrides)
-  rl_cfg = RLUpdateConfig(
-      num_groups=GROUPS,
-      group_size=GROUP_SIZE,
-      ppo_epochs=2,
-      num_minibatches=2,
-      token_chunk=16,
-      measure_dynamics=False,
-      micro_batch_size=micro,
-      logprob_micro_batch_size=2 if micro else 0,
+  spec = dataclasses.replace(
+      update_spec(
+          loss_cfg,
+          ppo_epochs=2,
+          num_minibatches=2,
+          measure_dynamics=False,
+          micro_batch_size=micro,
+          logprob_micro_batch_size=2 if micro else 0,
+      ),
       step_delimiter_id=delimiter,
   )
   optimizer = optax.sgd(0.2)
@@ -590,7 +590,7 @@ def _update(loss_overrides, micro, delimiter, cluster_ids):
       params, optimizer, jax.random.PRNGKey(1), interventions=interventions.init_states(loss_cfg)
   )
   batch = dict(_batch(), cluster_ids=cluster_ids)
-  return make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(state, batch)
+  return jit_rl_update(spec, optimizer)(state, batch)
 
 
 def test_rl_update_with_steps_and_clusters_is_exact_under_micro_batches():
@@ -613,7 +613,7 @@ def test_rl_update_with_steps_and_clusters_is_exact_under_micro_batches():
     for key in ("loss/loss", "loss/pg_loss", "loss/epo", "loss/grad_norm", "advantage/mean_abs"):
       want = float(ref[key])
       assert abs(float(got[key]) - want) < TOL * max(1.0, abs(want)), (key, micro)
-    assert _max_diff(state.params, ref_state.params) < PARAM_TOL
-    assert _max_diff(state.interventions, ref_state.interventions) < TOL
+    assert max_abs_diff(state.params, ref_state.params) < PARAM_TOL
+    assert max_abs_diff(state.interventions, ref_state.interventions) < TOL
   _, one_step = _update(overrides, 0, -1, clusters)
   assert float(one_step["advantage/mean_abs"]) != pytest.approx(float(ref["advantage/mean_abs"]))

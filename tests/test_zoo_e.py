@@ -1,11 +1,14 @@
 """ETTRL (tree rollouts, majority votes, EAR), AEPO-agentic (entropy-aware advantage,
 entropy-balanced clipping, entropy-guided branching at step delimiters) and ARES (HWE counts,
 difficulty buckets, the hierarchical entropy reward, the α, τ_H and β controllers), against
-references written from the formulas in docs/interventions.md; each preset end to end."""
+references written from the formulas in docs/interventions.md (the jnp formulas with and without
+jit, chex variants); each preset end to end."""
 
 import dataclasses
+import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,11 +17,11 @@ import pytest
 
 from configs import interventions as presets
 from entropix_rl import interventions, sampling
-from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.interventions import aepo_agentic, ares, ettrl, rollout_ops
 from entropix_rl.models import init_params, tiny_config
 from entropix_rl.tokenizer import CharTokenizer
 from entropix_rl.train import rollout as rollout_lib
+from entropix_rl.train.config_dict import apply_overrides
 from entropix_rl.train.rollout import Responses
 
 F32 = lambda x: np.asarray(x, np.float32)
@@ -180,35 +183,37 @@ def test_ettrl_group_size_must_equal_the_leaves():
     cfg(**{"ettrl.ear_min": 1.0, "ettrl.ear_max": 0.5})
 
 
-def test_ear_multiplier_and_advantages():
-  mean_entropy = F32([1.0, 3.0, 0.5, 0.2, 0.2, 0.0])
-  groups = np.array([0, 0, 1, 1, 2, 2], np.int32)
-  got = np.asarray(
-      ettrl.ear_multiplier(
-          jnp.asarray(mean_entropy), jnp.asarray(groups), power=2.0, low=0.5, high=2.0
-      )
-  )
-  group_mean = np.array([2.0, 2.0, 0.35, 0.35, 0.1, 0.1])
-  np.testing.assert_allclose(got, np.clip((mean_entropy / group_mean) ** 2, 0.5, 2.0), rtol=1e-6)
-  # EAR on: A·g with H̄ the old entropy's response mean; EAR off: A unchanged
-  mask = F32([[1, 1, 0]] * 6)
-  old_entropy = np.repeat(mean_entropy[:, None], 3, axis=1) * mask
-  adv = np.repeat(F32([1, -1, 2, -2, 0.5, -0.5])[:, None], 3, axis=1) * mask
-  batch = interventions.TokenBatch(
-      logp=jnp.zeros((6, 3)),
-      old_logp=jnp.zeros((6, 3)),
-      advantages=jnp.asarray(adv),
-      mask=jnp.asarray(mask),
-      old_entropy=jnp.asarray(old_entropy),
-      group_ids=jnp.asarray(groups),
-  )
-  on = cfg(**{"ettrl.enabled": True, "ettrl.ear": True, "ettrl.ear_power": 2.0})
-  assert {"old_entropy", "group_ids"} <= interventions.needs(on)
-  np.testing.assert_allclose(
-      interventions.rollout_advantages(on, batch, {}), adv * got[:, None], rtol=1e-6
-  )
-  off = cfg(**{"ettrl.enabled": True})
-  np.testing.assert_array_equal(interventions.rollout_advantages(off, batch, {}), adv)
+class EARTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_ear_multiplier_and_advantages(self):
+    mean_entropy = F32([1.0, 3.0, 0.5, 0.2, 0.2, 0.0])
+    groups = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    multiplier = self.variant(functools.partial(ettrl.ear_multiplier, power=2.0, low=0.5, high=2.0))
+    got = np.asarray(multiplier(jnp.asarray(mean_entropy), jnp.asarray(groups)))
+    group_mean = np.array([2.0, 2.0, 0.35, 0.35, 0.1, 0.1])
+    np.testing.assert_allclose(got, np.clip((mean_entropy / group_mean) ** 2, 0.5, 2.0), rtol=1e-6)
+    # EAR on: A·g with H̄ the old entropy's response mean; EAR off: A unchanged
+    mask = F32([[1, 1, 0]] * 6)
+    old_entropy = np.repeat(mean_entropy[:, None], 3, axis=1) * mask
+    adv = np.repeat(F32([1, -1, 2, -2, 0.5, -0.5])[:, None], 3, axis=1) * mask
+    batch = interventions.TokenBatch(
+        logp=jnp.zeros((6, 3)),
+        old_logp=jnp.zeros((6, 3)),
+        advantages=jnp.asarray(adv),
+        mask=jnp.asarray(mask),
+        old_entropy=jnp.asarray(old_entropy),
+        group_ids=jnp.asarray(groups),
+    )
+    on = cfg(**{"ettrl.enabled": True, "ettrl.ear": True, "ettrl.ear_power": 2.0})
+    assert {"old_entropy", "group_ids"} <= interventions.needs(on)
+    np.testing.assert_allclose(
+        self.variant(lambda b: interventions.rollout_advantages(on, b, {}))(batch),
+        adv * got[:, None],
+        rtol=1e-6,
+    )
+    off = cfg(**{"ettrl.enabled": True})
+    np.testing.assert_array_equal(interventions.rollout_advantages(off, batch, {}), adv)
 
 
 # =========================================================================== AEPO-agentic
@@ -229,57 +234,63 @@ def _batch(seed=0, rows=6, time=8):
   )
 
 
-def _loss_and_grad(config, batch):
-  def f(logp):
+def _loss_and_grad(config, batch, variant=lambda fn: fn):
+  """`(loss, aux, d loss / d logp)`, the gradient function wrapped by `variant` (chex)."""
+
+  def f(logp, batch):
     return interventions.policy_loss(config, **dict(batch, logp=logp), rng=None)
 
-  (loss, aux), grad = jax.value_and_grad(f, has_aux=True)(batch["logp"])
+  (loss, aux), grad = variant(jax.value_and_grad(f, has_aux=True))(batch["logp"], batch)
   return float(loss), jax.tree.map(np.asarray, aux), np.asarray(grad)
 
 
-def test_entropy_aware_advantage_standardises_over_the_valid_tokens():
-  batch = _batch(1)
-  m, h = batch["mask"], batch["entropy"].astype(np.float64)
-  valid = h[m > 0]
-  score = (h - valid.mean()) / valid.std(ddof=1)
-  shaped = batch["advantages"] * (1 + 0.2 * score) * m
-  plain = cfg(name="aepo_agentic", **{"aepo_agentic.entropy_advantage": False})
-  _, aux, _ = _loss_and_grad(cfg(name="aepo_agentic"), batch)
-  _, ref, _ = _loss_and_grad(plain, dict(batch, advantages=F32(shaped)))
-  np.testing.assert_allclose(aux["per_token_loss"], ref["per_token_loss"], rtol=1e-5, atol=1e-6)
-  assert "entropy" in interventions.needs(cfg(name="aepo_agentic"))
-  assert "entropy" not in interventions.needs(plain)
-  # equal entropies: σ = 0 → 1, Ĥ = 0, Ã = A
-  stats = aepo_agentic.entropy_statistics(jnp.full((6, 8), 0.7), jnp.asarray(m))
-  assert float(stats["std"][0]) == 1.0
-  flat = dict(batch, entropy=np.full_like(batch["entropy"], 0.7))
-  _, flat_aux, _ = _loss_and_grad(cfg(name="aepo_agentic"), flat)
-  _, plain_aux, _ = _loss_and_grad(plain, flat)
-  np.testing.assert_allclose(flat_aux["per_token_loss"], plain_aux["per_token_loss"], rtol=1e-6)
+class EntropyBalancedLossTest(chex.TestCase):
+  """AEPO-agentic's loss side, with and without jit."""
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_entropy_aware_advantage_standardises_over_the_valid_tokens(self):
+    batch = _batch(1)
+    m, h = batch["mask"], batch["entropy"].astype(np.float64)
+    valid = h[m > 0]
+    score = (h - valid.mean()) / valid.std(ddof=1)
+    shaped = batch["advantages"] * (1 + 0.2 * score) * m
+    plain = cfg(name="aepo_agentic", **{"aepo_agentic.entropy_advantage": False})
+    _, aux, _ = _loss_and_grad(cfg(name="aepo_agentic"), batch, self.variant)
+    _, ref, _ = _loss_and_grad(plain, dict(batch, advantages=F32(shaped)), self.variant)
+    np.testing.assert_allclose(aux["per_token_loss"], ref["per_token_loss"], rtol=1e-5, atol=1e-6)
+    assert "entropy" in interventions.needs(cfg(name="aepo_agentic"))
+    assert "entropy" not in interventions.needs(plain)
+    # equal entropies: σ = 0 → 1, Ĥ = 0, Ã = A
+    stats = self.variant(aepo_agentic.entropy_statistics)(jnp.full((6, 8), 0.7), jnp.asarray(m))
+    assert float(stats["std"][0]) == 1.0
+    flat = dict(batch, entropy=np.full_like(batch["entropy"], 0.7))
+    _, flat_aux, _ = _loss_and_grad(cfg(name="aepo_agentic"), flat, self.variant)
+    _, plain_aux, _ = _loss_and_grad(plain, flat, self.variant)
+    np.testing.assert_allclose(flat_aux["per_token_loss"], plain_aux["per_token_loss"], rtol=1e-6)
 
-def test_entropy_balanced_clipping_has_ppo_values_and_keeps_the_upper_gradient():
-  batch = _batch(2)
-  plain = cfg(name="aepo_agentic", dual_clip_c=3.0, **{"aepo_agentic.entropy_advantage": False})
-  loss, aux, _ = _loss_and_grad(plain, batch)
-  ppo_loss, ppo_aux, _ = _loss_and_grad(cfg(dual_clip_c=3.0), batch)
-  assert loss == pytest.approx(ppo_loss, rel=1e-6)
-  np.testing.assert_allclose(aux["per_token_loss"], ppo_aux["per_token_loss"], rtol=1e-6)
-  # A > 0, r = e^0.5 > 1.2 | A < 0, r = e^−0.5 < 0.8 | A < 0, r = e^2 (dual-clip) | on-policy
-  logp = F32([[-1.0, -1.0, -1.0, -1.0]])
-  tokens = dict(
-      logp=logp,
-      old_logp=F32([[-1.5, -0.5, -3.0, -1.0]]),
-      advantages=F32([[2.0, -1.0, -1.0, 1.0]]),
-      mask=F32([[1, 1, 1, 1]]),
-      entropy=F32([[0.5] * 4]),
-  )
-  _, aux, grad = _loss_and_grad(plain, tokens)
-  np.testing.assert_allclose(grad[0], [-2.0 * 1.2 / 4, 0.0, 0.0, -1.0 / 4], rtol=1e-6)
-  np.testing.assert_allclose(aux["per_token_loss"][0], [-2.0 * 1.2, 0.8, 3.0, -1.0], rtol=1e-6)
-  _, _, ppo_grad = _loss_and_grad(cfg(dual_clip_c=3.0), tokens)
-  assert ppo_grad[0, 0] == 0.0
-  assert aux["clip_frac"] == pytest.approx(0.5)  # the two clip bounds; dual-clip is not counted
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_entropy_balanced_clipping_has_ppo_values_and_keeps_the_upper_gradient(self):
+    batch = _batch(2)
+    plain = cfg(name="aepo_agentic", dual_clip_c=3.0, **{"aepo_agentic.entropy_advantage": False})
+    loss, aux, _ = _loss_and_grad(plain, batch, self.variant)
+    ppo_loss, ppo_aux, _ = _loss_and_grad(cfg(dual_clip_c=3.0), batch, self.variant)
+    assert loss == pytest.approx(ppo_loss, rel=1e-6)
+    np.testing.assert_allclose(aux["per_token_loss"], ppo_aux["per_token_loss"], rtol=1e-6)
+    # A > 0, r = e^0.5 > 1.2 | A < 0, r = e^−0.5 < 0.8 | A < 0, r = e^2 (dual-clip) | on-policy
+    logp = F32([[-1.0, -1.0, -1.0, -1.0]])
+    tokens = dict(
+        logp=logp,
+        old_logp=F32([[-1.5, -0.5, -3.0, -1.0]]),
+        advantages=F32([[2.0, -1.0, -1.0, 1.0]]),
+        mask=F32([[1, 1, 1, 1]]),
+        entropy=F32([[0.5] * 4]),
+    )
+    _, aux, grad = _loss_and_grad(plain, tokens, self.variant)
+    np.testing.assert_allclose(grad[0], [-2.0 * 1.2 / 4, 0.0, 0.0, -1.0 / 4], rtol=1e-6)
+    np.testing.assert_allclose(aux["per_token_loss"][0], [-2.0 * 1.2, 0.8, 3.0, -1.0], rtol=1e-6)
+    _, _, ppo_grad = _loss_and_grad(cfg(dual_clip_c=3.0), tokens, self.variant)
+    assert ppo_grad[0, 0] == 0.0
+    assert aux["clip_frac"] == pytest.approx(0.5)  # the two clip bounds; dual-clip is not counted
 
 
 def test_branch_probability_falls_with_consecutive_branches():
@@ -451,29 +462,76 @@ def test_trigger_mask_matches_normalised_token_strings():
   assert cfg(**{"ares.triggers": ("wait",)}).ares.triggers == ("wait",)
 
 
-def test_difficulty_and_alpha_controller():
-  acc = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0], float)
-  groups = np.repeat(np.arange(3), 3)
-  np.testing.assert_array_equal(ares.difficulty_of(acc, groups), [0] * 3 + [1] * 3 + [2] * 3)
-  counts = jnp.asarray(F32([0, 2, 4, 8, 8, 8, 1, 1, 1]))
-  difficulty = jnp.asarray(np.repeat([0, 1, 2], 3))
-  config = cfg().ares
-  alpha, targets, mean = ares.alpha_update(
-      config, jnp.full((3,), 0.5), counts, difficulty, jnp.asarray(groups)
-  )
-  np.testing.assert_allclose(mean, [2.0, 8.0, 1.0])
-  np.testing.assert_allclose(targets, [2.0, 4.0, 5.0])  # ⌊0 + (.35, .5, .65)·8⌋
-  np.testing.assert_allclose(alpha, [0.5, 0.5 + 0.05 * 4, 0.5 + 0.05 * 4], rtol=1e-6)
-  released = dataclasses.replace(config, target_rule="bucket_mean")
-  alpha, targets, _ = ares.alpha_update(
-      released,
-      jnp.full((3,), 0.5),
-      counts,
-      jnp.asarray(np.repeat([0, 0, 2], 3)),
-      jnp.asarray(groups),
-  )
-  np.testing.assert_allclose(targets, [5.0, 0.0, 1.0])  # round(5), absent, round(1)
-  np.testing.assert_allclose(alpha, [0.5, 0.5, 0.5])  # δ = 0, medium absent: unchanged
+class ARESControllerTest(chex.TestCase):
+  """ARES's jnp controllers and dynamic KL, with and without jit."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_difficulty_and_alpha_controller(self):
+    acc = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0], float)
+    groups = np.repeat(np.arange(3), 3)
+    np.testing.assert_array_equal(ares.difficulty_of(acc, groups), [0] * 3 + [1] * 3 + [2] * 3)
+    alpha_update = self.variant(ares.alpha_update, static_argnums=0)
+    counts = jnp.asarray(F32([0, 2, 4, 8, 8, 8, 1, 1, 1]))
+    difficulty = jnp.asarray(np.repeat([0, 1, 2], 3))
+    config = cfg().ares
+    alpha, targets, mean = alpha_update(
+        config, jnp.full((3,), 0.5), counts, difficulty, jnp.asarray(groups)
+    )
+    np.testing.assert_allclose(mean, [2.0, 8.0, 1.0])
+    np.testing.assert_allclose(targets, [2.0, 4.0, 5.0])  # ⌊0 + (.35, .5, .65)·8⌋
+    np.testing.assert_allclose(alpha, [0.5, 0.5 + 0.05 * 4, 0.5 + 0.05 * 4], rtol=1e-6)
+    released = dataclasses.replace(config, target_rule="bucket_mean")
+    alpha, targets, _ = alpha_update(
+        released,
+        jnp.full((3,), 0.5),
+        counts,
+        jnp.asarray(np.repeat([0, 0, 2], 3)),
+        jnp.asarray(groups),
+    )
+    np.testing.assert_allclose(targets, [5.0, 0.0, 1.0])  # round(5), absent, round(1)
+    np.testing.assert_allclose(alpha, [0.5, 0.5, 0.5])  # δ = 0, medium absent: unchanged
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_beta_controller_deadzone_interval_and_step(self):
+    config = cfg(**{"ares.enabled": True, "ares.kl_update_every": 2}).ares
+    beta_update = self.variant(ares.beta_update, static_argnums=0)
+    state = ares._kl_init_state(cfg(**{"ares.enabled": True}))
+    difficulty = jnp.asarray([0, 0, 1, 1])
+    kl = jnp.asarray(F32([0.05, 0.05, 0.0101, 0.0101]))
+    state = beta_update(config, state, kl, difficulty)
+    np.testing.assert_allclose(state["beta"], [1, 1, 1])  # call 1: not an update call
+    np.testing.assert_allclose(state["kl"], [0.05, 0.0101, 0.0], rtol=1e-6)
+    state = beta_update(config, state, kl, difficulty)
+    error = 0.03 * (0.05 / 0.01 - 1)  # EMA of e from 0; |ē| < 0.2
+    np.testing.assert_allclose(state["beta"], [math.exp(0.05 * error), 1.0, 1.0], rtol=1e-5)
+    # medium: e = 0.01 inside the deadzone; hard: no rows, untouched
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_dynamic_kl_term(self):
+    rng = np.random.default_rng(0)
+    logp, ref = F32(-rng.uniform(0.1, 2, (4, 3))), F32(-rng.uniform(0.1, 2, (4, 3)))
+    mask = F32([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    difficulty = np.array([0, 1, 2, 2], np.int32)
+    config = cfg(**{"ares.enabled": True, "ares.kl_coef": 0.5})
+    states = interventions.init_states(config)
+    states["ares_kl"] = dict(states["ares_kl"], beta=jnp.asarray(F32([1.0, 2.0, 4.0])))
+    args = dict(
+        logp=logp,
+        old_logp=logp,
+        advantages=np.zeros_like(logp),
+        mask=mask,
+        rng=None,
+        states=states,
+        info={ares.DIFFICULTY: difficulty},
+    )
+    loss = self.variant(lambda a, **kw: interventions.policy_loss(config, **a, **kw))
+    _, aux = loss(args, ref_logp=ref)
+    delta = ref.astype(np.float64) - logp
+    k3 = np.exp(delta) - delta - 1
+    want = (np.array([1.0, 2.0, 4.0, 4.0])[:, None] * k3 * mask).sum() / mask.sum()
+    assert float(aux["ares_kl"]) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="rl.use_reference=True"):
+      loss(args)
 
 
 def _ares_rollout_batch(rewards, counts, difficulty, p95):
@@ -558,46 +616,6 @@ def test_ares_rollout_shapes_rewards_with_the_updated_controller():
       r.rewards, np.zeros(12), counts, np.zeros(12), np.full(12, 0.5)
   )
   np.testing.assert_allclose(out.rewards, want, rtol=1e-6)
-
-
-def test_beta_controller_deadzone_interval_and_step():
-  config = cfg(**{"ares.enabled": True, "ares.kl_update_every": 2}).ares
-  state = ares._kl_init_state(cfg(**{"ares.enabled": True}))
-  difficulty = jnp.asarray([0, 0, 1, 1])
-  kl = jnp.asarray(F32([0.05, 0.05, 0.0101, 0.0101]))
-  state = ares.beta_update(config, state, kl, difficulty)
-  np.testing.assert_allclose(state["beta"], [1, 1, 1])  # call 1: not an update call
-  np.testing.assert_allclose(state["kl"], [0.05, 0.0101, 0.0], rtol=1e-6)
-  state = ares.beta_update(config, state, kl, difficulty)
-  error = 0.03 * (0.05 / 0.01 - 1)  # EMA of e from 0; |ē| < 0.2
-  np.testing.assert_allclose(state["beta"], [math.exp(0.05 * error), 1.0, 1.0], rtol=1e-5)
-  # medium: e = 0.01 inside the deadzone; hard: no rows, untouched
-
-
-def test_dynamic_kl_term():
-  rng = np.random.default_rng(0)
-  logp, ref = F32(-rng.uniform(0.1, 2, (4, 3))), F32(-rng.uniform(0.1, 2, (4, 3)))
-  mask = F32([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
-  difficulty = np.array([0, 1, 2, 2], np.int32)
-  config = cfg(**{"ares.enabled": True, "ares.kl_coef": 0.5})
-  states = interventions.init_states(config)
-  states["ares_kl"] = dict(states["ares_kl"], beta=jnp.asarray(F32([1.0, 2.0, 4.0])))
-  args = dict(
-      logp=logp,
-      old_logp=logp,
-      advantages=np.zeros_like(logp),
-      mask=mask,
-      rng=None,
-      states=states,
-      info={ares.DIFFICULTY: difficulty},
-  )
-  _, aux = interventions.policy_loss(config, ref_logp=ref, **args)
-  delta = ref.astype(np.float64) - logp
-  k3 = np.exp(delta) - delta - 1
-  want = (np.array([1.0, 2.0, 4.0, 4.0])[:, None] * k3 * mask).sum() / mask.sum()
-  assert float(aux["ares_kl"]) == pytest.approx(want, rel=1e-5)
-  with pytest.raises(ValueError, match="rl.use_reference=True"):
-    interventions.policy_loss(config, **args)
 
 
 # ============================================================================ end to end

@@ -85,13 +85,18 @@ from entropix_rl.interventions.batch import TokenBatch  # noqa: E402
 from entropix_rl.interventions.compose import (  # noqa: E402
     after_update,
     before_update,
+    changes_temperature,
     compute_loss,
     features,
     init_states,
     needs,
     needs_planning_pass,
     policy_loss,
+    reshape,
     rollout_advantages,
+    samples_per_prompt,
+    sampling_temperature,
+    temperature_rule,
 )
 from entropix_rl.interventions.config import (  # noqa: E402
     LossConfig,
@@ -107,6 +112,7 @@ __all__ = [
     "TokenBatch",
     "after_update",
     "before_update",
+    "changes_temperature",
     "compute_loss",
     "default_loss_config",
     "features",
@@ -115,6 +121,10 @@ __all__ = [
     "needs_planning_pass",
     "policy_loss",
     "register",
+    "reshape",
     "resolve_loss_config",
     "rollout_advantages",
+    "samples_per_prompt",
+    "sampling_temperature",
+    "temperature_rule",
 ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,7 +74,9 @@ class AEPOConfig:
 
 
 def aepo_temperature(cfg: LossConfig, state: dict) -> jax.Array:
-  """T_high while the last rollout's sampled-token NLL is below target, else T_low."""
+  """T_high while the last rollout's sampled-token NLL (`state["entropy"]`, a scalar) is below
+  target, else T_low; a float32 scalar."""
+  chex.assert_rank(state["entropy"], 0)
   c = cfg.aepo
   return jnp.where(state["entropy"] < c.target, c.temperature_high, c.temperature_low)
 
@@ -118,13 +121,22 @@ def aepo_rollout(cfg: LossConfig, responses, ctx, state):
 
 
 def aepo_advantages(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict) -> jax.Array:
-  """GRPO advantages of the unmarked rows (marked rows: 0 and left out of the statistics)."""
+  """GRPO advantages of the unmarked rows (marked rows: 0 and left out of the statistics).
+
+  Reads the `[B]` flag `info["aepo_reinforce"]`, `group_ids` and `rewards` and the `[B, T]`
+  mask; returns `[B, T]` advantages.
+  """
   del stats, state
-  marked = batch.require(FLAG, "aepo") > 0
-  groups = batch.group_ids
-  rewards = jnp.where(marked, 0.0, batch.rewards)
+  flag = batch.require(FLAG, "aepo")
+  groups = batch.require("group_ids", "aepo")
+  rewards = batch.require("rewards", "aepo")
+  chex.assert_rank([batch.mask, flag, groups, rewards], [2, 1, 1, 1])
+  chex.assert_equal_shape([flag, groups, rewards])
+  chex.assert_equal_shape_prefix([batch.mask, flag], 1)
+  marked = flag > 0
+  rewards = jnp.where(marked, 0.0, rewards)
   ones = (~marked).astype(jnp.float32)
-  num = int(batch.group_ids.shape[0])
+  num = int(groups.shape[0])
   count = jax.ops.segment_sum(ones, groups, num_segments=num)
   mean = jax.ops.segment_sum(rewards * ones, groups, num_segments=num) / jnp.maximum(count, 1)
   var = jax.ops.segment_sum(
@@ -138,9 +150,14 @@ def aepo_advantages(cfg: LossConfig, batch: TokenBatch, stats: None, state: dict
 def aepo_reinforce(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggregator
 ) -> RegulariserOutput:
-  """`α · Agg(−ℓ, m ⊙ marked)`; metric: the marked rows' mean −ℓ."""
+  """`α · Agg(−ℓ, m ⊙ marked)`; metric: the marked rows' mean −ℓ (`logp`, `mask` `[B, T]`, the
+  flag `[B]`)."""
   del stats, state
-  marked = (batch.require(FLAG, "aepo") > 0).astype(jnp.float32)[:, None] * batch.mask
+  flag = batch.require(FLAG, "aepo")
+  chex.assert_rank([batch.logp, flag], [2, 1])
+  chex.assert_equal_shape([batch.logp, batch.mask])
+  chex.assert_equal_shape_prefix([batch.logp, flag], 1)
+  marked = (flag > 0).astype(jnp.float32)[:, None] * batch.mask
   nll = agg(-batch.logp, marked, "token-mean")
   return RegulariserOutput(loss=cfg.aepo.coef * nll, metric=jax.lax.stop_gradient(nll))
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,7 +98,17 @@ class AEPOAgenticConfig:
 
 def entropy_statistics(entropy: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
   """μ and the unbiased σ of `entropy` over the valid tokens (σ := 1 if it is 0, or with
-  fewer than two valid tokens), each broadcast to `[rows]` (a scope statistic)."""
+  fewer than two valid tokens), each broadcast to `[rows]` (a scope statistic).
+
+  Args:
+    entropy: `[rows, T]` per-token entropy H.
+    mask: `[rows, T]` response mask.
+
+  Returns:
+    `{"mean": [rows], "std": [rows]}`.
+  """
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, mask])
   valid = mask > 0
   n = valid.sum()
   entropy = jax.lax.stop_gradient(entropy)
@@ -122,6 +133,10 @@ def entropy_aware_advantages(
   Returns:
     `[B, T]` (no sign clamp: Ĥ < −1/c flips the advantage, as in the reference).
   """
+  chex.assert_rank([advantages, entropy, mean, std], [2, 2, 1, 1])
+  chex.assert_equal_shape([advantages, entropy])
+  chex.assert_equal_shape([mean, std])
+  chex.assert_equal_shape_prefix([advantages, mean], 1)
   score = (jax.lax.stop_gradient(entropy) - mean[:, None]) / std[:, None]
   return advantages * (1.0 + coef * score)
 
@@ -130,13 +145,20 @@ def _advantage_stats(
     cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
 ) -> dict[str, jax.Array]:
   del cfg, state, key
-  return entropy_statistics(batch.require("entropy", "aepo_agentic_advantage"), batch.mask)
+  entropy = batch.require("entropy", "aepo_agentic_advantage")
+  chex.assert_rank(batch.mask, 2)
+  chex.assert_equal_shape([entropy, batch.mask])
+  return entropy_statistics(entropy, batch.mask)
 
 
 def _shape_advantages(
     cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array], state: None
 ) -> jax.Array:
   del state
+  chex.assert_rank([batch.advantages, stats["mean"]], [2, 1])
+  chex.assert_equal_shape([batch.advantages, batch.entropy, batch.mask])
+  chex.assert_equal_shape([stats["mean"], stats["std"]])
+  chex.assert_equal_shape_prefix([batch.advantages, stats["mean"]], 1)
   shaped = entropy_aware_advantages(
       batch.advantages, batch.entropy, stats["mean"], stats["std"], cfg.aepo_agentic.advantage_coef
   )
@@ -165,6 +187,8 @@ def entropy_balanced_clip_loss(
     `(loss [B, T], clipped [B, T] bool)`: `clipped` marks PPO's active clip bounds, the
     gradient-preserving upper side included.
   """
+  chex.assert_rank(logp, 2)
+  chex.assert_equal_shape([logp, old_logp, advantages])
   terms = ppo_terms(
       logp,
       old_logp,
@@ -180,8 +204,11 @@ def entropy_balanced_clip_loss(
 
 
 def aepo_agentic(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> SurrogateOutput:
-  """The entropy-balanced clipping surrogate over all valid tokens; picks nothing."""
+  """The entropy-balanced clipping surrogate over all valid tokens (`[B, T]` batch fields);
+  picks nothing."""
   del stats, state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
   valid = batch.mask > 0
   loss, clipped = entropy_balanced_clip_loss(
       jnp.where(valid, batch.logp, 0.0),
@@ -191,19 +218,16 @@ def aepo_agentic(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -
       clip_eps_high=cfg.clip_eps_high,
       dual_clip_c=cfg.dual_clip_c,
   )
-  return SurrogateOutput(
-      per_token_loss=loss,
-      loss_mask=batch.mask,
-      selected=jnp.zeros(batch.mask.shape, bool),
-      clipped=clipped & valid,
-  )
+  return SurrogateOutput.unpicked(loss, batch.mask, clipped & valid)
 
 
 # ---------------------------------------------------------------------------- rollout side
 
 
 def segment_entropy(entropy: np.ndarray, start: int, end: int, tokens: int) -> float:
-  """Ĥ_seg: the mean of `entropy[start:end]` over its first ≤ `tokens` entries (0 if empty)."""
+  """Ĥ_seg: the mean of one row's `entropy [T]` over `[start, end)`, its first ≤ `tokens`
+  entries (0 if empty)."""
+  chex.assert_rank(entropy, 1)
   values = entropy[start : min(end, start + tokens)]
   return float(values.mean()) if values.size else 0.0
 

@@ -30,6 +30,7 @@ function `f(Agg)` of an aggregate has the value of the mini-batch and the gradie
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -73,13 +74,16 @@ def aggregate(
     per_token: jax.Array, weights: jax.Array, mode: str, length: int | None = None
 ) -> jax.Array:
   """Aggregates `per_token [B, T]` with mask/weights `[B, T]` by `mode` (a float32 scalar)."""
+  chex.assert_rank(per_token, 2)
+  chex.assert_equal_shape([per_token, weights])
   per_token = jnp.asarray(per_token, jnp.float32)
   weights = jnp.asarray(weights, jnp.float32)
   return _weighted_sum(per_token, weights, mode, _normalisers(weights), length)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """`Σ m·x / max(Σ m, 1)` over all elements, float32."""
+  """`Σ m·x / max(Σ m, 1)` over all elements of `x` and `mask` (equal shapes), float32."""
+  chex.assert_equal_shape([x, mask])
   mask = jnp.asarray(mask, jnp.float32)
   return (jnp.asarray(x, jnp.float32) * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
@@ -117,6 +121,8 @@ class Aggregator:
   def __call__(
       self, per_token: jax.Array, weights: jax.Array, mode: str | None = None
   ) -> jax.Array:
+    chex.assert_rank(per_token, 2)
+    chex.assert_equal_shape([per_token, weights])
     mode = self.default if mode is None else mode
     if mode not in _ALL_MODES:
       raise ValueError(f"loss.agg={mode!r}; allowed: {AGG_MODES}")

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,6 +195,8 @@ def entropy_reward(
   Returns:
     `[N]` float64 shaping term (the reward is `accuracy + s`).
   """
+  chex.assert_rank(accuracy, 1)
+  chex.assert_equal_shape([accuracy, difficulty, count, target, alpha])
   d = np.asarray(difficulty, np.int64)
   delta = np.asarray(count, np.float64) - np.asarray(target, np.float64)
   margin = np.maximum(1.0, np.take(MARGIN_FRACTION, d) * np.maximum(target, 1.0))
@@ -214,8 +217,10 @@ def entropy_reward(
 
 def difficulty_of(accuracy: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
   """`[N]` int bucket of each row's prompt from its group's mean accuracy (≥ 2/3 easy,
-  ≥ 1/3 medium, else hard)."""
+  ≥ 1/3 medium, else hard), from the `[N]` accuracies and group ids."""
   group_ids = np.asarray(group_ids)
+  chex.assert_rank(group_ids, 1)
+  chex.assert_equal_shape([accuracy, group_ids])
   out = np.zeros(len(group_ids), np.int32)
   for group in np.unique(group_ids):
     rows = group_ids == group
@@ -233,7 +238,10 @@ def normalize_token(text: str) -> str:
 def trigger_mask(
     tokens: np.ndarray, mask: np.ndarray, triggers: tuple[str, ...], decode
 ) -> np.ndarray:
-  """`[N, C]` bool: valid positions whose token is a trigger (every valid one for `()`)."""
+  """`[N, C]` bool: valid positions of the `[N, C]` tokens and mask whose token is a trigger
+  (every valid one for `()`)."""
+  chex.assert_rank(tokens, 2)
+  chex.assert_equal_shape([tokens, mask])
   if not triggers:
     return np.asarray(mask, bool).copy()
   if decode is None:
@@ -249,7 +257,10 @@ def trigger_mask(
 def hwe_counts(
     entropy: np.ndarray, mask: np.ndarray, triggers: np.ndarray, window: int, threshold: float
 ) -> np.ndarray:
-  """`[N]` n_i: trigger positions whose complete window mean after them is ≥ `threshold`."""
+  """`[N]` n_i: trigger positions whose complete window mean after them is ≥ `threshold`, from
+  the `[N, C]` entropies, mask and trigger mask."""
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, mask, triggers])
   means = window_mean(entropy, mask, window)
   with np.errstate(invalid="ignore"):
     return (triggers & (means >= threshold)).sum(axis=1).astype(np.float32)
@@ -260,7 +271,9 @@ def window_percentiles(
 ) -> np.ndarray:
   """`[N]` the `percentile` of each response's window means; positions without a complete
   window count as the mean of the complete ones (as the token's own entropy when there is
-  none, i.e. H_0), as the reference; 0 for an empty response."""
+  none, i.e. H_0), as the reference; 0 for an empty response. `entropy`, `mask`: `[N, C]`."""
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, mask])
   means = window_mean(entropy, mask, window)
   lengths = np.asarray(mask, bool).sum(axis=1)
   out = np.zeros(len(lengths), np.float32)
@@ -287,6 +300,8 @@ def bucket_statistics(
     counts: `[N]` n_i; difficulty: `[N]` int bucket (equal within a prompt);
     group_ids: `[N]` int prompt ids < N.
   """
+  chex.assert_rank(counts, 1)
+  chex.assert_equal_shape([counts, difficulty, group_ids])
   num = counts.shape[0]
   ones = jnp.ones_like(counts, jnp.float32)
   rows = jax.ops.segment_sum(ones, group_ids, num_segments=num)
@@ -301,7 +316,10 @@ def bucket_statistics(
 
 
 def hwe_targets(counts: jax.Array, bucket_mean: jax.Array, rule: str) -> jax.Array:
-  """`[3]` T_d: `⌊min n + s_d (max n − min n)⌋` (spread) or `round(bucket mean)`."""
+  """`[3]` T_d: `⌊min n + s_d (max n − min n)⌋` (spread) or `round(bucket mean)`, from the
+  `[N]` counts n and the `[3]` bucket means."""
+  chex.assert_rank(counts, 1)
+  chex.assert_shape(bucket_mean, (len(DIFFICULTIES),))
   if rule == "spread":
     low, high = counts.min(), counts.max()
     return jnp.floor(low + jnp.asarray(TARGET_SPREAD) * (high - low))
@@ -313,7 +331,11 @@ def alpha_update(
     cfg, alpha: jax.Array, counts: jax.Array, difficulty: jax.Array, group_ids: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`(α', T, bucket mean)`, `[3]` each: `α_d ← clip(α_d + lr·δ_d, α_min, α_max)` on the
-  buckets present in the batch (module docstring; `cfg` is the `ARESConfig`)."""
+  buckets present in the batch (module docstring; `cfg` is the `ARESConfig`), from `alpha`
+  `[3]` and the `[N]` counts, buckets and prompt ids."""
+  chex.assert_shape(alpha, (len(DIFFICULTIES),))
+  chex.assert_rank(counts, 1)
+  chex.assert_equal_shape([counts, difficulty, group_ids])
   mean, present = bucket_statistics(counts, difficulty, group_ids)
   targets = hwe_targets(counts.astype(jnp.float32), mean, cfg.target_rule)
   delta = jnp.where(jnp.arange(3) == HARD, targets - mean, mean - targets)
@@ -413,7 +435,13 @@ def beta_update(cfg, state: dict, sequence_kl: jax.Array, difficulty: jax.Array)
     cfg: the `ARESConfig`.
     state: `{"beta", "kl", "seen", "error"}` `[3]` each and `"calls"`.
     sequence_kl: `[N]` per-sequence mean KL; difficulty: `[N]` int bucket.
+
+  Returns:
+    The new state.
   """
+  chex.assert_shape([state["beta"], state["kl"], state["seen"], state["error"]], (3,))
+  chex.assert_rank([state["calls"], sequence_kl], [0, 1])
+  chex.assert_equal_shape([sequence_kl, difficulty])
   calls = state["calls"] + 1
   member = difficulty[:, None] == jnp.arange(3)[None, :]
   size = member.sum(axis=0)
@@ -459,10 +487,17 @@ def _kl_before_update(cfg: LossConfig, state: dict, rollout: TokenBatch) -> tupl
 def ares_kl(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggregator
 ) -> RegulariserOutput:
-  """`κ_KL · Agg(β_{d(i)} · k3(ℓ, ℓʳᵉᶠ))`; metric: `Agg(β_{d(i)} · k3)`."""
+  """`κ_KL · Agg(β_{d(i)} · k3(ℓ, ℓʳᵉᶠ))`; metric: `Agg(β_{d(i)} · k3)`. Reads `logp`,
+  `ref_logp`, `mask` `[B, T]`, the buckets `[B]` and `state["beta"]` `[3]`."""
   del stats
-  beta = state["beta"][batch.require(DIFFICULTY, "ares_kl").astype(jnp.int32)]
-  kl = agg(beta[:, None] * kl_estimate(batch.logp, _reference_logp(cfg, batch), "k3"), batch.mask)
+  difficulty = batch.require(DIFFICULTY, "ares_kl")
+  ref_logp = _reference_logp(cfg, batch)
+  chex.assert_rank([batch.logp, difficulty], [2, 1])
+  chex.assert_equal_shape([batch.logp, ref_logp, batch.mask])
+  chex.assert_equal_shape_prefix([batch.logp, difficulty], 1)
+  chex.assert_shape(state["beta"], (len(DIFFICULTIES),))
+  beta = state["beta"][difficulty.astype(jnp.int32)]
+  kl = agg(beta[:, None] * kl_estimate(batch.logp, ref_logp, "k3"), batch.mask)
   return RegulariserOutput(loss=cfg.ares.kl_coef * kl, metric=jax.lax.stop_gradient(kl))
 
 

@@ -65,6 +65,7 @@ def cispo_loss(
   Returns:
     `(loss [B, T], clipped [B, T] bool)`; `clipped` marks tokens whose weight is clipped.
   """
+  chex.assert_rank(logp, 2)
   chex.assert_equal_shape([logp, old_logp, advantages])
   ratio = jax.lax.stop_gradient(importance_ratio(logp, old_logp))
   weight = jnp.clip(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
@@ -73,8 +74,10 @@ def cispo_loss(
 
 
 def cispo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> SurrogateOutput:
-  """CISPO surrogate over all valid tokens; picks nothing."""
+  """CISPO surrogate over all valid tokens (`[B, T]` batch fields); picks nothing."""
   del stats, state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
   c = cfg.cispo
   valid = batch.mask > 0
   loss, clipped = cispo_loss(
@@ -84,12 +87,7 @@ def cispo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> Surro
       clip_eps_low=c.clip_eps_low,
       clip_eps_high=c.clip_eps_high,
   )
-  return SurrogateOutput(
-      per_token_loss=loss,
-      loss_mask=batch.mask,
-      selected=jnp.zeros(batch.mask.shape, bool),
-      clipped=clipped,
-  )
+  return SurrogateOutput.unpicked(loss, batch.mask, clipped)
 
 
 INTERVENTION = Intervention(name="cispo", kind="surrogate", apply=cispo, config=CISPOConfig)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -75,6 +76,9 @@ def clip_cov_pick(
   Returns:
     `[rows, T]` bool.
   """
+  chex.assert_rank(logp, 2)
+  chex.assert_equal_shape([logp, advantages, mask, clipped])
+  chex.assert_type(clipped, bool)
   valid = mask > 0
   cov = dynamics.token_covariance(logp, advantages, mask)
   eligible = valid & ~clipped & (cov > lb) & (cov < ub)
@@ -87,8 +91,11 @@ def clip_cov_pick(
 def clip_cov_stats(
     cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
 ) -> jax.Array:
-  """The scope's pick I_clip (`[rows, T]` bool), from the current ℓ without gradient."""
+  """The scope's pick I_clip (`[rows, T]` bool), from the current ℓ without gradient (the
+  `[rows, T]` fields `logp`, `old_logp`, `advantages`, `mask`)."""
   del state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
   if key is None:
     raise ValueError("loss.name='clip_cov' picks tokens at random: pass rng= to policy_loss")
   c = cfg.clip_cov
@@ -101,8 +108,13 @@ def clip_cov_stats(
 def clip_cov(
     cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
 ) -> SurrogateOutput:
-  """Clip-Cov surrogate (module docstring); `selected` is the detached set I_clip."""
+  """Clip-Cov surrogate (module docstring); `selected` is the detached set I_clip, `[B, T]` bool
+  as the batch fields."""
   del state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
+  chex.assert_equal_shape([batch.logp, selected])
+  chex.assert_type(selected, bool)
   terms = ppo_terms_from_config(cfg, batch)
   return SurrogateOutput(
       per_token_loss=jnp.where(selected, 0.0, terms.loss),

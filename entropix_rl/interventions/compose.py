@@ -1,4 +1,4 @@
-"""Composing the registered interventions into one loss, and their per-step state.
+"""Composing the registered interventions: the loss, their per-step state, and the rollout side.
 
 `compute_loss(cfg, batch, ...)` applies the active interventions in their registered order,
 by kind (`interventions.registry`): advantage shapers → the surrogate named by `loss.name` →
@@ -9,19 +9,25 @@ aggregation with `loss.agg` → regularisers:
 
 Scope statistics (token picks, weights) are computed from the batch without gradient, once
 per selection scope, before the intervention that owns them runs, unless given (sliced from a
-planning pass over the whole mini-batch, for gradient accumulation; `train.rl_step`).
+planning pass over the whole mini-batch, for gradient accumulation; `train.update`).
 Aggregation goes through an `Aggregator`, which keeps every aggregate exact when the
 mini-batch is split into micro-batches.
+
+The rollout side runs on the host once per step (`train.rollout`): the active interventions'
+`samples_per_prompt`, `sampling_temperature` and `temperature_rule` choose how to sample, and
+their `rollout` hooks reshape the scored rows (`reshape`), in registry order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 import zlib
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from entropix_rl.interventions import registry
 from entropix_rl.interventions.aggregation import Aggregator, aggregator
@@ -183,7 +189,9 @@ def compute_loss(
       "pg_loss": pg_loss,
   }
   if batch.ref_logp is not None:  # logged with loss.kl_ref.coef = 0 too
-    aux["kl_ref"] = sg(agg(kl_estimate(batch.logp, batch.ref_logp, cfg.kl_ref.estimator), batch.mask))
+    aux["kl_ref"] = sg(
+        agg(kl_estimate(batch.logp, batch.ref_logp, cfg.kl_ref.estimator), batch.mask)
+    )
   aux.update(regularisers)
   return loss, aux, stats
 
@@ -256,3 +264,81 @@ def policy_loss(
   states = init_states(cfg) if states is None else states
   loss, aux, _ = compute_loss(cfg, batch, states=states, rng=rng, agg=aggregator(cfg))
   return loss, aux
+
+
+# The rollout side: hooks run on the host by `train/rollout.py`, once per step.
+
+
+def rollout_interventions(loss_cfg: LossConfig) -> tuple[registry.Intervention, ...]:
+  """The active interventions with a rollout side, in registry order."""
+  return tuple(
+      e
+      for e in active(loss_cfg)
+      if e.rollout is not None
+      or e.samples_per_prompt is not None
+      or e.sampling_temperature is not None
+      or e.temperature_rule is not None
+  )
+
+
+def changes_temperature(loss_cfg: LossConfig) -> bool:
+  """Whether an active intervention samples at another temperature than the configured one."""
+  return any(
+      e.sampling_temperature is not None or e.temperature_rule is not None
+      for e in rollout_interventions(loss_cfg)
+  )
+
+
+def samples_per_prompt(loss_cfg: LossConfig, group_size: int, states: dict[str, Any]) -> int:
+  """Responses sampled per prompt before rollout interventions reshape the group."""
+  counts = {
+      e.name: int(e.samples_per_prompt(loss_cfg, group_size, states.get(e.name)))
+      for e in rollout_interventions(loss_cfg)
+      if e.samples_per_prompt is not None
+  }
+  if len(set(counts.values())) > 1:
+    raise ValueError(f"rollout interventions ask for different samples per prompt: {counts}")
+  return next(iter(counts.values()), group_size)
+
+
+def sampling_temperature(loss_cfg: LossConfig, states: dict[str, Any]) -> Any:
+  """The temperature a rollout intervention chooses for this step's sampling, or None."""
+  chosen = [
+      e.sampling_temperature(loss_cfg, states.get(e.name))
+      for e in rollout_interventions(loss_cfg)
+      if e.sampling_temperature is not None
+  ]
+  if len(chosen) > 1:
+    raise ValueError("more than one active intervention chooses the sampling temperature")
+  return chosen[0] if chosen else None
+
+
+def temperature_rule(loss_cfg: LossConfig) -> tuple[Callable | None, str | None]:
+  """(the per-token temperature rule, the name of the intervention whose state it reads)."""
+  rules = [
+      (e.temperature_rule(loss_cfg), e.name)
+      for e in rollout_interventions(loss_cfg)
+      if e.temperature_rule is not None
+  ]
+  if len(rules) > 1:
+    raise ValueError("more than one active intervention sets a per-token temperature rule")
+  return rules[0] if rules else (None, None)
+
+
+def reshape(loss_cfg: LossConfig, responses: Any, ctx: Any, states: dict[str, Any]) -> Any:
+  """Runs every active rollout intervention's `rollout` hook, in order, on the step's scored
+  rows (`train.rollout.Responses`, with its `RolloutContext`), and checks the groups.
+
+  Raises:
+    ValueError: unless every prompt ends with `ctx.group_size` adjacent rows.
+  """
+  for entry in rollout_interventions(loss_cfg):
+    if entry.rollout is not None:
+      responses = entry.rollout(loss_cfg, responses, ctx, states.get(entry.name))
+  counts = np.bincount(responses.group_ids)
+  if np.any(counts != ctx.group_size) or np.any(np.diff(responses.group_ids) < 0):
+    raise ValueError(
+        f"after the rollout interventions every prompt must have rl.group_size="
+        f"{ctx.group_size} adjacent rows; got {counts.tolist()}"
+    )
+  return responses

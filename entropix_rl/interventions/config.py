@@ -106,6 +106,17 @@ class LossConfig:
     for key, section in self.sections:
       section.validate(f"loss.{key}")
 
+  def to_config_dict(self) -> ml_collections.ConfigDict:
+    """`config.loss` as a config file holds it: the top-level fields (None ones as typed
+    placeholders, so the command line can set them) and one section per intervention."""
+    out = ml_collections.ConfigDict()
+    for field in _TOP_LEVEL:
+      value = getattr(self, field)
+      out[field] = config_dict.placeholder(_OPTIONAL[field]) if value is None else value
+    for key, section in self.sections:
+      out[key] = ml_collections.ConfigDict(dataclasses.asdict(section))
+    return out
+
   def __getattr__(self, name: str) -> Any:
     if not name.startswith("__"):
       for key, section in self.__dict__.get("sections", ()):
@@ -115,20 +126,12 @@ class LossConfig:
 
 
 _TOP_LEVEL = tuple(f.name for f in dataclasses.fields(LossConfig) if f.name != "sections")
+_OPTIONAL = {"dual_clip_c": float, "microbatch_size": int, "loss_scale_factor": int}
 
 
 def default_loss_config() -> ml_collections.ConfigDict:
   """`config.loss` defaults: top-level fields plus one section per registered intervention."""
-  defaults = LossConfig()
-  cfg = ml_collections.ConfigDict()
-  for field in _TOP_LEVEL:
-    cfg[field] = getattr(defaults, field)
-  cfg.dual_clip_c = config_dict.placeholder(float)
-  cfg.microbatch_size = config_dict.placeholder(int)
-  cfg.loss_scale_factor = config_dict.placeholder(int)
-  for key, section in defaults.sections:
-    cfg[key] = ml_collections.ConfigDict(dataclasses.asdict(section))
-  return cfg
+  return LossConfig().to_config_dict()
 
 
 def _as_dict(value: Any, path: str) -> dict:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +71,21 @@ def critical_positions(
     rng: np.random.Generator,
 ) -> np.ndarray:
   """`[N]` critical positions: uniform among each row's `top_k` highest-entropy candidates
-  (valid, not position 0, not a stop token); 0 for a row without candidates."""
+  (valid, not position 0, not a stop token); 0 for a row without candidates.
+
+  Args:
+    entropy: `[N, C]` per-token entropies H.
+    mask: `[N, C]` bool valid tokens.
+    tokens: `[N, C]` int completion tokens.
+    stop_ids: stop token ids.
+    top_k: candidates a position is drawn from.
+    rng: NumPy generator for the draw.
+
+  Returns:
+    `[N]` int64 positions.
+  """
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, mask, tokens])
   cuts = np.zeros(len(entropy), np.int64)
   for i in range(len(entropy)):
     eligible = mask[i] & ~np.isin(tokens[i], stop_ids)

@@ -74,6 +74,7 @@ def step_mean_entropy(
     `(step_entropy [B, T], exists [B, T] bool)`: column j is step j; a step exists when it
     holds a valid token (its entropy is 0 otherwise).
   """
+  chex.assert_rank(entropy, 2)
   chex.assert_equal_shape([entropy, mask, step_ids])
   rows, steps = entropy.shape
   segment = (jnp.arange(rows)[:, None] * steps + jnp.clip(step_ids, 0, steps - 1)).ravel()
@@ -87,7 +88,17 @@ def step_mean_entropy(
 
 
 def min_max_normalise(values: jax.Array, valid: jax.Array) -> jax.Array:
-  """`(x − min x) / (max x − min x + 1e-8)` over the valid entries (Eq. 12); 0 elsewhere."""
+  """`(x − min x) / (max x − min x + 1e-8)` over the valid entries (Eq. 12); 0 elsewhere.
+
+  Args:
+    values: `[B, T]` x (column j: step j).
+    valid: `[B, T]` bool, the entries that exist.
+
+  Returns:
+    `[B, T]` normalised x.
+  """
+  chex.assert_rank(values, 2)
+  chex.assert_equal_shape([values, valid])
   low = jnp.min(jnp.where(valid, values, jnp.inf))
   high = jnp.max(jnp.where(valid, values, -jnp.inf))
   return jnp.where(valid, (values - low) / (high - low + NORM_EPS), 0.0)
@@ -117,6 +128,7 @@ def empg_advantages(
   Returns:
     `[B, T]` modulated advantages, 0 on masked tokens.
   """
+  chex.assert_rank(advantages, 2)
   chex.assert_equal_shape([advantages, entropy, mask, step_ids])
   advantages, entropy = jax.lax.stop_gradient((advantages, entropy))
   step_entropy, exists = step_mean_entropy(entropy, mask, step_ids)
@@ -138,14 +150,18 @@ def empg_advantages(
 
 
 def empg(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> jax.Array:
-  """The rollout's EMPG advantages (applied only when `loss.empg.enabled`)."""
+  """The rollout's `[B, T]` EMPG advantages (applied only when `loss.empg.enabled`)."""
   del stats, state
   c = cfg.empg
+  old_entropy = batch.require("old_entropy", "empg")
+  step_ids = batch.require("step_ids", "empg")
+  chex.assert_rank(batch.advantages, 2)
+  chex.assert_equal_shape([batch.advantages, old_entropy, batch.mask, step_ids])
   return empg_advantages(
       batch.advantages,
-      batch.require("old_entropy", "empg"),
+      old_entropy,
       batch.mask,
-      batch.require("step_ids", "empg"),
+      step_ids,
       k=c.k,
       k_future=c.k_future,
       zeta=c.zeta,

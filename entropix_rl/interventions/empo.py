@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import numpy as np
 
 from entropix_rl.checks import check_bool, check_choice
@@ -55,8 +56,10 @@ class EMPOConfig:
 def cluster_rewards(
     keys: list, group_ids: np.ndarray, *, empty_reward: str, zero_max_entropy: bool
 ) -> np.ndarray:
-  """`[N]` float32 EMPO rewards (module docstring)."""
+  """`[N]` float32 EMPO rewards (module docstring) from the `N` answer keys (None: no answer)
+  and the `[N]` group ids."""
   group_ids = np.asarray(group_ids)
+  chex.assert_shape(group_ids, (len(keys),))
   rewards = cluster_fractions(keys, group_ids)
   empty = np.asarray([k is None for k in keys])
   if empty_reward == "zero":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -46,7 +47,19 @@ class EntropyAdvantageConfig:
 def shape_advantages(
     advantages: jax.Array, entropy: jax.Array, mask: jax.Array, *, alpha: float, kappa: float
 ) -> jax.Array:
-  """`A + m · min(α·sg(H), |A|/κ)`, all `[B, T]`."""
+  """`A + m · min(α·sg(H), |A|/κ)`.
+
+  Args:
+    advantages: `[B, T]` advantages A.
+    entropy: `[B, T]` current entropies H (detached here).
+    mask: `[B, T]` response mask m.
+    alpha, kappa: α, κ.
+
+  Returns:
+    `[B, T]` shaped advantages A'.
+  """
+  chex.assert_rank(advantages, 2)
+  chex.assert_equal_shape([advantages, entropy, mask])
   bonus = jnp.minimum(alpha * jax.lax.stop_gradient(entropy), jnp.abs(advantages) / kappa)
   return advantages + bonus * mask
 
@@ -56,16 +69,13 @@ def _enabled(cfg: LossConfig) -> bool:
 
 
 def entropy_advantage(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> jax.Array:
-  """The shaped advantages (applied only when `loss.entropy_advantage.enabled`)."""
+  """The shaped `[B, T]` advantages (applied only when `loss.entropy_advantage.enabled`)."""
   del stats, state
   c = cfg.entropy_advantage
-  return shape_advantages(
-      batch.advantages,
-      batch.require("entropy", "entropy_advantage"),
-      batch.mask,
-      alpha=c.alpha,
-      kappa=c.kappa,
-  )
+  entropy = batch.require("entropy", "entropy_advantage")
+  chex.assert_rank(batch.advantages, 2)
+  chex.assert_equal_shape([batch.advantages, entropy, batch.mask])
+  return shape_advantages(batch.advantages, entropy, batch.mask, alpha=c.alpha, kappa=c.kappa)
 
 
 INTERVENTION = Intervention(

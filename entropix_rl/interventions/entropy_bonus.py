@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -91,9 +92,11 @@ def update_entropy_controller(
   Returns:
     The new state.
   """
+  chex.assert_rank(measured_entropy, 0)
   cfg = loss_cfg.entropy_bonus
   if not cfg.adaptive:
     return state
+  chex.assert_rank([state["coef"], state["enabled"]], 0)
   below = jnp.asarray(measured_entropy, jnp.float32) < cfg.target
   coef = state["coef"] + jnp.where(below, cfg.delta, -cfg.delta)
   return {"coef": jnp.clip(coef, cfg.min_coef, cfg.max_coef).astype(jnp.float32), "enabled": below}
@@ -101,20 +104,24 @@ def update_entropy_controller(
 
 def entropy_coefficient(loss_cfg: LossConfig, state: dict | None) -> jax.Array:
   """The bonus coefficient for this step: `coef · enabled` from a controller state, else the
-  fixed `loss.entropy_bonus.coef`."""
+  fixed `loss.entropy_bonus.coef`; a float32 scalar."""
   cfg = loss_cfg.entropy_bonus
   if not state:
     return jnp.float32(cfg.coef)
+  chex.assert_rank([state["coef"], state["enabled"]], 0)
   return jnp.where(state["enabled"], state["coef"], 0.0).astype(jnp.float32)
 
 
 def entropy_bonus(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: dict | None, agg: Aggregator
 ) -> RegulariserOutput:
-  """`−c · Agg(H)` with c = `entropy_coefficient(cfg, state)`."""
+  """`−c · Agg(H)` with c = `entropy_coefficient(cfg, state)` (`entropy`, `mask` `[B, T]`)."""
   del stats
+  entropy = batch.require("entropy", "entropy_bonus")
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, batch.mask])
   coef = entropy_coefficient(cfg, state)
-  term = coef * agg(batch.require("entropy", "entropy_bonus"), batch.mask)
+  term = coef * agg(entropy, batch.mask)
   return RegulariserOutput(loss=-term, metric=term)
 
 

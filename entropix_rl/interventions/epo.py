@@ -106,7 +106,17 @@ def init_history(cfg: LossConfig) -> dict:
 
 
 def turn_index(step_ids: jax.Array, max_turns: int) -> jax.Array:
-  """The history slot of each token: its step index, capped at `max_turns − 1`."""
+  """The history slot of each token: its step index, capped at `max_turns − 1`.
+
+  Args:
+    step_ids: `[B, T]` int step index of each token.
+    max_turns: history slots.
+
+  Returns:
+    `[B, T]` int slots in `[0, max_turns)`.
+  """
+  chex.assert_rank(step_ids, 2)
+  chex.assert_type(step_ids, int)
   return jnp.clip(step_ids, 0, max_turns - 1)
 
 
@@ -123,6 +133,7 @@ def turn_mean_entropy(
     `(mean [max_turns], present [max_turns] bool)`; a slot is present when it holds a valid
     token.
   """
+  chex.assert_rank(entropy, 2)
   chex.assert_equal_shape([entropy, mask, step_ids])
   mask = jnp.asarray(mask, jnp.float32)
   slot = turn_index(step_ids, max_turns).ravel()
@@ -134,20 +145,43 @@ def turn_mean_entropy(
 
 
 def historical_mean(state: dict) -> tuple[jax.Array, jax.Array]:
-  """`(H̄ [max_turns], has_history [max_turns] bool)` from the state."""
+  """`(H̄ [max_turns], has_history [max_turns] bool)` from the state (`"sum"`, `"count"`
+  `[max_turns]`)."""
+  chex.assert_rank(state["sum"], 1)
+  chex.assert_equal_shape([state["sum"], state["count"]])
   return state["sum"] / jnp.maximum(state["count"], 1.0), state["count"] > 0
 
 
 def band_penalty(
     entropy: jax.Array, reference: jax.Array, *, min_ratio: float, max_ratio: float
 ) -> jax.Array:
-  """`relu(r_min·H̄ − H) + relu(H − r_max·H̄)`, differentiable in H (H̄ is constant)."""
+  """`relu(r_min·H̄ − H) + relu(H − r_max·H̄)`, differentiable in H (H̄ is constant).
+
+  Args:
+    entropy: `[B, T]` current entropies H.
+    reference: `[B, T]` each token's historical mean H̄ of its turn.
+    min_ratio, max_ratio: r_min, r_max.
+
+  Returns:
+    `[B, T]` P.
+  """
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, reference])
   reference = jax.lax.stop_gradient(reference)
   return jax.nn.relu(min_ratio * reference - entropy) + jax.nn.relu(entropy - max_ratio * reference)
 
 
 def phase_weight(updates: jax.Array, horizon: int) -> jax.Array:
-  """The authors' smoothing weight after `updates` completed updates (module docstring)."""
+  """The authors' smoothing weight after `updates` completed updates (module docstring).
+
+  Args:
+    updates: int scalar u.
+    horizon: E; 0 = no phase weight.
+
+  Returns:
+    float32 scalar w.
+  """
+  chex.assert_rank(updates, 0)
   if horizon <= 0:
     return jnp.float32(1.0)
   u = jnp.clip(jnp.asarray(updates, jnp.float32), 0.0, float(horizon))
@@ -160,11 +194,15 @@ def phase_weight(updates: jax.Array, horizon: int) -> jax.Array:
 def epo(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: dict, agg: Aggregator
 ) -> RegulariserOutput:
-  """`−c_H·Agg(H) + c_H·c_smooth·w·Agg(P)`; metric Agg(P) (module docstring)."""
+  """`−c_H·Agg(H) + c_H·c_smooth·w·Agg(P)`; metric Agg(P) (module docstring). Reads the
+  `[B, T]` `entropy`, `step_ids` and `mask`."""
   del stats
   c = cfg.epo
   entropy = batch.require("entropy", "epo")
-  slot = turn_index(batch.require("step_ids", "epo"), c.max_turns)
+  step_ids = batch.require("step_ids", "epo")
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, step_ids, batch.mask])
+  slot = turn_index(step_ids, c.max_turns)
   reference, has_history = historical_mean(state)
   penalty = (
       band_penalty(entropy, reference[slot], min_ratio=c.min_ratio, max_ratio=c.max_ratio)

@@ -114,6 +114,9 @@ def fork_points(
     `(rows, cuts)`, `[groups · forks]` each, group by group in order of first appearance.
   """
   group_ids = np.asarray(group_ids)
+  chex.assert_rank([entropy, eligible, group_ids], [2, 2, 1])
+  chex.assert_equal_shape([entropy, eligible])
+  chex.assert_equal_shape_prefix([entropy, group_ids], 1)
   rows_out, cuts_out = [], []
   for group in dict.fromkeys(group_ids.tolist()):
     rows = np.flatnonzero(group_ids == group)
@@ -127,7 +130,10 @@ def fork_points(
 
 
 def fork_candidates(responses, stop_ids: tuple[int, ...], taken: np.ndarray) -> np.ndarray:
-  """`[N, C]` bool: valid tokens that are not position 0, a stop token or already forked."""
+  """`[N, C]` bool: valid tokens that are not position 0, a stop token or already forked
+  (`taken`, `[N, C]` bool as the responses' completions)."""
+  chex.assert_rank(taken, 2)
+  chex.assert_equal_shape([responses.completion_tokens, responses.completion_mask, taken])
   eligible = responses.completion_mask & ~np.isin(responses.completion_tokens, stop_ids) & ~taken
   eligible[:, 0] = False
   return eligible
@@ -184,7 +190,8 @@ def ear_multiplier(
   Returns:
     `[B]` float32; a group whose mean entropy is 0 gets x = 1.
   """
-  chex.assert_rank(mean_entropy, 1)
+  chex.assert_rank([mean_entropy, group_ids], 1)
+  chex.assert_equal_shape([mean_entropy, group_ids])
   num = mean_entropy.shape[0]
   total = jax.ops.segment_sum(mean_entropy, group_ids, num_segments=num)
   count = jax.ops.segment_sum(jnp.ones_like(mean_entropy), group_ids, num_segments=num)
@@ -194,15 +201,20 @@ def ear_multiplier(
 
 
 def ear_advantages(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> jax.Array:
-  """`A_i · g(H̄_i / mean_group H̄)` with H̄ the old-policy entropy's response mean."""
+  """`A_i · g(H̄_i / mean_group H̄)` with H̄ the old-policy entropy's response mean (`advantages`,
+  `old_entropy`, `mask` `[B, T]`, `group_ids` `[B]`)."""
   del stats, state
   c = cfg.ettrl
   entropy = batch.require("old_entropy", "ettrl_ear")
+  group_ids = batch.require("group_ids", "ettrl_ear")
+  chex.assert_rank([batch.advantages, group_ids], [2, 1])
+  chex.assert_equal_shape([batch.advantages, entropy, batch.mask])
+  chex.assert_equal_shape_prefix([batch.advantages, group_ids], 1)
   mask = batch.mask
   mean_entropy = (entropy * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
   scale = ear_multiplier(
       mean_entropy,
-      batch.require("group_ids", "ettrl_ear"),
+      group_ids,
       power=c.ear_power,
       low=c.ear_min,
       high=c.ear_max,

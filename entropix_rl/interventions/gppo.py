@@ -66,7 +66,16 @@ class GPPOConfig:
 
 
 def preserving_factor(logp: jax.Array) -> jax.Array:
-  """`g = exp(ℓ − sg(ℓ))`: value 1, gradient ∇ℓ at any log-ratio (module docstring)."""
+  """`g = exp(ℓ − sg(ℓ))`: value 1, gradient ∇ℓ at any log-ratio (module docstring).
+
+  Args:
+    logp: `[B, T]` float current log-probs ℓ (differentiable).
+
+  Returns:
+    `[B, T]` g.
+  """
+  chex.assert_rank(logp, 2)
+  chex.assert_type(logp, float)
   return jnp.exp(logp - jax.lax.stop_gradient(logp))
 
 
@@ -96,6 +105,7 @@ def gppo_loss(
   Returns:
     `(loss [B, T], clipped [B, T] bool)`; `clipped` marks the two gradient-preserving cases.
   """
+  chex.assert_rank(logp, 2)
   chex.assert_equal_shape([logp, old_logp, advantages])
   advantages = jax.lax.stop_gradient(advantages)
   ratio = importance_ratio(logp, jax.lax.stop_gradient(old_logp))
@@ -117,8 +127,10 @@ def _valid(batch: TokenBatch, x: jax.Array) -> jax.Array:
 
 
 def gppo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> SurrogateOutput:
-  """GPPO / CE-GPPO surrogate over all valid tokens; picks nothing."""
+  """GPPO / CE-GPPO surrogate over all valid tokens (`[B, T]` batch fields); picks nothing."""
   del stats, state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
   c = cfg.gppo
   loss, clipped = gppo_loss(
       _valid(batch, batch.logp),
@@ -130,12 +142,7 @@ def gppo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> Surrog
       beta2=c.beta2,
       dual_clip_c=cfg.dual_clip_c,
   )
-  return SurrogateOutput(
-      per_token_loss=loss,
-      loss_mask=batch.mask,
-      selected=jnp.zeros(batch.mask.shape, bool),
-      clipped=clipped,
-  )
+  return SurrogateOutput.unpicked(loss, batch.mask, clipped)
 
 
 def _nll_active(cfg: LossConfig) -> bool:
@@ -145,9 +152,13 @@ def _nll_active(cfg: LossConfig) -> bool:
 def positive_nll(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
 ) -> RegulariserOutput:
-  """`coef · Agg(−ℓ, m ⊙ 1[reward = 1])`; metric `Agg(−ℓ)` over those tokens."""
+  """`coef · Agg(−ℓ, m ⊙ 1[reward = 1])`; metric `Agg(−ℓ)` over those tokens (`logp`, `mask`
+  `[B, T]`, `rewards` `[B]`)."""
   del stats, state
   rewards = batch.require("rewards", "positive_nll")
+  chex.assert_rank([batch.logp, rewards], [2, 1])
+  chex.assert_equal_shape([batch.logp, batch.mask])
+  chex.assert_equal_shape_prefix([batch.logp, rewards], 1)
   weights = batch.mask * (rewards == POSITIVE_REWARD)[:, None].astype(jnp.float32)
   nll = agg(jnp.where(weights > 0, -batch.logp, 0.0), weights)
   return RegulariserOutput(loss=cfg.gppo.positive_nll_coef * nll, metric=jax.lax.stop_gradient(nll))

@@ -53,10 +53,20 @@ class GSPOConfig:
 
 
 def sequence_log_ratio(logp: jax.Array, old_logp: jax.Array, mask: jax.Array) -> jax.Array:
-  """`log s_i = Σ_t m·(ℓ − ℓᵒˡᵈ) / max(Σ_t m, 1)`, `[B]` (0 for a response without tokens).
+  """`log s_i = Σ_t m·(ℓ − ℓᵒˡᵈ) / max(Σ_t m, 1)` (0 for a response without tokens).
 
   Masked tokens never enter, even when their values are not finite.
+
+  Args:
+    logp: `[B, T]` current log-probs ℓ.
+    old_logp: `[B, T]` behaviour log-probs ℓᵒˡᵈ.
+    mask: `[B, T]` response mask.
+
+  Returns:
+    `[B]` log s_i.
   """
+  chex.assert_rank(logp, 2)
+  chex.assert_equal_shape([logp, old_logp, mask])
   valid = mask > 0
   log_ratio = jnp.where(valid, logp - old_logp, 0.0)
   return log_ratio.sum(axis=-1) / jnp.maximum(valid.sum(axis=-1), 1).astype(jnp.float32)
@@ -85,6 +95,7 @@ def gspo_token_loss(
     `(loss [B, T], clipped [B, T] bool, s [B])`: the per-token loss, the tokens whose
     response's clip bound is active, and the sequence ratio s_i (no gradient).
   """
+  chex.assert_rank(logp, 2)
   chex.assert_equal_shape([logp, old_logp, advantages, mask])
   valid = mask > 0
   logp = jnp.where(valid, logp, 0.0)
@@ -103,8 +114,10 @@ def gspo_token_loss(
 
 
 def gspo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> SurrogateOutput:
-  """GSPO-token surrogate over all valid tokens; picks nothing."""
+  """GSPO-token surrogate over all valid tokens (`[B, T]` batch fields); picks nothing."""
   del stats, state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
   c = cfg.gspo
   loss, clipped, _ = gspo_token_loss(
       batch.logp,
@@ -114,12 +127,7 @@ def gspo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> Surrog
       clip_eps_low=c.clip_eps_low,
       clip_eps_high=c.clip_eps_high,
   )
-  return SurrogateOutput(
-      per_token_loss=loss,
-      loss_mask=batch.mask,
-      selected=jnp.zeros(batch.mask.shape, bool),
-      clipped=clipped,
-  )
+  return SurrogateOutput.unpicked(loss, batch.mask, clipped)
 
 
 INTERVENTION = Intervention(name="gspo", kind="surrogate", apply=gspo, config=GSPOConfig)

@@ -79,7 +79,17 @@ class HAPOConfig:
 
 def nearest_rank(quantile: float, n: jax.Array) -> jax.Array:
   """`round(q · (n − 1))` with ties to even (Python's `round`, the authors' `torch_quantile`
-  "nearest"), exact for q read as the decimal fraction it was written as; 0 when n = 0."""
+  "nearest"), exact for q read as the decimal fraction it was written as; 0 when n = 0.
+
+  Args:
+    quantile: q in [0, 1].
+    n: int scalar, the number of values.
+
+  Returns:
+    int scalar, the rank in `[0, max(n − 1, 0)]`.
+  """
+  chex.assert_rank(n, 0)
+  chex.assert_type(n, int)
   m = jnp.maximum(n - 1, 0)
   floor = selection.count_floor(quantile, m)
   twice_floor = selection.count_floor(quantile, 2 * m)
@@ -90,7 +100,18 @@ def nearest_rank(quantile: float, n: jax.Array) -> jax.Array:
 
 def score_statistics(entropy: jax.Array, mask: jax.Array, *, pivot: float) -> dict[str, jax.Array]:
   """The scope statistics of ĥ: centre `med`, scale `σ` and the positive and negative extremes
-  of h, from the valid tokens of `entropy` (no gradient; module docstring)."""
+  of h, from the valid tokens of `entropy` (no gradient; module docstring).
+
+  Args:
+    entropy: `[rows, T]` per-token entropy H.
+    mask: `[rows, T]` response mask.
+    pivot: the quantile of log H used as centre.
+
+  Returns:
+    `{"centre", "scale", "top", "bottom"}`, float32 scalars.
+  """
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, mask])
   valid = mask > 0
   u = jnp.log(jnp.maximum(jnp.where(valid, jax.lax.stop_gradient(entropy), 1.0), SCORE_EPS))
   n = valid.sum()
@@ -110,7 +131,18 @@ def score_statistics(entropy: jax.Array, mask: jax.Array, *, pivot: float) -> di
 def score_from_statistics(
     entropy: jax.Array, stats: dict[str, jax.Array], form: str = "symmetric"
 ) -> jax.Array:
-  """ĥ of entropies under given statistics (`score_statistics`), same shape as `entropy`."""
+  """ĥ of entropies under given statistics (`score_statistics`).
+
+  Args:
+    entropy: per-token entropies H, any shape (`[rows, T]` in the loss, `[R]` live rows when
+      sampling).
+    stats: `{"centre", "scale", "top", "bottom"}` scalars (other keys are ignored).
+    form: one of `SCORE_FORMS`.
+
+  Returns:
+    ĥ, same shape as `entropy`.
+  """
+  chex.assert_rank([stats[k] for k in ("centre", "scale", "top", "bottom")], 0)
   check_choice("loss.hapo.score_form", form, SCORE_FORMS)
   h = (jnp.log(jnp.maximum(entropy, SCORE_EPS)) - stats["centre"]) / stats["scale"]
   negative = jnp.abs(h) if form == "absolute" else h
@@ -131,6 +163,7 @@ def entropy_score(
   Returns:
     `[rows, T]` float32 ĥ, 0 at masked tokens.
   """
+  chex.assert_rank(entropy, 2)
   chex.assert_equal_shape([entropy, mask])
   stats = score_statistics(entropy, mask, pivot=pivot)
   score = score_from_statistics(jax.lax.stop_gradient(entropy), stats, form)
@@ -140,7 +173,17 @@ def entropy_score(
 def adaptive_clip_range(
     score: jax.Array, *, clip_eps_low: float, clip_eps_high: float, alpha: float
 ) -> tuple[jax.Array, jax.Array]:
-  """Per-token `(ε_l', ε_h')`: ε_h(1 + αĥ) where ĥ > 0, ε_l(1 − αĥ) where ĥ ≤ 0, `[B, T]`."""
+  """Per-token `(ε_l', ε_h')`: ε_h(1 + αĥ) where ĥ > 0, ε_l(1 − αĥ) where ĥ ≤ 0.
+
+  Args:
+    score: `[B, T]` ĥ.
+    clip_eps_low, clip_eps_high: ε_l, ε_h.
+    alpha: α.
+
+  Returns:
+    `(ε_l' [B, T], ε_h' [B, T])`.
+  """
+  chex.assert_rank(score, 2)
   eps_low = jnp.where(score <= 0, clip_eps_low * (1.0 - alpha * score), clip_eps_low)
   eps_high = jnp.where(score > 0, clip_eps_high * (1.0 + alpha * score), clip_eps_high)
   return eps_low, eps_high
@@ -155,10 +198,20 @@ def redistribute_advantages(
     *,
     beta: float,
 ) -> jax.Array:
-  """HAPO's differential advantage redistribution (module docstring), all `[B, T]`.
+  """HAPO's differential advantage redistribution (module docstring).
 
-  `ratio` is the current importance ratio r (its gradient is stopped here).
+  Args:
+    advantages: `[B, T]` advantages A.
+    score: `[B, T]` ĥ.
+    ratio: `[B, T]` current importance ratio r (its gradient is stopped here).
+    eps_low, eps_high: `[B, T]` per-token ε_l', ε_h'.
+    beta: β.
+
+  Returns:
+    `[B, T]` A'.
   """
+  chex.assert_rank(advantages, 2)
+  chex.assert_equal_shape([advantages, score, ratio, eps_low, eps_high])
   ratio = jax.lax.stop_gradient(ratio)
   scaled = advantages * (1.0 + beta * score)
   inside = (ratio > 1.0 - eps_low / 2) & (ratio < 1.0 + eps_high / 2)
@@ -168,17 +221,22 @@ def redistribute_advantages(
 
 
 def hapo_stats(cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None) -> jax.Array:
-  """The scope's ĥ (`[rows, T]`), from the current entropy without gradient."""
+  """The scope's ĥ (`[rows, T]`), from the current entropy (`[rows, T]`) without gradient."""
   del state, key
   c = cfg.hapo
-  return entropy_score(
-      batch.require("entropy", "hapo"), batch.mask, pivot=c.entropy_pivot, form=c.score_form
-  )
+  entropy = batch.require("entropy", "hapo")
+  chex.assert_rank(batch.mask, 2)
+  chex.assert_equal_shape([entropy, batch.mask])
+  return entropy_score(entropy, batch.mask, pivot=c.entropy_pivot, form=c.score_form)
 
 
 def hapo(cfg: LossConfig, batch: TokenBatch, score: jax.Array, state: None) -> SurrogateOutput:
-  """HAPO surrogate (module docstring); `score` is the scope's ĥ. Picks nothing."""
+  """HAPO surrogate (module docstring); `score` is the scope's ĥ, `[B, T]` as the batch fields.
+  Picks nothing."""
   del state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
+  chex.assert_equal_shape([batch.logp, score])
   c = cfg.hapo
   valid = batch.mask > 0
   logp = jnp.where(valid, batch.logp, 0.0)
@@ -207,12 +265,7 @@ def hapo(cfg: LossConfig, batch: TokenBatch, score: jax.Array, state: None) -> S
       clip_eps_high=eps_high,
       dual_clip_c=cfg.dual_clip_c,
   )
-  return SurrogateOutput(
-      per_token_loss=terms.loss,
-      loss_mask=batch.mask,
-      selected=jnp.zeros(batch.mask.shape, bool),
-      clipped=terms.clipped,
-  )
+  return SurrogateOutput.unpicked(terms.loss, batch.mask, terms.clipped)
 
 
 INTERVENTION = Intervention(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -41,7 +42,8 @@ class HAPOTemperatureConfig:
 
 
 def live_entropy(logits: jax.Array, temperature: jax.Array) -> jax.Array:
-  """`[R]` entropy of softmax(logits / T) for `[R, V]` logits."""
+  """`[R]` entropy of softmax(logits / T) for `[R, V]` logits and a scalar temperature T."""
+  chex.assert_rank([logits, temperature], [2, 0])
   log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
   return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
 

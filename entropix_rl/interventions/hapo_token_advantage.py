@@ -69,6 +69,8 @@ def token_group_advantages(
     `[N, T]` float32 advantages, 0 at masked tokens.
   """
   chex.assert_rank([rewards, group_ids, mask], [1, 1, 2])
+  chex.assert_equal_shape([rewards, group_ids])
+  chex.assert_equal_shape_prefix([rewards, mask], 1)
   rows = rewards.shape[0]
   rewards = jnp.asarray(rewards, jnp.float32)
   valid = mask > 0
@@ -91,17 +93,16 @@ def _enabled(cfg: LossConfig) -> bool:
 def hapo_token_advantage(
     cfg: LossConfig, rollout: TokenBatch, stats: None, state: None
 ) -> jax.Array:
-  """The rollout's advantages `[N, T]` (only when `loss.hapo_token_advantage.enabled`)."""
+  """The rollout's advantages `[N, T]` (only when `loss.hapo_token_advantage.enabled`), from the
+  `[N]` rewards and group ids and the `[N, T]` mask."""
   del stats, state
   c = cfg.hapo_token_advantage
   who = "hapo_token_advantage"
-  return token_group_advantages(
-      rollout.require("rewards", who),
-      rollout.require("group_ids", who),
-      rollout.mask,
-      threshold=c.threshold,
-      eps=c.eps,
-  )
+  rewards, group_ids = rollout.require("rewards", who), rollout.require("group_ids", who)
+  chex.assert_rank([rewards, group_ids, rollout.mask], [1, 1, 2])
+  chex.assert_equal_shape([rewards, group_ids])
+  chex.assert_equal_shape_prefix([rewards, rollout.mask], 1)
+  return token_group_advantages(rewards, group_ids, rollout.mask, threshold=c.threshold, eps=c.eps)
 
 
 INTERVENTION = Intervention(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -40,7 +41,10 @@ class HighEntropyTokensConfig:
 
 
 def high_entropy_pick(entropy: jax.Array, mask: jax.Array, *, ratio: float) -> jax.Array:
-  """Top `ceil(ρ·N)` valid tokens by entropy within one scope chunk (bool `[rows, T]`)."""
+  """Top `ceil(ρ·N)` valid tokens by entropy within one scope chunk (`[rows, T]` in, bool
+  `[rows, T]` out)."""
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, mask])
   valid = mask > 0
   k = selection.count_ceil(ratio, valid.sum())
   k_max = selection.count_ceil(ratio, mask.size)
@@ -51,20 +55,24 @@ def high_entropy_pick(entropy: jax.Array, mask: jax.Array, *, ratio: float) -> j
 def high_entropy_stats(
     cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
 ) -> jax.Array:
-  """The scope's kept set s (`[rows, T]` bool), by the current entropy."""
+  """The scope's kept set s (`[rows, T]` bool), by the current entropy (`[rows, T]`)."""
   del state, key
-  return high_entropy_pick(
-      batch.require("entropy", "high_entropy_tokens"),
-      batch.mask,
-      ratio=cfg.high_entropy_tokens.ratio,
-  )
+  entropy = batch.require("entropy", "high_entropy_tokens")
+  chex.assert_rank(batch.mask, 2)
+  chex.assert_equal_shape([entropy, batch.mask])
+  return high_entropy_pick(entropy, batch.mask, ratio=cfg.high_entropy_tokens.ratio)
 
 
 def high_entropy_tokens(
     cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None
 ) -> SurrogateOutput:
-  """80/20 surrogate (module docstring); `selected` is the kept set s."""
+  """80/20 surrogate (module docstring); `selected` is the kept set s, `[B, T]` bool as the
+  batch fields."""
   del state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
+  chex.assert_equal_shape([batch.logp, selected])
+  chex.assert_type(selected, bool)
   terms = ppo_terms_from_config(cfg, batch)
   return SurrogateOutput(
       per_token_loss=terms.loss,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -58,6 +59,8 @@ def kl_cov_pick(
     logp: jax.Array, advantages: jax.Array, mask: jax.Array, *, ratio: float
 ) -> jax.Array:
   """The top-k covariance pick within one scope chunk (`[rows, T]` in, bool `[rows, T]` out)."""
+  chex.assert_rank(logp, 2)
+  chex.assert_equal_shape([logp, advantages, mask])
   valid = mask > 0
   cov = dynamics.token_covariance(logp, advantages, mask)
   k = jnp.maximum(1, selection.count_floor(ratio, valid.sum()))
@@ -70,12 +73,19 @@ def kl_cov_stats(
 ) -> jax.Array:
   """The scope's pick I_KL (`[rows, T]` bool), from the current ℓ without gradient."""
   del state, key
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.advantages, batch.mask])
   return kl_cov_pick(batch.logp, batch.advantages, batch.mask, ratio=cfg.kl_cov.ratio)
 
 
 def kl_cov(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None) -> SurrogateOutput:
-  """KL-Cov surrogate (module docstring); `selected` is the penalised set I_KL."""
+  """KL-Cov surrogate (module docstring); `selected` is the penalised set I_KL, `[B, T]` bool as
+  the batch fields."""
   del state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
+  chex.assert_equal_shape([batch.logp, selected])
+  chex.assert_type(selected, bool)
   pg = -batch.advantages * importance_ratio(batch.logp, batch.old_logp)
   log_ratio = batch.logp - batch.old_logp
   penalty = cfg.kl_cov.coef * jnp.where(jnp.abs(log_ratio) > ON_POLICY_TOL, jnp.abs(log_ratio), 0.0)

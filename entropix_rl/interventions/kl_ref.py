@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -31,7 +32,17 @@ KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 
 
 def kl_estimate(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
-  """Per-token KL(π ‖ π_ref) estimate (module docstring), same shape as `logp`."""
+  """Per-token KL(π ‖ π_ref) estimate (module docstring).
+
+  Args:
+    logp: current log-probs ℓ, any shape (`[B, T]` in the loss).
+    ref_logp: reference log-probs ℓ^ref, the shape of `logp`.
+    estimator: one of `KL_ESTIMATORS`.
+
+  Returns:
+    The estimate, the shape of `logp`.
+  """
+  chex.assert_equal_shape([logp, ref_logp])
   delta = logp - ref_logp
   if estimator == "k1":
     return delta
@@ -65,7 +76,7 @@ class KLRefConfig:
 def kl_ref(
     cfg: LossConfig, batch: TokenBatch, stats: None, state: None, agg: Aggregator
 ) -> RegulariserOutput:
-  """`β_ref · Agg(k(ℓ, ℓ^ref))`; metric `Agg(k)`."""
+  """`β_ref · Agg(k(ℓ, ℓ^ref))`; metric `Agg(k)` (`logp`, `ref_logp`, `mask` `[B, T]`)."""
   del stats, state
   c = cfg.kl_ref
   if batch.ref_logp is None:
@@ -73,6 +84,8 @@ def kl_ref(
         f"loss.kl_ref.coef={c.coef} needs ref_logp= in policy_loss (rl.use_reference=True in "
         "training)"
     )
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.ref_logp, batch.mask])
   kl = agg(kl_estimate(batch.logp, batch.ref_logp, c.estimator), batch.mask)
   return RegulariserOutput(loss=c.coef * kl, metric=kl)
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -84,7 +85,19 @@ class LpRegConfig:
 def min_p_proxy_logp(
     logits: jax.Array, targets: jax.Array, temperature: float, *, kappa: float
 ) -> jax.Array:
-  """ℓᵖʳᵒˣʸ of `targets` (module docstring) from temperature-1 `logits [n, V]` → `[n]`."""
+  """ℓᵖʳᵒˣʸ of `targets` (module docstring) from temperature-1 logits.
+
+  Args:
+    logits: `[n, V]` temperature-1 logits z of the old policy.
+    targets: `[n]` int sampled tokens y.
+    temperature: the rollout temperature T.
+    kappa: κ, the min-p threshold.
+
+  Returns:
+    `[n]` float32 ℓᵖʳᵒˣʸ.
+  """
+  chex.assert_rank([logits, targets], [2, 1])
+  chex.assert_equal_shape_prefix([logits, targets], 1)
   logits = jnp.asarray(logits, jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
   keep = probs >= kappa * jnp.max(probs, axis=-1, keepdims=True)
@@ -104,6 +117,8 @@ def lp_reg_pick(
     logp: jax.Array, proxy_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *, ratio: float
 ) -> jax.Array:
   """The Lp-Reg pick within one scope chunk (`[rows, T]` in, bool `[rows, T]` out)."""
+  chex.assert_rank(logp, 2)
+  chex.assert_equal_shape([logp, proxy_logp, advantages, mask])
   logp = jax.lax.stop_gradient(logp)
   negative = (mask > 0) & (advantages < 0)
   k = jnp.maximum(1, selection.count_floor(ratio, negative.sum()))
@@ -115,22 +130,26 @@ def lp_reg_pick(
 def lp_reg_stats(
     cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
 ) -> jax.Array:
-  """The scope's pick (`[rows, T]` bool), from the current ℓ without gradient."""
+  """The scope's pick (`[rows, T]` bool), from the current ℓ without gradient (`logp`, the
+  proxy, `advantages` and `mask`, `[rows, T]` each)."""
   del state, key
-  return lp_reg_pick(
-      batch.logp,
-      batch.require(PROXY, "lp_reg"),
-      batch.advantages,
-      batch.mask,
-      ratio=cfg.lp_reg.ratio,
-  )
+  proxy = batch.require(PROXY, "lp_reg")
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, proxy, batch.advantages, batch.mask])
+  return lp_reg_pick(batch.logp, proxy, batch.advantages, batch.mask, ratio=cfg.lp_reg.ratio)
 
 
 def lp_reg(cfg: LossConfig, batch: TokenBatch, selected: jax.Array, state: None) -> SurrogateOutput:
-  """Lp-Reg surrogate (module docstring); `selected` is the regularised set."""
+  """Lp-Reg surrogate (module docstring); `selected` is the regularised set, `[B, T]` bool as
+  the batch fields."""
   del state
-  terms = ppo_terms_from_config(cfg, batch)
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
+  chex.assert_equal_shape([batch.logp, selected])
+  chex.assert_type(selected, bool)
   proxy = batch.require(PROXY, "lp_reg")
+  chex.assert_equal_shape([batch.logp, proxy])
+  terms = ppo_terms_from_config(cfg, batch)
   regularised = -batch.advantages * importance_ratio(
       batch.logp, batch.old_logp
   ) + cfg.lp_reg.coef * kl_estimate(batch.logp, proxy, "k3")

@@ -40,7 +40,17 @@ class PPOTerms(NamedTuple):
 
 
 def importance_ratio(logp: jax.Array, old_logp: jax.Array) -> jax.Array:
-  """`r = exp(clip(ℓ − ℓ^old, −20, 20))`, `[B, T]`."""
+  """`r = exp(clip(ℓ − ℓ^old, −20, 20))`.
+
+  Args:
+    logp: `[B, T]` current log-probs ℓ.
+    old_logp: `[B, T]` behaviour log-probs ℓ^old.
+
+  Returns:
+    `[B, T]` importance ratios r.
+  """
+  chex.assert_rank(logp, 2)
+  chex.assert_equal_shape([logp, old_logp])
   return jnp.exp(jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
@@ -64,9 +74,13 @@ def ppo_terms(
     dual_clip_c: c > 1 or None; for A < 0 the loss is capped at `−A·c`.
 
   Returns:
-    `PPOTerms`.
+    `PPOTerms`, each `[B, T]`.
   """
+  chex.assert_rank(logp, 2)
   chex.assert_equal_shape([logp, old_logp, advantages])
+  for eps in (clip_eps_low, clip_eps_high):
+    if jnp.ndim(eps):  # per-token values; a float needs no check
+      chex.assert_shape(eps, logp.shape)
   advantages = jax.lax.stop_gradient(advantages)
   ratio = importance_ratio(logp, jax.lax.stop_gradient(old_logp))
   l1 = -advantages * ratio
@@ -78,7 +92,10 @@ def ppo_terms(
 
 
 def ppo_terms_from_config(cfg: LossConfig, batch: TokenBatch) -> PPOTerms:
-  """`ppo_terms` with the clip settings of `cfg`."""
+  """`ppo_terms` of the batch's `[B, T]` `logp`, `old_logp` and `advantages` with the clip
+  settings of `cfg`."""
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages])
   return ppo_terms(
       batch.logp,
       batch.old_logp,
@@ -90,15 +107,12 @@ def ppo_terms_from_config(cfg: LossConfig, batch: TokenBatch) -> PPOTerms:
 
 
 def ppo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> SurrogateOutput:
-  """Vanilla PPO/GRPO surrogate over all valid tokens; picks nothing."""
+  """Vanilla PPO/GRPO surrogate over all valid tokens (`[B, T]` batch fields); picks nothing."""
   del stats, state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
   terms = ppo_terms_from_config(cfg, batch)
-  return SurrogateOutput(
-      per_token_loss=terms.loss,
-      loss_mask=batch.mask,
-      selected=jnp.zeros(batch.mask.shape, bool),
-      clipped=terms.clipped,
-  )
+  return SurrogateOutput.unpicked(terms.loss, batch.mask, terms.clipped)
 
 
 INTERVENTION = Intervention(name="ppo", kind="surrogate", apply=ppo)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from entropix_rl.checks import check_bool, check_number
@@ -44,15 +46,26 @@ class RandomRewardConfig:
     check_number(f"{path}.p", self.p, low=0.0, high=1.0)
 
 
-def bernoulli_rewards(key: jax.Array, rows: int, p: float) -> np.ndarray:
-  """`[rows]` float32 rewards, each 1 with probability `p`, else 0, from `key`."""
-  return np.asarray(jax.random.bernoulli(key, p, (rows,)), np.float32)
+def bernoulli_rewards(key: jax.Array, rows: int, p: float | jax.Array) -> jax.Array:
+  """`r_i ~ Bernoulli(p)`, i = 1 .. rows, independent draws from `key`.
+
+  Args:
+    key: PRNG key.
+    rows: N, the number of responses (static).
+    p: scalar probability of reward 1, in [0, 1].
+
+  Returns:
+    `[rows]` float32 rewards in {0, 1}.
+  """
+  chex.assert_rank(p, 0)
+  return jax.random.bernoulli(key, p, (rows,)).astype(jnp.float32)
 
 
 def random_reward_rollout(cfg: LossConfig, responses, ctx, state):
   """Replaces `responses.rewards` by independent Bernoulli(p) draws."""
   del state
-  rewards = bernoulli_rewards(jax.random.fold_in(ctx.key, 41), responses.rows, cfg.random_reward.p)
+  key = jax.random.fold_in(ctx.key, 41)
+  rewards = np.asarray(bernoulli_rewards(key, responses.rows, cfg.random_reward.p))
   return dataclasses.replace(responses, rewards=rewards)
 
 

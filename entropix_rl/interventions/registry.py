@@ -53,6 +53,7 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 KINDS = ("advantage", "advantage_shaper", "surrogate", "regulariser", "rollout")
 
@@ -91,6 +92,27 @@ class SurrogateOutput(NamedTuple):
   loss_mask: jax.Array
   selected: jax.Array
   clipped: jax.Array
+
+  @classmethod
+  def unpicked(
+      cls, per_token_loss: jax.Array, mask: jax.Array, clipped: jax.Array
+  ) -> SurrogateOutput:
+    """The output of a surrogate that picks no token and aggregates over every valid one.
+
+    Args:
+      per_token_loss: `[B, T]` per-token loss L_t.
+      mask: `[B, T]` float32 response mask m, the aggregation weights.
+      clipped: `[B, T]` bool, tokens whose clip bound is active.
+
+    Returns:
+      `SurrogateOutput(per_token_loss, loss_mask=mask, selected=all False [B, T], clipped)`.
+    """
+    return cls(
+        per_token_loss=per_token_loss,
+        loss_mask=mask,
+        selected=jnp.zeros(mask.shape, bool),
+        clipped=clipped,
+    )
 
 
 class RegulariserOutput(NamedTuple):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+import chex
 import numpy as np
 
 from entropix_rl.padding import left_pad, prompt_bucket
@@ -26,7 +27,12 @@ def window_mean(values: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
   Args:
     values: `[N, C]` per-token values (e.g. entropies); mask: `[N, C]` valid tokens.
     width: w ≥ 1.
+
+  Returns:
+    `[N, C]` float32 window means, NaN where the window is incomplete.
   """
+  chex.assert_rank(values, 2)
+  chex.assert_equal_shape([values, mask])
   if width < 1:
     raise ValueError(f"width={width} must be >= 1")
   values = np.where(mask, np.asarray(values, np.float64), 0.0)
@@ -57,6 +63,8 @@ def branch_prompts(
     `[M, P']` left-padded prompts and `[M]` lengths.
   """
   rows, cuts = np.asarray(rows, np.int64), np.asarray(cuts, np.int64)
+  chex.assert_rank(rows, 1)
+  chex.assert_equal_shape([rows, cuts])
   if np.any(cuts < 0) or np.any(cuts > responses.completion_mask[rows].sum(axis=1)):
     raise ValueError("branch_prompts: cuts must lie within each response")
   seqs = []
@@ -83,7 +91,28 @@ def sample_in_buckets(
   of two by repeating the last prompt, so that calls with varying prompt counts reuse a few
   compiled sampler programs. Returns the rows of the given prompts only; row r draws the same
   randomness as without the padding.
+
+  Args:
+    sample: the sampler (`RolloutContext.sample`).
+    prompt_tokens: `[P, W]` left-padded prompts.
+    prompt_lengths: `[P]` prompt lengths.
+    examples: `P` examples.
+    group_ids: `[P]` prompt groups.
+    num_samples: responses per prompt.
+    key: PRNG key.
+    prefix_lengths: `[P]` prefix tokens at the end of each prompt, or None.
+
+  Returns:
+    The `P · num_samples` sampled rows.
   """
+  prompt_tokens, prompt_lengths = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
+  chex.assert_rank([prompt_tokens, prompt_lengths], [2, 1])
+  chex.assert_shape(
+      [prompt_lengths, np.asarray(group_ids)]
+      + ([] if prefix_lengths is None else [np.asarray(prefix_lengths)]),
+      prompt_tokens.shape[:1],
+  )
+  chex.assert_equal(len(examples), len(prompt_lengths))
   count = len(prompt_lengths)
   if not count:
     raise ValueError("sample_in_buckets: no prompts to sample")
@@ -104,7 +133,8 @@ def majority_labels(
     keys: Sequence[Hashable | None], group_ids: np.ndarray
 ) -> dict[int, Hashable | None]:
   """Each group's most common answer key (ties: the first to reach the top count; None when
-  no response of the group has an answer)."""
+  no response of the group has an answer), from `N` answer keys and `[N]` group ids."""
+  chex.assert_shape(np.asarray(group_ids), (len(keys),))
   counts: dict[int, dict[Hashable, int]] = {}
   for key, group in zip(keys, np.asarray(group_ids)):
     counts.setdefault(int(group), {})
@@ -115,8 +145,9 @@ def majority_labels(
 
 def cluster_fractions(keys: Sequence[Hashable | None], group_ids: np.ndarray) -> np.ndarray:
   """`[N]` the fraction of its group that shares each response's answer key, `|c(i)| / G`;
-  a response without an answer counts as its own cluster, `1 / G`."""
+  a response without an answer counts as its own cluster, `1 / G`. `group_ids`: `[N]`."""
   group_ids = np.asarray(group_ids)
+  chex.assert_shape(group_ids, (len(keys),))
   out = np.zeros(len(keys), np.float32)
   for group in np.unique(group_ids):
     rows = np.flatnonzero(group_ids == group)

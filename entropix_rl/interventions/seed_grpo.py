@@ -110,7 +110,17 @@ def semantic_entropy(
 
 
 def uncertainty_scale(x: jax.Array, scale_fn: str, gamma: float) -> jax.Array:
-  """f(x) for x = α·SE/ln G ≥ 0 (module docstring)."""
+  """f(x) for x = α·SE/ln G ≥ 0 (module docstring).
+
+  Args:
+    x: `[B]` x ≥ 0 of each response's group.
+    scale_fn: one of `SCALE_FNS`.
+    gamma: γ, the focal exponent.
+
+  Returns:
+    `[B]` f(x).
+  """
+  chex.assert_rank(x, 1)
   if scale_fn == "linear":
     return 1.0 - jnp.minimum(x, 1.0)
   if scale_fn == "exponential":
@@ -145,7 +155,10 @@ def seed_grpo_scale(
   Returns:
     `[B]` float32; 1 for a group of size 1 (ln G = 0).
   """
+  chex.assert_rank([old_logp, group_ids, cluster_ids], [2, 1, 1])
   chex.assert_equal_shape([old_logp, mask])
+  chex.assert_equal_shape([group_ids, cluster_ids])
+  chex.assert_equal_shape_prefix([old_logp, group_ids], 1)
   mask = jnp.asarray(mask, jnp.float32)
   old_logp = jax.lax.stop_gradient(jnp.where(mask > 0, old_logp, 0.0))
   seq_logp = (old_logp * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
@@ -157,14 +170,24 @@ def seed_grpo_scale(
 
 
 def seed_grpo(cfg: LossConfig, batch: TokenBatch, stats: None, state: None) -> jax.Array:
-  """`A · f(α·SE/ln G)` per group, 0 on masked tokens (only when `loss.seed_grpo.enabled`)."""
+  """`A · f(α·SE/ln G)` per group, 0 on masked tokens (only when `loss.seed_grpo.enabled`).
+
+  Reads the `[B, T]` `advantages`, `old_logp` and `mask` and the `[B]` `group_ids` and
+  `cluster_ids`; returns `[B, T]`.
+  """
   del stats, state
   c = cfg.seed_grpo
+  group_ids = batch.require("group_ids", "seed_grpo")
+  cluster_ids = batch.require("cluster_ids", "seed_grpo")
+  chex.assert_rank([batch.advantages, group_ids, cluster_ids], [2, 1, 1])
+  chex.assert_equal_shape([batch.advantages, batch.old_logp, batch.mask])
+  chex.assert_equal_shape([group_ids, cluster_ids])
+  chex.assert_equal_shape_prefix([batch.advantages, group_ids], 1)
   scale = seed_grpo_scale(
       batch.old_logp,
       batch.mask,
-      batch.require("group_ids", "seed_grpo"),
-      batch.require("cluster_ids", "seed_grpo"),
+      group_ids,
+      cluster_ids,
       alpha=c.alpha,
       scale_fn=c.scale_fn,
       gamma=c.gamma,

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import fractions
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -63,6 +64,9 @@ def top_k_mask(score: jax.Array, eligible: jax.Array, k: jax.Array, k_max: int) 
   Returns:
     `[n]` bool.
   """
+  chex.assert_rank([score, eligible, k], [1, 1, 0])
+  chex.assert_equal_shape([score, eligible])
+  chex.assert_type(eligible, bool)
   masked = jnp.where(eligible, score.astype(jnp.float32), -jnp.inf)
   _, index = jax.lax.top_k(masked, k_max)
   keep = jnp.arange(k_max) < k
@@ -100,6 +104,8 @@ def per_scope(
   Returns:
     `fn`'s pytree with `B` leading rows.
   """
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_tree_shape_prefix(batch, batch.logp.shape[:1])
   batch_rows = batch.logp.shape[0]
   rows = chunk_rows(cfg, batch_rows)
   chunks = batch_rows // rows

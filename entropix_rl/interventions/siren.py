@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -91,12 +92,23 @@ class SirenConfig:
 
 
 def top_p_entropy(
-    logits: jax.Array, targets: jax.Array, temperature: float, *, top_p: float, top_k: int
+    logits: jax.Array, targets: jax.Array | None, temperature: float, *, top_p: float, top_k: int
 ) -> jax.Array:
-  """Hᵗᵒᵖᵖ (module docstring) of temperature-1 `logits [n, V]` at `temperature` → `[n]`.
+  """Hᵗᵒᵖᵖ (module docstring) of temperature-1 logits at `temperature`.
 
-  Differentiable in `logits`; `targets` is unused (the signature of a `TokenFeature`).
+  Args:
+    logits: `[n, V]` temperature-1 logits (differentiable).
+    targets: `[n]` sampled tokens, or None; unused (the signature of a `TokenFeature`).
+    temperature: the rollout temperature T.
+    top_p: p of the top-p set.
+    top_k: K, tokens considered before the top-p cut.
+
+  Returns:
+    `[n]` float32 Hᵗᵒᵖᵖ.
   """
+  chex.assert_rank(logits, 2)
+  if targets is not None:
+    chex.assert_shape(targets, logits.shape[:1])
   del targets
   z = jnp.asarray(logits, jnp.float32) / temperature
   top_z, _ = jax.lax.top_k(z, min(top_k, z.shape[-1]))
@@ -120,7 +132,10 @@ def _features(cfg: LossConfig) -> tuple[TokenFeature, ...]:
 
 def peak_mask(entropy: jax.Array, mask: jax.Array, *, mask_ratio: float) -> jax.Array:
   """`[rows, T]` bool: valid tokens above their row's `mask_ratio` quantile (linear
-  interpolation over the valid tokens; rows without one pick nothing)."""
+  interpolation over the valid tokens; rows without one pick nothing), from `[rows, T]`
+  `entropy` and `mask`."""
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, mask])
   entropy = jax.lax.stop_gradient(jnp.asarray(entropy, jnp.float32))
   valid = mask > 0
   bound = jnp.nanquantile(jnp.where(valid, entropy, jnp.nan), mask_ratio, axis=-1, keepdims=True)
@@ -128,13 +143,26 @@ def peak_mask(entropy: jax.Array, mask: jax.Array, *, mask_ratio: float) -> jax.
 
 
 def row_mean_terms(entropy: jax.Array, picked: jax.Array) -> jax.Array:
-  """x_t = T·H_t / n_i: `seq-mean-token-sum-norm` of x with weights `picked` is Ĥ."""
+  """x_t = T·H_t / n_i: `seq-mean-token-sum-norm` of x with weights `picked` is Ĥ.
+
+  Args:
+    entropy: `[B, T]` Hᵗᵒᵖᵖ.
+    picked: `[B, T]` bool peak mask s.
+
+  Returns:
+    `[B, T]` x.
+  """
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, picked])
   counts = picked.sum(axis=-1, keepdims=True).astype(jnp.float32)
   return entropy * (entropy.shape[-1] / jnp.maximum(counts, 1.0))
 
 
 def peak_entropy(entropy: jax.Array, picked: jax.Array) -> jax.Array:
-  """Ĥ of one whole batch (module docstring), float32 scalar."""
+  """Ĥ of one whole batch (module docstring) from `[B, T]` `entropy` and peak mask `picked`,
+  float32 scalar."""
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, picked])
   return aggregate(row_mean_terms(entropy, picked), picked, "seq-mean-token-sum-norm")
 
 
@@ -147,17 +175,24 @@ def _needs(cfg: LossConfig) -> frozenset:
 
 
 def siren_stats(cfg: LossConfig, batch: TokenBatch, state: Any, key: jax.Array | None) -> jax.Array:
-  """The peak mask s (`[rows, T]` bool) from the current top-p entropy, without gradient."""
+  """The peak mask s (`[rows, T]` bool) from the current top-p entropy (`[rows, T]`), without
+  gradient."""
   del state, key
-  return peak_mask(batch.require(FEATURE, "siren"), batch.mask, mask_ratio=cfg.siren.mask_ratio)
+  entropy = batch.require(FEATURE, "siren")
+  chex.assert_rank(batch.mask, 2)
+  chex.assert_equal_shape([entropy, batch.mask])
+  return peak_mask(entropy, batch.mask, mask_ratio=cfg.siren.mask_ratio)
 
 
 def siren(
     cfg: LossConfig, batch: TokenBatch, picked: jax.Array, state: dict | None, agg: Aggregator
 ) -> RegulariserOutput:
-  """`c·(Ĥ − H₀)²` (anchored) or `−c·Ĥ` (plain); metric Ĥ."""
+  """`c·(Ĥ − H₀)²` (anchored) or `−c·Ĥ` (plain); metric Ĥ. The top-p entropy feature and the
+  peak mask `picked` are `[B, T]`."""
   c = cfg.siren
   entropy = batch.require(FEATURE, "siren")
+  chex.assert_rank(entropy, 2)
+  chex.assert_equal_shape([entropy, picked])
   value = agg(row_mean_terms(entropy, picked), picked, "seq-mean-token-sum-norm")
   if not c.anchored:
     return RegulariserOutput(loss=-c.coef * value, metric=jax.lax.stop_gradient(value))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -80,7 +81,19 @@ class SteerConfig:
 def entropy_change_magnitude(
     logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, old_entropy: jax.Array
 ) -> jax.Array:
-  """m_t = |Ω_t| (module docstring), float32 `[B, T]`, without gradient."""
+  """m_t = |Ω_t| (module docstring), without gradient.
+
+  Args:
+    logp: `[B, T]` current log-probs ℓ.
+    old_logp: `[B, T]` behaviour log-probs ℓᵒˡᵈ.
+    advantages: `[B, T]` advantages A.
+    old_entropy: `[B, T]` behaviour-policy entropies Hᵒˡᵈ.
+
+  Returns:
+    `[B, T]` float32 m_t.
+  """
+  chex.assert_rank(logp, 2)
+  chex.assert_equal_shape([logp, old_logp, advantages, old_entropy])
   sg = jax.lax.stop_gradient
   f32 = lambda x: sg(jnp.asarray(x, jnp.float32))
   logp, old_logp, advantages, old_entropy = map(f32, (logp, old_logp, advantages, old_entropy))
@@ -91,7 +104,10 @@ def entropy_change_magnitude(
 
 
 def magnitude_range(magnitude: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(m_min, m_max) over the valid tokens; (0, 0) when none is valid."""
+  """(m_min, m_max) over the valid tokens of `[B, T]` `magnitude` and `mask`, scalars; (0, 0)
+  when none is valid."""
+  chex.assert_rank(magnitude, 2)
+  chex.assert_equal_shape([magnitude, mask])
   valid = mask > 0
   any_valid = valid.any()
   m_min = jnp.where(any_valid, jnp.min(jnp.where(valid, magnitude, jnp.inf)), 0.0)
@@ -109,7 +125,22 @@ def weights_from_magnitude(
     lambda_min: float,
     lambda_max: float,
 ) -> jax.Array:
-  """λ_t from m_t and the scope's (m_min, m_max) (module docstring); 0 where `mask` is 0."""
+  """λ_t from m_t and the scope's (m_min, m_max) (module docstring); 0 where `mask` is 0.
+
+  Args:
+    magnitude: `[B, T]` m_t.
+    mask: `[B, T]` response mask.
+    m_min, m_max: the scope's extremes, scalars or `[B, 1]` (one per row), broadcast over
+      `magnitude`.
+    mode, lambda_min, lambda_max: see `SteerConfig`.
+
+  Returns:
+    `[B, T]` float32 λ_t.
+  """
+  chex.assert_rank(magnitude, 2)
+  chex.assert_equal_shape([magnitude, mask])
+  chex.assert_equal(jnp.shape(m_min), jnp.shape(m_max))
+  chex.assert_is_broadcastable(jnp.shape(m_min), magnitude.shape)
   if mode == "exp":
     k = -jnp.log(jnp.float32(lambda_min)) / jnp.maximum(m_max, EXP_SCALE_FLOOR)
     weights = jnp.clip(jnp.exp(-k * magnitude), lambda_min, 1.0)
@@ -132,15 +163,25 @@ def _magnitude(batch: TokenBatch) -> jax.Array:
 def steer_stats(
     cfg: LossConfig, batch: TokenBatch, state: None, key: jax.Array | None
 ) -> dict[str, jax.Array]:
-  """The scope's `{"m_min", "m_max"}`, each broadcast to `[rows]`."""
+  """The scope's `{"m_min", "m_max"}`, each broadcast to `[rows]`, from the `[rows, T]` fields
+  `logp`, `old_logp`, `advantages`, `old_entropy` and `mask`."""
   del cfg, state, key
+  old_entropy = batch.require("old_entropy", "steer")
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask, old_entropy])
   m_min, m_max = magnitude_range(_magnitude(batch), batch.mask)
   rows = batch.mask.shape[0]
   return {"m_min": jnp.broadcast_to(m_min, (rows,)), "m_max": jnp.broadcast_to(m_max, (rows,))}
 
 
 def steer_weights(cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array]) -> jax.Array:
-  """λ `[B, T]` (float32, no gradient) from the batch's current ℓ and the scope statistics."""
+  """λ `[B, T]` (float32, no gradient) from the batch's current ℓ and the scope statistics
+  (`{"m_min", "m_max"}`, `[B]` each)."""
+  old_entropy = batch.require("old_entropy", "steer")
+  chex.assert_rank([batch.logp, stats["m_min"]], [2, 1])
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask, old_entropy])
+  chex.assert_equal_shape([stats["m_min"], stats["m_max"]])
+  chex.assert_equal_shape_prefix([batch.logp, stats["m_min"]], 1)
   c = cfg.steer
   # Every row of a scope holds the same statistics; rows are sliced per micro-batch.
   m_min, m_max = stats["m_min"][:, None], stats["m_max"][:, None]
@@ -160,14 +201,14 @@ def steer_weights(cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array
 def steer(
     cfg: LossConfig, batch: TokenBatch, stats: dict[str, jax.Array], state: None
 ) -> SurrogateOutput:
-  """STEER surrogate (module docstring): `λ · Lᵖᵖᵒ`; picks nothing."""
+  """STEER surrogate (module docstring): `λ · Lᵖᵖᵒ` over the `[B, T]` batch fields; picks
+  nothing."""
   del state
+  chex.assert_rank(batch.logp, 2)
+  chex.assert_equal_shape([batch.logp, batch.old_logp, batch.advantages, batch.mask])
   terms = ppo_terms_from_config(cfg, batch)
-  return SurrogateOutput(
-      per_token_loss=steer_weights(cfg, batch, stats) * terms.loss,
-      loss_mask=batch.mask,
-      selected=jnp.zeros(batch.mask.shape, bool),
-      clipped=terms.clipped,
+  return SurrogateOutput.unpicked(
+      steer_weights(cfg, batch, stats) * terms.loss, batch.mask, terms.clipped
   )
 
 

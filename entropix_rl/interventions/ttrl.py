@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import numpy as np
 
 from entropix_rl.checks import check_bool, check_choice, check_number
@@ -57,8 +58,18 @@ def pseudo_label_rewards(vote_keys: list, reward_keys: list, group_ids: np.ndarr
   The winner is the most common vote key (`rollout_ops.majority_labels`); the label is the
   reward key of the group's first response with the winning vote key. A group in which no
   response has an answer gets reward 0 everywhere; a response without a reward key gets 0.
+
+  Args:
+    vote_keys: `N` answer keys the vote counts (None: no answer).
+    reward_keys: `N` answer keys compared with the label.
+    group_ids: `[N]` the responses' prompt groups.
+
+  Returns:
+    `[N]` float32 rewards.
   """
   group_ids = np.asarray(group_ids)
+  chex.assert_shape(group_ids, (len(vote_keys),))
+  chex.assert_equal(len(vote_keys), len(reward_keys))
   winners = majority_labels(vote_keys, group_ids)
   rewards = np.zeros(len(vote_keys), np.float32)
   for group, winner in winners.items():

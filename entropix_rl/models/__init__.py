@@ -1,8 +1,9 @@
 """The policy: one decoder for every model family (`models.families`: Qwen2, Llama, Qwen3,
 Mistral), its config, pure forward functions, KV cache and Hugging Face conversion."""
 
+from entropix_rl.models.architecture import Architecture, RopeScaling
 from entropix_rl.models.attention import ATTENTION_IMPLS
-from entropix_rl.models.config import ModelConfig, RopeScaling, tiny_config
+from entropix_rl.models.config import ModelConfig, tiny_config
 from entropix_rl.models.decoder import (
     KVCache,
     forward,
@@ -16,6 +17,7 @@ from entropix_rl.models.decoder import (
 
 __all__ = [
     "ATTENTION_IMPLS",
+    "Architecture",
     "KVCache",
     "ModelConfig",
     "RopeScaling",

@@ -8,84 +8,42 @@ import math
 import jax.numpy as jnp
 
 from entropix_rl.models import families
+from entropix_rl.models.architecture import SIZE_FIELDS, Architecture, RopeScaling
 from entropix_rl.models.attention import ATTENTION_IMPLS
+
+__all__ = [  # RopeScaling: ModelConfig's inherited annotations name it
+    "SUPPORTED_DTYPES",
+    "SUPPORTED_ROPE_TYPES",
+    "ModelConfig",
+    "RopeScaling",
+    "rope_inverse_frequencies",
+    "tiny_config",
+]
 
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
-class RopeScaling:
-  """RoPE frequency scaling (Hugging Face `rope_scaling` / `rope_parameters`).
-
-  `rope_type` "linear" divides every inverse frequency by `factor`; "llama3" applies
-  Llama-3.1's wavelength-dependent interpolation with the other fields.
-  """
-
-  rope_type: str = "default"
-  factor: float = 1.0
-  low_freq_factor: float = 1.0
-  high_freq_factor: float = 4.0
-  original_max_position_embeddings: int = 8192
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Decoder hyperparameters; frozen and hashable so jitted functions take it as static.
+class ModelConfig(Architecture):
+  """The decoder's config: its `Architecture` and how to run it; frozen and hashable so jitted
+  functions take it as static.
 
   The decoder flags `qkv_bias`, `qk_norm` and `sliding_window` switch the generic decoder's
   features; left None, each takes its value from the model family (`models.families`), and a
   value the family's checkpoints cannot hold is a ValueError.
 
   Attributes:
-    model_type: the model family, a key of `models.families` ("qwen2", "llama", "qwen3",
-      "mistral"): the decoder flags' defaults, the Hugging Face conversion and the partition
-      rules of its params.
-    vocab_size: V, rows of the embedding.
-    hidden_size: D.
-    num_layers: L.
-    num_heads: H, query heads.
-    num_kv_heads: K, key/value heads (H % K == 0; K < H is grouped-query attention).
-    head_dim: Dh.
-    intermediate_size: F, SwiGLU hidden size.
-    rope_theta: RoPE base.
-    rope_scaling: optional frequency scaling.
-    rms_norm_eps: RMSNorm epsilon.
-    qkv_bias: whether q/k/v projections have a bias (Qwen2: yes, Llama, Qwen3, Mistral: no).
-    qk_norm: whether an RMSNorm over Dh normalises each query and key head before RoPE
-      (Qwen3: yes).
-    sliding_window: W, query t attends to keys s with t - W < s <= t; None: every earlier key
-      (Mistral checkpoints choose).
-    tie_embeddings: whether the unembedding is the transposed embedding.
-    max_position_embeddings: context length the model was trained for.
     param_dtype: storage dtype of the params ("float32" or "bfloat16").
     compute_dtype: dtype of activations and matmul inputs; softmax and norms run in float32.
-    bos_token_id, eos_token_id: carried through to the saved `config.json`.
     attention_impl: `models.attention.ATTENTION_IMPLS`: "auto" (splash on TPU, cuDNN on GPU,
       dense on CPU), "dense", "blockwise" (flash-style, pure JAX), "splash" or "cudnn".
     attention_block_q, attention_block_k: query/key tile sizes of "blockwise" and "splash".
+    (The architecture's fields: `Architecture`.)
   """
 
-  vocab_size: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  intermediate_size: int
-  model_type: str = "qwen2"
-  rope_theta: float = 10000.0
-  rope_scaling: RopeScaling | None = None
-  rms_norm_eps: float = 1e-6
-  qkv_bias: bool | None = None
-  qk_norm: bool | None = None
-  sliding_window: int | None = None
-  tie_embeddings: bool = False
-  max_position_embeddings: int = 32768
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
-  bos_token_id: int | None = None
-  eos_token_id: int | None = None
   attention_impl: str = "auto"
   attention_block_q: int = 512
   attention_block_k: int = 512
@@ -111,15 +69,7 @@ class ModelConfig:
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in SUPPORTED_DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {SUPPORTED_DTYPES}")
-    for name in (
-        "vocab_size",
-        "hidden_size",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "head_dim",
-        "intermediate_size",
-    ):
+    for name in SIZE_FIELDS:
       if getattr(self, name) <= 0:
         raise ValueError(f"{name}={getattr(self, name)} must be positive")
     if self.num_heads % self.num_kv_heads:

@@ -25,7 +25,8 @@ from safetensors import safe_open
 
 from entropix_rl import param_shapes, paths
 from entropix_rl.models import families, hf_layout
-from entropix_rl.models.config import ModelConfig, RopeScaling
+from entropix_rl.models.architecture import RopeScaling
+from entropix_rl.models.config import ModelConfig
 from entropix_rl.models.decoder import init_params
 from entropix_rl.models.families.base import CheckpointError, top_tensors
 from entropix_rl.models.hf_layout import Tensor

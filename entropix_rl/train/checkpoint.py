@@ -15,6 +15,7 @@ runtime has one, and an all-gather of the hosts' flags otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from typing import Any
@@ -27,10 +28,24 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from entropix_rl import param_shapes
+from entropix_rl.checks import check_int
 
 # The exit code of a run that stopped after saving because it was preempted (sysexits'
 # EX_TEMPFAIL: "try again later"). launch/sweep.py and launch/run.sh resume such runs.
 PREEMPTED_EXIT_CODE = 75
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """`config.checkpoint`: save_every (RL steps between saves; also at the end and on
+  preemption) and keep (the last K checkpoints)."""
+
+  save_every: int = 100
+  keep: int = 2
+
+  def __post_init__(self):
+    check_int("checkpoint.save_every", self.save_every)
+    check_int("checkpoint.keep", self.keep)
 
 
 class CheckpointError(RuntimeError):

@@ -1,36 +1,38 @@
-"""The typed experiment config: what a config file's `ConfigDict` must hold, checked once.
+"""The typed experiment config, and what a run derives from it with its tokenizer.
 
-`ExperimentConfig.from_config_dict(config)` is the binary's edge: it rejects unknown keys
-(listing the known ones), requires every key the code reads (so every field of every shipped
-config can be set from the command line), checks each value's type and range, and returns
-frozen dataclasses. Past it no code reads a `ConfigDict`. Cross-section checks (context length,
-divisibility of batches over the mesh) follow in `experiment.resolve`.
+`ExperimentConfig` holds one frozen dataclass per config section. Sections whose consumer
+lives elsewhere are defined beside it (`data.DataConfig`, `sampling.SamplerConfig`,
+`interventions.LossConfig`, `train.optim.OptimizerConfig`,
+`train.checkpoint.CheckpointConfig`, `train.metrics.LoggingConfig`, `sharding.MeshConfig`,
+`sharding.DistributedConfig`); the sections only the trainer reads are here. Every dataclass
+validates its own fields, naming the field and the allowed values. A config file's
+`ConfigDict` becomes an `ExperimentConfig` at the binary's edge (`train.config_dict`); past it
+no code reads a `ConfigDict`.
 
-Config files build their sections with `section(...)` from these dataclasses, so a new field
-reaches every shipped config at once:
-
-    config.checkpoint = section(CheckpointConfig(save_every=100, keep=2))
+`resolve(config)` then makes the `Experiment`: the tokenizer and task, the model config (from
+the architecture or a checkpoint's config.json) and the sections that depend on several
+others (the sampler's stop and pad ids, the loss's micro-batch and length constants), with the
+checks that need them. `check_layout(exp, mesh)` makes the checks that need the devices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 import dataclasses
-import numbers
-import types
-import typing
 from typing import Any
 
-import ml_collections
-from ml_collections import config_dict
+import jax
+from jax.sharding import Mesh
 
-from entropix_rl import advantages, data, interventions, sampling, tasks
-from entropix_rl.checks import check_bool, check_choice, check_int, check_number
-from entropix_rl.models import ModelConfig, families
+from entropix_rl import advantages, data, interventions, sampling, sharding, tasks
+from entropix_rl.checks import check_bool, check_choice, check_int
+from entropix_rl.models import ModelConfig, hf
+from entropix_rl.models.architecture import SIZE_FIELDS
 from entropix_rl.models.attention import ATTENTION_IMPLS
-from entropix_rl.train.evaluation import EvalConfig
+from entropix_rl.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
+from entropix_rl.train.checkpoint import CheckpointConfig
+from entropix_rl.train.metrics import LoggingConfig
 from entropix_rl.train.optim import OptimizerConfig
-from entropix_rl.train.wandb_sink import WandbConfig
 
 MODEL_INITS = ("random", "checkpoint")
 TOKENIZER_KINDS = ("char", "hf")
@@ -77,7 +79,8 @@ class ModelSection:
       run the model (also applied to a checkpoint).
     architecture: the other `ModelConfig` fields given in the section (the model family
       `model_type`, its decoder flags `qkv_bias`, `qk_norm`, `sliding_window`, the sizes);
-      a decoder flag left out takes the family's value.
+      a decoder flag left out takes the family's value. Only the fields that differ from
+      `ModelConfig`'s defaults are kept, so a config says the same thing however it is written.
   """
 
   init: str = "random"
@@ -90,6 +93,17 @@ class ModelSection:
   architecture: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(ModelConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    given = {
+        key: value
+        for key, value in sorted(self.architecture.items())
+        if value is not None and (key not in defaults or value != defaults[key])
+    }
+    object.__setattr__(self, "architecture", given)
     check_choice("model.init", self.init, MODEL_INITS)
     if self.init == "checkpoint" and not self.checkpoint:
       raise ValueError(
@@ -113,7 +127,17 @@ class ModelSection:
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-  """The supervised warm start (`steps` 0 = none)."""
+  """`config.sft`: the supervised warm start (`steps` 0 = none; `train.sft`).
+
+  Attributes:
+    steps: optimizer steps of next-token cross-entropy on the task's demonstrations.
+    batch_size: demonstrations per step.
+    log_every: steps between logged lines (`workdir/sft_logs/metrics.jsonl`).
+    shared_dir: where the warm start is saved and looked for ("" = the run's workdir), so
+      several runs can share one.
+    micro_batch_size: sequences per data shard per forward/backward (0 = the whole batch).
+    optimizer: its own optimizer section.
+  """
 
   steps: int = 0
   batch_size: int = 256
@@ -128,10 +152,54 @@ class SFTConfig:
     check_int("sft.log_every", self.log_every)
     check_int("sft.micro_batch_size", self.micro_batch_size, 0, " (0 = no splitting)")
 
+  def check_shards(self, shards: int) -> None:
+    """Raises ValueError unless the batch and its micro-batches split evenly over `shards`."""
+    if self.batch_size % shards:
+      raise ValueError(
+          f"sft.batch_size={self.batch_size} must divide by the mesh's data x fsdp = {shards}"
+      )
+    per_shard = self.batch_size // shards
+    if self.micro_batch_size and per_shard % self.micro_batch_size:
+      raise ValueError(
+          f"sft.micro_batch_size={self.micro_batch_size} must divide the {per_shard} "
+          f"sequences per data shard of sft.batch_size={self.batch_size}"
+      )
+
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  """`config.rl`: the RL loop (the update's own fields become `rl_step.RLUpdateConfig`)."""
+  """`config.rl`: the RL loop and the static settings of its update (`train.update`).
+
+  Attributes:
+    steps: RL steps (one rollout and its optimizer updates each).
+    prompts_per_step: G, prompts per step; the rollout holds G × group_size responses.
+    group_size: responses per prompt.
+    ppo_epochs: passes over the rollout batch.
+    num_minibatches: optimizer updates per epoch; rows are shuffled each epoch.
+    advantage: the estimator, one of `advantages.ESTIMATORS`.
+    dynamic_sampling: keep sampling until G groups have rewards that are not all equal (DAPO).
+    max_gen_batches: sampling rounds per step at most, with dynamic sampling.
+    use_reference: keep a frozen copy of the starting policy (KL to it is logged, and is a
+      loss with `loss.kl_ref.coef > 0`).
+    measure_dynamics: measure the predicted and actual entropy change of every update (two
+      no-grad forwards per row chunk).
+    token_chunk: tokens per chunk of the log-prob and entropy computation.
+    remat: rematerialise decoder layers in the backward pass.
+    micro_batch_size: sequences per data shard per forward/backward (verl's
+      `ppo_micro_batch_size_per_gpu`); 0 = the whole mini-batch at once.
+    logprob_micro_batch_size: sequences per data shard per chunk of the no-grad passes (verl's
+      `log_prob_micro_batch_size_per_gpu`); 0 = all rows at once.
+    feature_chunk: tokens per chunk when an intervention's logit features need full logits.
+    completion_buckets: widths the update compiles for: the budget and its halves (1 = always
+      the full `sampler.max_new_tokens`).
+    old_logp_from_rollout: take the old log-probs and entropies from the sampler instead of a
+      forward pass; exact only for on-policy rollouts at the training temperature (they differ
+      by float round-off; docs/performance.md).
+    max_skipped_updates: stop after this many non-finite (skipped) updates in a row.
+    step_delimiter: the string that ends a step of a response (EMPG, EPO), one token; "" = one
+      step per response.
+    cluster_by: how answers are clustered (SEED-GRPO, EMPO): `tasks.ANSWER_KEY_MODES`.
+  """
 
   steps: int = 300
   prompts_per_step: int = 32
@@ -167,6 +235,8 @@ class RLConfig:
         "max_skipped_updates",
     ):
       check_int(f"rl.{name}", getattr(self, name))
+    for name in ("micro_batch_size", "logprob_micro_batch_size"):
+      check_int(f"rl.{name}", getattr(self, name), 0, " (0 = no splitting)")
     check_int(
         "rl.completion_buckets",
         self.completion_buckets,
@@ -175,292 +245,279 @@ class RLConfig:
     )
     check_choice("rl.advantage", self.advantage, tuple(advantages.ESTIMATORS))
     check_choice("rl.cluster_by", self.cluster_by, tasks.ANSWER_KEY_MODES)
+    if self.advantage in ("grpo", "rloo") and self.group_size == 1:
+      raise ValueError(
+          f"rl.group_size=1 with rl.advantage={self.advantage!r}: group statistics need at "
+          "least 2 samples per prompt; allowed: rl.group_size >= 2"
+      )
+    if self.batch_size % self.num_minibatches:
+      raise ValueError(
+          f"rl.num_minibatches={self.num_minibatches} must divide the batch of "
+          f"{self.batch_size} responses (rl.prompts_per_step x rl.group_size)"
+      )
+    for name in ("dynamic_sampling", "use_reference", "measure_dynamics", "remat"):
+      check_bool(f"rl.{name}", getattr(self, name))
+
+  @property
+  def batch_size(self) -> int:
+    """Responses per step: `prompts_per_step × group_size`."""
+    return self.prompts_per_step * self.group_size
+
+  @property
+  def minibatch_size(self) -> int:
+    """Responses per optimizer update."""
+    return self.batch_size // self.num_minibatches
+
+  @property
+  def updates_per_step(self) -> int:
+    """Optimizer updates per RL step: `ppo_epochs × num_minibatches`."""
+    return self.ppo_epochs * self.num_minibatches
+
+  def check_shards(self, shards: int) -> None:
+    """Raises ValueError unless the mini-batch and its micro-batches and no-grad chunks split
+    evenly over `shards` (the mesh's data x fsdp)."""
+    rows = self.minibatch_size
+    if rows % shards:
+      raise ValueError(
+          f"the mini-batch of {rows} responses (rl.prompts_per_step x rl.group_size "
+          f"/ rl.num_minibatches) must divide by the mesh's data x fsdp = {shards}"
+      )
+    for name in ("micro_batch_size", "logprob_micro_batch_size"):
+      size = getattr(self, name)
+      if size and (rows // shards) % size:
+        raise ValueError(
+            f"rl.{name}={size} must divide the {rows // shards} responses per data "
+            f"shard of a mini-batch ({rows} over {shards} shards)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-  """save_every: RL steps between saves (and at the end, and on preemption); keep: the last K."""
-
-  save_every: int = 100
-  keep: int = 2
-
-  def __post_init__(self):
-    check_int("checkpoint.save_every", self.save_every)
-    check_int("checkpoint.keep", self.keep)
-
-
-@dataclasses.dataclass(frozen=True)
-class LoggingConfig:
-  """Where metrics go besides `metrics.jsonl` (`train.metrics`).
+class EvalConfig:
+  """`config.eval`: greedy and sampled accuracy on held-out prompts (`train.evaluation`).
 
   Attributes:
-    console_every: RL steps between console lines.
-    tensorboard: also write TensorBoard event files (`workdir/tensorboard/`).
-    samples_every: RL steps between tables of sample completions with their rewards
-      (`workdir/tables/samples.jsonl`, TensorBoard text, a W&B table); 0 = never.
-    num_samples: rows per table (the first rollout rows of the step, whole groups first).
-    wandb: the Weights & Biases sink (`train.wandb_sink.WandbConfig`).
+    every: RL steps between evaluations (0 = only at the end).
+    num_prompts: held-out prompts.
+    num_samples: samples per prompt, for sampled accuracy and pass@k.
+    pass_k: the k values of pass@k.
   """
 
-  console_every: int = 25
-  tensorboard: bool = True
-  samples_every: int = 25
+  every: int = 25
+  num_prompts: int = 128
   num_samples: int = 8
-  wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+  pass_k: tuple[int, ...] = (1, 4, 8)
 
   def __post_init__(self):
-    check_int("logging.console_every", self.console_every)
-    check_int("logging.samples_every", self.samples_every, minimum=0, note=" (0 = never)")
-    check_int("logging.num_samples", self.num_samples)
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-  """Device mesh sizes over (data, fsdp, tensor); one may be -1 ("the rest")."""
-
-  data: int = -1
-  fsdp: int = 1
-  tensor: int = 1
-
-  def __post_init__(self):
-    for name in ("data", "fsdp", "tensor"):
-      if getattr(self, name) == 0 or getattr(self, name) < -1:
-        raise ValueError(
-            f"mesh.{name}={getattr(self, name)}; allowed: an int >= 1, or -1 (the "
-            "rest of the devices)"
-        )
-    if [self.data, self.fsdp, self.tensor].count(-1) > 1:
+    for name, value, minimum in (
+        ("every", self.every, 0),
+        ("num_prompts", self.num_prompts, 1),
+        ("num_samples", self.num_samples, 1),
+    ):
+      if value < minimum:
+        raise ValueError(f"eval.{name}={value}; allowed: an int >= {minimum}")
+    bad = [k for k in self.pass_k if not 1 <= k <= self.num_samples]
+    if bad:
       raise ValueError(
-          f"mesh: at most one of data, fsdp, tensor may be -1; got data={self.data}, "
-          f"fsdp={self.fsdp}, tensor={self.tensor}"
+          f"eval.pass_k={self.pass_k}: each k must be in [1, eval.num_samples="
+          f"{self.num_samples}]"
       )
-
-  def as_dict(self) -> dict[str, int]:
-    return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class DistributedConfig:
-  """`jax.distributed.initialize` arguments; unset ("", 0, -1) ones are discovered by JAX (TPU)."""
-
-  enabled: bool = False
-  coordinator_address: str = ""
-  num_processes: int = 0
-  process_id: int = -1
-
-  def __post_init__(self):
-    check_int("distributed.num_processes", self.num_processes, 0, " (0 = discovered)")
-    check_int("distributed.process_id", self.process_id, -1, " (-1 = discovered)")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-  """Every section of an experiment config, typed and validated."""
+  """Every section of an experiment, typed and validated; the defaults are the dataclasses'."""
 
-  seed: int
-  method: str
-  task: TaskConfig
-  tokenizer: TokenizerConfig
-  data: data.DataConfig
-  model: ModelSection
+  seed: int = 0
+  method: str = ""  # the label in tables and plots; "" = derived from the loss (`method_name`)
+  task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+  tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+  data: data.DataConfig = dataclasses.field(default_factory=data.DataConfig)
+  model: ModelSection = dataclasses.field(default_factory=ModelSection)
+  sampler: sampling.SamplerConfig = dataclasses.field(default_factory=sampling.SamplerConfig)
+  sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+  rl: RLConfig = dataclasses.field(default_factory=RLConfig)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  loss: interventions.LossConfig = dataclasses.field(default_factory=interventions.LossConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+  mesh: sharding.MeshConfig = dataclasses.field(default_factory=sharding.MeshConfig)
+  distributed: sharding.DistributedConfig = dataclasses.field(
+      default_factory=sharding.DistributedConfig
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A typed config resolved against its tokenizer and model: everything a run needs but the
+  devices.
+
+  Attributes:
+    config: the typed config.
+    tokenizer: the tokenizer of `config.tokenizer`.
+    task: the task of `config.task` (prompts, demonstrations, the verifier).
+    model: the model config: `config.model`'s architecture, or a checkpoint's config.json.
+    sampler: `config.sampler` with the tokenizer's stop and pad ids and the prompt bucket.
+    loss: `config.loss` with the constants other sections decide (the micro-batch of
+      `selection_scope='microbatch'`, the length of `seq-mean-token-sum-norm` when completions
+      are trimmed).
+    step_delimiter_id: the token id of `rl.step_delimiter`, or −1 (none).
+  """
+
+  config: ExperimentConfig
+  tokenizer: Tokenizer
+  task: tasks.Task
+  model: ModelConfig
   sampler: sampling.SamplerConfig
-  sft: SFTConfig
-  rl: RLConfig
-  optimizer: OptimizerConfig
-  loss: Any  # interventions.LossConfig
-  eval: EvalConfig
-  checkpoint: CheckpointConfig
-  logging: LoggingConfig
-  mesh: MeshConfig
-  distributed: DistributedConfig
-  source: str = dataclasses.field(default="{}", compare=False)  # the config as JSON
-
-  @classmethod
-  def from_config_dict(cls, config: ml_collections.ConfigDict) -> ExperimentConfig:
-    """Validates `config` (module docstring); errors name the field and the allowed values."""
-    values = _as_dict(config, "config")
-    _check_keys("", values, _SECTIONS, required=_SECTIONS)
-    _check_type("seed", values["seed"], int)
-    _check_type("method", values["method"], str)
-    sections = {name: build(values[name]) for name, build in _BUILDERS.items()}
-    return cls(
-        seed=values["seed"],
-        method=values["method"],
-        **sections,
-        source=config.to_json_best_effort() if hasattr(config, "to_json_best_effort") else "{}",
-    )
+  loss: interventions.LossConfig
+  step_delimiter_id: int = -1
 
 
-def section(value: Any) -> ml_collections.ConfigDict:
-  """A config-file section with every field of the dataclass `value`; fields that may be None
-  become typed placeholders, so the command line can still set them."""
-  out = ml_collections.ConfigDict()
-  hints = typing.get_type_hints(type(value))
-  for field in dataclasses.fields(value):
-    item = getattr(value, field.name)
-    if dataclasses.is_dataclass(item):
-      out[field.name] = section(item)
-    elif item is None:
-      out[field.name] = config_dict.placeholder(_base_type(hints[field.name]))
-    else:
-      out[field.name] = dict(item) if isinstance(item, Mapping) else item
-  return out
+def make_task(config: ExperimentConfig) -> tasks.Task:
+  """The task of `config.task`."""
+  return tasks.get_task(config.task.name, **config.task.kwargs)
 
 
-def _as_dict(value: Any, path: str) -> dict[str, Any]:
-  if isinstance(value, ml_collections.ConfigDict):
-    return value.to_dict()
-  if isinstance(value, Mapping):
-    return dict(value)
-  raise ValueError(f"{path or 'config'} must be a section (ConfigDict), got {value!r}")
+def make_tokenizer(config: ExperimentConfig) -> Tokenizer:
+  """The tokenizer of `config.tokenizer` (a character tokenizer over the task's alphabet, or a
+  Hugging Face tokenizer directory)."""
+  if config.tokenizer.kind == "char":
+    return CharTokenizer(make_task(config).alphabet)
+  return HFTokenizer(config.tokenizer.path)
 
 
-def _check_keys(
-    path: str, values: Mapping[str, Any], known: tuple[str, ...], required: tuple[str, ...]
-) -> None:
-  prefix = f"{path}." if path else ""
-  unknown = sorted(set(values) - set(known))
-  if unknown:
-    raise ValueError(
-        f"unknown key(s) {[prefix + k for k in unknown]}; known keys of "
-        f"{path or 'the config'}: {sorted(known)}"
-    )
-  missing = [k for k in required if k not in values]
+def model_config(model: ModelSection, vocab_size: int | None = None) -> ModelConfig:
+  """The `ModelConfig` of `config.model`: a checkpoint's config.json, or the given architecture
+  (with `vocab_size`, the character tokenizer's, filled in).
+
+  Raises:
+    ValueError: naming the missing architecture fields of `init="random"`.
+  """
+  if model.init == "checkpoint":
+    return hf.read_config(
+        model.checkpoint, param_dtype=model.param_dtype, compute_dtype=model.compute_dtype
+    ).replace(**model.runtime)
+  values = {
+      **model.architecture,
+      "param_dtype": model.param_dtype,
+      "compute_dtype": model.compute_dtype,
+      **model.runtime,
+  }
+  if vocab_size is not None:
+    values["vocab_size"] = vocab_size
+  missing = [k for k in SIZE_FIELDS if k not in values]
   if missing:
     raise ValueError(
-        f"the config lacks {[prefix + k for k in missing]}; every config must "
-        f"define them (build sections with entropix_rl.train.config.section)"
+        f"model.init='random' needs the architecture: {['model.' + k for k in missing]}"
     )
+  return ModelConfig(**values)
 
 
-def _base_type(hint: Any) -> type:
-  """`int` for `int | None`, and so on."""
-  args = [a for a in typing.get_args(hint) if a is not type(None)]
-  return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+def step_delimiter_id(tokenizer: Tokenizer, delimiter: str) -> int:
+  """The token id of `rl.step_delimiter`, or −1 for "" (no delimiter: one step per response).
+
+  Raises:
+    ValueError: naming the field, unless the tokenizer encodes `delimiter` as one token.
+  """
+  if not delimiter:
+    return -1
+  try:
+    ids = tokenizer.encode(delimiter)
+  except ValueError as err:
+    raise ValueError(f"rl.step_delimiter={delimiter!r} cannot be encoded: {err}") from None
+  if len(ids) != 1:
+    raise ValueError(
+        f"rl.step_delimiter={delimiter!r} encodes to {len(ids)} tokens {ids}; "
+        "allowed: a string the tokenizer encodes as exactly one token, or '' (none)"
+    )
+  return int(ids[0])
 
 
-def _check_type(path: str, value: Any, hint: Any) -> None:
-  """Raises ValueError naming `path` unless `value` has the annotated type."""
-  optional = type(None) in typing.get_args(hint)
-  if value is None:
-    if optional:
-      return
-    raise ValueError(f"{path}=None; allowed: a value of type {_type_name(hint)}")
-  base = _base_type(hint)
-  origin = typing.get_origin(base)
-  if base is bool:
-    check_bool(path, value)
-  elif base is int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-      raise ValueError(f"{path}={value!r}; allowed: an int")
-  elif base is float:
-    check_number(path, value, allowed="a number")
-  elif base is str:
-    if not isinstance(value, str):
-      raise ValueError(f"{path}={value!r}; allowed: a string")
-  elif origin is tuple:
-    if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-      raise ValueError(f"{path}={value!r}; allowed: a tuple of ints")
-  elif origin in (Mapping, dict) or base is Mapping:
-    if not isinstance(value, Mapping):
-      raise ValueError(f"{path}={value!r}; allowed: a mapping")
+def resolve(
+    config: ExperimentConfig,
+    *,
+    tokenizer: Tokenizer | None = None,
+    model: ModelConfig | None = None,
+) -> Experiment:
+  """Resolves what depends on several sections and on the tokenizer, with its checks.
 
+  Args:
+    config: the typed config.
+    tokenizer: the tokenizer (default: made from `config.tokenizer`).
+    model: the model config, instead of the one `config.model` describes (e.g. a known
+      architecture, for compiling without a checkpoint).
 
-def _type_name(hint: Any) -> str:
-  return getattr(_base_type(hint), "__name__", str(hint))
-
-
-def _typed(cls: type, path: str, value: Any, **nested: Callable[[Any], Any]) -> Any:
-  """`cls(**section)` after checking keys (all required) and types (the dataclass checks the
-  ranges); `nested` builds sub-sections by field name."""
-  values = _as_dict(value, path)
-  fields = tuple(f.name for f in dataclasses.fields(cls))
-  _check_keys(path, values, fields, required=fields)
-  hints = typing.get_type_hints(cls)
-  kwargs = {}
-  for name, item in values.items():
-    if name in nested:
-      kwargs[name] = nested[name](item)
-      continue
-    _check_type(f"{path}.{name}", item, hints[name])
-    kwargs[name] = tuple(item) if typing.get_origin(_base_type(hints[name])) is tuple else item
-  return cls(**kwargs)
-
-
-def _builder(cls: type, path: str, **nested: Callable[[Any], Any]) -> Callable[[Any], Any]:
-  return lambda value: _typed(cls, path, value, **nested)
-
-
-def _optimizer(path: str) -> Any:
-  """Builds an `OptimizerConfig` section; its own errors say "optimizer.", so they are renamed
-  to `path`."""
-
-  def build(value: Any) -> OptimizerConfig:
-    try:
-      return _typed(OptimizerConfig, path, value)
-    except ValueError as err:
+  Raises:
+    ValueError: naming the field(s) and the allowed values.
+  """
+  task = make_task(config)
+  tokenizer = tokenizer or make_tokenizer(config)
+  char_vocab = tokenizer.vocab_size if config.tokenizer.kind == "char" else None
+  model = model or model_config(config.model, char_vocab)
+  sampler = dataclasses.replace(
+      config.sampler,
+      stop_ids=config.sampler.stop_ids or tokenizer.stop_ids,
+      pad_id=tokenizer.pad_id,
+      min_prompt_bucket=config.data.max_prompt_len,
+  )
+  loss = config.loss
+  if loss.selection_scope == "microbatch" and loss.microbatch_size is None:
+    if not config.rl.micro_batch_size:
       raise ValueError(
-          str(err).replace("optimizer.", f"{path}.") if path != "optimizer" else str(err)
-      ) from None
-
-  return build
-
-
-def _model(value: Any) -> ModelSection:
-  values = _as_dict(value, "model")
-  own = [f.name for f in dataclasses.fields(ModelSection) if f.name != "architecture"]
-  architecture_fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(own)
-  _check_keys("model", values, tuple(own) + tuple(sorted(architecture_fields)), required=tuple(own))
-  hints = typing.get_type_hints(ModelConfig)
-  architecture = {}
-  for key in sorted(set(values) - set(own)):
-    if key != "rope_scaling":
-      _check_type(f"model.{key}", values[key], hints[key])
-    architecture[key] = values[key]
-  if "model_type" in architecture:
-    check_choice("model.model_type", architecture["model_type"], families.MODEL_TYPES)
-  return _typed(
-      ModelSection,
-      "model",
-      {**{k: values[k] for k in own}, "architecture": architecture},
-      architecture=dict,
+          "loss.selection_scope='microbatch' needs loss.microbatch_size or "
+          "rl.micro_batch_size (sequences per device per micro-batch, as verl)"
+      )
+    loss = dataclasses.replace(loss, microbatch_size=config.rl.micro_batch_size)
+  if config.rl.completion_buckets > 1 and loss.loss_scale_factor is None:
+    loss = dataclasses.replace(loss, loss_scale_factor=sampler.max_new_tokens)
+  if config.rl.old_logp_from_rollout and interventions.changes_temperature(loss):
+    raise ValueError(
+        "rl.old_logp_from_rollout=True needs rollouts sampled at the training "
+        "temperature; an active intervention changes the sampling temperature"
+    )
+  context = config.data.max_prompt_len + sampler.max_new_tokens
+  if context > model.max_position_embeddings:
+    raise ValueError(
+        f"data.max_prompt_len ({config.data.max_prompt_len}) + "
+        f"sampler.max_new_tokens ({sampler.max_new_tokens}) = {context} exceeds the "
+        f"model's context (model.max_position_embeddings={model.max_position_embeddings})"
+    )
+  return Experiment(
+      config=config,
+      tokenizer=tokenizer,
+      task=task,
+      model=model,
+      sampler=sampler,
+      loss=loss,
+      step_delimiter_id=step_delimiter_id(tokenizer, config.rl.step_delimiter),
   )
 
 
-def _sampler(value: Any) -> sampling.SamplerConfig:
-  values = _as_dict(value, "sampler")
-  configured = (
-      "temperature",
-      "top_p",
-      "top_k",
-      "max_new_tokens",
-      "greedy",
-      "max_decode_rows",
-      "decode_segment",
-  )
-  _check_keys("sampler", values, configured, required=configured)
-  hints = typing.get_type_hints(sampling.SamplerConfig)
-  for key, item in values.items():
-    _check_type(f"sampler.{key}", item, hints[key])
-  return sampling.SamplerConfig(**values)
+def check_layout(config: ExperimentConfig, mesh: Mesh) -> None:
+  """The checks that need this job's devices and processes: batches that split over the mesh's
+  data shards and over the hosts. A run makes them before any work.
+
+  Raises:
+    ValueError: naming the field.
+  """
+  shards = sharding.batch_shards(mesh)
+  config.rl.check_shards(shards)
+  config.sft.check_shards(shards)
+  hosts = jax.process_count()
+  for name, rows in (
+      ("rl.prompts_per_step", config.rl.prompts_per_step),
+      ("eval.num_prompts", config.eval.num_prompts),
+      ("sft.batch_size", config.sft.batch_size),
+  ):
+    if rows % hosts:
+      raise ValueError(f"{name}={rows} must divide by the {hosts} processes")
 
 
-_BUILDERS = {
-    "task": _builder(TaskConfig, "task", kwargs=lambda k: _as_dict(k, "task.kwargs")),
-    "tokenizer": _builder(TokenizerConfig, "tokenizer"),
-    "data": _builder(data.DataConfig, "data"),
-    "model": _model,
-    "sampler": _sampler,
-    "sft": _builder(SFTConfig, "sft", optimizer=_optimizer("sft.optimizer")),
-    "rl": _builder(RLConfig, "rl"),
-    "optimizer": _optimizer("optimizer"),
-    "loss": interventions.resolve_loss_config,
-    "eval": _builder(EvalConfig, "eval"),
-    "checkpoint": _builder(CheckpointConfig, "checkpoint"),
-    "logging": _builder(LoggingConfig, "logging", wandb=_builder(WandbConfig, "logging.wandb")),
-    "mesh": _builder(MeshConfig, "mesh"),
-    "distributed": _builder(DistributedConfig, "distributed"),
-}
-_SECTIONS = ("seed", "method", *_BUILDERS)
+def method_name(config: ExperimentConfig) -> str:
+  """`method` if set, else a short label: the loss name, with clip-higher marked."""
+  name = config.loss.name
+  if config.loss.clip_eps_high > config.loss.clip_eps_low and name == "ppo":
+    name = "clip_higher"
+  if name == "ppo":
+    name = "grpo" if config.rl.advantage == "grpo" else config.rl.advantage
+  return config.method or name

@@ -1,8 +1,15 @@
-"""Metric sinks behind one writer: JSONL, TensorBoard, Weights & Biases; console progress.
+"""Metric sinks behind one writer: JSONL, TensorBoard, Weights & Biases (`config.logging`).
 
 Only the primary process writes. Names use `/` groups (`entropy/paper`, `cov/mean`, ...);
 the same names and steps go to every sink, one JSONL object per step (docs/design.md). Tables
 (sample completions with their rewards) go to `tables/{name}.jsonl`, TensorBoard text and W&B tables.
+
+Weights & Biases (`logging.wandb`) runs online or offline. The run id is kept in
+`workdir/wandb_run_id`, so a resumed experiment continues the same W&B run (`resume="allow"`).
+W&B cannot delete history, and it drops steps that are not above the last one it holds; since a
+resume restores the exact state of the checkpoint, the steps it computes again carry the values
+W&B already has, so nothing is lost. Offline runs are written under `{dir}/wandb/offline-run-*`
+and uploaded later with `wandb sync`.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import dataclasses
 import json
 import math
 import os
-import time
+import secrets
+import tempfile
 from typing import Any, Protocol
 
 from absl import logging
@@ -20,7 +28,7 @@ from etils import epath
 import numpy as np
 
 from entropix_rl import paths
-from entropix_rl.train.wandb_sink import WandbConfig, WandbSink
+from entropix_rl.checks import check_bool, check_choice, check_int
 
 
 def _to_float(value: Any) -> float | None:
@@ -154,6 +162,152 @@ def _summary_writer(logdir: str, purge_step: int | None = None):
   return SummaryWriter(logdir, flush_secs=30, purge_step=purge_step)
 
 
+WANDB_MODES = ("online", "offline")
+RUN_ID_FILE = "wandb_run_id"
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+  """`config.logging.wandb`.
+
+  Attributes:
+    enabled: log to Weights & Biases as well (needs `pip install wandb`).
+    mode: "online" (needs a login: `wandb login` or WANDB_API_KEY) or "offline" (no network;
+      upload later with `wandb sync DIR/wandb/offline-run-*`).
+    project: W&B project.
+    entity: W&B team or user ("" = your default entity).
+    name: run name ("" = the workdir's name).
+    group: run group ("" = none), e.g. one sweep.
+    dir: local directory for W&B's files ("" = the workdir, or the system temporary directory
+      when the workdir is on object storage).
+  """
+
+  enabled: bool = False
+  mode: str = "online"
+  project: str = "entropix_rl"
+  entity: str = ""
+  name: str = ""
+  group: str = ""
+  dir: str = ""
+
+  def __post_init__(self):
+    check_choice("logging.wandb.mode", self.mode, WANDB_MODES)
+    if self.enabled and not self.project:
+      raise ValueError(
+          "logging.wandb.project must name a W&B project when " "logging.wandb.enabled=True"
+      )
+
+
+def _import_wandb() -> Any:
+  try:
+    import wandb
+  except ImportError as err:
+    raise ImportError(
+        "logging.wandb.enabled=True needs the wandb package: " "pip install 'entropix_rl[wandb]'"
+    ) from err
+  return wandb
+
+
+class WandbSink:
+  """Logs scalars with `step=` and tables as `wandb.Table`s; the run starts at the first write."""
+
+  def __init__(self, cfg: WandbConfig, workdir: epath.Path, run_config: Mapping[str, Any]):
+    self.cfg = cfg
+    self._wandb = _import_wandb()
+    self._workdir = workdir
+    self._run_config = dict(run_config)
+    self._run = None
+    self._resumed_at: int | None = None
+
+  def _local_dir(self) -> str:
+    if self.cfg.dir:
+      return self.cfg.dir
+    return tempfile.gettempdir() if paths.is_remote(self._workdir) else os.fspath(self._workdir)
+
+  def _run_id(self) -> str:
+    path = self._workdir / RUN_ID_FILE
+    if path.exists():
+      return path.read_text().strip()
+    run_id = secrets.token_hex(6)
+    path.write_text(run_id)
+    return run_id
+
+  def _started(self) -> Any:
+    if self._run is None:
+      directory = self._local_dir()
+      os.makedirs(directory, exist_ok=True)
+      self._run = self._wandb.init(
+          project=self.cfg.project,
+          entity=self.cfg.entity or None,
+          name=self.cfg.name or self._workdir.name,
+          group=self.cfg.group or None,
+          mode=self.cfg.mode,
+          dir=directory,
+          id=self._run_id(),
+          resume="allow",
+          config=self._run_config,
+      )
+      logging.info("W&B run %s (%s) in %s", self._run.id, self.cfg.mode, directory)
+      if self._resumed_at is not None:
+        logging.info(
+            "W&B: resumed at step %d; steps W&B already holds are not sent again", self._resumed_at
+        )
+    return self._run
+
+  def _log(self, step: int, values: Mapping[str, Any]) -> None:
+    run = self._started()
+    if step < run.step:  # W&B holds this step from before the restart (same values)
+      return
+    run.log(dict(values), step=int(step))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    self._log(step, scalars)
+
+  def write_table(self, step: int, name: str, table: Table) -> None:
+    self._log(
+        step,
+        {
+            name: self._wandb.Table(
+                columns=list(table.columns), data=[list(row) for row in table.rows]
+            )
+        },
+    )
+
+  def truncate_after(self, step: int) -> None:
+    self._resumed_at = step
+
+  def close(self) -> None:
+    if self._run is not None:
+      self._run.finish()
+      self._run = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+  """`config.logging`: where metrics go besides `metrics.jsonl`, and how often.
+
+  Attributes:
+    console_every: RL steps between console lines.
+    tensorboard: also write TensorBoard event files (`workdir/tensorboard/`).
+    samples_every: RL steps between tables of sample completions with their rewards
+      (`workdir/tables/samples.jsonl`, TensorBoard text, a W&B table); 0 = never.
+    num_samples: rows per table (the first rollout rows of the step, whole groups first).
+    wandb: the Weights & Biases sink (`WandbConfig`).
+  """
+
+  console_every: int = 25
+  tensorboard: bool = True
+  samples_every: int = 25
+  num_samples: int = 8
+  wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+  def __post_init__(self):
+    check_int("logging.console_every", self.console_every)
+    check_bool("logging.tensorboard", self.tensorboard)
+    check_int("logging.samples_every", self.samples_every, 0, " (0 = never)")
+    check_int("logging.num_samples", self.num_samples)
+
+
 class MetricWriter:
   """Writes every step's scalars (and tables) to each sink: JSONL always, TensorBoard and
   Weights & Biases when enabled.
@@ -207,52 +361,3 @@ class MetricWriter:
   def close(self) -> None:
     for sink in self.sinks:
       sink.close()
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-class Progress:
-  """One INFO log line every `every` steps: step, step time, ETA and a few chosen metrics."""
-
-  def __init__(
-      self,
-      total_steps: int,
-      *,
-      start_step: int = 0,
-      every: int = 10,
-      keys: tuple[str, ...] = (),
-      label: str = "",
-      enabled: bool = True,
-  ):
-    self.total, self.start, self.every, self.keys = total_steps, start_step, max(1, every), keys
-    self.label, self.enabled = label, enabled
-    self._t0 = time.perf_counter()
-
-  def update(self, step: int, metrics: Mapping[str, float]) -> None:
-    """Reports after finishing `step` (1-based count of steps done)."""
-    if not self.enabled or (step % self.every and step != self.total):
-      return
-    done = step - self.start
-    elapsed = time.perf_counter() - self._t0
-    rate = elapsed / max(done, 1)
-    shown = " ".join(
-        f"{k.split('/')[-1] if k.count('/') else k}={metrics[k]:.4g}"
-        for k in self.keys
-        if k in metrics
-    )
-    prefix = f"[{self.label}] " if self.label else ""
-    logging.info(
-        "%sstep %d/%d | %.2fs/step | elapsed %s | ETA %s | %s",
-        prefix,
-        step,
-        self.total,
-        rate,
-        _duration(elapsed),
-        _duration(rate * (self.total - step)),
-        shown,
-    )

@@ -1,12 +1,14 @@
-"""A step's rollout on the host: sample, score, let rollout-side interventions reshape it.
+"""A step's rollout on the host: sample, score, reshape, keep informative groups, assemble.
 
-`Responses` holds scored rows (numpy) grouped by prompt. `collect_step` samples the step's
-prompts (`samples_per_prompt` each, at the temperature rollout interventions choose), scores
-them with the task's verifier, then hands them to every active `rollout` intervention in
-registry order, each of which may sample more (`RolloutContext.sample`: branches from
-prefixes, a second temperature), replace the training rewards (majority votes, cluster
-rewards) or choose rows, and must leave exactly `group_size` rows per prompt. Dynamic sampling
-then keeps informative groups. Model output is only ever decoded and parsed, never executed.
+`collect` samples the step's prompts (`samples_per_prompt` each, at the temperature rollout
+interventions choose) with the `Sampler`, which scores them with the task's verifier; hands them
+to every active `rollout` intervention in registry order (`interventions.reshape`), each of
+which may sample more (`RolloutContext.sample`: branches from prefixes, a second temperature),
+replace the training rewards (majority votes, cluster rewards) or choose rows, and must leave
+exactly `rl.group_size` rows per prompt; then, with dynamic sampling, keeps drawing prompts
+until the step has `rl.prompts_per_step` groups whose rewards differ. `Responses.rl_batch` is
+the update's batch of the kept rows. Model output is only ever decoded and parsed, never
+executed.
 
 Two rewards are kept apart: `rewards`, what the update trains on, and `correct`, the
 verifier's judgement, which the accuracy metrics always report.
@@ -14,14 +16,20 @@ verifier's judgement, which the accuracy metrics always report.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import dataclasses
+import functools
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 import numpy as np
 
-from entropix_rl import interventions, sampling
+from entropix_rl import interventions, sampling, sharding, tasks
+from entropix_rl.models import ModelConfig
+from entropix_rl.tokenizer import Tokenizer
+from entropix_rl.train.config import Experiment
 
 ROW_FIELDS = (
     "prompt_lengths",
@@ -122,6 +130,40 @@ class Responses:
     """The rows reordered so that each prompt's rows are adjacent (stable within a group)."""
     return self.take(np.argsort(self.group_ids, kind="stable"))
 
+  def rl_batch(
+      self, group_size: int, first_group: int = 0, *, sampler_logp: bool = False
+  ) -> dict[str, Any]:
+    """The update's batch of these rows (`train.update`), each block of `group_size` rows one
+    prompt: `tokens [N, P+C]` (prompt and completion side by side), `attention_mask [N, P+C]`,
+    `completion [N, C]`, `completion_mask [N, C]` float32, `rewards [N]`, `group_ids [N]`
+    (`first_group`, the host's first global prompt, onwards), `cluster_ids [N]` and `info`
+    when rollout interventions attached them, and with `sampler_logp` the sampler's
+    log-probs and entropies as `old_logp`, `old_entropy [N, C]`.
+    """
+    width = self.prompt_tokens.shape[1]
+    prompt_mask = np.arange(width)[None, :] >= (width - self.prompt_lengths)[:, None]
+    completion_mask = np.asarray(self.completion_mask, np.float32)
+    batch = {
+        "tokens": np.concatenate([self.prompt_tokens, self.completion_tokens], axis=1).astype(
+            np.int32
+        ),
+        "attention_mask": np.concatenate([prompt_mask, completion_mask > 0], axis=1),
+        "completion": np.asarray(self.completion_tokens, np.int32),
+        "completion_mask": completion_mask,
+        "rewards": np.asarray(self.rewards, np.float32),
+        "group_ids": np.repeat(
+            first_group + np.arange(self.rows // group_size, dtype=np.int32), group_size
+        ),
+    }
+    info = dict(self.info)
+    if "cluster_ids" in info:
+      batch["cluster_ids"] = info.pop("cluster_ids")
+    if info:
+      batch["info"] = info
+    if sampler_logp:
+      batch["old_logp"], batch["old_entropy"] = self.logp, self.entropy
+    return batch
+
 
 @dataclasses.dataclass
 class RolloutContext:
@@ -155,9 +197,17 @@ class RolloutContext:
 
 
 class Sampler:
-  """Samples and scores prompts with the policy (`RolloutContext.sample`, `sample_prompts`)."""
+  """The policy's sampler on the host: samples prompts, decodes the completions and scores them
+  with the task's verifier (`RolloutContext.sample`; evaluation)."""
 
-  def __init__(self, model_cfg, sampler_cfg: sampling.SamplerConfig, task, tokenizer, mesh):
+  def __init__(
+      self,
+      model_cfg: ModelConfig,
+      sampler_cfg: sampling.SamplerConfig,
+      task: tasks.Task,
+      tokenizer: Tokenizer,
+      mesh: Mesh | None = None,
+  ):
     self.model_cfg, self.sampler_cfg, self.task, self.tokenizer = (
         model_cfg,
         sampler_cfg,
@@ -166,9 +216,17 @@ class Sampler:
     )
     self.mesh = mesh
 
+  @classmethod
+  def for_training(cls, exp: Experiment, mesh: Mesh | None = None) -> Sampler:
+    """The rollout sampler of `exp`, with the per-token temperature rule of an active
+    intervention (which reads that intervention's state, `collect`'s `rule_state`)."""
+    rule, _ = interventions.temperature_rule(exp.loss)
+    sampler_cfg = dataclasses.replace(exp.sampler, temperature_rule=rule)
+    return cls(exp.model, sampler_cfg, exp.task, exp.tokenizer, mesh)
+
   def __call__(
       self,
-      params,
+      params: Any,
       prompt_tokens: np.ndarray,
       prompt_lengths: np.ndarray,
       examples: Sequence,
@@ -178,8 +236,15 @@ class Sampler:
       temperature: Any = None,
       rule_state: Any = None,
       prefix_lengths: np.ndarray | None = None,
+      greedy: bool | None = None,
   ) -> Responses:
-    cfg = dataclasses.replace(self.sampler_cfg, num_samples=num_samples)
+    """`num_samples` scored rows per prompt (`RolloutContext.sample`); `greedy` overrides
+    `sampler.greedy` for this call."""
+    cfg = dataclasses.replace(
+        self.sampler_cfg,
+        num_samples=num_samples,
+        greedy=self.sampler_cfg.greedy if greedy is None else greedy,
+    )
     rollout = jax.device_get(
         sampling.sample(
             self.model_cfg,
@@ -202,12 +267,12 @@ class Sampler:
         num_samples,
     )
     prefixes = np.repeat(prompt_tokens, num_samples, axis=0)
-    texts = [
-        self.tokenizer.decode(np.concatenate([prefix[width - n :], row]))
+    texts = self.decode(
+        np.concatenate([prefix[width - n :], row])
         for prefix, n, row in zip(prefixes, prefix_lengths, np.asarray(rollout.completion_tokens))
-    ]
+    )
     row_examples = [ex for ex in examples for _ in range(num_samples)]
-    scores = np.asarray([self.task.verify(ex, t) for ex, t in zip(row_examples, texts)], np.float32)
+    scores = self.score(row_examples, texts)
     return Responses(
         prompt_tokens=np.asarray(rollout.prompt_tokens, np.int32),
         prompt_lengths=np.asarray(rollout.prompt_lengths, np.int32),
@@ -224,75 +289,215 @@ class Sampler:
         prefix_lengths=prefix_lengths,
     )
 
+  def decode(self, rows: Iterable[Sequence[int]]) -> list[str]:
+    """The text of each row of token ids."""
+    return [self.tokenizer.decode(row) for row in rows]
+
+  def score(self, examples: Sequence[tasks.Example], texts: Sequence[str]) -> np.ndarray:
+    """`[N]` float32 rewards: the task's verifier on each (example, response text)."""
+    return np.asarray([self.task.verify(ex, t) for ex, t in zip(examples, texts)], np.float32)
+
   def answer_keys(self, responses: Responses, mode: str) -> list:
+    """Each row's final-answer key (`Task.answer_key`; parsed, never executed)."""
     return [self.task.answer_key(ex, t, mode) for ex, t in zip(responses.examples, responses.texts)]
 
 
-def rollout_interventions(loss_cfg) -> tuple[interventions.Intervention, ...]:
-  """The active interventions with a rollout side, in registry order."""
-  return tuple(
-      e
-      for e in interventions.compose.active(loss_cfg)
-      if e.rollout is not None
-      or e.samples_per_prompt is not None
-      or e.sampling_temperature is not None
-      or e.temperature_rule is not None
+def collect(
+    exp: Experiment,
+    sampler: Sampler,
+    prompts: Iterator[dict[str, Any]],
+    params: Any,
+    states: dict[str, Any],
+    key: jax.Array,
+) -> tuple[dict[str, Any], Responses, dict[str, float]]:
+  """One step's rollout (module docstring).
+
+  Args:
+    exp: the experiment.
+    sampler: `Sampler.for_training(exp, mesh)`.
+    prompts: this host's prompt batches of `rl.prompts_per_step / processes` prompts
+      (`data.make_prompt_pipeline`).
+    params: the policy's params.
+    states: the intervention states (`TrainState.interventions`).
+    key: this step's sampling key.
+
+  Returns:
+    `(batch, responses, metrics)`: this host's rows of the update's batch (completions
+    trimmed to their bucket), the first sampling round's responses (what the rollout metrics
+    describe), and `dynamic_sampling/*` counts over every host.
+  """
+  rl = exp.config.rl
+  local_groups = rl.prompts_per_step // jax.process_count()
+  _, rule_owner = interventions.temperature_rule(exp.loss)
+  sample = functools.partial(
+      sampler,
+      params,
+      temperature=interventions.sampling_temperature(exp.loss, states),
+      rule_state=states.get(rule_owner) if rule_owner else None,
   )
-
-
-def changes_temperature(loss_cfg) -> bool:
-  """Whether an active intervention samples at another temperature than the configured one."""
-  return any(
-      e.sampling_temperature is not None or e.temperature_rule is not None
-      for e in rollout_interventions(loss_cfg)
-  )
-
-
-def samples_per_prompt(loss_cfg, group_size: int, states: dict) -> int:
-  """Responses sampled per prompt before rollout interventions reshape the group."""
-  counts = {
-      e.name: int(e.samples_per_prompt(loss_cfg, group_size, states.get(e.name)))
-      for e in rollout_interventions(loss_cfg)
-      if e.samples_per_prompt is not None
-  }
-  if len(set(counts.values())) > 1:
-    raise ValueError(f"rollout interventions ask for different samples per prompt: {counts}")
-  return next(iter(counts.values()), group_size)
-
-
-def sampling_temperature(loss_cfg, states: dict) -> Any:
-  """The temperature a rollout intervention chooses for this step's sampling, or None."""
-  chosen = [
-      e.sampling_temperature(loss_cfg, states.get(e.name))
-      for e in rollout_interventions(loss_cfg)
-      if e.sampling_temperature is not None
-  ]
-  if len(chosen) > 1:
-    raise ValueError("more than one active intervention chooses the sampling temperature")
-  return chosen[0] if chosen else None
-
-
-def temperature_rule(loss_cfg) -> tuple[Callable | None, str | None]:
-  """(the per-token temperature rule, the name of the intervention whose state it reads)."""
-  rules = [
-      (e.temperature_rule(loss_cfg), e.name)
-      for e in rollout_interventions(loss_cfg)
-      if e.temperature_rule is not None
-  ]
-  if len(rules) > 1:
-    raise ValueError("more than one active intervention sets a per-token temperature rule")
-  return rules[0] if rules else (None, None)
-
-
-def reshape(loss_cfg, responses: Responses, ctx: RolloutContext, states: dict) -> Responses:
-  """Runs every active rollout intervention's `rollout` hook, in order, and checks the groups."""
-  for entry in rollout_interventions(loss_cfg):
-    if entry.rollout is not None:
-      responses = entry.rollout(loss_cfg, responses, ctx, states.get(entry.name))
-  counts = np.bincount(responses.group_ids)
-  if np.any(counts != ctx.group_size) or np.any(np.diff(responses.group_ids) < 0):
-    raise ValueError(
-        f"after the rollout interventions every prompt must have rl.group_size="
-        f"{ctx.group_size} adjacent rows; got {counts.tolist()}"
+  kept: list[Responses] = []
+  keeps: list[np.ndarray] = []
+  n_kept = rounds = 0
+  while n_kept < local_groups:
+    rounds += 1
+    responses = sample_round(exp, sampler, sample, next(prompts), states, key, rounds)
+    keep = (
+        informative_groups(responses.rewards, rl.group_size)
+        if rl.dynamic_sampling
+        else np.ones(local_groups, bool)
     )
+    kept.append(responses)
+    keeps.append(keep)
+    n_kept += int(keep.sum())
+    if not rl.dynamic_sampling or rounds >= rl.max_gen_batches:
+      break
+    if jax.process_count() > 1:  # every host samples the same number of rounds
+      n_kept = int(multihost_utils.process_allgather(np.int32(n_kept)).min())
+  rows, filled = _fill(kept, keeps, local_groups, exp.tokenizer.pad_id)
+  batch = rows.rl_batch(
+      rl.group_size,
+      jax.process_index() * local_groups,
+      sampler_logp=rl.old_logp_from_rollout,
+  )
+  batch = trim_completions(
+      batch,
+      budget=exp.sampler.max_new_tokens,
+      buckets=rl.completion_buckets,
+      longest=_longest_over_hosts(batch["completion_mask"]),
+  )
+  groups = sharding.gather_host_rows({"kept": sum(int(k.sum()) for k in keeps), "filled": filled})
+  metrics = {
+      "dynamic_sampling/gen_rounds": rounds,
+      "dynamic_sampling/kept_groups": int(groups["kept"].sum()),
+      "dynamic_sampling/filled_groups": int(groups["filled"].sum()),
+  }
+  return batch, kept[0], metrics
+
+
+def sample_round(
+    exp: Experiment,
+    sampler: Sampler,
+    sample: Callable[..., Responses],
+    prompts: dict[str, Any],
+    states: dict[str, Any],
+    key: jax.Array,
+    round_index: int,
+) -> Responses:
+  """One sampling round of a step: the prompts' rows, reshaped by the rollout interventions,
+  with answer clusters attached when an intervention reads them."""
+  rl = exp.config.rl
+  round_key = jax.random.fold_in(key, round_index)
+  per_prompt = interventions.samples_per_prompt(exp.loss, rl.group_size, jax.device_get(states))
+  responses = sample(
+      prompts["prompt_tokens"],
+      prompts["prompt_lengths"],
+      prompts["examples"],
+      np.arange(len(prompts["examples"])),
+      per_prompt,
+      round_key,
+  )
+  ctx = RolloutContext(
+      sample=sample,
+      answer_keys=sampler.answer_keys,
+      group_size=rl.group_size,
+      min_prompt_bucket=exp.config.data.max_prompt_len,
+      pad_id=exp.tokenizer.pad_id,
+      stop_ids=exp.sampler.stop_ids,
+      key=jax.random.fold_in(round_key, 1),
+      step_delimiter_id=exp.step_delimiter_id,
+      decode=exp.tokenizer.decode,
+  )
+  responses = interventions.reshape(exp.loss, responses, ctx, states)
+  if "cluster_ids" in interventions.needs(exp.loss):
+    keys = sampler.answer_keys(responses, rl.cluster_by)
+    responses.info["cluster_ids"] = tasks.answer_clusters(keys, responses.group_ids)
   return responses
+
+
+def informative_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
+  """DAPO's dynamic-sampling filter: `[G]` bool, True for groups whose rewards are not all
+  equal (an all-equal group has zero advantages and no gradient)."""
+  r = np.asarray(rewards).reshape(-1, group_size)
+  if group_size == 1:
+    return np.ones(r.shape[0], bool)
+  return r.std(axis=1) > 0
+
+
+COMPLETION_FIELDS = ("completion", "completion_mask", "old_logp", "old_entropy")
+
+
+def trim_completions(
+    batch: dict[str, Any], *, budget: int, buckets: int, longest: int
+) -> dict[str, Any]:
+  """Cuts an `rl_batch`'s completion axis to the smallest bucket that holds `longest` tokens.
+
+  The buckets are the budget and its halves, `ceil(budget / 2^k)` for `k < buckets`, so a run
+  compiles its update for at most `buckets` shapes while short completions stop paying for
+  the whole budget. Only padding is cut.
+
+  Args:
+    batch: `Responses.rl_batch` arrays, completion width `budget`.
+    budget: `sampler.max_new_tokens`.
+    buckets: `rl.completion_buckets` (1 = never cut).
+    longest: the longest completion of the step (over every host).
+
+  Returns:
+    The batch with completion width the chosen bucket.
+  """
+  widths = [-(-budget // 2**k) for k in range(buckets)]
+  width = min(w for w in widths if w >= longest)
+  if width == budget:
+    return batch
+  cut = batch["tokens"].shape[1] - budget + width
+  trimmed = {k: v[:, :width] for k, v in batch.items() if k in COMPLETION_FIELDS}
+  trimmed.update(tokens=batch["tokens"][:, :cut], attention_mask=batch["attention_mask"][:, :cut])
+  return dict(batch, **trimmed)
+
+
+def abstract_rl_batch(
+    n: int, prompt_len: int, completion_len: int, sharding: jax.sharding.Sharding | None = None
+) -> dict[str, jax.ShapeDtypeStruct]:
+  """The `rl_batch` layout for `n` rows as abstract arrays, to lower `rl_update` without data.
+
+  The fields, shapes and dtypes come from `Responses.rl_batch` itself on one row of zeros, so
+  they cannot drift from what the trainer feeds the update.
+  """
+  zeros = lambda width, dtype: np.zeros((1, width), dtype)
+  one = Responses(
+      prompt_tokens=zeros(prompt_len, np.int32),
+      prompt_lengths=np.full((1,), prompt_len, np.int32),
+      completion_tokens=zeros(completion_len, np.int32),
+      completion_mask=np.ones((1, completion_len), bool),
+      logp=zeros(completion_len, np.float32),
+      entropy=zeros(completion_len, np.float32),
+      truncated=np.zeros((1,), bool),
+      group_ids=np.zeros((1,), np.int32),
+      examples=[None],
+      texts=[""],
+      rewards=np.zeros((1,), np.float32),
+      correct=np.zeros((1,), bool),
+  ).rl_batch(group_size=1)
+  return {
+      k: jax.ShapeDtypeStruct((n, *v.shape[1:]), v.dtype, sharding=sharding) for k, v in one.items()
+  }
+
+
+def _fill(
+    kept: list[Responses], keeps: list[np.ndarray], groups: int, pad_id: int
+) -> tuple[Responses, int]:
+  """Exactly `groups` groups: the kept ones in order, then (if short) filtered-out ones.
+  Returns them and how many were filled in."""
+  chosen, fallback = [], []
+  for part, keep in zip(kept, keeps):
+    for j, ok in enumerate(keep):
+      (chosen if ok else fallback).append(part.take(np.flatnonzero(part.group_ids == j)))
+  filled = max(0, groups - len(chosen))
+  return Responses.concat((chosen + fallback)[:groups], pad_id), filled
+
+
+def _longest_over_hosts(completion_mask: np.ndarray) -> int:
+  """The longest completion of the step, over every host's rows."""
+  longest = int(completion_mask.sum(axis=1).max(initial=1))
+  if jax.process_count() > 1:
+    longest = int(multihost_utils.process_allgather(np.int32(longest)).max())
+  return longest

@@ -1,4 +1,5 @@
-"""Per-step metrics of a rollout batch: the entropy the paper plots, rewards, lengths, pass@k.
+"""Per-step metrics of a rollout: the entropy the paper plots, rewards, lengths, pass@k, and the
+table of sample completions.
 
 The entropy metric follows the pinned decision in docs/design.md: full-vocabulary entropy of the
 temperature-scaled logits, measured by the sampler on the rollout before the update, as a
@@ -8,9 +9,14 @@ the loss's aggregation mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import math
 
 import numpy as np
+
+from entropix_rl import sharding, tasks
+from entropix_rl.train.metrics import Table
+from entropix_rl.train.rollout import Responses
 
 
 def response_entropy_sums(entropy: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,9 +62,68 @@ def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> float:
   return float(np.mean(values)) if values else 0.0
 
 
-def group_filter(rewards: np.ndarray, group_size: int) -> np.ndarray:
-  """DAPO dynamic sampling: `[G]` bool, True for groups whose rewards are not all equal."""
-  r = np.asarray(rewards).reshape(-1, group_size)
-  if group_size == 1:
-    return np.ones(r.shape[0], bool)
-  return r.std(axis=1) > 0
+SAMPLE_COLUMNS = (
+    "group",
+    "prompt",
+    "completion",
+    "reward",
+    "correct",
+    "length",
+    "truncated",
+    "entropy",
+)
+
+
+def samples_table(
+    responses: Responses, decode: Callable[[Sequence[int]], str], num_rows: int
+) -> Table:
+  """The first `num_rows` rollout rows (rows of one prompt are adjacent) as a table: the
+  prompt and completion text, reward, the verifier's judgement, length, truncation and the
+  mean token entropy."""
+  rows = []
+  sums, lengths = response_entropy_sums(responses.entropy, responses.completion_mask)
+  for i in range(min(num_rows, responses.rows)):
+    prompt = responses.prompt_tokens[
+        i, responses.prompt_tokens.shape[1] - int(responses.prompt_lengths[i]) :
+    ]
+    rows.append(
+        (
+            int(responses.group_ids[i]),
+            decode(prompt),
+            responses.texts[i],
+            float(responses.rewards[i]),
+            bool(responses.correct[i]),
+            int(lengths[i]),
+            bool(responses.truncated[i]),
+            float(sums[i] / max(lengths[i], 1)),
+        )
+    )
+  return Table(SAMPLE_COLUMNS, tuple(rows))
+
+
+def response_metrics(responses: Responses) -> dict[str, float]:
+  """Reward, accuracy, distinct correct answers, lengths and entropy of a rollout, over every
+  host's rows (gathered exactly, so any number of processes gives the one-process values)."""
+  sums, lengths = response_entropy_sums(responses.entropy, responses.completion_mask)
+  rows = sharding.gather_host_rows(
+      {
+          "rewards": responses.rewards,
+          "correct": responses.correct,
+          "lengths": lengths,
+          "truncated": responses.truncated,
+          "entropy_sums": sums,
+          "distinct": tasks.distinct_correct_counts(
+              responses.texts, responses.correct, responses.group_ids
+          ),
+      }
+  )
+  return {
+      "reward/mean": float(np.mean(rows["rewards"])),
+      "accuracy/sampled": float(np.mean(rows["correct"])),
+      "accuracy/distinct_correct_per_group": (
+          float(np.mean(rows["distinct"])) if rows["distinct"].size else 0.0
+      ),
+      "response/length_mean": float(np.mean(rows["lengths"])),
+      "response/truncated_frac": float(np.mean(rows["truncated"])),
+      **entropy_metrics_from_sums(rows["entropy_sums"], rows["lengths"]),
+  }

@@ -11,15 +11,15 @@ import numpy as np
 import optax
 import pytest
 
-from entropix_rl import interventions
-from entropix_rl.config_overrides import apply_overrides
+from entropix_rl import interventions, tasks
 from entropix_rl.models import init_params
-from entropix_rl.train import experiment
+from entropix_rl.train import loop
 from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
-from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
+from entropix_rl.train.config_dict import apply_overrides, typed
 from entropix_rl.train.state import create_train_state
-from tests.test_rl_step import GROUP_SIZE, GROUPS, MODEL, _batch
+from entropix_rl.train.update import jit_rl_update
 from tests.test_train import read_metrics, small_config
+from tests.test_update import MODEL, _batch, update_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 6
@@ -38,14 +38,13 @@ import os, signal, sys
 sys.path.insert(0, {repo!r})
 from absl import app
 from experiments import train
-from entropix_rl.train import experiment
-from tests.test_train import small_config
-collect = experiment.RLRun._collect
+from entropix_rl.train import loop
+collect = loop.RLRun.collect
 def collect_then_signal(self, key):
   if int(self.state.step) == 2:
     os.kill(os.getpid(), signal.SIGTERM)
   return collect(self, key)
-experiment.RLRun._collect = collect_then_signal
+loop.RLRun.collect = collect_then_signal
 sys.argv = ["train.py", "--config=tests/faults/small_config.py", "--workdir={workdir}"]
 app.run(train.main)
 """
@@ -54,8 +53,8 @@ app.run(train.main)
 @pytest.mark.slow
 def test_sigterm_mid_step_saves_exits_with_the_preemption_code_and_resumes_exactly(tmp_path):
   full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  config = small_config(**OVERRIDES)
-  experiment.run(config, full_dir, log=False)
+  config = typed(small_config(**OVERRIDES))
+  loop.run(config, full_dir, log=False)
 
   child = _PREEMPTED_CHILD.format(repo=REPO, workdir=cut_dir)
   proc = subprocess.run(
@@ -73,7 +72,7 @@ def test_sigterm_mid_step_saves_exits_with_the_preemption_code_and_resumes_exact
   assert not os.path.exists(os.path.join(cut_dir, "DONE"))
   assert read_metrics(cut_dir)[-1]["step"] == 3
 
-  experiment.run(config, cut_dir, log=False)  # run the same command again: it resumes
+  loop.run(config, cut_dir, log=False)  # run the same command again: it resumes
   full, resumed = read_metrics(full_dir), read_metrics(cut_dir)
   assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(STEPS + 1))
   for a, b in zip(full, resumed):
@@ -93,9 +92,7 @@ def _adaptive_bonus_update():
           {"entropy_bonus.adaptive": True, "entropy_bonus.coef": 0.003},
       )
   )
-  rl_cfg = RLUpdateConfig(
-      num_groups=GROUPS, group_size=GROUP_SIZE, ppo_epochs=1, num_minibatches=2, token_chunk=16
-  )
+  spec = update_spec(loss_cfg, num_minibatches=2)
   optimizer = optax.adam(1e-3)
   state = create_train_state(
       init_params(MODEL, jax.random.PRNGKey(0)),
@@ -103,7 +100,7 @@ def _adaptive_bonus_update():
       jax.random.PRNGKey(1),
       interventions=interventions.init_states(loss_cfg),
   )
-  return state, make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)
+  return state, jit_rl_update(spec, optimizer)
 
 
 def test_a_non_finite_update_is_skipped_and_leaves_the_state_unchanged():
@@ -124,7 +121,7 @@ def test_a_non_finite_update_is_skipped_and_leaves_the_state_unchanged():
 
 
 def test_consecutive_non_finite_updates_stop_the_run_with_a_clear_message(tmp_path, monkeypatch):
-  task_cls = type(experiment.tasks.get_task("decomposition", min_n=100, max_n=999))
+  task_cls = type(tasks.get_task("decomposition", min_n=100, max_n=999))
   monkeypatch.setattr(task_cls, "verify", lambda self, example, completion: float("nan"))
   config = small_config(
       **{
@@ -136,11 +133,11 @@ def test_consecutive_non_finite_updates_stop_the_run_with_a_clear_message(tmp_pa
       }
   )
   with pytest.raises(
-      experiment.UpdatesNotFinite,
+      loop.UpdatesNotFinite,
       match=r"RL steps 1\.\.2: 2 updates in a row had a non-finite loss.*"
       r"rl.max_skipped_updates=2.*last checkpoint is step 1",
   ):
-    experiment.run(config, str(tmp_path / "run"), log=False)
+    loop.run(typed(config), str(tmp_path / "run"), log=False)
   records = read_metrics(str(tmp_path / "run"))
   assert [r["update/skipped"] for r in records] == [1.0, 1.0]
   assert not os.path.exists(tmp_path / "run" / "DONE")

@@ -18,14 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jax.sharding import PartitionSpec as P
 
+from entropix_rl.models.architecture import Architecture
 from entropix_rl.models.hf_layout import Layout, Tensor
-
-if TYPE_CHECKING:
-  from entropix_rl.models.config import ModelConfig
 
 FLAGS = ("qkv_bias", "qk_norm", "sliding_window")
 EMBEDDINGS = ("embed", "lm_head")
@@ -52,7 +50,7 @@ class CheckpointError(ValueError):
   """A checkpoint directory that cannot be read as a supported model."""
 
 
-def top_tensors(config: ModelConfig) -> dict[str, Tensor]:
+def top_tensors(config: Architecture) -> dict[str, Tensor]:
   """Hugging Face name -> tensor, for the params outside the layers."""
   v, d = config.vocab_size, config.hidden_size
   table = {
@@ -64,7 +62,7 @@ def top_tensors(config: ModelConfig) -> dict[str, Tensor]:
   return table
 
 
-def common_layer_tensors(config: ModelConfig) -> dict[str, Tensor]:
+def common_layer_tensors(config: Architecture) -> dict[str, Tensor]:
   """Suffix after `model.layers.{i}.` -> tensor, for the layer params of every family."""
   d, h, k, dh, f = (
       config.hidden_size,
@@ -123,8 +121,8 @@ class Family:
   fixed_flags: Mapping[str, Any]
   default_flags: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   flags_from_hf: Callable[[Mapping[str, Any]], dict[str, Any]] = _none
-  hf_fields: Callable[[ModelConfig], dict[str, Any]] = _none
-  added_layer_tensors: Callable[[ModelConfig], dict[str, Tensor]] = _none
+  hf_fields: Callable[[Architecture], dict[str, Any]] = _none
+  added_layer_tensors: Callable[[Architecture], dict[str, Tensor]] = _none
   partition_rules: Mapping[str, P] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -156,11 +154,11 @@ class Family:
         resolved[flag] = self.default_flags[flag] if value is None else value
     return resolved
 
-  def layer_tensors(self, config: ModelConfig) -> dict[str, Tensor]:
+  def layer_tensors(self, config: Architecture) -> dict[str, Tensor]:
     """Suffix after `model.layers.{i}.` -> tensor, for every layer param of `config`."""
     return {**common_layer_tensors(config), **self.added_layer_tensors(config)}
 
-  def num_params(self, config: ModelConfig, include_embeddings: bool = True) -> int:
+  def num_params(self, config: Architecture, include_embeddings: bool = True) -> int:
     """Parameters of `config` (the sizes of its Hugging Face tensors). Without embeddings:
     neither the embedding nor an untied lm_head."""
     layer = sum(math.prod(t.shape) for t in self.layer_tensors(config).values())

@@ -8,15 +8,13 @@ checkpoints are rejected.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jax.sharding import PartitionSpec as P
 
+from entropix_rl.models.architecture import Architecture
 from entropix_rl.models.families.base import CheckpointError, Family
 from entropix_rl.models.hf_layout import Layout, Tensor
-
-if TYPE_CHECKING:
-  from entropix_rl.models.config import ModelConfig
 
 
 def reject_sliding_layers(raw: Mapping[str, Any], model_type: str) -> None:
@@ -33,7 +31,7 @@ def _flags_from_hf(raw: Mapping[str, Any]) -> dict[str, Any]:
   return {}
 
 
-def _bias_tensors(config: ModelConfig) -> dict[str, Tensor]:
+def _bias_tensors(config: Architecture) -> dict[str, Tensor]:
   h, k, dh = config.num_heads, config.num_kv_heads, config.head_dim
   return {
       "self_attn.q_proj.bias": Tensor("q_bias", (h * dh,), Layout.PER_HEAD),

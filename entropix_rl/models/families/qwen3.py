@@ -9,16 +9,14 @@ on q, k, v and o_proj) and sliding-window layers (`use_sliding_window: true`) ar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jax.sharding import PartitionSpec as P
 
+from entropix_rl.models.architecture import Architecture
 from entropix_rl.models.families.base import Family, reject_o_proj_bias
 from entropix_rl.models.families.qwen2 import reject_sliding_layers
 from entropix_rl.models.hf_layout import Tensor
-
-if TYPE_CHECKING:
-  from entropix_rl.models.config import ModelConfig
 
 
 def _flags_from_hf(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -27,7 +25,7 @@ def _flags_from_hf(raw: Mapping[str, Any]) -> dict[str, Any]:
   return {}
 
 
-def _qk_norm_tensors(config: ModelConfig) -> dict[str, Tensor]:
+def _qk_norm_tensors(config: Architecture) -> dict[str, Tensor]:
   return {
       "self_attn.q_norm.weight": Tensor("q_norm", (config.head_dim,)),
       "self_attn.k_norm.weight": Tensor("k_norm", (config.head_dim,)),

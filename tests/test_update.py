@@ -9,6 +9,7 @@ parameters after 4 SGD steps of size 0.2, which compound that round-off; token p
 """
 
 import dataclasses
+import types
 
 import jax
 import numpy as np
@@ -16,12 +17,15 @@ import optax
 import pytest
 
 from entropix_rl import interventions
-from entropix_rl.config_overrides import apply_overrides
 from entropix_rl.interventions import aggregation
 from entropix_rl.models import init_params, tiny_config
-from entropix_rl.train.rl_step import RLUpdateConfig, make_rl_update
-from entropix_rl.train.sft_step import make_sft_step
+from entropix_rl.train import update as update_lib
+from entropix_rl.train.config import RLConfig, SFTConfig
+from entropix_rl.train.config_dict import apply_overrides
+from entropix_rl.train.sft import jit_sft_step
 from entropix_rl.train.state import create_train_state
+from entropix_rl.train.update import UpdateSpec, jit_rl_update
+from tests.synthetic import max_abs_diff, rl_rows
 
 MODEL = tiny_config(
     vocab_size=32,
@@ -35,37 +39,28 @@ MODEL = tiny_config(
 GROUPS, GROUP_SIZE, PROMPT, COMPLETION = 4, 4, 5, 9
 TOL = 2e-5
 PARAM_TOL = 1e-4
+TWO_SHARDS = types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 1})  # a mesh's shape
 
 
 def _batch(seed=0):
-  rng = np.random.default_rng(seed)
-  n = GROUPS * GROUP_SIZE
-  prompt = rng.integers(3, MODEL.vocab_size, (n, PROMPT)).astype(np.int32)
-  completion = rng.integers(3, MODEL.vocab_size, (n, COMPLETION)).astype(np.int32)
-  lengths = rng.integers(1, COMPLETION + 1, n)
-  cmask = (np.arange(COMPLETION)[None] < lengths[:, None]).astype(np.float32)
-  pmask = np.ones((n, PROMPT), bool)
-  pmask[::3, :2] = False  # some left padding
-  return {
-      "tokens": np.concatenate([np.where(pmask, prompt, 0), completion], 1),
-      "attention_mask": np.concatenate([pmask, cmask > 0], 1),
-      "completion": completion,
-      "completion_mask": cmask,
-      "rewards": rng.integers(0, 2, n).astype(np.float32),
-      "group_ids": np.repeat(np.arange(GROUPS), GROUP_SIZE).astype(np.int32),
-  }
+  return rl_rows(MODEL.vocab_size, GROUPS, GROUP_SIZE, PROMPT, COMPLETION, seed=seed, left_pad=True)
+
+
+def update_spec(loss_cfg, model=MODEL, *, groups=GROUPS, group_size=GROUP_SIZE, **rl):
+  """The `UpdateSpec` of `groups` x `group_size` rows; `rl` sets other `RLConfig` fields (here
+  one epoch of one mini-batch, in token chunks of 16, unless given)."""
+  fields = dict(prompts_per_step=groups, group_size=group_size, num_minibatches=1, token_chunk=16)
+  return UpdateSpec(model=model, rl=RLConfig(**{**fields, **rl}), loss=loss_cfg)
 
 
 def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None):
   loss_cfg = interventions.resolve_loss_config(
       apply_overrides(interventions.default_loss_config(), loss_overrides)
   )
-  rl_cfg = RLUpdateConfig(
-      num_groups=GROUPS,
-      group_size=GROUP_SIZE,
+  spec = update_spec(
+      loss_cfg,
       ppo_epochs=epochs,
       num_minibatches=2,
-      token_chunk=16,
       measure_dynamics=dynamics,
       micro_batch_size=micro,
       logprob_micro_batch_size=chunk,
@@ -80,17 +75,7 @@ def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None):
       ref_params=jax.tree.map(np.array, params),
   )
   batch = _batch() if info is None else dict(_batch(), info=info(GROUPS * GROUP_SIZE))
-  return make_rl_update(MODEL, rl_cfg, loss_cfg, optimizer)(state, batch)
-
-
-def _max_diff(a, b):
-  return max(
-      (
-          float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-      ),
-      default=0.0,
-  )
+  return jit_rl_update(spec, optimizer)(state, batch)
 
 
 SETTINGS = {
@@ -172,9 +157,11 @@ def test_micro_batches_give_the_unsplit_update(setting, agg):
       want = float(ref[key])
       assert abs(float(got[key]) - want) < TOL * max(1.0, abs(want)), (key, micro, chunk)
     assert float(got["loss/n_selected_total"]) == float(ref["loss/n_selected_total"])
-    assert _max_diff(state.params, ref_state.params) < PARAM_TOL
-    assert _max_diff(state.interventions, ref_state.interventions) < TOL
-  assert _max_diff(ref_state.params, init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)) > 1e-2
+    assert max_abs_diff(state.params, ref_state.params) < PARAM_TOL
+    assert max_abs_diff(state.interventions, ref_state.interventions) < TOL
+  assert (
+      max_abs_diff(ref_state.params, init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)) > 1e-2
+  )
   if setting in ("clip_cov", "kl_cov", "high_entropy_tokens", "lp_reg"):
     assert float(ref["loss/n_selected_total"]) > 0
   if setting == "kl_cov":  # the later mini-batches have moved off the rollout's policy
@@ -219,11 +206,14 @@ def test_microbatch_scope_selects_per_chunk_as_verl():
 
 def test_bad_micro_batch_sizes_name_the_field():
   with pytest.raises(ValueError, match="rl.micro_batch_size=3 must divide"):
-    RLUpdateConfig(
-        num_groups=GROUPS, group_size=GROUP_SIZE, num_minibatches=2, micro_batch_size=3
+    RLConfig(
+        prompts_per_step=GROUPS, group_size=GROUP_SIZE, num_minibatches=2, micro_batch_size=3
     ).check_shards(1)
   with pytest.raises(ValueError, match="rl.logprob_micro_batch_size=-1"):
-    RLUpdateConfig(num_groups=GROUPS, group_size=GROUP_SIZE, logprob_micro_batch_size=-1)
+    RLConfig(prompts_per_step=GROUPS, group_size=GROUP_SIZE, logprob_micro_batch_size=-1)
+  loss_cfg = interventions.resolve_loss_config(interventions.default_loss_config())
+  with pytest.raises(ValueError, match="must divide by the mesh's data x fsdp"):
+    jit_rl_update(update_spec(loss_cfg, num_minibatches=16), optax.sgd(0.1), mesh=TWO_SHARDS)
 
 
 def test_sft_micro_batches_give_the_unsplit_step():
@@ -241,16 +231,39 @@ def test_sft_micro_batches_give_the_unsplit_step():
     state = create_train_state(
         init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2), optimizer, jax.random.PRNGKey(1)
     )
-    step = make_sft_step(MODEL, optimizer, token_chunk=16, micro_batch_size=micro, batch_size=16)
+    step = jit_sft_step(
+        MODEL, optimizer, SFTConfig(batch_size=16, micro_batch_size=micro), token_chunk=16
+    )
     results.append(step(state, sft))
   (ref_state, ref), *others = results
   for state, metrics in others:
     assert abs(float(metrics["sft/nll"]) - float(ref["sft/nll"])) < TOL
-    assert _max_diff(state.params, ref_state.params) < PARAM_TOL
+    assert max_abs_diff(state.params, ref_state.params) < PARAM_TOL
   with pytest.raises(ValueError, match="sft.micro_batch_size=3"):
-    make_sft_step(MODEL, optimizer, micro_batch_size=3, batch_size=16)
+    jit_sft_step(MODEL, optimizer, SFTConfig(batch_size=16, micro_batch_size=3))
 
 
-def test_update_config_is_hashable_for_jit():
-  cfg = RLUpdateConfig(num_groups=2, group_size=2, micro_batch_size=1)
-  assert hash(cfg) == hash(dataclasses.replace(cfg))
+def test_update_spec_is_hashable_for_jit():
+  loss_cfg = interventions.resolve_loss_config(interventions.default_loss_config())
+  spec = update_spec(loss_cfg, micro_batch_size=1)
+  assert hash(spec) == hash(dataclasses.replace(spec))
+
+
+def test_rl_update_is_a_plain_function_callable_without_jit():
+  """The update's parts are module-level functions: `rl_update` runs eagerly too, and gives
+  the jitted update's metrics."""
+  loss_cfg = interventions.resolve_loss_config(interventions.default_loss_config())
+  spec = update_spec(loss_cfg, num_minibatches=2, measure_dynamics=False)
+  optimizer = optax.sgd(0.2)
+
+  def fresh():
+    params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
+    return create_train_state(params, optimizer, jax.random.PRNGKey(1))
+
+  _, eager = update_lib.rl_update(spec, optimizer, fresh(), _batch())
+  _, jitted = jit_rl_update(spec, optimizer)(fresh(), _batch())
+  for key in ("loss/loss", "loss/pg_loss", "loss/grad_norm", "cov/mean"):
+    assert float(eager[key]) == pytest.approx(float(jitted[key]), rel=1e-5, abs=1e-7), key
+  behaviour = update_lib.behaviour_pass(spec, fresh(), _batch())
+  assert behaviour["old_logp"].shape == _batch()["completion"].shape
+  assert behaviour["old_entropy"] is None  # nothing reads it

@@ -1,0 +1,488 @@
+"""One RL update on a rollout batch, as plain functions; `jit_rl_update` jits `rl_update`.
+
+`rl_update(spec, optimizer, state, batch)` does, in order:
+
+    behaviour pass   old log-probs (and old entropies, reference log-probs, old logit
+                     features when asked for) of every row, in row chunks, without gradient
+    advantages       the estimator (`rl.advantage`), then the `advantage` interventions
+    state hooks      `before_update` of every stateful intervention
+    optimizer steps  epochs × mini-batches; each mini-batch's gradient is accumulated over
+                     micro-batches of `rl.micro_batch_size` sequences per data shard
+    guard            if any mini-batch's loss or gradient is not finite, the params, the
+                     optimizer state and the intervention states stay as they were
+                     (`update/skipped` = 1; the loop stops after `rl.max_skipped_updates`
+                     skipped steps in a row)
+    metrics          the losses, the rollout's token covariance, the off-policy drift and
+                     (`rl.measure_dynamics`) the predicted vs measured entropy change
+    state hooks      `after_update`
+
+Gradient accumulation is exact (`interventions.aggregation`): every aggregate keeps the
+normalisation of the whole mini-batch. When an active intervention picks tokens from current
+values (Clip-Cov, KL-Cov, 80/20, ...) or is non-linear in an aggregate, a no-grad planning pass
+over the mini-batch (in `rl.logprob_micro_batch_size` chunks) computes those picks and the
+aggregates first; the micro-batches then use them, so the picks equal those of the unsplit
+mini-batch. Otherwise the mini-batch's normalisers come from its masks alone and no extra pass
+runs. Gradients accumulate in float32 whatever the param dtype.
+
+The batch (`train.rollout.Responses.rl_batch`) holds, for N = `rl.batch_size` responses with
+prompt width P and completion width C: `tokens [N, P+C]` int32, `attention_mask [N, P+C]`
+bool, `completion [N, C]` int32, `completion_mask [N, C]` float32, `rewards [N]` float32,
+`group_ids [N]` int32 (global prompt index), and when asked for `cluster_ids [N]`, `step_ids
+[N, C]` (else computed from `rl.step_delimiter`), `info` (rollout interventions' per-row
+arrays), and `old_logp`, `old_entropy [N, C]` (`rl.old_logp_from_rollout`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import optax
+
+from entropix_rl import advantages, dynamics, interventions, sharding, token_stats
+from entropix_rl.interventions.aggregation import aggregator, masked_mean
+from entropix_rl.interventions.batch import step_ids_from_tokens
+from entropix_rl.interventions.compose import TOKEN_AUX
+from entropix_rl.interventions.registry import TokenFeature
+from entropix_rl.models import ModelConfig, forward_hidden, unembedding
+from entropix_rl.train.config import Experiment, RLConfig
+from entropix_rl.train.state import TrainState
+
+Rows = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSpec:
+  """The static settings of one RL update (hashable: `jit` specialises on them).
+
+  Attributes:
+    model: the policy's config.
+    rl: `config.rl` (batch sizes, estimator, chunking, micro-batches, what to measure).
+    loss: the resolved loss config (the interventions).
+    temperature: the rollout temperature; log-probs and entropies use logits / temperature.
+    step_delimiter_id: the token id that ends a step of a response, or −1 (`rl.step_delimiter`).
+  """
+
+  model: ModelConfig
+  rl: RLConfig
+  loss: interventions.LossConfig
+  temperature: float = 1.0
+  step_delimiter_id: int = -1
+
+  @classmethod
+  def of(cls, exp: Experiment) -> UpdateSpec:
+    """The update of a resolved experiment."""
+    return cls(
+        model=exp.model,
+        rl=exp.config.rl,
+        loss=exp.loss,
+        temperature=exp.sampler.temperature,
+        step_delimiter_id=exp.step_delimiter_id,
+    )
+
+
+def jit_rl_update(
+    spec: UpdateSpec,
+    optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh | None = None,
+    state_sharding: Any = None,
+) -> Callable[[TrainState, Rows], tuple[TrainState, dict]]:
+  """`rl_update` jitted, the state donated. On a `mesh` the state has `state_sharding`
+  (`sharding.state_shardings`) and the batch's rows lie over data x fsdp.
+
+  Raises:
+    ValueError: when the mini-batch or its micro-batches do not split over the mesh.
+  """
+  spec.rl.check_shards(sharding.batch_shards(mesh))
+  update = functools.partial(rl_update, spec, optimizer, mesh=mesh)
+  return sharding.jit_train_step(update, mesh, state_sharding)
+
+
+def rl_update(
+    spec: UpdateSpec,
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    batch: Rows,
+    *,
+    mesh: Mesh | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One RL update (module docstring): returns the new state and the step's metrics."""
+  batch = jax.tree.map(jnp.asarray, batch)  # host arrays too, when called without jit
+  rng, shuffle_key, loss_key = jax.random.split(state.rng, 3)
+  mask = batch["completion_mask"].astype(jnp.float32)
+  rows = dict(
+      batch,
+      response_ids=jnp.arange(spec.rl.batch_size, dtype=jnp.int32),
+      **behaviour_pass(spec, state, batch, mesh=mesh),
+  )
+  if "step_ids" in interventions.needs(spec.loss) and "step_ids" not in batch:
+    rows["step_ids"] = step_ids_from_tokens(batch["completion"], spec.step_delimiter_id)
+  sequence_advantages = advantages.compute_advantages(
+      spec.rl.advantage, batch["rewards"], batch["group_ids"], spec.rl.prompts_per_step
+  )
+  rows["advantages"] = sequence_advantages[:, None] * mask
+  rollout = token_batch(rows, {"logp": rows["old_logp"], "entropy": rows["old_entropy"]})
+  states, metrics = interventions.before_update(spec.loss, state.interventions, rollout)
+  rows["advantages"] = interventions.rollout_advantages(spec.loss, rollout, states) * mask
+  rollout = rollout.replace(advantages=rows["advantages"])
+  (params, opt_state), per_minibatch = optimizer_steps(
+      spec, optimizer, state, rows, states, shuffle_key, loss_key, mesh=mesh
+  )
+  finite = (
+      jnp.isfinite(per_minibatch["loss"]).all() & jnp.isfinite(per_minibatch["grad_norm"]).all()
+  )
+  params, opt_state = _keep_if_not(finite, (params, opt_state), (state.params, state.opt_state))
+  metrics["update/skipped"] = 1.0 - finite.astype(jnp.float32)
+  metrics.update(loss_metrics(per_minibatch))
+  metrics.update(behaviour_metrics(spec, rows, mask))
+  if spec.rl.measure_dynamics:
+    metrics.update(entropy_change(spec, state.params, params, batch, mask, mesh=mesh))
+  states, after = interventions.after_update(spec.loss, states, rollout)
+  metrics.update(after)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      rng=rng,
+      interventions=_keep_if_not(finite, states, state.interventions),
+  )
+  return new_state, metrics
+
+
+def completion_hidden(
+    model_cfg: ModelConfig, params: Any, rows: Rows, *, remat: bool = False
+) -> jax.Array:
+  """`[R, C, D]` hidden states that predict each completion token.
+
+  Args:
+    rows: `tokens [R, P+C]` (left-padded prompt then completion), `attention_mask [R, P+C]`,
+      `completion [R, C]`.
+  """
+  prompt_len = rows["tokens"].shape[1] - rows["completion"].shape[1]
+  hidden, _ = forward_hidden(
+      model_cfg, params, rows["tokens"], mask=rows["attention_mask"], remat=remat
+  )
+  return hidden[:, prompt_len - 1 : -1]
+
+
+def completion_quantities(
+    model_cfg: ModelConfig,
+    params: Any,
+    rows: Rows,
+    *,
+    temperature: float,
+    token_chunk: int,
+    with_entropy: bool,
+    features: tuple[TokenFeature, ...] = (),
+    feature_chunk: int = 256,
+    remat: bool = False,
+) -> dict[str, Any]:
+  """Teacher-forced log-probs, entropies and logit features of the completion tokens.
+
+  Returns:
+    `{"logp": [R, C], "entropy": [R, C] or None, "features": {name: [R, C]}}`, float32, at
+    the rollout temperature (logits / T).
+  """
+  hidden = completion_hidden(model_cfg, params, rows, remat=remat)
+  unembed = unembedding(model_cfg, params)
+  logp, entropy = token_stats.token_logp_entropy(
+      hidden,
+      unembed,
+      rows["completion"],
+      temperature=temperature,
+      token_chunk=token_chunk,
+      with_entropy=with_entropy,
+  )
+  values = token_stats.logit_features(
+      hidden,
+      unembed,
+      rows["completion"],
+      tuple(f.fn for f in features),
+      temperature=temperature,
+      token_chunk=feature_chunk,
+  )
+  return {
+      "logp": logp,
+      "entropy": entropy if with_entropy else None,
+      "features": {f.name: v for f, v in zip(features, values)},
+  }
+
+
+def behaviour_pass(
+    spec: UpdateSpec, state: TrainState, batch: Rows, *, mesh: Mesh | None = None
+) -> Rows:
+  """Old log-probs (+ old entropies, old features, reference log-probs) of every row, without
+  gradient; with `rl.old_logp_from_rollout` the sampler's log-probs and entropies stand in for
+  the first two."""
+  from_rollout = spec.rl.old_logp_from_rollout
+  old_features = interventions.features(spec.loss, "old")
+  recompute = not from_rollout or bool(old_features)
+  with_entropy = not from_rollout and (
+      "old_entropy" in interventions.needs(spec.loss) or spec.rl.measure_dynamics
+  )
+
+  def rows_fn(rows: Rows) -> Rows:
+    out = {}
+    if recompute:
+      old = _quantities(spec, state.params, rows, with_entropy, old_features)
+      out["old_features"] = old["features"]
+      if not from_rollout:
+        out.update(old_logp=old["logp"], old_entropy=old["entropy"])
+    if state.ref_params is not None:
+      out["ref_logp"] = _quantities(spec, state.ref_params, rows, False, ())["logp"]
+    return out
+
+  needed = recompute or state.ref_params is not None
+  out = _no_grad_chunks(spec, rows_fn, batch, mesh) if needed else {}
+  if from_rollout:
+    out.update(old_logp=batch["old_logp"], old_entropy=batch["old_entropy"])
+  return out
+
+
+def optimizer_steps(
+    spec: UpdateSpec,
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    rows: Rows,
+    states: dict[str, Any],
+    shuffle_key: jax.Array,
+    loss_key: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+) -> tuple[tuple[Any, Any], dict[str, jax.Array]]:
+  """`rl.ppo_epochs × rl.num_minibatches` optimizer updates, the rows shuffled each epoch.
+
+  Returns:
+    `((params, opt_state), per-mini-batch metrics [updates])`: `loss`, `grad_norm` and the
+    loss's aux scalars.
+  """
+  n = spec.rl.batch_size
+  perms = jax.vmap(lambda k: jax.random.permutation(k, n))(
+      jax.random.split(shuffle_key, spec.rl.ppo_epochs)
+  )
+  order = perms.reshape(spec.rl.updates_per_step, spec.rl.minibatch_size)
+  loss_keys = jax.random.split(loss_key, spec.rl.updates_per_step)
+
+  def step(carry, xs):
+    params, opt_state = carry
+    picked, key = xs
+    minibatch = sharding.constrain_rows(jax.tree.map(lambda x: x[picked], rows), mesh)
+    loss, aux, grads = minibatch_gradient(spec, params, minibatch, key, states, mesh=mesh)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state), dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
+
+  return jax.lax.scan(step, (state.params, state.opt_state), (order, loss_keys))
+
+
+def minibatch_gradient(
+    spec: UpdateSpec,
+    params: Any,
+    rows: Rows,
+    key: jax.Array,
+    states: dict[str, Any],
+    *,
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array], Any]:
+  """`(loss, aux scalars, grads)` of one mini-batch, accumulated over its micro-batches with
+  the normalisers (and, with a planning pass, the picks) of the whole mini-batch."""
+  shards = sharding.batch_shards(mesh)
+  micro = spec.rl.micro_batch_size
+  pieces = spec.rl.minibatch_size // (shards * micro) if micro else 1
+  agg = aggregator(spec.loss)
+  gradient = jax.value_and_grad(_loss_at, argnums=1, has_aux=True)
+  if pieces == 1:
+    (loss, (aux, _)), grads = gradient(spec, params, rows, key, states, agg)
+    return loss, aux, grads
+  planning = interventions.needs_planning_pass(spec.loss)
+  if planning:  # current values of the whole mini-batch, without gradient: picks and values
+    now = _no_grad_chunks(spec, lambda r: _current(spec, params, r, remat=False), rows, mesh)
+    loss, (aux, stats) = _loss(spec, rows, now, key, states, agg)
+  else:  # the normalisers come from the masks (any values stand in for the current ones)
+    _loss(spec, rows, _stand_in(spec, rows), key, states, agg)
+    stats = {}
+  mode = "replay" if planning else "share"
+
+  def micro_step(carry, xs):
+    grads, total = carry
+    micro_rows, micro_stats = xs
+    micro_agg = aggregator(spec.loss, mode, agg.records)
+    micro_rows = sharding.constrain_rows(micro_rows, mesh)
+    (value, (scalars, _)), g = gradient(
+        spec, params, micro_rows, key, states, micro_agg, micro_stats
+    )
+    grads = jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), grads, g)
+    return (grads, total + value), scalars
+
+  split = sharding.split_rows((rows, stats), pieces, shards)
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  (grads, total), shares = jax.lax.scan(micro_step, (zeros, jnp.float32(0)), split)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+  if not planning:  # every aggregate's shares add up to the mini-batch value
+    loss, aux = total, jax.tree.map(lambda x: x.sum(axis=0), shares)
+  return loss, aux, grads
+
+
+def token_batch(rows: Rows, current: Rows) -> interventions.TokenBatch:
+  """The loss inputs of some rows: current values from `current`, the rest from the rollout."""
+  return interventions.TokenBatch(
+      logp=current["logp"],
+      old_logp=rows["old_logp"],
+      advantages=rows["advantages"],
+      mask=rows["completion_mask"],
+      entropy=current.get("entropy"),
+      old_entropy=rows.get("old_entropy"),
+      ref_logp=rows.get("ref_logp"),
+      group_ids=rows["group_ids"],
+      response_ids=rows["response_ids"],
+      rewards=rows["rewards"],
+      step_ids=rows.get("step_ids"),
+      cluster_ids=rows.get("cluster_ids"),
+      features=current.get("features", {}),
+      old_features=rows.get("old_features", {}),
+      info=rows.get("info", {}),
+  )
+
+
+def loss_metrics(per_minibatch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """`loss/*`: each per-mini-batch scalar's mean, the picked-token total, and the mean
+  |ℓ − ℓᵒˡᵈ| over the mini-batches after the first (which is exactly on-policy): how far the
+  policy has moved when the later mini-batches are taken, over all tokens
+  (`loss/off_policy_abs_log_ratio`) and over the ones a penalty such as KL-Cov's acts on
+  (`loss/selected_abs_log_ratio`); 0 with one mini-batch or no pick."""
+  per_minibatch = dict(per_minibatch)
+  drift = per_minibatch.pop("abs_log_ratio_sum")
+  selected_drift = per_minibatch.pop("selected_abs_log_ratio_sum")
+  out = {f"loss/{k}": v.mean() for k, v in per_minibatch.items()}
+  out["loss/n_selected_total"] = per_minibatch["n_selected"].sum()
+  later = slice(1, None)
+  tokens, selected = per_minibatch["n_tokens"][later], per_minibatch["n_selected"][later]
+  out["loss/off_policy_abs_log_ratio"] = drift[later].sum() / jnp.maximum(tokens.sum(), 1)
+  out["loss/selected_abs_log_ratio"] = selected_drift[later].sum() / jnp.maximum(selected.sum(), 1)
+  return out
+
+
+def behaviour_metrics(spec: UpdateSpec, rows: Rows, mask: jax.Array) -> dict[str, jax.Array]:
+  """The rollout's advantages and token covariance (`cov/*`, the paper's Cov(ℓ, A)), and the
+  behaviour policy's entropy and sampled-token NLL."""
+  out = {"advantage/mean_abs": masked_mean(jnp.abs(rows["advantages"]), mask)}
+  out.update(dynamics.covariance_metrics(rows["old_logp"], rows["advantages"], mask))
+  _, out["cov/response_mean"] = dynamics.response_covariance(
+      rows["old_logp"], rows["advantages"], mask, rows["group_ids"], spec.rl.prompts_per_step
+  )
+  if spec.rl.measure_dynamics:
+    out["entropy/recomputed_token_mean"] = masked_mean(rows["old_entropy"], mask)
+  out["entropy/sampled_nll"] = masked_mean(-rows["old_logp"], mask)
+  return out
+
+
+def entropy_change(
+    spec: UpdateSpec,
+    old_params: Any,
+    new_params: Any,
+    batch: Rows,
+    mask: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+) -> dict[str, jax.Array]:
+  """Predicted (first order, Lemma 1 of Cui et al. 2025) and measured entropy change per token
+  of the whole update, in row chunks (`dynamics.entropy_change_from_hidden`)."""
+
+  def rows_fn(rows: Rows) -> Rows:
+    before = completion_hidden(spec.model, old_params, rows)
+    after = completion_hidden(spec.model, new_params, rows)
+    predicted, measured = dynamics.entropy_change_from_hidden(
+        before,
+        unembedding(spec.model, old_params),
+        after,
+        unembedding(spec.model, new_params),
+        temperature=spec.temperature,
+        token_chunk=spec.rl.token_chunk,
+    )
+    return {"predicted": predicted, "measured": measured}
+
+  change = _no_grad_chunks(spec, rows_fn, batch, mesh)
+  return {
+      "dynamics/predicted_entropy_change": masked_mean(change["predicted"], mask),
+      "dynamics/measured_entropy_change": masked_mean(change["measured"], mask),
+  }
+
+
+def _quantities(
+    spec: UpdateSpec,
+    params: Any,
+    rows: Rows,
+    with_entropy: bool,
+    features: tuple[TokenFeature, ...],
+    remat: bool = False,
+) -> dict[str, Any]:
+  return completion_quantities(
+      spec.model,
+      params,
+      rows,
+      temperature=spec.temperature,
+      token_chunk=spec.rl.token_chunk,
+      with_entropy=with_entropy,
+      features=features,
+      feature_chunk=spec.rl.feature_chunk,
+      remat=remat,
+  )
+
+
+def _current(spec: UpdateSpec, params: Any, rows: Rows, *, remat: bool) -> dict[str, Any]:
+  """The current policy's values the loss reads (its log-probs, and entropies and logit
+  features where an active intervention reads them)."""
+  with_entropy = "entropy" in interventions.needs(spec.loss)
+  return _quantities(
+      spec, params, rows, with_entropy, interventions.features(spec.loss, "current"), remat
+  )
+
+
+def _stand_in(spec: UpdateSpec, rows: Rows) -> dict[str, Any]:
+  """Values of the current policy's shape, for a pass that only records the normalisers."""
+  zeros = jnp.zeros_like(rows["old_logp"])
+  out = {
+      "logp": rows["old_logp"],
+      "features": {f.name: zeros for f in interventions.features(spec.loss, "current")},
+  }
+  if "entropy" in interventions.needs(spec.loss):
+    out["entropy"] = zeros
+  return out
+
+
+def _loss(
+    spec: UpdateSpec,
+    rows: Rows,
+    current: Rows,
+    key: jax.Array,
+    states: dict[str, Any],
+    agg: Any,
+    stats: Any = None,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+  """The loss of some rows at the given current values: `(loss, (aux scalars, stats))`."""
+  loss, aux, stats = interventions.compute_loss(
+      spec.loss, token_batch(rows, current), states=states, rng=key, agg=agg, stats=stats
+  )
+  return loss, ({k: v for k, v in aux.items() if k not in TOKEN_AUX}, stats)
+
+
+def _loss_at(spec: UpdateSpec, params: Any, rows: Rows, *args: Any) -> Any:
+  """`_loss` at `params` (what the gradient differentiates)."""
+  return _loss(spec, rows, _current(spec, params, rows, remat=spec.rl.remat), *args)
+
+
+def _no_grad_chunks(spec: UpdateSpec, fn: Callable[[Rows], Rows], rows: Rows, mesh: Mesh | None):
+  return jax.lax.stop_gradient(
+      sharding.map_row_chunks(fn, rows, chunk_rows=spec.rl.logprob_micro_batch_size, mesh=mesh)
+  )
+
+
+def _keep_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
+  """`new` when `finite`, else `old`, leaf by leaf (a skipped update leaves the state as it was)."""
+  return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
