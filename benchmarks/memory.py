@@ -51,13 +51,12 @@ import types  # noqa: E402
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from entropix_rl import interventions, memory, sampling, sharding  # noqa: E402
 from entropix_rl.models import decoder, init_params  # noqa: E402
-from entropix_rl.train import config_dict  # noqa: E402
+from entropix_rl.train import cli, config_dict  # noqa: E402
 from entropix_rl.train.config import resolve  # noqa: E402
 from entropix_rl.train.optim import make_optimizer  # noqa: E402
 from entropix_rl.train.rollout import abstract_rl_batch  # noqa: E402
@@ -65,7 +64,7 @@ from entropix_rl.train.sft import jit_sft_step  # noqa: E402
 from entropix_rl.train.state import create_train_state  # noqa: E402
 from entropix_rl.train.update import UpdateSpec, jit_rl_update  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (e.g. a recipe).")
+_CONFIG = cli.define_config(None, "Experiment config (e.g. a recipe).")
 _ARCH = flags.DEFINE_enum(
     "arch",
     "qwen2.5-7b",
@@ -364,4 +363,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

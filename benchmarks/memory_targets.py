@@ -1,6 +1,7 @@
 r"""The paper-scale memory targets of docs/scaling.md, compiled: one command for all of them.
 
   python benchmarks/memory_targets.py [--validate] > /tmp/targets.jsonl
+  python benchmarks/memory_targets.py --only=v5p-32 --functions=rl_update   # one target's update
 
 Runs `benchmarks/memory.py` (in a subprocess each, since the simulated device count must be
 set before JAX starts) for the four targets below at the paper's settings (256 prompts x 8
@@ -21,6 +22,10 @@ import sys
 from absl import app, flags
 
 _VALIDATE = flags.DEFINE_bool("validate", False, "Also compile every target in float32.")
+_ONLY = flags.DEFINE_string("only", "", "Only the targets whose label contains this.")
+_FUNCTIONS = flags.DEFINE_list(
+    "functions", [], "benchmarks/memory.py's --functions (default: all of them)."
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -60,6 +65,7 @@ TARGETS = (
 
 
 def run_target(config, arch, devices, mesh, chip, overrides, dtype) -> list[dict]:
+  functions = [f"--functions={','.join(_FUNCTIONS.value)}"] if _FUNCTIONS.value else []
   cmd = [
       sys.executable,
       os.path.join(HERE, "memory.py"),
@@ -69,6 +75,7 @@ def run_target(config, arch, devices, mesh, chip, overrides, dtype) -> list[dict
       f"--mesh={mesh}",
       f"--chip={chip}",
       f"--dtype={dtype}",
+      *functions,
       *overrides,
   ]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -101,6 +108,8 @@ def main(argv):
   rows = []
   for dtype in ("bfloat16", "float32") if _VALIDATE.value else ("bfloat16",):
     for label, *target in TARGETS:
+      if _ONLY.value not in label:
+        continue
       for record in run_target(*target, dtype):
         print(json.dumps(record), flush=True)
         rows.append((label, record))

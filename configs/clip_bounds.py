@@ -8,7 +8,7 @@ above 1 + ε_high) to lower it. The rest is the quickstart (same SFT warm start,
 samples, 4 mini-batches per step, so all but the first mini-batch are off-policy):
 
   python launch/sweep.py --config=configs/clip_bounds.py --workdir=/tmp/clip_bounds \
-      --mode=local --jobs=2 --config.sft.shared_dir=/tmp/clip_bounds
+      --mode=local --jobs=2 --config.sft.shared_dir=..
   python experiments/compare_zoo.py --workdirs=/tmp/clip_bounds --out=/tmp/clip_bounds/compare
 
 About 1.5 minutes per run on 2 CPU cores after the shared warm start; 10 runs.
@@ -32,6 +32,7 @@ BOUNDS = {
     "no_clip": (1.0, 100.0),
 }
 SEEDS = (0, 1)
+PRESETS = tuple(BOUNDS)  # configs/clip_bounds.py:<bounds>
 
 
 def get_config(arg: str = "symmetric") -> ml_collections.ConfigDict:

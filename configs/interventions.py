@@ -5,7 +5,7 @@ decoder, SFT warm start, 300 GRPO steps of 32 prompts x 8 samples) with the inte
 settings on top:
 
   python experiments/train.py --config=configs/interventions.py:steer --workdir=/tmp/zoo/steer \
-      --config.sft.shared_dir=/tmp/zoo
+      --config.sft.shared_dir=..
 
 About 2-3 minutes per preset on 2 CPU cores after the shared SFT warm start (about 1 minute).
 `PRESETS` below lists them with their settings: each method runs at its authors' default
@@ -174,7 +174,7 @@ def get_zoo_sweep() -> list[dict]:
   """Every intervention at an equal budget, 3 seeds each, sharing one SFT warm start:
 
     python launch/sweep.py --config=configs/interventions.py --sweep=get_zoo_sweep \
-        --workdir=/tmp/zoo --mode=local --jobs=2 --config.sft.shared_dir=/tmp/zoo
+        --workdir=/tmp/zoo --mode=local --jobs=2 --config.sft.shared_dir=..
     python experiments/compare_zoo.py --workdirs=/tmp/zoo --out=/tmp/zoo/compare
 
   84 runs; 1 h 45 min with --jobs=2 on 2 CPU cores (docs/results.md, "Every intervention side

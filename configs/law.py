@@ -8,10 +8,10 @@ samples, 31 points over 120 steps). The RL learning rate warms up over 5 steps a
 on a cosine to a tenth, so the policy settles instead of swinging after its entropy collapses.
 
 One run (about 2 minutes on 2 idle CPU cores, its SFT warm start included; the warm start is
-written to --config.sft.shared_dir and reused):
+written beside the run's workdir, `sft.shared_dir=../sft_seed0`, and reused by the runs next to
+it):
 
-  python experiments/train.py --config=configs/law.py --workdir=/tmp/law/grpo_seed0 \
-      --config.sft.shared_dir=/tmp/law/sft_seed0
+  python experiments/train.py --config=configs/law.py --workdir=/tmp/law/grpo_seed0
 
 The four methods × 3 seeds (each seed its own SFT warm start; about 20 minutes with --jobs=2),
 then the fits (per run, jointly, and the early-stage prediction from the first 25% of steps):
@@ -62,7 +62,7 @@ COMMON_LEARNING_RATE = 3e-4
 def get_config() -> ml_collections.ConfigDict:
   config = quickstart.get_config()
   config.sft.steps = 120
-  config.sft.shared_dir = "/tmp/law/sft_seed0"
+  config.sft.shared_dir = "../sft_seed0"  # beside the run's workdir, shared by the sweep's runs
 
   config.rl.steps = 120
   config.optimizer.warmup_steps = 5
@@ -88,7 +88,7 @@ def _with_seed(name: str, overrides: dict, seed: int, sft_root: str) -> dict:
   }
 
 
-def get_sweep(sft_root: str = "/tmp/law") -> list[dict]:
+def get_sweep(sft_root: str = "..") -> list[dict]:
   """The four methods × 3 seeds. GRPO's seeds come first, so that with `--jobs=2` each seed's
   SFT warm start is written by exactly one run before the other methods reuse it."""
   return [
@@ -115,7 +115,7 @@ def _size_run(width: int, lr: float, seed: int, sft_root: str) -> dict:
   }
 
 
-def get_size_lr_sweep(sft_root: str = "/tmp/law_sizes") -> list[dict]:
+def get_size_lr_sweep(sft_root: str = "..") -> list[dict]:
   """GRPO at four widths (0.15M–1.3M non-embedding parameters) × 3 learning rates, seed 0, each
   width with its own SFT warm start (written by the width's first run; the widest goes first,
   alone, so no two runs write one warm start at once):
@@ -128,7 +128,7 @@ def get_size_lr_sweep(sft_root: str = "/tmp/law_sizes") -> list[dict]:
   return [_size_run(w, lr, 0, sft_root) for lr in SIZE_LEARNING_RATES for w in WIDTHS]
 
 
-def get_size_sweep(sft_root: str = "/tmp/law_sizes") -> list[dict]:
+def get_size_sweep(sft_root: str = "..") -> list[dict]:
   """The size law: each width at its chosen learning rate and at the common 3e-4, on seeds 0 and
   1 (the seed-0 runs are the scan's, so with the same workdir they are skipped as done):
 
@@ -171,8 +171,9 @@ KL_COV_ABLATIONS: dict[str, dict] = {
 }
 
 
-def get_kl_cov_sweep(sft_root: str = "/tmp/law") -> list[dict]:
-  """The KL-Cov ablations on seeds 0–2, reusing the law sweep's SFT warm starts:
+def get_kl_cov_sweep(sft_root: str = "../../law") -> list[dict]:
+  """The KL-Cov ablations on seeds 0–2, reusing the SFT warm starts of the law sweep in
+  `../law` (beside this sweep's directory, as in the command):
 
     python launch/sweep.py --config=configs/law.py --sweep=get_kl_cov_sweep \
         --workdir=/tmp/law_kl_cov --mode=local --jobs=2

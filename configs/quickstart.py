@@ -16,8 +16,9 @@ The three-method comparison (the README's first command):
 
   python experiments/quickstart.py --workdir=/tmp/entropix_quickstart
 
-Ratios are scaled to the batch: a rollout holds ~1.5k completion tokens, so the paper's
-2e-4 / 2e-3 would select 0-3 tokens (the max(1, .) floor makes them no-ops here). Clip-Cov uses
+Ratios are scaled to the batch: a rollout holds ~2k completion tokens, a mini-batch ~510, so
+the paper's 2e-4 / 2e-3 would select 0-1 tokens per mini-batch (the max(1, .) floor makes them
+no-ops here). Clip-Cov uses
 0.02 with the paper's bounds [1, 5]; KL-Cov uses 0.2 with coef 1 (configs/law.py sweeps KL-Cov's
 ratio, coefficient and mini-batches; docs/results.md has the measurements).
 """
@@ -26,9 +27,14 @@ import ml_collections
 
 from entropix_rl.train.config_dict import default_config
 
+PRESETS = ("runlocal",)
 
-def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
-  """The quickstart (module docstring); `:runlocal` is a seconds-long smoke run."""
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The quickstart (module docstring); `configs/quickstart.py:runlocal` is a smoke run of
+  about a minute (20 SFT steps, 4 RL steps of 8 prompts)."""
+  if preset not in ("",) + PRESETS:
+    raise ValueError(f"configs/quickstart.py:{preset}: unknown preset; allowed: {PRESETS}")
   config = default_config()  # every field at its default; set here is only what differs
   config.task.kwargs = {"min_n": 100, "max_n": 999}
 
@@ -57,7 +63,7 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.eval.every = 50
   config.eval.pass_k = (1, 8)
 
-  if runlocal:
+  if preset == "runlocal":
     config.sft.steps = 20
     config.rl.steps = 4
     config.rl.prompts_per_step = 8

@@ -26,6 +26,7 @@ import ml_collections
 from entropix_rl import recipes
 
 METHODS = recipes.METHODS
+PRESETS = METHODS  # configs/qwen25_*.py:<method>
 
 MODEL_SIZE = "32B"
 LEARNING_RATE = 1e-6  # the paper's setup: 32B

@@ -60,6 +60,7 @@ import ml_collections
 from entropix_rl import recipes
 
 METHODS = recipes.METHODS
+PRESETS = METHODS  # configs/qwen25_*.py:<method>
 
 MODEL_SIZE = "7B"
 LEARNING_RATE = 5e-7  # the paper's setup: 7B, original repo (verl recipes: 1e-6)

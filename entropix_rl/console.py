@@ -40,7 +40,13 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """One INFO log line every `every` steps: step, step time, ETA and a few chosen metrics."""
+  """One INFO log line every `every` steps: step, step time, elapsed time, ETA and a few chosen
+  metrics under their full names.
+
+  The first step of a run (or of a resumed run) compiles the jitted programs, so the step time
+  and the ETA are measured from the end of that step: `elapsed` counts everything, the rate
+  only the steps after the first.
+  """
 
   def __init__(
       self,
@@ -55,27 +61,29 @@ class Progress:
     self.total, self.start, self.every, self.keys = total_steps, start_step, max(1, every), keys
     self.label, self.enabled = label, enabled
     self._t0 = time.perf_counter()
+    self._first: tuple[int, float] | None = None  # (step, time) at the end of the first step
 
   def update(self, step: int, metrics: Mapping[str, float]) -> None:
     """Reports after finishing `step` (1-based count of steps done)."""
+    now = time.perf_counter()
+    if self._first is None:
+      self._first = (step, now)
     if not self.enabled or (step % self.every and step != self.total):
       return
-    done = step - self.start
-    elapsed = time.perf_counter() - self._t0
-    rate = elapsed / max(done, 1)
-    shown = " ".join(
-        f"{k.split('/')[-1] if k.count('/') else k}={metrics[k]:.4g}"
-        for k in self.keys
-        if k in metrics
-    )
+    first_step, first_time = self._first
+    if step > first_step:
+      rate = (now - first_time) / (step - first_step)
+      timing = f"{rate:.2f}s/step | ETA {_duration(rate * (self.total - step))}"
+    else:
+      timing = f"first step {now - self._t0:.1f}s (compilation included) | ETA after the next step"
+    shown = " ".join(f"{k}={metrics[k]:.4g}" for k in self.keys if k in metrics)
     prefix = f"[{self.label}] " if self.label else ""
     logging.info(
-        "%sstep %d/%d | %.2fs/step | elapsed %s | ETA %s | %s",
+        "%sstep %d/%d | %s | elapsed %s | %s",
         prefix,
         step,
         self.total,
-        rate,
-        _duration(elapsed),
-        _duration(rate * (self.total - step)),
+        timing,
+        _duration(now - self._t0),
         shown,
     )

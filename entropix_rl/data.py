@@ -18,6 +18,10 @@ Config (`config.data`):
     in any case (AIME 2024's `Problem` and `Answer`).
   eval_path: optional held-out file; without it, records whose prompt hashes below
     `eval_fraction` form the eval split.
+  A generated task's verifier reads fields beyond the answer (`Task.file_fields`: `n` for
+  decomposition, `numbers` and `target` for countdown); a file for such a task carries them in
+  every record, and `check_prompt_files` reads the first records at start-up to say which are
+  missing. `path` and `eval_path` are read only with source="file" (set with "task", an error).
   max_prompt_len: prompts longer than this (in tokens) are an error naming the record.
   bad_records: "fail" (default: a bad record is an error naming the file and line or record)
     or "skip" (bad records are dropped and counted in one logged summary; a file with no good
@@ -65,6 +69,12 @@ class DataConfig:
       raise ValueError(f"data.source={self.source!r}; allowed: {SOURCES}")
     if self.source == "file" and not self.path:
       raise ValueError("data.path must name a .jsonl or .parquet file with data.source='file'")
+    for name in ("path", "eval_path"):
+      if self.source == "task" and getattr(self, name):
+        raise ValueError(
+            f"data.{name}={getattr(self, name)!r} is read only with data.source='file' (now "
+            "'task': prompts come from the task's generator); set data.source='file' or unset it"
+        )
     if not 0.0 < self.eval_fraction < 1.0:
       raise ValueError(f"data.eval_fraction={self.eval_fraction!r}; allowed: a number in (0, 1)")
     if self.max_prompt_len < 1:
@@ -162,13 +172,19 @@ def _file_records(path: str) -> list[tuple[str, Any]]:
   raise ValueError(f"data.path={path!r}: allowed formats are .jsonl and .parquet")
 
 
-def _example(record: Any, index: int) -> Example:
+def _example(record: Any, index: int, fields: tuple[str, ...] = ()) -> Example:
   if isinstance(record, BadRecord):
     raise record
   if not isinstance(record, Mapping):
     raise BadRecord("not a JSON object", f"got {type(record).__name__}")
   record = {**{str(k).lower(): v for k, v in record.items()}, **record}  # AIME's "Problem"
-  return Example(prompt=_prompt_text(record), answer=_answer_text(record), index=index)
+  missing = [f for f in fields if f not in record]
+  if missing:
+    raise BadRecord(
+        "missing task fields", f"the task's verifier reads {list(fields)}; no {missing}"
+    )
+  info = {f: record[f] for f in fields}
+  return Example(prompt=_prompt_text(record), answer=_answer_text(record), index=index, info=info)
 
 
 def _skip_summary(skipped: list[tuple[str, str]]) -> str:
@@ -180,14 +196,18 @@ def _skip_summary(skipped: list[tuple[str, str]]) -> str:
   return "; ".join(f"{reason} ×{len(wheres)} (first at {wheres[0]})" for reason, wheres in ordered)
 
 
-def read_prompt_file(path: str, bad_records: str = "fail") -> list[Example]:
+def read_prompt_file(
+    path: str, bad_records: str = "fail", fields: tuple[str, ...] = ()
+) -> list[Example]:
   """Reads a .jsonl or .parquet prompt file into Examples.
 
   Args:
     path: the file.
     bad_records: what a bad record (a line that is not UTF-8 JSON, a value that is not an
-      object, no prompt or ground truth, a prompt that is not a string) does: "fail" raises
-      naming the file and the line (jsonl) or record; "skip" drops it and logs one summary.
+      object, no prompt or ground truth, a prompt that is not a string, a missing field of
+      `fields`) does: "fail" raises naming the file and the line (jsonl) or record; "skip"
+      drops it and logs one summary.
+    fields: the task's `file_fields`, copied into each Example's `info`.
 
   Returns:
     The good records, `index` being each record's position in the file.
@@ -205,7 +225,7 @@ def read_prompt_file(path: str, bad_records: str = "fail") -> list[Example]:
   examples, skipped = [], []
   for index, (where, record) in enumerate(records):
     try:
-      examples.append(_example(record, index))
+      examples.append(_example(record, index, fields))
     except BadRecord as err:
       if bad_records == "fail":
         raise ValueError(
@@ -232,12 +252,46 @@ def _file_stream(examples: list[Example], seed: int, shuffle: bool) -> grain.Map
   return stream.repeat()
 
 
-def _file_split(data_cfg: DataConfig, split: str) -> list[Example]:
+def check_prompt_files(data_cfg: DataConfig, task: Any, eval_prompts: int) -> None:
+  """Start-up checks of a file source: the first records of `data.path` (and `data.eval_path`)
+  carry the fields the task reads, and the eval split holds `eval_prompts` distinct prompts.
+
+  Raises:
+    ValueError: naming the file, the missing fields and the task, or the eval split's size.
+  """
+  fields = tuple(getattr(task, "file_fields", ()))
+  for key, path in (("data.path", data_cfg.path), ("data.eval_path", data_cfg.eval_path)):
+    if not path:
+      continue
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{key}={path!r} does not exist")
+    for where, record in _file_records(path)[:_CHECKED_RECORDS]:
+      if isinstance(record, Mapping):
+        lower = {str(k).lower() for k in record}
+        missing = [f for f in fields if f not in lower]
+        if missing:
+          raise ValueError(
+              f"{key}={path!r}: task {task.name!r} reads the fields {list(fields)} of every "
+              f"record, and {where} lacks {missing} (it has {sorted(record)}); use a file "
+              "with those fields, or task.name='math' for prompt and answer files"
+          )
+  held_out = len(_file_split(data_cfg, "eval", fields))
+  if held_out < eval_prompts:
+    raise ValueError(
+        f"eval.num_prompts={eval_prompts} is more than the {held_out} prompts of the eval split "
+        f"of data.path={data_cfg.path!r} (data.eval_path, data.eval_fraction); lower it"
+    )
+
+
+_CHECKED_RECORDS = 8
+
+
+def _file_split(data_cfg: DataConfig, split: str, fields: tuple[str, ...] = ()) -> list[Example]:
   """The examples of `split`: the eval file, the whole file, or its hash split (never empty)."""
   if split == "eval" and data_cfg.eval_path:
-    return read_prompt_file(data_cfg.eval_path, data_cfg.bad_records)
+    return read_prompt_file(data_cfg.eval_path, data_cfg.bad_records, fields)
   path = data_cfg.path
-  examples = read_prompt_file(path, data_cfg.bad_records)
+  examples = read_prompt_file(path, data_cfg.bad_records, fields)
   if data_cfg.eval_path:
     return examples
   fraction = data_cfg.eval_fraction
@@ -327,7 +381,8 @@ def make_prompt_pipeline(
     batch_size: prompts per batch on this host.
     seed: stream seed (the same seed gives the same stream).
     split: "train" or "eval".
-    task: the generated task (required for source="task").
+    task: the task: its generator for source="task" (required), the fields its verifier reads
+      (`Task.file_fields`) for source="file".
     shard_index, shard_count: this host's block of each global batch of
       `shard_count * batch_size` records; default `jax.process_index()/count()`.
   """
@@ -343,7 +398,9 @@ def make_prompt_pipeline(
       raise ValueError(f"data.source='task' needs a generated task; got {task!r}")
     draw = functools.partial(task.example, seed, split)
   else:
-    draw = _file_stream(_file_split(data_cfg, split), seed, shuffle=split == "train").__getitem__
+    fields = tuple(getattr(task, "file_fields", ()))
+    examples = _file_split(data_cfg, split, fields)
+    draw = _file_stream(examples, seed, shuffle=split == "train").__getitem__
   width = data_cfg.max_prompt_len
   record = functools.partial(
       host_record, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count

@@ -87,8 +87,9 @@ def export_run(
   """Writes the policy of `workdir`'s checkpoint `step` (default: the latest) to `out`.
 
   Returns:
-    A summary: the step, the directory, the files written and whether tokenizer files were
-    written (only for `tokenizer.kind='hf'`; the character tokenizer has no HF form).
+    A summary: the step, the directory, the files written and the tokenizer's kind: "hf" (its
+    Hugging Face files) or "char" (`char_tokenizer.json`, the alphabet and special ids, which
+    `tokenizer.load` reads; it has no Hugging Face form).
   """
   policy = load_run_policy(workdir, step)
   config = policy.config
@@ -99,18 +100,16 @@ def export_run(
   (target / "generation_config.json").write_text(
       json.dumps(generation_config(config, tokenizer), indent=2)
   )
-  with_tokenizer = config.tokenizer.kind == "hf"
-  if with_tokenizer:
-    tokenizer.save_pretrained(target)
-  else:
-    logging.warning(
-        "the run used the character tokenizer, which has no Hugging Face form; "
-        "%s holds the model and generation config only",
+  tokenizer.save_pretrained(target)
+  if config.tokenizer.kind == "char":
+    logging.info(
+        "the run used the character tokenizer, which has no Hugging Face form: %s holds its "
+        "alphabet in char_tokenizer.json (entropix_rl.tokenizer.load reads it)",
         target,
     )
   return {
       "step": policy.step,
       "out": str(target),
       "files": sorted(p.name for p in target.iterdir()),
-      "tokenizer_files": with_tokenizer,
+      "tokenizer": config.tokenizer.kind,
   }

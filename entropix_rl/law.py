@@ -455,7 +455,8 @@ def plot_fit(
   """Scatter of (H, R) per run, the fitted curve from H = 0, and the ceiling b − a.
 
   Args:
-    points: label -> (entropy `[n_i]` nats, reward `[n_i]`); one colour per label.
+    points: label -> (entropy `[n_i]` nats, reward `[n_i]`); one style per label
+      (`plots.styles`: distinct colours, then markers, however many runs).
     law: the fit to draw.
     out_png: output path (directories are created).
     title: figure title.
@@ -465,9 +466,9 @@ def plot_fit(
   """
   fig, (ax,) = plots.new_figure(6.4, 4.6)
   h_max = 0.0
-  for label, (h_values, r_values) in points.items():
+  for (label, (h_values, r_values)), style in zip(points.items(), plots.styles(len(points))):
     h, r = np.asarray(h_values, np.float64), np.asarray(r_values, np.float64)
-    ax.scatter(h, r, s=16, alpha=0.8, label=label)
+    ax.scatter(h, r, s=16, alpha=0.8, label=label, **style)
     h_max = max(h_max, float(np.max(h)) if h.size else 0.0)
   grid = np.linspace(0.0, 1.05 * h_max if h_max > 0 else 1.0, 200)
   ax.plot(grid, law.predict(grid), color="black", lw=1.5, label=_law_label(law))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 import contextlib
 import os
+import posixpath
 import tempfile
 
 from etils import epath
@@ -25,6 +26,21 @@ def as_path(path: epath.PathLike) -> epath.Path:
   if is_remote(path):
     return epath.Path(path)
   return epath.Path(os.path.abspath(os.fspath(path)))
+
+
+def resolve(base: epath.PathLike, path: str) -> epath.Path:
+  """`path` as written when it is absolute or remote, else relative to `base`, `..` allowed
+  (`resolve("/runs/law/grpo", "../sft_seed0")` is `/runs/law/sft_seed0`, and the same under
+  `gs://`); "" is `base` itself."""
+  if not path:
+    return as_path(base)
+  if is_remote(path) or os.path.isabs(path):
+    return as_path(path)
+  base = os.fspath(base)
+  if is_remote(base):
+    scheme, rest = base.split("://", 1)
+    return epath.Path(f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}")
+  return epath.Path(os.path.normpath(os.path.join(os.path.abspath(base), path)))
 
 
 def append_text(path: epath.Path, text: str) -> None:

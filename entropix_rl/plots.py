@@ -7,6 +7,7 @@ global state, so importing this module does not switch the backend of a notebook
 from __future__ import annotations
 
 from etils import epath
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -27,15 +28,29 @@ def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, lis
   return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def styles(n: int) -> list[dict[str, str]]:
+  """`n` distinct (colour, marker) styles, for one series per run: tab10's colours for up to
+  10, tab20's for up to 20, and past that each colour again with another marker."""
+  palette = colormaps["tab10" if n <= 10 else "tab20"].colors
+  return [
+      {"color": palette[i % len(palette)], "marker": MARKERS[(i // len(palette)) % len(MARKERS)]}
+      for i in range(n)
+  ]
+
+
 def plot_runs(runs: dict[str, str], out_png: str, panels=PANELS) -> str:
   """One panel per metric, one line per run. `runs` maps a label to a workdir."""
   fig, axes = new_figure(5.2 * len(panels), 4.0, ncols=len(panels))
-  for label, workdir in runs.items():
+  for (label, workdir), style in zip(runs.items(), styles(len(runs))):
     run = run_logs.load_run(workdir)
     for ax, (key, _) in zip(axes, panels):
       if key in run.keys():
         steps, values = run.series(key)
-        ax.plot(steps, values, label=label, marker="." if len(steps) < 30 else None)
+        marker = style["marker"] if len(steps) < 30 else None
+        ax.plot(steps, values, label=label, color=style["color"], marker=marker, markersize=3)
   for ax, (_, title) in zip(axes, panels):
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("RL step")

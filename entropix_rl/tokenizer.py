@@ -76,6 +76,33 @@ class CharTokenizer:
   def format_prompt(self, text: str) -> str:
     return text
 
+  def save_pretrained(self, path: epath.PathLike) -> None:
+    """Writes `char_tokenizer.json` (the alphabet and the special ids) to `path`, so an exported
+    model carries its vocabulary (`load` reads it back)."""
+    spec = {
+        "kind": "char",
+        "alphabet": self.alphabet,
+        "specials": list(self._SPECIALS),
+        "pad_id": self.pad_id,
+        "bos_id": self.bos_id,
+        "eos_id": self.eos_id,
+    }
+    target = epath.Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / CHAR_TOKENIZER_FILE).write_text(json.dumps(spec, indent=2))
+
+
+CHAR_TOKENIZER_FILE = "char_tokenizer.json"
+
+
+def load(path: epath.PathLike) -> CharTokenizer | HFTokenizer:
+  """The tokenizer saved in the directory `path`: a `CharTokenizer` when it holds
+  `char_tokenizer.json` (an exported character-tokenizer run), else a Hugging Face one."""
+  spec_path = epath.Path(path) / CHAR_TOKENIZER_FILE
+  if spec_path.exists():
+    return CharTokenizer(json.loads(spec_path.read_text())["alphabet"])
+  return HFTokenizer(os.fspath(path))
+
 
 class HFTokenizer:
   """A local Hugging Face tokenizer directory (no hub access).

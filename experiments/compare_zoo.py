@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from entropix_rl import law, run_logs
+from entropix_rl import law, plots, run_logs
 
 _WORKDIRS = flags.DEFINE_string("workdirs", None, "Sweep root(s) or run dirs (globs, commas).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -120,16 +120,14 @@ def plot_curves(runs: dict[str, run_logs.Run], path: str) -> None:
   methods: dict[str, list[run_logs.Run]] = {}
   for run in runs.values():
     methods.setdefault(run.method, []).append(run)
-  colors = [f"C{i % 10}" for i in range(len(methods))]
-  styles = ["-", "--", ":"]
-  for i, (name, group) in enumerate(sorted(methods.items())):
+  for (name, group), style in zip(sorted(methods.items()), plots.styles(len(methods))):
     for ax, key in zip(axes, (ENTROPY, ACCURACY)):
       series = [r.series(key) for r in group if key in r.columns]
       if not series:
         continue
       steps = series[0][0]
       values = np.mean([v for s, v in series if s.shape == steps.shape], axis=0)
-      ax.plot(steps, values, color=colors[i], linestyle=styles[(i // 10) % 3], label=name)
+      ax.plot(steps, values, label=name, markevery=max(1, len(steps) // 8), markersize=4, **style)
   axes[0].set(title="entropy (paper's definition)", xlabel="RL step", yscale="log")
   axes[1].set(title="held-out sampled accuracy", xlabel="RL step")
   for ax in axes:
@@ -138,29 +136,31 @@ def plot_curves(runs: dict[str, run_logs.Run], path: str) -> None:
   _save(fig, path)
 
 
-def plot_final(methods: dict[str, dict], path: str) -> dict:
-  """Final accuracy against final entropy per run, and the joint law over all runs' points."""
+def plot_final(methods: dict[str, dict], path: str) -> dict | None:
+  """Final accuracy against final entropy per run, and the joint law over all runs' points
+  (None, and no curve, with fewer than the 3 points a fit needs)."""
   points = {
       label: (s["points"]["entropy"], s["points"]["accuracy"])
       for m in methods.values()
       for label, s in m["runs"].items()
       if s["points"]["entropy"]
   }
-  joint = law.joint_fit(points)
+  joint = law.joint_fit(points) if sum(len(e) for e, _ in points.values()) >= 3 else None
   fig = Figure(figsize=(8, 6))
   ax = fig.subplots()
-  for i, (name, m) in enumerate(sorted(methods.items())):
+  for (name, m), style in zip(sorted(methods.items()), plots.styles(len(methods))):
     xs = [s["entropy"] for s in m["runs"].values()]
     ys = [s["accuracy"] for s in m["runs"].values()]
-    ax.scatter(xs, ys, color=f"C{i % 10}", marker="osv^D<>p*h"[(i // 10) % 10], label=name, s=28)
-  grid = np.linspace(0.0, max(max(e) for e, _ in points.values()), 200)
-  ax.plot(
-      grid,
-      joint.fit.predict(grid),
-      "k-",
-      lw=1.2,
-      label=f"joint law: a={joint.fit.a:.2f}, b={joint.fit.b:.2f}, R²={joint.fit.r2:.2f}",
-  )
+    ax.scatter(xs, ys, label=name, s=28, **style)
+  if joint is not None:
+    grid = np.linspace(0.0, max(max(e) for e, _ in points.values()), 200)
+    ax.plot(
+        grid,
+        joint.fit.predict(grid),
+        "k-",
+        lw=1.2,
+        label=f"joint law: a={joint.fit.a:.2f}, b={joint.fit.b:.2f}, R²={joint.fit.r2:.2f}",
+    )
   ax.set(
       xlabel="final entropy (nats)",
       ylabel="final sampled accuracy",
@@ -169,7 +169,7 @@ def plot_final(methods: dict[str, dict], path: str) -> dict:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
   _save(fig, path)
-  return joint.to_dict()
+  return None if joint is None else joint.to_dict()
 
 
 def main(argv):
@@ -188,7 +188,10 @@ def main(argv):
   with open(os.path.join(_OUT.value, "zoo.json"), "w") as f:
     json.dump({"methods": methods, "joint_law": joint}, f, indent=1, default=float)
   print(table)
-  print(f"\njoint law over every run: {joint}")
+  if joint is None:
+    print("\njoint law: not fitted (fewer than 3 evaluation points over all runs)")
+  else:
+    print(f"\njoint law over every run: {joint}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ r"""The quickstart comparison: GRPO, Clip-Cov and KL-Cov on the same seed, SFT w
 Runs one shared SFT warm start, then each method in `--methods` from it, prints a table
 (method, entropy at RL start and end, accuracy, distinct correct answers per group) and writes
 `comparison.png` (entropy and accuracy against step) and `comparison.json` to the workdir.
-Re-running resumes unfinished methods and skips finished ones; a preempted method exits with
-code 75 after saving.
+Re-running resumes unfinished methods and skips finished ones. A method stopped by SIGTERM
+saves and exits with code 75, by Ctrl-C with code 130 (docs/reliability.md); `--print_config`
+prints the base config.
 """
 
 import json
@@ -15,16 +16,13 @@ import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from entropix_rl import console, plots, run_logs
-from entropix_rl.train import loop
-from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
+from entropix_rl.train import cli, loop
+from entropix_rl.train.checkpoint import INTERRUPTED_EXIT_CODE
 from entropix_rl.train.config_dict import apply_overrides, typed
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/quickstart.py", "Base config shared by every method."
-)
+_CONFIG = cli.define_config("configs/quickstart.py", "Base config shared by every method.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/entropix_quickstart", "Output directory.")
 _METHODS = flags.DEFINE_list(
     "methods",
@@ -41,11 +39,14 @@ METHOD_OVERRIDES = {
     "high_entropy_tokens": {"loss.name": "high_entropy_tokens"},
     "entropy_bonus": {"loss.name": "ppo", "loss.entropy_bonus.coef": 0.005},
 }
+flags.register_validator(
+    "methods",
+    lambda methods: set(methods) <= set(METHOD_OVERRIDES),
+    message=f"allowed methods: {', '.join(METHOD_OVERRIDES)}",
+)
 
 
 def method_config(base, method: str):
-  if method not in METHOD_OVERRIDES:
-    raise ValueError(f"--methods contains {method!r}; allowed: {sorted(METHOD_OVERRIDES)}")
   config = base.copy_and_resolve_references()
   with config.unlocked():
     apply_overrides(config, METHOD_OVERRIDES[method])
@@ -63,6 +64,7 @@ def summarize(workdir: str, methods: list[str]) -> list[dict]:
 def main(argv):
   console.configure()
   del argv
+  cli.answer_and_exit(_CONFIG.value, sys.argv)
   base = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
@@ -76,11 +78,15 @@ def main(argv):
       print(f"{method}: already finished in {run_dir}", flush=True)
       continue
     print(f"=== {method} ===", flush=True)
-    try:
-      loop.run(typed(config), run_dir)
-    except loop.Preempted as stop:
-      print(f"{method}: {stop}", flush=True)
-      sys.exit(PREEMPTED_EXIT_CODE)
+    with cli.one_line_errors():
+      try:
+        loop.run(typed(config), run_dir)
+      except loop.Stopped as stop:
+        print(f"{method}: {stop}", flush=True)
+        sys.exit(stop.exit_code)
+      except KeyboardInterrupt:  # Ctrl-C before the method's first RL step
+        print(f"{method}: interrupted before its first RL step; re-run to go on", flush=True)
+        sys.exit(INTERRUPTED_EXIT_CODE)
   rows = summarize(workdir, _METHODS.value)
   header = (
       f"{'method':<22}{'entropy start':>14}{'entropy end':>13}{'sampled acc start':>19}"
@@ -103,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -36,22 +36,21 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import matplotlib
-from ml_collections import config_flags
 import numpy as np
 
 from entropix_rl import advantages as advantages_lib
 from entropix_rl import data as data_lib
 from entropix_rl import sharding, theorem_probe
 from entropix_rl.plots import save_figure
-from entropix_rl.train import config_dict, sft
+from entropix_rl.train import cli, config_dict, sft
 from entropix_rl.train import rollout as rollout_lib
 from entropix_rl.train.config import Experiment, resolve
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/quickstart.py", "Experiment config: model, task, sampler, SFT."
+_CONFIG = cli.define_config(
+    "configs/quickstart.py", "Experiment config: model, task, sampler, SFT."
 )
 _OUT = flags.DEFINE_string("out", "/tmp/theorem_probe", "Output directory.")
 _SFT_DIR = flags.DEFINE_string(
@@ -255,4 +254,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

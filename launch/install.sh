@@ -8,7 +8,7 @@
 # Default: packs the tracked and untracked-but-not-ignored files of this checkout (so local
 # edits travel), copies the archive to all workers with `gcloud ... scp --worker=all` and
 # unpacks it into ~/entropix_rl (replacing the previous copy). With REPO_URL set, each worker
-# clones REF instead. Then on every worker: `pip install -e ".[tpu]"` and a check that JAX
+# clones REF instead. Then on every worker: `pip install -c constraints.txt -e ".[tpu]"` and a check that JAX
 # sees the TPU chips. Run from anywhere inside the repository.
 # PROJECT (env) is passed as --project when set.
 set -euo pipefail
@@ -46,5 +46,5 @@ tar -xzf ~/entropix_rl.tar.gz -C ~/${REMOTE_DIR}; rm ~/entropix_rl.tar.gz"
 fi
 
 gssh "set -e; cd ~/${REMOTE_DIR}; python3 -m pip install -U pip; \
-python3 -m pip install -e '.[tpu]'; \
+python3 -m pip install -c constraints.txt -e '.[tpu]'; \
 python3 -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())'"

@@ -1,7 +1,7 @@
 r"""Expand a config's `get_sweep()` into runs and launch them locally or on a TPU slice.
 
-  python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/sweep --dry_run
-  python launch/sweep.py --config=configs/quickstart.py --workdir=/tmp/sweep --mode=local
+  python launch/sweep.py --config=configs/law.py --workdir=/tmp/sweep --dry_run
+  python launch/sweep.py --config=configs/law.py --workdir=/tmp/sweep --mode=local
   python launch/sweep.py --config=configs/qwen25_7b.py:clip_cov --workdir=gs://B/sweep \
       --mode=tpu --tpu_name=entropix-v5p --zone=us-east5-a [--config.rl.steps=100]
 
@@ -25,6 +25,9 @@ Extra `--config.k=v` flags on this command line apply to every run (after the se
 * A run that exits with code 75 was preempted after saving a checkpoint
   (`entropix_rl.train.checkpoint.PREEMPTED_EXIT_CODE`): it is reported as preempted and run
   again, which resumes it, up to `--max_resumes` times (default 3).
+* Ctrl-C in the terminal reaches the running runs too: each saves the step it is in and exits
+  with code 130, the sweep starts no further run and exits with 130 once they have saved (a
+  second Ctrl-C exits at once). Re-running the command resumes the sweep.
 * `--dry_run` only prints the commands (and which runs would be skipped).
 """
 
@@ -37,14 +40,18 @@ import importlib.util
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME_KEY = "_name"
-PREEMPTED_EXIT_CODE = 75  # entropix_rl.train.checkpoint.PREEMPTED_EXIT_CODE (this script imports
-# nothing from the package, so it also runs where it is not installed)
+# entropix_rl.train.checkpoint's exit codes (this script imports nothing from the package, so it
+# also runs where it is not installed).
+PREEMPTED_EXIT_CODE = 75
+INTERRUPTED_EXIT_CODE = 130
 
 
 def load_module(config_path: str):
@@ -205,12 +212,14 @@ def run_sweep(
     max_resumes: int = 3,
     runner: Callable[..., Any] = subprocess.run,
     log: Callable[[str], None] = print,
+    interrupted: threading.Event | None = None,
 ) -> list[tuple[str, str]]:
   """Runs (or prints) every setting; returns (name, status) per run, in sweep order.
 
   Status is "done" (skipped: DONE exists), "dry_run", "ok", "preempted (rc=75)" (still
-  preempted after `max_resumes` resumes), or "failed (rc=N)". A preempted run (exit code 75)
-  is run again, which resumes it from its checkpoint.
+  preempted after `max_resumes` resumes), "interrupted (rc=130)", "not run (interrupted)" or
+  "failed (rc=N)". A preempted run (exit code 75) is run again, which resumes it from its
+  checkpoint. Once a run exits with 130 (Ctrl-C) or `interrupted` is set, no run starts.
   Runs whose name does not contain `only` are left out. A failed run does not stop the sweep.
   With `jobs` > 1 (local mode), the first pending run goes alone, then up to `jobs` at once,
   each with its output in `<base_workdir>/<name>.log`; if that first run fails, the others
@@ -219,6 +228,7 @@ def run_sweep(
   if jobs < 1 or (jobs > 1 and mode != "local"):
     raise ValueError(f"jobs={jobs}; allowed: 1, or more with --mode=local")
   runs = [(n, o) for n, o in expand_sweep(config_path, sweep_fn) if only in n]
+  interrupted = interrupted or threading.Event()
   statuses: dict[str, str] = {}
   pending = []
   for i, (name, overrides) in enumerate(runs, 1):
@@ -251,25 +261,28 @@ def run_sweep(
       return runner(cmd, check=False, stdout=out, stderr=subprocess.STDOUT).returncode
 
   def launch(prefix: str, name: str, cmd: list[str]) -> None:
+    if interrupted.is_set():
+      statuses[name] = "not run (interrupted)"
+      return
     log(f"{prefix}: {shlex.join(cmd)}")
     rc = run_once(name, cmd, 0)
     for attempt in range(1, max_resumes + 1):
-      if rc != PREEMPTED_EXIT_CODE:
+      if rc != PREEMPTED_EXIT_CODE or interrupted.is_set():
         break
       log(f"{prefix}: preempted (checkpoint saved); resuming, attempt {attempt}/{max_resumes}")
       rc = run_once(name, cmd, attempt)
-    statuses[name] = (
-        "ok"
-        if rc == 0
-        else f"preempted (rc={rc})"
-        if rc == PREEMPTED_EXIT_CODE
-        else f"failed (rc={rc})"
-    )
+    if rc == INTERRUPTED_EXIT_CODE:
+      interrupted.set()
+    statuses[name] = {
+        0: "ok",
+        PREEMPTED_EXIT_CODE: f"preempted (rc={rc})",
+        INTERRUPTED_EXIT_CODE: f"interrupted (rc={rc})",
+    }.get(rc, f"failed (rc={rc})")
     log(f"{prefix}: {statuses[name]}")
 
   if pending:
     launch(*pending[0])
-    if jobs > 1 and statuses[pending[0][1]] != "ok":
+    if jobs > 1 and statuses[pending[0][1]] != "ok" and not interrupted.is_set():
       log(
           f"{pending[0][0]} failed; see {base_workdir}/{pending[0][1]}.log. Not starting the "
           f"other {len(pending) - 1} runs."
@@ -317,8 +330,29 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   return args, rest
 
 
+def _stop_on_ctrl_c() -> threading.Event:
+  """A SIGINT handler for the sweep: the first Ctrl-C (which the terminal also sends to the
+  running runs, so they save) starts no new run; the second exits at once."""
+  interrupted = threading.Event()
+
+  def on_sigint(signum, frame):
+    del signum, frame
+    if interrupted.is_set():
+      os._exit(INTERRUPTED_EXIT_CODE)
+    interrupted.set()
+    print(
+        "Ctrl-C: the running runs save their step and stop; no new run starts "
+        "(Ctrl-C again exits at once)",
+        flush=True,
+    )
+
+  signal.signal(signal.SIGINT, on_sigint)
+  return interrupted
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+  interrupted = _stop_on_ctrl_c()
   results = run_sweep(
       args.config,
       args.workdir,
@@ -332,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       sweep_fn=args.sweep,
       jobs=args.jobs,
       max_resumes=args.max_resumes,
+      interrupted=interrupted,
   )
   failed = [n for n, s in results if s.startswith("failed")]
   preempted = [n for n, s in results if s.startswith("preempted")]
@@ -341,9 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       + (f" ({', '.join(failed)})" if failed else "")
       + f", {len(preempted)} preempted"
       + (f" ({', '.join(preempted)})" if preempted else "")
+      + f", {sum(s.startswith('interrupted') for _, s in results)} interrupted"
       + f", {sum(s.startswith('not run') for _, s in results)} not run"
   )
-  return 1 if failed else PREEMPTED_EXIT_CODE if preempted else 0
+  if failed:
+    return 1
+  if interrupted.is_set():
+    return INTERRUPTED_EXIT_CODE
+  return PREEMPTED_EXIT_CODE if preempted else 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = quickstart.get_config(runlocal=True)
+  config = quickstart.get_config("runlocal")
   config.task = ml_collections.ConfigDict({"name": "arithmetic", "kwargs": {"digits": 1}})
   config.model.update(hidden_size=32, num_layers=2, head_dim=8, intermediate_size=64)
   config.sft.update(steps=4, batch_size=64, log_every=2)

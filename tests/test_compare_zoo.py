@@ -34,6 +34,22 @@ def _write_run(root, name, method, entropy, accuracy, distinct, steps=40, every=
         f.write(json.dumps(row) + "\n")
 
 
+def _compare(root: str, out: str, *flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [
+          sys.executable,
+          os.path.join(REPO, "experiments", "compare_zoo.py"),
+          f"--workdirs={root}",
+          f"--out={out}",
+          *flags,
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+
+
 def test_table_and_outputs(tmp_path):
   root = str(tmp_path / "zoo")
   _write_run(root, "a_seed0", "alpha", 0.20, None, 3.0)
@@ -41,19 +57,7 @@ def test_table_and_outputs(tmp_path):
   _write_run(root, "b_seed0", "beta", 0.05, 0.9, 1.0)
   _write_run(root, "c_seed0", "gamma", 0.10, 0.5, 2.0, steps=0)  # still in progress
   out = str(tmp_path / "compare")
-  proc = subprocess.run(
-      [
-          sys.executable,
-          os.path.join(REPO, "experiments", "compare_zoo.py"),
-          f"--workdirs={root}",
-          f"--out={out}",
-          "--last_steps=1",
-      ],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
+  proc = _compare(root, out, "--last_steps=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("zoo.md", "zoo.json", "zoo_curves.png", "zoo_final.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0
@@ -69,3 +73,16 @@ def test_table_and_outputs(tmp_path):
   np.testing.assert_allclose(methods["beta"]["pass@8"][0], 0.8)
   table = open(os.path.join(out, "zoo.md")).read().splitlines()
   assert [line.split("|")[1].strip() for line in table[2:]][:2] == ["alpha", "beta"]  # by entropy
+
+
+def test_one_short_run_is_compared_without_a_joint_law(tmp_path):
+  """One run with two evaluations (a sweep's first setting): the table and plots are written,
+  the joint law is left out (it needs 3 points) instead of ending in a traceback."""
+  root = str(tmp_path / "zoo")
+  _write_run(root, "a_seed0", "alpha", 0.20, None, 3.0, steps=20)
+  out = str(tmp_path / "compare")
+  proc = _compare(root, out)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "joint law: not fitted (fewer than 3 evaluation points" in proc.stdout
+  assert json.load(open(os.path.join(out, "zoo.json")))["joint_law"] is None
+  assert os.path.getsize(os.path.join(out, "zoo_final.png")) > 0

@@ -4,6 +4,7 @@ at start-up with an error naming the field, never inside jit."""
 
 import ast
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -15,14 +16,17 @@ import pytest
 
 from configs import clip_bounds, interventions, law, quickstart, qwen25_7b, qwen25_32b
 from entropix_rl import sharding
-from entropix_rl.train.config import ExperimentConfig, check_layout, resolve
+from entropix_rl.train.config import ExperimentConfig, check_inputs, check_layout, resolve
 from entropix_rl.train.config_dict import apply_overrides, as_config_dict, default_config, typed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def shipped_configs() -> dict[str, ml_collections.ConfigDict]:
-  configs = {"quickstart": quickstart.get_config(), "quickstart_local": quickstart.get_config(True)}
+  configs = {
+      "quickstart": quickstart.get_config(),
+      "quickstart_local": quickstart.get_config("runlocal"),
+  }
   configs.update({f"interventions:{p}": interventions.get_config(p) for p in interventions.PRESETS})
   configs.update(
       {
@@ -232,6 +236,11 @@ COMBINATIONS = [
     ({"tokenizer.kind": "hf", "tokenizer.path": ""}, "tokenizer.path"),
     ({"data.source": "file", "data.path": ""}, "data.path"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),
+    ({"data.path": "prompts.jsonl"}, "data.path"),  # read only with data.source='file'
+    ({"data.eval_path": "held_out.jsonl"}, "data.eval_path"),
+    ({"model.init": "checkpoint", "model.checkpoint": "/ckpt"}, "model.hidden_size"),
+    ({"tokenizer.kind": "hf", "tokenizer.path": "/no/such/tokenizer"}, "/no/such/tokenizer"),
+    ({"task.name": "math", "task.kwargs": {}}, "tokenizer.kind='hf'"),
 ]
 # None turns clipping off; an architecture field left None takes ModelConfig's default (a
 # decoder flag: the model family's value; the vocabulary: the character tokenizer's).
@@ -290,6 +299,7 @@ def _start_up_error(overrides: dict) -> str:
   try:
     exp = resolve(typed(config))
     check_layout(exp.config, sharding.make_mesh(exp.config.mesh))
+    check_inputs(exp)
   except ValueError as err:
     return str(err)
   return ""
@@ -321,6 +331,44 @@ def test_several_invalid_values_fail_naming_one_of_them(cases):
 @pytest.mark.parametrize("overrides,field", COMBINATIONS)
 def test_invalid_combinations_fail_at_start_up_naming_a_field(overrides, field):
   _check_fails_naming(overrides, field)
+
+
+@hypothesis.settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@hypothesis.given(st.lists(st.sampled_from(COMBINATIONS), min_size=2, max_size=3, unique_by=str))
+def test_several_invalid_combinations_fail_naming_a_field_of_one_of_them(combinations):
+  overrides = {}
+  for combination, _ in combinations:
+    overrides.update(combination)
+  message = _start_up_error(overrides)
+  fields = [field for combination, field in combinations]
+  assert message and (any(f in message for f in fields) or any(k in message for k in overrides)), (
+      combinations,
+      message,
+  )
+
+
+def _prompt_file(path, records):
+  with open(path, "w") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+  return str(path)
+
+
+def test_a_prompt_file_without_the_fields_the_task_reads_fails_at_start_up(tmp_path):
+  """Decomposition's verifier reads `n`: a prompt/answer file fails before any work, naming
+  the missing field, the task and the record (it used to crash at the first reward)."""
+  path = _prompt_file(
+      tmp_path / "p.jsonl", [{"prompt": f"{n}=", "answer": "1+1"} for n in range(40)]
+  )
+  message = _start_up_error({"data.source": "file", "data.path": path})
+  assert "task 'decomposition' reads the fields ['n']" in message and "record 0" in message
+  with_n = [{"prompt": f"{n}=", "answer": f"1+{n - 1}", "n": n} for n in range(100, 700)]
+  path = _prompt_file(tmp_path / "q.jsonl", with_n)
+  assert _start_up_error({"data.source": "file", "data.path": path, "eval.num_prompts": 16}) == ""
+  few = _prompt_file(tmp_path / "few.jsonl", with_n[:200])
+  assert "eval.num_prompts=128 is more than the" in _start_up_error(
+      {"data.source": "file", "data.path": few}
+  )
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from entropix_rl import export
+from entropix_rl import tokenizer as tokenizer_lib
 from entropix_rl.models import forward
 from entropix_rl.tokenizer import HFTokenizer
 from entropix_rl.train import loop
@@ -45,11 +46,18 @@ def test_export_of_a_trained_run_loads_in_transformers_with_our_logits(tmp_path)
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert summary["step"] == 1 and not summary["tokenizer_files"]
-  assert {"config.json", "model.safetensors", "generation_config.json"} <= set(summary["files"])
+  assert summary["step"] == 1 and summary["tokenizer"] == "char"
+  assert {
+      "config.json",
+      "model.safetensors",
+      "generation_config.json",
+      "char_tokenizer.json",
+  } <= set(summary["files"])
 
   exp = resolve(typed(config))
   tokenizer = exp.tokenizer
+  exported = tokenizer_lib.load(out)  # the alphabet travels with the export
+  assert exported.alphabet == tokenizer.alphabet and exported.vocab_size == tokenizer.vocab_size
   generation = json.load(open(os.path.join(out, "generation_config.json")))
   assert generation["eos_token_id"] == list(tokenizer.stop_ids)
   assert generation["top_k"] == 5 and generation["max_new_tokens"] == exp.sampler.max_new_tokens
@@ -81,8 +89,23 @@ def test_export_of_a_trained_run_loads_in_transformers_with_our_logits(tmp_path)
       timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.load(open(os.path.join(evaluated, "eval.json")))["results"]["decomposition_eval"]
+  report = json.load(open(os.path.join(evaluated, "eval.json")))
+  result = report["results"]["decomposition_eval"]
   assert result["prompts"] == 8 and set(result["pass@k"]) == {"1", "2", "4"}
+  assert report["settings"]["checkpoint_step"] == 2  # the latest checkpoint, recorded
+
+
+def test_evaluate_errors_are_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "experiments/evaluate.py", f"--workdir={tmp_path}", f"--out={tmp_path}/o"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env={**os.environ, "PYTHONPATH": REPO},
+      timeout=300,
+  )
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "run_info.json does not exist: --workdir must be a training run" in proc.stderr
 
 
 def test_export_needs_a_training_run(tmp_path):

@@ -232,7 +232,11 @@ def test_two_processes_ran_with_four_devices_each(runs):
 def test_stopped_run_resumes_from_its_checkpoints(runs):
   assert runs["first_leg"]["steps"] == [0, 1, 2]
   assert runs["first_leg"]["checkpoints"] == ["2"]
-  assert "SFT warm start found" in runs["resumed_log"]
+  # A resume restores the checkpoint into params of the right shape: it neither loads nor
+  # retrains the warm start.
+  assert "resuming at RL step 2" in runs["resumed_log"]
+  assert "SFT warm start found" not in runs["resumed_log"]
+  assert "sft/nll" not in runs["resumed_log"]
   assert "resumed from checkpoint at RL step 2" in runs["resumed_log"]
   steps = [r["step"] for r in _read_jsonl(os.path.join(runs["two"], "metrics.jsonl"))]
   assert steps == [0, 1, 2, 3, 4]

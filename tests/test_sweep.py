@@ -1,7 +1,8 @@
-"""Tests of launch/sweep.py: expansion of get_sweep(), commands, run names and DONE skipping."""
+"""Tests of launch/sweep.py: expansion of get_sweep(), commands, run names, DONE skipping,\npreempted and interrupted runs."""
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -216,10 +217,55 @@ def test_a_preempted_run_is_reported_and_resumed(config_path, tmp_path):
   assert any("preempted (checkpoint saved); resuming, attempt 2/3" in line for line in logged)
 
 
-def test_preempted_exit_code_matches_the_trainer():
-  from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
+def test_a_run_stopped_by_ctrl_c_starts_no_further_run(config_path, tmp_path):
+  """A run that exits with 130 saved its step after Ctrl-C: it is not resumed, no later run
+  starts (before this, the sweep went on launching the others)."""
+  calls = []
+
+  def runner(cmd, check):
+    calls.append(cmd)
+    return subprocess.CompletedProcess(cmd, 130 if len(calls) == 2 else 0)
+
+  results = sweep.run_sweep(
+      config_path, str(tmp_path / "runs"), python="python", runner=runner, log=lambda _: None
+  )
+  assert [s for _, s in results] == ["ok", "interrupted (rc=130)"] + ["not run (interrupted)"] * 2
+  assert len(calls) == 2
+
+
+def test_ctrl_c_reaches_the_runs_and_the_sweep_exits_130(config_path, tmp_path):
+  """Ctrl-C in a terminal signals the whole foreground process group: the sweep waits for its
+  running run to save and exit, starts no other and exits with 130."""
+  fake_python = tmp_path / "python"  # stands for the trainer: exits 130 on SIGINT
+  fake_python.write_text(
+      f"#!/usr/bin/env bash\necho started >> {tmp_path}/runs.log\n"
+      "trap 'echo saved >> " + f"{tmp_path}/runs.log; exit 130' INT\n"
+      "sleep 60 & wait\n"
+  )
+  fake_python.chmod(0o755)
+  proc = subprocess.Popen(
+      [sys.executable, SWEEP_PY, f"--config={config_path}", f"--workdir={tmp_path}/w"]
+      + [f"--python={fake_python}"],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      start_new_session=True,
+  )
+  deadline = time.time() + 60
+  while not (tmp_path / "runs.log").exists() and time.time() < deadline:
+    time.sleep(0.1)
+  os.killpg(proc.pid, signal.SIGINT)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 130, out
+  assert (tmp_path / "runs.log").read_text().split() == ["started", "saved"]
+  assert "1 interrupted, 3 not run" in out and "Traceback" not in out
+
+
+def test_exit_codes_match_the_trainer():
+  from entropix_rl.train.checkpoint import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 
   assert sweep.PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE
+  assert sweep.INTERRUPTED_EXIT_CODE == INTERRUPTED_EXIT_CODE
 
 
 @pytest.mark.parametrize(

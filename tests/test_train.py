@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(**overrides):
-  config = quickstart.get_config(runlocal=True)
+  config = quickstart.get_config("runlocal")
   config.model.hidden_size = 32
   config.model.num_layers = 2
   config.model.head_dim = 8

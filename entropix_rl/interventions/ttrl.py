@@ -11,6 +11,11 @@ and drops the rest (the first ones, not selected by reward, as the reference). T
 votes over extracted answer strings and rewards by math equivalence: `vote_by` = exact_string,
 `reward_by` = value. The ground truth is never used for the reward (accuracy metrics still
 report the verifier's judgement). Model output is only parsed, never executed.
+
+Metrics (the reference's `ttt_metrics.py`), means over the step's prompts and trained rows:
+`ttrl/label_accuracy`, the share of prompts whose pseudo-label is a correct answer (the
+verifier's judgement of the vote winner), and `ttrl/reward_accuracy`, the share of rewards that
+agree with the verifier.
 """
 
 from __future__ import annotations
@@ -82,24 +87,42 @@ def pseudo_label_rewards(vote_keys: list, reward_keys: list, group_ids: np.ndarr
   return rewards
 
 
+def label_correct(vote_keys: list, correct: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
+  """`[N]` float32: 1 on every row of a group whose vote winner is a correct answer (the
+  verifier's judgement of the group's first response with the winning key), else 0."""
+  group_ids, correct = np.asarray(group_ids), np.asarray(correct)
+  chex.assert_shape([group_ids, correct], (len(vote_keys),))
+  out = np.zeros(len(vote_keys), np.float32)
+  for group, winner in majority_labels(vote_keys, group_ids).items():
+    rows = np.flatnonzero(group_ids == group)
+    if winner is not None:
+      out[rows] = float(correct[next(i for i in rows if vote_keys[i] == winner)])
+  return out
+
+
 def ttrl_rollout(cfg: LossConfig, responses, ctx, state):
-  """Votes over the `n_vote` responses of each prompt, keeps the first `group_size`."""
+  """Votes over the `n_vote` responses of each prompt, keeps the first `group_size`, and reports
+  the pseudo-labels' accuracy (module docstring)."""
   del state
   c = cfg.ttrl
   if c.n_vote < ctx.group_size:
     raise ValueError(f"loss.ttrl.n_vote={c.n_vote} must be >= rl.group_size={ctx.group_size}")
+  vote_keys = ctx.answer_keys(responses, c.vote_by)
   rewards = pseudo_label_rewards(
-      ctx.answer_keys(responses, c.vote_by),
-      ctx.answer_keys(responses, c.reward_by),
-      responses.group_ids,
+      vote_keys, ctx.answer_keys(responses, c.reward_by), responses.group_ids
   )
+  row_metrics = {
+      **responses.row_metrics,
+      "ttrl/label_accuracy": label_correct(vote_keys, responses.correct, responses.group_ids),
+      "ttrl/reward_accuracy": (rewards == responses.correct).astype(np.float32),
+  }
   keep = np.concatenate(
       [
           np.flatnonzero(responses.group_ids == g)[: ctx.group_size]
           for g in np.unique(responses.group_ids)
       ]
   )
-  return dataclasses.replace(responses, rewards=rewards).take(keep)
+  return dataclasses.replace(responses, rewards=rewards, row_metrics=row_metrics).take(keep)
 
 
 INTERVENTION = Intervention(

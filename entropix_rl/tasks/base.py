@@ -24,7 +24,7 @@ import abc
 from collections.abc import Hashable, Mapping
 import dataclasses
 import hashlib
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -55,9 +55,14 @@ class Example:
 
 @runtime_checkable
 class Task(Protocol):
-  """A verifiable task. `alphabet` raises ValueError for tasks that need a real tokenizer."""
+  """A verifiable task. `alphabet` raises ValueError for tasks that need a real tokenizer.
+
+  `file_fields` names the `Example.info` fields its verifier reads: a prompt file
+  (`data.source="file"`) must carry them in every record beside the prompt and the answer.
+  """
 
   name: str
+  file_fields: tuple[str, ...]
 
   @property
   def alphabet(self) -> str:
@@ -108,6 +113,7 @@ class GeneratedTask(abc.ABC):
   """
 
   name = "generated"
+  file_fields: ClassVar[tuple[str, ...]] = ()  # the `info` fields `verify` reads (`Task`)
   eval_fraction: float = 0.1
   max_draws: int = dataclasses.field(default=10_000, repr=False)
 

@@ -140,6 +140,7 @@ class Countdown(GeneratedTask):
   """
 
   name = "countdown"
+  file_fields = ("numbers", "target")
   num_numbers: int = 3
   max_number: int = 20
   max_target: int = 100

@@ -28,6 +28,7 @@ class Decomposition(GeneratedTask):
   """
 
   name = "decomposition"
+  file_fields = ("n",)
   min_n: int = 100
   max_n: int = 999
 

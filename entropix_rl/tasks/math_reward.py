@@ -162,6 +162,7 @@ class MathTask:
   """
 
   name = "math"
+  file_fields = ()  # the ground truth is the record's answer
   timeout_s: int = 5
 
   @property

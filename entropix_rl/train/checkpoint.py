@@ -8,14 +8,16 @@ temporary directory that is renamed only when complete, so a killed writer never
 checkpoint that looks finished (leftover temporaries are removed when the manager opens).
 Directories are `etils.epath` paths, so `gs://` workdirs work without a mount.
 
-`PreemptionGuard` turns SIGTERM (TPU preemption) into a flag; `preemption_agreed` makes every
-host stop at the same step, through JAX's preemption sync point where the distributed
-runtime has one, and an all-gather of the hosts' flags otherwise.
+`PreemptionGuard` turns SIGTERM (TPU preemption) and SIGINT (Ctrl-C) into a request to save
+and stop after the current step (a second Ctrl-C exits at once); `stop_agreed` makes every host
+stop at the same step, through JAX's preemption sync point where the distributed runtime has
+one, and an all-gather of the hosts' requests otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 from typing import Any
@@ -30,9 +32,13 @@ import orbax.checkpoint as ocp
 from entropix_rl import param_shapes
 from entropix_rl.checks import check_int
 
-# The exit code of a run that stopped after saving because it was preempted (sysexits'
-# EX_TEMPFAIL: "try again later"). launch/sweep.py and launch/run.sh resume such runs.
+# The exit code of a run that stopped after saving because it was preempted (SIGTERM, or the
+# distributed runtime's preemption notice; sysexits' EX_TEMPFAIL: "try again later").
+# launch/sweep.py and launch/run.sh resume such runs.
 PREEMPTED_EXIT_CODE = 75
+# The exit code of a run stopped with Ctrl-C (128 + SIGINT): after saving the step it was in,
+# or, on a second Ctrl-C, at once with its last finished checkpoint. Re-run to resume.
+INTERRUPTED_EXIT_CODE = 130
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,11 +189,23 @@ def _check_stored_shapes(directory: str, step: int, abstract: Any) -> None:
   )
 
 
-class PreemptionGuard:
-  """Sets `requested` on SIGTERM (and SIGINT if asked) instead of dying mid-step."""
+def saved_steps(directory: epath.PathLike) -> list[int]:
+  """The finished checkpoint steps under `directory`, ascending (none when it does not exist),
+  read without opening a manager, so nothing is created or cleaned up."""
+  directory = epath.Path(directory)
+  if not directory.exists():
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory))
 
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
-    self.requested = False
+
+class PreemptionGuard:
+  """Turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a request to save and stop after the
+  current step, instead of dying mid-step. A second Ctrl-C exits at once (`os._exit`) with
+  `INTERRUPTED_EXIT_CODE`: a checkpoint being written then is discarded (saves are renamed only
+  when complete), so the last finished one is what a re-run resumes from."""
+
+  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+    self.requested: int | None = None
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
@@ -195,8 +213,26 @@ class PreemptionGuard:
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("received signal %d: will checkpoint and exit after this step", signum)
-    self.requested = True
+    if signum == signal.SIGINT and self.requested == signal.SIGINT:
+      logging.warning(
+          "second Ctrl-C: exiting now (code %d); a re-run resumes from the last finished "
+          "checkpoint",
+          INTERRUPTED_EXIT_CODE,
+      )
+      logging.flush()
+      os._exit(INTERRUPTED_EXIT_CODE)
+    if signum == signal.SIGINT:
+      logging.warning("Ctrl-C: will checkpoint and exit after this step (Ctrl-C again: exit now)")
+    else:
+      logging.warning("received signal %d: will checkpoint and exit after this step", signum)
+    self.requested = signal.SIGINT if signal.SIGINT in (signum, self.requested) else signum
+
+  @property
+  def exit_code(self) -> int:
+    """0 with no request, else the code the run exits with after saving."""
+    if self.requested is None:
+      return 0
+    return INTERRUPTED_EXIT_CODE if self.requested == signal.SIGINT else PREEMPTED_EXIT_CODE
 
   def restore_handlers(self) -> None:
     for sig, handler in self._previous.items():
@@ -204,11 +240,12 @@ class PreemptionGuard:
     self._previous = {}
 
 
-def preemption_agreed(guard: PreemptionGuard, checkpointer: Checkpointer, step: int) -> bool:
-  """Whether every host should save and stop after `step`: some host got a signal, or the
-  distributed runtime reached a preemption sync point. Every host calls this at every step,
-  so all of them answer alike for the same step (no host waits on a save the others skip)."""
-  requested = guard.requested or checkpointer.reached_preemption(step)
+def stop_agreed(guard: PreemptionGuard, checkpointer: Checkpointer, step: int) -> int:
+  """The exit code every host stops with after `step`, or 0 to go on: `INTERRUPTED_EXIT_CODE`
+  when some host got Ctrl-C, `PREEMPTED_EXIT_CODE` when one got SIGTERM or the distributed
+  runtime reached a preemption sync point. Every host calls this at every step, so all of them
+  answer alike for the same step (no host waits on a save the others skip)."""
+  code = guard.exit_code or (PREEMPTED_EXIT_CODE if checkpointer.reached_preemption(step) else 0)
   if jax.process_count() == 1:
-    return requested
-  return bool(multihost_utils.process_allgather(np.int32(requested)).max())
+    return code
+  return int(multihost_utils.process_allgather(np.int32(code)).max())

@@ -35,6 +35,13 @@ from entropix_rl.train.metrics import LoggingConfig
 from entropix_rl.train.optim import OptimizerConfig
 
 MODEL_INITS = ("random", "checkpoint")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run: a bad value or combination, named with its allowed values. The
+  binaries print it in one line and exit with code 2, before any work."""
+
+
 TOKENIZER_KINDS = ("char", "hf")
 DTYPES = ("float32", "bfloat16")
 
@@ -109,6 +116,11 @@ class ModelSection:
       raise ValueError(
           "model.checkpoint must name a Hugging Face checkpoint directory when "
           "model.init='checkpoint'"
+      )
+    if self.init == "checkpoint" and given:
+      raise ValueError(
+          f"{['model.' + k for k in given]} are read from the checkpoint's config.json with "
+          "model.init='checkpoint'; unset them (or use model.init='random')"
       )
     check_choice("model.param_dtype", self.param_dtype, DTYPES)
     check_choice("model.compute_dtype", self.compute_dtype, DTYPES)
@@ -448,8 +460,19 @@ def resolve(
       architecture, for compiling without a checkpoint).
 
   Raises:
-    ValueError: naming the field(s) and the allowed values.
+    ConfigError: naming the field(s) and the allowed values.
   """
+  try:
+    return _resolve(config, tokenizer, model)
+  except (ValueError, FileNotFoundError) as err:
+    if isinstance(err, ConfigError):
+      raise
+    raise ConfigError(str(err)) from err
+
+
+def _resolve(
+    config: ExperimentConfig, tokenizer: Tokenizer | None, model: ModelConfig | None
+) -> Experiment:
   task = make_task(config)
   tokenizer = tokenizer or make_tokenizer(config)
   char_vocab = tokenizer.vocab_size if config.tokenizer.kind == "char" else None
@@ -498,11 +521,14 @@ def check_layout(config: ExperimentConfig, mesh: Mesh) -> None:
   data shards and over the hosts. A run makes them before any work.
 
   Raises:
-    ValueError: naming the field.
+    ConfigError: naming the field.
   """
   shards = sharding.batch_shards(mesh)
-  config.rl.check_shards(shards)
-  config.sft.check_shards(shards)
+  try:
+    config.rl.check_shards(shards)
+    config.sft.check_shards(shards)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
   hosts = jax.process_count()
   for name, rows in (
       ("rl.prompts_per_step", config.rl.prompts_per_step),
@@ -510,7 +536,23 @@ def check_layout(config: ExperimentConfig, mesh: Mesh) -> None:
       ("sft.batch_size", config.sft.batch_size),
   ):
     if rows % hosts:
-      raise ValueError(f"{name}={rows} must divide by the {hosts} processes")
+      raise ConfigError(f"{name}={rows} must divide by the {hosts} processes")
+
+
+def check_inputs(exp: Experiment) -> None:
+  """The checks that read the run's input files, made before any work: a prompt file's first
+  records carry the fields the task reads, and its eval split holds `eval.num_prompts`.
+
+  Raises:
+    ConfigError: naming the file and the field.
+  """
+  cfg = exp.config
+  if cfg.data.source != "file":
+    return
+  try:
+    data.check_prompt_files(cfg.data, exp.task, cfg.eval.num_prompts)
+  except (ValueError, FileNotFoundError) as err:
+    raise ConfigError(str(err)) from None
 
 
 def method_name(config: ExperimentConfig) -> str:

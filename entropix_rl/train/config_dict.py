@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import dataclasses
+import json
 import numbers
 import types
 import typing
@@ -30,7 +31,7 @@ from ml_collections import config_dict
 from entropix_rl import interventions, sampling
 from entropix_rl.checks import check_bool, check_choice, check_number
 from entropix_rl.models import ModelConfig, families
-from entropix_rl.train.config import ExperimentConfig, ModelSection
+from entropix_rl.train.config import ConfigError, ExperimentConfig, ModelSection
 
 # The sampler fields a config sets; the others come from the tokenizer and the data section.
 SAMPLER_KEYS = (
@@ -74,9 +75,28 @@ def typed(config: ml_collections.ConfigDict | Mapping[str, Any]) -> ExperimentCo
   """Validates a whole config (module docstring) and returns the typed `ExperimentConfig`.
 
   Raises:
-    ValueError: naming the field and its allowed values (or the known keys).
+    ConfigError: naming the field and its allowed values (or the known keys).
   """
-  return _build(ExperimentConfig, "", _as_dict(config, "config"))
+  try:
+    return _build(ExperimentConfig, "", _as_dict(config, "config"))
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+
+
+def flat(config: ExperimentConfig) -> dict[str, Any]:
+  """`config` as dotted keys and JSON values (`as_config_dict`'s leaves; a task's `kwargs` is one
+  value)."""
+  out: dict[str, Any] = {}
+
+  def walk(prefix: str, value: Any) -> None:
+    if isinstance(value, dict) and not prefix.endswith("kwargs"):
+      for key in sorted(value):
+        walk(f"{prefix}.{key}" if prefix else key, value[key])
+    else:
+      out[prefix] = json.loads(json.dumps(value, default=str))
+
+  walk("", as_config_dict(config).to_dict())
+  return out
 
 
 def apply_overrides(

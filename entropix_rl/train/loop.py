@@ -7,9 +7,7 @@ and save at their cadences. Re-running with the same workdir resumes from its la
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import time
 from typing import Any
 
@@ -20,11 +18,18 @@ from jax.sharding import Mesh
 
 from entropix_rl import console, data, interventions, paths, sharding
 from entropix_rl.models import hf, init_params
-from entropix_rl.train import config_dict, evaluation, rollout, rollout_metrics, sft
-from entropix_rl.train.checkpoint import Checkpointer, PreemptionGuard, preemption_agreed
+from entropix_rl.train import config_dict, evaluation, rollout, rollout_metrics, run_record, sft
+from entropix_rl.train.checkpoint import (
+    INTERRUPTED_EXIT_CODE,
+    Checkpointer,
+    PreemptionGuard,
+    saved_steps,
+    stop_agreed,
+)
 from entropix_rl.train.config import (
     Experiment,
     ExperimentConfig,
+    check_inputs,
     check_layout,
     method_name,
     resolve,
@@ -44,17 +49,35 @@ CONSOLE_KEYS = (
 
 
 def run(
-    config: ExperimentConfig, workdir: epath.PathLike, *, log: bool = True
+    config: ExperimentConfig,
+    workdir: epath.PathLike,
+    *,
+    log: bool = True,
+    allow_config_change: bool = False,
 ) -> list[dict[str, float]]:
   """Runs an experiment end to end in `workdir` (local or `gs://`), resuming from its latest
-  checkpoint; returns the metrics this call logged.
+  checkpoint; returns the metrics this call logged (none when the run had nothing left to do).
 
   Raises:
-    Preempted: after saving a checkpoint on SIGTERM or a preemption sync point.
+    ConfigChanged: the workdir holds a run of another config (`train.run_record`), unless
+      `allow_config_change`.
+    Stopped: after saving a checkpoint on SIGTERM, Ctrl-C or a preemption sync point.
     UpdatesNotFinite: after `rl.max_skipped_updates` skipped updates in a row.
   """
-  rl_run = RLRun.start(config, workdir, log=log)
-  total, step, history = config.rl.steps, rl_run.start_step, []
+  workdir, total = paths.as_path(workdir), config.rl.steps
+  info = run_record.read(workdir)
+  changed = (
+      {} if info is None else run_record.check_rerun(info, config, allow_change=allow_config_change)
+  )
+  saved = saved_steps(workdir / "checkpoints")
+  if saved and saved[-1] >= total:
+    if log:
+      logging.info(
+          "%s: finished at RL step %d (rl.steps=%d); nothing to do", workdir, saved[-1], total
+      )
+    return []
+  rl_run = RLRun.start(config, workdir, changed=changed, log=log)
+  step, history, started = rl_run.start_step, [], time.perf_counter()
   progress = console.Progress(
       total,
       start_step=step,
@@ -68,40 +91,48 @@ def run(
     if step == 0 and config.eval.every:
       history.append(rl_run.writer.write(0, rl_run.evaluate(0)))
     for step in range(rl_run.start_step + 1, total + 1):
-      started = time.perf_counter()
+      step_started = time.perf_counter()
       batch, responses, metrics = rl_run.collect(rl_run.next_key())
       sampled = time.perf_counter()
       metrics.update(rollout_metrics.response_metrics(responses))
       metrics.update(rl_run.update(batch))
-      metrics.update(rl_run.step_facts(step, batch, started, sampled))
+      metrics.update(rl_run.step_facts(step, batch, step_started, sampled))
       if config.eval.every and (step % config.eval.every == 0 or step == total):
         metrics.update(rl_run.evaluate(step))
       history.append(rl_run.writer.write(step, metrics))
       rl_run.write_samples(step, responses)
       progress.update(step, history[-1])
       rl_run.count_skips(step, bool(metrics["update/skipped"]))
-      preempted = preemption_agreed(guard, rl_run.checkpointer, step)
-      rl_run.save(step, force=preempted or step == total)
-      if preempted:
-        raise Preempted(step, rl_run.checkpointer.directory)
+      stop = stop_agreed(guard, rl_run.checkpointer, step)
+      rl_run.save(step, force=bool(stop) or step == total)
+      if stop:
+        raise Stopped(step, rl_run.checkpointer.directory, stop)
   finally:
     guard.restore_handlers()
     rl_run.close()
-  if step == total and jax.process_index() == 0:
-    (paths.as_path(workdir) / "DONE").touch()
+  if jax.process_index() == 0:
+    (workdir / "DONE").touch()
+    if log:
+      logging.info("%s", closing_line(workdir, config, time.perf_counter() - started))
   return history
 
 
-class Preempted(Exception):
-  """The run saved a checkpoint and stopped because it was preempted (SIGTERM, or a
-  preemption sync point of the distributed runtime); run it again to resume."""
+class Stopped(Exception):
+  """The run saved a checkpoint and stopped, preempted (SIGTERM, or a preemption sync point of
+  the distributed runtime) or interrupted (Ctrl-C); run it again to resume.
 
-  def __init__(self, step: int, workdir: epath.Path):
+  Attributes:
+    step: the RL step it saved.
+    exit_code: `checkpoint.PREEMPTED_EXIT_CODE` or `checkpoint.INTERRUPTED_EXIT_CODE`.
+  """
+
+  def __init__(self, step: int, directory: epath.Path, exit_code: int):
+    how = "interrupted (Ctrl-C)" if exit_code == INTERRUPTED_EXIT_CODE else "preempted"
     super().__init__(
-        f"preempted: checkpoint saved at RL step {step} in {workdir}; run the same "
+        f"{how}: checkpoint saved at RL step {step} in {directory}; run the same "
         "command again to resume"
     )
-    self.step = step
+    self.step, self.exit_code = step, exit_code
 
 
 class UpdatesNotFinite(RuntimeError):
@@ -165,19 +196,41 @@ class RLRun:
     self.start_step, self.skipped_in_a_row = 0, 0
     if self.checkpointer.latest_step() is not None:
       self._restore()
+    elif (workdir / "metrics.jsonl").exists():  # an earlier attempt that never saved
+      self.writer.truncate_after(-1)
 
   @classmethod
-  def start(cls, config: ExperimentConfig, workdir: epath.PathLike, *, log: bool = True) -> RLRun:
-    """Resolves and checks `config`, records `run_info.json`, and builds the run from the
-    starting policy (`starting_params`)."""
+  def start(
+      cls,
+      config: ExperimentConfig,
+      workdir: epath.Path,
+      *,
+      changed: dict | None = None,
+      log: bool = True,
+  ) -> RLRun:
+    """Resolves and checks `config` (its warm start's settings too), records the run
+    (`run_record.write`: a new run's `run_info.json`, or the changes a re-run makes), and
+    builds it: from the starting policy, or, when it resumes, from any params of the right
+    shapes that the checkpoint then replaces."""
     exp = resolve(config)
     mesh = sharding.make_mesh(config.mesh)
     check_layout(config, mesh)
-    workdir = paths.as_path(workdir)
+    check_inputs(exp)
+    resumed_at = (saved_steps(workdir / "checkpoints") or [0])[-1]
+    warm_start = paths.resolve(workdir, config.sft.shared_dir) / "sft"
+    uses_warm_start = config.model.init == "random" and config.sft.steps > 0
+    if not resumed_at and uses_warm_start and (warm_start / "config.json").exists():
+      sft.check_settings(warm_start, config)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-      write_run_info(workdir, exp)
-    return cls(exp, workdir, starting_params(exp, workdir, mesh, log=log), mesh)
+      run_record.write(workdir, exp, changed=changed, at_step=resumed_at)
+      if log:
+        logging.info("%s", _opening_line(exp, mesh, workdir, resumed_at, changed))
+    if resumed_at:
+      params = random_params(exp, mesh)
+    else:
+      params = starting_params(exp, warm_start.parent, mesh, log=log)
+    return cls(exp, workdir, params, mesh)
 
   def next_key(self) -> jax.Array:
     """This step's sampling key, split from the train state's (so a resume continues it)."""
@@ -270,39 +323,68 @@ class RLRun:
     logging.info("resumed from checkpoint at RL step %d", step)
 
 
-def starting_params(exp: Experiment, workdir: epath.Path, mesh: Mesh, *, log: bool = True) -> Any:
+def starting_params(
+    exp: Experiment, warm_start_dir: epath.Path, mesh: Mesh, *, log: bool = True
+) -> Any:
   """The policy RL starts from, placed on `mesh`: a Hugging Face checkpoint
-  (`model.init="checkpoint"`), else the SFT warm start (`sft.steps > 0`, shared through
-  `sft.shared_dir`), else random init."""
+  (`model.init="checkpoint"`), else the SFT warm start in `warm_start_dir/sft` (`sft.steps >
+  0`; `sft.shared_dir`, relative to the run's workdir unless absolute), else random init."""
   cfg = exp.config
-  shardings = sharding.param_shardings(exp.model, mesh)
   if cfg.model.init == "checkpoint":
     _, params = hf.load(
         cfg.model.checkpoint,
         param_dtype=cfg.model.param_dtype,
         compute_dtype=cfg.model.compute_dtype,
-        shardings=shardings,
+        shardings=sharding.param_shardings(exp.model, mesh),
         expected=exp.model,
         **cfg.model.runtime,
     )
     return params
   if cfg.sft.steps > 0:
-    _, params = sft.warm_start(exp, cfg.sft.shared_dir or workdir, mesh, log=log)
+    _, params = sft.warm_start(exp, warm_start_dir, mesh, log=log)
     return params
+  return random_params(exp, mesh)
+
+
+def random_params(exp: Experiment, mesh: Mesh) -> Any:
+  """The model's random init (seed `config.seed`), each param created in its sharding."""
   init = functools.partial(init_params, exp.model)
-  return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(cfg.seed))
+  shardings = sharding.param_shardings(exp.model, mesh)
+  return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(exp.config.seed))
 
 
-def write_run_info(workdir: epath.Path, exp: Experiment) -> None:
-  """`workdir/run_info.json`: the method's name, the whole config and the model's facts (its
-  non-embedding parameter count is what the law's size fit reads)."""
-  info = {
-      "method": method_name(exp.config),
-      "config": config_dict.as_config_dict(exp.config).to_dict(),
-      "model": dataclasses.asdict(exp.model),
-      "non_embedding_params": exp.model.num_params(include_embeddings=False),
-      "params": exp.model.num_params(),
-      "process_count": jax.process_count(),
-      "device_count": jax.device_count(),
-  }
-  (workdir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
+def _opening_line(
+    exp: Experiment, mesh: Mesh, workdir: epath.Path, resumed_at: int, changed: dict | None
+) -> str:
+  """What a run says when it starts: the method, the model, the devices, the workdir."""
+  cfg, model = exp.config, exp.model
+  devices = jax.devices()
+  mesh_shape = " x ".join(f"{axis} {size}" for axis, size in mesh.shape.items())
+  start = f"resuming at RL step {resumed_at}" if resumed_at else "starting"
+  line = (
+      f"{start} {method_name(cfg)} (loss.name={cfg.loss.name}, rl.advantage={cfg.rl.advantage}) "
+      f"for {cfg.rl.steps} RL steps of {cfg.rl.prompts_per_step} prompts x {cfg.rl.group_size}: "
+      f"{model.model_type} model, {model.num_params() / 1e6:.3g}M params "
+      f"({model.num_params(include_embeddings=False) / 1e6:.3g}M non-embedding, "
+      f"{model.param_dtype}); {len(devices)} {devices[0].platform} device(s), mesh {mesh_shape}, "
+      f"{jax.process_count()} process(es); workdir {workdir}"
+  )
+  if changed:
+    line += "; config changed: " + ", ".join(f"{k}={new!r}" for k, (_, new) in changed.items())
+  return line
+
+
+def closing_line(workdir: epath.Path, config: ExperimentConfig, seconds: float) -> str:
+  """What a finished run says last: where its outputs are and the commands that read them."""
+  outputs = "metrics.jsonl, run_info.json, checkpoints/"
+  if config.logging.tensorboard:
+    outputs += ", tensorboard/"
+  if config.logging.samples_every:
+    outputs += ", tables/samples.jsonl"
+  return (
+      f"finished {config.rl.steps} RL steps in {seconds / 60:.1f} min; outputs in {workdir}: "
+      f"{outputs}. Next: evaluate `python experiments/evaluate.py --workdir={workdir}`, export "
+      f"`python experiments/export_hf.py --workdir={workdir} --out={workdir}/hf`, fit the law "
+      f"`python experiments/fit_law.py --workdirs={workdir} --out={workdir}/law`, curves "
+      f"`tensorboard --logdir={workdir}`"
+  )

@@ -60,6 +60,9 @@ class Responses:
     rewards: `[N]` float32 training rewards; correct: `[N]` bool, the verifier's judgement.
     info: per-row `[N]` or per-token `[N, C]` arrays that rollout interventions pass to the
       loss side (`TokenBatch.info`).
+    row_metrics: `[N]` float arrays that rollout interventions report, by metric name; the
+      step logs each one's mean over every host's rows (`rollout_metrics.response_metrics`),
+      e.g. TTRL's `ttrl/label_accuracy`.
     prefix_lengths: `[N]` int32, how many trailing prompt tokens are a response prefix that a
       branched row continues (0 for a fresh sample, None = all 0). The row's response is that
       prefix followed by its completion: `texts` and the verifier see both, the update trains
@@ -80,6 +83,7 @@ class Responses:
   correct: np.ndarray
   info: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   prefix_lengths: np.ndarray | None = None
+  row_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.prefix_lengths is None:
@@ -99,6 +103,7 @@ class Responses:
         examples=[self.examples[i] for i in rows],
         texts=[self.texts[i] for i in rows],
         info={k: v[rows] for k, v in self.info.items()},
+        row_metrics={k: v[rows] for k, v in self.row_metrics.items()},
     )
 
   @classmethod
@@ -115,15 +120,16 @@ class Responses:
         )
         for p in parts
     ]
-    keys = set(parts[0].info)
-    if any(set(p.info) != keys for p in parts):
-      raise ValueError("Responses.concat: every part must carry the same info fields")
+    keys, metrics = set(parts[0].info), set(parts[0].row_metrics)
+    if any(set(p.info) != keys or set(p.row_metrics) != metrics for p in parts):
+      raise ValueError("Responses.concat: every part must carry the same info and metric fields")
     return cls(
         prompt_tokens=np.concatenate(prompts),
         **{f: np.concatenate([getattr(p, f) for p in parts]) for f in ROW_FIELDS},
         examples=[e for p in parts for e in p.examples],
         texts=[t for p in parts for t in p.texts],
         info={k: np.concatenate([p.info[k] for p in parts]) for k in keys},
+        row_metrics={k: np.concatenate([p.row_metrics[k] for p in parts]) for k in metrics},
     )
 
   def grouped(self) -> Responses:

@@ -115,6 +115,7 @@ def response_metrics(responses: Responses) -> dict[str, float]:
           "distinct": tasks.distinct_correct_counts(
               responses.texts, responses.correct, responses.group_ids
           ),
+          **responses.row_metrics,
       }
   )
   return {
@@ -126,4 +127,5 @@ def response_metrics(responses: Responses) -> dict[str, float]:
       "response/length_mean": float(np.mean(rows["lengths"])),
       "response/truncated_frac": float(np.mean(rows["truncated"])),
       **entropy_metrics_from_sums(rows["entropy_sums"], rows["lengths"]),
+      **{name: float(np.mean(rows[name])) for name in responses.row_metrics},
   }

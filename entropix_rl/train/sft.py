@@ -2,14 +2,19 @@
 
 `warm_start(exp, directory, mesh)` trains `sft.steps` optimizer steps from random init and
 saves a Hugging Face checkpoint to `directory/sft`, or loads that checkpoint when it exists (a
-warm start is done once and shared). `sft_step` is one optimizer step, its gradient
-accumulated over micro-batches; `jit_sft_step` jits it.
+warm start is done once and shared, `sft.shared_dir`). Beside the checkpoint,
+`warm_start.json` records the settings that made it (`warm_start_settings`: the seed, task,
+tokenizer, data, model and the SFT's steps, batch and optimizer); a run whose settings differ
+is refused before it trains, naming the fields, rather than silently starting from another
+warm start. `sft_step` is one optimizer step, its gradient accumulated over micro-batches;
+`jit_sft_step` jits it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import functools
+import json
 from typing import Any
 
 from absl import logging
@@ -25,7 +30,8 @@ from entropix_rl import console, paths, sharding, token_stats
 from entropix_rl import data as data_lib
 from entropix_rl.models import ModelConfig, forward_hidden, hf, init_params, unembedding
 from entropix_rl.padding import left_pad
-from entropix_rl.train.config import Experiment, SFTConfig
+from entropix_rl.train import config_dict
+from entropix_rl.train.config import ConfigError, Experiment, ExperimentConfig, SFTConfig
 from entropix_rl.train.metrics import MetricWriter
 from entropix_rl.train.optim import learning_rate_schedule, make_optimizer
 from entropix_rl.train.state import TrainState, create_train_state_on_mesh
@@ -46,6 +52,7 @@ def warm_start(
   cfg, sft = exp.config, exp.config.sft
   out_dir = paths.as_path(directory) / "sft"
   if (out_dir / "config.json").exists():
+    check_settings(out_dir, cfg)
     if log:
       logging.info("SFT warm start found at %s; reusing it", out_dir)
     return hf.load(
@@ -104,7 +111,62 @@ def warm_start(
   params = multihost_utils.process_allgather(state.params, tiled=True)
   if jax.process_index() == 0:
     hf.save(out_dir, exp.model, params)
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(warm_start_settings(cfg), indent=2))
   return exp.model, state.params
+
+
+SETTINGS_FILE = "warm_start.json"
+# The fields that decide a warm start's weights (a key ending in "." covers its section); the
+# attention kernel, logging cadence and micro-batches change how it runs, not what it learns.
+SETTINGS = (
+    "seed",
+    "task.",
+    "tokenizer.",
+    "data.",
+    "model.",
+    "sft.steps",
+    "sft.batch_size",
+    "sft.optimizer.",
+)
+_RUNTIME = ("model.attention_impl", "model.attention_block_q", "model.attention_block_k")
+
+
+def warm_start_settings(config: ExperimentConfig) -> dict[str, Any]:
+  """The dotted fields of `config` that decide the warm start (`SETTINGS`)."""
+  return {
+      key: value
+      for key, value in config_dict.flat(config).items()
+      if any(key == s or (s.endswith(".") and key.startswith(s)) for s in SETTINGS)
+      and key not in _RUNTIME
+  }
+
+
+def check_settings(directory: epath.Path, config: ExperimentConfig) -> None:
+  """Checks that the warm start in `directory` was made with `config`'s settings.
+
+  Raises:
+    ConfigError: naming every differing field, its value there and here, and what to do.
+  """
+  path = directory / SETTINGS_FILE
+  if not path.exists():
+    logging.warning(
+        "the SFT warm start in %s has no %s (made before warm starts recorded their settings); "
+        "reusing it unchecked",
+        directory,
+        SETTINGS_FILE,
+    )
+    return
+  recorded = json.loads(path.read_text())
+  wanted = warm_start_settings(config)
+  differ = {k: (recorded.get(k), wanted.get(k)) for k in sorted(set(recorded) | set(wanted))}
+  differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+  if differ:
+    fields = "; ".join(f"{k}: {old!r} there, {new!r} here" for k, (old, new) in differ.items())
+    raise ConfigError(
+        f"the SFT warm start in {directory} was made with other settings ({fields}). Point "
+        "sft.shared_dir at another directory (a relative one is under the run's workdir, e.g. "
+        f"../sft_other), or delete {directory} to train it again"
+    )
 
 
 def demonstrations(

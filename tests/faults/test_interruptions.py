@@ -1,8 +1,9 @@
-"""Interruptions of a training run: SIGTERM in the middle of a step (preemption), and updates
-whose loss or gradient is not finite."""
+"""Interruptions of a training run: SIGTERM (preemption) or Ctrl-C in the middle of a step, a
+second Ctrl-C, and updates whose loss or gradient is not finite."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 from entropix_rl import interventions, tasks
 from entropix_rl.models import init_params
 from entropix_rl.train import loop
-from entropix_rl.train.checkpoint import PREEMPTED_EXIT_CODE
+from entropix_rl.train.checkpoint import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from entropix_rl.train.config_dict import apply_overrides, typed
 from entropix_rl.train.state import create_train_state
 from entropix_rl.train.update import jit_rl_update
@@ -27,13 +28,13 @@ OVERRIDES = {
     "loss.name": "kl_cov",
     "rl.steps": STEPS,
     "rl.ppo_epochs": 2,
-    "checkpoint.save_every": 4,
+    "checkpoint.save_every": 2,
     "eval.every": 3,
 }
 
-# The train binary's own main(), on the small config, with SIGTERM sent to the process from
+# The train binary's own main(), on the small config, with `{signals}` sent to the process from
 # inside step 3's rollout (after steps 1 and 2 are done): a signal in the middle of a step.
-_PREEMPTED_CHILD = """
+_INTERRUPTED_CHILD = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 from absl import app
@@ -42,7 +43,9 @@ from entropix_rl.train import loop
 collect = loop.RLRun.collect
 def collect_then_signal(self, key):
   if int(self.state.step) == 2:
-    os.kill(os.getpid(), signal.SIGTERM)
+    self.checkpointer.wait()  # step 2's save is finished (so a second Ctrl-C leaves it)
+    for sig in {signals}:
+      os.kill(os.getpid(), sig)
   return collect(self, key)
 loop.RLRun.collect = collect_then_signal
 sys.argv = ["train.py", "--config=tests/faults/small_config.py", "--workdir={workdir}"]
@@ -50,13 +53,36 @@ app.run(train.main)
 """
 
 
-@pytest.mark.slow
-def test_sigterm_mid_step_saves_exits_with_the_preemption_code_and_resumes_exactly(tmp_path):
-  full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
-  config = typed(small_config(**OVERRIDES))
-  loop.run(config, full_dir, log=False)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The metrics of the run the interrupted ones must reproduce."""
+  full_dir = str(tmp_path_factory.mktemp("full"))
+  loop.run(typed(small_config(**OVERRIDES)), full_dir, log=False)
+  return read_metrics(full_dir)
 
-  child = _PREEMPTED_CHILD.format(repo=REPO, workdir=cut_dir)
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signals,code,saved,said",
+    [
+        # SIGTERM (preemption) and one Ctrl-C: the step being run is saved (off the
+        # checkpoint.save_every=2 cadence), with their exit codes.
+        (
+            (signal.SIGTERM,),
+            PREEMPTED_EXIT_CODE,
+            [2, 3],
+            "preempted: checkpoint saved at RL step 3",
+        ),
+        ((signal.SIGINT,), INTERRUPTED_EXIT_CODE, [2, 3], "interrupted (Ctrl-C): checkpoint saved"),
+        # A second Ctrl-C exits at once: the last finished checkpoint (step 2) is what is left.
+        ((signal.SIGINT, signal.SIGINT), INTERRUPTED_EXIT_CODE, [2], ""),
+    ],
+)
+def test_a_signal_mid_step_stops_with_its_code_and_the_run_resumes_exactly(
+    signals, code, saved, said, uninterrupted, tmp_path
+):
+  cut_dir = str(tmp_path / "cut")
+  child = _INTERRUPTED_CHILD.format(repo=REPO, workdir=cut_dir, signals=tuple(map(int, signals)))
   proc = subprocess.run(
       [sys.executable, "-c", child],
       cwd=REPO,
@@ -65,17 +91,16 @@ def test_sigterm_mid_step_saves_exits_with_the_preemption_code_and_resumes_exact
       env={**os.environ, "SMALL_CONFIG_OVERRIDES": json.dumps(OVERRIDES)},
       timeout=600,
   )
-  assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-3000:]
-  assert "preempted: checkpoint saved at RL step 3" in proc.stdout
-  # Off the cadence (save_every=4): the step-3 checkpoint is the preemption's.
-  assert sorted(int(s) for s in os.listdir(os.path.join(cut_dir, "checkpoints"))) == [3]
+  assert proc.returncode == code, proc.stderr[-3000:]
+  assert said in proc.stdout and "Traceback" not in proc.stderr
+  assert sorted(int(s) for s in os.listdir(os.path.join(cut_dir, "checkpoints"))) == saved
   assert not os.path.exists(os.path.join(cut_dir, "DONE"))
-  assert read_metrics(cut_dir)[-1]["step"] == 3
 
-  loop.run(config, cut_dir, log=False)  # run the same command again: it resumes
-  full, resumed = read_metrics(full_dir), read_metrics(cut_dir)
-  assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(STEPS + 1))
-  for a, b in zip(full, resumed):
+  loop.run(typed(small_config(**OVERRIDES)), cut_dir, log=False)  # the same command: it resumes
+  resumed = read_metrics(cut_dir)
+  assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted]
+  assert [r["step"] for r in resumed] == list(range(STEPS + 1))
+  for a, b in zip(uninterrupted, resumed):
     for key, value in a.items():
       if key.startswith("time/") or value is None:
         continue
