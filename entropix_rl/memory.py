@@ -389,21 +389,28 @@ def max_rollout_batch(
 def estimate_for_experiment(
     model_cfg: ModelConfig, exp, mesh_shape: Mapping[str, int]
 ) -> MemoryEstimate:
-  """`estimate_memory` with the shapes of a resolved experiment (`train.config.resolve`)."""
+  """`estimate_memory` with the shapes of a resolved experiment (`train.config.resolve`). A
+  packed micro-batch of `rl.micro_batch_tokens` counts as the rows of that many tokens."""
   mesh = validate_mesh(mesh_shape)
   shards = mesh["data"] * mesh["fsdp"]
   rl = exp.config.rl
+  width = exp.config.data.max_prompt_len + exp.sampler.max_new_tokens
+  whole = rl.minibatch_size // shards
+
+  def rows(tokens: int, size: int) -> int:
+    return -(-tokens // width) if tokens else size or whole
+
   return estimate_memory(
       model_cfg,
       mesh_shape=mesh,
-      train_rows_per_device=rl.micro_batch_size or rl.minibatch_size // shards,
+      train_rows_per_device=rows(rl.micro_batch_tokens, rl.micro_batch_size),
       prompt_len=exp.config.data.max_prompt_len,
       response_len=exp.sampler.max_new_tokens,
       rollouts=rl.batch_size,
       decode_rows=exp.sampler.max_decode_rows or rl.batch_size,
-      logprob_rows_per_device=rl.logprob_micro_batch_size or rl.minibatch_size // shards,
+      logprob_rows_per_device=rows(rl.logprob_micro_batch_tokens, rl.logprob_micro_batch_size),
       group_size=rl.group_size,
-      micro_batching=bool(rl.micro_batch_size),
+      micro_batching=bool(rl.micro_batch_size or rl.micro_batch_tokens),
       token_chunk=rl.token_chunk,
       with_reference=rl.use_reference,
   )

@@ -71,12 +71,13 @@ EXTRA = {
 }
 
 
-def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
+def rl_step_equivalence(loss_name, groups=GROUPS, micro=0, tokens=0):
   """rl_update on every mesh vs one device: metrics and updated params. With `micro`, the
   meshes accumulate micro-batches of `micro` sequences per data shard (and chunk the no-grad
-  passes the same way) while the single-device reference runs unsplit mini-batches; it uses
-  SGD, since Adam's per-coordinate normalisation turns round-off in near-zero gradients into
-  lr-sized steps."""
+  passes the same way); with `tokens`, micro-batches of `tokens` packed tokens per data shard
+  (the no-grad passes too); the single-device reference runs unsplit, unpacked mini-batches.
+  Split updates use SGD, since Adam's per-coordinate normalisation turns round-off in near-zero
+  gradients into lr-sized steps."""
   loss_cfg = interventions.default_loss_config()
   loss_cfg.name = loss_name
   loss_cfg.clip_cov.ratio = 0.1
@@ -96,9 +97,16 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0):
   spec = UpdateSpec(model=MODEL, rl=rl_cfg, loss=loss_cfg)
   mesh_spec = dataclasses.replace(
       spec,
-      rl=dataclasses.replace(rl_cfg, micro_batch_size=micro, logprob_micro_batch_size=micro),
+      rl=dataclasses.replace(
+          rl_cfg,
+          micro_batch_size=micro,
+          logprob_micro_batch_size=micro,
+          micro_batch_tokens=tokens,
+          logprob_micro_batch_tokens=tokens,
+      ),
   )
-  optimizer = optax.sgd(0.5) if micro else make_optimizer(OptimizerConfig(learning_rate=1e-2))
+  split = micro or tokens
+  optimizer = optax.sgd(0.5) if split else make_optimizer(OptimizerConfig(learning_rate=1e-2))
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
 
   def fresh_state():
@@ -452,6 +460,11 @@ def main():
               "lp_reg",
               "siren",
           )
+      },
+      # Rows of 16 slots (6 prompt, 3-10 completion tokens) in bins of 24 tokens.
+      "rl_step_packed": {
+          name: rl_step_equivalence(name, groups=8, tokens=24)
+          for name in ("ppo", "clip_cov", "kl_cov", "siren")
       },
       "selection": selection_equivalence(),
       "sampler": sampler_equivalence(),

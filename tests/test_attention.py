@@ -1,6 +1,6 @@
 """Every attention implementation against the dense reference: values and gradients, with
-left and right padding, grouped-query heads, sequence lengths that the tiles do not divide and
-a sliding window.
+left and right padding, packed rows of several sequences, grouped-query heads, sequence lengths
+that the tiles do not divide and a sliding window.
 
 Tolerances (float32): values 1e-5, gradients 1e-4 (the tiles sum in another order).
 """
@@ -34,14 +34,18 @@ def _inputs(t, heads=4, kv_heads=2, dh=16, batch=3, seed=0):
   return q, k, v, jnp.asarray(valid)
 
 
-def _impl(name, window=None):
+# Two packed rows of 29 slots: sequences of 7, 12 and 6 tokens then 4 empty slots; 20 and 9.
+PACKED = np.array([[1] * 7 + [2] * 12 + [3] * 6 + [0] * 4, [4] * 20 + [5] * 9], np.int32)
+
+
+def _impl(name, window=None, packed=False):
   if name == "splash":
     return lambda q, k, v, valid: attention.splash_attention(
         q, k, v, valid, window=window, block_q=128, block_k=128, interpret=True
     )
   if name == "cudnn":  # the same wrapper with XLA's implementation (no GPU here)
     return lambda q, k, v, valid: attention.cudnn_attention(
-        q, k, v, valid, window=window, implementation=None
+        q, k, v, valid, window=window, packed=packed, implementation=None
     )
   return lambda q, k, v, valid: attention.blockwise_attention(
       q, k, v, valid, window=window, block_q=8, block_k=16
@@ -73,6 +77,39 @@ def test_gradients_match_dense(name):
   got = jax.grad(loss(_impl(name)), argnums=(0, 1, 2))(q, k, v)
   for g, r in zip(got, ref):
     assert np.all(np.isfinite(np.asarray(g)))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=GRAD_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_dense_on_packed_rows_equals_each_sequence_alone(window):
+  q, k, v = (x[:2] for x in _inputs(29, seed=7)[:3])
+  got = np.asarray(attention.dense_attention(q, k, v, PACKED, window=window))
+  for b in range(2):
+    for seg in set(PACKED[b]) - {0}:
+      (slots,) = np.nonzero(PACKED[b] == seg)
+      qs, ks, vs = (x[b : b + 1, slots] for x in (q, k, v))
+      want = attention.dense_attention(qs, ks, vs, np.ones((1, len(slots)), bool), window=window)
+      np.testing.assert_allclose(got[b, slots], np.asarray(want)[0], atol=VALUE_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["blockwise", "splash", "cudnn"])
+@pytest.mark.parametrize("window", [None, 4])
+def test_packed_rows_values_and_gradients_match_dense(name, window):
+  q, k, v = (x[:2] for x in _inputs(29, seed=8)[:3])
+  real = (PACKED > 0)[:, :, None, None]
+  weight = jax.random.normal(jax.random.PRNGKey(9), q.shape) * real
+  dense = lambda q, k, v, seg: attention.dense_attention(q, k, v, seg, window=window)
+  fn = _impl(name, window=window, packed=True)
+  np.testing.assert_allclose(
+      np.asarray(fn(q, k, v, PACKED)) * real,
+      np.asarray(dense(q, k, v, PACKED)) * real,
+      atol=VALUE_TOL,
+      rtol=0,
+  )
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v, PACKED) * weight)
+  ref = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)
+  got = jax.grad(loss(fn), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(got, ref):
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=GRAD_TOL, rtol=0)
 
 

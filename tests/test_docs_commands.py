@@ -41,6 +41,7 @@ SHORTER = {
     "experiments/evaluate.py": "--num_prompts=8 --n=2",
     "benchmarks/memory.py": "--functions=rl_update",
     "benchmarks/memory_targets.py": "--only=v5p-32 --functions=rl_update",
+    "benchmarks/packing_flops.py": "--samples=256",
     "benchmarks/sampler.py": "--shapes=toy --repeats=1",
     "benchmarks/losses.py": "--batch=4 --time=64 --hidden=32 --vocab=256 --repeats=1",
     "benchmarks/token_stats.py": "--vocab=4096 --hidden=128 --batch=2 --time=256 "

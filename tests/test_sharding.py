@@ -41,7 +41,7 @@ def checks():
       env=env,
       capture_output=True,
       text=True,
-      timeout=900,
+      timeout=1200,
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout)
@@ -75,6 +75,21 @@ def test_micro_batched_rl_step_on_mesh_matches_one_device(checks, loss_name, mes
   assert got["interventions"] < TOL
   assert got["n_selected"] == got["n_selected_single"]
   if loss_name not in ("ppo", "steer", "siren"):  # the selectors
+    assert got["n_selected"] > 0
+
+
+@pytest.mark.parametrize("loss_name", ["ppo", "clip_cov", "kl_cov", "siren"])
+@pytest.mark.parametrize("mesh", MESHES)
+def test_packed_rl_step_on_mesh_matches_one_device(checks, loss_name, mesh):
+  """Each data shard packs its balanced share of the rows into bins of 24 tokens; the update
+  equals the unpacked single-device one (the no-grad passes are packed too)."""
+  got = checks["rl_step_packed"][loss_name][mesh]
+  assert got["param_delta"] > 1e-2
+  assert got["loss"] < TOL and got["grad_norm"] < TOL * 10
+  assert got["params"] < TOL and got["opt_state"] < TOL
+  assert got["interventions"] < TOL
+  assert got["n_selected"] == got["n_selected_single"]
+  if loss_name in ("clip_cov", "kl_cov"):
     assert got["n_selected"] > 0
 
 

@@ -1,6 +1,6 @@
 """Gradient accumulation in the RL update and the SFT step: splitting a mini-batch into
-micro-batches (and the no-grad passes into row chunks) gives the unsplit update, for every
-aggregation mode and every token selector.
+micro-batches of rows or of packed tokens (and the no-grad passes into row chunks or packed
+bins) gives the unsplit update, for every aggregation mode and every token selector.
 
 The optimizer is SGD, so parameter differences are gradient differences (Adam would turn
 round-off in near-zero gradients into lr-sized steps). Tolerances: 2e-5 on loss and gradient
@@ -9,6 +9,7 @@ parameters after 4 SGD steps of size 0.2, which compound that round-off; token p
 """
 
 import dataclasses
+import functools
 import types
 
 import jax
@@ -53,7 +54,7 @@ def update_spec(loss_cfg, model=MODEL, *, groups=GROUPS, group_size=GROUP_SIZE, 
   return UpdateSpec(model=model, rl=RLConfig(**{**fields, **rl}), loss=loss_cfg)
 
 
-def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None):
+def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None, tokens=(0, 0)):
   loss_cfg = interventions.resolve_loss_config(
       apply_overrides(interventions.default_loss_config(), loss_overrides)
   )
@@ -64,6 +65,8 @@ def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None):
       measure_dynamics=dynamics,
       micro_batch_size=micro,
       logprob_micro_batch_size=chunk,
+      micro_batch_tokens=tokens[0],
+      logprob_micro_batch_tokens=tokens[1],
   )
   optimizer = optax.sgd(0.2)
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
@@ -133,32 +136,43 @@ CASES = [(name, "token-mean") for name in sorted(SETTINGS)] + [
 TWO_MICRO_BATCHES = ("ppo", "clip_cov", "kl_cov", "high_entropy_tokens", "siren", "steer")
 
 
+@functools.cache
+def _run(setting, agg, micro=0, chunk=0, tokens=(0, 0)):
+  """The update of a setting (`SETTINGS`), cached: the unsplit one is every test's reference."""
+  dynamics = setting == "ppo" and agg == "token-mean"  # its chunked pass, once
+  overrides = dict(SETTINGS[setting], agg=agg)
+  return _update(overrides, micro, chunk, dynamics=dynamics, info=INFO.get(setting), tokens=tokens)
+
+
+def _assert_same_update(setting, agg, **split):
+  ref_state, ref = _run(setting, agg)
+  state, got = _run(setting, agg, **split)
+  keys = [
+      "loss/loss",
+      "loss/pg_loss",
+      "loss/grad_norm",
+      "loss/clip_frac",
+      "entropy/sampled_nll",
+      "loss/off_policy_abs_log_ratio",
+      "loss/selected_abs_log_ratio",
+  ]
+  keys += [k for k in ("loss/ares_kl", "loss/entropy_bonus", "loss/kl_ref") if k in ref]
+  keys += [k for k in ("loss/siren", "siren/anchor", "siren/rollout_peak_entropy") if k in ref]
+  keys += [k for k in ("dynamics/measured_entropy_change",) if k in ref]
+  for key in keys:
+    want = float(ref[key])
+    assert abs(float(got[key]) - want) < TOL * max(1.0, abs(want)), (key, split)
+  assert float(got["loss/n_selected_total"]) == float(ref["loss/n_selected_total"])
+  assert max_abs_diff(state.params, ref_state.params) < PARAM_TOL
+  assert max_abs_diff(state.interventions, ref_state.interventions) < TOL
+
+
 @pytest.mark.parametrize("setting,agg", CASES)
 def test_micro_batches_give_the_unsplit_update(setting, agg):
-  overrides = dict(SETTINGS[setting], agg=agg)
-  dynamics = setting == "ppo" and agg == "token-mean"  # its chunked pass, once
-  info = INFO.get(setting)
-  ref_state, ref = _update(overrides, micro=0, chunk=0, dynamics=dynamics, info=info)
   splits = ((1, 2), (4, 0)) if setting in TWO_MICRO_BATCHES else ((1, 2),)
   for micro, chunk in splits:  # mini-batch: 8 rows, so 8 and 2 micro-batches
-    state, got = _update(overrides, micro=micro, chunk=chunk, dynamics=dynamics, info=info)
-    keys = [
-        "loss/loss",
-        "loss/pg_loss",
-        "loss/grad_norm",
-        "loss/clip_frac",
-        "entropy/sampled_nll",
-        "loss/off_policy_abs_log_ratio",
-        "loss/selected_abs_log_ratio",
-    ]
-    keys += [k for k in ("loss/ares_kl", "loss/entropy_bonus", "loss/kl_ref") if k in ref]
-    keys += [k for k in ("loss/siren", "siren/anchor", "siren/rollout_peak_entropy") if k in ref]
-    for key in keys + ["dynamics/measured_entropy_change"] * dynamics:
-      want = float(ref[key])
-      assert abs(float(got[key]) - want) < TOL * max(1.0, abs(want)), (key, micro, chunk)
-    assert float(got["loss/n_selected_total"]) == float(ref["loss/n_selected_total"])
-    assert max_abs_diff(state.params, ref_state.params) < PARAM_TOL
-    assert max_abs_diff(state.interventions, ref_state.interventions) < TOL
+    _assert_same_update(setting, agg, micro=micro, chunk=chunk)
+  ref_state, ref = _run(setting, agg)
   assert (
       max_abs_diff(ref_state.params, init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)) > 1e-2
   )
@@ -172,6 +186,13 @@ def test_micro_batches_give_the_unsplit_update(setting, agg):
     assert bool(ref_state.interventions["siren"]["anchor_set"])
     assert float(ref["siren/anchor"]) == pytest.approx(float(ref["siren/rollout_peak_entropy"]))
     assert float(ref["loss/siren"]) > 0
+
+
+@pytest.mark.parametrize("setting,agg", CASES)
+def test_packed_micro_batches_give_the_unpacked_update(setting, agg):
+  """Rows of 14 slots (5 prompt, 1-9 completion tokens) in bins of 20 tokens: 1 or 2 rows per
+  micro-step, 4 to 8 steps per mini-batch of 8 rows; the no-grad passes in bins of 28."""
+  _assert_same_update(setting, agg, tokens=(20, 28))
 
 
 def test_planning_pass_runs_only_when_an_intervention_needs_it():
@@ -205,6 +226,10 @@ def test_microbatch_scope_selects_per_chunk_as_verl():
 
 
 def test_bad_micro_batch_sizes_name_the_field():
+  with pytest.raises(ValueError, match="rl.micro_batch_size and rl.micro_batch_tokens"):
+    RLConfig(micro_batch_size=2, micro_batch_tokens=4096)
+  with pytest.raises(ValueError, match="rl.logprob_micro_batch_tokens=-1"):
+    RLConfig(logprob_micro_batch_tokens=-1)
   with pytest.raises(ValueError, match="rl.micro_batch_size=3 must divide"):
     RLConfig(
         prompts_per_step=GROUPS, group_size=GROUP_SIZE, num_minibatches=2, micro_batch_size=3

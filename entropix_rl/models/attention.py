@@ -1,16 +1,18 @@
-"""Causal self-attention with key padding and an optional sliding window, in four
+"""Causal self-attention within sequences, with an optional sliding window, in four
 implementations chosen by `ModelConfig.attention_impl`.
 
-Every implementation computes, for queries `q [B, T, H, Dh]` and keys/values
-`k, v [B, T, K, Dh]` (grouped-query: `H % K == 0`), the softmax attention in which query
-`t` sees key `s` iff `valid[b, s]`, `s <= t` and, with a window W, `t - W < s`:
+Every implementation computes, for queries `q [B, T, H, Dh]`, keys/values `k, v [B, T, K, Dh]`
+(grouped-query: `H % K == 0`) and segment ids `seg [B, T]` (0 at padding, a sequence's id at
+its tokens), the softmax attention in which query `t` sees key `s` iff `seg[b, s] = seg[b, t]`,
+`s <= t` and, with a window W, `t - W < s`:
 
     out[b, t, h] = Σ_s softmax_s(q[b,t,h]·k[b,s,h//G] / √Dh over allowed s) · v[b, s, h//G]
 
-Indices count every slot, padding included, as transformers' sliding-window masks do; for a
-row whose real tokens are one contiguous span (left padding, then right padding: every batch
-the trainer and the sampler build) that is the distance between positions. Rows of padding
-queries are undefined (they never reach a loss); every implementation keeps them finite.
+A row of one sequence has segment ids 0/1 (a bool key-padding mask is exactly that); a packed
+row holds several sequences side by side (`entropix_rl.packing`), and no attention crosses
+their boundaries. Indices count every slot, as transformers' sliding-window masks do; within
+one contiguous sequence that is the distance between positions. Padding queries see only
+padding keys (at least themselves), so every row stays finite; their outputs never reach a loss.
 
 * `dense`: the `[B, H, T, T]` float32 score matrix, softmax, matmul. Memory quadratic in T.
 * `blockwise`: pure JAX flash-style attention (Dao et al. 2022, arXiv 2205.14135): an online
@@ -19,11 +21,12 @@ queries are undefined (they never reach a loss); every implementation keeps them
   2307.08691), so neither pass holds more than a `[block_q, block_k]` tile of scores per
   head. Key blocks above the causal diagonal, or wholly outside the window, are skipped.
   Memory linear in T; runs anywhere.
-* `splash`: the TPU Pallas splash-attention kernel (`jax.experimental.pallas.ops.tpu`),
-  padding as segment ids, the window as a `LocalMask`. TPU only (or Pallas interpret mode,
-  for tests).
+* `splash`: the TPU Pallas splash-attention kernel (`jax.experimental.pallas.ops.tpu`), its
+  `SegmentIds`, the window as a `LocalMask`. TPU only (or Pallas interpret mode, for tests).
 * `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`, the window as its
-  `local_window_size`. NVIDIA GPU only, with a bfloat16/float16 compute dtype.
+  `local_window_size`; rows of one sequence as per-row key lengths, packed rows as a
+  `[B, 1, T, T]` same-sequence mask (which the kernel reads as a bias: T² memory per row).
+  NVIDIA GPU only, with a bfloat16/float16 compute dtype.
 * `auto` picks `splash` on TPU, `cudnn` on GPU with a 16-bit compute dtype (`blockwise`
   otherwise) and `dense` on CPU.
 """
@@ -75,33 +78,38 @@ def self_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    valid: jax.Array,
+    segment_ids: jax.Array,
     *,
+    packed: bool = False,
     window: int | None = None,
     block_q: int = 512,
     block_k: int = 512,
 ) -> jax.Array:
-  """Causal self-attention with key padding (module docstring).
+  """Causal self-attention within sequences (module docstring).
 
   Args:
     impl: a resolved implementation name (`resolve_impl`), not `auto`.
     q: `[B, T, H, Dh]` queries (RoPE applied).
     k, v: `[B, T, K, Dh]` keys and values.
-    valid: `[B, T]` bool, False at padding tokens (never attended to).
+    segment_ids: `[B, T]` int (or a bool mask: False = 0), 0 at padding tokens (never
+      attended to by a real token).
+    packed: rows may hold several sequences; False promises one contiguous sequence per row
+      (what lets `cudnn` use per-row key lengths).
     window: W, query t sees keys s > t - W; None: every earlier key.
     block_q, block_k: tile sizes of `blockwise` and `splash`.
 
   Returns:
     `[B, T, H, Dh]` in the dtype of `v`.
   """
+  seg = segment_ids.astype(jnp.int32)
   if impl == "dense":
-    return dense_attention(q, k, v, valid, window=window)
+    return dense_attention(q, k, v, seg, window=window)
   if impl == "blockwise":
-    return blockwise_attention(q, k, v, valid, window=window, block_q=block_q, block_k=block_k)
+    return blockwise_attention(q, k, v, seg, window=window, block_q=block_q, block_k=block_k)
   if impl == "splash":
-    return splash_attention(q, k, v, valid, window=window, block_q=block_q, block_k=block_k)
+    return splash_attention(q, k, v, seg, window=window, block_q=block_q, block_k=block_k)
   if impl == "cudnn":
-    return cudnn_attention(q, k, v, valid, window=window)
+    return cudnn_attention(q, k, v, seg, window=window, packed=packed)
   raise ValueError(f"model.attention_impl={impl!r}; allowed: {ATTENTION_IMPLS[1:]}")
 
 
@@ -118,13 +126,24 @@ def causal_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.A
   return allowed
 
 
+def same_segment(seg_q: jax.Array, seg_k: jax.Array) -> jax.Array:
+  """`[B, Tq, Tk]` bool: query and key belong to one sequence (or are both padding)."""
+  return seg_q[:, :, None] == seg_k[:, None, :]
+
+
 def dense_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *, window: int | None = None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    *,
+    window: int | None = None,
 ) -> jax.Array:
   """The reference: `[B, K, G, T, T]` float32 scores. Shapes as `self_attention`."""
   b, t, h, dh = q.shape
   s = k.shape[1]
-  allowed = valid[:, None, :] & causal_mask(jnp.arange(t), jnp.arange(s), window)[None]
+  seg = segment_ids.astype(jnp.int32)
+  allowed = same_segment(seg, seg) & causal_mask(jnp.arange(t), jnp.arange(s), window)[None]
   scores = (
       jnp.einsum("btkgd,bskd->bkgts", _group(q, k.shape[2]), k, preferred_element_type=jnp.float32)
       * dh**-0.5
@@ -135,24 +154,24 @@ def dense_attention(
 
 
 def _tiles(
-    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, bq: int, bk: int
+    q: jax.Array, k: jax.Array, v: jax.Array, seg: jax.Array, bq: int, bk: int
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """Pads T to a multiple of both tile sizes (padded keys are invalid)."""
+  """Pads T to a multiple of both tile sizes (padded slots are segment 0, padding)."""
   t = q.shape[1]
   step = math.lcm(bq, bk)
   pad = (-t) % step
   if pad:
     widths = ((0, 0), (0, pad), (0, 0), (0, 0))
     q, k, v = (jnp.pad(x, widths) for x in (q, k, v))
-    valid = jnp.pad(valid, ((0, 0), (0, pad)))
-  return q, k, v, valid
+    seg = jnp.pad(seg, ((0, 0), (0, pad)))
+  return q, k, v, seg
 
 
 def blockwise_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    valid: jax.Array,
+    segment_ids: jax.Array,
     *,
     window: int | None = None,
     block_q: int = 512,
@@ -166,32 +185,32 @@ def blockwise_attention(
   """
   b, t, h, dh = q.shape
   bq, bk = min(block_q, t), min(block_k, t)
-  qp, kp, vp, validp = _tiles(q, k, v, valid, bq, bk)
-  out = _blockwise(_group(qp, k.shape[2]), kp, vp, validp, bq, bk, window)
+  qp, kp, vp, segp = _tiles(q, k, v, segment_ids.astype(jnp.int32), bq, bk)
+  out = _blockwise(_group(qp, k.shape[2]), kp, vp, segp, bq, bk, window)
   return out[:, :t].reshape(b, t, h, dh)
 
 
-def _tile_scores(qi, kj, q_pos, k_pos, valid_j, scale, window):
+def _tile_scores(qi, kj, q_pos, k_pos, seg_i, seg_j, scale, window):
   """`[B, K, G, bq, bk]` float32 scaled scores, masked where not allowed, and the mask."""
   s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
-  allowed = valid_j[:, None, None, None, :] & causal_mask(q_pos, k_pos, window)
+  allowed = same_segment(seg_i, seg_j)[:, None, None] & causal_mask(q_pos, k_pos, window)
   return jnp.where(allowed, s, _MASKED), allowed
 
 
-def _blockwise_forward(q, k, v, valid, bq, bk, window):
+def _blockwise_forward(q, k, v, seg, bq, bk, window):
   """q `[B, T, K, G, D]`, k/v `[B, T, K, D]` (T a multiple of bq and bk) → out, lse."""
   b, t, kh, g, d = q.shape
   nq = t // bq
   scale = d**-0.5
 
   def query_tile(i):
-    qi = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=1)
+    qi, seg_i = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1) for x in (q, seg))
     q_pos = i * bq + jnp.arange(bq)
 
     def key_tile(j, carry):
       m, denom, acc = carry
-      kj, vj, valid_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1) for x in (k, v, valid))
-      s, _ = _tile_scores(qi, kj, q_pos, j * bk + jnp.arange(bk), valid_j, scale, window)
+      kj, vj, seg_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1) for x in (k, v, seg))
+      s, _ = _tile_scores(qi, kj, q_pos, j * bk + jnp.arange(bk), seg_i, seg_j, scale, window)
       m_new = jnp.maximum(m, s.max(axis=-1))
       p = jnp.exp(s - m_new[..., None])
       correction = jnp.exp(m - m_new)
@@ -219,17 +238,17 @@ def _blockwise_forward(q, k, v, valid, bq, bk, window):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _blockwise(q, k, v, valid, bq, bk, window):
-  return _blockwise_forward(q, k, v, valid, bq, bk, window)[0]
+def _blockwise(q, k, v, seg, bq, bk, window):
+  return _blockwise_forward(q, k, v, seg, bq, bk, window)[0]
 
 
-def _blockwise_fwd(q, k, v, valid, bq, bk, window):
-  out, lse = _blockwise_forward(q, k, v, valid, bq, bk, window)
-  return out, (q, k, v, valid, out, lse)
+def _blockwise_fwd(q, k, v, seg, bq, bk, window):
+  out, lse = _blockwise_forward(q, k, v, seg, bq, bk, window)
+  return out, (q, k, v, seg, out, lse)
 
 
 def _blockwise_bwd(bq, bk, window, residuals, d_out):
-  q, k, v, valid, out, lse = residuals
+  q, k, v, seg, out, lse = residuals
   b, t, kh, _, d = q.shape
   nq, nk = t // bq, t // bk
   scale = d**-0.5
@@ -237,14 +256,17 @@ def _blockwise_bwd(bq, bk, window, residuals, d_out):
   row_dot = jnp.einsum("btkgd,btkgd->bkgt", d_out, out.astype(jnp.float32))
 
   def key_tile(d_q, j):
-    kj, vj, valid_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1) for x in (k, v, valid))
+    kj, vj, seg_j = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1) for x in (k, v, seg))
     k_pos = j * bk + jnp.arange(bk)
 
     def query_tile(i, carry):
       d_q, d_k, d_v = carry
-      qi, doi = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1) for x in (q, d_out))
+      qi, doi, seg_i = (
+          jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1) for x in (q, d_out, seg)
+      )
       lse_i, dot_i = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3) for x in (lse, row_dot))
-      s, allowed = _tile_scores(qi, kj, i * bq + jnp.arange(bq), k_pos, valid_j, scale, window)
+      q_pos = i * bq + jnp.arange(bq)
+      s, allowed = _tile_scores(qi, kj, q_pos, k_pos, seg_i, seg_j, scale, window)
       p = jnp.where(allowed, jnp.exp(s - lse_i[..., None]), 0.0)
       d_v = d_v + jnp.einsum("bkgqs,bqkgd->bskd", p, doi)
       dp = jnp.einsum("bqkgd,bskd->bkgqs", doi, vj.astype(jnp.float32))
@@ -301,14 +323,14 @@ def splash_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    valid: jax.Array,
+    segment_ids: jax.Array,
     *,
     window: int | None = None,
     block_q: int = 512,
     block_k: int = 512,
     interpret: bool = False,
 ) -> jax.Array:
-  """The TPU splash-attention kernel; padding tokens are segment 0, real tokens segment 1.
+  """The TPU splash-attention kernel, given the segment ids as its `SegmentIds`.
 
   A padding query attends only to padding keys at or before it (itself at least), so its row
   stays finite. T is padded to a multiple of the tile sizes. Under a mesh context
@@ -318,12 +340,11 @@ def splash_attention(
   """
   _, t, _, dh = q.shape
   bq, bk = block_q, block_k
-  qp, kp, vp, validp = _tiles(q, k, v, valid, bq, bk)
+  qp, kp, vp, segp = _tiles(q, k, v, segment_ids.astype(jnp.int32), bq, bk)
   tp = qp.shape[1]
 
-  def run(qp, kp, vp, validp):
+  def run(qp, kp, vp, segments):
     kernel_lib, kernel = _splash_kernel(qp.shape[2], tp, bq, bk, interpret, window)
-    segments = validp.astype(jnp.int32)
     per_row = lambda qr, kr, vr, sr: kernel(
         (qr * dh**-0.5).swapaxes(0, 1),
         kr.swapaxes(0, 1),
@@ -340,29 +361,44 @@ def splash_attention(
     run = jax.shard_map(
         run, mesh=mesh, in_specs=(spec, spec, spec, P(rows, None)), out_specs=spec, check_vma=False
     )
-  return run(qp, kp, vp, validp)[:, :t].astype(v.dtype)
+  return run(qp, kp, vp, segp)[:, :t].astype(v.dtype)
 
 
 def cudnn_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    valid: jax.Array,
+    segment_ids: jax.Array,
     *,
     window: int | None = None,
+    packed: bool = False,
     implementation: str | None = "cudnn",
 ) -> jax.Array:
-  """`jax.nn.dot_product_attention` with `is_causal`, per-row key lengths and the window as
+  """`jax.nn.dot_product_attention` with `is_causal` and the window as
   `local_window_size=(W - 1, 0)`.
 
-  The fused kernel takes right padding only (`key_value_seq_lengths`), so each row is rotated
-  to start at its first real token, attended, and rotated back. This assumes each row's real
-  tokens are one contiguous span, as in every batch this trainer builds (left-padded prompt,
-  completion, then padding); the rotation keeps the distances between them, so the window is
-  unchanged. `implementation="cudnn"` is the GPU kernel; tests pass `None` (XLA) to check the
-  layout and masking on CPU. Shapes as `self_attention`.
+  Rows of one sequence (`packed=False`): the fused kernel takes right padding only
+  (`key_value_seq_lengths`), so each row is rotated to start at its first real token, attended,
+  and rotated back. This assumes each row's real tokens are one contiguous span, as in every
+  unpacked batch this trainer builds (left-padded prompt, completion, then padding); the
+  rotation keeps the distances between them, so the window is unchanged. Packed rows: a
+  `[B, 1, T, T]` same-segment mask. `implementation="cudnn"` is the GPU kernel; tests pass
+  `None` (XLA) to check the layout and masking on CPU. Shapes as `self_attention`.
   """
+  seg = segment_ids.astype(jnp.int32)
+  window_size = None if window is None else (window - 1, 0)
+  if packed:
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=same_segment(seg, seg)[:, None],
+        is_causal=True,
+        local_window_size=window_size,
+        implementation=implementation,
+    ).astype(v.dtype)
   t = q.shape[1]
+  valid = seg > 0
   start = jnp.argmax(valid, axis=1).astype(jnp.int32)
   lengths = valid.sum(axis=1, dtype=jnp.int32)
   rotate = lambda x, shift: jnp.take_along_axis(
@@ -374,7 +410,7 @@ def cudnn_attention(
       rotate(v, start),
       is_causal=True,
       key_value_seq_lengths=lengths,
-      local_window_size=None if window is None else (window - 1, 0),
+      local_window_size=window_size,
       implementation=implementation,
   )
   return rotate(out, -start).astype(v.dtype)

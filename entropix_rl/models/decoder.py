@@ -223,9 +223,10 @@ def _self_attention_stack(
     params: Params,
     tokens: jax.Array,
     positions: jax.Array,
-    mask: jax.Array,
+    segment_ids: jax.Array,
     remat: bool,
     keep_kv: bool,
+    packed: bool = False,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
   """All layers over T tokens with `config.attention_impl`; optionally the stacked k, v."""
   impl = attention.resolve_impl(config.attention_impl, config.compute_jnp_dtype)
@@ -239,7 +240,8 @@ def _self_attention_stack(
         q,
         k,
         v,
-        mask,
+        segment_ids,
+        packed=packed,
         window=config.sliding_window,
         block_q=config.attention_block_q,
         block_k=config.attention_block_k,
@@ -260,6 +262,7 @@ def forward_hidden(
     cache: KVCache | None = None,
     mask: jax.Array | None = None,
     remat: bool = False,
+    segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, KVCache | None]:
   """Runs the decoder and returns the final (normed) hidden states.
 
@@ -275,11 +278,21 @@ def forward_hidden(
       fills an empty cache with `config.attention_impl`).
     mask: `[B, T]` bool, False for padding tokens (they are never attended to). Default: all True.
     remat: rematerialise each layer in the backward pass (saves activation memory in training).
+    segment_ids: packed rows (`entropix_rl.packing`): `[B, T]` int32, each sequence's id at
+      its tokens and 0 at empty slots; a token attends only within its sequence. Needs
+      `positions` (restarting at 0 per sequence); replaces `mask`; not with a cache.
 
   Returns:
     hidden `[B, T, D]` in the compute dtype, and the updated cache (None without a cache).
   """
   b, t = tokens.shape
+  if segment_ids is not None:
+    if cache is not None or positions is None:
+      raise ValueError("packed rows (segment_ids) need positions and no cache")
+    stack = _self_attention_stack(
+        config, params, tokens, positions, segment_ids, remat, False, packed=True
+    )
+    return stack[0], None
   mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
   if cache is None:
     positions = (

@@ -201,6 +201,12 @@ class RLConfig:
       `ppo_micro_batch_size_per_gpu`); 0 = the whole mini-batch at once.
     logprob_micro_batch_size: sequences per data shard per chunk of the no-grad passes (verl's
       `log_prob_micro_batch_size_per_gpu`); 0 = all rows at once.
+    micro_batch_tokens: tokens per data shard per forward/backward, the rows' real tokens
+      packed side by side (`entropix_rl.packing`; verl's `ppo_max_token_len_per_gpu` with
+      `use_dynamic_bsz` and `use_remove_padding`); 0 = unpacked rows. At least one row's
+      width (`data.max_prompt_len + sampler.max_new_tokens`); not with `micro_batch_size`.
+    logprob_micro_batch_tokens: the same for the no-grad passes (behaviour, planning and
+      dynamics; verl's `log_prob_max_token_len_per_gpu`); not with `logprob_micro_batch_size`.
     feature_chunk: tokens per chunk when an intervention's logit features need full logits.
     completion_buckets: widths the update compiles for: the budget and its halves (1 = always
       the full `sampler.max_new_tokens`).
@@ -227,6 +233,8 @@ class RLConfig:
   remat: bool = False
   micro_batch_size: int = 0
   logprob_micro_batch_size: int = 0
+  micro_batch_tokens: int = 0
+  logprob_micro_batch_tokens: int = 0
   feature_chunk: int = 256
   completion_buckets: int = 1
   old_logp_from_rollout: bool = False
@@ -249,6 +257,20 @@ class RLConfig:
       check_int(f"rl.{name}", getattr(self, name))
     for name in ("micro_batch_size", "logprob_micro_batch_size"):
       check_int(f"rl.{name}", getattr(self, name), 0, " (0 = no splitting)")
+    for prefix in ("", "logprob_"):
+      check_int(
+          f"rl.{prefix}micro_batch_tokens",
+          getattr(self, f"{prefix}micro_batch_tokens"),
+          0,
+          " (0 = unpacked rows)",
+      )
+      if getattr(self, f"{prefix}micro_batch_tokens") and getattr(
+          self, f"{prefix}micro_batch_size"
+      ):
+        raise ValueError(
+            f"rl.{prefix}micro_batch_size and rl.{prefix}micro_batch_tokens are both set; "
+            "allowed: one of them (sequences per micro-batch, or packed tokens per micro-batch)"
+        )
     check_int(
         "rl.completion_buckets",
         self.completion_buckets,
@@ -505,6 +527,14 @@ def _resolve(
         f"sampler.max_new_tokens ({sampler.max_new_tokens}) = {context} exceeds the "
         f"model's context (model.max_position_embeddings={model.max_position_embeddings})"
     )
+  for name in ("micro_batch_tokens", "logprob_micro_batch_tokens"):
+    budget = getattr(config.rl, name)
+    if 0 < budget < context:
+      raise ValueError(
+          f"rl.{name}={budget} is shorter than one row: data.max_prompt_len "
+          f"({config.data.max_prompt_len}) + sampler.max_new_tokens ({sampler.max_new_tokens}) "
+          f"= {context}; allowed: 0 (unpacked rows) or >= {context}"
+      )
   return Experiment(
       config=config,
       tokenizer=tokenizer,

@@ -7,7 +7,8 @@
     advantages       the estimator (`rl.advantage`), then the `advantage` interventions
     state hooks      `before_update` of every stateful intervention
     optimizer steps  epochs × mini-batches; each mini-batch's gradient is accumulated over
-                     micro-batches of `rl.micro_batch_size` sequences per data shard
+                     micro-batches of `rl.micro_batch_size` sequences per data shard, or
+                     over bins of `rl.micro_batch_tokens` packed tokens (`packing`)
     guard            if any mini-batch's loss or gradient is not finite, the params, the
                      optimizer state and the intervention states stay as they were
                      (`update/skipped` = 1; the loop stops after `rl.max_skipped_updates`
@@ -22,7 +23,8 @@ values (Clip-Cov, KL-Cov, 80/20, ...) or is non-linear in an aggregate, a no-gra
 over the mini-batch (in `rl.logprob_micro_batch_size` chunks) computes those picks and the
 aggregates first; the micro-batches then use them, so the picks equal those of the unsplit
 mini-batch. Otherwise the mini-batch's normalisers come from its masks alone and no extra pass
-runs. Gradients accumulate in float32 whatever the param dtype.
+runs. Gradients accumulate in float32 whatever the param dtype. Packed micro-steps give the loss
+the rows in their unpacked layout (`_packed_micro_steps`), so the same holds for them.
 
 The batch (`train.rollout.Responses.rl_batch`) holds, for N = `rl.batch_size` responses with
 prompt width P and completion width C: `tokens [N, P+C]` int32, `attention_mask [N, P+C]`
@@ -44,7 +46,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import optax
 
-from entropix_rl import advantages, dynamics, interventions, sharding, token_stats
+from entropix_rl import advantages, dynamics, interventions, packing, sharding, token_stats
 from entropix_rl.interventions.aggregation import aggregator, masked_mean
 from entropix_rl.interventions.batch import step_ids_from_tokens
 from entropix_rl.interventions.compose import TOKEN_AUX
@@ -158,17 +160,35 @@ def rl_update(
 def completion_hidden(
     model_cfg: ModelConfig, params: Any, rows: Rows, *, remat: bool = False
 ) -> jax.Array:
-  """`[R, C, D]` hidden states that predict each completion token.
+  """Hidden states that predict each completion token: `[R, C, D]` of rows, or `[S, B, D]` of
+  one step's packed bins (every slot; `packing.unpack` keeps those that predict a completion
+  token).
 
   Args:
     rows: `tokens [R, P+C]` (left-padded prompt then completion), `attention_mask [R, P+C]`,
-      `completion [R, C]`.
+      `completion [R, C]`; or packed bins (`packing.pack`): `tokens`, `segment_ids`,
+      `positions`, `targets`, each `[S, B]`.
   """
+  if "segment_ids" in rows:
+    hidden, _ = forward_hidden(
+        model_cfg,
+        params,
+        rows["tokens"],
+        positions=rows["positions"],
+        segment_ids=rows["segment_ids"],
+        remat=remat,
+    )
+    return hidden
   prompt_len = rows["tokens"].shape[1] - rows["completion"].shape[1]
   hidden, _ = forward_hidden(
       model_cfg, params, rows["tokens"], mask=rows["attention_mask"], remat=remat
   )
   return hidden[:, prompt_len - 1 : -1]
+
+
+def predicted_tokens(rows: Rows) -> jax.Array:
+  """The tokens `completion_hidden` predicts: `completion` of rows, `targets` of bins."""
+  return rows["targets"] if "segment_ids" in rows else rows["completion"]
 
 
 def completion_quantities(
@@ -183,18 +203,20 @@ def completion_quantities(
     feature_chunk: int = 256,
     remat: bool = False,
 ) -> dict[str, Any]:
-  """Teacher-forced log-probs, entropies and logit features of the completion tokens.
+  """Teacher-forced log-probs, entropies and logit features of the completion tokens (of
+  rows or of packed bins, as `completion_hidden`).
 
   Returns:
     `{"logp": [R, C], "entropy": [R, C] or None, "features": {name: [R, C]}}`, float32, at
-    the rollout temperature (logits / T).
+    the rollout temperature (logits / T); `[S, B]` each for bins.
   """
   hidden = completion_hidden(model_cfg, params, rows, remat=remat)
   unembed = unembedding(model_cfg, params)
+  targets = predicted_tokens(rows)
   logp, entropy = token_stats.token_logp_entropy(
       hidden,
       unembed,
-      rows["completion"],
+      targets,
       temperature=temperature,
       token_chunk=token_chunk,
       with_entropy=with_entropy,
@@ -202,7 +224,7 @@ def completion_quantities(
   values = token_stats.logit_features(
       hidden,
       unembed,
-      rows["completion"],
+      targets,
       tuple(f.fn for f in features),
       temperature=temperature,
       token_chunk=feature_chunk,
@@ -290,14 +312,16 @@ def minibatch_gradient(
     *,
     mesh: Mesh | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array], Any]:
-  """`(loss, aux scalars, grads)` of one mini-batch, accumulated over its micro-batches with
-  the normalisers (and, with a planning pass, the picks) of the whole mini-batch."""
+  """`(loss, aux scalars, grads)` of one mini-batch, accumulated over its micro-batches (of
+  `rl.micro_batch_size` rows, or of `rl.micro_batch_tokens` packed tokens) with the
+  normalisers (and, with a planning pass, the picks) of the whole mini-batch."""
   shards = sharding.batch_shards(mesh)
   micro = spec.rl.micro_batch_size
   pieces = spec.rl.minibatch_size // (shards * micro) if micro else 1
+  packed = bool(spec.rl.micro_batch_tokens)
   agg = aggregator(spec.loss)
   gradient = jax.value_and_grad(_loss_at, argnums=1, has_aux=True)
-  if pieces == 1:
+  if pieces == 1 and not packed:
     (loss, (aux, _)), grads = gradient(spec, params, rows, key, states, agg)
     return loss, aux, grads
   planning = interventions.needs_planning_pass(spec.loss)
@@ -307,26 +331,96 @@ def minibatch_gradient(
   else:  # the normalisers come from the masks (any values stand in for the current ones)
     _loss(spec, rows, _stand_in(spec, rows), key, states, agg)
     stats = {}
-  mode = "replay" if planning else "share"
+  micro_agg = lambda: aggregator(spec.loss, "replay" if planning else "share", agg.records)
+  if packed:
+    grads, total, shares = _packed_micro_steps(
+        spec, params, rows, key, states, micro_agg, stats, mesh
+    )
+  else:
+    grads, total, shares = _row_micro_steps(
+        spec, params, rows, key, states, micro_agg, stats, pieces, mesh
+    )
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+  if not planning:  # every aggregate's shares add up to the mini-batch value
+    loss, aux = total, shares
+  return loss, aux, grads
+
+
+Sums = tuple[Any, jax.Array, dict[str, jax.Array]]
+
+
+def _row_micro_steps(
+    spec: UpdateSpec,
+    params: Any,
+    rows: Rows,
+    key: jax.Array,
+    states: dict[str, Any],
+    micro_agg: Callable[[], Any],
+    stats: Any,
+    pieces: int,
+    mesh: Mesh | None,
+) -> Sums:
+  """Float32 gradient, loss and aux sums over `pieces` micro-batches of rows (`lax.scan`)."""
+  gradient = jax.value_and_grad(_loss_at, argnums=1, has_aux=True)
 
   def micro_step(carry, xs):
     grads, total = carry
     micro_rows, micro_stats = xs
-    micro_agg = aggregator(spec.loss, mode, agg.records)
     micro_rows = sharding.constrain_rows(micro_rows, mesh)
     (value, (scalars, _)), g = gradient(
-        spec, params, micro_rows, key, states, micro_agg, micro_stats
+        spec, params, micro_rows, key, states, micro_agg(), micro_stats
     )
     grads = jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), grads, g)
     return (grads, total + value), scalars
 
-  split = sharding.split_rows((rows, stats), pieces, shards)
+  split = sharding.split_rows((rows, stats), pieces, sharding.batch_shards(mesh))
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   (grads, total), shares = jax.lax.scan(micro_step, (zeros, jnp.float32(0)), split)
-  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-  if not planning:  # every aggregate's shares add up to the mini-batch value
-    loss, aux = total, jax.tree.map(lambda x: x.sum(axis=0), shares)
-  return loss, aux, grads
+  return grads, total, jax.tree.map(lambda x: x.sum(axis=0), shares)
+
+
+def _packed_micro_steps(
+    spec: UpdateSpec,
+    params: Any,
+    rows: Rows,
+    key: jax.Array,
+    states: dict[str, Any],
+    micro_agg: Callable[[], Any],
+    stats: Any,
+    mesh: Mesh | None,
+) -> Sums:
+  """Float32 gradient, loss and aux sums over the packed micro-steps (`entropix_rl.packing`).
+
+  Step k runs the forward and backward pass on bin k of every data shard; its loss is the
+  mini-batch's loss with the mask of the rows outside those bins zeroed and, there, stand-in
+  values (the old log-probs, zero entropies and features): the rows keep their unpacked
+  layout, so every aggregate and every pick is that of the unpacked update.
+  """
+  mask = rows["attention_mask"].astype(bool)
+  plan = packing.plan_packing(
+      mask, spec.rl.micro_batch_tokens, sharding.batch_shards(mesh), "rl.micro_batch_tokens"
+  )
+  bins = sharding.constrain_rows(packing.pack(plan, rows["tokens"], mask), mesh)
+  stand_in = _stand_in(spec, rows)
+
+  def step_loss(params, k):
+    view = sharding.constrain_rows(packing.step_bins(bins, k), mesh)
+    values = _current(spec, params, view, remat=spec.rl.remat)
+    current = jax.tree.map(lambda v, f: packing.unpack(plan, v, k, mask, f), values, stand_in)
+    here = (plan.bin == k).astype(jnp.float32)[:, None]
+    step_rows = dict(rows, completion_mask=rows["completion_mask"] * here)
+    return _loss(spec, step_rows, current, key, states, micro_agg(), stats)
+
+  def micro_step(k, carry):
+    grads, total, sums = carry
+    (value, (scalars, _)), g = jax.value_and_grad(step_loss, has_aux=True)(params, k)
+    add = lambda acc, x: acc + x.astype(jnp.float32)
+    return jax.tree.map(add, grads, g), total + value, jax.tree.map(add, sums, scalars)
+
+  scalars = jax.eval_shape(lambda: step_loss(params, 0)[1][0])
+  zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
+  init = (zeros(params), jnp.float32(0), zeros(scalars))
+  return jax.lax.fori_loop(0, plan.steps, micro_step, init)
 
 
 def token_batch(rows: Rows, current: Rows) -> interventions.TokenBatch:
@@ -445,15 +539,14 @@ def _current(spec: UpdateSpec, params: Any, rows: Rows, *, remat: bool) -> dict[
 
 
 def _stand_in(spec: UpdateSpec, rows: Rows) -> dict[str, Any]:
-  """Values of the current policy's shape, for a pass that only records the normalisers."""
+  """Values of the current policy's shape (the tree `_current` returns), for a pass that only
+  records the normalisers and for the rows a packed micro-step does not compute."""
   zeros = jnp.zeros_like(rows["old_logp"])
-  out = {
+  return {
       "logp": rows["old_logp"],
+      "entropy": zeros if "entropy" in interventions.needs(spec.loss) else None,
       "features": {f.name: zeros for f in interventions.features(spec.loss, "current")},
   }
-  if "entropy" in interventions.needs(spec.loss):
-    out["entropy"] = zeros
-  return out
 
 
 def _loss(
@@ -478,9 +571,19 @@ def _loss_at(spec: UpdateSpec, params: Any, rows: Rows, *args: Any) -> Any:
 
 
 def _no_grad_chunks(spec: UpdateSpec, fn: Callable[[Rows], Rows], rows: Rows, mesh: Mesh | None):
-  return jax.lax.stop_gradient(
-      sharding.map_row_chunks(fn, rows, chunk_rows=spec.rl.logprob_micro_batch_size, mesh=mesh)
-  )
+  """`fn` over row chunks of `rl.logprob_micro_batch_size`, or over packed bins of
+  `rl.logprob_micro_batch_tokens`, without gradient."""
+  if spec.rl.logprob_micro_batch_tokens:
+    out = packing.map_packed(
+        fn,
+        rows,
+        budget=spec.rl.logprob_micro_batch_tokens,
+        what="rl.logprob_micro_batch_tokens",
+        mesh=mesh,
+    )
+  else:
+    out = sharding.map_row_chunks(fn, rows, chunk_rows=spec.rl.logprob_micro_batch_size, mesh=mesh)
+  return jax.lax.stop_gradient(out)
 
 
 def _keep_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
