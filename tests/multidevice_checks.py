@@ -27,19 +27,10 @@ from entropix_rl.train.config import RLConfig
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
 from entropix_rl.train.state import create_train_state
 from entropix_rl.train.update import UpdateSpec, jit_rl_update
-from tests.synthetic import max_abs_diff, rl_rows
+from tests.synthetic import UPDATE_MODEL, max_abs_diff, rl_rows
 
 MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
-MODEL = tiny_config(
-    vocab_size=64,
-    hidden_size=32,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    qkv_bias=True,
-)
+MODEL = UPDATE_MODEL.replace(vocab_size=64, qkv_bias=True)
 # Qwen3: q/k norms, and a head_dim (16) that is not hidden_size / num_heads.
 QWEN3 = tiny_config(
     model_type="qwen3",

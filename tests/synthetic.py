@@ -1,8 +1,22 @@
-"""Synthetic RL rows and tree comparisons shared by the update tests (`test_update`,
-`test_zoo_c`) and the simulated multi-device checks (`multidevice_checks`)."""
+"""Synthetic RL rows, the tiny policy of the update tests and tree comparisons, shared by the
+update tests (`test_update`, `test_packing`, `test_zoo_c`) and the simulated multi-device checks
+(`multidevice_checks`)."""
 
 import jax
 import numpy as np
+
+from entropix_rl.models import tiny_config
+
+# The policy of the update and packing tests: 4 query heads over 2 KV heads, 32 tokens.
+UPDATE_MODEL = tiny_config(
+    vocab_size=32,
+    hidden_size=32,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 
 
 def rl_rows(

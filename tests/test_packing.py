@@ -10,19 +10,11 @@ import numpy as np
 import pytest
 
 from entropix_rl import packing
-from entropix_rl.models import forward_hidden, init_params, tiny_config
+from entropix_rl.models import forward_hidden, init_params
 from entropix_rl.train.update import completion_hidden
-from tests.synthetic import rl_rows
+from tests.synthetic import UPDATE_MODEL, rl_rows
 
-MODEL = tiny_config(
-    vocab_size=32,
-    hidden_size=32,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
+MODEL = UPDATE_MODEL
 PROMPT, COMPLETION = 5, 9
 
 

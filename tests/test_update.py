@@ -19,24 +19,16 @@ import pytest
 
 from entropix_rl import interventions
 from entropix_rl.interventions import aggregation
-from entropix_rl.models import init_params, tiny_config
+from entropix_rl.models import init_params
 from entropix_rl.train import update as update_lib
 from entropix_rl.train.config import RLConfig, SFTConfig
 from entropix_rl.train.config_dict import apply_overrides
 from entropix_rl.train.sft import jit_sft_step
 from entropix_rl.train.state import create_train_state
 from entropix_rl.train.update import UpdateSpec, jit_rl_update
-from tests.synthetic import max_abs_diff, rl_rows
+from tests.synthetic import UPDATE_MODEL, max_abs_diff, rl_rows
 
-MODEL = tiny_config(
-    vocab_size=32,
-    hidden_size=32,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
+MODEL = UPDATE_MODEL
 GROUPS, GROUP_SIZE, PROMPT, COMPLETION = 4, 4, 5, 9
 TOL = 2e-5
 PARAM_TOL = 1e-4
