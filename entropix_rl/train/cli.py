@@ -136,32 +136,34 @@ def _unknown_key_message(argv: Sequence[str], err: Exception) -> str:
 
 
 def answer_and_exit(config: ml_collections.ConfigDict, argv: Sequence[str]) -> None:
-  """Answers `--list_presets` or `--print_config` (then exits 0); otherwise returns."""
+  """Answers `--list_presets` or `--print_config` on stdout (the command's output, for a pipe;
+  not a log line), then exits 0; otherwise returns."""
   if LIST_PRESETS.value:
     path, _ = config_file(argv)
     names = presets(load_config_module(path))
-    print(
+    answer = (
         f"{path}: presets " + ", ".join(f"{path}:{name}" for name in names)
         if names
         else f"{path}: no presets (its get_config takes no argument)"
     )
+    sys.stdout.write(answer + "\n")
     sys.exit(0)
   if PRINT_CONFIG.value:
     spec = config_dict.typed(config)
-    print(config_dict.as_config_dict(spec))
+    sys.stdout.write(f"{config_dict.as_config_dict(spec)}\n")
     try:
       exp = resolve(spec)
     except ConfigError as err:
-      print(f"# not resolved: {err}")
+      sys.stdout.write(f"# not resolved: {err}\n")
     else:
       model = exp.model
-      print(
+      sys.stdout.write(
           f"# resolved: {model.model_type} model, {model.num_params():,} params "
           f"({model.num_params(include_embeddings=False):,} non-embedding), vocab "
           f"{model.vocab_size}; sampler stop ids {exp.sampler.stop_ids}, pad id "
           f"{exp.sampler.pad_id}, prompt bucket >= {exp.sampler.min_prompt_bucket}; loss "
           f"micro-batch {exp.loss.microbatch_size}, length constant {exp.loss.loss_scale_factor}; "
-          f"step delimiter id {exp.step_delimiter_id}"
+          f"step delimiter id {exp.step_delimiter_id}\n"
       )
     sys.exit(0)
 
