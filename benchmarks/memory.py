@@ -4,8 +4,9 @@ r"""Per-device memory of the real jitted steps at full size, proven by compilati
       --devices=16 --mesh=1,4,4 --chip=v5p [--config.rl.micro_batch_size=1 ...]
 
 Simulates `--devices` CPU devices (`--xla_force_host_platform_device_count`), builds the
-config's `rl_update`, the sampler's prefill and decode programs and `sft_step` for the
-full-size architecture on the `--mesh` (data, fsdp, tensor), lowers and compiles each with
+config's `rl_update`, the sampler's prefill, decode and refill programs (the refill at its
+worst: every row freed at once, with the decode cache resident; its estimate is the prefill's)
+and `sft_step` for the full-size architecture on the `--mesh` (data, fsdp, tensor), lowers and compiles each with
 abstract inputs (nothing is allocated) and reads `compiled.memory_analysis()`, which on CPU
 reports the per-device bytes of the SPMD-partitioned program. One JSON line per function:
 
@@ -55,7 +56,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from entropix_rl import interventions, memory, sampling, sharding  # noqa: E402
-from entropix_rl.models import decoder, init_params  # noqa: E402
+from entropix_rl.models import init_params  # noqa: E402
 from entropix_rl.train import cli, config_dict  # noqa: E402
 from entropix_rl.train.config import resolve  # noqa: E402
 from entropix_rl.train.optim import make_optimizer  # noqa: E402
@@ -83,7 +84,9 @@ _DTYPE = flags.DEFINE_enum(
     "XLA:CPU then makes no float32 copies of bfloat16 operands.",
 )
 _FUNCTIONS = flags.DEFINE_list(
-    "functions", ["rl_update", "prefill", "decode", "sft_step"], "Functions to compile."
+    "functions",
+    ["rl_update", "prefill", "decode", "refill", "sft_step"],
+    "Functions to compile.",
 )
 _HEADROOM = 0.9
 GIB = memory.GIB
@@ -287,6 +290,10 @@ def main(argv):
   pass_rows = per_pass * sampler_cfg.num_samples
   resident = _device_bytes(state) - _device_bytes(state.params)
   context = dict(context, decode_rows=pass_rows)
+  decode_state = _abstract(
+      jax.eval_shape(lambda: sampling.empty_state(model_cfg, pass_rows, prompt + completion)),
+      sampling.state_shardings(model_cfg, mesh),
+  )
   if "prefill" in _FUNCTIONS.value:
     fn = sampling.compiled_prefill(model_cfg, sampler_cfg, mesh)
     lowered = fn.lower(
@@ -308,19 +315,6 @@ def main(argv):
         context=context,
     )
   if "decode" in _FUNCTIONS.value:
-    cache = jax.eval_shape(lambda: decoder.init_cache(model_cfg, pass_rows, prompt + completion))
-    decode_state = jax.eval_shape(
-        lambda c: sampling.DecodeState(
-            cache=c,
-            tokens=jnp.zeros((pass_rows,), jnp.int32),
-            done=jnp.zeros((pass_rows,), bool),
-            row_keys=jnp.zeros((pass_rows, 2), jnp.uint32),
-            row_ids=jnp.zeros((pass_rows,), jnp.int32),
-            step=jnp.int32(0),
-        ),
-        cache,
-    )
-    decode_state = _abstract(decode_state, sampling.state_shardings(model_cfg, mesh))
     fn = sampling.compiled_decode(
         model_cfg, sampler_cfg, sampler_cfg.decode_segment or completion, mesh
     )
@@ -330,6 +324,34 @@ def main(argv):
         lowered=fn.lower(params, decode_state, jnp.float32(1.0), None),
         resident=resident,
         estimate=estimate.decode_peak,
+        hbm=hbm,
+        context=context,
+    )
+  if "refill" in _FUNCTIONS.value:
+    # The worst refill: every row of the batch freed at once, its prompts as many as the batch
+    # started with (sampling._admitted caps them there), the decode cache resident.
+    rep = lambda shape, dtype: jax.ShapeDtypeStruct(
+        shape, dtype, sharding=sharding.replicated(mesh)
+    )
+    fn = sampling.compiled_refill(model_cfg, sampler_cfg, mesh)
+    lowered = fn.lower(
+        params,
+        decode_state,
+        rep((per_pass, prompt), jnp.int32),
+        rep((per_pass, prompt), bool),
+        rep((pass_rows,), jnp.int32),
+        rep((pass_rows,), jnp.int32),
+        rep((pass_rows, 2), jnp.uint32),
+        rep((pass_rows,), jnp.int32),
+        jnp.float32(1.0),
+        None,
+    )
+    _report(
+        "refill",
+        module="_refill",
+        lowered=lowered,
+        resident=resident,
+        estimate=estimate.prefill_peak,
         hbm=hbm,
         context=context,
     )

@@ -7,8 +7,8 @@ docs/interventions.md sections they come from), with the 32B constants:
 * `kl_cov.ratio` 2e-4 (KL-Cov; the original repo's `k_percent` 0.02 is in percent);
 * scale knobs for a v5p-128 slice (64 chips, 95 GiB; mesh data 1, fsdp 8, tensor 8 =
   Qwen2.5-32B's KV heads): `rl.micro_batch_size` 1 (10 240 tokens per device per
-  forward/backward), `rl.logprob_micro_batch_size` 2, `sampler.max_decode_rows` 512 (4
-  sampling passes per step), `rl.token_chunk` 1024. Compiled per-device memory: `python
+  forward/backward), `rl.logprob_micro_batch_size` 2, `sampler.max_decode_rows` 512 (a
+  512-row decode batch, refilled as rows finish, for the step's 2048 rollouts), `rl.token_chunk` 1024. Compiled per-device memory: `python
   benchmarks/memory.py --config=configs/qwen25_32b.py:kl_cov --arch=qwen2.5-32b --devices=64
   --mesh=1,8,8 --chip=v5p` (about 25 s), figures in docs/scaling.md;
 * for verl's per-micro-batch selection, `--config.loss.selection_scope=microbatch` (it then

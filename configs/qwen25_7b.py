@@ -47,7 +47,7 @@ Scale knobs, set for a v5p-32 slice (16 chips, 95 GiB; mesh data 1, fsdp 4, tens
 Qwen2.5-7B's KV heads): `rl.micro_batch_size` 2 sequences per device per forward/backward
 (20 480 tokens; gradients accumulate over the 32-sequence mini-batch share of each device),
 `rl.logprob_micro_batch_size` 4 for the no-grad passes, `sampler.max_decode_rows` 1024 (the
-step's 2048 rollouts decode in 2 passes), `rl.token_chunk` 1024. The compiled per-device
+step's 2048 rollouts decode through a 1024-row batch whose finished rows are refilled), `rl.token_chunk` 1024. The compiled per-device
 memory (`python benchmarks/memory.py --config=configs/qwen25_7b.py:clip_cov --devices=16
 --mesh=1,4,4 --chip=v5p`, about 25 s) and the settings for a v6e-64 slice and an 8x H100 node
 are in docs/scaling.md. `model.attention_impl` "auto" takes the splash kernel on TPU and cuDNN

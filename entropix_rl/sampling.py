@@ -2,21 +2,29 @@
 
 How `sample` generates N = prompts x `num_samples` completions:
 
-1. **Passes.** Prompts are taken `max_decode_rows // num_samples` at a time (all at once by
-   default), so the KV cache of one pass bounds the memory.
+1. **A bounded decode batch.** At most `max_decode_rows` rows are decoded at once (all rows by
+   default), so one batch's KV cache bounds the memory. The first `max_decode_rows //
+   num_samples` prompts start it.
 2. **Prefill, shared by a prompt's samples.** Each prompt is run once through the decoder
    (`models.prefill`, with `ModelConfig.attention_impl`) into a KV cache of
    prompt bucket + `max_new_tokens` slots, whose rows are then repeated `num_samples` times.
    Prompt widths are rounded up to powers of two (at least `min_prompt_bucket`), so similar
    prompts reuse one compiled program.
-3. **Decode in segments, finished rows leave.** A jitted `lax.while_loop` decodes up to
-   `decode_segment` tokens, stopping early when every row is done. Between segments, when
-   the live rows fit a power of two at most half the current batch, they are gathered into
-   that smaller batch (cache included), so the cost follows the real length distribution
-   rather than the longest completion.
-4. **Per-row randomness.** Row r of the call draws step t with `fold_in(fold_in(rng, r), t)`,
-   one uniform per row and step (inverse-CDF sampling), so the completions do not depend on
-   how rows are split into passes or compacted: for a fixed key they equal one pass without
+3. **Decode in segments, finished rows are refilled.** A jitted `lax.while_loop` decodes up
+   to `decode_segment` tokens, stopping early when every row is done. Between segments, while
+   (prompt, sample) pairs are still waiting (`refill`, rows beyond one batch), the rows that
+   finished hand their cache rows to the next pairs in order: the pairs' prompts are prefilled
+   (once per distinct prompt) and written into the freed rows just behind the cache's shared
+   write head (its slots are a ring, `decoder.KVCache`), and the rows restart at step 0. The decode batch stays full until the queue
+   is empty, as in continuous batching. With `refill=False` the rows run instead in passes of
+   whole prompts, each decoded until its longest completion ends.
+4. **Finished rows leave.** Once nothing is waiting, when the live rows fit a power of two at
+   most half the current batch, they are gathered into that smaller batch (cache included),
+   so the cost follows the real length distribution rather than the longest completion.
+5. **Per-row randomness.** Row r of the call draws its step t with
+   `fold_in(fold_in(rng, r), t)`, one uniform per row and step (inverse-CDF sampling), so the
+   completions do not depend on which batch slot a row decodes in, when it was admitted, or
+   how rows were compacted: for a fixed key they equal one batch of all rows without
    compaction (up to float round-off of differently shaped matmuls).
 
 Which distribution `logp` and `entropy` describe: the *tempered* distribution
@@ -72,7 +80,11 @@ class SamplerConfig:
     min_prompt_bucket: smallest prompt width; widths are rounded up to a power of two.
     max_decode_rows: rows decoded at once per process (0 = all); rounded down to whole
       prompts (a multiple of `num_samples`, at least one prompt). Bounds the KV cache.
-    decode_segment: decode steps between compactions of finished rows (0 = never compact).
+    decode_segment: decode steps between refills and compactions of finished rows (0 = one
+      segment of the whole budget: no refill, no compaction).
+    refill: when rows exceed one decode batch, finished rows are refilled with waiting
+      (prompt, sample) pairs between segments (one process only; several processes, or
+      False, decode in passes of whole prompts).
     temperature_rule: optional `(logits [R, V] float32, temperature scalar, rule_state) ->
       [R]` per-row temperatures for the step (`TemperatureRule`); None keeps the temperature.
   """
@@ -88,6 +100,7 @@ class SamplerConfig:
   min_prompt_bucket: int = 16
   max_decode_rows: int = 0
   decode_segment: int = 16
+  refill: bool = True
   temperature_rule: Callable[[jax.Array, jax.Array, Any], jax.Array] | None = None
 
   def __post_init__(self):
@@ -152,8 +165,8 @@ class DecodeState:
     tokens: `[R]` int32, the token sampled at the previous step (the next decoder input).
     done: `[R]` bool, True once a row emitted a stop token (and for padding rows).
     row_keys: `[R, 2]` uint32 per-row PRNG keys.
-    row_ids: `[R]` int32 row index within the pass, −1 for padding rows.
-    step: int32 scalar, completion tokens emitted so far (the next step index).
+    row_ids: `[R]` int32 the call's row index (offset by process), −1 for padding rows.
+    step: `[R]` int32, completion tokens each row has emitted (its next step index).
   """
 
   cache: decoder.KVCache
@@ -213,9 +226,10 @@ def _emit(
     temperature: jax.Array,
     rule_state: Any,
 ) -> tuple[DecodeState, tuple[jax.Array, ...]]:
-  """Samples step `state.step` for every row; returns the advanced state and the step's
-  (tokens, live, logp, entropy), each `[R]`, zero/pad where the row was already done."""
-  keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.row_keys, state.step)
+  """Samples each live row's step `state.step[r]`; returns the advanced state and the step's
+  (tokens, live, logp, entropy), each `[R]`, zero/pad where the row was already done. A row
+  is done after a stop token or its `max_new_tokens`-th token."""
+  keys = jax.vmap(jax.random.fold_in)(state.row_keys, state.step)
   if cfg.temperature_rule is None:
     temperatures = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), state.done.shape)
   else:
@@ -224,7 +238,10 @@ def _emit(
   live = ~state.done
   tok = jnp.where(live, tok, cfg.pad_id)
   stop_ids = jnp.asarray(cfg.stop_ids if cfg.stop_ids else (-1,), jnp.int32)
-  state = state.replace(tokens=tok, done=state.done | jnp.isin(tok, stop_ids), step=state.step + 1)
+  ends = jnp.isin(tok, stop_ids) | (state.step + 1 >= cfg.max_new_tokens)
+  state = state.replace(
+      tokens=tok, done=state.done | ends, step=state.step + live.astype(jnp.int32)
+  )
   return state, (tok, live, jnp.where(live, logp, 0.0), jnp.where(live, ent, 0.0))
 
 
@@ -269,6 +286,7 @@ def _prefill(
       valid=repeat(cache.valid, 0),
       lengths=repeat(cache.lengths, 0),
       index=cache.index,
+      first_slot=repeat(cache.first_slot, 0),
   )
   state = DecodeState(
       cache=cache,
@@ -276,10 +294,75 @@ def _prefill(
       done=row_ids < 0,
       row_keys=row_keys,
       row_ids=row_ids,
-      step=jnp.int32(0),
+      step=jnp.zeros(row_ids.shape, jnp.int32),
   )
   state = _constrain(state, mesh, model_cfg.num_kv_heads)
   return _emit(repeat(logits, 0), state, cfg, temperature, rule_state)
+
+
+def _refill(
+    model_cfg: ModelConfig,
+    cfg: SamplerConfig,
+    mesh: Mesh | None,
+    params: Any,
+    state: DecodeState,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    prompt_of: jax.Array,
+    slots: jax.Array,
+    row_keys: jax.Array,
+    row_ids: jax.Array,
+    temperature: jax.Array,
+    rule_state: Any,
+) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+  """Writes K new rows into the batch slots `slots [K]` (R = a padding entry, dropped).
+
+  The Kp distinct prompts `prompt_tokens [Kp, P]` are prefilled once (P = the cache's prompt
+  width). The cache's slots are a ring with one write head (`decoder.KVCache`): new row k's
+  prompt takes the P slots just behind the head, `[index − P, index)` mod S, so its first
+  decoded token lands at the head like every other row's; its other slots are marked empty,
+  and it restarts at step 0. A row needs P + max_new_tokens = S slots, so it never overwrites
+  itself. Returns the state and the new rows' step-0 (tokens, live, logp, entropy), each `[K]`.
+  """
+  width = prompt_tokens.shape[1]
+  hidden, fresh = decoder.prefill(model_cfg, params, prompt_tokens, prompt_mask, width)
+  logits = decoder.logits_from_hidden(model_cfg, params, hidden[:, -1])[prompt_of]
+  new = DecodeState(
+      cache=None,
+      tokens=jnp.zeros(row_ids.shape, jnp.int32),
+      done=row_ids < 0,
+      row_keys=row_keys,
+      row_ids=row_ids,
+      step=jnp.zeros(row_ids.shape, jnp.int32),
+  )
+  new, first = _emit(logits, new, cfg, temperature, rule_state)
+  cache, ring = state.cache, state.cache.max_length
+  first_slot = (cache.index - width) % ring
+  token_at = (jnp.arange(ring) - first_slot) % ring  # the new rows' token index of each slot
+  valid = (token_at < width) & jnp.take(prompt_mask[prompt_of], jnp.minimum(token_at, width - 1), 1)
+  prompt_slots = (first_slot + jnp.arange(width)) % ring
+  put = lambda buf, value: buf.at[slots].set(value, mode="drop")
+  # [L, Kp, K, P, Dh] -> [K, P, L, K, Dh], the layout of buf[:, rows, :, prompt slots]
+  put_kv = lambda buf, value: buf.at[:, slots[:, None], :, prompt_slots[None, :]].set(
+      jnp.transpose(value[:, prompt_of], (1, 3, 0, 2, 4)), mode="drop"
+  )
+  cache = decoder.KVCache(
+      k=put_kv(cache.k, fresh.k),
+      v=put_kv(cache.v, fresh.v),
+      valid=put(cache.valid, valid),
+      lengths=put(cache.lengths, fresh.lengths[prompt_of]),
+      index=cache.index,
+      first_slot=put(cache.first_slot, jnp.broadcast_to(first_slot, slots.shape)),
+  )
+  state = DecodeState(
+      cache=cache,
+      tokens=put(state.tokens, new.tokens),
+      done=put(state.done, new.done),
+      row_keys=put(state.row_keys, new.row_keys),
+      row_ids=put(state.row_ids, new.row_ids),
+      step=put(state.step, new.step),
+  )
+  return _constrain(state, mesh, model_cfg.num_kv_heads), first
 
 
 def _decode(
@@ -292,10 +375,10 @@ def _decode(
     temperature: jax.Array,
     rule_state: Any,
 ) -> tuple[DecodeState, tuple[jax.Array, ...]]:
-  """Decodes up to `segment` steps (fewer if every row finishes or the budget ends).
+  """Decodes up to `segment` steps (fewer if every row finishes).
 
-  Returns the state and `[R, segment]` (tokens, live, logp, entropy) for steps
-  `[state.step, state.step + segment)` of the input state; steps not run stay pad/False/0.
+  Returns the state and `[R, segment]` (tokens, live, logp, entropy): column i holds row r's
+  step `state.step[r] + i` of the input state; steps not run stay pad/False/0.
   """
   rows = state.tokens.shape[0]
   out = (
@@ -307,7 +390,7 @@ def _decode(
 
   def cond(carry):
     i, state, _ = carry
-    return (i < segment) & (state.step < cfg.max_new_tokens) & ~jnp.all(state.done)
+    return (i < segment) & ~jnp.all(state.done)
 
   def body(carry):
     i, state, out = carry
@@ -337,6 +420,7 @@ def _compact(state: DecodeState, rows: jax.Array) -> DecodeState:
       valid=take(cache.valid, 0),
       lengths=take(cache.lengths, 0),
       index=cache.index,
+      first_slot=take(cache.first_slot, 0),
   )
   return DecodeState(
       cache=cache,
@@ -344,7 +428,7 @@ def _compact(state: DecodeState, rows: jax.Array) -> DecodeState:
       done=take(state.done, 0) | (rows < 0),
       row_keys=take(state.row_keys, 0),
       row_ids=jnp.where(rows < 0, -1, take(state.row_ids, 0)),
-      step=state.step,
+      step=take(state.step, 0),
   )
 
 
@@ -358,7 +442,19 @@ def state_shardings(model_cfg: ModelConfig, mesh: Mesh) -> DecodeState:
       done=rows,
       row_keys=sharding.batch_sharding(mesh, 2),
       row_ids=rows,
-      step=sharding.replicated(mesh),
+      step=rows,
+  )
+
+
+def empty_state(model_cfg: ModelConfig, rows: int, slots: int) -> DecodeState:
+  """A `DecodeState` of `rows` rows and `slots` cache slots, all done (for `jax.eval_shape`)."""
+  return DecodeState(
+      cache=decoder.init_cache(model_cfg, rows, slots),
+      tokens=jnp.zeros((rows,), jnp.int32),
+      done=jnp.ones((rows,), bool),
+      row_keys=jnp.zeros((rows, 2), jnp.uint32),
+      row_ids=jnp.full((rows,), -1, jnp.int32),
+      step=jnp.zeros((rows,), jnp.int32),
   )
 
 
@@ -400,6 +496,24 @@ def compiled_decode(
 
 
 @functools.lru_cache(maxsize=64)
+def compiled_refill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | None = None):
+  """Jitted `_refill`; the state is donated. On a mesh the new prompts and rows are replicated
+  (each device prefills them; the rows land in the devices that hold their slots)."""
+  fn = functools.partial(_refill, model_cfg, cfg, mesh)
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=1)
+  state_sh = state_shardings(model_cfg, mesh)
+  rep = sharding.replicated(mesh)
+  return sharding.jit_on_mesh(
+      fn,
+      mesh,
+      in_shardings=(sharding.param_shardings(model_cfg, mesh), state_sh) + (rep,) * 8,
+      out_shardings=(state_sh, (rep,) * 4),
+      donate_argnums=1,
+  )
+
+
+@functools.lru_cache(maxsize=64)
 def compiled_compact(model_cfg: ModelConfig, mesh: Mesh | None = None):
   """Jitted `_compact`; the output rows are sharded like the input's."""
   if mesh is None:
@@ -417,11 +531,6 @@ def _gather(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _scalar(x: jax.Array) -> int:
-  """A replicated scalar's value (readable on every host)."""
-  return int(np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x)
-
-
 def _compacted_size(live: int, rows: int, shards: int) -> int | None:
   """The smaller batch to compact `rows` rows with `live` of them live into, or None."""
   target = max(shards, prompt_bucket(max(live, 1), 1))
@@ -429,59 +538,135 @@ def _compacted_size(live: int, rows: int, shards: int) -> int | None:
   return target if target * 2 <= rows else None
 
 
-def _decode_pass(
+@dataclasses.dataclass(frozen=True)
+class _CallRows:
+  """This host's side of one `sample` call: its prompts, per-row keys and output buffers.
+
+  Row `i` (prompt `i // num_samples`) has the global id `offset + i`, unique across hosts
+  because compaction moves rows between devices and hosts.
+  """
+
+  prompts: np.ndarray  # [B, P] left-padded
+  mask: np.ndarray  # [B, P]
+  keys: np.ndarray  # [B * num_samples, 2]
+  outputs: tuple[np.ndarray, ...]  # [B * num_samples, C] tokens, live, logp, entropy
+  num_samples: int
+  offset: int
+
+  def store(self, ids: np.ndarray, starts: np.ndarray, values: tuple[jax.Array, ...]) -> None:
+    """Writes decoded steps: column i of row r of each `[R, W]` value is step `starts[r] + i`
+    of the row with global id `ids[r]`; only live entries of this host's rows are written."""
+    values = tuple(_gather(v) for v in values)
+    mine = (ids >= self.offset) & (ids < self.offset + self.keys.shape[0])
+    r, i = np.nonzero(values[1].astype(bool) & mine[:, None])
+    for buf, value in zip(self.outputs, values):
+      buf[ids[r] - self.offset, starts[r] + i] = value[r, i]
+
+
+def _admitted(waiting: np.ndarray, free: int, num_samples: int, max_prompts: int) -> np.ndarray:
+  """The first waiting rows (in row order) that fit `free` slots and span at most
+  `max_prompts` prompts, so a refill never prefills more prompts than the batch started with."""
+  take = waiting[:free]
+  return take[take // num_samples < take[0] // num_samples + max_prompts]
+
+
+def _refill_rows(
     model_cfg: ModelConfig,
     cfg: SamplerConfig,
     mesh: Mesh | None,
     params: Any,
-    prompts: np.ndarray,
-    mask: np.ndarray,
-    row_keys: np.ndarray,
-    row_ids: np.ndarray,
-    outputs: tuple[np.ndarray, ...],
+    call: _CallRows,
+    state: DecodeState,
+    admitted: np.ndarray,
+    slots: np.ndarray,
+    temperature: jax.Array,
+    rule_state: Any,
+) -> DecodeState:
+  """Prefills the call's rows `admitted` into the batch slots `slots` and stores their first
+  step. Row and prompt counts are rounded up to powers of two (one program per size)."""
+  k, batch = admitted.size, int(state.done.shape[0])
+  prompts, prompt_of = np.unique(admitted // call.num_samples, return_inverse=True)
+  kp = prompt_bucket(prompts.size, 1)
+  prompts = np.concatenate([prompts, np.full(kp - prompts.size, prompts[0])])
+  padded = lambda x, fill: np.concatenate(
+      [x, np.full((prompt_bucket(k, 1) - k,) + x.shape[1:], fill, x.dtype)]
+  )
+  ids = padded((admitted + call.offset).astype(np.int32), -1)
+  state, first = compiled_refill(model_cfg, cfg, mesh)(
+      params,
+      state,
+      call.prompts[prompts],
+      call.mask[prompts],
+      padded(prompt_of.astype(np.int32), 0),
+      padded(slots[:k].astype(np.int32), batch),
+      padded(call.keys[admitted], 0),
+      ids,
+      temperature,
+      rule_state,
+  )
+  call.store(ids, np.zeros_like(ids), tuple(x[:, None] for x in first))
+  return state
+
+
+def _decode_batch(
+    model_cfg: ModelConfig,
+    cfg: SamplerConfig,
+    mesh: Mesh | None,
+    params: Any,
+    call: _CallRows,
+    prompt_ids: np.ndarray,
+    waiting: np.ndarray,
     temperature: jax.Array,
     rule_state: Any,
 ) -> None:
-  """Generates one pass of this host's rows into `outputs` (host arrays indexed by row id).
-
-  Row ids are made unique across hosts (offset by process), because compaction moves rows
-  between devices and hosts; every host reads all rows back and keeps its own.
-  """
+  """Decodes a batch started by prompts `prompt_ids` (−1 = a padding prompt), refilling its
+  finished rows with the `waiting` rows, until every row is done; the rows land in `call`."""
   put = (lambda x: x) if mesh is None else (lambda x: sharding.to_global(x, mesh))
   shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-  offset = jax.process_index() * row_ids.size
-  c = cfg.max_new_tokens
-
-  def store(ids: np.ndarray, start: int, values: tuple) -> None:
-    mine = (ids >= offset) & (ids < offset + row_ids.size)
-    for buf, value in zip(outputs, values):
-      rows = _gather(value)[mine][:, : c - start]
-      buf[ids[mine] - offset, start : start + rows.shape[1]] = rows
-
-  global_ids = np.where(row_ids >= 0, row_ids + offset, -1).astype(np.int32)
-  state, first = compiled_prefill(model_cfg, cfg, mesh)(
-      params, *put((prompts, mask, row_keys)), *put((global_ids,)), temperature, rule_state
+  n = cfg.num_samples
+  first = np.maximum(prompt_ids, 0)
+  rows = (first[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+  row_ids = np.where(np.repeat(prompt_ids >= 0, n), rows + call.offset, -1).astype(np.int32)
+  state, out = compiled_prefill(model_cfg, cfg, mesh)(
+      params,
+      *put((call.prompts[first], call.mask[first], call.keys[rows])),
+      *put((row_ids,)),
+      temperature,
+      rule_state,
   )
-  store(_gather(state.row_ids), 0, tuple(x[:, None] for x in first))
-  segment = cfg.decode_segment or cfg.max_new_tokens
-  decode = compiled_decode(model_cfg, cfg, segment, mesh)
-  step = 1
-  while step < cfg.max_new_tokens:
-    done, ids = _gather(state.done), _gather(state.row_ids)
+  call.store(
+      _gather(state.row_ids), np.zeros(row_ids.shape, np.int32), tuple(x[:, None] for x in out)
+  )
+  decode = compiled_decode(model_cfg, cfg, cfg.decode_segment or cfg.max_new_tokens, mesh)
+  while True:
+    done = _gather(state.done)
+    if waiting.size and done.any():
+      admitted = _admitted(waiting, int(done.sum()), n, prompt_ids.size)
+      waiting = waiting[admitted.size :]
+      state = _refill_rows(
+          model_cfg,
+          cfg,
+          mesh,
+          params,
+          call,
+          state,
+          admitted,
+          np.flatnonzero(done),
+          temperature,
+          rule_state,
+      )
+      continue
     if done.all():
-      break
-    new_size = (
-        _compacted_size(int((~done).sum()), done.size, shards) if cfg.decode_segment else None
-    )
-    if new_size is not None:
+      return
+    new_size = _compacted_size(int((~done).sum()), done.size, shards)
+    if cfg.decode_segment and new_size is not None:
       live_rows = np.flatnonzero(~done)
-      rows = np.full((new_size,), -1, np.int32)
-      rows[: live_rows.size] = live_rows
-      state = compiled_compact(model_cfg, mesh)(state, jnp.asarray(rows))
-      ids = _gather(state.row_ids)
+      keep = np.full((new_size,), -1, np.int32)
+      keep[: live_rows.size] = live_rows
+      state = compiled_compact(model_cfg, mesh)(state, jnp.asarray(keep))
+    ids, starts = _gather(state.row_ids), _gather(state.step)
     state, out = decode(params, state, temperature, rule_state)
-    store(ids, step, out)
-    step = _scalar(state.step)
+    call.store(ids, starts, out)
 
 
 def sample(
@@ -568,28 +753,23 @@ def sample(
       np.zeros((b * n, c), np.float32),
       np.zeros((b * n, c), np.float32),
   )
-  for start in range(0, b, per_pass):
-    prompts = np.arange(start, start + per_pass)
-    real = prompts < b
-    prompts = np.minimum(prompts, b - 1)
-    rows = (prompts[:, None] * n + np.arange(n)[None, :]).reshape(-1)
-    row_ids = np.where(np.repeat(real, n), np.arange(rows.size), -1).astype(np.int32)
-    pass_out = tuple(np.zeros((rows.size, c), x.dtype) for x in outputs)
-    _decode_pass(
-        model_cfg,
-        sampler_cfg,
-        mesh,
-        params,
-        padded[prompts],
-        mask[prompts],
-        all_keys[rows],
-        row_ids,
-        pass_out,
-        base_temperature,
-        rule_state,
-    )
-    for buf, val in zip(outputs, pass_out):
-      buf[rows[row_ids >= 0]] = val[row_ids >= 0]
+  call = _CallRows(padded, mask, all_keys, outputs, n, first_row)
+  run = functools.partial(
+      _decode_batch,
+      model_cfg,
+      sampler_cfg,
+      mesh,
+      params,
+      call,
+      temperature=base_temperature,
+      rule_state=rule_state,
+  )
+  if sampler_cfg.refill and jax.process_count() == 1 and b > per_pass:
+    run(np.arange(per_pass), np.arange(per_pass * n, b * n))
+  else:
+    for start in range(0, b, per_pass):
+      prompt_ids = np.arange(start, start + per_pass)
+      run(np.where(prompt_ids < b, prompt_ids, -1), np.zeros((0,), np.int64))
   comp, comp_mask, logp, entropy = outputs
   comp = np.where(comp_mask, comp, sampler_cfg.pad_id)
   lengths_out = comp_mask.sum(axis=1, dtype=np.int32)

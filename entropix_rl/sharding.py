@@ -206,10 +206,18 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 
 def kv_cache_specs(mesh: Mesh, num_kv_heads: int) -> dict[str, P]:
-  """KV cache by batch and heads: k/v `[L, B, K, S, Dh]`, valid `[B, S]`, lengths `[B]`."""
+  """KV cache by batch and heads: k/v `[L, B, K, S, Dh]`, valid `[B, S]`, lengths and
+  first_slot `[B]`; the write index replicated."""
   heads = "tensor" if num_kv_heads % mesh.shape["tensor"] == 0 else None
   kv = P(None, BATCH_AXES, heads, None, None)
-  return {"k": kv, "v": kv, "valid": P(BATCH_AXES, None), "lengths": P(BATCH_AXES), "index": P()}
+  return {
+      "k": kv,
+      "v": kv,
+      "valid": P(BATCH_AXES, None),
+      "lengths": P(BATCH_AXES),
+      "index": P(),
+      "first_slot": P(BATCH_AXES),
+  }
 
 
 def state_shardings(state: Any, optimizer: optax.GradientTransformation, mesh: Mesh) -> Any:

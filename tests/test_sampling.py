@@ -234,7 +234,8 @@ def _stopping_model():
 
 
 def test_passes_and_compaction_give_the_samples_of_one_pass():
-  """Per-row keys: splitting rows into passes and dropping finished rows changes nothing."""
+  """Per-row keys: refilling finished rows, splitting rows into passes and dropping finished
+  rows change nothing."""
   cfg, params = _stopping_model()
   lengths = [3, 5, 2, 4, 6]
   prompts = _left_padded(lengths, cfg.vocab_size, seed=7)
@@ -244,8 +245,10 @@ def test_passes_and_compaction_give_the_samples_of_one_pass():
   assert lens.min() < 8 and np.asarray(ref.truncated).any()  # a real spread of lengths
   for changes in (
       {"max_decode_rows": 8},
+      {"max_decode_rows": 8, "refill": False},
       {"decode_segment": 3},
       {"max_decode_rows": 12, "decode_segment": 2},
+      {"max_decode_rows": 4, "decode_segment": 1},
   ):
     got = sampling.sample(
         cfg, params, prompts, lengths, jax.random.PRNGKey(9), dataclasses.replace(base, **changes)
@@ -277,6 +280,49 @@ def test_finished_rows_leave_the_decode_batch(monkeypatch):
   assert compacted and compacted == sorted(compacted, reverse=True) and compacted[-1] < 64
   assert all(size & (size - 1) == 0 for size in compacted)  # powers of two
   assert np.asarray(rollout.completion_mask).sum() == np.asarray(rollout.lengths).sum()
+
+
+def test_refill_keeps_the_decode_batch_full(monkeypatch):
+  """With more rows than one batch, finished rows are refilled: every waiting row is admitted
+  once, into a slot whose row had finished, no batch is compacted while rows wait, and the
+  rollout needs fewer decode segments than passes of whole prompts."""
+  cfg, params = _stopping_model()
+  events = []
+  for name in ("compiled_decode", "compiled_refill", "compiled_compact"):
+    original = getattr(sampling, name)
+
+    def spy(*args, _original=original, _name=name, **kwargs):
+      fn = _original(*args, **kwargs)
+
+      def call(*inputs):
+        state = inputs[1] if _name != "compiled_compact" else inputs[0]
+        events.append((_name, np.asarray(state.done).copy(), inputs))
+        return fn(*inputs)
+
+      return call
+
+    monkeypatch.setattr(sampling, name, spy)
+  lengths = [3, 5, 2, 4, 6, 3, 4, 5]
+  prompts = _left_padded(lengths, cfg.vocab_size, seed=7)
+  base = sampling.SamplerConfig(
+      max_new_tokens=24, num_samples=4, stop_ids=(2,), decode_segment=2, max_decode_rows=8
+  )
+  sampling.sample(cfg, params, prompts, lengths, jax.random.PRNGKey(9), base)
+  refills = [e for e in events if e[0] == "compiled_refill"]
+  admitted = np.concatenate([np.asarray(e[2][7])[np.asarray(e[2][7]) >= 0] for e in refills])
+  assert sorted(admitted.tolist()) == list(range(8, 32))  # rows of prompts 2..7, once each
+  for _, done, inputs in refills:
+    slots = np.asarray(inputs[5])[np.asarray(inputs[7]) >= 0]
+    assert done[slots].all()  # only finished rows hand over their slots
+  last_refill = max(i for i, e in enumerate(events) if e[0] == "compiled_refill")
+  assert all(e[0] != "compiled_compact" for e in events[:last_refill])
+  assert all(e[1].shape == (8,) for e in events[:last_refill])  # the batch stays 8 rows
+  refilled_segments = sum(e[0] == "compiled_decode" for e in events)
+  events.clear()
+  sampling.sample(
+      cfg, params, prompts, lengths, jax.random.PRNGKey(9), dataclasses.replace(base, refill=False)
+  )
+  assert refilled_segments < sum(e[0] == "compiled_decode" for e in events)
 
 
 def test_samples_of_one_prompt_share_its_prefill():

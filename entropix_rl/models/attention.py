@@ -119,10 +119,11 @@ def _group(q: jax.Array, num_kv_heads: int) -> jax.Array:
 
 
 def causal_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
-  """`[Tq, Tk]` bool: query index `q_pos[i]` may see key index `k_pos[j]` (module docstring)."""
-  allowed = k_pos[None, :] <= q_pos[:, None]
+  """`[..., Tq, Tk]` bool: query index `q_pos[..., i]` may see key index `k_pos[..., j]`
+  (module docstring); leading axes (e.g. a batch of rows at different slots) broadcast."""
+  allowed = k_pos[..., None, :] <= q_pos[..., :, None]
   if window is not None:
-    allowed &= q_pos[:, None] - k_pos[None, :] < window
+    allowed &= q_pos[..., :, None] - k_pos[..., None, :] < window
   return allowed
 
 

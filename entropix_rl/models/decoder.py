@@ -31,7 +31,11 @@ class KVCache:
       are contiguous for the decode-step matmuls).
     valid: `[B, S]` bool, True where a slot holds a real (non-padding) token.
     lengths: `[B]` int32, real tokens seen so far per row (the next RoPE position).
-    index: int32 scalar, the next slot to write (shared by all rows).
+    index: int32 scalar, tokens written so far by the shared write head; the next slot is
+      `index mod S`, so the slots form a ring that rows refilled mid-decode (`sampling`)
+      wrap around.
+    first_slot: `[B]` int32, the slot of each row's first token (0 unless the row was
+      refilled), so slot s holds the row's token `(s − first_slot) mod S`.
   """
 
   k: jax.Array
@@ -39,6 +43,7 @@ class KVCache:
   valid: jax.Array
   lengths: jax.Array
   index: jax.Array
+  first_slot: jax.Array
 
   @property
   def max_length(self) -> int:
@@ -54,6 +59,7 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> KVCache
       valid=jnp.zeros((batch_size, max_length), bool),
       lengths=jnp.zeros((batch_size,), jnp.int32),
       index=jnp.zeros((), jnp.int32),
+      first_slot=jnp.zeros((batch_size,), jnp.int32),
   )
 
 
@@ -168,6 +174,7 @@ def _cached_attention(
     v_new: jax.Array,
     new_valid: jax.Array,
     index: jax.Array,
+    first_slot: jax.Array,
     window: int | None,
 ) -> jax.Array:
   """Attention of T new queries over the cache's valid slots and, causally, the new tokens.
@@ -175,9 +182,9 @@ def _cached_attention(
   q: `[B, T, H, Dh]`; k_cache, v_cache: one layer's `[B, K, S, Dh]`; k_new, v_new:
   `[B, T, K, Dh]`. The new keys are not yet in the cache, so nothing is copied: two score
   blocks (`[B,K,G,T,S]` over the cache, `[B,K,G,T,T]` over the new tokens) share one softmax.
-  The new tokens go to slots `[index, index + T)`; a slot's index is its index in the row's
-  sequence, so the window (`attention.causal_mask`) applies to slot indices, as in
-  `attention.self_attention`.
+  The new tokens go to slots `[index, index + T)` mod S. The causal mask and the window
+  (`attention.causal_mask`) compare token indices in each row's own sequence: slot s holds
+  row b's token `(s − first_slot[b]) mod S`, as in `attention.self_attention`.
   """
   b, t, h, dh = q.shape
   kh = k_cache.shape[1]
@@ -190,9 +197,10 @@ def _cached_attention(
     old = jnp.einsum("btkgd,bksd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) * scale
   new = jnp.einsum("btkgd,bskd->bkgts", qg, k_new, preferred_element_type=jnp.float32) * scale
   s = k_cache.shape[2]
-  q_slots = index + jnp.arange(t)
-  old_allowed = cache_valid[:, None, :] & attention.causal_mask(q_slots, jnp.arange(s), window)
-  new_allowed = new_valid[:, None, :] & attention.causal_mask(q_slots, q_slots, window)
+  q_seq = (index + jnp.arange(t)[None, :] - first_slot[:, None]) % s  # [B, T]
+  k_seq = (jnp.arange(s)[None, :] - first_slot[:, None]) % s  # [B, S]
+  old_allowed = cache_valid[:, None, :] & attention.causal_mask(q_seq, k_seq, window)
+  new_allowed = new_valid[:, None, :] & attention.causal_mask(q_seq, q_seq, window)
   masked = jnp.finfo(jnp.float32).min
   old = jnp.where(old_allowed[:, None, None], old, masked)
   new = jnp.where(new_allowed[:, None, None], new, masked)
@@ -273,7 +281,8 @@ def forward_hidden(
     positions: `[B, T]` int32 RoPE positions. Default: counts real tokens (per `mask`),
       continuing from `cache.lengths` when a cache is given, so left padding is handled.
     cache: optional KV cache; the T new tokens are written at slots
-      `[cache.index, cache.index + T)` and attend to every valid earlier slot. With a cache,
+      `[cache.index, cache.index + T)` mod S (which must not wrap within the T tokens) and
+      attend to every valid earlier token of their row. With a cache,
       attention is dense over the cache (meant for decoding a few tokens at a time; `prefill`
       fills an empty cache with `config.attention_impl`).
     mask: `[B, T]` bool, False for padding tokens (they are never attended to). Default: all True.
@@ -306,7 +315,16 @@ def forward_hidden(
     layer, k_cache, v_cache = scanned
     q, k, v = _qkv(config, x, layer, positions, inv_freq)
     attn = _cached_attention(
-        q, k_cache, v_cache, cache.valid, k, v, mask, cache.index, config.sliding_window
+        q,
+        k_cache,
+        v_cache,
+        cache.valid,
+        k,
+        v,
+        mask,
+        cache.index,
+        cache.first_slot,
+        config.sliding_window,
     )
     return _output_and_mlp(config, x, attn, layer), (k, v)
 
@@ -316,15 +334,17 @@ def forward_hidden(
       body, _embed(config, params, tokens), (params["layers"], cache.k, cache.v)
   )
   hidden = rms_norm(x, params["final_norm"], config.rms_norm_eps)
+  slot = cache.index % cache.max_length
   write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
-      buf, jnp.swapaxes(new, 2, 3), cache.index, axis=3
+      buf, jnp.swapaxes(new, 2, 3), slot, axis=3
   )  # [L,B,T,K,Dh] into [L,B,K,S,Dh]
   new_cache = KVCache(
       k=write(cache.k, k_new),
       v=write(cache.v, v_new),
-      valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.index, 1),
+      valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, slot, 1),
       lengths=cache.lengths + mask.sum(axis=1, dtype=jnp.int32),
       index=cache.index + t,
+      first_slot=cache.first_slot,
   )
   return hidden, new_cache
 
@@ -358,6 +378,7 @@ def prefill(
       valid=jnp.pad(mask, ((0, 0), (0, max_length - t))),
       lengths=mask.sum(axis=1, dtype=jnp.int32),
       index=jnp.int32(t),
+      first_slot=jnp.zeros((b,), jnp.int32),
   )
   return hidden, cache
 

@@ -42,6 +42,7 @@ SAMPLER_KEYS = (
     "greedy",
     "max_decode_rows",
     "decode_segment",
+    "refill",
 )
 # ModelConfig fields a config file cannot set (rope scaling comes from a checkpoint).
 _NOT_IN_FILES = ("rope_scaling",)
