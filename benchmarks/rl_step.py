@@ -79,7 +79,7 @@ def bench_config(old_logp_from_rollout: bool = False) -> ExperimentConfig:
   config.sft.steps = 0
   config.eval.every = 0
   config.rl.use_reference = False
-  config.rl.measure_dynamics = False
+  config.rl.dynamics_every = 0
   config.logging.tensorboard = False
   config.logging.console_every = 10**6
   config.checkpoint.save_every = 10**6
@@ -108,11 +108,11 @@ def ours(config: ExperimentConfig, workdir: str) -> dict[str, Any]:
   params = init_params(exp.model, jax.random.PRNGKey(0))
   run = loop.RLRun(exp, workdir, params, sharding.make_mesh(config.mesh))
   collect_s, update_s, lengths = [], [], []
-  for _ in range(_STEPS.value + 1):
+  for step in range(1, _STEPS.value + 2):
     t0 = time.perf_counter()
     batch, responses, _ = run.collect(run.next_key())
     t1 = time.perf_counter()
-    run.update(batch)  # returns the metrics, so the update has finished
+    run.update(step, batch)  # returns the metrics, so the update has finished
     collect_s.append(t1 - t0)
     update_s.append(time.perf_counter() - t1)
     lengths.append(float(responses.completion_mask.sum(axis=1).mean()))

@@ -65,6 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sft.shared_dir = "../sft_seed0"  # beside the run's workdir, shared by the sweep's runs
 
   config.rl.steps = 120
+  # notebooks/covariance_dynamics.ipynb reads the entropy-change measurement of every step.
+  config.rl.dynamics_every = 1
   config.optimizer.warmup_steps = 5
   config.optimizer.schedule = "cosine"
   # Optimizer updates: 4 mini-batches per step, so the decay spans the run's 480 updates.

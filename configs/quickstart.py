@@ -66,6 +66,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   if preset == "runlocal":
     config.sft.steps = 20
     config.rl.steps = 4
+    config.rl.dynamics_every = 1  # a few steps: one update program, measuring each step
     config.rl.prompts_per_step = 8
     config.rl.num_minibatches = 2
     config.eval.every = 2

@@ -70,7 +70,7 @@ def recipe_config(size: RecipeSize, method: str) -> ml_collections.ConfigDict:
   config.rl.num_minibatches = 8
   config.rl.dynamic_sampling = True
   config.rl.use_reference = False
-  config.rl.measure_dynamics = False
+  config.rl.dynamics_every = 0
   config.rl.token_chunk = 1024
   config.rl.remat = True
   config.rl.micro_batch_size = size.micro_batch_size

@@ -69,7 +69,6 @@ def rl_update_temp(groups: int, micro: int, logprob_micro: int) -> int:
       num_minibatches=groups // 4,
       token_chunk=256,
       remat=True,
-      measure_dynamics=False,
       micro_batch_size=micro,
       logprob_micro_batch_size=logprob_micro,
   )

@@ -27,9 +27,9 @@ from entropix_rl.train.config import RLConfig
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
 from entropix_rl.train.state import create_train_state
 from entropix_rl.train.update import UpdateSpec, jit_rl_update
+from tests.mesh_cases import MESHES, MICRO_LOSSES, PACKED_LOSSES, SPLIT_MESHES
 from tests.synthetic import UPDATE_MODEL, max_abs_diff, rl_rows
 
-MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
 MODEL = UPDATE_MODEL.replace(vocab_size=64, qkv_bias=True)
 # Qwen3: q/k norms, and a head_dim (16) that is not hidden_size / num_heads.
 QWEN3 = tiny_config(
@@ -62,8 +62,8 @@ EXTRA = {
 }
 
 
-def rl_step_equivalence(loss_name, groups=GROUPS, micro=0, tokens=0):
-  """rl_update on every mesh vs one device: metrics and updated params. With `micro`, the
+def rl_step_equivalence(loss_name, groups=GROUPS, micro=0, tokens=0, meshes=tuple(MESHES)):
+  """rl_update on `meshes` vs one device: metrics and updated params. With `micro`, the
   meshes accumulate micro-batches of `micro` sequences per data shard (and chunk the no-grad
   passes the same way); with `tokens`, micro-batches of `tokens` packed tokens per data shard
   (the no-grad passes too); the single-device reference runs unsplit, unpacked mini-batches.
@@ -83,9 +83,11 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0, tokens=0):
       advantage="grpo",
       token_chunk=64,
       remat=False,
-      measure_dynamics=True,
   )
-  spec = UpdateSpec(model=MODEL, rl=rl_cfg, loss=loss_cfg)
+  split = micro or tokens
+  # The entropy-change measurement: in every unsplit update, and in PPO's split ones.
+  measured = not split or loss_name == "ppo"
+  spec = UpdateSpec(model=MODEL, rl=rl_cfg, loss=loss_cfg, measure_dynamics=measured)
   mesh_spec = dataclasses.replace(
       spec,
       rl=dataclasses.replace(
@@ -96,7 +98,6 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0, tokens=0):
           logprob_micro_batch_tokens=tokens,
       ),
   )
-  split = micro or tokens
   optimizer = optax.sgd(0.5) if split else make_optimizer(OptimizerConfig(learning_rate=1e-2))
   params = init_params(MODEL, jax.random.PRNGKey(0), init_std=0.2)
 
@@ -112,8 +113,8 @@ def rl_step_equivalence(loss_name, groups=GROUPS, micro=0, tokens=0):
   batch = _batch(groups=groups)
   single_state, single_metrics = jit_rl_update(spec, optimizer)(fresh_state(), batch)
   out = {}
-  for name, shape in MESHES.items():
-    mesh = _mesh(shape)
+  for name in meshes:
+    mesh = _mesh(MESHES[name])
     state = fresh_state()
     shardings = sharding.state_shardings(state, optimizer, mesh)
     update = jit_rl_update(mesh_spec, optimizer, mesh=mesh, state_sharding=shardings)
@@ -273,6 +274,30 @@ def sampler_equivalence():
         ),
         "logp": max_abs_diff(got.logp, ref.logp),
     }
+  # Refilling on the 2x2x2 mesh (4 row shards): a batch of 4 prompts x 2 samples, the other 4
+  # prompts' rows refill finished rows; sampled with a stop token, against one batch unmeshed.
+  cfg = sampling.SamplerConfig(
+      max_new_tokens=8, num_samples=2, stop_ids=(5, 9, 17), decode_segment=2
+  )
+  ref = sampling.sample(MODEL, params, prompts, lengths, jax.random.PRNGKey(1), cfg)
+  mesh = _mesh(MESHES["2x2x2"])
+  placed = jax.device_put(params, sharding.param_shardings(MODEL, mesh))
+  got = sampling.sample(
+      MODEL,
+      placed,
+      prompts,
+      lengths,
+      jax.random.PRNGKey(1),
+      dataclasses.replace(cfg, max_decode_rows=4),
+      mesh=mesh,
+  )
+  out["refill_2x2x2"] = {
+      "same_tokens": bool(
+          np.array_equal(np.asarray(got.completion_tokens), np.asarray(ref.completion_tokens))
+      ),
+      "lengths": np.asarray(ref.lengths).tolist(),
+      "logp": max_abs_diff(got.logp, ref.logp),
+  }
   return out
 
 
@@ -440,22 +465,15 @@ def main():
   assert jax.device_count() == 8, jax.devices()
   checks = {
       "rl_step": {name: rl_step_equivalence(name) for name in ("ppo", "clip_cov", "kl_cov")},
+      # Split updates: PPO on every mesh, the interventions on the mesh with every axis.
       "rl_step_micro": {
-          name: rl_step_equivalence(name, groups=8, micro=1)
-          for name in (
-              "ppo",
-              "clip_cov",
-              "kl_cov",
-              "high_entropy_tokens",
-              "steer",
-              "lp_reg",
-              "siren",
-          )
+          name: rl_step_equivalence(name, groups=8, micro=1, meshes=SPLIT_MESHES[name])
+          for name in MICRO_LOSSES
       },
       # Rows of 16 slots (6 prompt, 3-10 completion tokens) in bins of 24 tokens.
       "rl_step_packed": {
-          name: rl_step_equivalence(name, groups=8, tokens=24)
-          for name in ("ppo", "clip_cov", "kl_cov", "siren")
+          name: rl_step_equivalence(name, groups=8, tokens=24, meshes=SPLIT_MESHES[name])
+          for name in PACKED_LOSSES
       },
       "selection": selection_equivalence(),
       "sampler": sampler_equivalence(),

@@ -13,6 +13,7 @@ def train_two_steps(config, workdir: str, shared_dir: str = "") -> list[dict]:
   config.rl.steps = 2
   config.rl.prompts_per_step = 8
   config.rl.num_minibatches = 2
+  config.rl.dynamics_every = 1  # both steps measure the entropy change: one update program
   config.eval.every = 0
   config.logging.tensorboard = False
   history = loop.run(typed(config), workdir, log=False)

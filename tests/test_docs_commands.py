@@ -28,7 +28,8 @@ TINY = (
     "--config.rl.prompts_per_step=8 --config.rl.num_minibatches=2 --config.eval.every=1 "
     "--config.eval.num_prompts=8 --config.model.hidden_size=32 --config.model.num_layers=1 "
     "--config.model.head_dim=8 --config.model.intermediate_size=64 "
-    "--config.logging.tensorboard=false --config.checkpoint.save_every=1"
+    "--config.logging.tensorboard=false --config.checkpoint.save_every=1 "
+    "--config.rl.dynamics_every=1"
 )
 # What shortens each kind of command, by the script it runs.
 SHORTER = {
@@ -43,6 +44,9 @@ SHORTER = {
     "benchmarks/memory_targets.py": "--only=v5p-32 --functions=rl_update",
     "benchmarks/packing_flops.py": "--samples=256",
     "benchmarks/sampler.py": "--shapes=toy --repeats=1",
+    "benchmarks/long_tail_sampler.py": "--figures=refill --repeats=1 --prompts=4 "
+    "--new_tokens=32 --decode_rows=16",
+    "benchmarks/step_profile.py": "--steps=1",
     "benchmarks/losses.py": "--batch=4 --time=64 --hidden=32 --vocab=256 --repeats=1",
     "benchmarks/token_stats.py": "--vocab=4096 --hidden=128 --batch=2 --time=256 "
     "--time_tokens=256 --time_hidden=32 --time_vocab=512 --repeats=1",

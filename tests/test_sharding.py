@@ -19,9 +19,12 @@ import pytest
 
 from entropix_rl import sharding
 from entropix_rl.models import families, init_params, tiny_config
+from tests import mesh_cases
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MESHES = ("8x1x1", "2x4x1", "2x2x2")
+MESHES = tuple(mesh_cases.MESHES)
+MICRO_LOSSES, PACKED_LOSSES = mesh_cases.MICRO_LOSSES, mesh_cases.PACKED_LOSSES
+SPLIT_MESHES = mesh_cases.SPLIT_MESHES
 TOL = 1e-4
 
 
@@ -60,9 +63,8 @@ def test_rl_step_on_mesh_matches_one_device(checks, loss_name, mesh):
 
 
 @pytest.mark.parametrize(
-    "loss_name", ["ppo", "clip_cov", "kl_cov", "high_entropy_tokens", "steer", "lp_reg", "siren"]
+    "loss_name,mesh", [(loss, m) for loss in MICRO_LOSSES for m in SPLIT_MESHES[loss]]
 )
-@pytest.mark.parametrize("mesh", MESHES)
 def test_micro_batched_rl_step_on_mesh_matches_one_device(checks, loss_name, mesh):
   """Gradient accumulation over device-local micro-batches, chunked no-grad passes and picks
   from a planning pass reproduce the unsplit single-device update (STEER: old entropy and scope
@@ -78,8 +80,9 @@ def test_micro_batched_rl_step_on_mesh_matches_one_device(checks, loss_name, mes
     assert got["n_selected"] > 0
 
 
-@pytest.mark.parametrize("loss_name", ["ppo", "clip_cov", "kl_cov", "siren"])
-@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize(
+    "loss_name,mesh", [(loss, m) for loss in PACKED_LOSSES for m in SPLIT_MESHES[loss]]
+)
 def test_packed_rl_step_on_mesh_matches_one_device(checks, loss_name, mesh):
   """Each data shard packs its balanced share of the rows into bins of 24 tokens; the update
   equals the unpacked single-device one (the no-grad passes are packed too)."""
@@ -122,6 +125,13 @@ def test_entropy_intervention_picks_weights_and_gradients_on_every_mesh(checks, 
 def test_sampler_greedy_tokens_match_on_every_mesh(checks, mesh):
   assert checks["sampler"][mesh]["same_tokens"]
   assert checks["sampler"][mesh]["logp"] < TOL
+
+
+def test_sampler_refill_on_a_mesh_matches_one_batch(checks):
+  """Finished rows refilled on the 2x2x2 mesh give the samples of one unmeshed batch."""
+  refill = checks["sampler"]["refill_2x2x2"]
+  assert min(refill["lengths"]) < 8  # rows did finish early, so slots were refilled
+  assert refill["same_tokens"] and refill["logp"] < TOL
 
 
 def test_params_are_really_distributed(checks):

@@ -237,9 +237,9 @@ def test_ctrl_c_reaches_the_runs_and_the_sweep_exits_130(config_path, tmp_path):
   """Ctrl-C in a terminal signals the whole foreground process group: the sweep waits for its
   running run to save and exit, starts no other and exits with 130."""
   fake_python = tmp_path / "python"  # stands for the trainer: exits 130 on SIGINT
-  fake_python.write_text(
+  fake_python.write_text(  # (its background sleep ignores SIGINT, so the trap ends it)
       f"#!/usr/bin/env bash\necho started >> {tmp_path}/runs.log\n"
-      "trap 'echo saved >> " + f"{tmp_path}/runs.log; exit 130' INT\n"
+      "trap 'echo saved >> " + f"{tmp_path}/runs.log; kill $!; exit 130' INT\n"
       "sleep 60 & wait\n"
   )
   fake_python.chmod(0o755)

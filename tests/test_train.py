@@ -45,6 +45,7 @@ def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
   workdir = str(tmp_path / "run")
   wandb_dir = str(tmp_path / "wandb_files")
   tracking = {
+      "rl.dynamics_every": 2,
       "logging.samples_every": 2,
       "logging.num_samples": 3,
       "logging.tensorboard": True,
@@ -68,8 +69,6 @@ def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
       "loss/clip_frac",
       "loss/approx_kl",
       "loss/kl_ref",
-      "dynamics/predicted_entropy_change",
-      "dynamics/measured_entropy_change",
       "time/tokens_per_s",
       "accuracy/distinct_correct_per_group",
       "eval/greedy_accuracy",
@@ -77,6 +76,10 @@ def test_end_to_end_writes_metrics_samples_checkpoints_and_wandb(tmp_path):
       "optimizer/learning_rate",
   ):
     assert key in step and np.isfinite(step[key]), key
+  dynamics = ("dynamics/predicted_entropy_change", "dynamics/measured_entropy_change")
+  for record in records[1:]:  # measured at steps 1 and 3 (rl.dynamics_every=2), only there
+    measured = all(np.isfinite(record.get(key, np.nan)) for key in dynamics)
+    assert measured == (record["step"] % 2 == 1), record["step"]
   assert (
       0.0 < step["entropy/paper"] <= np.log(make_tokenizer(typed(small_config())).vocab_size) + 1e-5
   )

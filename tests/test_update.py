@@ -39,11 +39,24 @@ def _batch(seed=0):
   return rl_rows(MODEL.vocab_size, GROUPS, GROUP_SIZE, PROMPT, COMPLETION, seed=seed, left_pad=True)
 
 
-def update_spec(loss_cfg, model=MODEL, *, groups=GROUPS, group_size=GROUP_SIZE, **rl):
+def update_spec(
+    loss_cfg,
+    model=MODEL,
+    *,
+    groups=GROUPS,
+    group_size=GROUP_SIZE,
+    measure_dynamics=False,
+    **rl,
+):
   """The `UpdateSpec` of `groups` x `group_size` rows; `rl` sets other `RLConfig` fields (here
   one epoch of one mini-batch, in token chunks of 16, unless given)."""
   fields = dict(prompts_per_step=groups, group_size=group_size, num_minibatches=1, token_chunk=16)
-  return UpdateSpec(model=model, rl=RLConfig(**{**fields, **rl}), loss=loss_cfg)
+  return UpdateSpec(
+      model=model,
+      rl=RLConfig(**{**fields, **rl}),
+      loss=loss_cfg,
+      measure_dynamics=measure_dynamics,
+  )
 
 
 def _update(loss_overrides, micro, chunk, epochs=2, dynamics=False, info=None, tokens=(0, 0)):

@@ -193,8 +193,12 @@ class RLConfig:
     max_gen_batches: sampling rounds per step at most, with dynamic sampling.
     use_reference: keep a frozen copy of the starting policy (KL to it is logged, and is a
       loss with `loss.kl_ref.coef > 0`).
-    measure_dynamics: measure the predicted and actual entropy change of every update (two
-      no-grad forwards per row chunk).
+    dynamics_every: RL steps between measurements of the predicted and actual entropy change
+      of an update (`dynamics/*`, and `entropy/recomputed_token_mean`), at steps 1, 1 + k,
+      1 + 2k, ...; 0 = never. A measured step computes the full-vocabulary entropy in the
+      behaviour pass and runs two more no-grad forwards over the batch (about a fifth of the
+      update's compute at the benchmark shape: docs/performance.md), and compiles a second
+      program beside the lean one.
     token_chunk: tokens per chunk of the log-prob and entropy computation.
     remat: rematerialise decoder layers in the backward pass.
     micro_batch_size: sequences per data shard per forward/backward (verl's
@@ -228,7 +232,7 @@ class RLConfig:
   dynamic_sampling: bool = False
   max_gen_batches: int = 10
   use_reference: bool = True
-  measure_dynamics: bool = True
+  dynamics_every: int = 10
   token_chunk: int = 4096
   remat: bool = False
   micro_batch_size: int = 0
@@ -289,13 +293,18 @@ class RLConfig:
           f"rl.num_minibatches={self.num_minibatches} must divide the batch of "
           f"{self.batch_size} responses (rl.prompts_per_step x rl.group_size)"
       )
-    for name in ("dynamic_sampling", "use_reference", "measure_dynamics", "remat"):
+    for name in ("dynamic_sampling", "use_reference", "remat"):
       check_bool(f"rl.{name}", getattr(self, name))
+    check_int("rl.dynamics_every", self.dynamics_every, 0, " (0 = never)")
 
   @property
   def batch_size(self) -> int:
     """Responses per step: `prompts_per_step × group_size`."""
     return self.prompts_per_step * self.group_size
+
+  def measures_dynamics(self, step: int) -> bool:
+    """Whether RL step `step` (from 1) measures the entropy change (`dynamics_every`)."""
+    return self.dynamics_every > 0 and (step - 1) % self.dynamics_every == 0
 
   @property
   def minibatch_size(self) -> int:

@@ -95,7 +95,7 @@ def run(
       batch, responses, metrics = rl_run.collect(rl_run.next_key())
       sampled = time.perf_counter()
       metrics.update(rollout_metrics.response_metrics(responses))
-      metrics.update(rl_run.update(batch))
+      metrics.update(rl_run.update(step, batch))
       metrics.update(rl_run.step_facts(step, batch, step_started, sampled))
       if config.eval.every and (step % config.eval.every == 0 or step == total):
         metrics.update(rl_run.evaluate(step))
@@ -147,7 +147,8 @@ class RLRun:
     exp: the resolved experiment.
     mesh: the device mesh.
     state: the train state (`TrainState`), replaced by every update.
-    rl_update: the jitted `train.update.rl_update`.
+    rl_updates: the jitted `train.update.rl_update`, lean (False) and measuring the entropy
+      change (True); each compiles on its first use.
     lr_schedule: the RL optimizer's learning rate by optimizer update.
     sampler: the rollout sampler (`rollout.Sampler.for_training`).
     prompts: this host's training prompts (a checkpointed Grain iterator).
@@ -170,9 +171,15 @@ class RLRun:
         interventions=interventions.init_states(exp.loss),
         with_reference=cfg.rl.use_reference,
     )
-    self.rl_update = jit_rl_update(
-        UpdateSpec.of(exp), optimizer, mesh=mesh, state_sharding=state_sharding
-    )
+    self.rl_updates = {
+        measured: jit_rl_update(
+            UpdateSpec.of(exp, measure_dynamics=measured),
+            optimizer,
+            mesh=mesh,
+            state_sharding=state_sharding,
+        )
+        for measured in (False, True)
+    }
     self.lr_schedule = learning_rate_schedule(cfg.optimizer)
     self.sampler = rollout.Sampler.for_training(exp, mesh)
     hosts = jax.process_count()
@@ -244,9 +251,11 @@ class RLRun:
         self.exp, self.sampler, self.prompts, self.state.params, self.state.interventions, key
     )
 
-  def update(self, batch: dict) -> dict[str, float]:
-    """One RL update on this host's rows of the step's batch; returns its metrics."""
-    self.state, metrics = self.rl_update(self.state, sharding.to_global(batch, self.mesh))
+  def update(self, step: int, batch: dict) -> dict[str, float]:
+    """RL step `step`'s update on this host's rows of the batch (measuring the entropy change
+    every `rl.dynamics_every` steps); returns its metrics."""
+    rl_update = self.rl_updates[self.exp.config.rl.measures_dynamics(step)]
+    self.state, metrics = rl_update(self.state, sharding.to_global(batch, self.mesh))
     return jax.device_get(metrics)
 
   def step_facts(self, step: int, batch: dict, started: float, sampled: float) -> dict:

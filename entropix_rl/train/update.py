@@ -14,7 +14,8 @@
                      (`update/skipped` = 1; the loop stops after `rl.max_skipped_updates`
                      skipped steps in a row)
     metrics          the losses, the rollout's token covariance, the off-policy drift and
-                     (`rl.measure_dynamics`) the predicted vs measured entropy change
+                     (`UpdateSpec.measure_dynamics`, every `rl.dynamics_every` steps) the
+                     predicted vs measured entropy change
     state hooks      `after_update`
 
 Gradient accumulation is exact (`interventions.aggregation`): every aggregate keeps the
@@ -68,6 +69,9 @@ class UpdateSpec:
     loss: the resolved loss config (the interventions).
     temperature: the rollout temperature; log-probs and entropies use logits / temperature.
     step_delimiter_id: the token id that ends a step of a response, or −1 (`rl.step_delimiter`).
+    measure_dynamics: also measure the predicted and actual entropy change of the update
+      (`dynamics/*`; the trainer compiles both variants and measures every
+      `rl.dynamics_every` steps).
   """
 
   model: ModelConfig
@@ -75,9 +79,10 @@ class UpdateSpec:
   loss: interventions.LossConfig
   temperature: float = 1.0
   step_delimiter_id: int = -1
+  measure_dynamics: bool = False
 
   @classmethod
-  def of(cls, exp: Experiment) -> UpdateSpec:
+  def of(cls, exp: Experiment, *, measure_dynamics: bool = False) -> UpdateSpec:
     """The update of a resolved experiment."""
     return cls(
         model=exp.model,
@@ -85,6 +90,7 @@ class UpdateSpec:
         loss=exp.loss,
         temperature=exp.sampler.temperature,
         step_delimiter_id=exp.step_delimiter_id,
+        measure_dynamics=measure_dynamics,
     )
 
 
@@ -143,7 +149,7 @@ def rl_update(
   metrics["update/skipped"] = 1.0 - finite.astype(jnp.float32)
   metrics.update(loss_metrics(per_minibatch))
   metrics.update(behaviour_metrics(spec, rows, mask))
-  if spec.rl.measure_dynamics:
+  if spec.measure_dynamics:
     metrics.update(entropy_change(spec, state.params, params, batch, mask, mesh=mesh))
   states, after = interventions.after_update(spec.loss, states, rollout)
   metrics.update(after)
@@ -246,7 +252,7 @@ def behaviour_pass(
   old_features = interventions.features(spec.loss, "old")
   recompute = not from_rollout or bool(old_features)
   with_entropy = not from_rollout and (
-      "old_entropy" in interventions.needs(spec.loss) or spec.rl.measure_dynamics
+      "old_entropy" in interventions.needs(spec.loss) or spec.measure_dynamics
   )
 
   def rows_fn(rows: Rows) -> Rows:
@@ -470,7 +476,7 @@ def behaviour_metrics(spec: UpdateSpec, rows: Rows, mask: jax.Array) -> dict[str
   _, out["cov/response_mean"] = dynamics.response_covariance(
       rows["old_logp"], rows["advantages"], mask, rows["group_ids"], spec.rl.prompts_per_step
   )
-  if spec.rl.measure_dynamics:
+  if spec.measure_dynamics:
     out["entropy/recomputed_token_mean"] = masked_mean(rows["old_entropy"], mask)
   out["entropy/sampled_nll"] = masked_mean(-rows["old_logp"], mask)
   return out
