@@ -634,9 +634,8 @@ def _decode_batch(
       temperature,
       rule_state,
   )
-  call.store(
-      _gather(state.row_ids), np.zeros(row_ids.shape, np.int32), tuple(x[:, None] for x in out)
-  )
+  ids = _gather(state.row_ids)  # every host's rows
+  call.store(ids, np.zeros(ids.shape, np.int32), tuple(x[:, None] for x in out))
   decode = compiled_decode(model_cfg, cfg, cfg.decode_segment or cfg.max_new_tokens, mesh)
   while True:
     done = _gather(state.done)
