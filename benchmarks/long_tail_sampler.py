@@ -87,16 +87,6 @@ def parse_args() -> argparse.Namespace:
   return args
 
 
-def median_seconds(fn, repeats: int) -> float:
-  fn()  # warm-up (compiles)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def model_config(shape: dict, tie: bool = False) -> ModelConfig:
   return ModelConfig(
       vocab_size=shape["vocab"],
@@ -171,7 +161,7 @@ def ours(shape: dict, sampler_cfg: sampling.SamplerConfig, repeats: int) -> dict
     rollout = sampling.sample(cfg, params, tokens, lengths, jax.random.key(1), sampler_cfg)
     generated.append(int(np.asarray(rollout.lengths).sum()))
 
-  seconds = median_seconds(call, repeats)
+  seconds = machine.median_seconds(call, repeats=repeats)
   with SlotCounter() as counter:
     call()
   return dict(seconds=seconds, tokens=generated[-1], slot_steps=counter.slot_steps)
@@ -235,17 +225,11 @@ def torch_model(shape: dict):
   return model
 
 
-def generated_tokens(rows: list[list[int]], stops: tuple[int, ...]) -> int:
-  total = 0
-  for row in rows:
-    hits = np.flatnonzero(np.isin(np.asarray(row), stops))
-    total += int(hits[0]) + 1 if hits.size else len(row)
-  return total
-
-
 def torch_figure(args: argparse.Namespace, continuous: bool) -> None:
   import torch
   from transformers import GenerationConfig
+
+  from benchmarks.sampler import generated_tokens
 
   torch.set_num_threads(args.threads)
   shape = LONG_TAIL
@@ -294,7 +278,7 @@ def torch_figure(args: argparse.Namespace, continuous: bool) -> None:
 
     mine = sampler_config(shape)
     name = "transformers generate"
-  theirs_s = median_seconds(theirs, args.repeats)
+  theirs_s = machine.median_seconds(theirs, repeats=args.repeats)
   ours_run = ours(shape, mine, args.repeats)
   ours_rate = ours_run["tokens"] / ours_run["seconds"]
   theirs_rate = statistics.median(counts) / theirs_s

@@ -5,6 +5,7 @@
   one kind have different CPUs and a ratio that rests on one kernel's speed moves with them.
 * `matmul_peak_flops(dtype)`: FLOP/s of a large jitted `jnp.dot` (median of 5), the ceiling an
   update's matmuls can reach on this machine at that dtype.
+* `median_seconds(fn, *args)`: the timing every figure here uses.
 * `memory_bandwidth()`: bytes/s of a jitted reduction over a 1 GiB array (read once, median
   of 5), the ceiling a decode step, which reads every param and the KV cache, can reach.
 """
@@ -48,7 +49,9 @@ def cpu_facts() -> dict:
   )
 
 
-def _median_seconds(fn, *args, repeats: int = 5) -> float:
+def median_seconds(fn, *args, repeats: int = 5) -> float:
+  """Median wall time of `fn(*args)` over `repeats` calls after a warm-up call (which
+  compiles), each waited for (`jax.block_until_ready`)."""
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -62,12 +65,12 @@ def matmul_peak_flops(dtype=jnp.float32, size: int = 2048) -> float:
   """FLOP/s of one `[size, size] @ [size, size]` product at `dtype` (2·size³ FLOPs)."""
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-  seconds = _median_seconds(jax.jit(jnp.dot), a, b)
+  seconds = median_seconds(jax.jit(jnp.dot), a, b)
   return 2 * size**3 / seconds
 
 
 def memory_bandwidth(gib: float = 1.0) -> float:
   """Bytes/s of summing a float32 array of `gib` GiB (each byte read once)."""
   x = jnp.ones((int(gib * 2**30) // 4,), jnp.float32)
-  seconds = _median_seconds(jax.jit(jnp.sum), x)
+  seconds = median_seconds(jax.jit(jnp.sum), x)
   return x.nbytes / seconds

@@ -123,13 +123,14 @@ def median_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def generated_tokens(rows: np.ndarray, stop_ids: np.ndarray) -> int:
-  """Tokens up to and including each row's first stop token (all of them if none)."""
+def generated_tokens(rows, stop_ids) -> int:
+  """Tokens up to and including each row's first stop token (all of them if none); `rows` is
+  a `[B, T]` array or a list of rows of any lengths."""
   total = 0
   for row in rows:
-    hits = np.flatnonzero(np.isin(row, stop_ids))
-    total += hits[0] + 1 if hits.size else row.size
-  return int(total)
+    hits = np.flatnonzero(np.isin(np.asarray(row), stop_ids))
+    total += int(hits[0]) + 1 if hits.size else len(row)
+  return total
 
 
 def run_shape(name: str, shape: dict, args: argparse.Namespace) -> dict:
