@@ -276,7 +276,7 @@ def main(argv):
     )
     _report(
         "rl_update",
-        module="update",
+        module="rl_update",
         lowered=update.lower(state, batch),
         resident=0,
         estimate=estimate.train_peak,
@@ -375,7 +375,7 @@ def main(argv):
     }
     _report(
         "sft_step",
-        module="step",
+        module="sft_step",
         lowered=step.lower(sft_state, batch),
         resident=0,
         estimate=estimate.sft_peak,

@@ -10,10 +10,6 @@ model family's count: q/k norms included), `p`/`c` the param/compute itemsizes, 
   `optax.adamw` keeps them: `2·N·p/(F·T)`; **reference** a frozen param copy when a KL term
   needs one.
 * **grads** `N·p/(F·T)`, plus a float32 accumulator `4·N/(F·T)` under micro-batching.
-* **guard**: the params and optimizer state the RL update started from, `3·N·p/(F·T)`. The
-  update keeps them until every mini-batch's loss and gradient norm is known to be finite
-  (a non-finite update leaves the state as it was), so during the update the state exists
-  twice. The SFT step has no such guard.
 * **rollout_batch**: the step's rollout arrays, `rollouts/S` rows of tokens, masks, old
   log-probs and advantages.
 * **activations** of one micro-batch of `tokens = train_rows_per_device · (prompt +
@@ -35,7 +31,7 @@ model family's count: q/k norms included), `p`/`c` the param/compute itemsizes, 
   repeated per sample (`kv_cache / group_size`) and the last logits; **decode**: four
   float32 `[rows, V]` arrays of the sampling step.
 
-    train_peak   = params + optimizer + reference + guard + grads + rollout_batch
+    train_peak   = params + optimizer + reference + grads + rollout_batch
                    + max(activations, no_grad_pass)
     rollout_peak = params + optimizer + reference + kv_cache + max(prefill, decode)
 
@@ -161,7 +157,6 @@ class MemoryEstimate:
   params: int
   optimizer: int
   reference: int
-  guard: int
   grads: int
   rollout_batch: int
   activations: int
@@ -179,11 +174,7 @@ class MemoryEstimate:
   def train_peak(self) -> int:
     """Bytes during the RL update (its micro-batch or its no-grad chunks, not both at once)."""
     return (
-        self.resident
-        + self.guard
-        + self.grads
-        + self.rollout_batch
-        + max(self.activations, self.no_grad_pass)
+        self.resident + self.grads + self.rollout_batch + max(self.activations, self.no_grad_pass)
     )
 
   @property
@@ -353,7 +344,6 @@ def estimate_memory(
       params=params,
       optimizer=optimizer,
       reference=reference,
-      guard=params + optimizer,
       grads=grads,
       rollout_batch=rollout_batch,
       activations=activations,

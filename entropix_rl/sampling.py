@@ -337,30 +337,42 @@ def _refill(
   )
   new, first = _emit(logits, new, cfg, temperature, rule_state)
   cache, ring = state.cache, state.cache.max_length
+  # Every batch row takes its new row `source[r]` (−1: it keeps its own). Written as a select
+  # aligned with the batch rows rather than a scatter into them, so on a mesh every device
+  # updates its own rows of the cache in place (a scatter made XLA gather the whole cache).
+  source = (
+      jnp.full(state.done.shape, -1, jnp.int32)
+      .at[slots]
+      .set(jnp.arange(slots.shape[0], dtype=jnp.int32), mode="drop")
+  )
+  taken, source = source >= 0, jnp.maximum(source, 0)
   first_slot = (cache.index - width) % ring
   token_at = (jnp.arange(ring) - first_slot) % ring  # the new rows' token index of each slot
-  valid = (token_at < width) & jnp.take(prompt_mask[prompt_of], jnp.minimum(token_at, width - 1), 1)
-  prompt_slots = (first_slot + jnp.arange(width)) % ring
-  put = lambda buf, value: buf.at[slots].set(value, mode="drop")
-  # [L, Kp, K, P, Dh] -> [K, P, L, K, Dh], the layout of buf[:, rows, :, prompt slots]
-  put_kv = lambda buf, value: buf.at[:, slots[:, None], :, prompt_slots[None, :]].set(
-      jnp.transpose(value[:, prompt_of], (1, 3, 0, 2, 4)), mode="drop"
-  )
+  in_prompt = token_at < width
+  at = jnp.minimum(token_at, width - 1)
+  prompt_rows = prompt_of[source]  # [B]: the prompt each refilled batch row prefilled
+  written = taken[:, None] & in_prompt[None, :]  # [B, S]
+
+  def put_kv(buf: jax.Array, value: jax.Array) -> jax.Array:  # value [L, Kp, K, P, Dh]
+    rows = jnp.take(value[:, prompt_rows], at, axis=3)  # [L, B, K, S, Dh]
+    return jnp.where(written[None, :, None, :, None], rows, buf)
+
+  pick = lambda old, value: jnp.where(taken.reshape((-1,) + (1,) * (old.ndim - 1)), value, old)
+  valid = in_prompt[None, :] & jnp.take(prompt_mask[prompt_rows], at, axis=1)
   cache = decoder.KVCache(
       k=put_kv(cache.k, fresh.k),
       v=put_kv(cache.v, fresh.v),
-      valid=put(cache.valid, valid),
-      lengths=put(cache.lengths, fresh.lengths[prompt_of]),
+      valid=pick(cache.valid, valid),
+      lengths=pick(cache.lengths, fresh.lengths[prompt_rows]),
       index=cache.index,
-      first_slot=put(cache.first_slot, jnp.broadcast_to(first_slot, slots.shape)),
+      first_slot=pick(cache.first_slot, first_slot),
   )
   state = DecodeState(
       cache=cache,
-      tokens=put(state.tokens, new.tokens),
-      done=put(state.done, new.done),
-      row_keys=put(state.row_keys, new.row_keys),
-      row_ids=put(state.row_ids, new.row_ids),
-      step=put(state.step, new.step),
+      **{
+          name: pick(getattr(state, name), getattr(new, name)[source])
+          for name in ("tokens", "done", "row_keys", "row_ids", "step")
+      },
   )
   return _constrain(state, mesh, model_cfg.num_kv_heads), first
 

@@ -10,12 +10,13 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
 import json
+import math
 import sys
 
 import jax
 import jax.numpy as jnp
 
-from entropix_rl import interventions, sharding
+from entropix_rl import interventions, sampling, sharding
 from entropix_rl.models import forward_hidden, init_params, tiny_config
 from entropix_rl.train.config import RLConfig
 from entropix_rl.train.optim import OptimizerConfig, make_optimizer
@@ -93,6 +94,35 @@ def rl_update_temp(groups: int, micro: int, logprob_micro: int) -> int:
   return update.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
 
 
+def refill_temp(prompts: int = 8, samples: int = 8, prompt: int = 64, completion: int = 448):
+  """Temp bytes of the sampler's refill (every row of a `prompts x samples` batch freed at once,
+  as many new prompts as the batch started with) and the per-device bytes of its KV cache."""
+  model = MODEL.replace(attention_impl="blockwise", attention_block_q=64, attention_block_k=64)
+  cfg = sampling.SamplerConfig(num_samples=samples, max_new_tokens=completion)
+  rows = prompts * samples
+  state = jax.eval_shape(lambda: sampling.empty_state(model, rows, prompt + completion))
+  state = _abstract(state, sampling.state_shardings(model, MESH))
+  rep = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.replicated(MESH))
+  lowered = sampling.compiled_refill(model, cfg, MESH).lower(
+      _params(model),
+      state,
+      rep((prompts, prompt), jnp.int32),
+      rep((prompts, prompt), bool),
+      rep((rows,), jnp.int32),
+      rep((rows,), jnp.int32),
+      rep((rows, 2), jnp.uint32),
+      rep((rows,), jnp.int32),
+      jnp.float32(1.0),
+      None,
+  )
+  cache = state.cache.k.sharding.shard_shape(state.cache.k.shape)
+  cache_bytes = 2 * math.prod(cache) * state.cache.k.dtype.itemsize
+  return {
+      "temp": lowered.compile().memory_analysis().temp_size_in_bytes,
+      "cache": cache_bytes,
+  }
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
   checks = {
@@ -105,6 +135,7 @@ def main():
           for groups in (8, 16)
           for name, knobs in (("micro1", (1, 1)), ("unsplit", (0, 0)))
       },
+      "refill": refill_temp(),
   }
   json.dump(checks, sys.stdout)
 

@@ -7,6 +7,8 @@
 * The RL update with micro-batches and chunked no-grad passes: doubling the rollouts (same
   mini-batch size, twice as many mini-batches) grows the temporary memory by at most 10%,
   and micro-batches of one sequence per device use less than half of the unsplit update.
+* The sampler's refill updates the KV cache in place: its temporary memory is a fraction of
+  the cache's.
 """
 
 import json
@@ -45,3 +47,11 @@ def test_micro_batched_update_memory_does_not_grow_with_rollouts(temps):
   got = temps["rl_update"]
   assert got["16x8/micro1"] <= 1.1 * got["8x8/micro1"]
   assert got["8x8/micro1"] * 2 < got["8x8/unsplit"]
+
+
+def test_refill_updates_the_kv_cache_in_place(temps):
+  # The refill writes its new rows into the donated cache, each device into its own rows: its
+  # temporary memory stays well below the cache's (a scatter into the rows made XLA gather the
+  # whole cache onto every device: temp 1.08x the cache at this shape, 5.2x at 7B on v5p-32).
+  refill = temps["refill"]
+  assert refill["temp"] < 0.5 * refill["cache"]

@@ -26,7 +26,6 @@ def test_param_bytes_divide_by_fsdp_times_tensor():
   assert est.grads == est.params + cfg.num_params() * 4 // 8  # + float32 accumulator
   assert est.optimizer == cfg.num_params() * 2 * 2 // 8  # two moments in the param dtype
   assert est.reference == 0
-  assert est.guard == est.params + est.optimizer  # the update's starting state, kept
   unsplit = memory.estimate_memory(
       cfg, mesh_shape={"data": 2, "fsdp": 4, "tensor": 2}, **dict(_KW, micro_batching=False)
   )
@@ -56,7 +55,7 @@ def test_total_is_peak_of_phases():
   est = _estimate(tiny_config(), data=1, fsdp=1, tensor=1)
   resident = est.params + est.optimizer + est.reference
   assert est.total == max(
-      resident + est.guard + est.grads + est.rollout_batch + max(est.activations, est.no_grad_pass),
+      resident + est.grads + est.rollout_batch + max(est.activations, est.no_grad_pass),
       resident + est.kv_cache + est.prefill,
       resident + est.kv_cache + est.decode,
   )

@@ -217,7 +217,8 @@ class RLConfig:
     old_logp_from_rollout: take the old log-probs and entropies from the sampler instead of a
       forward pass; exact only for on-policy rollouts at the training temperature (they differ
       by float round-off; docs/performance.md).
-    max_skipped_updates: stop after this many non-finite (skipped) updates in a row.
+    max_skipped_updates: stop after this many RL steps in a row that skipped a non-finite
+      optimizer update (`update/skipped`).
     step_delimiter: the string that ends a step of a response (EMPG, EPO), one token; "" = one
       step per response.
     cluster_by: how answers are clustered (SEED-GRPO, EMPO): `tasks.ANSWER_KEY_MODES`.

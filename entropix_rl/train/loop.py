@@ -289,20 +289,21 @@ class RLRun:
       self.writer.write_table(step, "samples", table)
 
   def count_skips(self, step: int, skipped: bool) -> None:
-    """Counts updates skipped in a row (non-finite loss or gradient; `rl_update` left the
-    state unchanged) and stops the run after `rl.max_skipped_updates` of them."""
+    """Counts RL steps in a row that skipped a non-finite optimizer update (`rl_update` did
+    not apply it) and stops the run after `rl.max_skipped_updates` of them."""
     self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
     if skipped:
       logging.warning(
-          "RL step %d: non-finite loss or gradient; update skipped (%d in a row)",
+          "RL step %d: non-finite loss or gradient; its update skipped (%d steps in a row)",
           step,
           self.skipped_in_a_row,
       )
     limit = self.exp.config.rl.max_skipped_updates
     if self.skipped_in_a_row >= limit:
       raise UpdatesNotFinite(
-          f"RL steps {step - limit + 1}..{step}: {limit} updates in a row had a non-finite loss "
-          f"or gradient and were skipped (params and optimizer state unchanged), so the run "
+          f"RL steps {step - limit + 1}..{step}: {limit} steps in a row had a non-finite loss "
+          f"or gradient, whose updates were skipped (not applied to the params and optimizer "
+          f"state), so the run "
           f"stops (rl.max_skipped_updates={limit}). The last checkpoint is step "
           f"{self.checkpointer.latest_step()} under {self.checkpointer.directory}; look at "
           "reward/mean and loss/* in metrics.jsonl for NaN or inf."

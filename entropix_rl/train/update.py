@@ -9,10 +9,12 @@
     optimizer steps  epochs × mini-batches; each mini-batch's gradient is accumulated over
                      micro-batches of `rl.micro_batch_size` sequences per data shard, or
                      over bins of `rl.micro_batch_tokens` packed tokens (`packing`)
-    guard            if any mini-batch's loss or gradient is not finite, the params, the
-                     optimizer state and the intervention states stay as they were
-                     (`update/skipped` = 1; the loop stops after `rl.max_skipped_updates`
-                     skipped steps in a row)
+    guard            a mini-batch whose loss or gradient is not finite is not applied: its
+                     optimizer update keeps the params and optimizer state as they were,
+                     selected inside the update (no copy of the state is kept), as
+                     `optax.apply_if_finite` and verl do; when any was skipped,
+                     `update/skipped` = 1 and the intervention states stay as they were
+                     (the loop stops after `rl.max_skipped_updates` such steps in a row)
     metrics          the losses, the rollout's token covariance, the off-policy drift and
                      (`UpdateSpec.measure_dynamics`, every `rl.dynamics_every` steps) the
                      predicted vs measured entropy change
@@ -142,11 +144,10 @@ def rl_update(
   (params, opt_state), per_minibatch = optimizer_steps(
       spec, optimizer, state, rows, states, shuffle_key, loss_key, mesh=mesh
   )
-  finite = (
-      jnp.isfinite(per_minibatch["loss"]).all() & jnp.isfinite(per_minibatch["grad_norm"]).all()
-  )
-  params, opt_state = _keep_if_not(finite, (params, opt_state), (state.params, state.opt_state))
+  applied = per_minibatch.pop("applied")
+  finite = applied.all()
   metrics["update/skipped"] = 1.0 - finite.astype(jnp.float32)
+  metrics["update/skipped_fraction"] = 1.0 - applied.mean()
   metrics.update(loss_metrics(per_minibatch))
   metrics.update(behaviour_metrics(spec, rows, mask))
   if spec.measure_dynamics:
@@ -286,9 +287,12 @@ def optimizer_steps(
 ) -> tuple[tuple[Any, Any], dict[str, jax.Array]]:
   """`rl.ppo_epochs × rl.num_minibatches` optimizer updates, the rows shuffled each epoch.
 
+  An update whose loss or gradient norm is not finite is not applied (`_keep_if_not`, fused
+  into the optimizer's elementwise update, so the state is never held twice).
+
   Returns:
-    `((params, opt_state), per-mini-batch metrics [updates])`: `loss`, `grad_norm` and the
-    loss's aux scalars.
+    `((params, opt_state), per-mini-batch metrics [updates])`: `loss`, `grad_norm`, `applied`
+    (bool: finite, so applied) and the loss's aux scalars.
   """
   n = spec.rl.batch_size
   perms = jax.vmap(lambda k: jax.random.permutation(k, n))(
@@ -302,9 +306,12 @@ def optimizer_steps(
     picked, key = xs
     minibatch = sharding.constrain_rows(jax.tree.map(lambda x: x[picked], rows), mesh)
     loss, aux, grads = minibatch_gradient(spec, params, minibatch, key, states, mesh=mesh)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, opt_state), dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new = (optax.apply_updates(params, updates), new_opt_state)
+    carry = _keep_if_not(finite, new, (params, opt_state))
+    return carry, dict(aux, loss=loss, grad_norm=grad_norm, applied=finite)
 
   return jax.lax.scan(step, (state.params, state.opt_state), (order, loss_keys))
 

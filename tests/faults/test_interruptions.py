@@ -128,7 +128,7 @@ def _adaptive_bonus_update():
   return state, jit_rl_update(spec, optimizer)
 
 
-def test_a_non_finite_update_is_skipped_and_leaves_the_state_unchanged():
+def test_a_step_whose_every_update_is_non_finite_leaves_the_state_unchanged():
   state, update = _adaptive_bonus_update()
   before = jax.tree.map(np.array, state)
   _, finite = update(state, _batch())
@@ -145,6 +145,27 @@ def test_a_non_finite_update_is_skipped_and_leaves_the_state_unchanged():
   assert int(new_state.step) == int(before.step) + 1
 
 
+def test_only_the_non_finite_mini_batches_are_skipped():
+  # One row per mini-batch: the NaN reward of row 3 makes its group's 4 advantages NaN, so
+  # exactly 4 of the 16 optimizer updates are non-finite; the other 12 are applied.
+  loss_cfg = interventions.resolve_loss_config(interventions.default_loss_config())
+  spec = update_spec(loss_cfg, num_minibatches=16)
+  optimizer = optax.adam(1e-3)
+  state = create_train_state(
+      init_params(MODEL, jax.random.PRNGKey(0)), optimizer, jax.random.PRNGKey(1)
+  )
+  before = jax.tree.map(np.array, state.params)
+  batch = _batch()
+  batch["rewards"][3] = np.nan
+  new_state, metrics = jit_rl_update(spec, optimizer)(state, batch)
+  assert float(metrics["update/skipped"]) == 1.0
+  assert float(metrics["update/skipped_fraction"]) == 4 / 16
+  params = jax.tree.leaves(new_state.params)
+  assert all(np.isfinite(p).all() for p in params)
+  assert any(not np.array_equal(p, b) for p, b in zip(params, jax.tree.leaves(before)))
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(new_state.opt_state))
+
+
 def test_consecutive_non_finite_updates_stop_the_run_with_a_clear_message(tmp_path, monkeypatch):
   task_cls = type(tasks.get_task("decomposition", min_n=100, max_n=999))
   monkeypatch.setattr(task_cls, "verify", lambda self, example, completion: float("nan"))
@@ -159,7 +180,7 @@ def test_consecutive_non_finite_updates_stop_the_run_with_a_clear_message(tmp_pa
   )
   with pytest.raises(
       loop.UpdatesNotFinite,
-      match=r"RL steps 1\.\.2: 2 updates in a row had a non-finite loss.*"
+      match=r"RL steps 1\.\.2: 2 steps in a row had a non-finite loss.*"
       r"rl.max_skipped_updates=2.*last checkpoint is step 1",
   ):
     loop.run(typed(config), str(tmp_path / "run"), log=False)
