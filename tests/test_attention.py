@@ -113,6 +113,27 @@ def test_packed_rows_values_and_gradients_match_dense(name, window):
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=GRAD_TOL, rtol=0)
 
 
+def test_blockwise_skips_only_tiles_outside_every_segment_of_the_tile():
+  # Many short sequences in one row, so most key tiles lie before a query tile's sequences and
+  # are skipped; id 1 comes back after 34 tokens, so its later tokens still attend its first 5.
+  seg = np.array([[1] * 5 + [2] * 9 + [3] * 20 + [1] * 6 + [0] * 8, [4] * 48], np.int32)
+  q, k, v = (x[:2] for x in _inputs(48, seed=11)[:3])
+  weight = jax.random.normal(jax.random.PRNGKey(12), q.shape)
+  blockwise = lambda q, k, v: attention.blockwise_attention(q, k, v, seg, block_q=8, block_k=8)
+  dense = lambda q, k, v: attention.dense_attention(q, k, v, seg)
+  np.testing.assert_allclose(
+      np.asarray(blockwise(q, k, v)), np.asarray(dense(q, k, v)), atol=VALUE_TOL, rtol=0
+  )
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * weight)
+  got = jax.grad(loss(blockwise), argnums=(0, 1, 2))(q, k, v)
+  ref = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(got, ref):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=GRAD_TOL, rtol=0)
+  one_row = seg[:1]
+  spans = np.asarray(attention._shares_a_segment(one_row, one_row[:, 10:18]))  # ids 2, 3
+  np.testing.assert_array_equal(np.flatnonzero(spans), np.arange(5, 34))
+
+
 @pytest.mark.parametrize("name", ["blockwise", "splash", "cudnn"])
 def test_sliding_window_values_and_gradients_match_dense(name):
   """A window of 5 over 37 tokens: blockwise skips the key tiles wholly before the window

@@ -47,6 +47,7 @@ SHORTER = {
     "benchmarks/long_tail_sampler.py": "--figures=refill --repeats=1 --prompts=4 "
     "--new_tokens=32 --decode_rows=16",
     "benchmarks/step_profile.py": "--steps=1",
+    "benchmarks/long_tail_update.py": "--prompts=4 --new_tokens=64 --repeats=1",
     "benchmarks/losses.py": "--batch=4 --time=64 --hidden=32 --vocab=256 --repeats=1",
     "benchmarks/token_stats.py": "--vocab=4096 --hidden=128 --batch=2 --time=256 "
     "--time_tokens=256 --time_hidden=32 --time_vocab=512 --repeats=1",

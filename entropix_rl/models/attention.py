@@ -191,6 +191,16 @@ def blockwise_attention(
   return out[:, :t].reshape(b, t, h, dh)
 
 
+def _shares_a_segment(seg: jax.Array, tile_seg: jax.Array) -> jax.Array:
+  """`[T]` bool: positions whose segment id is one of the tile's, in the same row (any row).
+
+  Every key a tile's queries attend (and every query that attends a tile's keys) is one of
+  them, so the tiles outside their span are wholly masked and skipped: a packed row's tiles
+  attend only near their own sequences. Segments need not be contiguous.
+  """
+  return (seg[:, :, None] == tile_seg[:, None, :]).any(axis=(0, 2))
+
+
 def _tile_scores(qi, kj, q_pos, k_pos, seg_i, seg_j, scale, window):
   """`[B, K, G, bq, bk]` float32 scaled scores, masked where not allowed, and the mask."""
   s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
@@ -226,8 +236,11 @@ def _blockwise_forward(q, k, v, seg, bq, bk, window):
         jnp.zeros((b, kh, g, bq), jnp.float32),
         jnp.zeros((b, kh, g, bq, d), jnp.float32),
     )
-    # Key tiles at or below the causal diagonal, and not wholly before the window.
-    first = 0 if window is None else jnp.maximum(i * bq - window + 1, 0) // bk
+    # Key tiles at or below the causal diagonal, not wholly before the window, and not wholly
+    # before the first token of any sequence in this query tile (packed rows).
+    first = jnp.argmax(_shares_a_segment(seg, seg_i)) // bk
+    if window is not None:
+      first = jnp.maximum(first, jnp.maximum(i * bq - window + 1, 0) // bk)
     last = ((i + 1) * bq - 1) // bk + 1
     m, denom, acc = jax.lax.fori_loop(first, last, key_tile, init)
     return (acc / denom[..., None]).astype(v.dtype), m + jnp.log(denom)
@@ -251,7 +264,7 @@ def _blockwise_fwd(q, k, v, seg, bq, bk, window):
 def _blockwise_bwd(bq, bk, window, residuals, d_out):
   q, k, v, seg, out, lse = residuals
   b, t, kh, _, d = q.shape
-  nq, nk = t // bq, t // bk
+  nk = t // bk
   scale = d**-0.5
   d_out = d_out.astype(jnp.float32)
   row_dot = jnp.einsum("btkgd,btkgd->bkgt", d_out, out.astype(jnp.float32))
@@ -280,9 +293,12 @@ def _blockwise_bwd(bq, bk, window, residuals, d_out):
       return d_q, d_k, d_v
 
     zeros = jnp.zeros((b, bk, kh, d), jnp.float32)
-    # Query tiles at or below the causal diagonal whose window reaches this key tile.
+    # Query tiles at or below the causal diagonal whose window reaches this key tile, and not
+    # wholly after the last token of any sequence in this key tile (packed rows).
     first = (j * bk) // bq
-    last = nq if window is None else jnp.minimum(((j + 1) * bk + window - 2) // bq + 1, nq)
+    last = (t - 1 - jnp.argmax(_shares_a_segment(seg, seg_j)[::-1])) // bq + 1
+    if window is not None:
+      last = jnp.minimum(last, ((j + 1) * bk + window - 2) // bq + 1)
     d_q, d_k, d_v = jax.lax.fori_loop(first, last, query_tile, (d_q, zeros, zeros))
     return d_q, (d_k, d_v)
 
