@@ -283,7 +283,7 @@ def tunix_spec(exp: Experiment, params: dict, model_dir: str, tmp: str) -> str:
   logits, _ = forward(model, params, tokens, mask=tokens != tok.pad_id)
   logits_path = os.path.join(tmp, "check_logits.npz")
   np.savez(logits_path, logits=np.asarray(logits))
-  opt = exp.rl_optimizer
+  opt = exp.config.optimizer
   spec = {
       "task": config.task.name,
       "model_dir": model_dir,
@@ -305,8 +305,8 @@ def tunix_spec(exp: Experiment, params: dict, model_dir: str, tmp: str) -> str:
       "eos_id": tok.eos_id,
       "prompts": [{"prompt": ex.prompt, "n": int(ex.info["n"])} for ex in examples],
       "prompts_per_step": groups,
-      "group_size": exp.rl.group_size,
-      "num_minibatches": exp.rl.num_minibatches,
+      "group_size": exp.config.rl.group_size,
+      "num_minibatches": exp.config.rl.num_minibatches,
       "max_prompt_len": width,
       "max_new_tokens": new,
       "temperature": exp.sampler.temperature,
