@@ -20,6 +20,13 @@ that its model's logits match ours, and reports which settings it could not matc
 rolls out each of the 4 mini-batches separately, so it computes no old log-probs). If the
 environment cannot be made (no network), the tunix line says why and the rest still runs.
 
+`--shape=long_tail` runs the same comparison at RL's lengths: a hidden-512 model (4 layers, 8
+query and 2 KV heads, MLP 1536, the quickstart's 15-token vocabulary, tied embeddings scaled by
+2 with the <eos> row zeroed, so every side draws long-tailed lengths: mean about 60, median
+about 37, 1-2% cut at 256), 8 prompts x 8 samples, up to 256 new tokens, 4 updates per step.
+Every side samples its own completions from the same weights, so each reports its mean
+length. About 5 minutes.
+
 Output, JSON lines: the original ours-vs-TRL figure, then one line per baseline
 (`baseline_name`: trl, tunix) and per variant of ours (`ours_variant`: `default`, which
 recomputes the old log-probs as verl and TRL do, and `old_logp_from_rollout`, which reuses the
@@ -57,6 +64,13 @@ from entropix_rl.train import config_dict, loop
 from entropix_rl.train.config import Experiment, ExperimentConfig, resolve
 
 _STEPS = flags.DEFINE_integer("steps", 3, "Measured steps per side (after one warm-up step).")
+_SHAPE = flags.DEFINE_enum(
+    "shape",
+    "toy",
+    ["toy", "long_tail"],
+    "toy: the quickstart model and task as they are; long_tail: a hidden-512 model whose "
+    "completions have geometric lengths of mean about 64 up to 256 tokens (module docstring).",
+)
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads (match the cores JAX uses).")
 _TUNIX_VENV = flags.DEFINE_string(
     "tunix_venv",
@@ -67,6 +81,22 @@ _TUNIX_VENV = flags.DEFINE_string(
 TUNIX_PACKAGES = ("google-tunix==0.1.7", "jax==0.10.2", "jaxlib==0.10.2")
 TUNIX_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tunix_grpo.py")
 CHECK_ROWS = 4
+# The long-tail shape: the quickstart's task and vocabulary (15 ids) on a model whose matmuls
+# dominate, 8 prompts x 8 samples, completions up to 256 tokens.
+LONG_TAIL = {
+    "model.hidden_size": 512,
+    "model.num_layers": 4,
+    "model.num_heads": 8,
+    "model.num_kv_heads": 2,
+    "model.head_dim": 64,
+    "model.intermediate_size": 1536,
+    "model.max_position_embeddings": 512,
+    "sampler.max_new_tokens": 256,
+    "rl.prompts_per_step": 8,
+}
+# The tied embedding is scaled by this and its <eos> row zeroed: <eos>'s logit is 0 and the
+# others spread, so lengths are long-tailed: mean about 60, median about 37, 1-2% at 256.
+LONG_TAIL_EMBED_SCALE = 2.0
 
 
 def emit(**record) -> None:
@@ -75,6 +105,8 @@ def emit(**record) -> None:
 
 def bench_config(old_logp_from_rollout: bool = False) -> ExperimentConfig:
   config = quickstart.get_config()
+  if _SHAPE.value == "long_tail":
+    config = config_dict.apply_overrides(config, LONG_TAIL)
   config.rl.old_logp_from_rollout = old_logp_from_rollout
   config.sft.steps = 0
   config.eval.every = 0
@@ -101,11 +133,19 @@ def one_rollout_work(config) -> dict[str, int]:
   }
 
 
-def ours(config: ExperimentConfig, workdir: str) -> dict[str, Any]:
+def bench_params(exp: Experiment) -> dict:
+  """The weights every side starts from (random; the long-tail shape's <eos> made rare)."""
+  params = init_params(exp.model, jax.random.PRNGKey(0))
+  if _SHAPE.value == "long_tail":
+    embed = params["embed"] * LONG_TAIL_EMBED_SCALE
+    params = dict(params, embed=embed.at[exp.tokenizer.eos_id].set(0.0))
+  return params
+
+
+def ours(config: ExperimentConfig, workdir: str, params: dict) -> dict[str, Any]:
   """Times `collect` (rollout, decode, score) and `update` (old log-probs + mini-batch
   updates, one jitted call) of the trainer; the first step includes compilation."""
   exp = resolve(config)
-  params = init_params(exp.model, jax.random.PRNGKey(0))
   run = loop.RLRun(exp, workdir, params, sharding.make_mesh(config.mesh))
   collect_s, update_s, lengths = [], [], []
   for step in range(1, _STEPS.value + 2):
@@ -355,10 +395,10 @@ def main(argv):
   config = bench_config()
   exp = resolve(config)
   reuse = bench_config(old_logp_from_rollout=True)
+  params = bench_params(exp)
   with tempfile.TemporaryDirectory() as tmp:
-    our = ours(config, os.path.join(tmp, "ours"))
-    our_reuse = ours(reuse, os.path.join(tmp, "ours_reuse"))
-    params = init_params(exp.model, jax.random.PRNGKey(0))
+    our = ours(config, os.path.join(tmp, "ours"), params)
+    our_reuse = ours(reuse, os.path.join(tmp, "ours_reuse"), params)
     model_dir = os.path.join(tmp, "model")
     hf.save(model_dir, exp.model, params)
     baselines = {
@@ -371,6 +411,7 @@ def main(argv):
   emit(
       benchmark="rl_step",
       figure="grpo_step_seconds_median",
+      shape=_SHAPE.value,
       ours=ours_med,
       baseline=trl_med,
       ratio=ours_med / trl_med,
@@ -408,6 +449,7 @@ def main(argv):
       emit(
           benchmark="rl_step",
           figure="grpo_step_speedup",
+          shape=_SHAPE.value,
           baseline_name=name,
           ours_variant=variant,
           ours_median_s=side_med,
