@@ -395,7 +395,7 @@ def main(argv):
   config = bench_config()
   exp = resolve(config)
   reuse = bench_config(old_logp_from_rollout=True)
-  params = bench_params(exp)
+  params = jax.tree.map(np.array, bench_params(exp))  # on the host: each run donates its copy
   with tempfile.TemporaryDirectory() as tmp:
     our = ours(config, os.path.join(tmp, "ours"), params)
     our_reuse = ours(reuse, os.path.join(tmp, "ours_reuse"), params)
