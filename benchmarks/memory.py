@@ -330,19 +330,11 @@ def main(argv):
   if "refill" in _FUNCTIONS.value:
     # The worst refill: every row of the batch freed at once, its prompts as many as the batch
     # started with (sampling._admitted caps them there), the decode cache resident.
-    rep = lambda shape, dtype: jax.ShapeDtypeStruct(
-        shape, dtype, sharding=sharding.replicated(mesh)
-    )
     fn = sampling.compiled_refill(model_cfg, sampler_cfg, mesh)
     lowered = fn.lower(
         params,
         decode_state,
-        rep((per_pass, prompt), jnp.int32),
-        rep((per_pass, prompt), bool),
-        rep((pass_rows,), jnp.int32),
-        rep((pass_rows,), jnp.int32),
-        rep((pass_rows, 2), jnp.uint32),
-        rep((pass_rows,), jnp.int32),
+        *sampling.abstract_refill_inputs(mesh, per_pass, pass_rows, prompt),
         jnp.float32(1.0),
         None,
     )

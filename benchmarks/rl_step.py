@@ -69,7 +69,7 @@ _SHAPE = flags.DEFINE_enum(
     "toy",
     ["toy", "long_tail"],
     "toy: the quickstart model and task as they are; long_tail: a hidden-512 model whose "
-    "completions have geometric lengths of mean about 64 up to 256 tokens (module docstring).",
+    "completions have long-tailed lengths of mean about 60 up to 256 tokens (module docstring).",
 )
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads (match the cores JAX uses).")
 _TUNIX_VENV = flags.DEFINE_string(

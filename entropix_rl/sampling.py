@@ -525,6 +525,24 @@ def compiled_refill(model_cfg: ModelConfig, cfg: SamplerConfig, mesh: Mesh | Non
   )
 
 
+def abstract_refill_inputs(
+    mesh: Mesh, prompts: int, rows: int, prompt_len: int
+) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """Abstract, replicated `compiled_refill` inputs after the state, at the worst refill: all
+  `rows` of the batch freed at once and `prompts` new prompts of `prompt_len` tokens (to
+  compile it and read its memory): prompt tokens and mask, prompt_of, slots, row keys, row ids.
+  """
+  rep = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.replicated(mesh))
+  return (
+      rep((prompts, prompt_len), jnp.int32),
+      rep((prompts, prompt_len), bool),
+      rep((rows,), jnp.int32),
+      rep((rows,), jnp.int32),
+      rep((rows, 2), jnp.uint32),
+      rep((rows,), jnp.int32),
+  )
+
+
 @functools.lru_cache(maxsize=64)
 def compiled_compact(model_cfg: ModelConfig, mesh: Mesh | None = None):
   """Jitted `_compact`; the output rows are sharded like the input's."""

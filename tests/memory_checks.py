@@ -102,16 +102,10 @@ def refill_temp(prompts: int = 8, samples: int = 8, prompt: int = 64, completion
   rows = prompts * samples
   state = jax.eval_shape(lambda: sampling.empty_state(model, rows, prompt + completion))
   state = _abstract(state, sampling.state_shardings(model, MESH))
-  rep = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.replicated(MESH))
   lowered = sampling.compiled_refill(model, cfg, MESH).lower(
       _params(model),
       state,
-      rep((prompts, prompt), jnp.int32),
-      rep((prompts, prompt), bool),
-      rep((rows,), jnp.int32),
-      rep((rows,), jnp.int32),
-      rep((rows, 2), jnp.uint32),
-      rep((rows,), jnp.int32),
+      *sampling.abstract_refill_inputs(MESH, prompts, rows, prompt),
       jnp.float32(1.0),
       None,
   )
